@@ -1,0 +1,488 @@
+//! An in-memory reference backend with fault injection, for tests.
+//!
+//! It keeps exactly the promises of [`Backend`] (and the lease rules of the `local`
+//! backend) so the VFS can be driven through failures a real store produces only
+//! rarely: injected errors, random transient failures, latency, a lease that expires
+//! under a paused writer, a foreign write, or an upload that lands although its
+//! reply was lost.
+//!
+//! Tests reach one instance from both the test and the VFS (which opens the remote
+//! from a URI such as `remote=memory:<name>`) through [`MemoryBackend::named`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::{
+    validate_blob_name, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat,
+    Condition, Etag, Lease, LeaseId,
+};
+
+/// A backend operation, to aim injected faults at and to count calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Stat,
+    Download,
+    Upload,
+    AcquireLease,
+    RenewLease,
+    ReleaseLease,
+    BreakLease,
+}
+
+const OP_COUNT: usize = 7;
+
+/// Blobs held in memory, with knobs to make the store misbehave.
+pub struct MemoryBackend {
+    name: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    blobs: HashMap<String, StoredBlob>,
+    leases: HashMap<String, HeldLease>,
+    /// Source of etags: one counter for the whole store, so an etag is never reused,
+    /// not even by a blob deleted and recreated.
+    versions: u64,
+    faults: [Fault; OP_COUNT],
+    latency: Duration,
+    land_then_fail: bool,
+}
+
+struct StoredBlob {
+    /// Shared so a download can copy outside the lock while uploads replace it.
+    data: Arc<Vec<u8>>,
+    etag: Etag,
+}
+
+struct HeldLease {
+    token: String,
+    expires: Instant,
+}
+
+impl HeldLease {
+    fn is_live(&self) -> bool {
+        Instant::now() < self.expires
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Fault {
+    calls: usize,
+    next_kind: Option<BackendErrorKind>,
+    next_times: usize,
+    rate: f64,
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A fresh store with a unique name, not reachable through [`MemoryBackend::named`].
+    pub fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self::with_name(format!("anonymous-{n}"))
+    }
+
+    /// A fresh anonymous store, ready to share between threads.
+    pub fn new_anonymous() -> Arc<Self> {
+        Arc::new(Self::new())
+    }
+
+    /// The process-wide store called `name`, created on first use, so a test and the
+    /// VFS (opened with `remote=memory:<name>`) see the same blobs.
+    pub fn named(name: &str) -> Arc<Self> {
+        static REGISTRY: OnceLock<Mutex<HashMap<String, Arc<MemoryBackend>>>> = OnceLock::new();
+        REGISTRY
+            .get_or_init(Default::default)
+            .lock()
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Self::with_name(name.to_owned())))
+            .clone()
+    }
+
+    fn with_name(name: String) -> Self {
+        MemoryBackend {
+            name,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Make the next `times` calls of `op` fail with `kind`, changing nothing.
+    pub fn fail_next(&self, op: Op, kind: BackendErrorKind, times: usize) {
+        let mut state = self.state.lock();
+        let fault = &mut state.faults[op as usize];
+        fault.next_kind = Some(kind);
+        fault.next_times = times;
+    }
+
+    /// Make each call of `op` fail with a transient error with probability `rate`.
+    pub fn set_fail_rate(&self, op: Op, rate: f64) {
+        self.state.lock().faults[op as usize].rate = rate;
+    }
+
+    /// Delay every call by `latency` (outside the lock, like a network round trip).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().latency = latency;
+    }
+
+    /// How many times `op` was called (including calls that failed).
+    pub fn calls(&self, op: Op) -> usize {
+        self.state.lock().faults[op as usize].calls
+    }
+
+    /// Let the next upload that would succeed be applied, then report a transient
+    /// error, as when an SDK's first try landed but its reply was lost. An upload
+    /// that fails on its own merits does not use up this fault.
+    pub fn land_then_fail_next_upload(&self) {
+        self.state.lock().land_then_fail = true;
+    }
+
+    /// A foreign write: replace `blob` with `bytes` under a new etag, ignoring any lease.
+    pub fn put(&self, blob: &str, bytes: &[u8]) {
+        self.state.lock().store(blob, bytes.to_vec());
+    }
+
+    /// The current content of `blob`, if it exists.
+    pub fn get(&self, blob: &str) -> Option<Vec<u8>> {
+        let state = self.state.lock();
+        state.blobs.get(blob).map(|b| b.data.as_ref().clone())
+    }
+
+    /// Whether an unexpired lease is held on `blob`.
+    pub fn lease_holder_exists(&self, blob: &str) -> bool {
+        self.state.lock().live_lease(blob).is_some()
+    }
+
+    /// End the current lease on `blob` by expiry, as if its holder paused too long.
+    pub fn expire_lease(&self, blob: &str) {
+        if let Some(lease) = self.state.lock().leases.get_mut(blob) {
+            lease.expires = Instant::now();
+        }
+    }
+
+    fn error(&self, kind: BackendErrorKind, blob: &str, op: &str, why: &str) -> BackendError {
+        BackendError::new(
+            kind,
+            format!("memory remote {}/{blob}: {op} failed: {why}", self.name),
+        )
+    }
+
+    /// The common prologue of every operation: check the name, count the call, wait
+    /// the latency, then fail if a fault is due (before any side effect).
+    fn enter(&self, op: Op, blob: &str, what: &str) -> BackendResult<()> {
+        validate_blob_name(blob)?;
+        tracing::debug!(store = %self.name, blob, op = what, "memory backend call");
+        let latency = {
+            let mut state = self.state.lock();
+            state.faults[op as usize].calls += 1;
+            state.latency
+        };
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+        let mut state = self.state.lock();
+        let fault = &mut state.faults[op as usize];
+        if let (Some(kind), 1..) = (fault.next_kind, fault.next_times) {
+            fault.next_times -= 1;
+            return Err(self.error(kind, blob, what, "injected fault"));
+        }
+        if fault.rate > 0.0 && fastrand::f64() < fault.rate {
+            return Err(self.error(
+                BackendErrorKind::Transient,
+                blob,
+                what,
+                "injected random fault",
+            ));
+        }
+        Ok(())
+    }
+
+    fn lease_lost(&self, blob: &str, op: &str) -> BackendError {
+        self.error(
+            BackendErrorKind::LeaseLost,
+            blob,
+            op,
+            "our lease expired, was released, broken or taken over",
+        )
+    }
+
+    fn lease_held(&self, blob: &str, op: &str) -> BackendError {
+        self.error(
+            BackendErrorKind::LeaseHeld,
+            blob,
+            op,
+            "the blob is leased by another owner",
+        )
+    }
+
+    /// Whether a write carrying `lease` may proceed (same rules as `local`).
+    fn check_write_lease(
+        &self,
+        state: &State,
+        blob: &str,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<()> {
+        match (lease, state.live_lease(blob)) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(self.lease_held(blob, "upload")),
+            (Some(ours), Some(held)) if held.token == ours.0 => Ok(()),
+            (Some(_), _) => Err(self.lease_lost(blob, "upload")),
+        }
+    }
+
+    fn check_condition(
+        &self,
+        state: &State,
+        blob: &str,
+        condition: &Condition,
+    ) -> BackendResult<()> {
+        let current = state.blobs.get(blob).map(|b| &b.etag);
+        let fail = |kind, why: String| Err(self.error(kind, blob, "upload", &why));
+        match (condition, current) {
+            (Condition::Create, None) => Ok(()),
+            (Condition::Create, Some(cur)) => fail(
+                BackendErrorKind::AlreadyExists,
+                format!("the blob already exists (etag {cur})"),
+            ),
+            (Condition::Match(_), None) => {
+                fail(BackendErrorKind::NotFound, "the blob does not exist".into())
+            }
+            (Condition::Match(want), Some(cur)) if want == cur => Ok(()),
+            (Condition::Match(want), Some(cur)) => fail(
+                BackendErrorKind::ConditionFailed,
+                format!("expected etag {want} but the blob is at {cur}"),
+            ),
+        }
+    }
+}
+
+impl State {
+    fn live_lease(&self, blob: &str) -> Option<&HeldLease> {
+        self.leases.get(blob).filter(|l| l.is_live())
+    }
+
+    /// Replace a blob's content under a fresh etag.
+    fn store(&mut self, blob: &str, data: Vec<u8>) -> BlobStat {
+        self.versions += 1;
+        let stat = BlobStat {
+            etag: Etag(format!("m-{}", self.versions)),
+            size: data.len() as u64,
+        };
+        let stored = StoredBlob {
+            data: Arc::new(data),
+            etag: stat.etag.clone(),
+        };
+        self.blobs.insert(blob.to_owned(), stored);
+        stat
+    }
+
+    fn stat(&self, blob: &str) -> Option<BlobStat> {
+        self.blobs.get(blob).map(|b| BlobStat {
+            etag: b.etag.clone(),
+            size: b.data.len() as u64,
+        })
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn identity(&self) -> String {
+        format!("memory:{}", self.name)
+    }
+
+    fn stat(&self, blob: &str) -> BackendResult<Option<BlobStat>> {
+        self.enter(Op::Stat, blob, "stat")?;
+        Ok(self.state.lock().stat(blob))
+    }
+
+    fn download(&self, blob: &str, sink: &mut dyn Write) -> BackendResult<BlobStat> {
+        self.enter(Op::Download, blob, "download")?;
+        let (data, stat) = {
+            let state = self.state.lock();
+            let stored = state.blobs.get(blob).ok_or_else(|| {
+                self.error(
+                    BackendErrorKind::NotFound,
+                    blob,
+                    "download",
+                    "the blob does not exist",
+                )
+            })?;
+            (stored.data.clone(), state.stat(blob).expect("just found"))
+        };
+        sink.write_all(&data).map_err(|e| {
+            self.error(
+                BackendErrorKind::Permanent,
+                blob,
+                "download",
+                &format!("writing to the sink failed: {e}"),
+            )
+        })?;
+        Ok(stat)
+    }
+
+    fn upload(
+        &self,
+        blob: &str,
+        source: &mut dyn Read,
+        len: u64,
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<BlobStat> {
+        self.enter(Op::Upload, blob, "upload")?;
+        let mut data = Vec::new();
+        Read::take(source, len)
+            .read_to_end(&mut data)
+            .map_err(|e| {
+                self.error(
+                    BackendErrorKind::Permanent,
+                    blob,
+                    "upload",
+                    &format!("reading the source failed: {e}"),
+                )
+            })?;
+        if data.len() as u64 != len {
+            return Err(self.error(
+                BackendErrorKind::Permanent,
+                blob,
+                "upload",
+                &format!("the source ended after {} of {len} bytes", data.len()),
+            ));
+        }
+        let mut state = self.state.lock();
+        self.check_write_lease(&state, blob, lease)?;
+        self.check_condition(&state, blob, condition)?;
+        let stat = state.store(blob, data);
+        if std::mem::take(&mut state.land_then_fail) {
+            return Err(self.error(
+                BackendErrorKind::Transient,
+                blob,
+                "upload",
+                "injected fault: the upload landed but its reply was lost",
+            ));
+        }
+        Ok(stat)
+    }
+
+    fn acquire_lease(&self, blob: &str, duration: Duration) -> BackendResult<Lease> {
+        const OP: &str = "acquire lease";
+        self.enter(Op::AcquireLease, blob, OP)?;
+        let mut state = self.state.lock();
+        let stat = state.stat(blob).ok_or_else(|| {
+            self.error(
+                BackendErrorKind::NotFound,
+                blob,
+                OP,
+                "the blob does not exist",
+            )
+        })?;
+        if state.live_lease(blob).is_some() {
+            return Err(self.lease_held(blob, OP));
+        }
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let lease = HeldLease {
+            token: token.clone(),
+            expires: expiry_after(duration),
+        };
+        state.leases.insert(blob.to_owned(), lease);
+        Ok(Lease {
+            id: LeaseId(token),
+            stat,
+        })
+    }
+
+    fn renew_lease(&self, blob: &str, lease: &LeaseId, duration: Duration) -> BackendResult<()> {
+        const OP: &str = "renew lease";
+        self.enter(Op::RenewLease, blob, OP)?;
+        let mut state = self.state.lock();
+        let exists = state.blobs.contains_key(blob);
+        match state.leases.get_mut(blob) {
+            Some(held) if exists && held.token == lease.0 && held.is_live() => {
+                held.expires = expiry_after(duration);
+                Ok(())
+            }
+            _ => Err(self.lease_lost(blob, OP)),
+        }
+    }
+
+    fn release_lease(&self, blob: &str, lease: &LeaseId) -> BackendResult<()> {
+        self.enter(Op::ReleaseLease, blob, "release lease")?;
+        let mut state = self.state.lock();
+        if state.leases.get(blob).is_some_and(|l| l.token == lease.0) {
+            state.leases.remove(blob);
+        }
+        Ok(())
+    }
+
+    fn break_lease(&self, blob: &str) -> BackendResult<()> {
+        self.enter(Op::BreakLease, blob, "break lease")?;
+        self.state.lock().leases.remove(blob);
+        Ok(())
+    }
+}
+
+/// `duration` from now, saturating at a far future for absurd durations.
+fn expiry_after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_stores_are_shared_and_anonymous_ones_are_not() {
+        let a = MemoryBackend::named("memory-unit-shared");
+        a.put("x.db", b"hello");
+        let b = MemoryBackend::named("memory-unit-shared");
+        assert_eq!(b.get("x.db").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(b.identity(), "memory:memory-unit-shared");
+        assert_ne!(
+            MemoryBackend::new().identity(),
+            MemoryBackend::new().identity()
+        );
+    }
+
+    #[test]
+    fn put_moves_the_etag_but_keeps_the_lease() {
+        let m = MemoryBackend::new();
+        m.put("x.db", b"1");
+        let lease = m.acquire_lease("x.db", Duration::from_secs(30)).unwrap();
+        m.put("x.db", b"1");
+        assert_ne!(m.stat("x.db").unwrap().unwrap().etag, lease.stat.etag);
+        assert!(m.lease_holder_exists("x.db"));
+        m.expire_lease("x.db");
+        assert!(!m.lease_holder_exists("x.db"));
+    }
+
+    #[test]
+    fn fail_rate_one_always_fails_transiently() {
+        let m = MemoryBackend::new();
+        m.set_fail_rate(Op::Stat, 1.0);
+        for _ in 0..5 {
+            assert!(m.stat("x.db").unwrap_err().is_transient());
+        }
+        m.set_fail_rate(Op::Stat, 0.0);
+        assert_eq!(m.stat("x.db").unwrap(), None);
+        assert_eq!(m.calls(Op::Stat), 6);
+    }
+}

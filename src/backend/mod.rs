@@ -1,0 +1,233 @@
+//! Remote blob stores behind one synchronous trait.
+//!
+//! A backend stores whole blobs addressed by name and answers with etags. The VFS
+//! above it relies on four promises, which every implementation must keep and the
+//! conformance tests in `tests/backend_conformance.rs` check:
+//!
+//! 1. An etag names one version: every successful upload yields an etag never seen
+//!    before for that blob, even for two same-size uploads in the same millisecond.
+//! 2. Uploads are atomic: a reader sees the old content or the new, never a mix.
+//! 3. Uploads are conditional ([`Condition`]) and fenced by the lease: a write that
+//!    does not hold the current lease, or whose condition no longer holds, changes
+//!    nothing and fails with [`BackendErrorKind::ConditionFailed`],
+//!    [`BackendErrorKind::AlreadyExists`] or [`BackendErrorKind::LeaseHeld`] /
+//!    [`BackendErrorKind::LeaseLost`].
+//! 4. Only [`BackendErrorKind::Transient`] errors are worth retrying.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+pub mod local;
+pub mod memory;
+
+/// An opaque version tag for one blob version (Azure's ETag; a token for `local`).
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Etag(pub String);
+
+impl fmt::Debug for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What `stat` knows about the current version of a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobStat {
+    pub etag: Etag,
+    pub size: u64,
+}
+
+/// The precondition of an upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The blob must not exist (If-None-Match: *). Fails with `AlreadyExists`.
+    Create,
+    /// The blob's current etag must be this one (If-Match). Fails with `ConditionFailed`
+    /// (or `NotFound` when the blob is gone).
+    Match(Etag),
+}
+
+/// The id of a lease this process holds on a blob. Never logged in full.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(pub String);
+
+impl fmt::Debug for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: String = self.0.chars().take(8).collect();
+        write!(f, "LeaseId({shown}..)")
+    }
+}
+
+/// A lease just acquired, with the etag of the blob at that moment.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub stat: BlobStat,
+}
+
+/// Why a backend call failed, as far as the state machine cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The blob (or its container / directory) does not exist.
+    NotFound,
+    /// If-Match failed: the blob moved to another version.
+    ConditionFailed,
+    /// If-None-Match:* failed: the blob exists already.
+    AlreadyExists,
+    /// Somebody else holds the lease (or the write carried no lease on a leased blob).
+    LeaseHeld,
+    /// Our lease expired, was broken, or was taken over.
+    LeaseLost,
+    /// A network hiccup, throttling, a timeout: retry with backoff.
+    Transient,
+    /// The caller is not allowed (credentials, permissions).
+    Denied,
+    /// A setting or name is invalid.
+    Invalid,
+    /// Anything else that retrying will not fix.
+    Permanent,
+}
+
+/// An error from a backend, with a message that names the blob and the cause
+/// (and never a secret).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub kind: BackendErrorKind,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether a retry with backoff may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind == BackendErrorKind::Transient
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// One remote store of blobs. Calls are synchronous and may block on the network.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A stable, secret-free identity of the store (for example `local:/srv/remote`),
+    /// recorded in the sidecar so a cache is never mistaken for another remote's.
+    fn identity(&self) -> String;
+
+    /// The current version of `blob`, or `None` when it does not exist.
+    fn stat(&self, blob: &str) -> BackendResult<Option<BlobStat>>;
+
+    /// Write the whole current content of `blob` into `sink`; returns the version
+    /// written (consistent with the bytes, even when an upload races).
+    fn download(&self, blob: &str, sink: &mut dyn Write) -> BackendResult<BlobStat>;
+
+    /// Replace `blob` with `len` bytes read from `source`, atomically, when
+    /// `condition` holds and the write is allowed by the lease state
+    /// (`lease` must be the current lease when one is held).
+    fn upload(
+        &self,
+        blob: &str,
+        source: &mut dyn Read,
+        len: u64,
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<BlobStat>;
+
+    /// Take the lease on an existing blob for `duration`. `LeaseHeld` when another
+    /// owner holds it, `NotFound` when the blob does not exist.
+    fn acquire_lease(&self, blob: &str, duration: Duration) -> BackendResult<Lease>;
+
+    /// Extend a lease we hold. `LeaseLost` when it is no longer ours.
+    fn renew_lease(&self, blob: &str, lease: &LeaseId, duration: Duration) -> BackendResult<()>;
+
+    /// Give a lease back. Releasing a lease that is already gone is not an error.
+    fn release_lease(&self, blob: &str, lease: &LeaseId) -> BackendResult<()>;
+
+    /// End whatever lease is held on `blob`, whoever holds it (an operator's tool).
+    fn break_lease(&self, blob: &str) -> BackendResult<()>;
+}
+
+/// Check a blob name the way every backend must: non-empty `/`-separated segments,
+/// none of them `.` or `..` or starting with `.` (reserved for our own files),
+/// no NUL, no backslash, at most 1024 bytes.
+pub fn validate_blob_name(name: &str) -> BackendResult<()> {
+    let bad = |why: &str| {
+        Err(BackendError::new(
+            BackendErrorKind::Invalid,
+            format!("invalid blob name {name:?}: {why}"),
+        ))
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 1024 {
+        return bad("it is longer than 1024 bytes");
+    }
+    if name.contains('\0') {
+        return bad("it contains a NUL byte");
+    }
+    if name.contains('\\') {
+        return bad("it contains a backslash");
+    }
+    for segment in name.split('/') {
+        if segment.is_empty() {
+            return bad("it has an empty path segment (leading, trailing or double '/')");
+        }
+        if segment == "." || segment == ".." {
+            return bad("'.' and '..' segments are not allowed");
+        }
+        if segment.starts_with('.') {
+            return bad("segments may not start with '.' (reserved for managedblob's own files)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_names_cannot_escape() {
+        for bad in [
+            "",
+            "..",
+            "../x.db",
+            "a/../../x",
+            "/abs.db",
+            "a//b",
+            "x\0y",
+            "a\\b",
+            ".hidden",
+            "dir/.lease",
+            "trailing/",
+        ] {
+            assert!(validate_blob_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["corpus.db", "prod/app.db", "a-b_c.sqlite3"] {
+            validate_blob_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn lease_id_debug_hides_most_of_the_token() {
+        let id = LeaseId("0123456789abcdef0123".into());
+        let shown = format!("{id:?}");
+        assert!(!shown.contains("89abcdef0123"), "{shown}");
+    }
+}

@@ -1,0 +1,390 @@
+//! Settings of one managed database: URI parameters, then `MANAGEDBLOB_*`
+//! environment variables, then the defaults given to [`crate::register_with`],
+//! then built-in defaults. Every error names the setting and where it came from.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The settings a user can give, with their URI parameter names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Remote,
+    Blob,
+    LeaseSecs,
+    StalenessMs,
+    RetryAttempts,
+    RetryBaseMs,
+}
+
+impl Key {
+    pub const ALL: [Key; 6] = [
+        Key::Remote,
+        Key::Blob,
+        Key::LeaseSecs,
+        Key::StalenessMs,
+        Key::RetryAttempts,
+        Key::RetryBaseMs,
+    ];
+
+    /// The URI parameter name.
+    pub fn uri_name(self) -> &'static str {
+        match self {
+            Key::Remote => "remote",
+            Key::Blob => "blob",
+            Key::LeaseSecs => "lease_secs",
+            Key::StalenessMs => "staleness_ms",
+            Key::RetryAttempts => "retry_attempts",
+            Key::RetryBaseMs => "retry_base_ms",
+        }
+    }
+
+    /// The environment variable name.
+    pub fn env_name(self) -> &'static str {
+        match self {
+            Key::Remote => "MANAGEDBLOB_REMOTE",
+            Key::Blob => "MANAGEDBLOB_BLOB",
+            Key::LeaseSecs => "MANAGEDBLOB_LEASE_SECS",
+            Key::StalenessMs => "MANAGEDBLOB_STALENESS_MS",
+            Key::RetryAttempts => "MANAGEDBLOB_RETRY_ATTEMPTS",
+            Key::RetryBaseMs => "MANAGEDBLOB_RETRY_BASE_MS",
+        }
+    }
+}
+
+/// Where the remote lives, parsed from the `remote` setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteSpec {
+    /// A directory plays the remote (`file:///dir`, `/dir` or `./dir`).
+    Local(PathBuf),
+    /// A process-wide in-memory store (`memory:<name>`), for tests.
+    Memory(String),
+}
+
+/// Process-wide defaults, given to [`crate::register_with`]. URI parameters and
+/// environment variables override them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// Register under this VFS name instead of `managedblob`.
+    pub vfs_name: Option<String>,
+    /// Default `remote` when neither the URI nor the environment gives one.
+    pub remote: Option<String>,
+    pub lease_secs: Option<u64>,
+    pub staleness_ms: Option<u64>,
+    pub retry_attempts: Option<u32>,
+    pub retry_base_ms: Option<u64>,
+}
+
+impl Options {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn vfs_name(mut self, name: impl Into<String>) -> Self {
+        self.vfs_name = Some(name.into());
+        self
+    }
+    pub fn remote(mut self, remote: impl Into<String>) -> Self {
+        self.remote = Some(remote.into());
+        self
+    }
+    pub fn lease_secs(mut self, secs: u64) -> Self {
+        self.lease_secs = Some(secs);
+        self
+    }
+    pub fn staleness_ms(mut self, ms: u64) -> Self {
+        self.staleness_ms = Some(ms);
+        self
+    }
+    pub fn retry_attempts(mut self, attempts: u32) -> Self {
+        self.retry_attempts = Some(attempts);
+        self
+    }
+    pub fn retry_base_ms(mut self, ms: u64) -> Self {
+        self.retry_base_ms = Some(ms);
+        self
+    }
+
+    fn default_for(&self, key: Key) -> Option<String> {
+        match key {
+            Key::Remote => self.remote.clone(),
+            Key::Blob => None,
+            Key::LeaseSecs => self.lease_secs.map(|v| v.to_string()),
+            Key::StalenessMs => self.staleness_ms.map(|v| v.to_string()),
+            Key::RetryAttempts => self.retry_attempts.map(|v| v.to_string()),
+            Key::RetryBaseMs => self.retry_base_ms.map(|v| v.to_string()),
+        }
+    }
+}
+
+pub const DEFAULT_LEASE_SECS: u64 = 30;
+pub const DEFAULT_STALENESS_MS: u64 = 1000;
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 5;
+pub const DEFAULT_RETRY_BASE_MS: u64 = 100;
+
+/// How transient remote failures are retried: exponential backoff with jitter,
+/// bounded in attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `retry` (1-based): base * 2^(retry-1), capped,
+    /// less up to 25 % jitter so parallel writers do not retry in lockstep.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16));
+        let capped = exp.min(self.max_delay);
+        capped.mul_f64(1.0 - fastrand::f64() * 0.25)
+    }
+}
+
+/// The resolved settings of one managed database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub remote: RemoteSpec,
+    /// The blob name in the remote.
+    pub blob: String,
+    pub lease: Duration,
+    pub staleness: Duration,
+    pub retry: RetryPolicy,
+    /// Opened with `mode=ro` / SQLITE_OPEN_READONLY: no lease, no upload.
+    pub read_only: bool,
+}
+
+impl Config {
+    /// Resolve every setting for the cache file `cache_path`. `uri` looks up a URI
+    /// parameter, `env` an environment variable.
+    pub fn resolve(
+        cache_path: &Path,
+        read_only: bool,
+        options: &Options,
+        uri: &dyn Fn(&str) -> Option<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let get = |key: Key| -> Option<(String, String)> {
+            if let Some(v) = uri(key.uri_name()) {
+                return Some((v, format!("URI parameter '{}'", key.uri_name())));
+            }
+            if let Some(v) = env(key.env_name()) {
+                return Some((v, format!("environment variable {}", key.env_name())));
+            }
+            options
+                .default_for(key)
+                .map(|v| (v, format!("option '{}' given to register_with", key.uri_name())))
+        };
+
+        let remote = match get(Key::Remote) {
+            Some((value, origin)) => parse_remote(&value).map_err(|why| {
+                Error::Config(format!("setting 'remote' ({origin}) is invalid: {why}"))
+            })?,
+            None => {
+                return Err(Error::Config(
+                    "setting 'remote' is missing: add '&remote=<dir or URL>' to the file: URI \
+                     (open with SQLITE_OPEN_URI) or set MANAGEDBLOB_REMOTE"
+                        .into(),
+                ))
+            }
+        };
+        let blob = match get(Key::Blob) {
+            Some((value, origin)) => {
+                crate::backend::validate_blob_name(&value).map_err(|e| {
+                    Error::Config(format!("setting 'blob' ({origin}) is invalid: {e}"))
+                })?;
+                value
+            }
+            None => {
+                let base = cache_path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "setting 'blob' is missing and the cache path {} has no usable file name",
+                            cache_path.display()
+                        ))
+                    })?
+                    .to_string();
+                crate::backend::validate_blob_name(&base).map_err(|e| {
+                    Error::Config(format!(
+                        "setting 'blob' defaults to the cache file's name, which is not usable: {e}"
+                    ))
+                })?;
+                base
+            }
+        };
+        let lease_secs = number(get(Key::LeaseSecs), Key::LeaseSecs, 15, 60)?
+            .unwrap_or(DEFAULT_LEASE_SECS);
+        let staleness_ms = number(get(Key::StalenessMs), Key::StalenessMs, 0, 86_400_000)?
+            .unwrap_or(DEFAULT_STALENESS_MS);
+        let attempts = number(get(Key::RetryAttempts), Key::RetryAttempts, 1, 20)?
+            .map(|v| v as u32)
+            .unwrap_or(DEFAULT_RETRY_ATTEMPTS);
+        let base_ms = number(get(Key::RetryBaseMs), Key::RetryBaseMs, 1, 60_000)?
+            .unwrap_or(DEFAULT_RETRY_BASE_MS);
+        Ok(Config {
+            remote,
+            blob,
+            lease: Duration::from_secs(lease_secs),
+            staleness: Duration::from_millis(staleness_ms),
+            retry: RetryPolicy {
+                attempts,
+                base: Duration::from_millis(base_ms),
+                max_delay: Duration::from_secs(5),
+            },
+            read_only,
+        })
+    }
+}
+
+fn number(found: Option<(String, String)>, key: Key, min: u64, max: u64) -> Result<Option<u64>> {
+    let Some((value, origin)) = found else {
+        return Ok(None);
+    };
+    let parsed: u64 = value.trim().parse().map_err(|_| {
+        Error::Config(format!(
+            "setting '{}' ({origin}) must be a whole number, got {value:?}",
+            key.uri_name()
+        ))
+    })?;
+    if !(min..=max).contains(&parsed) {
+        return Err(Error::Config(format!(
+            "setting '{}' ({origin}) must be between {min} and {max}, got {parsed}",
+            key.uri_name()
+        )));
+    }
+    Ok(Some(parsed))
+}
+
+/// Parse the `remote` setting. Never echoes anything after a `?` (a SAS token).
+pub fn parse_remote(value: &str) -> std::result::Result<RemoteSpec, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("it is empty".into());
+    }
+    if value.contains('\0') {
+        return Err("it contains a NUL byte".into());
+    }
+    if let Some(path) = value.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err("file:// URLs must be absolute, like file:///srv/remote".into());
+        }
+        return Ok(RemoteSpec::Local(PathBuf::from(path)));
+    }
+    if let Some(name) = value.strip_prefix("memory:") {
+        if name.is_empty() {
+            return Err("memory: needs a name, like memory:test".into());
+        }
+        return Ok(RemoteSpec::Memory(name.to_string()));
+    }
+    if let Some((scheme, _)) = value.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme == "https" || scheme == "http" {
+            return Err(format!(
+                "{scheme}:// remotes (Azure Blob Storage) are not supported by this build yet; \
+                 use a directory"
+            ));
+        }
+        return Err(format!(
+            "unknown scheme '{scheme}://' (expected a directory, file:///dir or https://)"
+        ));
+    }
+    Ok(RemoteSpec::Local(PathBuf::from(value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(uri: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Config> {
+        let uri: Vec<(String, String)> = uri
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(
+            Path::new("/cache/corpus.db"),
+            false,
+            &Options::default(),
+            &|k| uri.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            &|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+        )
+    }
+
+    #[test]
+    fn defaults_apply_and_blob_is_the_file_name() {
+        let c = resolve(&[("remote", "/srv/r")], &[]).unwrap();
+        assert_eq!(c.remote, RemoteSpec::Local("/srv/r".into()));
+        assert_eq!(c.blob, "corpus.db");
+        assert_eq!(c.lease, Duration::from_secs(30));
+        assert_eq!(c.staleness, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn uri_overrides_env_which_overrides_defaults() {
+        let c = resolve(
+            &[("lease_secs", "20")],
+            &[
+                ("MANAGEDBLOB_REMOTE", "file:///env/dir"),
+                ("MANAGEDBLOB_LEASE_SECS", "40"),
+                ("MANAGEDBLOB_STALENESS_MS", "5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.remote, RemoteSpec::Local("/env/dir".into()));
+        assert_eq!(c.lease, Duration::from_secs(20));
+        assert_eq!(c.staleness, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn missing_remote_names_the_setting() {
+        let e = resolve(&[], &[]).unwrap_err().to_string();
+        assert!(e.contains("'remote' is missing"), "{e}");
+        assert!(e.contains("MANAGEDBLOB_REMOTE"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_setting_and_origin() {
+        let e = resolve(&[("remote", "/r"), ("lease_secs", "5")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'lease_secs'") && e.contains("between 15 and 60"), "{e}");
+        let e = resolve(&[("remote", "/r")], &[("MANAGEDBLOB_STALENESS_MS", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MANAGEDBLOB_STALENESS_MS") && e.contains("whole number"), "{e}");
+        let e = resolve(&[("remote", "s3://bucket")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown scheme"), "{e}");
+        let e = resolve(&[("remote", "/r"), ("blob", "../escape.db")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'blob'"), "{e}");
+    }
+
+    #[test]
+    fn sas_tokens_are_never_echoed() {
+        let e = parse_remote("ftp://host/c?sig=SECRETSIG").unwrap_err();
+        assert!(!e.contains("SECRETSIG"), "{e}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+        };
+        assert!(p.delay(1) <= Duration::from_millis(100));
+        assert!(p.delay(1) >= Duration::from_millis(75));
+        assert!(p.delay(10) <= Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,156 @@
+//! One SQLite connection's main database file: its lock level, and the store calls
+//! each lock transition and file control triggers. Safe Rust; the FFI layer calls in.
+
+use std::sync::Arc;
+
+use crate::error::{sqlite_code, Error, Phase, Result};
+use crate::localfile::{LocalFile, LockFail, LockLevel};
+use crate::pragma::Command;
+use crate::store::Store;
+
+pub struct Connection {
+    store: Arc<Store>,
+    file: Box<dyn LocalFile>,
+    level: LockLevel,
+    /// This connection started a write transaction (holds the lease or create right).
+    writing: bool,
+}
+
+/// What a pragma produced: a result row, or an error message for the user.
+pub type PragmaResult = std::result::Result<Option<String>, String>;
+
+impl Connection {
+    /// Attach a freshly opened cache file to its store (recovery and the first
+    /// freshness check happen for the first connection of the process).
+    pub fn open(store: Arc<Store>, mut file: Box<dyn LocalFile>) -> Result<Connection> {
+        store.attach(file.as_mut())?;
+        Ok(Connection {
+            store,
+            file,
+            level: LockLevel::None,
+            writing: false,
+        })
+    }
+
+    /// xLock. Returns a SQLite result code.
+    pub fn lock(&mut self, level: LockLevel) -> i32 {
+        if level <= self.level {
+            return 0;
+        }
+        if let Err(fail) = self.file.lock(level) {
+            return lock_fail_code(fail);
+        }
+        let from = self.level;
+        let hook = match (from, level) {
+            (LockLevel::None, _) => self.store.on_shared(self.file.as_mut()),
+            _ => Ok(()),
+        };
+        // A write transaction asks for RESERVED; SHARED -> EXCLUSIVE directly is a
+        // hot-journal rollback, which needs no lease.
+        let starts_write = from < LockLevel::Reserved && level == LockLevel::Reserved;
+        let hook = hook.and_then(|()| {
+            if starts_write {
+                self.store.begin_write()
+            } else {
+                Ok(())
+            }
+        });
+        match hook {
+            Ok(()) => {
+                self.level = level;
+                self.writing |= starts_write;
+                0
+            }
+            Err(e) => {
+                // SQLite assumes a failed xLock left the level unchanged.
+                let _ = self.file.unlock(from);
+                log_failure("xLock", &e);
+                sqlite_code(&e, Phase::Lock)
+            }
+        }
+    }
+
+    /// xUnlock. Ends the write transaction when dropping below RESERVED.
+    pub fn unlock(&mut self, level: LockLevel) -> i32 {
+        if level >= self.level {
+            return 0;
+        }
+        let was_writing = self.writing;
+        let rc = match self.file.unlock(level) {
+            Ok(()) => 0,
+            Err(fail) => lock_fail_code(fail),
+        };
+        self.level = level;
+        if was_writing && level < LockLevel::Reserved {
+            self.writing = false;
+            self.store.end_write();
+        }
+        rc
+    }
+
+    /// SQLITE_FCNTL_SYNC: the commit point. Returns a SQLite code (0 = carry on).
+    pub fn sync_point(&mut self) -> i32 {
+        if !self.writing {
+            return 0;
+        }
+        match self.store.commit(self.file.as_mut()) {
+            Ok(()) => 0,
+            Err(e) => {
+                log_failure("commit", &e);
+                sqlite_code(&e, Phase::Commit)
+            }
+        }
+    }
+
+    /// SQLITE_FCNTL_COMMIT_PHASETWO.
+    pub fn commit_phase_two(&mut self) -> i32 {
+        match self.store.commit_phase_two() {
+            Ok(()) => 0,
+            Err(e) => {
+                log_failure("commit phase two", &e);
+                sqlite_code(&e, Phase::Commit)
+            }
+        }
+    }
+
+    /// Run one of our pragmas.
+    pub fn pragma(&mut self, command: Command) -> PragmaResult {
+        let level = self.level;
+        let store = self.store.clone();
+        let file = self.file.as_mut();
+        let done = |r: Result<()>, row: &str| r.map(|()| Some(row.to_string())).map_err(|e| e.to_string());
+        match command {
+            Command::BatchBegin => done(store.batch_begin(file, level), "begin"),
+            Command::BatchEnd => done(store.batch_end(file, level), "end"),
+            Command::Flush => done(store.flush_with_lock(file, level), "ok"),
+            Command::Refresh => done(store.refresh(file, level), "ok"),
+            Command::Status => Ok(Some(
+                serde_json::to_string(&store.status()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+            )),
+            Command::Refused(message) => Err(message),
+        }
+    }
+
+    /// xClose: the last connection flushes and releases the lease.
+    pub fn close(mut self) {
+        if self.level > LockLevel::None {
+            let _ = self.unlock(LockLevel::None);
+        }
+        self.store.detach(self.file.as_mut());
+    }
+}
+
+fn lock_fail_code(fail: LockFail) -> i32 {
+    match fail {
+        LockFail::Busy => crate::error::code::BUSY,
+        LockFail::Io(code) => code,
+    }
+}
+
+fn log_failure(what: &str, e: &Error) {
+    if e.is_busy() {
+        tracing::debug!(error = %e, "{what}: busy");
+    } else {
+        tracing::warn!(error = %e, "{what} failed");
+    }
+}

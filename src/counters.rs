@@ -1,0 +1,86 @@
+//! Request and byte counters of one managed database, reported by
+//! `PRAGMA managedblob_status`. Every attempt counts, retries included.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The kinds of remote request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Stat,
+    Download,
+    Upload,
+    AcquireLease,
+    RenewLease,
+    ReleaseLease,
+}
+
+impl Request {
+    pub const ALL: [Request; 6] = [
+        Request::Stat,
+        Request::Download,
+        Request::Upload,
+        Request::AcquireLease,
+        Request::RenewLease,
+        Request::ReleaseLease,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Request::Stat => "stat",
+            Request::Download => "download",
+            Request::Upload => "upload",
+            Request::AcquireLease => "lease_acquire",
+            Request::RenewLease => "lease_renew",
+            Request::ReleaseLease => "lease_release",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: [AtomicU64; 6],
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterSnapshot {
+    pub stat: u64,
+    pub download: u64,
+    pub upload: u64,
+    pub lease_acquire: u64,
+    pub lease_renew: u64,
+    pub lease_release: u64,
+    pub total: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub retries: u64,
+}
+
+impl Counters {
+    pub fn count(&self, request: Request) {
+        self.requests[request as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, request: Request) -> u64 {
+        self.requests[request as usize].load(Relaxed)
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let g = |r| self.get(r);
+        CounterSnapshot {
+            stat: g(Request::Stat),
+            download: g(Request::Download),
+            upload: g(Request::Upload),
+            lease_acquire: g(Request::AcquireLease),
+            lease_renew: g(Request::RenewLease),
+            lease_release: g(Request::ReleaseLease),
+            total: Request::ALL.iter().map(|r| g(*r)).sum(),
+            bytes_up: self.bytes_up.load(Relaxed),
+            bytes_down: self.bytes_down.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+        }
+    }
+}

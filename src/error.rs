@@ -1,0 +1,121 @@
+//! The one public error type, and its mapping onto SQLite result codes.
+
+use crate::backend::{BackendError, BackendErrorKind};
+
+/// Everything that can go wrong in managedblob. Messages name the setting, file or
+/// blob involved and never contain a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is missing or invalid; the message names it.
+    #[error("managedblob: {0}")]
+    Config(String),
+    /// The remote store failed.
+    #[error("managedblob: {0}")]
+    Backend(#[from] BackendError),
+    /// Another writer holds the remote lease, or the remote moved under this snapshot:
+    /// retry later (SQLite's busy handler does).
+    #[error("managedblob: {0}")]
+    Busy(String),
+    /// The local cache or sidecar could not be read or written.
+    #[error("managedblob: {0}")]
+    Local(String),
+    /// The remote blob or the local cache is not a usable SQLite database.
+    #[error("managedblob: {0}")]
+    NotADatabase(String),
+    /// An operation that is not allowed in the current state.
+    #[error("managedblob: {0}")]
+    Misuse(String),
+    /// The VFS is already registered with other options.
+    #[error("managedblob: {0}")]
+    Registration(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn local(what: impl std::fmt::Display, err: std::io::Error) -> Self {
+        Error::Local(format!("{what}: {err}"))
+    }
+
+    /// Whether this error means "try again later" to SQLite.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Error::Busy(_) => true,
+            Error::Backend(e) => e.kind == BackendErrorKind::LeaseHeld,
+            _ => false,
+        }
+    }
+}
+
+/// Primary SQLite result codes used by the mapping below (kept here so the mapping
+/// is testable without the FFI bindings).
+pub mod code {
+    pub const ERROR: i32 = 1;
+    pub const BUSY: i32 = 5;
+    pub const READONLY: i32 = 8;
+    pub const IOERR: i32 = 10;
+    pub const FULL: i32 = 13;
+    pub const CANTOPEN: i32 = 14;
+    pub const NOTADB: i32 = 26;
+    pub const IOERR_READ: i32 = IOERR | (1 << 8);
+    pub const IOERR_WRITE: i32 = IOERR | (3 << 8);
+    pub const IOERR_FSYNC: i32 = IOERR | (4 << 8);
+    pub const IOERR_LOCK: i32 = IOERR | (15 << 8);
+}
+
+/// What the operation was doing, which picks the IOERR flavour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Open,
+    Read,
+    Lock,
+    Commit,
+}
+
+/// Map an error to the SQLite code returned from a VFS method.
+pub fn sqlite_code(err: &Error, phase: Phase) -> i32 {
+    if err.is_busy() {
+        return code::BUSY;
+    }
+    let io = match phase {
+        Phase::Open => code::CANTOPEN,
+        Phase::Read => code::IOERR_READ,
+        Phase::Lock => code::IOERR_LOCK,
+        Phase::Commit => code::IOERR_FSYNC,
+    };
+    match err {
+        Error::Config(_) | Error::Registration(_) => match phase {
+            Phase::Open => code::CANTOPEN,
+            _ => code::ERROR,
+        },
+        Error::NotADatabase(_) => code::NOTADB,
+        Error::Misuse(_) => code::ERROR,
+        Error::Backend(e) if e.message.contains("no space left") => code::FULL,
+        _ => io,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_held_is_busy_so_busy_timeout_applies() {
+        let e = Error::Backend(BackendError::new(BackendErrorKind::LeaseHeld, "held"));
+        assert_eq!(sqlite_code(&e, Phase::Lock), code::BUSY);
+    }
+
+    #[test]
+    fn failed_upload_fails_the_commit_with_an_io_error() {
+        let e = Error::Backend(BackendError::new(BackendErrorKind::Transient, "timeout"));
+        assert_eq!(sqlite_code(&e, Phase::Commit), code::IOERR_FSYNC);
+    }
+
+    #[test]
+    fn config_errors_fail_the_open() {
+        let e = Error::Config("remote is missing".into());
+        assert_eq!(sqlite_code(&e, Phase::Open), code::CANTOPEN);
+        assert!(e.to_string().contains("remote is missing"));
+    }
+}

@@ -1,0 +1,202 @@
+//! One blob in one backend, as the state machine uses it: every call retried on
+//! transient errors with bounded exponential backoff, and counted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, BackendError, BackendResult, BlobStat, Condition, Lease, LeaseId};
+use crate::config::RetryPolicy;
+use crate::counters::{Counters, Request};
+use crate::localfile::{LocalFile, LocalFileReader};
+
+#[derive(Debug)]
+pub struct Remote {
+    backend: Arc<dyn Backend>,
+    blob: String,
+    retry: RetryPolicy,
+    pub counters: Arc<Counters>,
+}
+
+/// Counts bytes flowing through a reader or writer.
+struct Counted<T> {
+    inner: T,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Remote {
+    pub fn new(backend: Arc<dyn Backend>, blob: String, retry: RetryPolicy) -> Self {
+        Remote {
+            backend,
+            blob,
+            retry,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn blob(&self) -> &str {
+        &self.blob
+    }
+
+    pub fn identity(&self) -> String {
+        self.backend.identity()
+    }
+
+    /// Run `op` until it succeeds, fails for good, or the attempts run out.
+    fn call<T>(
+        &self,
+        request: Request,
+        mut op: impl FnMut(u32) -> BackendResult<T>,
+    ) -> BackendResult<T> {
+        let mut attempt = 1;
+        loop {
+            self.counters.count(request);
+            match op(attempt) {
+                Err(e) if e.is_transient() && attempt < self.retry.attempts => {
+                    let pause = self.retry.delay(attempt);
+                    tracing::debug!(blob = %self.blob, request = request.name(), attempt, ?pause, error = %e, "retrying");
+                    self.counters
+                        .retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(pause);
+                    attempt += 1;
+                }
+                Err(e) if e.is_transient() => {
+                    return Err(BackendError::new(
+                        e.kind,
+                        format!("{} (gave up after {attempt} attempts)", e.message),
+                    ))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub fn stat(&self) -> BackendResult<Option<BlobStat>> {
+        self.call(Request::Stat, |_| self.backend.stat(&self.blob))
+    }
+
+    /// Download the whole blob into a new private file at `dest`.
+    pub fn download_to(&self, dest: &Path) -> BackendResult<BlobStat> {
+        self.call(Request::Download, |_| {
+            let file = create_private(dest).map_err(|e| {
+                BackendError::new(
+                    crate::backend::BackendErrorKind::Permanent,
+                    format!("creating download file {}: {e}", dest.display()),
+                )
+            })?;
+            let mut sink = Counted {
+                inner: io::BufWriter::with_capacity(1 << 20, file),
+                bytes: 0,
+            };
+            let result = self.backend.download(&self.blob, &mut sink);
+            self.counters
+                .bytes_down
+                .fetch_add(sink.bytes, std::sync::atomic::Ordering::Relaxed);
+            let stat = result?;
+            let file = sink.inner.into_inner().map_err(|e| {
+                BackendError::new(
+                    crate::backend::BackendErrorKind::Permanent,
+                    format!("writing download file {}: {e}", dest.display()),
+                )
+            })?;
+            file.sync_all().map_err(|e| {
+                BackendError::new(
+                    crate::backend::BackendErrorKind::Permanent,
+                    format!("syncing download file {}: {e}", dest.display()),
+                )
+            })?;
+            Ok(stat)
+        })
+    }
+
+    /// Upload the first `len` bytes of `file` under `condition` and `lease`. The
+    /// error says whether an earlier attempt failed transiently: then a
+    /// `ConditionFailed` may mean that attempt landed after all.
+    pub fn upload(
+        &self,
+        file: &mut dyn LocalFile,
+        len: u64,
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> Result<BlobStat, UploadError> {
+        let mut attempts = 0;
+        self.call(Request::Upload, |attempt| {
+            attempts = attempt;
+            let mut body = Counted {
+                inner: LocalFileReader::new(&mut *file, len),
+                bytes: 0,
+            };
+            let result = self
+                .backend
+                .upload(&self.blob, &mut body, len, condition, lease);
+            self.counters
+                .bytes_up
+                .fetch_add(body.bytes, std::sync::atomic::Ordering::Relaxed);
+            result
+        })
+        .map_err(|error| UploadError {
+            error,
+            retried: attempts > 1,
+        })
+    }
+
+    pub fn acquire_lease(&self, duration: Duration) -> BackendResult<Lease> {
+        self.call(Request::AcquireLease, |_| {
+            self.backend.acquire_lease(&self.blob, duration)
+        })
+    }
+
+    pub fn renew_lease(&self, lease: &LeaseId, duration: Duration) -> BackendResult<()> {
+        self.call(Request::RenewLease, |_| {
+            self.backend.renew_lease(&self.blob, lease, duration)
+        })
+    }
+
+    pub fn release_lease(&self, lease: &LeaseId) -> BackendResult<()> {
+        self.call(Request::ReleaseLease, |_| {
+            self.backend.release_lease(&self.blob, lease)
+        })
+    }
+}
+
+/// A failed upload.
+#[derive(Debug)]
+pub struct UploadError {
+    pub error: BackendError,
+    /// An earlier attempt failed transiently (and may have landed).
+    pub retried: bool,
+}
+
+/// Create (truncating) a file only this user can read.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}

@@ -1,0 +1,190 @@
+//! The sidecar: a small JSON file beside the cache (`<db>-managedblob.json`) that
+//! says which remote version the cache corresponds to, whether it holds commits the
+//! remote lacks, and whether a transfer was in flight when the process stopped.
+//!
+//! It is the only durable state of managedblob; every decision re-reads it under the
+//! cache's POSIX lock, so several processes sharing one cache agree. Writes are
+//! atomic (temp file, fsync, rename, directory fsync) and the file is mode 0600.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Etag;
+use crate::error::{Error, Result};
+
+/// The on-disk format version; a newer one is refused rather than misread.
+pub const FORMAT: u32 = 1;
+
+/// A transfer that had started and not finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InFlight {
+    #[default]
+    None,
+    /// A downloaded image was being written into the cache: the cache may be torn.
+    Download,
+    /// A commit's upload landed but SQLite had not finished the local commit: if a
+    /// hot journal is left, SQLite would roll the cache back behind the remote.
+    Commit,
+}
+
+/// The durable state of one cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub format: u32,
+    /// Backend identity (secret-free), so a cache is never used for another remote.
+    pub remote: String,
+    pub blob: String,
+    /// The remote version the cache was last equal to (before local commits).
+    pub base: Option<Etag>,
+    /// The cache holds commits the remote does not have yet.
+    pub dirty: bool,
+    pub in_flight: InFlight,
+    /// How many remote versions this cache has taken in (uploads and downloads).
+    pub generation: u64,
+}
+
+impl Sidecar {
+    /// A sidecar for a cache that corresponds to nothing yet.
+    pub fn new(remote: String, blob: String) -> Self {
+        Sidecar {
+            format: FORMAT,
+            remote,
+            blob,
+            base: None,
+            dirty: false,
+            in_flight: InFlight::None,
+            generation: 0,
+        }
+    }
+
+    /// Whether this sidecar describes the cache of `remote`/`blob`.
+    pub fn is_for(&self, remote: &str, blob: &str) -> bool {
+        self.remote == remote && self.blob == blob
+    }
+}
+
+/// The sidecar path for a cache file.
+pub fn path_for(cache: &Path) -> PathBuf {
+    let mut name = cache.as_os_str().to_owned();
+    name.push("-managedblob.json");
+    PathBuf::from(name)
+}
+
+/// Read the sidecar; `Ok(None)` when there is none. A corrupt or newer-format
+/// sidecar is an error that names the file: nothing is deleted.
+pub fn load(path: &Path) -> Result<Option<Sidecar>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::local(format!("reading sidecar {}", path.display()), e)),
+    };
+    let sidecar: Sidecar = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Local(format!(
+            "sidecar {} is corrupt ({e}); move it away to resync this cache from the remote",
+            path.display()
+        ))
+    })?;
+    if sidecar.format != FORMAT {
+        return Err(Error::Local(format!(
+            "sidecar {} has format {} but this managedblob understands format {FORMAT}",
+            path.display(),
+            sidecar.format
+        )));
+    }
+    Ok(Some(sidecar))
+}
+
+/// Write the sidecar atomically and durably.
+pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
+    let json = serde_json::to_vec_pretty(sidecar).expect("sidecar serializes");
+    write_atomic(path, &json, true)
+}
+
+/// Replace `path` with `bytes`: temp file, fsync, rename, and (when `durable`)
+/// fsync of the directory so the rename survives a power cut.
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let tmp = temp_path(path);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if durable {
+            sync_dir(path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::local(ctx("writing"), e));
+    }
+    Ok(())
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp-{:08x}", fastrand::u32(..)));
+    PathBuf::from(name)
+}
+
+/// fsync the directory holding `path`.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn round_trips_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path_for(&dir.path().join("a.db"));
+        assert_eq!(load(&p).unwrap(), None);
+        let mut s = Sidecar::new("local:/r".into(), "a.db".into());
+        s.base = Some(Etag("e1".into()));
+        s.dirty = true;
+        s.in_flight = InFlight::Commit;
+        store(&p, &s).unwrap();
+        assert_eq!(load(&p).unwrap(), Some(s));
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(p.to_str().unwrap().ends_with("a.db-managedblob.json"));
+    }
+
+    #[test]
+    fn corrupt_sidecar_is_a_clear_error_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x-managedblob.json");
+        fs::write(&p, b"{not json").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("x-managedblob.json"), "{e}");
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x-managedblob.json");
+        let mut s = Sidecar::new("r".into(), "b".into());
+        s.format = 99;
+        fs::write(&p, serde_json::to_vec(&s).unwrap()).unwrap();
+        assert!(load(&p).unwrap_err().to_string().contains("format 99"));
+    }
+}

@@ -1,0 +1,404 @@
+//! Bringing the cache and the remote together: the freshness check, crash
+//! recovery, whole-file download into the cache, and uploads.
+//!
+//! Recovery rules (DESIGN.md), decided from the sidecar and one `stat`:
+//! - a transfer was in flight (`in_flight` set): the cache is untrusted, take the
+//!   remote whole (discarding a hot journal together with the old content);
+//! - dirty and the remote is still our base: upload the local commits;
+//! - dirty and the remote moved: keep the cache as `<db>.conflict-<utc>` (unless it
+//!   equals the remote) and take the remote; never overwrite the remote;
+//! - a hot journal otherwise: let SQLite roll it back first, look again next time.
+
+use std::fs::File;
+use std::io::Read;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::{State, Store};
+use crate::backend::{BackendError, BackendErrorKind, BlobStat, Condition, LeaseId};
+use crate::error::{Error, Result};
+use crate::image;
+use crate::localfile::{LocalFile, LockFail, LockLevel};
+use crate::sidecar::InFlight;
+
+const COPY_CHUNK: usize = 1 << 20;
+
+impl Store {
+    /// The freshness check and recovery, with the connection holding `held`
+    /// (at least SHARED) on the cache.
+    pub(super) fn sync(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+    ) -> Result<()> {
+        self.reload(st)?;
+        let journal_hot = image::journal_is_hot(&self.journal_path);
+        let in_flight = st.sidecar.in_flight;
+        if journal_hot && in_flight == InFlight::None {
+            // SQLite rolls this journal back once we return; decide after that.
+            st.must_check = true;
+            return Ok(());
+        }
+        let remote = self.remote.stat()?;
+        st.last_check = Some(Instant::now());
+        st.must_check = false;
+        if in_flight != InFlight::None {
+            tracing::warn!(cache = %self.cache_path.display(), ?in_flight,
+                "a transfer was interrupted; resyncing the cache from the remote");
+            return match remote {
+                Some(_) => self.replace(st, file, held, journal_hot),
+                None => Err(Error::Local(format!(
+                    "cache {} was interrupted mid-transfer and remote blob '{}' does not exist; \
+                     nothing to resync from",
+                    self.cache_path.display(),
+                    self.config.blob
+                ))),
+            };
+        }
+        match remote {
+            None if st.sidecar.base.is_some() => Err(Error::Backend(BackendError::new(
+                BackendErrorKind::NotFound,
+                format!(
+                    "remote blob '{}' in {} does not exist any more, but this cache was synced \
+                     with it; refusing to guess (restore the blob or move the cache away)",
+                    self.config.blob, self.identity
+                ),
+            ))),
+            // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
+            None => Ok(()),
+            Some(stat) if st.sidecar.base.as_ref() == Some(&stat.etag) => {
+                if st.sidecar.dirty && st.lease.is_none() && !self.config.read_only {
+                    self.recover_upload(st, file)?;
+                }
+                Ok(())
+            }
+            Some(_) if st.lease.is_some() => Err(Error::Backend(BackendError::new(
+                BackendErrorKind::LeaseLost,
+                format!(
+                    "remote blob '{}' changed while this process held its lease",
+                    self.config.blob
+                ),
+            ))),
+            Some(_) => self.replace(st, file, held, false),
+        }
+    }
+
+    /// Dirty cache, remote unchanged since its base: upload the local commits
+    /// (after a crash inside a batch, or a failed flush). Busy lease: later.
+    fn recover_upload(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
+        if let Err(why) = self.check_cache(file) {
+            tracing::warn!(cache = %self.cache_path.display(), why,
+                "dirty cache is not a valid database; keeping it aside and taking the remote");
+            return self.replace(st, file, LockLevel::Shared, false);
+        }
+        let lease = match self.take_lease() {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_busy() => {
+                tracing::info!(cache = %self.cache_path.display(),
+                    "local commits wait for the lease held elsewhere");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let base = st.sidecar.base.clone();
+        if base.as_ref() != Some(&lease.stat.etag) {
+            let _ = self.remote.release_lease(&lease.id);
+            st.must_check = true;
+            return Ok(());
+        }
+        tracing::info!(cache = %self.cache_path.display(), "uploading local commits left by an earlier run");
+        let result = base
+            .map(Condition::Match)
+            .ok_or_else(|| Error::Misuse("no base".into()))
+            .and_then(|cond| self.upload(file, &cond, Some(&lease.id)));
+        let _ = self.remote.release_lease(&lease.id);
+        let stat = result?;
+        st.sidecar.base = Some(stat.etag);
+        st.sidecar.dirty = false;
+        st.sidecar.generation += 1;
+        self.save(st)
+    }
+
+    /// Upload the whole cache under `condition`. A `ConditionFailed` after a
+    /// transient failure is checked against the remote content: the earlier attempt
+    /// may have landed (an SDK retry), and then it is our upload, not a conflict.
+    pub(super) fn upload(
+        &self,
+        file: &mut dyn LocalFile,
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> Result<BlobStat> {
+        let size = file
+            .size()
+            .map_err(|e| Error::local(format!("reading cache {}", self.cache_path.display()), e))?;
+        match self.remote.upload(file, size, condition, lease) {
+            Ok(stat) => Ok(stat),
+            Err(e) if e.retried && e.error.kind == BackendErrorKind::ConditionFailed => {
+                let stat = self
+                    .remote
+                    .download_to(&self.download_path)
+                    .map_err(Error::Backend)?;
+                let same = self.same_as_download(file)?;
+                let _ = std::fs::remove_file(&self.download_path);
+                if same {
+                    tracing::info!(blob = %self.config.blob, "an upload retry found its first attempt had landed");
+                    Ok(stat)
+                } else {
+                    Err(e.error.into())
+                }
+            }
+            Err(e) => Err(e.error.into()),
+        }
+    }
+
+    /// Take the remote version whole into the cache. Downloads to a side file first
+    /// (the cache stays intact if the transfer fails), keeps local commits as a
+    /// conflict copy, then writes the cache in place under an EXCLUSIVE lock.
+    fn replace(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+        discard_journal: bool,
+    ) -> Result<()> {
+        let stat = self.remote.download_to(&self.download_path)?;
+        let result = self.install_download(st, file, held, discard_journal, &stat);
+        let _ = std::fs::remove_file(&self.download_path);
+        result
+    }
+
+    fn install_download(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+        discard_journal: bool,
+        stat: &BlobStat,
+    ) -> Result<()> {
+        let mut header = [0u8; 100];
+        let got = read_prefix(&self.download_path, &mut header)
+            .map_err(|e| Error::local("reading the downloaded copy", e))?;
+        image::check_database(&header[..got], stat.size).map_err(|why| {
+            Error::NotADatabase(format!(
+                "remote blob '{}' in {} is not a SQLite database: {why}; the cache was left as it is",
+                self.config.blob, self.identity
+            ))
+        })?;
+        if st.sidecar.dirty {
+            if self.same_as_download(file)? {
+                st.sidecar.base = Some(stat.etag.clone());
+                st.sidecar.dirty = false;
+                return self.save(st);
+            }
+            self.keep_conflict_copy(st, file)?;
+        }
+
+        let upgraded = held < LockLevel::Exclusive;
+        if upgraded {
+            let upgrade = file
+                .lock(LockLevel::Reserved)
+                .and_then(|()| file.lock(LockLevel::Exclusive));
+            if let Err(fail) = upgrade {
+                let _ = file.unlock(held);
+                st.must_check = true;
+                return Err(match fail {
+                    LockFail::Busy => Error::Busy(format!(
+                        "cache {} is in use by another connection; its refresh waits",
+                        self.cache_path.display()
+                    )),
+                    LockFail::Io(code) => Error::Local(format!(
+                        "locking cache {} failed (SQLite code {code})",
+                        self.cache_path.display()
+                    )),
+                });
+            }
+        }
+        let result = self.write_into_cache(st, file, discard_journal, stat);
+        if upgraded {
+            let _ = file.unlock(held);
+        }
+        result
+    }
+
+    fn write_into_cache(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        discard_journal: bool,
+        stat: &BlobStat,
+    ) -> Result<()> {
+        let cache_err = |what: &str, e: std::io::Error| {
+            Error::local(format!("{what} cache {}", self.cache_path.display()), e)
+        };
+        let mut old_header = [0u8; 100];
+        let old_len = file
+            .read_at(&mut old_header, 0)
+            .map_err(|e| cache_err("reading", e))?;
+        let old_counter =
+            (old_len == 100 && &old_header[..16] == image::MAGIC).then(|| image::change_counter(&old_header));
+
+        st.sidecar.in_flight = InFlight::Download;
+        self.save(st)?;
+
+        let mut src = File::open(&self.download_path)
+            .map_err(|e| Error::local("opening the downloaded copy", e))?;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut offset = 0u64;
+        loop {
+            let n = read_full(&mut src, &mut buf).map_err(|e| Error::local("reading the downloaded copy", e))?;
+            if n == 0 {
+                break;
+            }
+            if offset == 0 {
+                image::adapt_header(&mut buf[..n], old_counter);
+            }
+            file.write_at(&buf[..n], offset)
+                .map_err(|e| cache_err("writing", e))?;
+            offset += n as u64;
+        }
+        if offset != stat.size {
+            return Err(Error::Local(format!(
+                "downloaded copy of '{}' has {offset} bytes, expected {}",
+                self.config.blob, stat.size
+            )));
+        }
+        file.truncate(offset).map_err(|e| cache_err("truncating", e))?;
+        file.sync().map_err(|e| cache_err("syncing", e))?;
+        if discard_journal {
+            match std::fs::remove_file(&self.journal_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::local("removing the stale journal", e)),
+            }
+        }
+        st.sidecar.base = Some(stat.etag.clone());
+        st.sidecar.dirty = false;
+        st.sidecar.in_flight = InFlight::None;
+        st.sidecar.generation += 1;
+        self.save(st)?;
+        tracing::info!(cache = %self.cache_path.display(), bytes = offset, "cache refreshed from the remote");
+        Ok(())
+    }
+
+    /// Whether the cache holds exactly the bytes of the downloaded copy.
+    fn same_as_download(&self, file: &mut dyn LocalFile) -> Result<bool> {
+        let mut src = File::open(&self.download_path)
+            .map_err(|e| Error::local("opening the downloaded copy", e))?;
+        let remote_len = src
+            .metadata()
+            .map_err(|e| Error::local("reading the downloaded copy", e))?
+            .len();
+        let local_len = file
+            .size()
+            .map_err(|e| Error::local("reading the cache", e))?;
+        if remote_len != local_len {
+            return Ok(false);
+        }
+        let mut a = vec![0u8; COPY_CHUNK];
+        let mut b = vec![0u8; COPY_CHUNK];
+        let mut offset = 0u64;
+        loop {
+            let n = read_full(&mut src, &mut a).map_err(|e| Error::local("reading the downloaded copy", e))?;
+            if n == 0 {
+                return Ok(true);
+            }
+            let m = file
+                .read_at(&mut b[..n], offset)
+                .map_err(|e| Error::local("reading the cache", e))?;
+            if m != n || a[..n] != b[..n] {
+                return Ok(false);
+            }
+            offset += n as u64;
+        }
+    }
+
+    /// Copy the cache to `<db>.conflict-<utc>` before it is replaced.
+    fn keep_conflict_copy(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
+        let stamp = utc_stamp();
+        let mut name = self.cache_path.as_os_str().to_owned();
+        name.push(format!(".conflict-{stamp}"));
+        let path = std::path::PathBuf::from(name);
+        let mut out = crate::remote::create_private(&path)
+            .map_err(|e| Error::local(format!("creating conflict copy {}", path.display()), e))?;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut offset = 0u64;
+        loop {
+            let n = file
+                .read_at(&mut buf, offset)
+                .map_err(|e| Error::local("reading the cache", e))?;
+            if n == 0 {
+                break;
+            }
+            std::io::Write::write_all(&mut out, &buf[..n])
+                .map_err(|e| Error::local(format!("writing conflict copy {}", path.display()), e))?;
+            offset += n as u64;
+        }
+        out.sync_all()
+            .map_err(|e| Error::local(format!("syncing conflict copy {}", path.display()), e))?;
+        let shown = path.display().to_string();
+        tracing::error!(cache = %self.cache_path.display(), copy = %shown,
+            "CONFLICT: the remote moved while this cache held unuploaded commits; they were \
+             kept in the conflict copy and the cache now follows the remote");
+        st.last_error = Some(format!(
+            "conflict: local commits that never reached the remote were kept in {shown}"
+        ));
+        st.conflicts.push(shown);
+        Ok(())
+    }
+
+    /// Why the cache is not a database that may be uploaded, if it is not.
+    fn check_cache(&self, file: &mut dyn LocalFile) -> std::result::Result<(), String> {
+        let size = file.size().map_err(|e| e.to_string())?;
+        let mut header = [0u8; 100];
+        let n = file.read_at(&mut header, 0).map_err(|e| e.to_string())?;
+        image::check_database(&header[..n], size)
+    }
+}
+
+fn read_prefix(path: &std::path::Path, buf: &mut [u8]) -> std::io::Result<usize> {
+    read_full(&mut File::open(path)?, buf)
+}
+
+/// Read until `buf` is full or the end of the input.
+fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match src.read(&mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// `YYYYMMDDTHHMMSSZ` for now, without a date crate.
+fn utc_stamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_stamp_has_the_documented_shape() {
+        let s = super::utc_stamp();
+        assert_eq!(s.len(), 16, "{s}");
+        assert!(s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[8] == b'T', "{s}");
+    }
+}

@@ -1,0 +1,576 @@
+//! The promises of `managedblob::backend::Backend`, checked against every backend.
+//!
+//! Each `check_*` function takes a fresh, empty backend; the `conformance!` macro
+//! runs every one of them against `LocalBackend` (in a temp dir) and `MemoryBackend`.
+//! Backend-specific behavior (foreign files, lease files, fault injection) follows.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+use managedblob::backend::local::LocalBackend;
+use managedblob::backend::memory::{MemoryBackend, Op};
+use managedblob::backend::{
+    Backend, BackendErrorKind, BackendResult, BlobStat, Condition, Etag, LeaseId,
+};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn upload(
+    b: &dyn Backend,
+    blob: &str,
+    data: &[u8],
+    condition: &Condition,
+    lease: Option<&LeaseId>,
+) -> BackendResult<BlobStat> {
+    b.upload(blob, &mut &data[..], data.len() as u64, condition, lease)
+}
+
+fn create(b: &dyn Backend, blob: &str, data: &[u8]) -> BlobStat {
+    upload(b, blob, data, &Condition::Create, None).expect("create upload")
+}
+
+fn download(b: &dyn Backend, blob: &str) -> (Vec<u8>, BlobStat) {
+    let mut bytes = Vec::new();
+    let stat = b.download(blob, &mut bytes).expect("download");
+    (bytes, stat)
+}
+
+fn current(b: &dyn Backend, blob: &str) -> BlobStat {
+    b.stat(blob).expect("stat").expect("blob exists")
+}
+
+#[track_caller]
+fn kind_of<T: Debug>(result: BackendResult<T>) -> BackendErrorKind {
+    result.expect_err("expected an error").kind
+}
+
+fn check_missing_blob(b: &dyn Backend) {
+    assert_eq!(b.stat("missing.db").unwrap(), None);
+    assert_eq!(b.stat("no/such/dir/missing.db").unwrap(), None);
+    assert_eq!(
+        kind_of(b.download("missing.db", &mut Vec::new())),
+        BackendErrorKind::NotFound
+    );
+    assert_eq!(
+        kind_of(upload(
+            b,
+            "missing.db",
+            b"x",
+            &Condition::Match(Etag("whatever".into())),
+            None
+        )),
+        BackendErrorKind::NotFound
+    );
+    assert_eq!(
+        kind_of(b.acquire_lease("missing.db", LONG)),
+        BackendErrorKind::NotFound
+    );
+    assert_eq!(b.stat("missing.db").unwrap(), None);
+}
+
+fn check_create_then_create_again(b: &dyn Backend) {
+    let first = create(b, "c.db", b"first");
+    assert_eq!(first.size, 5);
+    assert_eq!(current(b, "c.db"), first);
+    assert_eq!(
+        kind_of(upload(b, "c.db", b"second", &Condition::Create, None)),
+        BackendErrorKind::AlreadyExists
+    );
+    assert_eq!(download(b, "c.db"), (b"first".to_vec(), first));
+}
+
+fn check_stale_match_fails_and_changes_nothing(b: &dyn Backend) {
+    let v1 = create(b, "m.db", b"one");
+    let v2 = upload(b, "m.db", b"two", &Condition::Match(v1.etag.clone()), None).unwrap();
+    assert_ne!(v1.etag, v2.etag);
+    assert_eq!(
+        kind_of(upload(
+            b,
+            "m.db",
+            b"three",
+            &Condition::Match(v1.etag),
+            None
+        )),
+        BackendErrorKind::ConditionFailed
+    );
+    assert_eq!(download(b, "m.db"), (b"two".to_vec(), v2));
+}
+
+fn check_every_upload_gets_a_new_etag(b: &dyn Backend) {
+    let mut stat = create(b, "e.db", b"aaaa");
+    let mut seen = HashSet::from([stat.etag.clone()]);
+    for i in 0..100u32 {
+        let data = i.to_le_bytes();
+        stat = upload(b, "e.db", &data, &Condition::Match(stat.etag.clone()), None).unwrap();
+        assert!(
+            seen.insert(stat.etag.clone()),
+            "etag {} repeated",
+            stat.etag
+        );
+        assert_eq!(current(b, "e.db"), stat);
+    }
+    // Identical content does not reuse an etag either.
+    for _ in 0..20 {
+        stat = upload(b, "e.db", b"same", &Condition::Match(stat.etag), None).unwrap();
+        assert!(seen.insert(stat.etag.clone()));
+    }
+}
+
+fn check_download_matches_stat(b: &dyn Backend) {
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let up = create(b, "dir/sub/big.db", &data);
+    assert_eq!(up.size, data.len() as u64);
+    let (bytes, stat) = download(b, "dir/sub/big.db");
+    assert_eq!(bytes, data);
+    assert_eq!(stat, up);
+    assert_eq!(current(b, "dir/sub/big.db"), up);
+    let empty = create(b, "empty.db", b"");
+    assert_eq!(download(b, "empty.db"), (Vec::new(), empty));
+}
+
+fn check_short_source_changes_nothing(b: &dyn Backend) {
+    let v1 = create(b, "s.db", b"keep");
+    let result = b.upload(
+        "s.db",
+        &mut &b"short"[..],
+        100,
+        &Condition::Match(v1.etag.clone()),
+        None,
+    );
+    assert!(result.is_err());
+    assert_eq!(download(b, "s.db"), (b"keep".to_vec(), v1));
+}
+
+fn check_lease_lifecycle(b: &dyn Backend) {
+    let v1 = create(b, "l.db", b"v1");
+    let lease = b.acquire_lease("l.db", LONG).unwrap();
+    assert_eq!(lease.stat, v1);
+    assert_eq!(
+        kind_of(b.acquire_lease("l.db", LONG)),
+        BackendErrorKind::LeaseHeld
+    );
+    let at = |s: &BlobStat| Condition::Match(s.etag.clone());
+    assert_eq!(
+        kind_of(upload(b, "l.db", b"x", &at(&v1), None)),
+        BackendErrorKind::LeaseHeld
+    );
+    let wrong = LeaseId("0".repeat(32));
+    assert_eq!(
+        kind_of(upload(b, "l.db", b"x", &at(&v1), Some(&wrong))),
+        BackendErrorKind::LeaseLost
+    );
+    assert_eq!(download(b, "l.db").0, b"v1");
+    let v2 = upload(b, "l.db", b"v2", &at(&v1), Some(&lease.id)).unwrap();
+    b.renew_lease("l.db", &lease.id, LONG).unwrap();
+    assert_eq!(
+        kind_of(b.renew_lease("l.db", &wrong, LONG)),
+        BackendErrorKind::LeaseLost
+    );
+    b.release_lease("l.db", &wrong).unwrap(); // not ours: a no-op
+    assert_eq!(
+        kind_of(b.acquire_lease("l.db", LONG)),
+        BackendErrorKind::LeaseHeld
+    );
+    b.release_lease("l.db", &lease.id).unwrap();
+    b.release_lease("l.db", &lease.id).unwrap(); // already gone: still fine
+    let v3 = upload(b, "l.db", b"v3", &at(&v2), None).unwrap();
+    assert_eq!(
+        kind_of(b.renew_lease("l.db", &lease.id, LONG)),
+        BackendErrorKind::LeaseLost
+    );
+    assert_eq!(
+        kind_of(upload(b, "l.db", b"x", &at(&v3), Some(&lease.id))),
+        BackendErrorKind::LeaseLost
+    );
+
+    let taken = b.acquire_lease("l.db", LONG).unwrap();
+    assert_ne!(taken.id, lease.id);
+    b.break_lease("l.db").unwrap();
+    b.break_lease("l.db").unwrap();
+    assert_eq!(
+        kind_of(upload(b, "l.db", b"x", &at(&v3), Some(&taken.id))),
+        BackendErrorKind::LeaseLost
+    );
+    let again = b.acquire_lease("l.db", LONG).unwrap();
+    assert_eq!(again.stat, v3);
+    b.release_lease("l.db", &again.id).unwrap();
+}
+
+fn check_lease_expiry(b: &dyn Backend) {
+    let v1 = create(b, "x.db", b"v1");
+    let old = b.acquire_lease("x.db", Duration::from_millis(200)).unwrap();
+    thread::sleep(Duration::from_millis(350));
+    // An expired lease fences nobody...
+    let v2 = upload(b, "x.db", b"v2", &Condition::Match(v1.etag), None).unwrap();
+    // ...cannot be renewed, and can be taken over.
+    assert_eq!(
+        kind_of(b.renew_lease("x.db", &old.id, LONG)),
+        BackendErrorKind::LeaseLost
+    );
+    let new = b.acquire_lease("x.db", LONG).unwrap();
+    assert_eq!(new.stat, v2);
+    assert_eq!(
+        kind_of(upload(
+            b,
+            "x.db",
+            b"late",
+            &Condition::Match(v2.etag.clone()),
+            Some(&old.id)
+        )),
+        BackendErrorKind::LeaseLost
+    );
+    upload(b, "x.db", b"v3", &Condition::Match(v2.etag), Some(&new.id)).unwrap();
+}
+
+fn check_invalid_names_rejected_everywhere(b: &dyn Backend) {
+    let lease = LeaseId("f".repeat(32));
+    for name in ["../x", "a/../../b", "x\0y", ".hidden", "", "/abs", "a//b"] {
+        let invalid = |kind: BackendErrorKind, what: &str| {
+            assert_eq!(kind, BackendErrorKind::Invalid, "{what} accepted {name:?}");
+        };
+        invalid(kind_of(b.stat(name)), "stat");
+        invalid(kind_of(b.download(name, &mut Vec::new())), "download");
+        invalid(
+            kind_of(upload(b, name, b"x", &Condition::Create, None)),
+            "upload",
+        );
+        invalid(kind_of(b.acquire_lease(name, LONG)), "acquire");
+        invalid(kind_of(b.renew_lease(name, &lease, LONG)), "renew");
+        invalid(kind_of(b.release_lease(name, &lease)), "release");
+        invalid(kind_of(b.break_lease(name)), "break");
+    }
+}
+
+fn check_concurrent_matches_have_one_winner(b: &dyn Backend) {
+    let mut stat = create(b, "race.db", b"0000");
+    for round in 0..10u8 {
+        let winners = Mutex::new(Vec::new());
+        thread::scope(|s| {
+            for t in 0..8u8 {
+                let (winners, cond) = (&winners, Condition::Match(stat.etag.clone()));
+                s.spawn(move || {
+                    let data = [round, t, round, t];
+                    match upload(b, "race.db", &data, &cond, None) {
+                        Ok(won) => winners.lock().unwrap().push((data, won)),
+                        Err(e) => assert_eq!(e.kind, BackendErrorKind::ConditionFailed, "{e}"),
+                    }
+                });
+            }
+        });
+        let winners = winners.into_inner().unwrap();
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let (data, won) = winners.into_iter().next().unwrap();
+        assert_eq!(download(b, "race.db"), (data.to_vec(), won.clone()));
+        stat = won;
+    }
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[test]
+                fn $check() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let backend = super::LocalBackend::new(dir.path()).unwrap();
+                    super::$check(&backend);
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[test]
+                fn $check() {
+                    super::$check(&super::MemoryBackend::new());
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    check_missing_blob,
+    check_create_then_create_again,
+    check_stale_match_fails_and_changes_nothing,
+    check_every_upload_gets_a_new_etag,
+    check_download_matches_stat,
+    check_short_source_changes_nothing,
+    check_lease_lifecycle,
+    check_lease_expiry,
+    check_invalid_names_rejected_everywhere,
+    check_concurrent_matches_have_one_winner,
+);
+
+// ---- local only -------------------------------------------------------------
+
+fn local() -> (tempfile::TempDir, LocalBackend) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new(dir.path()).unwrap();
+    (dir, backend)
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Rewrite the pid (and optionally the token) of the lease file of `blob`.
+fn forge_lease(dir: &Path, blob: &str, pid: u32, token: &str) {
+    let path = dir.join(format!(".{blob}.mb-lease"));
+    let mut lease: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    lease["pid"] = pid.into();
+    lease["token"] = token.into();
+    lease["expires_unix_ms"] = (u64::MAX / 2).into();
+    std::fs::write(&path, serde_json::to_vec(&lease).unwrap()).unwrap();
+}
+
+#[test]
+fn local_identity_and_missing_dir() {
+    let (dir, b) = local();
+    let canonical = dir.path().canonicalize().unwrap();
+    assert_eq!(b.identity(), format!("local:{}", canonical.display()));
+    let err = LocalBackend::new(dir.path().join("nope")).unwrap_err();
+    assert_eq!(err.kind, BackendErrorKind::NotFound);
+    assert!(err.message.contains("nope"), "{err}");
+}
+
+#[test]
+fn local_sees_a_copied_in_file() {
+    let (dir, b) = local();
+    let source = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(source.path(), b"SQLite format 3\0 and more").unwrap();
+    std::fs::copy(source.path(), dir.path().join("copied.db")).unwrap();
+    let stat = current(&b, "copied.db");
+    assert_eq!(stat.size, 25);
+    assert_eq!(
+        download(&b, "copied.db"),
+        (std::fs::read(source.path()).unwrap(), stat.clone())
+    );
+    assert_eq!(current(&b, "copied.db"), stat, "etag must be stable");
+    let next = upload(&b, "copied.db", b"ours", &Condition::Match(stat.etag), None).unwrap();
+    assert_eq!(download(&b, "copied.db").0, b"ours");
+    assert_eq!(current(&b, "copied.db"), next);
+}
+
+#[test]
+fn local_foreign_overwrite_moves_the_etag() {
+    let (dir, b) = local();
+    let ours = create(&b, "f.db", b"12345678");
+    // Coarse file-system clocks tick every few ms; a foreign write within the same
+    // tick as our upload is the documented blind spot, so step past it.
+    thread::sleep(Duration::from_millis(20));
+    std::fs::write(dir.path().join("f.db"), b"87654321").unwrap();
+    let theirs = current(&b, "f.db");
+    assert_ne!(theirs.etag, ours.etag);
+    assert_eq!(theirs.size, 8);
+    assert_eq!(
+        kind_of(upload(&b, "f.db", b"x", &Condition::Match(ours.etag), None)),
+        BackendErrorKind::ConditionFailed
+    );
+    assert_eq!(download(&b, "f.db"), (b"87654321".to_vec(), theirs));
+}
+
+#[test]
+fn local_files_are_private() {
+    let (dir, b) = local();
+    create(&b, "p.db", b"secret");
+    let lease = b.acquire_lease("p.db", LONG).unwrap();
+    for name in ["p.db", ".p.db.mb-etag", ".p.db.mb-lease", ".p.db.mb-mutex"] {
+        assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+    }
+    b.release_lease("p.db", &lease.id).unwrap();
+    assert!(!dir.path().join(".p.db.mb-lease").exists());
+}
+
+#[test]
+fn local_lease_message_hides_the_token() {
+    let (_dir, b) = local();
+    create(&b, "t.db", b"x");
+    let lease = b.acquire_lease("t.db", LONG).unwrap();
+    let err = b.acquire_lease("t.db", LONG).unwrap_err();
+    assert_eq!(err.kind, BackendErrorKind::LeaseHeld);
+    assert!(!err.message.contains(&lease.id.0), "{err}");
+    assert!(err.message.contains("t.db"), "{err}");
+}
+
+#[test]
+fn local_reclaims_the_lease_of_a_dead_process() {
+    let (dir, b) = local();
+    create(&b, "d.db", b"x");
+    b.acquire_lease("d.db", LONG).unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    forge_lease(dir.path(), "d.db", dead_pid, &"d".repeat(32));
+    let lease = b.acquire_lease("d.db", LONG).unwrap();
+    upload(
+        &b,
+        "d.db",
+        b"y",
+        &Condition::Match(lease.stat.etag),
+        Some(&lease.id),
+    )
+    .unwrap();
+}
+
+#[test]
+fn local_respects_the_lease_of_a_live_process() {
+    let (dir, b) = local();
+    let v1 = create(&b, "a.db", b"x");
+    b.acquire_lease("a.db", LONG).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    forge_lease(dir.path(), "a.db", child.id(), &"a".repeat(32));
+    let acquired = b.acquire_lease("a.db", LONG);
+    let written = upload(&b, "a.db", b"y", &Condition::Match(v1.etag), None);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(kind_of(acquired), BackendErrorKind::LeaseHeld);
+    assert_eq!(kind_of(written), BackendErrorKind::LeaseHeld);
+}
+
+#[test]
+fn local_two_instances_share_one_directory() {
+    let (dir, a) = local();
+    let b = LocalBackend::new(dir.path()).unwrap();
+    let v1 = create(&a, "two.db", b"x");
+    assert_eq!(current(&b, "two.db"), v1);
+    let lease = a.acquire_lease("two.db", LONG).unwrap();
+    assert_eq!(
+        kind_of(b.acquire_lease("two.db", LONG)),
+        BackendErrorKind::LeaseHeld
+    );
+    let v2 = upload(
+        &a,
+        "two.db",
+        b"y",
+        &Condition::Match(v1.etag),
+        Some(&lease.id),
+    )
+    .unwrap();
+    assert_eq!(download(&b, "two.db"), (b"y".to_vec(), v2));
+}
+
+#[test]
+fn local_names_cannot_escape_the_directory() {
+    let outer = tempfile::tempdir().unwrap();
+    let inner = outer.path().join("remote");
+    std::fs::create_dir(&inner).unwrap();
+    let b = LocalBackend::new(&inner).unwrap();
+    let _ = upload(&b, "../escaped.db", b"x", &Condition::Create, None);
+    assert!(!outer.path().join("escaped.db").exists());
+}
+
+// ---- memory only ------------------------------------------------------------
+
+#[test]
+fn memory_injected_faults_have_no_side_effects() {
+    let m = MemoryBackend::new();
+    let v1 = create(&m, "f.db", b"v1");
+    m.fail_next(Op::Upload, BackendErrorKind::Transient, 2);
+    for _ in 0..2 {
+        let err = upload(&m, "f.db", b"v2", &Condition::Match(v1.etag.clone()), None).unwrap_err();
+        assert!(err.is_transient());
+        assert!(err.message.contains("injected fault"), "{err}");
+    }
+    assert_eq!(m.get("f.db").unwrap(), b"v1");
+    let v2 = upload(&m, "f.db", b"v2", &Condition::Match(v1.etag), None).unwrap();
+    assert_eq!(m.calls(Op::Upload), 4);
+
+    m.fail_next(Op::AcquireLease, BackendErrorKind::Denied, 1);
+    assert_eq!(
+        kind_of(m.acquire_lease("f.db", LONG)),
+        BackendErrorKind::Denied
+    );
+    assert!(!m.lease_holder_exists("f.db"));
+    let lease = m.acquire_lease("f.db", LONG).unwrap();
+    assert_eq!(lease.stat, v2);
+    assert_eq!(m.calls(Op::AcquireLease), 2);
+
+    m.fail_next(Op::ReleaseLease, BackendErrorKind::Transient, 1);
+    assert!(m.release_lease("f.db", &lease.id).is_err());
+    assert!(m.lease_holder_exists("f.db"));
+
+    m.fail_next(Op::Download, BackendErrorKind::NotFound, 1);
+    assert_eq!(
+        kind_of(m.download("f.db", &mut Vec::new())),
+        BackendErrorKind::NotFound
+    );
+    assert_eq!(download(&m, "f.db").0, b"v2");
+    assert_eq!(m.calls(Op::Download), 2);
+    assert_eq!(m.calls(Op::Stat), 0);
+}
+
+#[test]
+fn memory_upload_can_land_and_still_fail() {
+    let m = MemoryBackend::new();
+    let v1 = create(&m, "l.db", b"v1");
+    m.land_then_fail_next_upload();
+    // A write that fails on its own merits does not use up the fault.
+    assert_eq!(
+        kind_of(upload(&m, "l.db", b"x", &Condition::Create, None)),
+        BackendErrorKind::AlreadyExists
+    );
+    let err = upload(&m, "l.db", b"v2", &Condition::Match(v1.etag.clone()), None).unwrap_err();
+    assert!(err.is_transient());
+    assert_eq!(m.get("l.db").unwrap(), b"v2");
+    // The retry with the old etag now fails: the caller must check what landed.
+    assert_eq!(
+        kind_of(upload(&m, "l.db", b"v2", &Condition::Match(v1.etag), None)),
+        BackendErrorKind::ConditionFailed
+    );
+}
+
+#[test]
+fn memory_foreign_put_and_expiry_helpers() {
+    let m = MemoryBackend::named("conformance-helpers");
+    let v1 = create(&*m, "h.db", b"v1");
+    let lease = m.acquire_lease("h.db", LONG).unwrap();
+    m.put("h.db", b"foreign");
+    let now = current(&*m, "h.db");
+    assert_ne!(now.etag, v1.etag);
+    assert_eq!(
+        kind_of(upload(
+            &*m,
+            "h.db",
+            b"x",
+            &Condition::Match(v1.etag),
+            Some(&lease.id)
+        )),
+        BackendErrorKind::ConditionFailed
+    );
+    m.expire_lease("h.db");
+    assert!(!m.lease_holder_exists("h.db"));
+    assert_eq!(
+        kind_of(upload(
+            &*m,
+            "h.db",
+            b"x",
+            &Condition::Match(now.etag),
+            Some(&lease.id)
+        )),
+        BackendErrorKind::LeaseLost
+    );
+    assert_eq!(
+        MemoryBackend::named("conformance-helpers")
+            .get("h.db")
+            .unwrap(),
+        b"foreign"
+    );
+}
+
+#[test]
+fn memory_latency_delays_calls() {
+    let m = MemoryBackend::new();
+    m.set_latency(Duration::from_millis(50));
+    let start = std::time::Instant::now();
+    assert_eq!(m.stat("x.db").unwrap(), None);
+    assert!(start.elapsed() >= Duration::from_millis(50));
+}
