@@ -14,6 +14,8 @@ pub struct Connection {
     level: LockLevel,
     /// This connection started a write transaction (holds the lease or create right).
     writing: bool,
+    /// The file change counter when the write transaction started (None: empty file).
+    start_version: Option<[u8; 4]>,
 }
 
 /// What a pragma produced: a result row, or an error message for the user.
@@ -29,6 +31,7 @@ impl Connection {
             file,
             level: LockLevel::None,
             writing: false,
+            start_version: None,
         })
     }
 
@@ -58,7 +61,10 @@ impl Connection {
         match hook {
             Ok(()) => {
                 self.level = level;
-                self.writing |= starts_write;
+                if starts_write {
+                    self.writing = true;
+                    self.start_version = self.version();
+                }
                 0
             }
             Err(e) => {
@@ -88,9 +94,23 @@ impl Connection {
         rc
     }
 
+    /// The file change counter (bytes 24..28), which every commit in rollback-journal
+    /// mode increments; `None` for a file too short to have one.
+    fn version(&mut self) -> Option<[u8; 4]> {
+        let mut header = [0u8; 28];
+        match self.file.read_at(&mut header, 0) {
+            Ok(28) => Some([header[24], header[25], header[26], header[27]]),
+            _ => None,
+        }
+    }
+
     /// SQLITE_FCNTL_SYNC: the commit point. Returns a SQLite code (0 = carry on).
+    ///
+    /// SQLite also syncs after rolling a transaction back (pager_playback); the file
+    /// then carries the change counter it had when the transaction started, and
+    /// nothing is uploaded: uploading a rollback would publish a needless version.
     pub fn sync_point(&mut self) -> i32 {
-        if !self.writing {
+        if !self.writing || self.version() == self.start_version {
             return 0;
         }
         match self.store.commit(self.file.as_mut()) {

@@ -25,7 +25,32 @@ pub struct HeldLease {
 impl HeldLease {
     /// Start renewing `id` every `duration / 3` until released.
     pub fn start(remote: Arc<Remote>, id: LeaseId, duration: Duration) -> HeldLease {
-        let lost = Arc::new(AtomicBool::new(false));
+        let mut lease = HeldLease {
+            id,
+            lost: Arc::new(AtomicBool::new(false)),
+            stop: None,
+            renewer: None,
+        };
+        lease.resume(remote, duration);
+        lease
+    }
+
+    /// Whether renewals are stopped (a release failed): the lease lapses by itself
+    /// unless the next writer of this process renews it.
+    pub fn is_parked(&self) -> bool {
+        self.renewer.is_none()
+    }
+
+    /// Stop renewing without releasing.
+    pub fn park(&mut self) {
+        self.halt();
+    }
+
+    /// (Re)start the background renewals.
+    pub fn resume(&mut self, remote: Arc<Remote>, duration: Duration) {
+        self.halt();
+        let id = self.id.clone();
+        let lost = self.lost.clone();
         let (stop, stopped) = mpsc::channel::<()>();
         let every = duration / 3;
         let renewer = {
@@ -51,23 +76,13 @@ impl HeldLease {
                 })
                 .ok()
         };
-        HeldLease {
-            id,
-            lost,
-            stop: Some(stop),
-            renewer,
-        }
+        self.stop = Some(stop);
+        self.renewer = renewer;
     }
 
     /// Whether a renewal found the lease gone.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
-    }
-
-    /// Stop renewing (the caller then releases the lease remotely).
-    pub fn stop(mut self) -> LeaseId {
-        self.halt();
-        self.id.clone()
     }
 
     fn halt(&mut self) {

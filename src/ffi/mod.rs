@@ -244,7 +244,7 @@ pub fn register(options: Options) -> Result<()> {
     }
     if registered.is_empty() {
         // SAFETY: report_open_error has the signature SQLite calls auto-extensions with.
-        let rc = unsafe { sql::sqlite3_auto_extension(Some(report_open_error)) };
+        let rc = unsafe { sql::sqlite3_auto_extension(auto_extension_entry()) };
         if rc != sql::SQLITE_OK {
             return Err(Error::Registration(format!(
                 "sqlite3_auto_extension failed with code {rc}"
@@ -253,6 +253,30 @@ pub fn register(options: Options) -> Result<()> {
     }
     registered.push(Registered { name, options });
     Ok(())
+}
+
+/// The signature SQLite calls an auto-extension with.
+type AutoExtension = unsafe extern "C" fn(
+    *mut sql::sqlite3,
+    *mut *mut c_char,
+    *const sql::sqlite3_api_routines,
+) -> c_int;
+
+/// [`report_open_error`] as `sqlite3_auto_extension` takes it. The bundled bindings
+/// type the parameter; the loadable-extension bindings, generated from the host's
+/// sqlite3ext.h, keep sqlite3.h's `void (*)(void)`.
+#[cfg(not(feature = "loadable_extension"))]
+fn auto_extension_entry() -> Option<AutoExtension> {
+    Some(report_open_error)
+}
+
+/// See above: the loadable-extension form.
+#[cfg(feature = "loadable_extension")]
+fn auto_extension_entry() -> Option<unsafe extern "C" fn()> {
+    let entry: AutoExtension = report_open_error;
+    // SAFETY: only the pointer's type changes; SQLite casts it back to the entry point
+    // type (AutoExtension) before it calls it, as sqlite3.h documents.
+    Some(unsafe { std::mem::transmute::<AutoExtension, unsafe extern "C" fn()>(entry) })
 }
 
 /// Runs at the end of every `sqlite3_open*`: fails the open of a managed database
@@ -375,14 +399,16 @@ unsafe fn open_main(
     let env = |key: &str| std::env::var(key).ok();
     let config = Config::resolve(std::path::Path::new(&path), read_only, &data.options, &uri, &env);
 
-    // Open the cache read-write even for mode=ro, so refreshes can write it; SQLite
-    // still sees a read-only file.
+    // Open the cache read-write (and create it) even for mode=ro, so the first sync and
+    // later refreshes can write it; SQLite still sees a read-only file.
     // SAFETY: data.real is the default VFS.
     let real_vfs = unsafe { &*data.real };
     let mut real_out: c_int = 0;
     let mut rc = sql::SQLITE_CANTOPEN;
     if read_only {
-        let rw = (flags & !sql::SQLITE_OPEN_READONLY) | sql::SQLITE_OPEN_READWRITE;
+        let rw = (flags & !sql::SQLITE_OPEN_READONLY)
+            | sql::SQLITE_OPEN_READWRITE
+            | sql::SQLITE_OPEN_CREATE;
         // SAFETY: real points to room for the real file.
         rc = unsafe { (real_vfs.xOpen.unwrap())(data.real, name, real, rw, &mut real_out) };
     }

@@ -186,7 +186,8 @@ impl Store {
     /// cache to itself and another connection is reading.
     pub fn on_shared(&self, file: &mut dyn LocalFile) -> Result<()> {
         let mut st = self.lock_state();
-        if st.lease.is_some() && !st.must_check {
+        let writing_here = st.lease.as_ref().is_some_and(|l| !l.is_parked());
+        if writing_here && !st.must_check {
             // We are the writer: nobody else can move the remote.
             return Ok(());
         }
@@ -234,6 +235,7 @@ impl Store {
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
         self.reload(st)?;
+        self.revive_parked_lease(st);
         if let Some(lease) = &st.lease {
             if lease.is_lost() {
                 return Err(Error::Backend(crate::backend::BackendError::new(
@@ -379,12 +381,35 @@ impl Store {
         }
     }
 
+    /// Give the lease back. When the release fails, the lease is parked: no more
+    /// renewals, so it lapses within `lease_secs`, but this process's next writer
+    /// may renew and reuse it instead of waiting for itself.
     fn release_lease(&self, st: &mut State) {
-        if let Some(lease) = st.lease.take() {
-            let id = lease.stop();
-            if let Err(e) = self.remote.release_lease(&id) {
-                tracing::warn!(blob = %self.config.blob, error = %e, "releasing the lease failed; it expires by itself");
-            }
+        let Some(mut lease) = st.lease.take() else {
+            return;
+        };
+        lease.park();
+        if lease.is_lost() {
+            return;
+        }
+        if let Err(e) = self.remote.release_lease(&lease.id) {
+            tracing::warn!(blob = %self.config.blob, error = %e,
+                "releasing the lease failed; it lapses by itself unless reused");
+            st.lease = Some(lease);
+        }
+    }
+
+    /// Make a parked lease (see [`Store::release_lease`]) live again, or drop it.
+    fn revive_parked_lease(&self, st: &mut State) {
+        let Some(lease) = st.lease.as_mut() else {
+            return;
+        };
+        if !lease.is_parked() {
+            return;
+        }
+        match self.remote.renew_lease(&lease.id, self.config.lease) {
+            Ok(()) => lease.resume(self.remote.clone(), self.config.lease),
+            Err(_) => st.lease = None,
         }
     }
 
@@ -398,6 +423,7 @@ impl Store {
         }
         {
             let mut st = self.lock_state();
+            self.revive_parked_lease(&mut st);
             if st.batch_depth > 0 || st.lease.is_some() {
                 st.batch_depth += 1;
                 return Ok(());
@@ -453,6 +479,7 @@ impl Store {
         if !st.sidecar.dirty || self.config.read_only {
             return Ok(());
         }
+        self.revive_parked_lease(st);
         if st.lease.is_none() {
             match self.take_lease()? {
                 Some(lease) => self.adopt_lease(st, lease)?,

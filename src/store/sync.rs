@@ -72,14 +72,18 @@ impl Store {
                 }
                 Ok(())
             }
-            Some(_) if st.lease.is_some() => Err(Error::Backend(BackendError::new(
+            Some(_) if st.lease.as_ref().is_some_and(|l| !l.is_parked()) => Err(Error::Backend(BackendError::new(
                 BackendErrorKind::LeaseLost,
                 format!(
                     "remote blob '{}' changed while this process held its lease",
                     self.config.blob
                 ),
             ))),
-            Some(_) => self.replace(st, file, held, false),
+            Some(_) => {
+                // A parked lease has lapsed if somebody else could write.
+                st.lease = None;
+                self.replace(st, file, held, false)
+            }
         }
     }
 

@@ -11,8 +11,17 @@ pub struct World {
     pub dir: tempfile::TempDir,
 }
 
+/// Log through the test harness when RUST_LOG is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 impl World {
     pub fn new() -> World {
+        init_logging();
         managedblob::register().expect("register");
         World {
             dir: tempfile::tempdir().expect("tempdir"),
