@@ -692,6 +692,15 @@ fn sigkill_mid_commit_loop() {
         }
         let last_ack = *acked.last().unwrap();
 
+        // Outside a batch a COMMIT returns only after its upload: every acknowledged
+        // id is in the remote already, before anything reopens the cache.
+        let before = read_remote(&blob, ids);
+        let missing: Vec<_> = acked.difference(&before).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: acknowledged ids not in the remote right after the kill: {missing:?}"
+        );
+
         let c = open(&uri);
         let cached = ids(&c);
         let mut s = status(&c);

@@ -501,3 +501,25 @@ fn a_rollback_after_a_cache_spill_uploads_nothing() {
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     assert_eq!(remote_count(&w, "a.db", "t"), 1);
 }
+
+#[test]
+fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole() {
+    // Regression: the unix VFS masks single writes above 128 KiB, so the cache must
+    // be written in page-sized pieces.
+    let w = World::new();
+    let a = w.open("h1", "big.db");
+    a.execute_batch(
+        "BEGIN; CREATE TABLE t(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO t SELECT hex(randomblob(500)) FROM n; COMMIT;",
+    )
+    .unwrap();
+    let size = std::fs::metadata(w.remote_blob("big.db")).unwrap().len();
+    assert!(size > 2 << 20, "{size}");
+    let b = w.open("h2", "big.db");
+    assert_eq!(count(&b, "t"), 3000);
+    let s = status(&b);
+    assert_eq!(s["requests"]["bytes_down"], size, "{s}");
+    let ok: String = b.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+}

@@ -70,6 +70,11 @@ fn guard(body: impl FnOnce() -> c_int) -> c_int {
     }
 }
 
+/// The largest single read or write handed to the real file. SQLite itself never
+/// moves more than one page (64 KiB) at a time, and the unix VFS masks larger
+/// requests (`nBuf &= 0x1ffff` in seekAndWriteFd), so bigger transfers are split.
+const MAX_IO: usize = 64 * 1024;
+
 /// The real file behind one of our main database files, as a [`LocalFile`].
 struct RealFile(*mut sql::sqlite3_file);
 
@@ -118,29 +123,36 @@ impl LocalFile for RealFile {
             return Ok(0);
         }
         let n = buf.len().min((size - offset) as usize);
-        // SAFETY: buf is valid for n bytes; the real file is open.
-        let rc = unsafe {
-            (self.methods().xRead.unwrap())(
-                self.0,
-                buf.as_mut_ptr().cast(),
-                n as c_int,
-                offset as i64,
-            )
-        };
-        io(rc, "reading the cache")?;
+        for (i, chunk) in buf[..n].chunks_mut(MAX_IO).enumerate() {
+            let at = offset + (i * MAX_IO) as u64;
+            // SAFETY: chunk is valid for its length; the real file is open.
+            let rc = unsafe {
+                (self.methods().xRead.unwrap())(
+                    self.0,
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len() as c_int,
+                    at as i64,
+                )
+            };
+            io(rc, "reading the cache")?;
+        }
         Ok(n)
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        // SAFETY: buf is valid for its length; the real file is open.
-        let rc = unsafe {
-            (self.methods().xWrite.unwrap())(
-                self.0,
-                buf.as_ptr().cast(),
-                buf.len() as c_int,
-                offset as i64,
-            )
-        };
-        io(rc, "writing the cache")
+        for (i, chunk) in buf.chunks(MAX_IO).enumerate() {
+            let at = offset + (i * MAX_IO) as u64;
+            // SAFETY: chunk is valid for its length; the real file is open.
+            let rc = unsafe {
+                (self.methods().xWrite.unwrap())(
+                    self.0,
+                    chunk.as_ptr().cast(),
+                    chunk.len() as c_int,
+                    at as i64,
+                )
+            };
+            io(rc, "writing the cache")?;
+        }
+        Ok(())
     }
     fn truncate(&mut self, size: u64) -> std::io::Result<()> {
         // SAFETY: the real file is open.
