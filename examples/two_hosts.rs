@@ -21,7 +21,9 @@ fn open(cache: &Path, remote: &Path) -> rusqlite::Result<Connection> {
     );
     Connection::open_with_flags(
         uri,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI,
     )
 }
 
@@ -36,7 +38,13 @@ fn status(c: &Connection) -> Value {
 fn counters(s: &Value) -> [u64; 5] {
     let r = &s["requests"];
     let g = |k: &str| r[k].as_u64().unwrap_or(0);
-    [g("total"), g("upload"), g("download"), g("bytes_up"), g("bytes_down")]
+    [
+        g("total"),
+        g("upload"),
+        g("download"),
+        g("bytes_up"),
+        g("bytes_down"),
+    ]
 }
 
 fn row(step: &str, before: [u64; 5], after: [u64; 5]) {
@@ -61,12 +69,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache_a = host_a.join("corpus.db");
     let cache_b = host_b.join("corpus.db");
     println!("remote directory: {}", remote.display());
-    println!("caches:           {} and {}\n", cache_a.display(), cache_b.display());
+    println!(
+        "caches:           {} and {}\n",
+        cache_a.display(),
+        cache_b.display()
+    );
     println!(
         "| {:<34} | {:>8} | {:>7} | {:>9} | {:>9} | {:>10} |",
         "step", "requests", "uploads", "downloads", "bytes up", "bytes down"
     );
-    println!("|{:-<36}|{:->10}|{:->9}|{:->11}|{:->11}|{:->12}|", "", "", "", "", "", "");
+    println!(
+        "|{:-<36}|{:->10}|{:->9}|{:->11}|{:->11}|{:->12}|",
+        "", "", "", "", "", ""
+    );
 
     // Host A creates the database: one transaction, one upload.
     let a = open(&cache_a, &remote)?;
@@ -78,7 +93,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          INSERT INTO docs(body) SELECT printf('document %d ', i) || hex(randomblob(400)) FROM n;
          COMMIT;",
     )?;
-    row("host A: create + 2000 rows (1 txn)", before, counters(&status(&a)));
+    row(
+        "host A: create + 2000 rows (1 txn)",
+        before,
+        counters(&status(&a)),
+    );
 
     // Host B opens cold: its cache is empty, so the database is downloaded once.
     let b = open(&cache_b, &remote)?;
@@ -94,13 +113,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One autocommit insert on host B: lease, conditional upload, release.
     let before = counters(&status(&b));
     b.execute("INSERT INTO docs(body) VALUES ('from host B')", [])?;
-    row("host B: one autocommit insert", before, counters(&status(&b)));
+    row(
+        "host B: one autocommit insert",
+        before,
+        counters(&status(&b)),
+    );
 
     // A batch of 100 commits on host A: the lease is held throughout, one upload at the end.
     let before = counters(&status(&a));
     a.execute_batch("PRAGMA managedblob_batch=begin")?;
     for i in 0..100 {
-        a.execute("INSERT INTO docs(body) VALUES (?1)", [format!("batch row {i}")])?;
+        a.execute(
+            "INSERT INTO docs(body) VALUES (?1)",
+            [format!("batch row {i}")],
+        )?;
     }
     a.execute_batch("PRAGMA managedblob_batch=end")?;
     row("host A: 100-commit batch", before, counters(&status(&a)));

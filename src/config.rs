@@ -174,9 +174,12 @@ impl Config {
             if let Some(v) = env(key.env_name()) {
                 return Some((v, format!("environment variable {}", key.env_name())));
             }
-            options
-                .default_for(key)
-                .map(|v| (v, format!("option '{}' given to register_with", key.uri_name())))
+            options.default_for(key).map(|v| {
+                (
+                    v,
+                    format!("option '{}' given to register_with", key.uri_name()),
+                )
+            })
         };
 
         let remote = match get(Key::Remote) {
@@ -217,8 +220,8 @@ impl Config {
                 base
             }
         };
-        let lease_secs = number(get(Key::LeaseSecs), Key::LeaseSecs, 15, 60)?
-            .unwrap_or(DEFAULT_LEASE_SECS);
+        let lease_secs =
+            number(get(Key::LeaseSecs), Key::LeaseSecs, 15, 60)?.unwrap_or(DEFAULT_LEASE_SECS);
         let staleness_ms = number(get(Key::StalenessMs), Key::StalenessMs, 0, 86_400_000)?
             .unwrap_or(DEFAULT_STALENESS_MS);
         let attempts = number(get(Key::RetryAttempts), Key::RetryAttempts, 1, 20)?
@@ -355,11 +358,17 @@ mod tests {
         let e = resolve(&[("remote", "/r"), ("lease_secs", "5")], &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("'lease_secs'") && e.contains("between 15 and 60"), "{e}");
+        assert!(
+            e.contains("'lease_secs'") && e.contains("between 15 and 60"),
+            "{e}"
+        );
         let e = resolve(&[("remote", "/r")], &[("MANAGEDBLOB_STALENESS_MS", "soon")])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("MANAGEDBLOB_STALENESS_MS") && e.contains("whole number"), "{e}");
+        assert!(
+            e.contains("MANAGEDBLOB_STALENESS_MS") && e.contains("whole number"),
+            "{e}"
+        );
         let e = resolve(&[("remote", "s3://bucket")], &[])
             .unwrap_err()
             .to_string();

@@ -138,14 +138,16 @@ impl Connection {
         let level = self.level;
         let store = self.store.clone();
         let file = self.file.as_mut();
-        let done = |r: Result<()>, row: &str| r.map(|()| Some(row.to_string())).map_err(|e| e.to_string());
+        let done =
+            |r: Result<()>, row: &str| r.map(|()| Some(row.to_string())).map_err(|e| e.to_string());
         match command {
             Command::BatchBegin => done(store.batch_begin(file, level), "begin"),
             Command::BatchEnd => done(store.batch_end(file, level), "end"),
             Command::Flush => done(store.flush_with_lock(file, level), "ok"),
             Command::Refresh => done(store.refresh(file, level), "ok"),
             Command::Status => Ok(Some(
-                serde_json::to_string(&store.status()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+                serde_json::to_string(&store.status())
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
             )),
             Command::Refused(message) => Err(message),
         }

@@ -109,10 +109,18 @@ mod tests {
     fn rejects_what_is_not_a_database() {
         assert!(check_database(b"", 0).is_ok());
         assert!(check_database(&header(4096, 1), 8192).is_ok());
-        assert!(check_database(&[b'x'; 100], 4096).unwrap_err().contains("SQLite header"));
-        assert!(check_database(&header(4096, 1), 5000).unwrap_err().contains("truncated"));
-        assert!(check_database(&header(1000, 1), 4000).unwrap_err().contains("page size"));
-        assert!(check_database(&header(4096, 1), 50).unwrap_err().contains("too short"));
+        assert!(check_database(&[b'x'; 100], 4096)
+            .unwrap_err()
+            .contains("SQLite header"));
+        assert!(check_database(&header(4096, 1), 5000)
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(check_database(&header(1000, 1), 4000)
+            .unwrap_err()
+            .contains("page size"));
+        assert!(check_database(&header(4096, 1), 50)
+            .unwrap_err()
+            .contains("too short"));
     }
 
     #[test]

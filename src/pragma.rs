@@ -16,7 +16,11 @@ pub enum Command {
 /// `Some(Err(message))` for one of ours with a bad value.
 pub fn parse(name: &str, value: Option<&str>) -> Option<Result<Command, String>> {
     let name = name.to_ascii_lowercase();
-    let value = value.map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_ascii_lowercase());
+    let value = value.map(|v| {
+        v.trim()
+            .trim_matches(|c| c == '\'' || c == '"')
+            .to_ascii_lowercase()
+    });
     let command = match name.as_str() {
         "managedblob_batch" => match value.as_deref() {
             Some("begin") => Ok(Command::BatchBegin),
@@ -53,10 +57,18 @@ mod tests {
 
     #[test]
     fn parses_ours_and_ignores_sqlites() {
-        assert_eq!(parse("managedblob_batch", Some("BEGIN")), Some(Ok(Command::BatchBegin)));
-        assert_eq!(parse("MANAGEDBLOB_BATCH", Some("'end'")), Some(Ok(Command::BatchEnd)));
+        assert_eq!(
+            parse("managedblob_batch", Some("BEGIN")),
+            Some(Ok(Command::BatchBegin))
+        );
+        assert_eq!(
+            parse("MANAGEDBLOB_BATCH", Some("'end'")),
+            Some(Ok(Command::BatchEnd))
+        );
         assert_eq!(parse("managedblob_status", None), Some(Ok(Command::Status)));
-        assert!(matches!(parse("managedblob_batch", Some("later")), Some(Err(m)) if m.contains("'later'")));
+        assert!(
+            matches!(parse("managedblob_batch", Some("later")), Some(Err(m)) if m.contains("'later'"))
+        );
         assert_eq!(parse("journal_mode", Some("delete")), None);
         assert_eq!(parse("cache_size", Some("10")), None);
     }

@@ -81,7 +81,12 @@ pub fn load(path: &Path) -> Result<Option<Sidecar>> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::local(format!("reading sidecar {}", path.display()), e)),
+        Err(e) => {
+            return Err(Error::local(
+                format!("reading sidecar {}", path.display()),
+                e,
+            ))
+        }
     };
     let sidecar: Sidecar = serde_json::from_slice(&bytes).map_err(|e| {
         Error::Local(format!(
@@ -174,7 +179,10 @@ mod tests {
         let p = dir.path().join("x-managedblob.json");
         fs::write(&p, b"{not json").unwrap();
         let e = load(&p).unwrap_err().to_string();
-        assert!(e.contains("corrupt") && e.contains("x-managedblob.json"), "{e}");
+        assert!(
+            e.contains("corrupt") && e.contains("x-managedblob.json"),
+            "{e}"
+        );
         assert!(p.exists());
     }
 

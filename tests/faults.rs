@@ -126,7 +126,10 @@ fn a_terminal_upload_failure_fails_the_commit_and_leaves_local_equal_to_remote()
         .unwrap();
     assert_eq!(n, 1, "the failed commit was rolled back locally");
     let s = status(&c);
-    assert_eq!(s["requests"]["upload"], 5, "no upload of the rolled-back file: {s}");
+    assert_eq!(
+        s["requests"]["upload"], 5,
+        "no upload of the rolled-back file: {s}"
+    );
     assert_eq!(s["requests"]["download"], 0, "{s}");
     assert_same_bytes(&w.cache_bytes("h1"), &w.remote_bytes());
     // The connection stays usable.

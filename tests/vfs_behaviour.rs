@@ -487,7 +487,8 @@ fn an_existing_local_database_seeds_an_empty_remote() {
 fn a_rollback_after_a_cache_spill_uploads_nothing() {
     let w = World::new();
     let c = w.open("h1", "a.db");
-    c.execute_batch("CREATE TABLE t(x); PRAGMA cache_size=2;").unwrap();
+    c.execute_batch("CREATE TABLE t(x); PRAGMA cache_size=2;")
+        .unwrap();
     let uploads = requests(&c, "upload");
     c.execute_batch("BEGIN;").unwrap();
     for i in 0..2000 {
@@ -495,7 +496,11 @@ fn a_rollback_after_a_cache_spill_uploads_nothing() {
             .unwrap();
     }
     c.execute_batch("ROLLBACK;").unwrap();
-    assert_eq!(requests(&c, "upload"), uploads, "a rollback publishes nothing");
+    assert_eq!(
+        requests(&c, "upload"),
+        uploads,
+        "a rollback publishes nothing"
+    );
     assert_eq!(count(&c, "t"), 0);
     assert_eq!(status(&c)["lease_held"], false);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
@@ -520,6 +525,74 @@ fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole() {
     assert_eq!(count(&b, "t"), 3000);
     let s = status(&b);
     assert_eq!(s["requests"]["bytes_down"], size, "{s}");
-    let ok: String = b.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let ok: String = b
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(ok, "ok");
+}
+
+#[test]
+fn an_interrupted_commit_is_resynced_from_the_remote() {
+    let w = World::new();
+    {
+        let c = w.open("h1", "a.db");
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    // The process died between the upload and the end of SQLite's local commit: the
+    // sidecar says so, and the cache holds something else (here: an extra row).
+    let cache = w.cache("h1", "a.db");
+    {
+        let p = rusqlite::Connection::open(&cache).unwrap();
+        p.execute("INSERT INTO t VALUES (99)", []).unwrap();
+    }
+    let p = sidecar_path(&cache);
+    let mut s = managedblob::sidecar::load(&p).unwrap().unwrap();
+    s.in_flight = managedblob::sidecar::InFlight::Commit;
+    managedblob::sidecar::store(&p, &s).unwrap();
+    let c = w.open("h1", "a.db");
+    assert_eq!(count(&c, "t"), 1, "the cache follows the remote");
+    let s = status(&c);
+    assert_eq!(s["in_flight"], "none");
+    assert_eq!(s["requests"]["download"], 1, "{s}");
+    assert_eq!(
+        remote_count(&w, "a.db", "t"),
+        1,
+        "the remote was not touched"
+    );
+}
+
+#[test]
+fn two_connections_in_one_process_share_the_cache() {
+    let w = World::new();
+    let a = w.open_with("h1", "a.db", "&staleness_ms=0");
+    let b = w.open_with("h1", "a.db", "&staleness_ms=0");
+    a.execute("CREATE TABLE t(x)", []).unwrap();
+    b.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    a.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    assert_eq!(count(&a, "t"), 2);
+    assert_eq!(count(&b, "t"), 2);
+    assert_eq!(
+        requests(&a, "download"),
+        0,
+        "the shared store never downloads its own commits"
+    );
+    assert_eq!(remote_count(&w, "a.db", "t"), 2);
+    // While a reads inside a transaction, another host's commit makes b's next
+    // read need a refresh, which must wait for a's transaction (SQLITE_BUSY).
+    a.execute_batch("BEGIN; SELECT count(*) FROM t;").unwrap();
+    let other = w.open("h2", "a.db");
+    other.execute("INSERT INTO t VALUES (3)", []).unwrap();
+    b.busy_timeout(Duration::ZERO).unwrap();
+    let err = b
+        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert_eq!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy),
+        "{err}"
+    );
+    a.execute_batch("COMMIT").unwrap();
+    assert_eq!(count(&b, "t"), 3);
+    assert_eq!(count(&a, "t"), 3);
 }

@@ -95,7 +95,9 @@ fn io(rc: c_int, what: &str) -> std::io::Result<()> {
     if rc == sql::SQLITE_OK {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("{what} failed with SQLite code {rc}")))
+        Err(std::io::Error::other(format!(
+            "{what} failed with SQLite code {rc}"
+        )))
     }
 }
 
@@ -399,7 +401,9 @@ unsafe fn open_main(
         (*real).pMethods = ptr::null();
     }
     // SAFETY: name is the NUL-terminated full path SQLite passes to xOpen.
-    let path = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+    let path = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
     let read_only = flags & sql::SQLITE_OPEN_READONLY != 0;
     let uri = |key: &str| -> Option<String> {
         let key = CString::new(key).ok()?;
@@ -409,7 +413,13 @@ unsafe fn open_main(
         (!v.is_null()).then(|| unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned())
     };
     let env = |key: &str| std::env::var(key).ok();
-    let config = Config::resolve(std::path::Path::new(&path), read_only, &data.options, &uri, &env);
+    let config = Config::resolve(
+        std::path::Path::new(&path),
+        read_only,
+        &data.options,
+        &uri,
+        &env,
+    );
 
     // Open the cache read-write (and create it) even for mode=ro, so the first sync and
     // later refreshes can write it; SQLite still sees a read-only file.
@@ -497,7 +507,11 @@ macro_rules! real_vfs_call {
     }};
 }
 
-unsafe extern "C" fn x_delete(vfs: *mut sql::sqlite3_vfs, name: *const c_char, sync_dir: c_int) -> c_int {
+unsafe extern "C" fn x_delete(
+    vfs: *mut sql::sqlite3_vfs,
+    name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
     guard(|| real_vfs_call!(vfs, xDelete, name, sync_dir))
 }
 unsafe extern "C" fn x_access(
@@ -541,7 +555,11 @@ unsafe extern "C" fn x_sleep(vfs: *mut sql::sqlite3_vfs, micros: c_int) -> c_int
 unsafe extern "C" fn x_current_time(vfs: *mut sql::sqlite3_vfs, out: *mut f64) -> c_int {
     real_vfs_call!(vfs, xCurrentTime, out)
 }
-unsafe extern "C" fn x_get_last_error(vfs: *mut sql::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+unsafe extern "C" fn x_get_last_error(
+    vfs: *mut sql::sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
     real_vfs_call!(vfs, xGetLastError, n, out)
 }
 unsafe extern "C" fn x_current_time_int64(vfs: *mut sql::sqlite3_vfs, out: *mut i64) -> c_int {
@@ -620,7 +638,12 @@ unsafe extern "C" fn x_close(file: *mut sql::sqlite3_file) -> c_int {
     })
 }
 
-unsafe extern "C" fn x_read(file: *mut sql::sqlite3_file, buf: *mut c_void, amt: c_int, off: i64) -> c_int {
+unsafe extern "C" fn x_read(
+    file: *mut sql::sqlite3_file,
+    buf: *mut c_void,
+    amt: c_int,
+    off: i64,
+) -> c_int {
     guard(|| {
         real_call!(
             file,
@@ -638,7 +661,12 @@ unsafe extern "C" fn x_read(file: *mut sql::sqlite3_file, buf: *mut c_void, amt:
         )
     })
 }
-unsafe extern "C" fn x_write(file: *mut sql::sqlite3_file, buf: *const c_void, amt: c_int, off: i64) -> c_int {
+unsafe extern "C" fn x_write(
+    file: *mut sql::sqlite3_file,
+    buf: *const c_void,
+    amt: c_int,
+    off: i64,
+) -> c_int {
     guard(|| real_call!(file, sql::SQLITE_CANTOPEN, xWrite, buf, amt, off))
 }
 unsafe extern "C" fn x_truncate(file: *mut sql::sqlite3_file, size: i64) -> c_int {
@@ -676,7 +704,7 @@ unsafe extern "C" fn x_check_reserved_lock(file: *mut sql::sqlite3_file, out: *m
     })
 }
 unsafe extern "C" fn x_sector_size(file: *mut sql::sqlite3_file) -> c_int {
-    guard(|| real_call!(file, 4096,xSectorSize,))
+    guard(|| real_call!(file, 4096, xSectorSize,))
 }
 unsafe extern "C" fn x_device_characteristics(file: *mut sql::sqlite3_file) -> c_int {
     guard(|| real_call!(file, 0, xDeviceCharacteristics,))
@@ -714,7 +742,11 @@ unsafe extern "C" fn x_unlock(file: *mut sql::sqlite3_file, level: c_int) -> c_i
     })
 }
 
-unsafe extern "C" fn x_file_control(file: *mut sql::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+unsafe extern "C" fn x_file_control(
+    file: *mut sql::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
     guard(|| {
         // SAFETY: file is ours.
         let Some(main) = (unsafe { main_db(file) }) else {
@@ -729,9 +761,9 @@ unsafe extern "C" fn x_file_control(file: *mut sql::sqlite3_file, op: c_int, arg
                 let args = arg as *mut *mut c_char;
                 let (name, value) = unsafe {
                     let name = CStr::from_ptr(*args.add(1)).to_string_lossy().into_owned();
-                    let value = (*args.add(2)).as_ref().map(|v| {
-                        CStr::from_ptr(v).to_string_lossy().into_owned()
-                    });
+                    let value = (*args.add(2))
+                        .as_ref()
+                        .map(|v| CStr::from_ptr(v).to_string_lossy().into_owned());
                     (name, value)
                 };
                 let Some(parsed) = crate::pragma::parse(&name, value.as_deref()) else {
@@ -768,7 +800,9 @@ unsafe extern "C" fn x_file_control(file: *mut sql::sqlite3_file, op: c_int, arg
                 // SAFETY: for VFSNAME, arg is a char** the real VFS may have filled with
                 // memory from sqlite3_malloc.
                 unsafe {
-                    let inner = (*slot).as_ref().map(|p| CStr::from_ptr(p).to_string_lossy().into_owned());
+                    let inner = (*slot)
+                        .as_ref()
+                        .map(|p| CStr::from_ptr(p).to_string_lossy().into_owned());
                     let ours = match &inner {
                         Some(inner) => format!("{}/{inner}", crate::VFS_NAME),
                         None => crate::VFS_NAME.to_string(),
@@ -778,7 +812,11 @@ unsafe extern "C" fn x_file_control(file: *mut sql::sqlite3_file, op: c_int, arg
                     }
                     *slot = sqlite_string(&ours);
                 }
-                if rc == sql::SQLITE_NOTFOUND { sql::SQLITE_OK } else { rc }
+                if rc == sql::SQLITE_NOTFOUND {
+                    sql::SQLITE_OK
+                } else {
+                    rc
+                }
             }
             _ => real_call!(file, sql::SQLITE_NOTFOUND, xFileControl, op, arg),
         }

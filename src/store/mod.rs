@@ -221,7 +221,9 @@ impl Store {
     /// forced refresh when it moved).
     pub fn begin_write(&self) -> Result<()> {
         if self.config.read_only {
-            return Err(Error::Misuse("the database was opened read-only (mode=ro)".into()));
+            return Err(Error::Misuse(
+                "the database was opened read-only (mode=ro)".into(),
+            ));
         }
         let mut st = self.lock_state();
         let result = self.begin_write_locked(&mut st);
@@ -259,7 +261,11 @@ impl Store {
                     format!(
                         "remote blob '{}' was deleted; this cache holds version {}",
                         self.config.blob,
-                        st.sidecar.base.as_ref().map(|e| e.0.as_str()).unwrap_or("?")
+                        st.sidecar
+                            .base
+                            .as_ref()
+                            .map(|e| e.0.as_str())
+                            .unwrap_or("?")
                     ),
                 )))
             }
@@ -336,13 +342,17 @@ impl Store {
             }
         };
         let lease = st.lease.as_ref().map(|l| l.id.clone());
-        let stat = self.upload(file, &condition, lease.as_ref()).map_err(|e| match e {
-            Error::Backend(b) if b.kind == BackendErrorKind::AlreadyExists => Error::Busy(format!(
-                "another writer created blob '{}' first; retry the transaction",
-                self.config.blob
-            )),
-            other => other,
-        })?;
+        let stat = self
+            .upload(file, &condition, lease.as_ref())
+            .map_err(|e| match e {
+                Error::Backend(b) if b.kind == BackendErrorKind::AlreadyExists => {
+                    Error::Busy(format!(
+                        "another writer created blob '{}' first; retry the transaction",
+                        self.config.blob
+                    ))
+                }
+                other => other,
+            })?;
         st.create_on_commit = false;
         st.sidecar.base = Some(stat.etag);
         st.sidecar.dirty = false;

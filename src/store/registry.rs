@@ -46,7 +46,9 @@ fn connect(spec: &RemoteSpec) -> Result<Arc<dyn Backend>> {
     match spec {
         RemoteSpec::Local(dir) => LocalBackend::new(dir.clone())
             .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(|e| Error::Config(format!("setting 'remote' names an unusable directory: {e}"))),
+            .map_err(|e| {
+                Error::Config(format!("setting 'remote' names an unusable directory: {e}"))
+            }),
         RemoteSpec::Memory(name) => Ok(MemoryBackend::named(name) as Arc<dyn Backend>),
     }
 }

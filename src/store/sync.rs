@@ -72,13 +72,15 @@ impl Store {
                 }
                 Ok(())
             }
-            Some(_) if st.lease.as_ref().is_some_and(|l| !l.is_parked()) => Err(Error::Backend(BackendError::new(
-                BackendErrorKind::LeaseLost,
-                format!(
-                    "remote blob '{}' changed while this process held its lease",
-                    self.config.blob
-                ),
-            ))),
+            Some(_) if st.lease.as_ref().is_some_and(|l| !l.is_parked()) => {
+                Err(Error::Backend(BackendError::new(
+                    BackendErrorKind::LeaseLost,
+                    format!(
+                        "remote blob '{}' changed while this process held its lease",
+                        self.config.blob
+                    ),
+                )))
+            }
             Some(_) => {
                 // A parked lease has lapsed if somebody else could write.
                 st.lease = None;
@@ -239,8 +241,8 @@ impl Store {
         let old_len = file
             .read_at(&mut old_header, 0)
             .map_err(|e| cache_err("reading", e))?;
-        let old_counter =
-            (old_len == 100 && &old_header[..16] == image::MAGIC).then(|| image::change_counter(&old_header));
+        let old_counter = (old_len == 100 && &old_header[..16] == image::MAGIC)
+            .then(|| image::change_counter(&old_header));
 
         st.sidecar.in_flight = InFlight::Download;
         self.save(st)?;
@@ -250,7 +252,8 @@ impl Store {
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut offset = 0u64;
         loop {
-            let n = read_full(&mut src, &mut buf).map_err(|e| Error::local("reading the downloaded copy", e))?;
+            let n = read_full(&mut src, &mut buf)
+                .map_err(|e| Error::local("reading the downloaded copy", e))?;
             if n == 0 {
                 break;
             }
@@ -267,7 +270,8 @@ impl Store {
                 self.config.blob, stat.size
             )));
         }
-        file.truncate(offset).map_err(|e| cache_err("truncating", e))?;
+        file.truncate(offset)
+            .map_err(|e| cache_err("truncating", e))?;
         file.sync().map_err(|e| cache_err("syncing", e))?;
         if discard_journal {
             match std::fs::remove_file(&self.journal_path) {
@@ -303,7 +307,8 @@ impl Store {
         let mut b = vec![0u8; COPY_CHUNK];
         let mut offset = 0u64;
         loop {
-            let n = read_full(&mut src, &mut a).map_err(|e| Error::local("reading the downloaded copy", e))?;
+            let n = read_full(&mut src, &mut a)
+                .map_err(|e| Error::local("reading the downloaded copy", e))?;
             if n == 0 {
                 return Ok(true);
             }
@@ -334,8 +339,9 @@ impl Store {
             if n == 0 {
                 break;
             }
-            std::io::Write::write_all(&mut out, &buf[..n])
-                .map_err(|e| Error::local(format!("writing conflict copy {}", path.display()), e))?;
+            std::io::Write::write_all(&mut out, &buf[..n]).map_err(|e| {
+                Error::local(format!("writing conflict copy {}", path.display()), e)
+            })?;
             offset += n as u64;
         }
         out.sync_all()
@@ -403,6 +409,9 @@ mod tests {
     fn utc_stamp_has_the_documented_shape() {
         let s = super::utc_stamp();
         assert_eq!(s.len(), 16, "{s}");
-        assert!(s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[8] == b'T', "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[8] == b'T',
+            "{s}"
+        );
     }
 }
