@@ -84,7 +84,7 @@ impl io::Read for LocalFileReader<'_> {
 }
 
 /// A `LocalFile` over a plain file with in-process lock bookkeeping, for tests of the
-/// state machine without SQLite. Locks conflict only through a shared [`FakeLocks`].
+/// state machine without SQLite. Locks conflict only through a shared [`fake::FakeLocks`].
 pub mod fake {
     use super::*;
     use parking_lot::Mutex;

@@ -43,6 +43,7 @@ fn child_main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
+    parent_alive();
     managedblob::register().expect("register");
     let uri = env("MB_URI");
     match role.as_str() {
@@ -63,6 +64,24 @@ where
     T::Err: std::fmt::Debug,
 {
     env(key).parse().unwrap_or_else(|e| panic!("{key}: {e:?}"))
+}
+
+/// Whether the parent that spawned this child is still there (an orphan is
+/// re-parented), so a child never outlives an interrupted test run for long.
+fn parent_alive() -> bool {
+    static PARENT: std::sync::OnceLock<libc::pid_t> = std::sync::OnceLock::new();
+    // SAFETY: getppid has no preconditions and touches no memory.
+    let now = unsafe { libc::getppid() };
+    *PARENT.get_or_init(|| now) == now
+}
+
+/// Sleep up to `limit`, waking early (and failing) if the parent went away.
+fn sleep_while_parent_alive(limit: Duration) {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        assert!(parent_alive(), "the parent test process went away");
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Tell the parent something: one stdout line, flushed now.
@@ -112,7 +131,7 @@ fn child_batch_then_sleep(uri: &str) {
     assert_eq!(s["dirty"], true, "{s}");
     assert_eq!(s["lease_held"], true, "{s}");
     say(&format!("READY status={s}"));
-    thread::sleep(Duration::from_secs(60));
+    sleep_while_parent_alive(Duration::from_secs(60));
     panic!("batch_then_sleep was not killed");
 }
 
@@ -123,6 +142,7 @@ fn child_commit_loop(uri: &str) {
     let c = open(uri);
     let payload = "x".repeat(300);
     for id in start.. {
+        assert!(parent_alive(), "the parent test process went away");
         match c.execute(
             "INSERT INTO t(id, payload) VALUES (?1, ?2)",
             (id, format!("{id}:{payload}")),
@@ -154,7 +174,7 @@ fn child_batch_hold(uri: &str) {
     let s = status(&c);
     assert_eq!(s["lease_held"], true, "{s}");
     say("READY");
-    thread::sleep(Duration::from_millis(hold));
+    sleep_while_parent_alive(Duration::from_millis(hold));
     assert_eq!(
         pragma(&c, "PRAGMA managedblob_batch=end")
             .unwrap()
@@ -485,9 +505,13 @@ fn two_processes_one_cache() {
     let uri = w.uri("h1", "a.db", "");
     create_counter(&uri);
     let statuses = run_increment_children(&w, &[uri.clone(), uri.clone()], N);
-    // One cache: nothing to download, ever.
+    // One cache: nothing to download, ever; and every commit uploaded by itself.
     for s in &statuses {
         assert_eq!(s["requests"]["download"], 0, "{s}");
+        assert!(
+            s["requests"]["upload"].as_u64().unwrap() >= u64::from(N),
+            "{s}"
+        );
     }
 
     assert_eq!(remote_counter(&w.remote_blob("a.db")), i64::from(2 * N));
@@ -511,6 +535,12 @@ fn two_hosts_interleaved_writers_no_lost_update() {
     create_counter(&w.uri("h1", "a.db", ""));
     let uris = [w.uri("h1", "a.db", ""), w.uri("h2", "a.db", "")];
     let statuses = run_increment_children(&w, &uris, N);
+    for s in &statuses {
+        assert!(
+            s["requests"]["upload"].as_u64().unwrap() >= u64::from(N),
+            "{s}"
+        );
+    }
     // h2 downloads once when it opens; any further download is a refresh after the
     // other host committed. Each host refreshing at least once shows the writers did
     // interleave (else this test would prove little).
@@ -647,6 +677,54 @@ fn sigkill_inside_batch_commits_reach_remote_on_next_open() {
     let (remote_ids, ok) = read_remote(&blob, |r| (ids(r), integrity(r)));
     assert_eq!(ok, "ok");
     assert_eq!(remote_ids, (1..=K).collect::<BTreeSet<_>>());
+}
+
+/// Like the test above, but another process has the same cache open all along (and
+/// idle) while the batch runs and dies. Its next write takes the dead process's lease
+/// and uploads the batch's commits together with its own.
+#[test]
+fn sigkill_inside_batch_with_another_process_on_the_same_cache() {
+    const K: i64 = 20;
+    let w = World::new();
+    let extra = format!("&lease_secs={LEASE_SECS}");
+    let uri = w.uri("h1", "a.db", &extra);
+    let cache = w.cache("h1", "a.db");
+    let blob = w.remote_blob("a.db");
+    let c = open(&uri);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+
+    let mut child = Proc::spawn(
+        "batcher",
+        "batch_then_sleep",
+        &uri,
+        &[("MB_K", K.to_string())],
+    );
+    child.expect("READY", Duration::from_secs(15));
+    child.sigkill();
+    assert_eq!(sidecar(&cache)["dirty"], true);
+
+    let started = Instant::now();
+    c.execute("INSERT INTO t(id, payload) VALUES (?1, 'parent')", [K + 1])
+        .unwrap_or_else(|e| {
+            panic!(
+                "write after the batch holder died: {e}; status {}",
+                status(&c)
+            )
+        });
+    let took = started.elapsed();
+    let s = status(&c);
+    println!("write took {took:?}; status {s}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the write waited {took:?}: the dead owner's lease should be reclaimed"
+    );
+    assert_eq!(s["dirty"], false, "{s}");
+    assert_eq!(sidecar(&cache)["dirty"], false);
+    let (remote_ids, ok) = read_remote(&blob, |r| (ids(r), integrity(r)));
+    assert_eq!(ok, "ok");
+    assert_eq!(remote_ids, (1..=K + 1).collect::<BTreeSet<_>>());
 }
 
 /// A process killed at a random point of an autocommit loop: every acknowledged

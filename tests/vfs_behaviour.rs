@@ -325,6 +325,7 @@ fn config_errors_name_the_setting_in_rusqlite_errors() {
         };
         assert!(err.contains(expected), "{uri}: {err}");
         assert!(err.contains("managedblob"), "{uri}: {err}");
+        assert!(!cache.exists(), "{uri}: a failed open leaves no cache file");
     }
 }
 

@@ -413,13 +413,21 @@ unsafe fn open_main(
         (!v.is_null()).then(|| unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned())
     };
     let env = |key: &str| std::env::var(key).ok();
-    let config = Config::resolve(
+    // Settings and the remote's address are checked before the cache is touched, so
+    // a bad URI leaves no empty cache file behind.
+    let store = Config::resolve(
         std::path::Path::new(&path),
         read_only,
         &data.options,
         &uri,
         &env,
-    );
+    )
+    .and_then(|config| open_store(std::path::Path::new(&path), config));
+    let store = match store {
+        Ok(store) => store,
+        // SAFETY: mb is our struct, set up above.
+        Err(e) => return unsafe { install_failed(mb, &path, e) },
+    };
 
     // Open the cache read-write (and create it) even for mode=ro, so the first sync and
     // later refreshes can write it; SQLite still sees a read-only file.
@@ -451,29 +459,41 @@ unsafe fn open_main(
         unsafe { *out_flags = reported };
     }
 
-    let opened = config.and_then(|config| {
-        let store = open_store(std::path::Path::new(&path), config)?;
-        Connection::open(store, Box::new(RealFile(real)))
-    });
-    let main = match opened {
-        Ok(connection) => MainDb {
-            connection: Some(connection),
-            open_error: None,
-            real,
-        },
+    let connection = match Connection::open(store, Box::new(RealFile(real))) {
+        Ok(connection) => connection,
         Err(e) => {
-            tracing::warn!(path, error = %e, "managedblob: open failed");
-            // The failed state serves an empty file; the auto-extension reports `e`.
             // SAFETY: the real file was opened above and is closed exactly once here.
             unsafe { close_real(real) };
-            MainDb {
-                connection: None,
-                open_error: Some(e.to_string()),
-                real: ptr::null_mut(),
-            }
+            // SAFETY: mb is our struct.
+            return unsafe { install_failed(mb, &path, e) };
         }
     };
+    let main = MainDb {
+        connection: Some(connection),
+        open_error: None,
+        real,
+    };
     // SAFETY: mb is our struct; IO_METHODS is static.
+    unsafe {
+        (*mb).main = Box::into_raw(Box::new(main));
+        (*mb).base.pMethods = &IO_METHODS;
+    }
+    sql::SQLITE_OK
+}
+
+/// Finish an open in the failed state: the file looks empty to SQLite and the
+/// auto-extension [`report_open_error`] fails the open with `error`'s message.
+///
+/// # Safety
+/// `mb` must be the MbFile being opened by [`open_main`].
+unsafe fn install_failed(mb: *mut MbFile, path: &str, error: Error) -> c_int {
+    tracing::warn!(path, error = %error, "managedblob: open failed");
+    let main = MainDb {
+        connection: None,
+        open_error: Some(error.to_string()),
+        real: ptr::null_mut(),
+    };
+    // SAFETY: guaranteed by the caller; IO_METHODS is static.
     unsafe {
         (*mb).main = Box::into_raw(Box::new(main));
         (*mb).base.pMethods = &IO_METHODS;
