@@ -46,6 +46,10 @@ pub struct Sidecar {
     pub in_flight: InFlight,
     /// How many remote versions this cache has taken in (uploads and downloads).
     pub generation: u64,
+    /// The inode of the cache file this sidecar describes: a cache deleted or
+    /// replaced behind our back is not mistaken for the synced one.
+    #[serde(default)]
+    pub cache_inode: Option<u64>,
 }
 
 impl Sidecar {
@@ -59,6 +63,7 @@ impl Sidecar {
             dirty: false,
             in_flight: InFlight::None,
             generation: 0,
+            cache_inode: None,
         }
     }
 

@@ -596,4 +596,29 @@ fn two_connections_in_one_process_share_the_cache() {
     a.execute_batch("COMMIT").unwrap();
     assert_eq!(count(&b, "t"), 3);
     assert_eq!(count(&a, "t"), 3);
+    assert_eq!(
+        requests(&b, "download"),
+        1,
+        "the version downloaded while the cache was busy is installed, not fetched again"
+    );
+}
+
+#[test]
+fn a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one() {
+    let w = World::new();
+    {
+        let c = w.open("h1", "a.db");
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    let cache = w.cache("h1", "a.db");
+    std::fs::remove_file(&cache).unwrap();
+    let c = w.open("h1", "a.db");
+    assert_eq!(
+        count(&c, "t"),
+        1,
+        "the remote's content, not an empty database"
+    );
+    c.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    assert_eq!(remote_count(&w, "a.db", "t"), 2);
 }

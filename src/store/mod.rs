@@ -65,6 +65,8 @@ struct State {
     connections: usize,
     last_error: Option<String>,
     conflicts: Vec<String>,
+    /// A downloaded version waiting beside the cache for an EXCLUSIVE lock.
+    pending_download: Option<crate::backend::BlobStat>,
 }
 
 /// The status report of `PRAGMA managedblob_status`.
@@ -111,6 +113,7 @@ impl Store {
                 connections: 0,
                 last_error: None,
                 conflicts: Vec::new(),
+                pending_download: None,
             }),
         }
     }
@@ -597,16 +600,22 @@ impl Store {
     /// foreign sidecar means the cache corresponds to nothing we know: it is kept
     /// as local changes when it has content.
     fn reload(&self, st: &mut State) -> Result<()> {
+        let cache = std::fs::metadata(&self.cache_path).ok();
+        let inode = cache.as_ref().map(std::os::unix::fs::MetadataExt::ino);
         match sidecar::load(&self.sidecar_path)? {
-            Some(s) if s.is_for(&self.identity, &self.config.blob) => st.sidecar = s,
+            Some(s)
+                if s.is_for(&self.identity, &self.config.blob)
+                    && (s.cache_inode.is_none() || s.cache_inode == inode) =>
+            {
+                st.sidecar = s
+            }
             found => {
                 if let Some(other) = found {
                     tracing::warn!(cache = %self.cache_path.display(), other = %other.remote,
-                        "sidecar belongs to another remote; treating the cache as unknown");
+                        "sidecar belongs to another remote or to a cache file that was \
+                         replaced; treating the cache as unknown");
                 }
-                let size = std::fs::metadata(&self.cache_path)
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                let size = cache.map(|m| m.len()).unwrap_or(0);
                 let mut fresh = Sidecar::new(self.identity.clone(), self.config.blob.clone());
                 fresh.dirty = size > 0;
                 st.sidecar = fresh;
@@ -616,6 +625,9 @@ impl Store {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
+        st.sidecar.cache_inode = std::fs::metadata(&self.cache_path)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
         sidecar::store(&self.sidecar_path, &st.sidecar)
     }
 }

@@ -46,7 +46,7 @@ impl Store {
             tracing::warn!(cache = %self.cache_path.display(), ?in_flight,
                 "a transfer was interrupted; resyncing the cache from the remote");
             return match remote {
-                Some(_) => self.replace(st, file, held, journal_hot),
+                Some(stat) => self.replace(st, file, held, journal_hot, &stat),
                 None => Err(Error::Local(format!(
                     "cache {} was interrupted mid-transfer and remote blob '{}' does not exist; \
                      nothing to resync from",
@@ -68,7 +68,7 @@ impl Store {
             None => Ok(()),
             Some(stat) if st.sidecar.base.as_ref() == Some(&stat.etag) => {
                 if st.sidecar.dirty && st.lease.is_none() && !self.config.read_only {
-                    self.recover_upload(st, file)?;
+                    self.recover_upload(st, file, &stat)?;
                 }
                 Ok(())
             }
@@ -81,21 +81,26 @@ impl Store {
                     ),
                 )))
             }
-            Some(_) => {
+            Some(stat) => {
                 // A parked lease has lapsed if somebody else could write.
                 st.lease = None;
-                self.replace(st, file, held, false)
+                self.replace(st, file, held, false, &stat)
             }
         }
     }
 
     /// Dirty cache, remote unchanged since its base: upload the local commits
     /// (after a crash inside a batch, or a failed flush). Busy lease: later.
-    fn recover_upload(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
+    fn recover_upload(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        remote: &BlobStat,
+    ) -> Result<()> {
         if let Err(why) = self.check_cache(file) {
             tracing::warn!(cache = %self.cache_path.display(), why,
                 "dirty cache is not a valid database; keeping it aside and taking the remote");
-            return self.replace(st, file, LockLevel::Shared, false);
+            return self.replace(st, file, LockLevel::Shared, false, remote);
         }
         let lease = match self.take_lease() {
             Ok(Some(lease)) => lease,
@@ -167,10 +172,24 @@ impl Store {
         file: &mut dyn LocalFile,
         held: LockLevel,
         discard_journal: bool,
+        current: &BlobStat,
     ) -> Result<()> {
-        let stat = self.remote.download_to(&self.download_path)?;
+        // A download that could not be installed because the cache was busy is kept
+        // for the retry, as long as the remote still has that version.
+        let reusable = st.pending_download.as_ref() == Some(current) && self.download_path.exists();
+        let stat = if reusable {
+            st.pending_download.clone().expect("checked above")
+        } else {
+            st.pending_download = None;
+            self.remote.download_to(&self.download_path)?
+        };
         let result = self.install_download(st, file, held, discard_journal, &stat);
-        let _ = std::fs::remove_file(&self.download_path);
+        if matches!(&result, Err(e) if e.is_busy()) {
+            st.pending_download = Some(stat);
+        } else {
+            st.pending_download = None;
+            let _ = std::fs::remove_file(&self.download_path);
+        }
         result
     }
 
