@@ -46,10 +46,10 @@ pub struct Sidecar {
     pub in_flight: InFlight,
     /// How many remote versions this cache has taken in (uploads and downloads).
     pub generation: u64,
-    /// The inode of the cache file this sidecar describes: a cache deleted or
-    /// replaced behind our back is not mistaken for the synced one.
+    /// The identity of the cache file this sidecar describes ([`file_identity`]): a
+    /// cache deleted or replaced behind our back is not mistaken for the synced one.
     #[serde(default)]
-    pub cache_inode: Option<u64>,
+    pub cache_id: Option<String>,
 }
 
 impl Sidecar {
@@ -63,7 +63,7 @@ impl Sidecar {
             dirty: false,
             in_flight: InFlight::None,
             generation: 0,
-            cache_inode: None,
+            cache_id: None,
         }
     }
 
@@ -71,6 +71,19 @@ impl Sidecar {
     pub fn is_for(&self, remote: &str, blob: &str) -> bool {
         self.remote == remote && self.blob == blob
     }
+}
+
+/// Inode and birth time of a file: a new file that happens to reuse a deleted file's
+/// inode number still differs in birth time (where the filesystem records one).
+pub fn file_identity(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).ok()?;
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Some(format!("{}:{}:{born}", meta.dev(), meta.ino()))
 }
 
 /// The sidecar path for a cache file.

@@ -19,6 +19,7 @@ mod registry;
 mod sync;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,15 @@ pub struct Store {
     identity: String,
     remote: Arc<Remote>,
     state: Mutex<State>,
+    /// Until when (nanoseconds on [`clock`]) a SHARED lock needs no freshness check:
+    /// read without the mutex, so the read path of a fresh cache stays cheap.
+    fresh_until: AtomicU64,
+}
+
+/// Monotonic nanoseconds since the first call in this process.
+fn clock() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 #[derive(Debug)]
@@ -115,11 +125,18 @@ impl Store {
                 conflicts: Vec::new(),
                 pending_download: None,
             }),
+            fresh_until: AtomicU64::new(0),
         }
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock()
+    }
+
+    /// Make the next SHARED lock check the remote, whatever the staleness clock says.
+    fn force_check(&self, st: &mut State) {
+        st.must_check = true;
+        self.fresh_until.store(0, Ordering::SeqCst);
     }
 
     /// Remember an error for the status report and log it.
@@ -150,7 +167,7 @@ impl Store {
         };
         match result {
             Err(e) if e.is_busy() => {
-                st.must_check = true;
+                self.force_check(&mut st);
                 Ok(())
             }
             Err(e) => {
@@ -188,7 +205,24 @@ impl Store {
     /// to date when the staleness bound has passed; `Err(Busy)` when that needs the
     /// cache to itself and another connection is reading.
     pub fn on_shared(&self, file: &mut dyn LocalFile) -> Result<()> {
+        if clock() < self.fresh_until.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let mut st = self.lock_state();
+        let result = self.on_shared_locked(&mut st, file);
+        // Open the fast path until the staleness bound, unless a check is pending or
+        // this process writes (then every SHARED must see the lease state).
+        if result.is_ok() && !st.must_check && st.lease.is_none() {
+            if let Some(checked) = st.last_check {
+                let until = clock()
+                    + (self.config.staleness.saturating_sub(checked.elapsed())).as_nanos() as u64;
+                self.fresh_until.store(until, Ordering::SeqCst);
+            }
+        }
+        result
+    }
+
+    fn on_shared_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
         let writing_here = st.lease.as_ref().is_some_and(|l| !l.is_parked());
         if writing_here && !st.must_check {
             // We are the writer: nobody else can move the remote.
@@ -200,18 +234,18 @@ impl Store {
         if fresh && !st.must_check {
             return Ok(());
         }
-        match self.sync(&mut st, file, LockLevel::Shared) {
+        match self.sync(st, file, LockLevel::Shared) {
             Ok(()) => Ok(()),
             Err(Error::Backend(e)) if e.is_transient() => {
                 // The remote is unreachable: serve the local copy, look again later.
                 st.last_check = Some(Instant::now());
                 let err = Error::Backend(e);
-                self.note_error(&mut st, &err);
+                self.note_error(st, &err);
                 Ok(())
             }
             Err(e) => {
                 if !e.is_busy() {
-                    self.note_error(&mut st, &e);
+                    self.note_error(st, &e);
                 }
                 Err(e)
             }
@@ -258,7 +292,7 @@ impl Store {
                 Ok(())
             }
             None => {
-                st.must_check = true;
+                self.force_check(st);
                 Err(Error::Backend(crate::backend::BackendError::new(
                     BackendErrorKind::NotFound,
                     format!(
@@ -294,7 +328,7 @@ impl Store {
         let adoptable_empty = st.sidecar.base.is_none() && lease.stat.size == 0;
         if !(matches || adoptable_empty) {
             let _ = self.remote.release_lease(&lease.id);
-            st.must_check = true;
+            self.force_check(st);
             return Err(Error::Busy(format!(
                 "remote blob '{}' moved since this snapshot was read; the next read takes the \
                  new version (use BEGIN IMMEDIATE for read-then-write transactions)",
@@ -384,7 +418,7 @@ impl Store {
             // back): the cache is behind the remote. Take the remote at the next read.
             st.sidecar.in_flight = InFlight::None;
             st.sidecar.base = None;
-            st.must_check = true;
+            self.force_check(&mut st);
             if let Err(e) = self.save(&mut st) {
                 self.note_error(&mut st, &e);
             }
@@ -447,7 +481,7 @@ impl Store {
                 st.batch_depth += 1;
                 return Ok(());
             }
-            st.must_check = true;
+            self.force_check(st);
             self.sync(st, file, level.max(LockLevel::Shared))?;
             match self.take_lease()? {
                 Some(lease) => self.adopt_lease(st, lease)?,
@@ -526,7 +560,7 @@ impl Store {
             ));
         }
         self.with_lock(file, level, |st, file| {
-            st.must_check = true;
+            self.force_check(st);
             self.sync(st, file, LockLevel::Shared)
         })
     }
@@ -600,12 +634,11 @@ impl Store {
     /// foreign sidecar means the cache corresponds to nothing we know: it is kept
     /// as local changes when it has content.
     fn reload(&self, st: &mut State) -> Result<()> {
-        let cache = std::fs::metadata(&self.cache_path).ok();
-        let inode = cache.as_ref().map(std::os::unix::fs::MetadataExt::ino);
+        let cache_id = sidecar::file_identity(&self.cache_path);
         match sidecar::load(&self.sidecar_path)? {
             Some(s)
                 if s.is_for(&self.identity, &self.config.blob)
-                    && (s.cache_inode.is_none() || s.cache_inode == inode) =>
+                    && (s.cache_id.is_none() || s.cache_id == cache_id) =>
             {
                 st.sidecar = s
             }
@@ -615,7 +648,7 @@ impl Store {
                         "sidecar belongs to another remote or to a cache file that was \
                          replaced; treating the cache as unknown");
                 }
-                let size = cache.map(|m| m.len()).unwrap_or(0);
+                let size = std::fs::metadata(&self.cache_path).map_or(0, |m| m.len());
                 let mut fresh = Sidecar::new(self.identity.clone(), self.config.blob.clone());
                 fresh.dirty = size > 0;
                 st.sidecar = fresh;
@@ -625,9 +658,7 @@ impl Store {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
-        st.sidecar.cache_inode = std::fs::metadata(&self.cache_path)
-            .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        st.sidecar.cache_id = sidecar::file_identity(&self.cache_path);
         sidecar::store(&self.sidecar_path, &st.sidecar)
     }
 }

@@ -36,7 +36,7 @@ impl Store {
         let in_flight = st.sidecar.in_flight;
         if journal_hot && in_flight == InFlight::None {
             // SQLite rolls this journal back once we return; decide after that.
-            st.must_check = true;
+            self.force_check(st);
             return Ok(());
         }
         let remote = self.remote.stat()?;
@@ -115,7 +115,7 @@ impl Store {
         let base = st.sidecar.base.clone();
         if base.as_ref() != Some(&lease.stat.etag) {
             let _ = self.remote.release_lease(&lease.id);
-            st.must_check = true;
+            self.force_check(st);
             return Ok(());
         }
         tracing::info!(cache = %self.cache_path.display(), "uploading local commits left by an earlier run");
@@ -226,7 +226,7 @@ impl Store {
                 .and_then(|()| file.lock(LockLevel::Exclusive));
             if let Err(fail) = upgrade {
                 let _ = file.unlock(held);
-                st.must_check = true;
+                self.force_check(st);
                 return Err(match fail {
                     LockFail::Busy => Error::Busy(format!(
                         "cache {} is in use by another connection; its refresh waits",
