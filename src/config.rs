@@ -60,6 +60,11 @@ pub enum RemoteSpec {
     Local(PathBuf),
     /// A process-wide in-memory store (`memory:<name>`), for tests.
     Memory(String),
+    /// An Azure Blob Storage container: `https://<account>.blob.core.windows.net/<container>`
+    /// with an optional SAS token, or an emulator's `http://127.0.0.1:10000/<account>/<container>`
+    /// (the `azure` feature). Its `Debug` and `Display` never show the SAS token.
+    #[cfg(feature = "azure")]
+    Azure(crate::backend::azure::ContainerUrl),
 }
 
 /// Process-wide defaults, given to [`crate::register_with`]. URI parameters and
@@ -287,9 +292,13 @@ pub fn parse_remote(value: &str) -> std::result::Result<RemoteSpec, String> {
     if let Some((scheme, _)) = value.split_once("://") {
         let scheme = scheme.to_ascii_lowercase();
         if scheme == "https" || scheme == "http" {
+            #[cfg(feature = "azure")]
+            return crate::backend::azure::ContainerUrl::parse(value).map(RemoteSpec::Azure);
+            #[cfg(not(feature = "azure"))]
             return Err(format!(
-                "{scheme}:// remotes (Azure Blob Storage) are not supported by this build yet; \
-                 use a directory"
+                "{scheme}:// remotes (Azure Blob Storage) need managedblob built with the \
+                 `azure` cargo feature (features = [\"azure\"]); this build has only \
+                 directory remotes"
             ));
         }
         return Err(format!(
@@ -383,6 +392,30 @@ mod tests {
     fn sas_tokens_are_never_echoed() {
         let e = parse_remote("ftp://host/c?sig=SECRETSIG").unwrap_err();
         assert!(!e.contains("SECRETSIG"), "{e}");
+    }
+
+    #[test]
+    fn https_remotes_need_the_azure_feature_or_parse_without_echoing_the_sas() {
+        let value = "https://acct1.blob.core.windows.net/data?sv=1&sig=SECRETSIG";
+        #[cfg(not(feature = "azure"))]
+        {
+            let e = parse_remote(value).unwrap_err();
+            assert!(e.contains("`azure` cargo feature"), "{e}");
+            assert!(!e.contains("SECRETSIG"), "{e}");
+        }
+        #[cfg(feature = "azure")]
+        {
+            let spec = parse_remote(value).unwrap();
+            assert!(matches!(spec, RemoteSpec::Azure(_)));
+            assert!(!format!("{spec:?}").contains("SECRETSIG"));
+            let e = resolve(
+                &[("remote", "https://acct1.blob.core.windows.net/a/b?sig=SECRETSIG")],
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("'remote'") && !e.contains("SECRETSIG"), "{e}");
+        }
     }
 
     #[test]

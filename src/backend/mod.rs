@@ -18,6 +18,8 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod local;
 pub mod memory;
 

@@ -50,5 +50,9 @@ fn connect(spec: &RemoteSpec) -> Result<Arc<dyn Backend>> {
                 Error::Config(format!("setting 'remote' names an unusable directory: {e}"))
             }),
         RemoteSpec::Memory(name) => Ok(MemoryBackend::named(name) as Arc<dyn Backend>),
+        #[cfg(feature = "azure")]
+        RemoteSpec::Azure(url) => crate::backend::azure::AzureBackend::connect(url)
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(|e| Error::Config(format!("setting 'remote' names an unusable Azure container: {e}"))),
     }
 }
