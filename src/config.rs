@@ -158,8 +158,6 @@ pub struct Config {
     pub lease: Duration,
     pub staleness: Duration,
     pub retry: RetryPolicy,
-    /// Opened with `mode=ro` / SQLITE_OPEN_READONLY: no lease, no upload.
-    pub read_only: bool,
 }
 
 impl Config {
@@ -167,7 +165,6 @@ impl Config {
     /// parameter, `env` an environment variable.
     pub fn resolve(
         cache_path: &Path,
-        read_only: bool,
         options: &Options,
         uri: &dyn Fn(&str) -> Option<String>,
         env: &dyn Fn(&str) -> Option<String>,
@@ -244,7 +241,6 @@ impl Config {
                 base: Duration::from_millis(base_ms),
                 max_delay: Duration::from_secs(5),
             },
-            read_only,
         })
     }
 }
@@ -323,7 +319,6 @@ mod tests {
             .collect();
         Config::resolve(
             Path::new("/cache/corpus.db"),
-            false,
             &Options::default(),
             &|k| uri.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
             &|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
@@ -409,7 +404,10 @@ mod tests {
             assert!(matches!(spec, RemoteSpec::Azure(_)));
             assert!(!format!("{spec:?}").contains("SECRETSIG"));
             let e = resolve(
-                &[("remote", "https://acct1.blob.core.windows.net/a/b?sig=SECRETSIG")],
+                &[(
+                    "remote",
+                    "https://acct1.blob.core.windows.net/a/b?sig=SECRETSIG",
+                )],
                 &[],
             )
             .unwrap_err()

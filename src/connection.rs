@@ -12,6 +12,8 @@ pub struct Connection {
     store: Arc<Store>,
     file: Box<dyn LocalFile>,
     level: LockLevel,
+    /// Opened with mode=ro / SQLITE_OPEN_READONLY: no lease, no upload from here.
+    read_only: bool,
     /// This connection started a write transaction (holds the lease or create right).
     writing: bool,
     /// The file change counter when the write transaction started (None: empty file).
@@ -24,11 +26,16 @@ pub type PragmaResult = std::result::Result<Option<String>, String>;
 impl Connection {
     /// Attach a freshly opened cache file to its store (recovery and the first
     /// freshness check happen for the first connection of the process).
-    pub fn open(store: Arc<Store>, mut file: Box<dyn LocalFile>) -> Result<Connection> {
-        store.attach(file.as_mut())?;
+    pub fn open(
+        store: Arc<Store>,
+        mut file: Box<dyn LocalFile>,
+        read_only: bool,
+    ) -> Result<Connection> {
+        store.attach(file.as_mut(), read_only)?;
         Ok(Connection {
             store,
             file,
+            read_only,
             level: LockLevel::None,
             writing: false,
             start_version: None,
@@ -140,7 +147,20 @@ impl Connection {
         let file = self.file.as_mut();
         let done =
             |r: Result<()>, row: &str| r.map(|()| Some(row.to_string())).map_err(|e| e.to_string());
+        let in_write = level >= LockLevel::Reserved;
+        let writes = matches!(
+            command,
+            Command::BatchBegin | Command::BatchEnd | Command::Flush
+        );
         match command {
+            _ if writes && self.read_only => Err(
+                "managedblob: batches and flushes need a writable connection (this one was \
+                 opened with mode=ro)"
+                    .into(),
+            ),
+            Command::BatchEnd | Command::Flush if in_write => {
+                Err("managedblob: this pragma cannot run inside a write transaction".into())
+            }
             Command::BatchBegin => done(store.batch_begin(file, level), "begin"),
             Command::BatchEnd => done(store.batch_end(file, level), "end"),
             Command::Flush => done(store.flush_with_lock(file, level), "ok"),
@@ -158,7 +178,7 @@ impl Connection {
         if self.level > LockLevel::None {
             let _ = self.unlock(LockLevel::None);
         }
-        self.store.detach(self.file.as_mut());
+        self.store.detach(self.file.as_mut(), self.read_only);
     }
 }
 

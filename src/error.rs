@@ -76,7 +76,13 @@ pub enum Phase {
 /// Map an error to the SQLite code returned from a VFS method.
 pub fn sqlite_code(err: &Error, phase: Phase) -> i32 {
     if err.is_busy() {
-        return code::BUSY;
+        // At the commit point plain BUSY makes SQLite keep the transaction open for a
+        // COMMIT retry that can never succeed; BUSY_SNAPSHOT rolls it back.
+        return if phase == Phase::Commit {
+            code::BUSY | (2 << 8)
+        } else {
+            code::BUSY
+        };
     }
     let io = match phase {
         Phase::Open => code::CANTOPEN,

@@ -67,8 +67,8 @@ pub fn adapt_header(header: &mut [u8], old_counter: Option<u32>) -> bool {
         changed = true;
     }
     let counter = change_counter(header);
-    if old_counter == Some(counter) {
-        let bumped = counter.wrapping_add(1).to_be_bytes();
+    if let Some(old) = old_counter.filter(|old| counter <= *old) {
+        let bumped = old.wrapping_add(1).to_be_bytes();
         header[24..28].copy_from_slice(&bumped);
         // "version-valid-for" must match the counter or SQLite distrusts the page count.
         header[92..96].copy_from_slice(&bumped);

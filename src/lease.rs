@@ -38,7 +38,7 @@ impl HeldLease {
     /// Whether renewals are stopped (a release failed): the lease lapses by itself
     /// unless the next writer of this process renews it.
     pub fn is_parked(&self) -> bool {
-        self.renewer.is_none()
+        self.stop.is_none()
     }
 
     /// Stop renewing without releasing.
@@ -85,11 +85,12 @@ impl HeldLease {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// Stop the renewer without waiting for it: a renewal in flight (with its
+    /// retries) must not stall the caller, who may hold the store's mutex. A renewal
+    /// that lands after a release fails harmlessly.
     fn halt(&mut self) {
         drop(self.stop.take());
-        if let Some(t) = self.renewer.take() {
-            let _ = t.join();
-        }
+        drop(self.renewer.take());
     }
 }
 

@@ -83,7 +83,8 @@ pub fn file_identity(path: &Path) -> Option<String> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Some(format!("{}:{}:{born}", meta.dev(), meta.ino()))
+    // No device number: it can change across remounts while the file stays the same.
+    Some(format!("{}:{born}", meta.ino()))
 }
 
 /// The sidecar path for a cache file.

@@ -415,14 +415,8 @@ unsafe fn open_main(
     let env = |key: &str| std::env::var(key).ok();
     // Settings and the remote's address are checked before the cache is touched, so
     // a bad URI leaves no empty cache file behind.
-    let store = Config::resolve(
-        std::path::Path::new(&path),
-        read_only,
-        &data.options,
-        &uri,
-        &env,
-    )
-    .and_then(|config| open_store(std::path::Path::new(&path), config));
+    let store = Config::resolve(std::path::Path::new(&path), &data.options, &uri, &env)
+        .and_then(|config| open_store(std::path::Path::new(&path), config));
     let store = match store {
         Ok(store) => store,
         // SAFETY: mb is our struct, set up above.
@@ -459,7 +453,7 @@ unsafe fn open_main(
         unsafe { *out_flags = reported };
     }
 
-    let connection = match Connection::open(store, Box::new(RealFile(real))) {
+    let connection = match Connection::open(store, Box::new(RealFile(real)), read_only) {
         Ok(connection) => connection,
         Err(e) => {
             // SAFETY: the real file was opened above and is closed exactly once here.

@@ -73,6 +73,9 @@ struct State {
     /// Check the remote at the next SHARED lock whatever the staleness clock says.
     must_check: bool,
     connections: usize,
+    /// How many of them may write (not opened with mode=ro): only then does this
+    /// process upload local commits left behind by a crash.
+    writable: usize,
     last_error: Option<String>,
     conflicts: Vec<String>,
     /// A downloaded version waiting beside the cache for an EXCLUSIVE lock.
@@ -108,7 +111,12 @@ impl Store {
             cache_path: cache_path.to_path_buf(),
             sidecar_path: sidecar::path_for(cache_path),
             journal_path: with_suffix("-journal"),
-            download_path: with_suffix("-managedblob.download"),
+            // One per process: two processes refreshing one cache never share a file.
+            download_path: with_suffix(&format!(
+                "-managedblob.download-{}-{:08x}",
+                std::process::id(),
+                fastrand::u32(..)
+            )),
             identity,
             config,
             remote: Arc::new(remote),
@@ -121,6 +129,7 @@ impl Store {
                 last_check: None,
                 must_check: true,
                 connections: 0,
+                writable: 0,
                 last_error: None,
                 conflicts: Vec::new(),
                 pending_download: None,
@@ -146,15 +155,19 @@ impl Store {
     }
 
     /// A new connection opened the cache; the first one recovers and checks freshness.
-    pub fn attach(&self, file: &mut dyn LocalFile) -> Result<()> {
+    pub fn attach(&self, file: &mut dyn LocalFile, read_only: bool) -> Result<()> {
         let mut st = self.lock_state();
         st.connections += 1;
+        st.writable += usize::from(!read_only);
         if st.connections > 1 {
             return Ok(());
         }
+        self.remove_stale_downloads();
         let result = match file.lock(LockLevel::Shared) {
             Ok(()) => {
-                let r = self.sync(&mut st, file, LockLevel::Shared);
+                let r = self
+                    .leave_wal_mode(file)
+                    .and_then(|()| self.sync(&mut st, file, LockLevel::Shared));
                 let _ = file.unlock(LockLevel::None);
                 r
             }
@@ -170,8 +183,21 @@ impl Store {
                 self.force_check(&mut st);
                 Ok(())
             }
+            Err(Error::Backend(e))
+                if e.is_transient()
+                    && st.sidecar.base.is_some()
+                    && st.sidecar.in_flight == InFlight::None =>
+            {
+                // The remote is unreachable but the cache is a whole, known version:
+                // open it (reads are served from it), and look again after the
+                // staleness bound.
+                st.last_check = Some(Instant::now());
+                self.note_error(&mut st, &Error::Backend(e));
+                Ok(())
+            }
             Err(e) => {
                 st.connections -= 1;
+                st.writable -= usize::from(!read_only);
                 self.note_error(&mut st, &e);
                 Err(e)
             }
@@ -181,10 +207,11 @@ impl Store {
 
     /// A connection closes. The last one flushes a pending batch (best effort: the
     /// cache stays dirty on failure and the next open uploads it) and drops the lease.
-    pub fn detach(&self, file: &mut dyn LocalFile) {
+    pub fn detach(&self, file: &mut dyn LocalFile, read_only: bool) {
         let mut st = self.lock_state();
         st.connections = st.connections.saturating_sub(1);
         if st.connections > 0 {
+            st.writable = st.writable.saturating_sub(usize::from(!read_only));
             return;
         }
         if st.batch_depth > 0 {
@@ -198,6 +225,7 @@ impl Store {
                 "flush at close failed; the cache stays dirty and uploads at the next open");
         }
         let mut st = self.lock_state();
+        st.writable = st.writable.saturating_sub(usize::from(!read_only));
         self.release_lease(&mut st);
     }
 
@@ -236,7 +264,9 @@ impl Store {
         }
         match self.sync(st, file, LockLevel::Shared) {
             Ok(()) => Ok(()),
-            Err(Error::Backend(e)) if e.is_transient() => {
+            Err(Error::Backend(e))
+                if e.is_transient() && st.sidecar.in_flight == InFlight::None =>
+            {
                 // The remote is unreachable: serve the local copy, look again later.
                 st.last_check = Some(Instant::now());
                 let err = Error::Backend(e);
@@ -244,6 +274,7 @@ impl Store {
                 Ok(())
             }
             Err(e) => {
+                self.force_check(st);
                 if !e.is_busy() {
                     self.note_error(st, &e);
                 }
@@ -257,11 +288,6 @@ impl Store {
     /// checks that the remote is still the version this snapshot read (BUSY and a
     /// forced refresh when it moved).
     pub fn begin_write(&self) -> Result<()> {
-        if self.config.read_only {
-            return Err(Error::Misuse(
-                "the database was opened read-only (mode=ro)".into(),
-            ));
-        }
         let mut st = self.lock_state();
         let result = self.begin_write_locked(&mut st);
         match &result {
@@ -274,6 +300,13 @@ impl Store {
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
         self.reload(st)?;
+        if st.sidecar.in_flight != InFlight::None {
+            self.force_check(st);
+            return Err(Error::Busy(format!(
+                "cache {} is being resynced from the remote",
+                self.cache_path.display()
+            )));
+        }
         self.revive_parked_lease(st);
         if let Some(lease) = &st.lease {
             if lease.is_lost() {
@@ -463,11 +496,6 @@ impl Store {
     /// `PRAGMA managedblob_batch=begin`: hold the lease until the matching end;
     /// commits in between stay local and the end uploads once.
     pub fn batch_begin(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
-        if self.config.read_only {
-            return Err(Error::Misuse(
-                "managedblob_batch needs a writable database (it was opened with mode=ro)".into(),
-            ));
-        }
         {
             let mut st = self.lock_state();
             self.revive_parked_lease(&mut st);
@@ -475,6 +503,11 @@ impl Store {
                 st.batch_depth += 1;
                 return Ok(());
             }
+        }
+        if level > LockLevel::None {
+            return Err(Error::Misuse(
+                "managedblob_batch=begin cannot start a batch inside a transaction".into(),
+            ));
         }
         self.with_lock(file, level, |st, file| {
             if st.batch_depth > 0 || st.lease.is_some() {
@@ -523,7 +556,7 @@ impl Store {
     }
 
     fn flush_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        if !st.sidecar.dirty || self.config.read_only {
+        if !st.sidecar.dirty || st.writable == 0 {
             return Ok(());
         }
         self.revive_parked_lease(st);

@@ -53,6 +53,10 @@ fn connect(spec: &RemoteSpec) -> Result<Arc<dyn Backend>> {
         #[cfg(feature = "azure")]
         RemoteSpec::Azure(url) => crate::backend::azure::AzureBackend::connect(url)
             .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(|e| Error::Config(format!("setting 'remote' names an unusable Azure container: {e}"))),
+            .map_err(|e| {
+                Error::Config(format!(
+                    "setting 'remote' names an unusable Azure container: {e}"
+                ))
+            }),
     }
 }

@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{State, Store};
@@ -67,7 +68,7 @@ impl Store {
             // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
             None => Ok(()),
             Some(stat) if st.sidecar.base.as_ref() == Some(&stat.etag) => {
-                if st.sidecar.dirty && st.lease.is_none() && !self.config.read_only {
+                if st.sidecar.dirty && st.lease.is_none() && st.writable > 0 {
                     self.recover_upload(st, file, &stat)?;
                 }
                 Ok(())
@@ -102,33 +103,19 @@ impl Store {
                 "dirty cache is not a valid database; keeping it aside and taking the remote");
             return self.replace(st, file, LockLevel::Shared, false, remote);
         }
-        let lease = match self.take_lease() {
-            Ok(Some(lease)) => lease,
-            Ok(None) => return Ok(()),
-            Err(e) if e.is_busy() => {
-                tracing::info!(cache = %self.cache_path.display(),
-                    "local commits wait for the lease held elsewhere");
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let base = st.sidecar.base.clone();
-        if base.as_ref() != Some(&lease.stat.etag) {
-            let _ = self.remote.release_lease(&lease.id);
-            self.force_check(st);
-            return Ok(());
-        }
         tracing::info!(cache = %self.cache_path.display(), "uploading local commits left by an earlier run");
-        let result = base
-            .map(Condition::Match)
-            .ok_or_else(|| Error::Misuse("no base".into()))
-            .and_then(|cond| self.upload(file, &cond, Some(&lease.id)));
-        let _ = self.remote.release_lease(&lease.id);
-        let stat = result?;
-        st.sidecar.base = Some(stat.etag);
-        st.sidecar.dirty = false;
-        st.sidecar.generation += 1;
-        self.save(st)
+        let result = self.flush_locked(st, file);
+        if st.batch_depth == 0 && !st.writer {
+            self.release_lease(st);
+        }
+        match result {
+            Err(e) if e.is_busy() => {
+                tracing::info!(cache = %self.cache_path.display(), error = %e,
+                    "local commits wait for the lease or the next refresh");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Upload the whole cache under `condition`. A `ConditionFailed` after a
@@ -145,7 +132,13 @@ impl Store {
             .map_err(|e| Error::local(format!("reading cache {}", self.cache_path.display()), e))?;
         match self.remote.upload(file, size, condition, lease) {
             Ok(stat) => Ok(stat),
-            Err(e) if e.retried && e.error.kind == BackendErrorKind::ConditionFailed => {
+            Err(e)
+                if e.retried
+                    && matches!(
+                        e.error.kind,
+                        BackendErrorKind::ConditionFailed | BackendErrorKind::AlreadyExists
+                    ) =>
+            {
                 let stat = self
                     .remote
                     .download_to(&self.download_path)
@@ -343,12 +336,7 @@ impl Store {
 
     /// Copy the cache to `<db>.conflict-<utc>` before it is replaced.
     fn keep_conflict_copy(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        let stamp = utc_stamp();
-        let mut name = self.cache_path.as_os_str().to_owned();
-        name.push(format!(".conflict-{stamp}"));
-        let path = std::path::PathBuf::from(name);
-        let mut out = crate::remote::create_private(&path)
-            .map_err(|e| Error::local(format!("creating conflict copy {}", path.display()), e))?;
+        let (path, mut out) = self.new_conflict_file()?;
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut offset = 0u64;
         loop {
@@ -374,6 +362,102 @@ impl Store {
         ));
         st.conflicts.push(shown);
         Ok(())
+    }
+
+    /// Create `<db>.conflict-<utc>` (with `-2`, `-3`... when that name is taken: a
+    /// conflict copy is never overwritten).
+    fn new_conflict_file(&self) -> Result<(std::path::PathBuf, File)> {
+        let stamp = utc_stamp();
+        for n in 1..1000 {
+            let mut name = self.cache_path.as_os_str().to_owned();
+            name.push(format!(".conflict-{stamp}"));
+            if n > 1 {
+                name.push(format!("-{n}"));
+            }
+            let path = std::path::PathBuf::from(name);
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path);
+            match created {
+                Ok(file) => return Ok((path, file)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Error::local(
+                        format!("creating conflict copy {}", path.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+        Err(Error::Local(format!(
+            "too many conflict copies of {} this second",
+            self.cache_path.display()
+        )))
+    }
+
+    /// A cache file in WAL mode (an existing database used as a seed, or copied in by
+    /// another tool) cannot be opened here (no shared memory under this VFS): switch
+    /// its header to rollback-journal mode, as `PRAGMA journal_mode=DELETE` would,
+    /// when no `-wal` file holds unmerged pages. Needs the cache to itself; when
+    /// another connection has it, it is in use and so not in WAL mode anyway.
+    pub(super) fn leave_wal_mode(&self, file: &mut dyn LocalFile) -> Result<()> {
+        let mut header = [0u8; 20];
+        let n = file
+            .read_at(&mut header, 0)
+            .map_err(|e| Error::local("reading the cache", e))?;
+        if n < 20 || &header[..16] != image::MAGIC || !image::is_wal_header(&header) {
+            return Ok(());
+        }
+        let mut wal = self.cache_path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            return Err(Error::NotADatabase(format!(
+                "cache {} is in WAL mode and {} holds pages not yet checkpointed; run \
+                 `sqlite3 {} 'PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE'` first",
+                self.cache_path.display(),
+                wal.display(),
+                self.cache_path.display()
+            )));
+        }
+        if file.lock(LockLevel::Reserved).is_err() || file.lock(LockLevel::Exclusive).is_err() {
+            let _ = file.unlock(LockLevel::Shared);
+            return Ok(());
+        }
+        let result = file
+            .write_at(&[1, 1], 18)
+            .and_then(|()| file.sync())
+            .map_err(|e| Error::local("switching the cache out of WAL mode", e));
+        let _ = file.unlock(LockLevel::Shared);
+        tracing::info!(cache = %self.cache_path.display(), "cache switched from WAL to rollback-journal mode");
+        result
+    }
+
+    /// Remove download side files left by processes of this cache that died.
+    pub(super) fn remove_stale_downloads(&self) {
+        let (Some(dir), Some(name)) = (self.cache_path.parent(), self.cache_path.file_name())
+        else {
+            return;
+        };
+        let mut prefix = name.to_os_string();
+        prefix.push("-managedblob.download-");
+        let prefix = prefix.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = file_name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or("");
+            let alive = !pid.is_empty() && std::path::Path::new("/proc").join(pid).exists();
+            if !alive {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Why the cache is not a database that may be uploaded, if it is not.
