@@ -22,6 +22,7 @@ pub mod backend;
 pub mod config;
 mod connection;
 mod counters;
+pub mod delta;
 pub mod error;
 mod ffi;
 mod image;
