@@ -425,18 +425,20 @@ impl TokenCredential for ChainCredential {
         for (index, source) in self.sources.iter().enumerate() {
             match &source.credential {
                 Err(why) => failures.push(format!("{}: {why}", source.name)),
-                Ok(credential) => match credential.get_token(scopes, options.clone()).await {
-                    Ok(token) => {
-                        tracing::info!(credential = source.name, "Entra ID token obtained");
-                        self.chosen.store(index, Ordering::Relaxed);
-                        return Ok(token);
+                Ok(credential) => {
+                    match probe(source.name, credential.get_token(scopes, options.clone())).await {
+                        Ok(token) => {
+                            tracing::info!(credential = source.name, "Entra ID token obtained");
+                            self.chosen.store(index, Ordering::Relaxed);
+                            return Ok(token);
+                        }
+                        Err(e) => failures.push(format!(
+                            "{}: {}",
+                            source.name,
+                            super::errors::chain(&e).replace('\n', " ")
+                        )),
                     }
-                    Err(e) => failures.push(format!(
-                        "{}: {}",
-                        source.name,
-                        super::errors::chain(&e).replace('\n', " ")
-                    )),
-                },
+                }
             }
         }
         Err(azure_core::Error::with_message(
@@ -446,6 +448,33 @@ impl TokenCredential for ChainCredential {
                 failures.join("; ")
             ),
         ))
+    }
+}
+
+/// How long the managed identity endpoint may take to answer while the chain is
+/// still looking for a credential. Off Azure the IMDS endpoint may not answer at all,
+/// and the SDK retries it for over a minute: a developer's `az login` further down the
+/// chain should not wait that long (DefaultAzureCredential probes the same way).
+const MANAGED_IDENTITY_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `fut`, bounded by [`MANAGED_IDENTITY_PROBE`] when it is the managed identity's first
+/// try (inside a tokio runtime, where every call of this chain runs).
+async fn probe<F>(name: &'static str, fut: F) -> azure_core::Result<AccessToken>
+where
+    F: std::future::Future<Output = azure_core::Result<AccessToken>>,
+{
+    if name != MANAGED || tokio::runtime::Handle::try_current().is_err() {
+        return fut.await;
+    }
+    match tokio::time::timeout(MANAGED_IDENTITY_PROBE, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(azure_core::Error::with_message(
+            ErrorKind::Credential,
+            format!(
+                "no managed identity endpoint answered within {}s (not on Azure?)",
+                MANAGED_IDENTITY_PROBE.as_secs()
+            ),
+        )),
     }
 }
 

@@ -20,22 +20,35 @@
 //!   response, and every further range is read with `If-Match` on it, so the bytes and
 //!   the etag always agree (a blob replaced mid-download is a transient error and the
 //!   caller downloads again).
-//! * **Errors** are mapped in [`errors`]; only [`BackendErrorKind::Transient`] ones are
-//!   worth retrying.
+//! * **Errors** are mapped in `errors.rs` (its header has the table); only
+//!   [`BackendErrorKind::Transient`] ones are worth retrying.
 //!
 //! **Retries.** The SDK's own retry policy is switched off (`RetryOptions::none()`):
 //! every backend call is exactly one attempt of each HTTP request, and the caller's
 //! bounded, counted retry (`src/remote.rs`) is the only one, so request counts are
 //! honest and a conditional write is never silently re-sent by the SDK.
 //!
-//! **Runtime.** Calls run on one process-wide tokio runtime ([`runtime`]) and the
+//! **Runtime.** Calls run on one process-wide tokio runtime (`runtime.rs`) and the
 //! calling thread waits on a channel, so the backend is safe to call from code running
 //! inside an application's own tokio runtime. Each request has a time limit (30 s,
 //! more for large bodies); a download fails when no data arrives for 60 s.
 //!
-//! **Credentials** are resolved once, when the backend is built, in the order given
-//! in [`auth`]: SAS in the URL, `AZURE_STORAGE_CONNECTION_STRING`, `AZURE_STORAGE_KEY`,
-//! then Entra ID (https only). No secret appears in a message, a log line or `Debug`.
+//! **Credentials** are resolved once, when the backend is built, in this order (the
+//! first that applies wins; `auth.rs` has the details):
+//!
+//! 1. a SAS token in the `remote` URL;
+//! 2. `AZURE_STORAGE_CONNECTION_STRING` when it is for the remote's account
+//!    (`AccountName`/`AccountKey`, `SharedAccessSignature`, `BlobEndpoint`,
+//!    `DefaultEndpointsProtocol`, `EndpointSuffix`, `UseDevelopmentStorage=true`);
+//! 3. `AZURE_STORAGE_KEY` (with `AZURE_STORAGE_ACCOUNT`, which must match when set);
+//! 4. Entra ID, https only: environment client secret (`AZURE_TENANT_ID`,
+//!    `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`), workload identity
+//!    (`AZURE_FEDERATED_TOKEN_FILE`), managed identity, Azure CLI, Azure Developer CLI;
+//!    `AZURE_TOKEN_CREDENTIALS=dev|prod|<credential name>` narrows the chain.
+//!
+//! Nothing found is an error listing what was tried. No secret appears in a message, a
+//! log line or `Debug` output. (The SDK's own debug-level request log does show lease
+//! ids, which are not credentials.)
 
 mod auth;
 mod errors;
@@ -174,8 +187,8 @@ impl fmt::Debug for AzureBackend {
 
 impl AzureBackend {
     /// Connect to the container `url` with credentials from the process environment
-    /// (see [`auth`] for the order). Makes no request: a missing container or a wrong
-    /// key shows at the first call, with a message that says so.
+    /// (in the order of the module docs). Makes no request: a missing container or a
+    /// wrong key shows at the first call, with a message that says so.
     pub fn connect(url: &ContainerUrl) -> BackendResult<AzureBackend> {
         Self::connect_with(
             url,
