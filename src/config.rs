@@ -16,16 +16,18 @@ pub enum Key {
     StalenessMs,
     RetryAttempts,
     RetryBaseMs,
+    Sync,
 }
 
 impl Key {
-    pub const ALL: [Key; 6] = [
+    pub const ALL: [Key; 7] = [
         Key::Remote,
         Key::Blob,
         Key::LeaseSecs,
         Key::StalenessMs,
         Key::RetryAttempts,
         Key::RetryBaseMs,
+        Key::Sync,
     ];
 
     /// The URI parameter name.
@@ -37,6 +39,7 @@ impl Key {
             Key::StalenessMs => "staleness_ms",
             Key::RetryAttempts => "retry_attempts",
             Key::RetryBaseMs => "retry_base_ms",
+            Key::Sync => "sync",
         }
     }
 
@@ -49,6 +52,7 @@ impl Key {
             Key::StalenessMs => "MANAGEDBLOB_STALENESS_MS",
             Key::RetryAttempts => "MANAGEDBLOB_RETRY_ATTEMPTS",
             Key::RetryBaseMs => "MANAGEDBLOB_RETRY_BASE_MS",
+            Key::Sync => "MANAGEDBLOB_SYNC",
         }
     }
 }
@@ -119,6 +123,7 @@ impl Options {
             Key::StalenessMs => self.staleness_ms.map(|v| v.to_string()),
             Key::RetryAttempts => self.retry_attempts.map(|v| v.to_string()),
             Key::RetryBaseMs => self.retry_base_ms.map(|v| v.to_string()),
+            Key::Sync => None,
         }
     }
 }
@@ -158,6 +163,16 @@ pub struct Config {
     pub lease: Duration,
     pub staleness: Duration,
     pub retry: RetryPolicy,
+    pub sync: SyncMode,
+}
+
+/// How the database moves between the cache and the remote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Only the chunks that changed (when the store has block operations).
+    Delta,
+    /// The whole file every time.
+    Full,
 }
 
 impl Config {
@@ -231,6 +246,18 @@ impl Config {
             .unwrap_or(DEFAULT_RETRY_ATTEMPTS);
         let base_ms = number(get(Key::RetryBaseMs), Key::RetryBaseMs, 1, 60_000)?
             .unwrap_or(DEFAULT_RETRY_BASE_MS);
+        let sync = match get(Key::Sync) {
+            None => SyncMode::Delta,
+            Some((value, origin)) => match value.trim().to_ascii_lowercase().as_str() {
+                "delta" => SyncMode::Delta,
+                "full" => SyncMode::Full,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "setting 'sync' ({origin}) must be 'delta' or 'full', got {value:?}"
+                    )))
+                }
+            },
+        };
         Ok(Config {
             remote,
             blob,
@@ -241,6 +268,7 @@ impl Config {
                 base: Duration::from_millis(base_ms),
                 max_delay: Duration::from_secs(5),
             },
+            sync,
         })
     }
 }
@@ -377,6 +405,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown scheme"), "{e}");
+        let e = resolve(&[("remote", "/r"), ("sync", "sometimes")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'sync'") && e.contains("'delta' or 'full'"), "{e}");
         let e = resolve(&[("remote", "/r"), ("blob", "../escape.db")], &[])
             .unwrap_err()
             .to_string();

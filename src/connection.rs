@@ -1,6 +1,7 @@
 //! One SQLite connection's main database file: its lock level, and the store calls
 //! each lock transition and file control triggers. Safe Rust; the FFI layer calls in.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::error::{sqlite_code, Error, Phase, Result};
@@ -18,6 +19,8 @@ pub struct Connection {
     writing: bool,
     /// The file change counter when the write transaction started (None: empty file).
     start_version: Option<[u8; 4]>,
+    /// 64 KiB granules this transaction wrote (delta sync uploads only their chunks).
+    written: BTreeSet<u64>,
 }
 
 /// What a pragma produced: a result row, or an error message for the user.
@@ -39,6 +42,7 @@ impl Connection {
             level: LockLevel::None,
             writing: false,
             start_version: None,
+            written: BTreeSet::new(),
         })
     }
 
@@ -96,9 +100,17 @@ impl Connection {
         self.level = level;
         if was_writing && level < LockLevel::Reserved {
             self.writing = false;
+            self.written.clear();
             self.store.end_write();
         }
         rc
+    }
+
+    /// xWrite of `len` bytes at `offset` (called before the real write).
+    pub fn note_write(&mut self, offset: u64, len: u64) {
+        let first = offset / crate::delta::GRANULE;
+        let last = (offset + len.max(1) - 1) / crate::delta::GRANULE;
+        self.written.extend(first..=last);
     }
 
     /// The file change counter (bytes 24..28), which every commit in rollback-journal
@@ -120,7 +132,8 @@ impl Connection {
         if !self.writing || self.version() == self.start_version {
             return 0;
         }
-        match self.store.commit(self.file.as_mut()) {
+        let written = std::mem::take(&mut self.written);
+        match self.store.commit(self.file.as_mut(), &written) {
             Ok(()) => 0,
             Err(e) => {
                 log_failure("commit", &e);

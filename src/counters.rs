@@ -12,16 +12,24 @@ pub enum Request {
     AcquireLease,
     RenewLease,
     ReleaseLease,
+    BlockList,
+    StageBlock,
+    CommitBlocks,
+    ReadRange,
 }
 
 impl Request {
-    pub const ALL: [Request; 6] = [
+    pub const ALL: [Request; 10] = [
         Request::Stat,
         Request::Download,
         Request::Upload,
         Request::AcquireLease,
         Request::RenewLease,
         Request::ReleaseLease,
+        Request::BlockList,
+        Request::StageBlock,
+        Request::CommitBlocks,
+        Request::ReadRange,
     ];
 
     pub fn name(self) -> &'static str {
@@ -32,16 +40,23 @@ impl Request {
             Request::AcquireLease => "lease_acquire",
             Request::RenewLease => "lease_renew",
             Request::ReleaseLease => "lease_release",
+            Request::BlockList => "block_list",
+            Request::StageBlock => "stage_block",
+            Request::CommitBlocks => "commit_blocks",
+            Request::ReadRange => "read_range",
         }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct Counters {
-    requests: [AtomicU64; 6],
+    requests: [AtomicU64; 10],
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub retries: AtomicU64,
+    /// Delta sync: chunks staged (up) and fetched (down).
+    pub chunks_up: AtomicU64,
+    pub chunks_down: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -53,9 +68,15 @@ pub struct CounterSnapshot {
     pub lease_acquire: u64,
     pub lease_renew: u64,
     pub lease_release: u64,
+    pub block_list: u64,
+    pub stage_block: u64,
+    pub commit_blocks: u64,
+    pub read_range: u64,
     pub total: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    pub chunks_up: u64,
+    pub chunks_down: u64,
     pub retries: u64,
 }
 
@@ -77,9 +98,15 @@ impl Counters {
             lease_acquire: g(Request::AcquireLease),
             lease_renew: g(Request::RenewLease),
             lease_release: g(Request::ReleaseLease),
+            block_list: g(Request::BlockList),
+            stage_block: g(Request::StageBlock),
+            commit_blocks: g(Request::CommitBlocks),
+            read_range: g(Request::ReadRange),
             total: Request::ALL.iter().map(|r| g(*r)).sum(),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),
+            chunks_up: self.chunks_up.load(Relaxed),
+            chunks_down: self.chunks_down.load(Relaxed),
             retries: self.retries.load(Relaxed),
         }
     }

@@ -5,11 +5,13 @@
 //! list names every chunk in order, so a whole download of it is the plain SQLite
 //! file. Comparing two block lists tells which chunks differ; only those move.
 //!
-//! Block id (24 bytes, 32 base64 characters, the same length for every block as
-//! Azure requires): `b"mbk1"`, the chunk index (u32, big-endian), and the
-//! XXH3-128 of the chunk's bytes.
+//! Block id ([`BLOCK_ID_LEN`] = 32 bytes, the same length as every other block id
+//! managedblob writes, as Azure requires): `b"mbk1"`, the chunk index (u32,
+//! big-endian), the XXH3-128 of the chunk's bytes, and 8 zero bytes.
 
 use std::fmt;
+
+use crate::backend::BLOCK_ID_LEN;
 
 /// Azure's limit on blocks in one blob.
 pub const MAX_BLOCKS: u64 = 50_000;
@@ -24,15 +26,15 @@ const MAGIC: &[u8; 4] = b"mbk1";
 
 /// A chunk's block id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ChunkId([u8; 24]);
+pub struct ChunkId([u8; BLOCK_ID_LEN]);
 
 impl ChunkId {
     /// The id of chunk `index` holding `data`.
     pub fn new(index: u32, data: &[u8]) -> ChunkId {
-        let mut raw = [0u8; 24];
+        let mut raw = [0u8; BLOCK_ID_LEN];
         raw[..4].copy_from_slice(MAGIC);
         raw[4..8].copy_from_slice(&index.to_be_bytes());
-        raw[8..].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(data).to_be_bytes());
+        raw[8..24].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(data).to_be_bytes());
         ChunkId(raw)
     }
 
@@ -40,13 +42,13 @@ impl ChunkId {
         u32::from_be_bytes([self.0[4], self.0[5], self.0[6], self.0[7]])
     }
 
-    pub fn as_bytes(&self) -> &[u8; 24] {
+    pub fn as_bytes(&self) -> &[u8; BLOCK_ID_LEN] {
         &self.0
     }
 
     pub fn from_bytes(raw: &[u8]) -> Option<ChunkId> {
-        let raw: [u8; 24] = raw.try_into().ok()?;
-        (&raw[..4] == MAGIC).then_some(ChunkId(raw))
+        let raw: [u8; BLOCK_ID_LEN] = raw.try_into().ok()?;
+        (&raw[..4] == MAGIC && raw[24..].iter().all(|b| *b == 0)).then_some(ChunkId(raw))
     }
 
     /// The base64 form used as Azure block id.
@@ -113,7 +115,7 @@ impl Manifest {
 
     /// Read a committed block list (base64 id, size) as a manifest of ours; `None`
     /// when the blob was written by another tool (foreign ids, other chunking).
-    pub fn from_block_list(blocks: &[(String, u64)]) -> Option<Manifest> {
+    pub fn from_block_list(blocks: &[(Vec<u8>, u64)]) -> Option<Manifest> {
         let first = blocks.first()?;
         let chunk_size = first.1;
         if chunk_size == 0 || chunk_size % GRANULE != 0 {
@@ -122,7 +124,7 @@ impl Manifest {
         let mut ids = Vec::with_capacity(blocks.len());
         let mut len = 0;
         for (i, (name, size)) in blocks.iter().enumerate() {
-            let id = ChunkId::from_base64(name)?;
+            let id = ChunkId::from_bytes(name)?;
             let last = i + 1 == blocks.len();
             if id.index() as usize != i || (*size != chunk_size && !last) || *size > chunk_size {
                 return None;
@@ -149,7 +151,7 @@ impl Manifest {
 
     /// Binary form for the local manifest file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24 + self.ids.len() * 24);
+        let mut out = Vec::with_capacity(24 + self.ids.len() * BLOCK_ID_LEN);
         out.extend_from_slice(b"MBM1");
         out.extend_from_slice(&self.chunk_size.to_be_bytes());
         out.extend_from_slice(&self.len.to_be_bytes());
@@ -168,14 +170,14 @@ impl Manifest {
         let len = u64::from_be_bytes(raw[12..20].try_into().ok()?);
         let count = u32::from_be_bytes(raw[20..24].try_into().ok()?) as usize;
         let body = &raw[24..];
-        if body.len() != count * 24
+        if body.len() != count * BLOCK_ID_LEN
             || chunk_size == 0
             || Manifest::chunk_count(len, chunk_size) != count as u64
         {
             return None;
         }
         let ids = body
-            .chunks(24)
+            .chunks(BLOCK_ID_LEN)
             .map(ChunkId::from_bytes)
             .collect::<Option<Vec<_>>>()?;
         Some(Manifest {
@@ -250,7 +252,8 @@ mod tests {
     #[test]
     fn chunk_ids_are_fixed_length_and_content_addressed() {
         let a = ChunkId::new(7, b"hello");
-        assert_eq!(a.to_base64().len(), 32);
+        assert_eq!(a.to_base64().len(), 44);
+        assert_eq!(a.as_bytes().len(), BLOCK_ID_LEN);
         assert_eq!(ChunkId::from_base64(&a.to_base64()), Some(a));
         assert_eq!(a.index(), 7);
         assert_ne!(a, ChunkId::new(7, b"hellp"));
@@ -290,11 +293,11 @@ mod tests {
     #[test]
     fn block_lists_of_ours_parse_and_foreign_ones_do_not() {
         let m = manifest(&[b"a", b"b", b"c"], GRANULE);
-        let list: Vec<(String, u64)> = m
+        let list: Vec<(Vec<u8>, u64)> = m
             .ids
             .iter()
             .enumerate()
-            .map(|(i, id)| (id.to_base64(), if i == 2 { 100 } else { GRANULE }))
+            .map(|(i, id)| (id.as_bytes().to_vec(), if i == 2 { 100 } else { GRANULE }))
             .collect();
         let parsed = Manifest::from_block_list(&list).unwrap();
         assert_eq!(parsed.ids, m.ids);
@@ -305,7 +308,7 @@ mod tests {
         let mut uneven = list.clone();
         uneven[0].1 = GRANULE / 2;
         assert!(Manifest::from_block_list(&uneven).is_none());
-        assert!(Manifest::from_block_list(&[("YWJj".into(), GRANULE)]).is_none());
+        assert!(Manifest::from_block_list(&[(b"abc".to_vec(), GRANULE)]).is_none());
         assert!(Manifest::from_block_list(&[]).is_none());
     }
 

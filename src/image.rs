@@ -31,6 +31,15 @@ pub fn check_database(header: &[u8], size: u64) -> Result<(), String> {
             "its size {size} is not a multiple of its page size {page_size} (truncated?)"
         ));
     }
+    // The in-header database size (offset 28) counts when it is non-zero and the
+    // change counter equals "version-valid-for" (offset 92), as SQLite decides; a
+    // file shorter than that lost its tail (SQLite would read zeros there).
+    let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
+    if pages > 0 && header[24..28] == header[92..96] && u64::from(pages) * u64::from(page_size) > size {
+        return Err(format!(
+            "it is {size} bytes but its header says {pages} pages of {page_size} bytes (truncated?)"
+        ));
+    }
     Ok(())
 }
 
@@ -121,6 +130,21 @@ mod tests {
         assert!(check_database(&header(4096, 1), 50)
             .unwrap_err()
             .contains("too short"));
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_in_header_size_is_truncated() {
+        let mut h = header(4096, 5);
+        h[28..32].copy_from_slice(&3u32.to_be_bytes());
+        assert!(check_database(&h, 3 * 4096).is_ok());
+        assert!(check_database(&h, 4 * 4096).is_ok(), "longer is SQLite's business");
+        assert!(check_database(&h, 2 * 4096)
+            .unwrap_err()
+            .contains("header says 3 pages"));
+        // Not valid when the change counter and version-valid-for differ (files
+        // written before SQLite 3.7.0): SQLite then sizes by the file.
+        h[92..96].copy_from_slice(&4u32.to_be_bytes());
+        assert!(check_database(&h, 2 * 4096).is_ok());
     }
 
     #[test]

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendError, BackendResult, BlobStat, Condition, Lease, LeaseId};
+use crate::backend::{
+    Backend, BackendError, BackendResult, BlobStat, BlockId, Blocks, Condition, Etag, Lease,
+    LeaseId,
+};
 use crate::config::RetryPolicy;
 use crate::counters::{Counters, Request};
 use crate::localfile::{LocalFile, LocalFileReader};
@@ -161,6 +164,82 @@ impl Remote {
             error,
             retried: attempts > 1,
         })
+    }
+
+    /// Whether the store can do delta sync.
+    pub fn has_blocks(&self) -> bool {
+        self.backend.blocks().is_some()
+    }
+
+    fn blocks(&self) -> BackendResult<&dyn Blocks> {
+        self.backend.blocks().ok_or_else(|| {
+            BackendError::new(
+                crate::backend::BackendErrorKind::Invalid,
+                format!("{} has no block operations", self.backend.identity()),
+            )
+        })
+    }
+
+    pub fn block_list(&self) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>> {
+        let blocks = self.blocks()?;
+        self.call(Request::BlockList, |_| blocks.block_list(&self.blob))
+    }
+
+    /// Stage one chunk (counted as a chunk and its bytes up).
+    pub fn stage_block(&self, id: &[u8], data: &[u8], lease: Option<&LeaseId>) -> BackendResult<()> {
+        let blocks = self.blocks()?;
+        self.call(Request::StageBlock, |_| {
+            self.counters
+                .bytes_up
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            blocks.stage_block(&self.blob, id, data.to_vec(), lease)
+        })?;
+        self.counters
+            .chunks_up
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Commit a block list; the error says whether an earlier attempt failed
+    /// transiently (it may have landed).
+    pub fn commit_blocks(
+        &self,
+        ids: &[BlockId],
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> Result<BlobStat, UploadError> {
+        let blocks = self.blocks().map_err(|error| UploadError {
+            error,
+            retried: false,
+        })?;
+        let mut attempts = 0;
+        self.call(Request::CommitBlocks, |attempt| {
+            attempts = attempt;
+            self.counters.bytes_up.fetch_add(
+                (ids.len() * (crate::backend::BLOCK_ID_LEN * 4 / 3 + 20)) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            blocks.commit_blocks(&self.blob, ids, condition, lease)
+        })
+        .map_err(|error| UploadError {
+            error,
+            retried: attempts > 1,
+        })
+    }
+
+    /// Read one chunk of version `etag` (counted as a chunk and its bytes down).
+    pub fn read_range(&self, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>> {
+        let blocks = self.blocks()?;
+        let data = self.call(Request::ReadRange, |_| {
+            blocks.read_range(&self.blob, offset, len, etag)
+        })?;
+        self.counters
+            .bytes_down
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .chunks_down
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(data)
     }
 
     pub fn acquire_lease(&self, duration: Duration) -> BackendResult<Lease> {

@@ -50,6 +50,10 @@ pub struct Sidecar {
     /// cache deleted or replaced behind our back is not mistaken for the synced one.
     #[serde(default)]
     pub cache_id: Option<String>,
+    /// The process that made the local commits (while `dirty`): only that process
+    /// knows which chunks they touched; anyone else hashes the cache to find out.
+    #[serde(default)]
+    pub dirty_owner: Option<String>,
 }
 
 impl Sidecar {
@@ -64,6 +68,7 @@ impl Sidecar {
             in_flight: InFlight::None,
             generation: 0,
             cache_id: None,
+            dirty_owner: None,
         }
     }
 

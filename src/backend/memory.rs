@@ -6,6 +6,12 @@
 //! under a paused writer, a foreign write, or an upload that lands although its
 //! reply was lost.
 //!
+//! It has the block capability too ([`Blocks`]), modelled on Azure block blobs: each
+//! blob keeps its committed block list (a whole upload, like Put Blob, leaves it
+//! empty), blocks are staged per blob until a commit names them (a commit, or a whole
+//! upload, discards every staged block), and a commit takes for each id the staged
+//! block if there is one, else the committed one.
+//!
 //! Tests reach one instance from both the test and the VFS (which opens the remote
 //! from a URI such as `remote=memory:<name>`) through [`MemoryBackend::named`].
 
@@ -19,8 +25,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{
-    validate_blob_name, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat,
-    Condition, Etag, Lease, LeaseId,
+    validate_blob_name, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId,
+    Blocks, Condition, Etag, Lease, LeaseId, BLOCK_ID_LEN,
 };
 
 /// A backend operation, to aim injected faults at and to count calls.
@@ -33,9 +39,13 @@ pub enum Op {
     RenewLease,
     ReleaseLease,
     BreakLease,
+    BlockList,
+    StageBlock,
+    CommitBlocks,
+    ReadRange,
 }
 
-const OP_COUNT: usize = 7;
+const OP_COUNT: usize = 11;
 
 /// Blobs held in memory, with knobs to make the store misbehave.
 pub struct MemoryBackend {
@@ -46,6 +56,8 @@ pub struct MemoryBackend {
 #[derive(Default)]
 struct State {
     blobs: HashMap<String, StoredBlob>,
+    /// Blocks staged per blob (the blob need not exist yet), until a commit.
+    staged: HashMap<String, HashMap<BlockId, Arc<Vec<u8>>>>,
     leases: HashMap<String, HeldLease>,
     /// Source of etags: one counter for the whole store, so an etag is never reused,
     /// not even by a blob deleted and recreated.
@@ -59,6 +71,8 @@ struct StoredBlob {
     /// Shared so a download can copy outside the lock while uploads replace it.
     data: Arc<Vec<u8>>,
     etag: Etag,
+    /// The committed block list; empty for a blob written whole.
+    blocks: Vec<(BlockId, u64)>,
 }
 
 struct HeldLease {
@@ -149,16 +163,29 @@ impl MemoryBackend {
         self.state.lock().faults[op as usize].calls
     }
 
-    /// Let the next upload that would succeed be applied, then report a transient
-    /// error, as when an SDK's first try landed but its reply was lost. An upload
-    /// that fails on its own merits does not use up this fault.
+    /// Let the next upload or block commit that would succeed be applied, then report
+    /// a transient error, as when an SDK's first try landed but its reply was lost.
+    /// A write that fails on its own merits does not use up this fault.
     pub fn land_then_fail_next_upload(&self) {
         self.state.lock().land_then_fail = true;
     }
 
-    /// A foreign write: replace `blob` with `bytes` under a new etag, ignoring any lease.
+    /// A foreign write: replace `blob` with `bytes` under a new etag, ignoring any lease
+    /// (like a Put Blob: the committed block list is empty afterwards).
     pub fn put(&self, blob: &str, bytes: &[u8]) {
-        self.state.lock().store(blob, bytes.to_vec());
+        self.state.lock().store(blob, bytes.to_vec(), Vec::new());
+    }
+
+    /// The ids of the blocks staged for `blob` and not yet committed or discarded.
+    pub fn staged_blocks(&self, blob: &str) -> Vec<BlockId> {
+        let state = self.state.lock();
+        let mut ids: Vec<BlockId> = state
+            .staged
+            .get(blob)
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
     }
 
     /// The current content of `blob`, if it exists.
@@ -240,12 +267,13 @@ impl MemoryBackend {
         state: &State,
         blob: &str,
         lease: Option<&LeaseId>,
+        op: &str,
     ) -> BackendResult<()> {
         match (lease, state.live_lease(blob)) {
             (None, None) => Ok(()),
-            (None, Some(_)) => Err(self.lease_held(blob, "upload")),
+            (None, Some(_)) => Err(self.lease_held(blob, op)),
             (Some(ours), Some(held)) if held.token == ours.0 => Ok(()),
-            (Some(_), _) => Err(self.lease_lost(blob, "upload")),
+            (Some(_), _) => Err(self.lease_lost(blob, op)),
         }
     }
 
@@ -254,9 +282,10 @@ impl MemoryBackend {
         state: &State,
         blob: &str,
         condition: &Condition,
+        op: &str,
     ) -> BackendResult<()> {
         let current = state.blobs.get(blob).map(|b| &b.etag);
-        let fail = |kind, why: String| Err(self.error(kind, blob, "upload", &why));
+        let fail = |kind, why: String| Err(self.error(kind, blob, op, &why));
         match (condition, current) {
             (Condition::Create, None) => Ok(()),
             (Condition::Create, Some(cur)) => fail(
@@ -280,8 +309,9 @@ impl State {
         self.leases.get(blob).filter(|l| l.is_live())
     }
 
-    /// Replace a blob's content under a fresh etag.
-    fn store(&mut self, blob: &str, data: Vec<u8>) -> BlobStat {
+    /// Replace a blob's content (with its committed block list) under a fresh etag,
+    /// discarding the blocks staged for it.
+    fn store(&mut self, blob: &str, data: Vec<u8>, blocks: Vec<(BlockId, u64)>) -> BlobStat {
         self.versions += 1;
         let stat = BlobStat {
             etag: Etag(format!("m-{}", self.versions)),
@@ -290,8 +320,10 @@ impl State {
         let stored = StoredBlob {
             data: Arc::new(data),
             etag: stat.etag.clone(),
+            blocks,
         };
         self.blobs.insert(blob.to_owned(), stored);
+        self.staged.remove(blob);
         stat
     }
 
@@ -367,9 +399,9 @@ impl Backend for MemoryBackend {
             ));
         }
         let mut state = self.state.lock();
-        self.check_write_lease(&state, blob, lease)?;
-        self.check_condition(&state, blob, condition)?;
-        let stat = state.store(blob, data);
+        self.check_write_lease(&state, blob, lease, "upload")?;
+        self.check_condition(&state, blob, condition, "upload")?;
+        let stat = state.store(blob, data, Vec::new());
         if std::mem::take(&mut state.land_then_fail) {
             return Err(self.error(
                 BackendErrorKind::Transient,
@@ -436,6 +468,154 @@ impl Backend for MemoryBackend {
         self.state.lock().leases.remove(blob);
         Ok(())
     }
+
+    fn blocks(&self) -> Option<&dyn Blocks> {
+        Some(self)
+    }
+}
+
+impl Blocks for MemoryBackend {
+    fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>> {
+        self.enter(Op::BlockList, blob, "get block list")?;
+        let state = self.state.lock();
+        Ok(state.blobs.get(blob).map(|stored| {
+            let stat = state.stat(blob).expect("just found");
+            (stat, stored.blocks.clone())
+        }))
+    }
+
+    fn stage_block(
+        &self,
+        blob: &str,
+        id: &[u8],
+        data: Vec<u8>,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<()> {
+        const OP: &str = "stage block";
+        self.enter(Op::StageBlock, blob, OP)?;
+        check_block_id(id).map_err(|why| self.error(BackendErrorKind::Invalid, blob, OP, &why))?;
+        let mut state = self.state.lock();
+        self.check_write_lease(&state, blob, lease, OP)?;
+        state
+            .staged
+            .entry(blob.to_owned())
+            .or_default()
+            .insert(id.to_vec(), Arc::new(data));
+        Ok(())
+    }
+
+    fn commit_blocks(
+        &self,
+        blob: &str,
+        ids: &[BlockId],
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<BlobStat> {
+        const OP: &str = "commit block list";
+        self.enter(Op::CommitBlocks, blob, OP)?;
+        let mut state = self.state.lock();
+        self.check_write_lease(&state, blob, lease, OP)?;
+        self.check_condition(&state, blob, condition, OP)?;
+        let staged = state.staged.get(blob);
+        let current = state.blobs.get(blob);
+        let mut data = Vec::new();
+        let mut blocks = Vec::with_capacity(ids.len());
+        for id in ids {
+            // The latest version of the id: staged first, else committed.
+            let bytes: &[u8] = if let Some(block) = staged.and_then(|s| s.get(id)) {
+                block
+            } else if let Some(range) = current.and_then(|c| committed_range(&c.blocks, id)) {
+                &current.expect("found in it").data[range]
+            } else {
+                return Err(self.error(
+                    BackendErrorKind::Permanent,
+                    blob,
+                    OP,
+                    &format!(
+                        "block {} is neither staged nor committed (invalid block list)",
+                        hex(id)
+                    ),
+                ));
+            };
+            data.extend_from_slice(bytes);
+            blocks.push((id.clone(), bytes.len() as u64));
+        }
+        let stat = state.store(blob, data, blocks);
+        if std::mem::take(&mut state.land_then_fail) {
+            return Err(self.error(
+                BackendErrorKind::Transient,
+                blob,
+                OP,
+                "injected fault: the commit landed but its reply was lost",
+            ));
+        }
+        Ok(stat)
+    }
+
+    fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>> {
+        const OP: &str = "read range";
+        self.enter(Op::ReadRange, blob, OP)?;
+        let data = {
+            let state = self.state.lock();
+            let stored = state.blobs.get(blob).ok_or_else(|| {
+                self.error(
+                    BackendErrorKind::NotFound,
+                    blob,
+                    OP,
+                    "the blob does not exist",
+                )
+            })?;
+            if stored.etag != *etag {
+                return Err(self.error(
+                    BackendErrorKind::ConditionFailed,
+                    blob,
+                    OP,
+                    &format!("expected etag {etag} but the blob is at {}", stored.etag),
+                ));
+            }
+            stored.data.clone()
+        };
+        let size = data.len() as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(data[offset as usize..end as usize].to_vec()),
+            _ => Err(self.error(
+                BackendErrorKind::Invalid,
+                blob,
+                OP,
+                &format!("{len} bytes at {offset} lie beyond the end of the blob ({size} bytes)"),
+            )),
+        }
+    }
+}
+
+/// Every id managedblob stages has [`BLOCK_ID_LEN`] bytes (Azure wants one length
+/// per blob).
+fn check_block_id(id: &[u8]) -> Result<(), String> {
+    if id.len() == BLOCK_ID_LEN {
+        Ok(())
+    } else {
+        Err(format!(
+            "a block id must have {BLOCK_ID_LEN} bytes, not {}",
+            id.len()
+        ))
+    }
+}
+
+/// The byte range of the first committed block `id` in a blob with list `blocks`.
+fn committed_range(blocks: &[(BlockId, u64)], id: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut offset = 0usize;
+    for (committed, size) in blocks {
+        let end = offset + *size as usize;
+        if committed == id {
+            return Some(offset..end);
+        }
+        offset = end;
+    }
+    None
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `duration` from now, saturating at a far future for absurd durations.

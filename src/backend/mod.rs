@@ -162,6 +162,53 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// End whatever lease is held on `blob`, whoever holds it (an operator's tool).
     fn break_lease(&self, blob: &str) -> BackendResult<()>;
+
+    /// The block capability, for delta sync; `None` when the store has none (then
+    /// every transfer is whole-file).
+    fn blocks(&self) -> Option<&dyn Blocks> {
+        None
+    }
+}
+
+/// A block id: [`BLOCK_ID_LEN`] raw bytes (Azure wants every id of a blob to have
+/// the same length; the SDK base64-encodes them on the wire).
+pub type BlockId = Vec<u8>;
+
+/// The length of every block id managedblob writes (delta chunks and staged
+/// whole-file uploads alike).
+pub const BLOCK_ID_LEN: usize = 32;
+
+/// Block-blob operations: stage pieces, commit a list of them atomically, read the
+/// committed list, read ranges. The committed list of a blob, concatenated, is the
+/// blob's content.
+pub trait Blocks: Send + Sync {
+    /// The committed block list (id, size) of `blob` with the version it belongs to;
+    /// `None` when the blob does not exist. A blob written whole by another tool may
+    /// have an empty list (or foreign ids): the caller falls back to a whole download.
+    fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>>;
+
+    /// Stage one block; invisible until a commit names it. `lease` as for uploads.
+    fn stage_block(
+        &self,
+        blob: &str,
+        id: &[u8],
+        data: Vec<u8>,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<()>;
+
+    /// Make `ids` (staged or already committed blocks, in order) the blob's content,
+    /// atomically, under `condition` and `lease` exactly like [`Backend::upload`].
+    fn commit_blocks(
+        &self,
+        blob: &str,
+        ids: &[BlockId],
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<BlobStat>;
+
+    /// `len` bytes at `offset` of the version `etag`; `ConditionFailed` when the blob
+    /// is no longer that version.
+    fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>>;
 }
 
 /// Check a blob name the way every backend must: non-empty `/`-separated segments,

@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
@@ -423,6 +424,16 @@ unsafe fn open_main(
         Err(e) => return unsafe { install_failed(mb, &path, e) },
     };
 
+    // The unix VFS would create the cache with mode 0644 (less the umask), and its
+    // journals copy the database's mode. The cache holds what the remote holds: create
+    // it empty and private (0600) first, so it is never readable by others, not even
+    // for a moment. A cache that exists keeps the mode its owner gave it.
+    if read_only || flags & sql::SQLITE_OPEN_CREATE != 0 {
+        // SAFETY: name is the NUL-terminated path SQLite passes to xOpen.
+        let bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
+        create_private(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)));
+    }
+
     // Open the cache read-write (and create it) even for mode=ro, so the first sync and
     // later refreshes can write it; SQLite still sees a read-only file.
     // SAFETY: data.real is the default VFS.
@@ -473,6 +484,17 @@ unsafe fn open_main(
         (*mb).base.pMethods = &IO_METHODS;
     }
     sql::SQLITE_OK
+}
+
+/// Create `path` empty with mode 0600 unless it exists. Errors are left to the real
+/// xOpen that follows, which reports them as SQLite does.
+fn create_private(path: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
 }
 
 /// Finish an open in the failed state: the file looks empty to SQLite and the
@@ -681,7 +703,13 @@ unsafe extern "C" fn x_write(
     amt: c_int,
     off: i64,
 ) -> c_int {
-    guard(|| real_call!(file, sql::SQLITE_CANTOPEN, xWrite, buf, amt, off))
+    guard(|| {
+        // SAFETY: file is ours (SQLite calls io methods only on files x_open set up).
+        if let Some(connection) = unsafe { main_db(file) }.and_then(|m| m.connection.as_mut()) {
+            connection.note_write(off as u64, amt as u64);
+        }
+        real_call!(file, sql::SQLITE_CANTOPEN, xWrite, buf, amt, off)
+    })
 }
 unsafe extern "C" fn x_truncate(file: *mut sql::sqlite3_file, size: i64) -> c_int {
     guard(|| real_call!(file, sql::SQLITE_CANTOPEN, xTruncate, size))

@@ -15,9 +15,11 @@
 //! Every decision re-reads the sidecar under the file lock, so processes that share
 //! one cache agree.
 
+mod delta_sync;
 mod registry;
 mod sync;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,6 +47,8 @@ pub struct Store {
     sidecar_path: PathBuf,
     journal_path: PathBuf,
     download_path: PathBuf,
+    /// The chunk list of the base version (delta sync), beside the sidecar.
+    manifest_path: PathBuf,
     config: Config,
     identity: String,
     remote: Arc<Remote>,
@@ -79,7 +83,11 @@ struct State {
     last_error: Option<String>,
     conflicts: Vec<String>,
     /// A downloaded version waiting beside the cache for an EXCLUSIVE lock.
-    pending_download: Option<crate::backend::BlobStat>,
+    pending_download: Option<delta_sync::Fetched>,
+    /// The base version's chunk list, when known.
+    manifest: Option<(crate::backend::Etag, crate::delta::Manifest)>,
+    /// 64 KiB granules of the cache written by commits since the base.
+    written: std::collections::BTreeSet<u64>,
 }
 
 /// The status report of `PRAGMA managedblob_status`.
@@ -112,6 +120,7 @@ impl Store {
             sidecar_path: sidecar::path_for(cache_path),
             journal_path: with_suffix("-journal"),
             // One per process: two processes refreshing one cache never share a file.
+            manifest_path: with_suffix("-managedblob.manifest"),
             download_path: with_suffix(&format!(
                 "-managedblob.download-{}-{:08x}",
                 std::process::id(),
@@ -133,6 +142,8 @@ impl Store {
                 last_error: None,
                 conflicts: Vec::new(),
                 pending_download: None,
+                manifest: None,
+                written: Default::default(),
             }),
             fresh_until: AtomicU64::new(0),
         }
@@ -383,11 +394,12 @@ impl Store {
     /// SQLITE_FCNTL_SYNC in a write transaction: the commit point for the remote.
     /// Outside a batch, upload the cache now; an error fails the COMMIT and SQLite
     /// rolls the cache back from its journal. Inside a batch, mark the cache dirty.
-    pub fn commit(&self, file: &mut dyn LocalFile) -> Result<()> {
+    pub fn commit(&self, file: &mut dyn LocalFile, written: &BTreeSet<u64>) -> Result<()> {
         let mut st = self.lock_state();
         if !st.writer {
             return Ok(());
         }
+        st.written.extend(written.iter().copied());
         let result = self.commit_locked(&mut st, file);
         if let Err(e) = &result {
             self.note_error(&mut st, e);
@@ -399,6 +411,7 @@ impl Store {
         if st.batch_depth > 0 {
             if !st.sidecar.dirty {
                 st.sidecar.dirty = true;
+                st.sidecar.dirty_owner = Some(delta_sync::process_token().to_string());
                 self.save(st)?;
             }
             return Ok(());
@@ -413,7 +426,7 @@ impl Store {
         };
         let lease = st.lease.as_ref().map(|l| l.id.clone());
         let stat = self
-            .upload(file, &condition, lease.as_ref())
+            .upload(st, file, &condition, lease.as_ref())
             .map_err(|e| match e {
                 Error::Backend(b) if b.kind == BackendErrorKind::AlreadyExists => {
                     Error::Busy(format!(
@@ -577,7 +590,7 @@ impl Store {
             _ => Condition::Create,
         };
         let lease = st.lease.as_ref().map(|l| l.id.clone());
-        let stat = self.upload(file, &condition, lease.as_ref())?;
+        let stat = self.upload(st, file, &condition, lease.as_ref())?;
         st.create_on_commit = false;
         st.sidecar.base = Some(stat.etag);
         st.sidecar.dirty = false;
@@ -691,6 +704,9 @@ impl Store {
     }
 
     fn save(&self, st: &mut State) -> Result<()> {
+        if !st.sidecar.dirty {
+            st.sidecar.dirty_owner = None;
+        }
         st.sidecar.cache_id = sidecar::file_identity(&self.cache_path);
         sidecar::store(&self.sidecar_path, &st.sidecar)
     }

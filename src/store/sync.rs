@@ -14,6 +14,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::delta_sync::Fetched;
 use super::{State, Store};
 use crate::backend::{BackendError, BackendErrorKind, BlobStat, Condition, LeaseId};
 use crate::error::{Error, Result};
@@ -123,10 +124,14 @@ impl Store {
     /// may have landed (an SDK retry), and then it is our upload, not a conflict.
     pub(super) fn upload(
         &self,
+        st: &mut State,
         file: &mut dyn LocalFile,
         condition: &Condition,
         lease: Option<&LeaseId>,
     ) -> Result<BlobStat> {
+        if self.delta_enabled() {
+            return self.upload_delta(st, file, condition, lease);
+        }
         let size = file
             .size()
             .map_err(|e| Error::local(format!("reading cache {}", self.cache_path.display()), e))?;
@@ -169,41 +174,68 @@ impl Store {
     ) -> Result<()> {
         // A download that could not be installed because the cache was busy is kept
         // for the retry, as long as the remote still has that version.
-        let reusable = st.pending_download.as_ref() == Some(current) && self.download_path.exists();
-        let stat = if reusable {
-            st.pending_download.clone().expect("checked above")
-        } else {
-            st.pending_download = None;
-            self.remote.download_to(&self.download_path)?
+        let kept = st
+            .pending_download
+            .take()
+            .filter(|f| f.stat == *current && self.download_path.exists());
+        let fetched = match kept {
+            Some(fetched) => fetched,
+            None => self.fetch(st, file)?,
         };
-        let result = self.install_download(st, file, held, discard_journal, &stat);
+        let result = self.install(st, file, held, discard_journal, &fetched);
         if matches!(&result, Err(e) if e.is_busy()) {
-            st.pending_download = Some(stat);
+            st.pending_download = Some(fetched);
         } else {
-            st.pending_download = None;
             let _ = std::fs::remove_file(&self.download_path);
         }
         result
     }
 
-    fn install_download(
+    /// Bring the current remote version beside the cache: by chunks when the blob
+    /// is ours and the cache is a known version, else whole.
+    fn fetch(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<Fetched> {
+        if self.delta_enabled() && !st.sidecar.dirty {
+            if let Some(fetched) = self.fetch_delta(st, file)? {
+                return Ok(fetched);
+            }
+        }
+        let stat = self.remote.download_to(&self.download_path)?;
+        Ok(Fetched {
+            stat,
+            chunks: None,
+            manifest: None,
+        })
+    }
+
+    fn install(
         &self,
         st: &mut State,
         file: &mut dyn LocalFile,
         held: LockLevel,
         discard_journal: bool,
-        stat: &BlobStat,
+        fetched: &Fetched,
     ) -> Result<()> {
-        let mut header = [0u8; 100];
-        let got = read_prefix(&self.download_path, &mut header)
-            .map_err(|e| Error::local("reading the downloaded copy", e))?;
-        image::check_database(&header[..got], stat.size).map_err(|why| {
-            Error::NotADatabase(format!(
-                "remote blob '{}' in {} is not a SQLite database: {why}; the cache was left as it is",
-                self.config.blob, self.identity
-            ))
-        })?;
+        let stat = &fetched.stat;
+        let chunk0_fetched = match &fetched.chunks {
+            None => true,
+            Some((_, indexes)) => indexes.first() == Some(&0),
+        };
+        if chunk0_fetched {
+            let mut header = [0u8; 100];
+            let got = read_prefix(&self.download_path, &mut header)
+                .map_err(|e| Error::local("reading the downloaded copy", e))?;
+            image::check_database(&header[..got.min(stat.size as usize)], stat.size).map_err(
+                |why| {
+                    Error::NotADatabase(format!(
+                        "remote blob '{}' in {} is not a SQLite database: {why}; the cache was \
+                         left as it is",
+                        self.config.blob, self.identity
+                    ))
+                },
+            )?;
+        }
         if st.sidecar.dirty {
+            // Only whole downloads reach here (delta needs a clean cache).
             if self.same_as_download(file)? {
                 st.sidecar.base = Some(stat.etag.clone());
                 st.sidecar.dirty = false;
@@ -232,7 +264,7 @@ impl Store {
                 });
             }
         }
-        let result = self.write_into_cache(st, file, discard_journal, stat);
+        let result = self.write_into_cache(st, file, discard_journal, fetched);
         if upgraded {
             let _ = file.unlock(held);
         }
@@ -244,8 +276,9 @@ impl Store {
         st: &mut State,
         file: &mut dyn LocalFile,
         discard_journal: bool,
-        stat: &BlobStat,
+        fetched: &Fetched,
     ) -> Result<()> {
+        let stat = &fetched.stat;
         let cache_err = |what: &str, e: std::io::Error| {
             Error::local(format!("{what} cache {}", self.cache_path.display()), e)
         };
@@ -259,29 +292,40 @@ impl Store {
         st.sidecar.in_flight = InFlight::Download;
         self.save(st)?;
 
-        let mut src = File::open(&self.download_path)
+        let src = File::open(&self.download_path)
             .map_err(|e| Error::local("opening the downloaded copy", e))?;
+        // The pieces to copy: the whole image, or the fetched chunks at their offsets.
+        let pieces: Vec<(u64, u64)> = match &fetched.chunks {
+            None => vec![(0, stat.size)],
+            Some((chunk, indexes)) => indexes
+                .iter()
+                .map(|&i| (i * chunk, (*chunk).min(stat.size - i * chunk)))
+                .collect(),
+        };
         let mut buf = vec![0u8; COPY_CHUNK];
-        let mut offset = 0u64;
-        loop {
-            let n = read_full(&mut src, &mut buf)
-                .map_err(|e| Error::local("reading the downloaded copy", e))?;
-            if n == 0 {
-                break;
+        for (start, len) in pieces {
+            let mut offset = start;
+            while offset < start + len {
+                let want = (COPY_CHUNK as u64).min(start + len - offset) as usize;
+                let n = read_full_at(&src, &mut buf[..want], offset)
+                    .map_err(|e| Error::local("reading the downloaded copy", e))?;
+                if n != want {
+                    return Err(Error::Local(format!(
+                        "downloaded copy of '{}' ends at {}, expected {} bytes",
+                        self.config.blob,
+                        offset + n as u64,
+                        stat.size
+                    )));
+                }
+                if offset == 0 {
+                    image::adapt_header(&mut buf[..n], old_counter);
+                }
+                file.write_at(&buf[..n], offset)
+                    .map_err(|e| cache_err("writing", e))?;
+                offset += n as u64;
             }
-            if offset == 0 {
-                image::adapt_header(&mut buf[..n], old_counter);
-            }
-            file.write_at(&buf[..n], offset)
-                .map_err(|e| cache_err("writing", e))?;
-            offset += n as u64;
         }
-        if offset != stat.size {
-            return Err(Error::Local(format!(
-                "downloaded copy of '{}' has {offset} bytes, expected {}",
-                self.config.blob, stat.size
-            )));
-        }
+        let offset = stat.size;
         file.truncate(offset)
             .map_err(|e| cache_err("truncating", e))?;
         file.sync().map_err(|e| cache_err("syncing", e))?;
@@ -296,6 +340,9 @@ impl Store {
         st.sidecar.dirty = false;
         st.sidecar.in_flight = InFlight::None;
         st.sidecar.generation += 1;
+        st.written.clear();
+        let manifest = fetched.manifest.clone().map(|m| (stat.etag.clone(), m));
+        self.set_manifest(st, manifest);
         self.save(st)?;
         tracing::info!(cache = %self.cache_path.display(), bytes = offset, "cache refreshed from the remote");
         Ok(())
@@ -471,6 +518,19 @@ impl Store {
 
 fn read_prefix(path: &std::path::Path, buf: &mut [u8]) -> std::io::Result<usize> {
     read_full(&mut File::open(path)?, buf)
+}
+
+/// Read at `offset` until `buf` is full or the end of the file.
+fn read_full_at(src: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match src.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
 }
 
 /// Read until `buf` is full or the end of the input.

@@ -12,6 +12,7 @@
 //! | 404 | any (ContainerNotFound gets its own message) | `NotFound` |
 //! | 401, 403 | any | `Denied` |
 //! | 408, 429, 5xx; connection and I/O errors; timeouts | | `Transient` |
+//! | 416 | any, on a ranged read of delta sync | `Invalid` |
 //! | 400 and other 4xx | | `Permanent` (`Invalid` for a bad name or header) |
 //!
 //! A 412 ConditionNotMet while a download pins the etag of its first range means the
@@ -32,6 +33,16 @@ pub enum Op {
         create: bool,
     },
     StageBlock,
+    /// Get Block List (delta sync).
+    BlockList,
+    /// Put Block for delta sync.
+    Stage,
+    /// Put Block List for delta sync, with If-None-Match:* (`create`) or If-Match.
+    CommitBlocks {
+        create: bool,
+    },
+    /// A ranged read pinned to one etag (delta sync).
+    ReadRange,
     AcquireLease,
     RenewLease,
     ReleaseLease,
@@ -46,6 +57,10 @@ impl Op {
             Op::Download => "download",
             Op::Upload { .. } => "upload",
             Op::StageBlock => "upload (stage block)",
+            Op::BlockList => "get block list",
+            Op::Stage => "stage block",
+            Op::CommitBlocks { .. } => "commit block list",
+            Op::ReadRange => "read range",
             Op::AcquireLease => "acquire lease",
             Op::RenewLease => "renew lease",
             Op::ReleaseLease => "release lease",
@@ -81,7 +96,7 @@ pub fn classify(op: Op, status: u16, code: &str) -> BackendErrorKind {
     use BackendErrorKind as K;
     match (status, code) {
         (412, "ConditionNotMet") => match op {
-            Op::Upload { create: true } => K::AlreadyExists,
+            Op::Upload { create: true } | Op::CommitBlocks { create: true } => K::AlreadyExists,
             Op::Download => K::Transient,
             _ => K::ConditionFailed,
         },
@@ -100,6 +115,8 @@ pub fn classify(op: Op, status: u16, code: &str) -> BackendErrorKind {
         // Any other failed precondition on a conditional write.
         (412, _) => K::ConditionFailed,
         (404, _) => K::NotFound,
+        // A range outside the blob: the caller's mistake, not the service's.
+        (416, _) if op == Op::ReadRange => K::Invalid,
         (401, _) | (403, _) => K::Denied,
         (408, _) | (429, _) | (500..=599, _) => K::Transient,
         (400, "InvalidHeaderValue")
@@ -194,9 +211,13 @@ fn explain(op: Op, status: u16, code: &str, at: &Where<'_>) -> String {
         (412, "ConditionNotMet") if op == Op::Download => {
             ": the blob changed while it was being downloaded".to_string()
         }
-        (412, "ConditionNotMet") if op == (Op::Upload { create: true }) => {
+        (412, "ConditionNotMet")
+            if op == (Op::Upload { create: true }) || op == (Op::CommitBlocks { create: true }) =>
+        {
             ": the blob already exists".to_string()
         }
+        (400, "InvalidBlockList") => ": a listed block is neither staged nor committed".to_string(),
+        (416, _) if op == Op::ReadRange => ": the range lies beyond the end of the blob".to_string(),
         (412, "ConditionNotMet") => ": the blob moved to another version (etag)".to_string(),
         (409, "BlobAlreadyExists") => ": the blob already exists".to_string(),
         (412, "LeaseIdMissing") | (409, "LeaseAlreadyPresent") => {
@@ -312,6 +333,30 @@ mod tests {
             assert_eq!(classify(up, status, ""), K::Transient, "{status}");
         }
         assert_eq!(classify(up, 400, "InvalidBlockList"), K::Permanent);
+        let commit = Op::CommitBlocks { create: false };
+        let commit_create = Op::CommitBlocks { create: true };
+        assert_eq!(classify(commit, 412, "ConditionNotMet"), K::ConditionFailed);
+        assert_eq!(
+            classify(commit_create, 412, "ConditionNotMet"),
+            K::AlreadyExists
+        );
+        assert_eq!(classify(commit_create, 409, "BlobAlreadyExists"), K::AlreadyExists);
+        assert_eq!(classify(commit, 412, "LeaseIdMissing"), K::LeaseHeld);
+        assert_eq!(
+            classify(commit, 412, "LeaseIdMismatchWithBlobOperation"),
+            K::LeaseLost
+        );
+        assert_eq!(classify(Op::Stage, 412, "LeaseIdMissing"), K::LeaseHeld);
+        assert_eq!(
+            classify(Op::Stage, 412, "LeaseNotPresentWithBlobOperation"),
+            K::LeaseLost
+        );
+        assert_eq!(
+            classify(Op::ReadRange, 412, "ConditionNotMet"),
+            K::ConditionFailed
+        );
+        assert_eq!(classify(Op::ReadRange, 416, "InvalidRange"), K::Invalid);
+        assert_eq!(classify(Op::BlockList, 404, "BlobNotFound"), K::NotFound);
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //!   response, and every further range is read with `If-Match` on it, so the bytes and
 //!   the etag always agree (a blob replaced mid-download is a transient error and the
 //!   caller downloads again).
+//! * **Blocks** (delta sync's [`Blocks`]): Get Block List, Put Block, Put Block List
+//!   and ranged reads, one request each, with the same conditions, lease and error
+//!   mapping as uploads (`blocks.rs`).
 //! * **Errors** are mapped in `errors.rs` (its header has the table); only
 //!   [`BackendErrorKind::Transient`] ones are worth retrying.
 //!
@@ -51,6 +54,7 @@
 //! ids, which are not credentials.)
 
 mod auth;
+mod blocks;
 mod errors;
 mod runtime;
 mod shared_key;
@@ -86,7 +90,7 @@ use self::errors::{http_status, map_error, subject, Op, Where};
 use self::runtime::RunError;
 pub use self::url::{ContainerUrl, SasToken};
 use super::{
-    validate_blob_name, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat,
+    validate_blob_name, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, Blocks,
     Condition, Etag, Lease, LeaseId,
 };
 
@@ -152,7 +156,7 @@ const MAX_BLOCK_SIZE: u64 = 4000 << 20;
 /// of the block index. Azure requires every block id of a blob to have one length;
 /// delta sync must use this length too (uncommitted blocks of another length make
 /// Put Block fail until the next commit).
-pub const BLOCK_ID_LEN: usize = 32;
+pub use super::BLOCK_ID_LEN;
 /// Azure's lease duration bounds, in seconds.
 const MIN_LEASE_SECS: u64 = 15;
 const MAX_LEASE_SECS: u64 = 60;
@@ -173,6 +177,9 @@ pub struct AzureBackend {
     clients: Mutex<HashMap<String, Arc<BlobClient>>>,
     /// Proposed lease ids of acquires that failed transiently, reused by the retry.
     pending_acquires: Mutex<HashMap<String, String>>,
+    /// Sizes of the blocks staged or seen committed, so a block commit can tell the
+    /// new blob's size without another request (`blocks.rs`).
+    block_sizes: Mutex<blocks::BlockSizes>,
 }
 
 impl fmt::Debug for AzureBackend {
@@ -249,6 +256,7 @@ impl AzureBackend {
             tuning,
             clients: Mutex::new(HashMap::new()),
             pending_acquires: Mutex::new(HashMap::new()),
+            block_sizes: Mutex::new(blocks::BlockSizes::default()),
         })
     }
 
@@ -854,6 +862,10 @@ impl Backend for AzureBackend {
                 _ => Err(self.error(blob, Op::BreakLease, &e)),
             },
         }
+    }
+
+    fn blocks(&self) -> Option<&dyn Blocks> {
+        Some(self)
     }
 }
 

@@ -1,0 +1,365 @@
+//! The block capability ([`Blocks`]) on Azure, for delta sync.
+//!
+//! * `block_list` is one Get Block List (committed). Its response carries the ETag
+//!   and `x-ms-blob-content-length` of the version the list belongs to, so list and
+//!   version always agree. When the service leaves them out (Azure documents them
+//!   only "if the blob has committed blocks"; a blob written by one Put Blob has an
+//!   empty committed list), the version is pinned by a stat before and after a
+//!   second list, retried while the two differ.
+//! * `stage_block` is one Put Block, with our lease id.
+//! * `commit_blocks` is one Put Block List with every id in `Latest` (in order; the
+//!   service takes the uncommitted block of that id when there is one, else the
+//!   committed one), `If-Match` / `If-None-Match: *` and the lease id, mapped exactly
+//!   like an upload. Put Block List does not report the new blob's size, so the
+//!   backend remembers the size of every block it staged or saw in a committed list;
+//!   only a list naming blocks it never saw costs a stat.
+//! * `read_range` is one ranged Get with `If-Match`.
+//!
+//! No retries here: the caller's bounded retry (`src/remote.rs`) is the only one.
+
+use std::collections::HashMap;
+use std::num::NonZero;
+
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlockBlobClientCommitBlockListOptions,
+    BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientStageBlockOptions, BlockListHeaders,
+    BlockListType, BlockLookupList, HttpRange,
+};
+
+use azure_core::http::RequestContent;
+
+use super::errors::{http_status, Op};
+use super::{AzureBackend, MAX_CACHED_CLIENTS};
+use crate::backend::{
+    Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Condition,
+    Etag, LeaseId,
+};
+
+/// How often `block_list` pins the version again when the blob keeps changing
+/// between the stats around a list that carried no ETag.
+const PIN_ATTEMPTS: usize = 3;
+
+/// One Get Block List response.
+struct Listed {
+    /// The version the list belongs to, when the response said (ETag and size).
+    stat: Option<BlobStat>,
+    blocks: Vec<(BlockId, u64)>,
+}
+
+/// Sizes of blocks this backend staged or saw committed, per blob.
+#[derive(Default)]
+pub(super) struct BlockSizes {
+    blobs: HashMap<String, HashMap<BlockId, u64>>,
+}
+
+impl BlockSizes {
+    fn remember<'a>(&mut self, blob: &str, blocks: impl IntoIterator<Item = (&'a [u8], u64)>) {
+        if !self.blobs.contains_key(blob) && self.blobs.len() >= MAX_CACHED_CLIENTS {
+            self.blobs.clear();
+        }
+        let sizes = self.blobs.entry(blob.to_string()).or_default();
+        for (id, size) in blocks {
+            sizes.insert(id.to_vec(), size);
+        }
+    }
+
+    /// The blob's content length if every block of `ids` is known.
+    fn total(&self, blob: &str, ids: &[BlockId]) -> Option<u64> {
+        let sizes = self.blobs.get(blob)?;
+        ids.iter().map(|id| sizes.get(id).copied()).sum()
+    }
+
+    /// After a commit only the committed blocks remain (the service drops the rest).
+    fn committed(&mut self, blob: &str, ids: &[BlockId]) {
+        if let Some(sizes) = self.blobs.get_mut(blob) {
+            let kept: HashMap<BlockId, u64> = ids
+                .iter()
+                .filter_map(|id| sizes.get(id).map(|s| (id.clone(), *s)))
+                .collect();
+            *sizes = kept;
+        }
+    }
+}
+
+impl AzureBackend {
+    /// One Get Block List (committed); `None` when the blob does not exist.
+    fn get_block_list(&self, blob: &str) -> BackendResult<Option<Listed>> {
+        let op = Op::BlockList;
+        let client = self.client(blob)?;
+        let result = self.exec(blob, op, self.tuning.request_timeout, async move {
+            let response = client
+                .block_blob_client()
+                .get_block_list(BlockListType::Committed, None)
+                .await?;
+            let etag = response.etag()?;
+            let length = response.blob_content_length()?;
+            let list = response.into_model()?;
+            Ok((etag, length, list))
+        })?;
+        let (etag, length, list) = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                return match http_status(&e) {
+                    Some((404, code)) if code != "ContainerNotFound" => Ok(None),
+                    _ => Err(self.error(blob, op, &e)),
+                }
+            }
+        };
+        let mut blocks = Vec::new();
+        for block in list.committed_blocks.unwrap_or_default() {
+            let (Some(name), Some(size)) = (block.name, block.size) else {
+                return Err(self.local_error(
+                    blob,
+                    op,
+                    "the block list names a block without id or size".into(),
+                ));
+            };
+            let size = u64::try_from(size).map_err(|_| {
+                self.local_error(blob, op, format!("the block list has a size of {size}"))
+            })?;
+            blocks.push((name, size));
+        }
+        let listed_size = blocks.iter().map(|(_, s)| s).sum::<u64>();
+        let size = match length {
+            Some(length) => u64::try_from(length).ok(),
+            // Without the header only a non-empty list tells the size.
+            None => (!blocks.is_empty()).then_some(listed_size),
+        };
+        if !blocks.is_empty() && size.is_some_and(|s| s != listed_size) {
+            return Err(self.local_error(
+                blob,
+                op,
+                format!(
+                    "the committed blocks add up to {listed_size} bytes but the blob has {}",
+                    size.unwrap_or_default()
+                ),
+            ));
+        }
+        let stat = match (etag, size) {
+            (Some(etag), Some(size)) => Some(BlobStat {
+                etag: Etag(etag.to_string()),
+                size,
+            }),
+            _ => None,
+        };
+        Ok(Some(Listed { stat, blocks }))
+    }
+
+    fn remember_sizes(&self, blob: &str, blocks: &[(BlockId, u64)]) {
+        self.block_sizes
+            .lock()
+            .remember(blob, blocks.iter().map(|(id, s)| (id.as_slice(), *s)));
+    }
+}
+
+impl Blocks for AzureBackend {
+    fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>> {
+        let Some(listed) = self.get_block_list(blob)? else {
+            return Ok(None);
+        };
+        if let Some(stat) = listed.stat {
+            self.remember_sizes(blob, &listed.blocks);
+            return Ok(Some((stat, listed.blocks)));
+        }
+        // The response did not say which version it lists: pin it with a stat on
+        // each side of another list. (A blob with only uncommitted blocks has no
+        // version at all: the stat says it does not exist.)
+        for _ in 0..PIN_ATTEMPTS {
+            let Some(before) = self.stat(blob)? else {
+                return Ok(None);
+            };
+            let Some(listed) = self.get_block_list(blob)? else {
+                return Ok(None);
+            };
+            if let Some(stat) = listed.stat {
+                self.remember_sizes(blob, &listed.blocks);
+                return Ok(Some((stat, listed.blocks)));
+            }
+            let listed_size = listed.blocks.iter().map(|(_, s)| s).sum::<u64>();
+            let fits = listed.blocks.is_empty() || listed_size == before.size;
+            if fits && self.stat(blob)?.as_ref() == Some(&before) {
+                self.remember_sizes(blob, &listed.blocks);
+                return Ok(Some((before, listed.blocks)));
+            }
+        }
+        Err(BackendError::new(
+            BackendErrorKind::Transient,
+            format!(
+                "{}: {} failed: the blob kept changing while its block list was read",
+                self.subject(blob),
+                Op::BlockList.name()
+            ),
+        ))
+    }
+
+    fn stage_block(
+        &self,
+        blob: &str,
+        id: &[u8],
+        data: Vec<u8>,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<()> {
+        let client = self.client(blob)?;
+        let size = data.len() as u64;
+        let options = BlockBlobClientStageBlockOptions {
+            lease_id: lease.map(|l| l.0.clone()),
+            ..Default::default()
+        };
+        let block_id = id.to_vec();
+        self.call(blob, Op::Stage, self.tuning.limit_for(size), async move {
+            client
+                .block_blob_client()
+                .stage_block(&block_id, size, RequestContent::from(data), Some(options))
+                .await
+                .map(|_| ())
+        })?;
+        self.block_sizes.lock().remember(blob, [(id, size)]);
+        Ok(())
+    }
+
+    fn commit_blocks(
+        &self,
+        blob: &str,
+        ids: &[BlockId],
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<BlobStat> {
+        let op = Op::CommitBlocks {
+            create: *condition == Condition::Create,
+        };
+        let client = self.client(blob)?;
+        let mut options = BlockBlobClientCommitBlockListOptions {
+            lease_id: lease.map(|l| l.0.clone()),
+            ..Default::default()
+        };
+        match condition {
+            Condition::Create => options.if_none_match = Some("*".into()),
+            Condition::Match(etag) => options.if_match = Some(etag.0.clone().into()),
+        }
+        let list = BlockLookupList {
+            latest: Some(ids.to_vec()),
+            ..Default::default()
+        };
+        let limit = self.tuning.limit_for(ids.len() as u64 * 64);
+        let result = self.call(blob, op, limit, async move {
+            let result = client
+                .block_blob_client()
+                .commit_block_list(list.try_into()?, Some(options))
+                .await?;
+            result.etag()
+        });
+        let etag = match result {
+            Ok(etag) => self.etag_of(blob, op, etag)?,
+            // If-Match on a blob that does not exist fails its precondition (412);
+            // the trait wants NotFound then, as for uploads.
+            Err(e)
+                if e.kind == BackendErrorKind::ConditionFailed
+                    && matches!(condition, Condition::Match(_))
+                    && matches!(self.stat(blob), Ok(None)) =>
+            {
+                return Err(BackendError::new(
+                    BackendErrorKind::NotFound,
+                    format!(
+                        "{}: {} failed: the blob does not exist",
+                        self.subject(blob),
+                        op.name()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let known = {
+            let mut sizes = self.block_sizes.lock();
+            let total = sizes.total(blob, ids);
+            sizes.committed(blob, ids);
+            total
+        };
+        if let Some(size) = known {
+            return Ok(BlobStat { etag, size });
+        }
+        // A list naming blocks this backend never saw: ask for the size, which is
+        // only ours while the etag still is.
+        match self.stat(blob) {
+            Ok(Some(stat)) if stat.etag == etag => Ok(stat),
+            Ok(_) => Err(BackendError::new(
+                BackendErrorKind::Transient,
+                format!(
+                    "{}: {} failed: the commit landed as etag {etag}, but the blob moved \
+                     before its size could be read",
+                    self.subject(blob),
+                    op.name()
+                ),
+            )),
+            Err(e) => Err(BackendError::new(
+                BackendErrorKind::Transient,
+                format!(
+                    "{}: {} failed: the commit landed as etag {etag}, but reading its size \
+                     failed: {e}",
+                    self.subject(blob),
+                    op.name()
+                ),
+            )),
+        }
+    }
+
+    fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>> {
+        let op = Op::ReadRange;
+        let client = self.client(blob)?;
+        let beyond = |size: u64| {
+            BackendError::new(
+                BackendErrorKind::Invalid,
+                format!(
+                    "{}: {} failed: {len} bytes at {offset} lie beyond the end of the blob \
+                     ({size} bytes)",
+                    self.subject(blob),
+                    op.name()
+                ),
+            )
+        };
+        if len == 0 {
+            // Nothing to read (and the service refuses an empty range): check the version.
+            return match self.stat(blob)? {
+                None => Err(BackendError::new(
+                    BackendErrorKind::NotFound,
+                    format!(
+                        "{}: {} failed: the blob does not exist",
+                        self.subject(blob),
+                        op.name()
+                    ),
+                )),
+                Some(stat) if stat.etag != *etag => Err(BackendError::new(
+                    BackendErrorKind::ConditionFailed,
+                    format!(
+                        "{}: {} failed: expected etag {etag} but the blob is at {}",
+                        self.subject(blob),
+                        op.name(),
+                        stat.etag
+                    ),
+                )),
+                Some(stat) if offset > stat.size => Err(beyond(stat.size)),
+                Some(_) => Ok(Vec::new()),
+            };
+        }
+        let capacity = usize::try_from(len).map_err(|_| {
+            self.local_error(blob, op, format!("{len} bytes do not fit in memory"))
+        })?;
+        let options = BlobClientDownloadOptions {
+            range: Some(HttpRange::new(offset, len)),
+            if_match: Some(etag.0.clone().into()),
+            // One request: the whole range is one partition.
+            parallel: NonZero::new(1),
+            partition_size: NonZero::new(capacity),
+            ..Default::default()
+        };
+        let (mut data, got) = self.call(blob, op, self.tuning.limit_for(len), async move {
+            let mut data = vec![0u8; capacity];
+            let result = client.download_into(&mut data, Some(options)).await?;
+            Ok((data, result.len))
+        })?;
+        if got != capacity {
+            return Err(beyond(offset + got as u64));
+        }
+        data.truncate(got);
+        Ok(data)
+    }
+}
