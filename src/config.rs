@@ -408,7 +408,10 @@ mod tests {
         let e = resolve(&[("remote", "/r"), ("sync", "sometimes")], &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("'sync'") && e.contains("'delta' or 'full'"), "{e}");
+        assert!(
+            e.contains("'sync'") && e.contains("'delta' or 'full'"),
+            "{e}"
+        );
         let e = resolve(&[("remote", "/r"), ("blob", "../escape.db")], &[])
             .unwrap_err()
             .to_string();

@@ -57,6 +57,11 @@ pub struct Counters {
     /// Delta sync: chunks staged (up) and fetched (down).
     pub chunks_up: AtomicU64,
     pub chunks_down: AtomicU64,
+    /// Versions published to the remote (whole uploads and block list commits) and
+    /// taken into the cache (whole downloads and chunk installs), whatever the
+    /// transfer mode.
+    pub versions_up: AtomicU64,
+    pub versions_down: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -77,6 +82,8 @@ pub struct CounterSnapshot {
     pub bytes_down: u64,
     pub chunks_up: u64,
     pub chunks_down: u64,
+    pub versions_up: u64,
+    pub versions_down: u64,
     pub retries: u64,
 }
 
@@ -107,6 +114,8 @@ impl Counters {
             bytes_down: self.bytes_down.load(Relaxed),
             chunks_up: self.chunks_up.load(Relaxed),
             chunks_down: self.chunks_down.load(Relaxed),
+            versions_up: self.versions_up.load(Relaxed),
+            versions_down: self.versions_down.load(Relaxed),
             retries: self.retries.load(Relaxed),
         }
     }

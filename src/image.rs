@@ -35,7 +35,10 @@ pub fn check_database(header: &[u8], size: u64) -> Result<(), String> {
     // change counter equals "version-valid-for" (offset 92), as SQLite decides; a
     // file shorter than that lost its tail (SQLite would read zeros there).
     let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
-    if pages > 0 && header[24..28] == header[92..96] && u64::from(pages) * u64::from(page_size) > size {
+    if pages > 0
+        && header[24..28] == header[92..96]
+        && u64::from(pages) * u64::from(page_size) > size
+    {
         return Err(format!(
             "it is {size} bytes but its header says {pages} pages of {page_size} bytes (truncated?)"
         ));
@@ -137,7 +140,10 @@ mod tests {
         let mut h = header(4096, 5);
         h[28..32].copy_from_slice(&3u32.to_be_bytes());
         assert!(check_database(&h, 3 * 4096).is_ok());
-        assert!(check_database(&h, 4 * 4096).is_ok(), "longer is SQLite's business");
+        assert!(
+            check_database(&h, 4 * 4096).is_ok(),
+            "longer is SQLite's business"
+        );
         assert!(check_database(&h, 2 * 4096)
             .unwrap_err()
             .contains("header says 3 pages"));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{
-    Backend, BackendError, BackendResult, BlobStat, BlockId, Blocks, Condition, Etag, Lease,
+    Backend, BackendError, BackendResult, BlobStat, BlockId, BlockList, Blocks, Condition, Etag, Lease,
     LeaseId,
 };
 use crate::config::RetryPolicy;
@@ -180,13 +180,18 @@ impl Remote {
         })
     }
 
-    pub fn block_list(&self) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>> {
+    pub fn block_list(&self) -> BackendResult<Option<(BlobStat, BlockList)>> {
         let blocks = self.blocks()?;
         self.call(Request::BlockList, |_| blocks.block_list(&self.blob))
     }
 
     /// Stage one chunk (counted as a chunk and its bytes up).
-    pub fn stage_block(&self, id: &[u8], data: &[u8], lease: Option<&LeaseId>) -> BackendResult<()> {
+    pub fn stage_block(
+        &self,
+        id: &[u8],
+        data: &[u8],
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<()> {
         let blocks = self.blocks()?;
         self.call(Request::StageBlock, |_| {
             self.counters

@@ -574,3 +574,669 @@ fn memory_latency_delays_calls() {
     assert_eq!(m.stat("x.db").unwrap(), None);
     assert!(start.elapsed() >= Duration::from_millis(50));
 }
+
+// ---- blocks (delta sync) ----------------------------------------------------------
+//
+// The `Blocks` capability, on every backend that has it (memory and local here; the
+// same checks run against Azurite in tests/azure.rs).
+
+mod block_checks {
+    use super::*;
+    use managedblob::backend::{BlockId, Blocks};
+    use managedblob::delta::ChunkId;
+
+    /// Azure-style lease ids: a wrong one must still look like a lease id.
+    const WRONG_LEASE: &str = "00000000-0000-0000-0000-000000000000";
+
+    pub fn blocks(b: &dyn Backend) -> &dyn Blocks {
+        b.blocks().expect("the backend has the block capability")
+    }
+
+    pub fn chunk(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i as u64 * 2_654_435_761) >> 11) as u8 ^ seed)
+            .collect()
+    }
+
+    pub fn id(index: u32, data: &[u8]) -> BlockId {
+        ChunkId::new(index, data).as_bytes().to_vec()
+    }
+
+    /// Stage `chunks` as blocks 0.. of `blob`; their ids and sizes, in order.
+    pub fn stage_all(
+        b: &dyn Backend,
+        blob: &str,
+        chunks: &[&[u8]],
+        lease: Option<&LeaseId>,
+    ) -> Vec<(BlockId, u64)> {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let id = id(i as u32, data);
+                blocks(b)
+                    .stage_block(blob, &id, data.to_vec(), lease)
+                    .expect("stage");
+                (id, data.len() as u64)
+            })
+            .collect()
+    }
+
+    pub fn ids_of(list: &[(BlockId, u64)]) -> Vec<BlockId> {
+        list.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    pub fn listed(b: &dyn Backend, blob: &str) -> (BlobStat, Vec<(BlockId, u64)>) {
+        blocks(b)
+            .block_list(blob)
+            .expect("block list")
+            .expect("the blob exists")
+    }
+
+    pub fn check_blocks_commit_list_and_read(b: &dyn Backend) {
+        let bl = blocks(b);
+        let (c0, c1, c2) = (chunk(3000, 1), chunk(3000, 2), chunk(1234, 3));
+        let staged = stage_all(b, "blk.db", &[&c0, &c1, &c2], None);
+        // Staged blocks are invisible.
+        assert_eq!(b.stat("blk.db").unwrap(), None);
+        assert_eq!(bl.block_list("blk.db").unwrap(), None);
+        let v1 = bl
+            .commit_blocks("blk.db", &ids_of(&staged), &Condition::Create, None)
+            .unwrap();
+        assert_eq!(v1.size, 3000 + 3000 + 1234);
+        assert_eq!(current(b, "blk.db"), v1);
+        assert_eq!(listed(b, "blk.db"), (v1.clone(), staged.clone()));
+        let whole = [c0.clone(), c1.clone(), c2.clone()].concat();
+        assert_eq!(download(b, "blk.db"), (whole.clone(), v1.clone()));
+        assert_eq!(bl.read_range("blk.db", 3000, 3000, &v1.etag).unwrap(), c1);
+        assert_eq!(bl.read_range("blk.db", 6000, 1234, &v1.etag).unwrap(), c2);
+        assert_eq!(
+            bl.read_range("blk.db", 10, 7, &v1.etag).unwrap(),
+            &whole[10..17]
+        );
+        assert_eq!(
+            kind_of(bl.read_range("blk.db", 6000, 1235, &v1.etag)),
+            BackendErrorKind::Invalid
+        );
+
+        // Replace block 1 only; 0 and 2 are named by their committed ids.
+        let c1b = chunk(3000, 4);
+        let id1b = id(1, &c1b);
+        bl.stage_block("blk.db", &id1b, c1b.clone(), None).unwrap();
+        let ids2 = vec![staged[0].0.clone(), id1b.clone(), staged[2].0.clone()];
+        let v2 = bl
+            .commit_blocks("blk.db", &ids2, &Condition::Match(v1.etag.clone()), None)
+            .unwrap();
+        assert_ne!(v2.etag, v1.etag);
+        assert_eq!(v2.size, v1.size);
+        let whole2 = [c0.clone(), c1b.clone(), c2.clone()].concat();
+        assert_eq!(download(b, "blk.db"), (whole2.clone(), v2.clone()));
+        let (stat, list) = listed(b, "blk.db");
+        assert_eq!(stat, v2);
+        assert_eq!(
+            list,
+            vec![
+                (staged[0].0.clone(), 3000),
+                (id1b.clone(), 3000),
+                (staged[2].0.clone(), 1234)
+            ]
+        );
+        assert_eq!(bl.read_range("blk.db", 3000, 3000, &v2.etag).unwrap(), c1b);
+        // The old version can no longer be read.
+        assert_eq!(
+            kind_of(bl.read_range("blk.db", 0, 10, &v1.etag)),
+            BackendErrorKind::ConditionFailed
+        );
+
+        // A stale etag fails and changes nothing.
+        let c0b = chunk(3000, 5);
+        let id0b = id(0, &c0b);
+        bl.stage_block("blk.db", &id0b, c0b, None).unwrap();
+        let stale = vec![id0b, id1b.clone(), staged[2].0.clone()];
+        assert_eq!(
+            kind_of(bl.commit_blocks("blk.db", &stale, &Condition::Match(v1.etag.clone()), None)),
+            BackendErrorKind::ConditionFailed
+        );
+        assert_eq!(download(b, "blk.db"), (whole2.clone(), v2.clone()));
+        assert_eq!(listed(b, "blk.db").0, v2);
+
+        // A block that is neither staged nor committed: refused, nothing changes.
+        let unknown = vec![staged[0].0.clone(), id(9, b"never staged")];
+        let err = bl
+            .commit_blocks("blk.db", &unknown, &Condition::Match(v2.etag.clone()), None)
+            .unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert_eq!(download(b, "blk.db"), (whole2, v2.clone()));
+
+        // Committed blocks can move and be dropped.
+        let moved = vec![staged[2].0.clone(), id1b.clone(), staged[0].0.clone()];
+        let v3 = bl
+            .commit_blocks("blk.db", &moved, &Condition::Match(v2.etag.clone()), None)
+            .unwrap();
+        assert_eq!(v3.size, 1234 + 3000 + 3000);
+        let whole3 = [c2.clone(), c1b.clone(), c0.clone()].concat();
+        assert_eq!(download(b, "blk.db"), (whole3, v3.clone()));
+        let dropped = vec![id1b.clone()];
+        let v4 = bl
+            .commit_blocks("blk.db", &dropped, &Condition::Match(v3.etag.clone()), None)
+            .unwrap();
+        assert_eq!(download(b, "blk.db"), (c1b.clone(), v4.clone()));
+        assert_eq!(listed(b, "blk.db"), (v4.clone(), vec![(id1b, 3000)]));
+
+        // A whole upload leaves no block list (like Azure's Put Blob), and moves the
+        // version away from under read_range.
+        let v5 = upload(
+            b,
+            "blk.db",
+            b"whole",
+            &Condition::Match(v4.etag.clone()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(listed(b, "blk.db"), (v5.clone(), Vec::new()));
+        assert_eq!(
+            kind_of(bl.read_range("blk.db", 0, 10, &v4.etag)),
+            BackendErrorKind::ConditionFailed
+        );
+        assert_eq!(bl.read_range("blk.db", 1, 3, &v5.etag).unwrap(), b"hol");
+        // And blocks can be committed over it again.
+        let v6 = bl
+            .commit_blocks(
+                "blk.db",
+                &ids_of(&stage_all(b, "blk.db", &[b"again"], None)),
+                &Condition::Match(v5.etag),
+                None,
+            )
+            .unwrap();
+        assert_eq!(download(b, "blk.db"), (b"again".to_vec(), v6));
+    }
+
+    pub fn check_blocks_create_and_missing(b: &dyn Backend) {
+        let bl = blocks(b);
+        assert_eq!(bl.block_list("none.db").unwrap(), None);
+        assert_eq!(
+            kind_of(bl.read_range("none.db", 0, 1, &Etag("x".into()))),
+            BackendErrorKind::NotFound
+        );
+        let staged = stage_all(b, "dir/new.db", &[b"first", b"second"], None);
+        assert_eq!(
+            kind_of(bl.commit_blocks(
+                "dir/new.db",
+                &ids_of(&staged),
+                &Condition::Match(Etag("whatever".into())),
+                None
+            )),
+            BackendErrorKind::NotFound
+        );
+        let v1 = bl
+            .commit_blocks("dir/new.db", &ids_of(&staged), &Condition::Create, None)
+            .unwrap();
+        assert_eq!(
+            download(b, "dir/new.db"),
+            (b"firstsecond".to_vec(), v1.clone())
+        );
+        let again = stage_all(b, "dir/new.db", &[b"other"], None);
+        assert_eq!(
+            kind_of(bl.commit_blocks("dir/new.db", &ids_of(&again), &Condition::Create, None)),
+            BackendErrorKind::AlreadyExists
+        );
+        assert_eq!(download(b, "dir/new.db"), (b"firstsecond".to_vec(), v1));
+        // An empty list makes an empty blob.
+        let empty = bl
+            .commit_blocks("empty.db", &[], &Condition::Create, None)
+            .unwrap();
+        assert_eq!(empty.size, 0);
+        assert_eq!(listed(b, "empty.db"), (empty.clone(), Vec::new()));
+        assert_eq!(download(b, "empty.db"), (Vec::new(), empty.clone()));
+        assert_eq!(bl.read_range("empty.db", 0, 0, &empty.etag).unwrap(), b"");
+        // A blob written whole has a version but no block list.
+        let whole = create(b, "whole.db", b"written whole");
+        assert_eq!(listed(b, "whole.db"), (whole, Vec::new()));
+    }
+
+    pub fn check_blocks_respect_the_lease(b: &dyn Backend) {
+        let bl = blocks(b);
+        let first = stage_all(b, "lb.db", &[b"v1"], None);
+        let v1 = bl
+            .commit_blocks("lb.db", &ids_of(&first), &Condition::Create, None)
+            .unwrap();
+        let lease = b.acquire_lease("lb.db", LONG).unwrap();
+        assert_eq!(lease.stat, v1);
+        let wrong = LeaseId(WRONG_LEASE.into());
+        let data = b"v2".to_vec();
+        let id2 = id(0, &data);
+        assert_eq!(
+            kind_of(bl.stage_block("lb.db", &id2, data.clone(), None)),
+            BackendErrorKind::LeaseHeld
+        );
+        assert_eq!(
+            kind_of(bl.stage_block("lb.db", &id2, data.clone(), Some(&wrong))),
+            BackendErrorKind::LeaseLost
+        );
+        bl.stage_block("lb.db", &id2, data, Some(&lease.id))
+            .unwrap();
+        let at_v1 = Condition::Match(v1.etag.clone());
+        let ids = vec![id2.clone()];
+        assert_eq!(
+            kind_of(bl.commit_blocks("lb.db", &ids, &at_v1, None)),
+            BackendErrorKind::LeaseHeld
+        );
+        assert_eq!(
+            kind_of(bl.commit_blocks("lb.db", &ids, &at_v1, Some(&wrong))),
+            BackendErrorKind::LeaseLost
+        );
+        assert_eq!(download(b, "lb.db"), (b"v1".to_vec(), v1.clone()));
+        assert_eq!(listed(b, "lb.db"), (v1.clone(), first));
+        let v2 = bl
+            .commit_blocks("lb.db", &ids, &at_v1, Some(&lease.id))
+            .unwrap();
+        // Reads need no lease.
+        assert_eq!(bl.read_range("lb.db", 0, 2, &v2.etag).unwrap(), b"v2");
+        assert_eq!(listed(b, "lb.db"), (v2.clone(), vec![(id2, 2)]));
+        b.release_lease("lb.db", &lease.id).unwrap();
+        // A released lease fences nothing, and is no longer ours.
+        let v3 = bl
+            .commit_blocks("lb.db", &ids, &Condition::Match(v2.etag.clone()), None)
+            .unwrap();
+        assert_eq!(
+            kind_of(bl.commit_blocks("lb.db", &ids, &Condition::Match(v3.etag), Some(&lease.id))),
+            BackendErrorKind::LeaseLost
+        );
+    }
+
+    /// A commit takes the staged block of an id before the committed one (Azure's
+    /// "Latest").
+    pub fn check_blocks_staged_wins_over_committed(b: &dyn Backend) {
+        let bl = blocks(b);
+        let same = id(0, b"the id");
+        bl.stage_block("sw.db", &same, b"old".to_vec(), None)
+            .unwrap();
+        let v1 = bl
+            .commit_blocks(
+                "sw.db",
+                std::slice::from_ref(&same),
+                &Condition::Create,
+                None,
+            )
+            .unwrap();
+        bl.stage_block("sw.db", &same, b"newer".to_vec(), None)
+            .unwrap();
+        let v2 = bl
+            .commit_blocks(
+                "sw.db",
+                &[same.clone(), same.clone()],
+                &Condition::Match(v1.etag),
+                None,
+            )
+            .unwrap();
+        assert_eq!(download(b, "sw.db"), (b"newernewer".to_vec(), v2.clone()));
+        assert_eq!(listed(b, "sw.db"), (v2, vec![(same.clone(), 5), (same, 5)]));
+    }
+
+    pub fn check_blocks_concurrent_commits_have_one_winner(b: &dyn Backend) {
+        let bl = blocks(b);
+        let first = stage_all(b, "rc.db", &[b"0000"], None);
+        let mut stat = bl
+            .commit_blocks("rc.db", &ids_of(&first), &Condition::Create, None)
+            .unwrap();
+        for round in 0..5u8 {
+            let winners = Mutex::new(Vec::new());
+            thread::scope(|s| {
+                for t in 0..4u8 {
+                    let (winners, cond) = (&winners, Condition::Match(stat.etag.clone()));
+                    s.spawn(move || {
+                        let data = vec![round, t, round, t];
+                        let ids = vec![id(0, &data)];
+                        let result = bl
+                            .stage_block("rc.db", &ids[0], data.clone(), None)
+                            .and_then(|()| bl.commit_blocks("rc.db", &ids, &cond, None));
+                        match result {
+                            Ok(won) => winners.lock().unwrap().push((data, won)),
+                            Err(e) => {
+                                assert_eq!(e.kind, BackendErrorKind::ConditionFailed, "{e}")
+                            }
+                        }
+                    });
+                }
+            });
+            let winners = winners.into_inner().unwrap();
+            assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+            let (data, won) = winners.into_iter().next().unwrap();
+            assert_eq!(download(b, "rc.db"), (data.clone(), won.clone()));
+            assert_eq!(listed(b, "rc.db"), (won.clone(), vec![(id(0, &data), 4)]));
+            stat = won;
+        }
+    }
+}
+
+use block_checks::{
+    check_blocks_commit_list_and_read, check_blocks_concurrent_commits_have_one_winner,
+    check_blocks_create_and_missing, check_blocks_respect_the_lease,
+    check_blocks_staged_wins_over_committed,
+};
+
+mod blocks {
+    use super::*;
+
+    conformance!(
+        check_blocks_commit_list_and_read,
+        check_blocks_create_and_missing,
+        check_blocks_respect_the_lease,
+        check_blocks_staged_wins_over_committed,
+        check_blocks_concurrent_commits_have_one_winner,
+    );
+}
+
+// ---- blocks: local only -------------------------------------------------------------
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn local_block_files_are_hidden_and_private() {
+    use block_checks::*;
+    let (dir, b) = local();
+    let bl = blocks(&b);
+    let staged = stage_all(&b, "p.db", &[b"one", b"two"], None);
+    let staging = dir.path().join(".p.db.mb-staged");
+    assert_eq!(mode(&staging), 0o700);
+    let mut expected: Vec<String> = staged.iter().map(|(id, _)| hex(id)).collect();
+    expected.sort();
+    assert_eq!(names_in(&staging), expected);
+    for name in &expected {
+        assert_eq!(mode(&staging.join(name)), 0o600, "{name}");
+    }
+    let v1 = bl
+        .commit_blocks("p.db", &ids_of(&staged), &Condition::Create, None)
+        .unwrap();
+    assert!(!staging.exists(), "a commit clears the staged blocks");
+    for name in ["p.db", ".p.db.mb-blocks", ".p.db.mb-etag"] {
+        assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+    }
+    // Nothing but the blob and its hidden companions, and no temp file.
+    assert_eq!(
+        names_in(dir.path()),
+        [".p.db.mb-blocks", ".p.db.mb-etag", ".p.db.mb-mutex", "p.db"]
+    );
+    // A whole upload drops the list and the staged blocks.
+    stage_all(&b, "p.db", &[b"three"], None);
+    upload(&b, "p.db", b"whole", &Condition::Match(v1.etag), None).unwrap();
+    assert!(!staging.exists());
+    assert!(!dir.path().join(".p.db.mb-blocks").exists());
+}
+
+#[test]
+fn local_foreign_copy_empties_the_block_list() {
+    use block_checks::*;
+    let (dir, b) = local();
+    let bl = blocks(&b);
+    let staged = stage_all(&b, "f.db", &[b"ours-1", b"ours-2"], None);
+    let ours = bl
+        .commit_blocks("f.db", &ids_of(&staged), &Condition::Create, None)
+        .unwrap();
+    thread::sleep(Duration::from_millis(20));
+    std::fs::write(dir.path().join("f.db"), b"theirs, same dir").unwrap();
+    let (theirs, list) = listed(&b, "f.db");
+    assert_ne!(theirs.etag, ours.etag);
+    assert_eq!(theirs, current(&b, "f.db"));
+    assert!(list.is_empty(), "{list:?}");
+    assert_eq!(
+        kind_of(bl.read_range("f.db", 0, 4, &ours.etag)),
+        BackendErrorKind::ConditionFailed
+    );
+    assert_eq!(
+        bl.read_range("f.db", 0, 6, &theirs.etag).unwrap(),
+        b"theirs"
+    );
+    // The blocks of our version are gone with it.
+    let err = bl
+        .commit_blocks(
+            "f.db",
+            &ids_of(&staged),
+            &Condition::Match(theirs.etag.clone()),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind, BackendErrorKind::Permanent, "{err}");
+    assert!(
+        err.message.contains("neither staged nor committed"),
+        "{err}"
+    );
+    let fresh = stage_all(&b, "f.db", &[b"again"], None);
+    let v = bl
+        .commit_blocks(
+            "f.db",
+            &ids_of(&fresh),
+            &Condition::Match(theirs.etag),
+            None,
+        )
+        .unwrap();
+    assert_eq!(listed(&b, "f.db"), (v, fresh));
+}
+
+#[test]
+fn local_failed_commits_keep_staged_blocks_and_leave_no_temp_file() {
+    use block_checks::*;
+    let (dir, b) = local();
+    let bl = blocks(&b);
+    let v1 = create(&b, "k.db", b"v1");
+    let v2 = upload(&b, "k.db", b"v2", &Condition::Match(v1.etag.clone()), None).unwrap();
+    let staged = stage_all(&b, "k.db", &[b"block"], None);
+    assert_eq!(
+        kind_of(bl.commit_blocks("k.db", &ids_of(&staged), &Condition::Match(v1.etag), None)),
+        BackendErrorKind::ConditionFailed
+    );
+    assert_eq!(
+        kind_of(bl.commit_blocks(
+            "k.db",
+            &[staged[0].0.clone(), id(7, b"unknown")],
+            &Condition::Match(v2.etag.clone()),
+            None
+        )),
+        BackendErrorKind::Permanent
+    );
+    assert!(!names_in(dir.path()).iter().any(|n| n.contains("mb-tmp")));
+    // The staged block survived both failures.
+    let v3 = bl
+        .commit_blocks("k.db", &ids_of(&staged), &Condition::Match(v2.etag), None)
+        .unwrap();
+    assert_eq!(download(&b, "k.db"), (b"block".to_vec(), v3));
+    assert!(!names_in(dir.path()).iter().any(|n| n.contains("mb-tmp")));
+}
+
+#[test]
+fn local_commits_move_large_blocks_intact() {
+    use block_checks::*;
+    let (_dir, b) = local();
+    let bl = blocks(&b);
+    // Blocks larger than the copy buffer, moved to other offsets, one replaced.
+    let (c0, c1, c2) = (
+        chunk(2_500_000, 1),
+        chunk(2_500_000, 2),
+        chunk(1_000_001, 3),
+    );
+    let staged = stage_all(&b, "big.db", &[&c0, &c1, &c2], None);
+    let v1 = bl
+        .commit_blocks("big.db", &ids_of(&staged), &Condition::Create, None)
+        .unwrap();
+    let c3 = chunk(2_500_000, 4);
+    let id3 = id(3, &c3);
+    bl.stage_block("big.db", &id3, c3.clone(), None).unwrap();
+    let order = vec![
+        staged[2].0.clone(),
+        staged[0].0.clone(),
+        id3,
+        staged[0].0.clone(),
+    ];
+    let v2 = bl
+        .commit_blocks("big.db", &order, &Condition::Match(v1.etag), None)
+        .unwrap();
+    let expected = [c2, c0.clone(), c3, c0].concat();
+    assert_eq!(v2.size, expected.len() as u64);
+    let (bytes, stat) = download(&b, "big.db");
+    assert_eq!(stat, v2);
+    assert!(bytes == expected, "content differs");
+}
+
+// ---- blocks: memory only ------------------------------------------------------------
+
+#[test]
+fn memory_block_faults_have_no_side_effects() {
+    use block_checks::*;
+    let m = MemoryBackend::new();
+    let bl = blocks(&m);
+    let staged = stage_all(&m, "f.db", &[b"v1"], None);
+    let v1 = bl
+        .commit_blocks("f.db", &ids_of(&staged), &Condition::Create, None)
+        .unwrap();
+    let data = b"v2".to_vec();
+    let id2 = id(0, &data);
+
+    m.fail_next(Op::StageBlock, BackendErrorKind::Transient, 1);
+    assert!(bl
+        .stage_block("f.db", &id2, data.clone(), None)
+        .unwrap_err()
+        .is_transient());
+    assert!(m.staged_blocks("f.db").is_empty());
+    bl.stage_block("f.db", &id2, data, None).unwrap();
+    assert_eq!(m.staged_blocks("f.db"), vec![id2.clone()]);
+    assert_eq!(m.calls(Op::StageBlock), 3);
+
+    let at_v1 = Condition::Match(v1.etag.clone());
+    m.fail_next(Op::CommitBlocks, BackendErrorKind::Transient, 2);
+    for _ in 0..2 {
+        let err = bl
+            .commit_blocks("f.db", std::slice::from_ref(&id2), &at_v1, None)
+            .unwrap_err();
+        assert!(
+            err.is_transient() && err.message.contains("injected fault"),
+            "{err}"
+        );
+    }
+    assert_eq!(m.get("f.db").unwrap(), b"v1");
+    assert_eq!(m.staged_blocks("f.db"), vec![id2.clone()]);
+
+    m.fail_next(Op::BlockList, BackendErrorKind::NotFound, 1);
+    assert_eq!(kind_of(bl.block_list("f.db")), BackendErrorKind::NotFound);
+    assert_eq!(listed(&m, "f.db").0, v1);
+    m.set_fail_rate(Op::ReadRange, 1.0);
+    assert!(bl
+        .read_range("f.db", 0, 2, &v1.etag)
+        .unwrap_err()
+        .is_transient());
+    m.set_fail_rate(Op::ReadRange, 0.0);
+    assert_eq!(bl.read_range("f.db", 0, 2, &v1.etag).unwrap(), b"v1");
+    assert_eq!(m.calls(Op::ReadRange), 2);
+    assert_eq!(m.calls(Op::BlockList), 2);
+
+    // A commit can land and still fail, like an upload.
+    m.land_then_fail_next_upload();
+    assert_eq!(
+        kind_of(bl.commit_blocks("f.db", std::slice::from_ref(&id2), &Condition::Create, None)),
+        BackendErrorKind::AlreadyExists
+    );
+    let err = bl
+        .commit_blocks("f.db", std::slice::from_ref(&id2), &at_v1, None)
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(m.get("f.db").unwrap(), b"v2");
+    let (v2, list) = listed(&m, "f.db");
+    assert_eq!(list, vec![(id2.clone(), 2)]);
+    assert_eq!(
+        kind_of(bl.commit_blocks("f.db", std::slice::from_ref(&id2), &at_v1, None)),
+        BackendErrorKind::ConditionFailed
+    );
+    // The fault is used up.
+    bl.commit_blocks("f.db", &[id2], &Condition::Match(v2.etag), None)
+        .unwrap();
+    assert_eq!(m.calls(Op::CommitBlocks), 7);
+    assert_eq!(m.calls(Op::Upload), 0);
+}
+
+#[test]
+fn memory_staged_blocks_are_discarded_like_azure() {
+    use block_checks::*;
+    let m = MemoryBackend::new();
+    let bl = blocks(&m);
+    let v1 = create(&m, "d.db", b"v1");
+    let staged = stage_all(&m, "d.db", &[b"a", b"b"], None);
+    assert_eq!(m.staged_blocks("d.db").len(), 2);
+    // A failed commit keeps them...
+    let wrong = Condition::Match(Etag("m-0".into()));
+    assert_eq!(
+        kind_of(bl.commit_blocks("d.db", &ids_of(&staged), &wrong, None)),
+        BackendErrorKind::ConditionFailed
+    );
+    assert_eq!(m.staged_blocks("d.db").len(), 2);
+    // ...a successful one discards all of them, named or not.
+    let v2 = bl
+        .commit_blocks(
+            "d.db",
+            &ids_of(&staged[..1]),
+            &Condition::Match(v1.etag),
+            None,
+        )
+        .unwrap();
+    assert!(m.staged_blocks("d.db").is_empty());
+    assert_eq!(m.get("d.db").unwrap(), b"a");
+    // A whole upload, or a foreign write, discards them too.
+    stage_all(&m, "d.db", &[b"c"], None);
+    let v3 = upload(&m, "d.db", b"whole", &Condition::Match(v2.etag), None).unwrap();
+    assert!(m.staged_blocks("d.db").is_empty());
+    assert_eq!(listed(&m, "d.db"), (v3, Vec::new()));
+    stage_all(&m, "d.db", &[b"d"], None);
+    m.put("d.db", b"foreign");
+    assert!(m.staged_blocks("d.db").is_empty());
+    assert!(listed(&m, "d.db").1.is_empty());
+}
+
+fn check_block_names_and_ids_are_checked(b: &dyn Backend) {
+    use block_checks::*;
+    let bl = blocks(b);
+    let good = id(0, b"x");
+    let etag = Etag("x".into());
+    for name in ["../x", ".hidden", "", "a//b"] {
+        let invalid = |kind: BackendErrorKind, what: &str| {
+            assert_eq!(kind, BackendErrorKind::Invalid, "{what} accepted {name:?}");
+        };
+        invalid(kind_of(bl.block_list(name)), "block list");
+        invalid(
+            kind_of(bl.stage_block(name, &good, b"x".to_vec(), None)),
+            "stage",
+        );
+        invalid(
+            kind_of(bl.commit_blocks(name, std::slice::from_ref(&good), &Condition::Create, None)),
+            "commit",
+        );
+        invalid(kind_of(bl.read_range(name, 0, 1, &etag)), "read range");
+    }
+    // Every block id of a blob has one length (as Azure requires).
+    for bad in [&b""[..], b"short", &[1u8; 33]] {
+        assert_eq!(
+            kind_of(bl.stage_block("ids.db", bad, b"x".to_vec(), None)),
+            BackendErrorKind::Invalid,
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn local_block_names_and_ids_are_checked() {
+    let (_dir, b) = local();
+    check_block_names_and_ids_are_checked(&b);
+}
+
+#[test]
+fn memory_block_names_and_ids_are_checked() {
+    check_block_names_and_ids_are_checked(&MemoryBackend::new());
+}

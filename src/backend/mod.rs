@@ -174,6 +174,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
 /// the same length; the SDK base64-encodes them on the wire).
 pub type BlockId = Vec<u8>;
 
+/// A committed block list: (id, size) in blob order.
+pub type BlockList = Vec<(BlockId, u64)>;
+
 /// The length of every block id managedblob writes (delta chunks and staged
 /// whole-file uploads alike).
 pub const BLOCK_ID_LEN: usize = 32;
@@ -185,7 +188,7 @@ pub trait Blocks: Send + Sync {
     /// The committed block list (id, size) of `blob` with the version it belongs to;
     /// `None` when the blob does not exist. A blob written whole by another tool may
     /// have an empty list (or foreign ids): the caller falls back to a whole download.
-    fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>>;
+    fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, BlockList)>>;
 
     /// Stage one block; invisible until a commit names it. `lease` as for uploads.
     fn stage_block(

@@ -139,7 +139,10 @@ impl Store {
                         continue;
                     }
                     if let Err(e) = self.remote.stage_block(id.as_bytes(), &data, lease) {
-                        failure.lock().expect("failure lock").get_or_insert(e.into());
+                        failure
+                            .lock()
+                            .expect("failure lock")
+                            .get_or_insert(e.into());
                     }
                 });
             }

@@ -129,9 +129,24 @@ impl Store {
         condition: &Condition,
         lease: Option<&LeaseId>,
     ) -> Result<BlobStat> {
-        if self.delta_enabled() {
-            return self.upload_delta(st, file, condition, lease);
-        }
+        let stat = if self.delta_enabled() {
+            self.upload_delta(st, file, condition, lease)?
+        } else {
+            self.upload_whole(file, condition, lease)?
+        };
+        self.remote
+            .counters
+            .versions_up
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(stat)
+    }
+
+    fn upload_whole(
+        &self,
+        file: &mut dyn LocalFile,
+        condition: &Condition,
+        lease: Option<&LeaseId>,
+    ) -> Result<BlobStat> {
         let size = file
             .size()
             .map_err(|e| Error::local(format!("reading cache {}", self.cache_path.display()), e))?;
@@ -344,6 +359,10 @@ impl Store {
         let manifest = fetched.manifest.clone().map(|m| (stat.etag.clone(), m));
         self.set_manifest(st, manifest);
         self.save(st)?;
+        self.remote
+            .counters
+            .versions_down
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(cache = %self.cache_path.display(), bytes = offset, "cache refreshed from the remote");
         Ok(())
     }

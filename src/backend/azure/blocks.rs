@@ -1,11 +1,14 @@
 //! The block capability ([`Blocks`]) on Azure, for delta sync.
 //!
-//! * `block_list` is one Get Block List (committed). Its response carries the ETag
-//!   and `x-ms-blob-content-length` of the version the list belongs to, so list and
-//!   version always agree. When the service leaves them out (Azure documents them
-//!   only "if the blob has committed blocks"; a blob written by one Put Blob has an
-//!   empty committed list), the version is pinned by a stat before and after a
-//!   second list, retried while the two differ.
+//! * `block_list` is one Get Block List (committed) when the blob has committed
+//!   blocks: the response carries the ETag and `x-ms-blob-content-length` of the
+//!   version the list belongs to, so list and version always agree. An empty list
+//!   (a blob written by one Put Blob has one) may also come from a blob that has only
+//!   uncommitted blocks and so does not exist yet (Azurite sends an ETag then, Azure
+//!   none), and a response may lack the ETag: then the version is pinned by a stat
+//!   before another list (and after it, when that one has no ETag either), retried
+//!   while they differ. The extra requests only happen where the caller falls back to
+//!   a whole download anyway.
 //! * `stage_block` is one Put Block, with our lease id.
 //! * `commit_blocks` is one Put Block List with every id in `Latest` (in order; the
 //!   service takes the uncommitted block of that id when there is one, else the
@@ -22,8 +25,8 @@ use std::num::NonZero;
 
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlockBlobClientCommitBlockListOptions,
-    BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientStageBlockOptions, BlockListHeaders,
-    BlockListType, BlockLookupList, HttpRange,
+    BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientStageBlockOptions,
+    BlockListHeaders, BlockListType, BlockLookupList, HttpRange,
 };
 
 use azure_core::http::RequestContent;
@@ -145,6 +148,17 @@ impl AzureBackend {
         Ok(Some(Listed { stat, blocks }))
     }
 
+    fn missing(&self, blob: &str, op: Op) -> BackendError {
+        BackendError::new(
+            BackendErrorKind::NotFound,
+            format!(
+                "{}: {} failed: the blob does not exist",
+                self.subject(blob),
+                op.name()
+            ),
+        )
+    }
+
     fn remember_sizes(&self, blob: &str, blocks: &[(BlockId, u64)]) {
         self.block_sizes
             .lock()
@@ -157,13 +171,14 @@ impl Blocks for AzureBackend {
         let Some(listed) = self.get_block_list(blob)? else {
             return Ok(None);
         };
-        if let Some(stat) = listed.stat {
+        if let (Some(stat), false) = (&listed.stat, listed.blocks.is_empty()) {
             self.remember_sizes(blob, &listed.blocks);
-            return Ok(Some((stat, listed.blocks)));
+            return Ok(Some((stat.clone(), listed.blocks)));
         }
-        // The response did not say which version it lists: pin it with a stat on
-        // each side of another list. (A blob with only uncommitted blocks has no
-        // version at all: the stat says it does not exist.)
+        // An empty list, or one that does not say which version it lists. An empty
+        // list may also belong to a blob that has only uncommitted blocks, which does
+        // not exist yet (Azurite answers with an ETag then, Azure without). Pin the
+        // version with a stat before (and, without an ETag, after) another list.
         for _ in 0..PIN_ATTEMPTS {
             let Some(before) = self.stat(blob)? else {
                 return Ok(None);
@@ -171,15 +186,21 @@ impl Blocks for AzureBackend {
             let Some(listed) = self.get_block_list(blob)? else {
                 return Ok(None);
             };
-            if let Some(stat) = listed.stat {
+            let pinned = match &listed.stat {
+                Some(stat) if !listed.blocks.is_empty() => Some(stat.clone()),
+                // The version `before` has an empty list.
+                Some(stat) if stat.etag == before.etag => Some(before),
+                // It changed in between.
+                Some(_) => None,
+                None => {
+                    let listed_size = listed.blocks.iter().map(|(_, s)| s).sum::<u64>();
+                    let fits = listed.blocks.is_empty() || listed_size == before.size;
+                    (fits && self.stat(blob)?.as_ref() == Some(&before)).then_some(before)
+                }
+            };
+            if let Some(stat) = pinned {
                 self.remember_sizes(blob, &listed.blocks);
                 return Ok(Some((stat, listed.blocks)));
-            }
-            let listed_size = listed.blocks.iter().map(|(_, s)| s).sum::<u64>();
-            let fits = listed.blocks.is_empty() || listed_size == before.size;
-            if fits && self.stat(blob)?.as_ref() == Some(&before) {
-                self.remember_sizes(blob, &listed.blocks);
-                return Ok(Some((before, listed.blocks)));
             }
         }
         Err(BackendError::new(
@@ -257,14 +278,7 @@ impl Blocks for AzureBackend {
                     && matches!(condition, Condition::Match(_))
                     && matches!(self.stat(blob), Ok(None)) =>
             {
-                return Err(BackendError::new(
-                    BackendErrorKind::NotFound,
-                    format!(
-                        "{}: {} failed: the blob does not exist",
-                        self.subject(blob),
-                        op.name()
-                    ),
-                ));
+                return Err(self.missing(blob, op));
             }
             Err(e) => return Err(e),
         };
@@ -319,14 +333,7 @@ impl Blocks for AzureBackend {
         if len == 0 {
             // Nothing to read (and the service refuses an empty range): check the version.
             return match self.stat(blob)? {
-                None => Err(BackendError::new(
-                    BackendErrorKind::NotFound,
-                    format!(
-                        "{}: {} failed: the blob does not exist",
-                        self.subject(blob),
-                        op.name()
-                    ),
-                )),
+                None => Err(self.missing(blob, op)),
                 Some(stat) if stat.etag != *etag => Err(BackendError::new(
                     BackendErrorKind::ConditionFailed,
                     format!(
@@ -340,9 +347,8 @@ impl Blocks for AzureBackend {
                 Some(_) => Ok(Vec::new()),
             };
         }
-        let capacity = usize::try_from(len).map_err(|_| {
-            self.local_error(blob, op, format!("{len} bytes do not fit in memory"))
-        })?;
+        let capacity = usize::try_from(len)
+            .map_err(|_| self.local_error(blob, op, format!("{len} bytes do not fit in memory")))?;
         let options = BlobClientDownloadOptions {
             range: Some(HttpRange::new(offset, len)),
             if_match: Some(etag.0.clone().into()),
@@ -351,11 +357,23 @@ impl Blocks for AzureBackend {
             partition_size: NonZero::new(capacity),
             ..Default::default()
         };
-        let (mut data, got) = self.call(blob, op, self.tuning.limit_for(len), async move {
+        let result = self.call(blob, op, self.tuning.limit_for(len), async move {
             let mut data = vec![0u8; capacity];
             let result = client.download_into(&mut data, Some(options)).await?;
             Ok((data, result.len))
-        })?;
+        });
+        let (mut data, got) = match result {
+            Ok(read) => read,
+            // Azurite answers If-Match on a missing blob with 412: say NotFound, as
+            // for commits.
+            Err(e)
+                if e.kind == BackendErrorKind::ConditionFailed
+                    && matches!(self.stat(blob), Ok(None)) =>
+            {
+                return Err(self.missing(blob, op))
+            }
+            Err(e) => return Err(e),
+        };
         if got != capacity {
             return Err(beyond(offset + got as u64));
         }

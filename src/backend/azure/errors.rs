@@ -217,7 +217,9 @@ fn explain(op: Op, status: u16, code: &str, at: &Where<'_>) -> String {
             ": the blob already exists".to_string()
         }
         (400, "InvalidBlockList") => ": a listed block is neither staged nor committed".to_string(),
-        (416, _) if op == Op::ReadRange => ": the range lies beyond the end of the blob".to_string(),
+        (416, _) if op == Op::ReadRange => {
+            ": the range lies beyond the end of the blob".to_string()
+        }
         (412, "ConditionNotMet") => ": the blob moved to another version (etag)".to_string(),
         (409, "BlobAlreadyExists") => ": the blob already exists".to_string(),
         (412, "LeaseIdMissing") | (409, "LeaseAlreadyPresent") => {
@@ -340,7 +342,10 @@ mod tests {
             classify(commit_create, 412, "ConditionNotMet"),
             K::AlreadyExists
         );
-        assert_eq!(classify(commit_create, 409, "BlobAlreadyExists"), K::AlreadyExists);
+        assert_eq!(
+            classify(commit_create, 409, "BlobAlreadyExists"),
+            K::AlreadyExists
+        );
         assert_eq!(classify(commit, 412, "LeaseIdMissing"), K::LeaseHeld);
         assert_eq!(
             classify(commit, 412, "LeaseIdMismatchWithBlobOperation"),
