@@ -1,7 +1,14 @@
-//! The main job on the embedded default (a local directory as the remote): two
-//! "hosts", each with its own cache, share one remote database.
+//! The main job: two "hosts", each with its own cache, share one remote database.
 //!
 //!     cargo run --example two_hosts [-- <work dir>]
+//!
+//! The remote is a local directory (the embedded default). With
+//! `MANAGEDBLOB_EXAMPLE_BACKEND=azure` it is the Azure container named by
+//! `MANAGEDBLOB_EXAMPLE_URL` (`https://<account>.blob.core.windows.net/<container>`,
+//! or Azurite's `http://127.0.0.1:10000/devstoreaccount1/<container>`), with
+//! credentials from the usual places (a SAS in the URL,
+//! AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY, or Entra ID); build with
+//! `--features azure` for that.
 //!
 //! It prints what each step cost in remote requests and bytes: a cold open (the
 //! cache is empty, the database is downloaded), a warm open (the etag matches,
@@ -13,11 +20,24 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
-fn open(cache: &Path, remote: &Path) -> rusqlite::Result<Connection> {
+/// Percent-encode a URI parameter value (a SAS token holds `&` and `=`).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn open(cache: &Path, remote: &str) -> rusqlite::Result<Connection> {
     let uri = format!(
         "file:{}?vfs=managedblob&remote={}",
         cache.display(),
-        remote.display()
+        encode(remote)
     );
     Connection::open_with_flags(
         uri,
@@ -34,14 +54,15 @@ fn status(c: &Connection) -> Value {
     serde_json::from_str(&text).expect("status is JSON")
 }
 
-/// The request counters of a status report, as (requests, uploads, downloads, bytes up, bytes down).
+/// The counters of a status report: requests, versions published, versions taken
+/// in, bytes up, bytes down.
 fn counters(s: &Value) -> [u64; 5] {
     let r = &s["requests"];
     let g = |k: &str| r[k].as_u64().unwrap_or(0);
     [
         g("total"),
-        g("upload"),
-        g("download"),
+        g("versions_up"),
+        g("versions_down"),
         g("bytes_up"),
         g("bytes_down"),
     ]
@@ -61,14 +82,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(dir) => PathBuf::from(dir),
         None => std::env::temp_dir().join(format!("managedblob-demo-{}", std::process::id())),
     };
-    let remote = work.join("remote");
     let (host_a, host_b) = (work.join("host-a"), work.join("host-b"));
-    for dir in [&remote, &host_a, &host_b] {
+    for dir in [&host_a, &host_b] {
         std::fs::create_dir_all(dir)?;
     }
+    let remote = match std::env::var("MANAGEDBLOB_EXAMPLE_BACKEND").as_deref() {
+        Ok("azure") => std::env::var("MANAGEDBLOB_EXAMPLE_URL").map_err(|_| {
+            "MANAGEDBLOB_EXAMPLE_BACKEND=azure needs MANAGEDBLOB_EXAMPLE_URL=<container URL>"
+        })?,
+        Ok("local") | Err(_) => {
+            let dir = work.join("remote");
+            std::fs::create_dir_all(&dir)?;
+            dir.display().to_string()
+        }
+        Ok(other) => {
+            return Err(format!("MANAGEDBLOB_EXAMPLE_BACKEND={other}: use local or azure").into())
+        }
+    };
     let cache_a = host_a.join("corpus.db");
     let cache_b = host_b.join("corpus.db");
-    println!("remote directory: {}", remote.display());
+    let shown = remote.split('?').next().unwrap_or_default();
+    println!("remote:           {shown}");
     println!(
         "caches:           {} and {}\n",
         cache_a.display(),
