@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what the tests need, builds the
-# loadable extension, runs every test. Usage: scripts/test.sh [extra cargo test args]
+# The whole test suite on a fresh machine: installs what the tests need (Debian
+# packages, Azurite from npm), builds the loadable extension, runs every test, the
+# Azurite ones included (they start and stop Azurite themselves).
+# Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,8 @@ command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || need_apt+=(libsqlite3-dev)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -16,9 +20,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+echo "== installing Azurite"
+scripts/azurite.sh >/dev/null
+
 echo "== building the loadable extension"
 cargo build --release --manifest-path loadable/Cargo.toml
 export MANAGEDBLOB_EXTENSION="$PWD/loadable/target/release/libmanagedblob.so"
 
 echo "== running the tests"
-cargo test "$@"
+cargo test --features azure "$@"

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{
-    Backend, BackendError, BackendResult, BlobStat, BlockId, BlockList, Blocks, Condition, Etag, Lease,
-    LeaseId,
+    Backend, BackendError, BackendResult, BlobStat, BlockId, BlockList, Blocks, Condition, Etag,
+    Lease, LeaseId,
 };
 use crate::config::RetryPolicy;
 use crate::counters::{Counters, Request};

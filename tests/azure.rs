@@ -2,10 +2,11 @@
 //!
 //!     scripts/azurite.sh && cargo test --features azure --test azure
 //!
-//! The tests start Azurite themselves: one instance shared by the tests that overlap in
-//! time (it is stopped when the last of them ends), and one container per test, so
-//! tests run in parallel. Without Azurite installed the tests are skipped with a
-//! message, unless the environment variable CI is set: then they fail.
+//! The tests start Azurite themselves (tests/common/azurite.rs): one instance shared by
+//! the tests that overlap in time (it is stopped when the last of them ends), and one
+//! container per test, so tests run in parallel. Without Azurite installed the tests
+//! are skipped with a message, unless the environment variable CI is set: then they
+//! fail.
 //!
 //! Covered here: the backend conformance checks of `tests/backend_conformance.rs`
 //! (copied, with the lease-expiry check stretched to Azure's 15 s minimum), large
@@ -21,145 +22,26 @@ use std::fmt::Debug;
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::azurite::{self as harness, account_sas, random_container, Azurite};
+use common::azurite::{DEV_ACCOUNT, DEV_KEY};
 use managedblob::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
 use managedblob::backend::{
     Backend, BackendErrorKind, BackendResult, BlobStat, Condition, Etag, LeaseId,
 };
 
-const DEV_ACCOUNT: &str = "devstoreaccount1";
-const DEV_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const LONG: Duration = Duration::from_secs(30);
 
-// ---- Azurite ----------------------------------------------------------------
+// ---- Azurite (tests/common/azurite.rs) ---------------------------------------
 
-/// A running Azurite blob service, stopped (and its data removed) on drop.
-struct Azurite {
-    child: Mutex<Child>,
-    port: u16,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-fn azurite_bin() -> PathBuf {
-    match std::env::var_os("AZURITE_BLOB") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/azurite/node_modules/.bin/azurite-blob"),
-    }
-}
-
-/// The shared Azurite, started when no test holds one. `None` (after saying why) when
-/// Azurite is not installed and CI is not set.
+/// The shared Azurite, with this binary's log capture installed first.
 fn azurite() -> Option<Arc<Azurite>> {
-    static SHARED: Mutex<Weak<Azurite>> = Mutex::new(Weak::new());
     capture_logs();
-    let bin = azurite_bin();
-    if !bin.exists() {
-        let why = format!(
-            "Azurite is not installed at {} (run scripts/azurite.sh, or set AZURITE_BLOB)",
-            bin.display()
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{why}");
-        }
-        eprintln!("skipping: {why}");
-        return None;
-    }
-    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(running) = shared.upgrade() {
-        return Some(running);
-    }
-    let started = Arc::new(start_azurite(&bin, &[]));
-    *shared = Arc::downgrade(&started);
-    Some(started)
-}
-
-fn start_azurite(bin: &PathBuf, extra: &[&std::ffi::OsStr]) -> Azurite {
-    let data = tempfile::tempdir().expect("azurite data dir");
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("free port");
-        listener.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(bin)
-        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-        .arg("--location")
-        .arg(data.path())
-        .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut stderr) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
-            }
-            panic!("azurite exited with {status}: {err}");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("azurite did not listen on port {port} within 30 s");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Azurite {
-        child: Mutex::new(child),
-        port,
-        _data: data,
-    }
-}
-
-impl Azurite {
-    fn container_url(&self, container: &str) -> String {
-        format!("http://127.0.0.1:{}/{DEV_ACCOUNT}/{container}", self.port)
-    }
-
-    fn connection_string(&self) -> String {
-        format!(
-            "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};\
-             BlobEndpoint=http://127.0.0.1:{}/{DEV_ACCOUNT};",
-            self.port
-        )
-    }
-
-    /// A backend on `container` with the dev account's connection string.
-    fn backend_for(&self, container: &str, tuning: AzureTuning) -> AzureBackend {
-        let url = ContainerUrl::parse(&self.container_url(container)).unwrap();
-        let cs = self.connection_string();
-        let env = move |name: &str| (name == "AZURE_STORAGE_CONNECTION_STRING").then(|| cs.clone());
-        AzureBackend::connect_with(&url, &env, tuning).expect("connect")
-    }
-
-    /// A backend on a fresh, empty container of its own.
-    fn fresh(&self, tuning: AzureTuning) -> AzureBackend {
-        let backend = self.backend_for(&random_container(), tuning);
-        assert!(backend.create_container().expect("create container"));
-        backend
-    }
-}
-
-fn random_container() -> String {
-    format!("t-{:016x}", fastrand::u64(..))
+    harness::shared()
 }
 
 // ---- Log capture --------------------------------------------------------------
@@ -647,6 +529,104 @@ fn a_blob_replaced_mid_download_is_a_transient_error() {
     assert_eq!(stat, current(&b, "moving.db"));
 }
 
+/// `Backend::download` promises the version it returns is the one whose bytes it
+/// wrote, even when an upload races. Here one thread makes `COMMITS` new versions
+/// (8 KiB, numbered in their first bytes) while another downloads in a loop; every
+/// download's etag must be the etag of the version whose number its bytes carry.
+fn check_downloads_racing_commits_are_consistent(b: &AzureBackend, by_blocks: bool) {
+    use managedblob::backend::Blocks;
+    const COMMITS: u64 = 150;
+    let version = |n: u64| {
+        let mut data = pattern(8192, n as u8);
+        data[..8].copy_from_slice(&n.to_le_bytes());
+        data
+    };
+    let commit = |n: u64, condition: &Condition| -> BlobStat {
+        let data = version(n);
+        if by_blocks {
+            let blocks: &dyn Blocks = b.blocks().expect("the azure backend has blocks");
+            let id = format!("{n:032x}").into_bytes();
+            blocks.stage_block("race.db", &id, data, None).unwrap();
+            blocks
+                .commit_blocks("race.db", &[id], condition, None)
+                .unwrap()
+        } else {
+            upload(b, "race.db", &data, condition, None).unwrap()
+        }
+    };
+    let mut etags = std::collections::HashMap::new();
+    let mut stat = commit(0, &Condition::Create);
+    etags.insert(stat.etag.clone(), 0u64);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let samples = thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut bytes = Vec::new();
+                let got = match b.download("race.db", &mut bytes) {
+                    Ok(got) => got,
+                    // The blob moved between the pinning stat and the GET: the
+                    // caller's retry takes the new version.
+                    Err(e) if e.is_transient() => continue,
+                    Err(e) => panic!("download: {e}"),
+                };
+                let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                samples.push((got.etag, n));
+            }
+            samples
+        });
+        for n in 1..=COMMITS {
+            stat = commit(n, &Condition::Match(stat.etag.clone()));
+            etags.insert(stat.etag.clone(), n);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().unwrap()
+    });
+    assert!(
+        samples.len() >= 10,
+        "only {} downloads completed",
+        samples.len()
+    );
+    let wrong: Vec<String> = samples
+        .iter()
+        .filter(|(etag, n)| etags.get(etag) != Some(n))
+        .map(|(etag, n)| {
+            format!(
+                "etag {etag} (version {:?}) with the bytes of version {n}",
+                etags.get(etag)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} downloads returned an etag that is not the one of their bytes \
+         (by_blocks: {by_blocks}), e.g. {:?}",
+        wrong.len(),
+        samples.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+}
+
+#[test]
+fn downloads_racing_whole_uploads_return_the_etag_of_their_bytes() {
+    let Some(azurite) = azurite() else { return };
+    let b = azurite.fresh(AzureTuning::default());
+    check_downloads_racing_commits_are_consistent(&b, false);
+}
+
+/// Fails on Azurite 3.35.0: its Get Blob reads the blob's (live, in-memory) record
+/// after awaiting the body, so a Put Block List that lands meanwhile gives the
+/// response the new ETag with the old bytes (Put Blob replaces the record and does not
+/// show this). The VFS trusts that ETag, so with delta sync a host's cache can hold
+/// an older version under a newer base: the lost updates the two-host tests of
+/// tests/processes.rs then see on Azurite. Real Azure returns a consistent pair.
+#[test]
+fn downloads_racing_block_list_commits_return_the_etag_of_their_bytes() {
+    let Some(azurite) = azurite() else { return };
+    let b = azurite.fresh(AzureTuning::default());
+    check_downloads_racing_commits_are_consistent(&b, true);
+}
+
 #[test]
 fn acquiring_with_the_active_lease_id_succeeds() {
     // The premise of the backend's retry of an acquire whose reply was lost: it proposes
@@ -738,23 +718,6 @@ fn wrong_credentials_say_what_was_used() {
     ] {
         assert!(err.message.contains(tried), "{tried}: {err}");
     }
-}
-
-/// An account SAS for the dev account, signed with the well-known key.
-fn account_sas(permissions: &str) -> String {
-    let (sv, ss, srt, se, spr) = (
-        "2019-12-12",
-        "b",
-        "sco",
-        "2099-01-01T00:00:00Z",
-        "https,http",
-    );
-    let to_sign = format!("{DEV_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
-    let sig =
-        azure_core::hmac::hmac_sha256(&to_sign, &azure_core::credentials::Secret::new(DEV_KEY))
-            .unwrap();
-    let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
-    format!("sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={se}&spr={spr}&sig={sig}")
 }
 
 #[test]
@@ -1019,7 +982,7 @@ fn vfs_child() {
     a.execute("INSERT INTO t(body) VALUES (?1)", ["three"])
         .unwrap();
     let status_a = common::status(&a);
-    assert!(common::requests(&a, "upload") >= 1, "{status_a}");
+    assert!(common::uploads(&status_a) >= 1, "{status_a}");
     assert!(common::requests(&a, "lease_acquire") >= 1, "{status_a}");
 
     let b = common::open(&uri("host-b"));
@@ -1032,7 +995,7 @@ fn vfs_child() {
         .unwrap();
     assert_eq!(bodies, ["one", "two", "three"]);
     let status_b = common::status(&b);
-    assert!(common::requests(&b, "download") >= 1, "{status_b}");
+    assert!(common::fetches(&status_b) >= 1, "{status_b}");
     assert!(common::requests(&b, "stat") >= 1, "{status_b}");
     let shown = format!("{status_a} {status_b}");
     assert!(!shown.contains(DEV_KEY), "{shown}");
@@ -1186,15 +1149,12 @@ fn entra_id_through_the_azure_cli_credential() {
         Ok(out) if out.status.success() => {}
         other => {
             let why = format!("openssl could not make a test certificate: {other:?}");
-            if std::env::var_os("CI").is_some() {
-                panic!("{why}");
-            }
-            eprintln!("skipping: {why}");
+            let _: Option<()> = harness::missing(&why);
             return;
         }
     }
-    let azurite = start_azurite(
-        &azurite_bin(),
+    let azurite = harness::start(
+        &harness::bin(),
         &[
             "--cert".as_ref(),
             cert.as_os_str(),
@@ -1328,4 +1288,441 @@ fn entra_child() {
     assert!(log.contains("Entra ID token obtained"), "{log}");
     assert!(!log.contains(&token), "the bearer token reached the log");
     println!("entra child: ok");
+}
+
+// ---- Blocks (delta sync) against Azurite ----------------------------------------------
+//
+// The block checks of tests/backend_conformance.rs (module copied verbatim), then what
+// only Azure shows: lists of blobs written by the staged upload path, a commit of
+// blocks another backend instance staged, and one HTTP request per block call.
+
+mod block_checks {
+    use super::*;
+    use managedblob::backend::{BlockId, Blocks};
+    use managedblob::delta::ChunkId;
+
+    /// Azure-style lease ids: a wrong one must still look like a lease id.
+    const WRONG_LEASE: &str = "00000000-0000-0000-0000-000000000000";
+
+    pub fn blocks(b: &dyn Backend) -> &dyn Blocks {
+        b.blocks().expect("the backend has the block capability")
+    }
+
+    pub fn chunk(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i as u64 * 2_654_435_761) >> 11) as u8 ^ seed)
+            .collect()
+    }
+
+    pub fn id(index: u32, data: &[u8]) -> BlockId {
+        ChunkId::new(index, data).as_bytes().to_vec()
+    }
+
+    /// Stage `chunks` as blocks 0.. of `blob`; their ids and sizes, in order.
+    pub fn stage_all(
+        b: &dyn Backend,
+        blob: &str,
+        chunks: &[&[u8]],
+        lease: Option<&LeaseId>,
+    ) -> Vec<(BlockId, u64)> {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let id = id(i as u32, data);
+                blocks(b)
+                    .stage_block(blob, &id, data.to_vec(), lease)
+                    .expect("stage");
+                (id, data.len() as u64)
+            })
+            .collect()
+    }
+
+    pub fn ids_of(list: &[(BlockId, u64)]) -> Vec<BlockId> {
+        list.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    pub fn listed(b: &dyn Backend, blob: &str) -> (BlobStat, Vec<(BlockId, u64)>) {
+        blocks(b)
+            .block_list(blob)
+            .expect("block list")
+            .expect("the blob exists")
+    }
+
+    pub fn check_blocks_commit_list_and_read(b: &dyn Backend) {
+        let bl = blocks(b);
+        let (c0, c1, c2) = (chunk(3000, 1), chunk(3000, 2), chunk(1234, 3));
+        let staged = stage_all(b, "blk.db", &[&c0, &c1, &c2], None);
+        // Staged blocks are invisible.
+        assert_eq!(b.stat("blk.db").unwrap(), None);
+        assert_eq!(bl.block_list("blk.db").unwrap(), None);
+        let v1 = bl
+            .commit_blocks("blk.db", &ids_of(&staged), &Condition::Create, None)
+            .unwrap();
+        assert_eq!(v1.size, 3000 + 3000 + 1234);
+        assert_eq!(current(b, "blk.db"), v1);
+        assert_eq!(listed(b, "blk.db"), (v1.clone(), staged.clone()));
+        let whole = [c0.clone(), c1.clone(), c2.clone()].concat();
+        assert_eq!(download(b, "blk.db"), (whole.clone(), v1.clone()));
+        assert_eq!(bl.read_range("blk.db", 3000, 3000, &v1.etag).unwrap(), c1);
+        assert_eq!(bl.read_range("blk.db", 6000, 1234, &v1.etag).unwrap(), c2);
+        assert_eq!(
+            bl.read_range("blk.db", 10, 7, &v1.etag).unwrap(),
+            &whole[10..17]
+        );
+        assert_eq!(
+            kind_of(bl.read_range("blk.db", 6000, 1235, &v1.etag)),
+            BackendErrorKind::Invalid
+        );
+
+        // Replace block 1 only; 0 and 2 are named by their committed ids.
+        let c1b = chunk(3000, 4);
+        let id1b = id(1, &c1b);
+        bl.stage_block("blk.db", &id1b, c1b.clone(), None).unwrap();
+        let ids2 = vec![staged[0].0.clone(), id1b.clone(), staged[2].0.clone()];
+        let v2 = bl
+            .commit_blocks("blk.db", &ids2, &Condition::Match(v1.etag.clone()), None)
+            .unwrap();
+        assert_ne!(v2.etag, v1.etag);
+        assert_eq!(v2.size, v1.size);
+        let whole2 = [c0.clone(), c1b.clone(), c2.clone()].concat();
+        assert_eq!(download(b, "blk.db"), (whole2.clone(), v2.clone()));
+        let (stat, list) = listed(b, "blk.db");
+        assert_eq!(stat, v2);
+        assert_eq!(
+            list,
+            vec![
+                (staged[0].0.clone(), 3000),
+                (id1b.clone(), 3000),
+                (staged[2].0.clone(), 1234)
+            ]
+        );
+        assert_eq!(bl.read_range("blk.db", 3000, 3000, &v2.etag).unwrap(), c1b);
+        // The old version can no longer be read.
+        assert_eq!(
+            kind_of(bl.read_range("blk.db", 0, 10, &v1.etag)),
+            BackendErrorKind::ConditionFailed
+        );
+
+        // A stale etag fails and changes nothing.
+        let c0b = chunk(3000, 5);
+        let id0b = id(0, &c0b);
+        bl.stage_block("blk.db", &id0b, c0b, None).unwrap();
+        let stale = vec![id0b, id1b.clone(), staged[2].0.clone()];
+        assert_eq!(
+            kind_of(bl.commit_blocks("blk.db", &stale, &Condition::Match(v1.etag.clone()), None)),
+            BackendErrorKind::ConditionFailed
+        );
+        assert_eq!(download(b, "blk.db"), (whole2.clone(), v2.clone()));
+        assert_eq!(listed(b, "blk.db").0, v2);
+
+        // A block that is neither staged nor committed: refused, nothing changes.
+        let unknown = vec![staged[0].0.clone(), id(9, b"never staged")];
+        let err = bl
+            .commit_blocks("blk.db", &unknown, &Condition::Match(v2.etag.clone()), None)
+            .unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert_eq!(download(b, "blk.db"), (whole2, v2.clone()));
+
+        // Committed blocks can move and be dropped.
+        let moved = vec![staged[2].0.clone(), id1b.clone(), staged[0].0.clone()];
+        let v3 = bl
+            .commit_blocks("blk.db", &moved, &Condition::Match(v2.etag.clone()), None)
+            .unwrap();
+        assert_eq!(v3.size, 1234 + 3000 + 3000);
+        let whole3 = [c2.clone(), c1b.clone(), c0.clone()].concat();
+        assert_eq!(download(b, "blk.db"), (whole3, v3.clone()));
+        let dropped = vec![id1b.clone()];
+        let v4 = bl
+            .commit_blocks("blk.db", &dropped, &Condition::Match(v3.etag.clone()), None)
+            .unwrap();
+        assert_eq!(download(b, "blk.db"), (c1b.clone(), v4.clone()));
+        assert_eq!(listed(b, "blk.db"), (v4.clone(), vec![(id1b, 3000)]));
+
+        // A whole upload leaves no block list (like Azure's Put Blob), and moves the
+        // version away from under read_range.
+        let v5 = upload(
+            b,
+            "blk.db",
+            b"whole",
+            &Condition::Match(v4.etag.clone()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(listed(b, "blk.db"), (v5.clone(), Vec::new()));
+        assert_eq!(
+            kind_of(bl.read_range("blk.db", 0, 10, &v4.etag)),
+            BackendErrorKind::ConditionFailed
+        );
+        assert_eq!(bl.read_range("blk.db", 1, 3, &v5.etag).unwrap(), b"hol");
+        // And blocks can be committed over it again.
+        let v6 = bl
+            .commit_blocks(
+                "blk.db",
+                &ids_of(&stage_all(b, "blk.db", &[b"again"], None)),
+                &Condition::Match(v5.etag),
+                None,
+            )
+            .unwrap();
+        assert_eq!(download(b, "blk.db"), (b"again".to_vec(), v6));
+    }
+
+    pub fn check_blocks_create_and_missing(b: &dyn Backend) {
+        let bl = blocks(b);
+        assert_eq!(bl.block_list("none.db").unwrap(), None);
+        assert_eq!(
+            kind_of(bl.read_range("none.db", 0, 1, &Etag("x".into()))),
+            BackendErrorKind::NotFound
+        );
+        let staged = stage_all(b, "dir/new.db", &[b"first", b"second"], None);
+        assert_eq!(
+            kind_of(bl.commit_blocks(
+                "dir/new.db",
+                &ids_of(&staged),
+                &Condition::Match(Etag("whatever".into())),
+                None
+            )),
+            BackendErrorKind::NotFound
+        );
+        let v1 = bl
+            .commit_blocks("dir/new.db", &ids_of(&staged), &Condition::Create, None)
+            .unwrap();
+        assert_eq!(
+            download(b, "dir/new.db"),
+            (b"firstsecond".to_vec(), v1.clone())
+        );
+        let again = stage_all(b, "dir/new.db", &[b"other"], None);
+        assert_eq!(
+            kind_of(bl.commit_blocks("dir/new.db", &ids_of(&again), &Condition::Create, None)),
+            BackendErrorKind::AlreadyExists
+        );
+        assert_eq!(download(b, "dir/new.db"), (b"firstsecond".to_vec(), v1));
+        // An empty list makes an empty blob.
+        let empty = bl
+            .commit_blocks("empty.db", &[], &Condition::Create, None)
+            .unwrap();
+        assert_eq!(empty.size, 0);
+        assert_eq!(listed(b, "empty.db"), (empty.clone(), Vec::new()));
+        assert_eq!(download(b, "empty.db"), (Vec::new(), empty.clone()));
+        assert_eq!(bl.read_range("empty.db", 0, 0, &empty.etag).unwrap(), b"");
+        // A blob written whole has a version but no block list.
+        let whole = create(b, "whole.db", b"written whole");
+        assert_eq!(listed(b, "whole.db"), (whole, Vec::new()));
+    }
+
+    pub fn check_blocks_respect_the_lease(b: &dyn Backend) {
+        let bl = blocks(b);
+        let first = stage_all(b, "lb.db", &[b"v1"], None);
+        let v1 = bl
+            .commit_blocks("lb.db", &ids_of(&first), &Condition::Create, None)
+            .unwrap();
+        let lease = b.acquire_lease("lb.db", LONG).unwrap();
+        assert_eq!(lease.stat, v1);
+        let wrong = LeaseId(WRONG_LEASE.into());
+        let data = b"v2".to_vec();
+        let id2 = id(0, &data);
+        assert_eq!(
+            kind_of(bl.stage_block("lb.db", &id2, data.clone(), None)),
+            BackendErrorKind::LeaseHeld
+        );
+        assert_eq!(
+            kind_of(bl.stage_block("lb.db", &id2, data.clone(), Some(&wrong))),
+            BackendErrorKind::LeaseLost
+        );
+        bl.stage_block("lb.db", &id2, data, Some(&lease.id))
+            .unwrap();
+        let at_v1 = Condition::Match(v1.etag.clone());
+        let ids = vec![id2.clone()];
+        assert_eq!(
+            kind_of(bl.commit_blocks("lb.db", &ids, &at_v1, None)),
+            BackendErrorKind::LeaseHeld
+        );
+        assert_eq!(
+            kind_of(bl.commit_blocks("lb.db", &ids, &at_v1, Some(&wrong))),
+            BackendErrorKind::LeaseLost
+        );
+        assert_eq!(download(b, "lb.db"), (b"v1".to_vec(), v1.clone()));
+        assert_eq!(listed(b, "lb.db"), (v1.clone(), first));
+        let v2 = bl
+            .commit_blocks("lb.db", &ids, &at_v1, Some(&lease.id))
+            .unwrap();
+        // Reads need no lease.
+        assert_eq!(bl.read_range("lb.db", 0, 2, &v2.etag).unwrap(), b"v2");
+        assert_eq!(listed(b, "lb.db"), (v2.clone(), vec![(id2, 2)]));
+        b.release_lease("lb.db", &lease.id).unwrap();
+        // A released lease fences nothing, and is no longer ours.
+        let v3 = bl
+            .commit_blocks("lb.db", &ids, &Condition::Match(v2.etag.clone()), None)
+            .unwrap();
+        assert_eq!(
+            kind_of(bl.commit_blocks("lb.db", &ids, &Condition::Match(v3.etag), Some(&lease.id))),
+            BackendErrorKind::LeaseLost
+        );
+    }
+
+    /// A commit takes the staged block of an id before the committed one (Azure's
+    /// "Latest").
+    pub fn check_blocks_staged_wins_over_committed(b: &dyn Backend) {
+        let bl = blocks(b);
+        let same = id(0, b"the id");
+        bl.stage_block("sw.db", &same, b"old".to_vec(), None)
+            .unwrap();
+        let v1 = bl
+            .commit_blocks(
+                "sw.db",
+                std::slice::from_ref(&same),
+                &Condition::Create,
+                None,
+            )
+            .unwrap();
+        bl.stage_block("sw.db", &same, b"newer".to_vec(), None)
+            .unwrap();
+        let v2 = bl
+            .commit_blocks(
+                "sw.db",
+                &[same.clone(), same.clone()],
+                &Condition::Match(v1.etag),
+                None,
+            )
+            .unwrap();
+        assert_eq!(download(b, "sw.db"), (b"newernewer".to_vec(), v2.clone()));
+        assert_eq!(listed(b, "sw.db"), (v2, vec![(same.clone(), 5), (same, 5)]));
+    }
+
+    pub fn check_blocks_concurrent_commits_have_one_winner(b: &dyn Backend) {
+        let bl = blocks(b);
+        let first = stage_all(b, "rc.db", &[b"0000"], None);
+        let mut stat = bl
+            .commit_blocks("rc.db", &ids_of(&first), &Condition::Create, None)
+            .unwrap();
+        for round in 0..5u8 {
+            let winners = Mutex::new(Vec::new());
+            thread::scope(|s| {
+                for t in 0..4u8 {
+                    let (winners, cond) = (&winners, Condition::Match(stat.etag.clone()));
+                    s.spawn(move || {
+                        let data = vec![round, t, round, t];
+                        let ids = vec![id(0, &data)];
+                        let result = bl
+                            .stage_block("rc.db", &ids[0], data.clone(), None)
+                            .and_then(|()| bl.commit_blocks("rc.db", &ids, &cond, None));
+                        match result {
+                            Ok(won) => winners.lock().unwrap().push((data, won)),
+                            Err(e) => {
+                                assert_eq!(e.kind, BackendErrorKind::ConditionFailed, "{e}")
+                            }
+                        }
+                    });
+                }
+            });
+            let winners = winners.into_inner().unwrap();
+            assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+            let (data, won) = winners.into_iter().next().unwrap();
+            assert_eq!(download(b, "rc.db"), (data.clone(), won.clone()));
+            assert_eq!(listed(b, "rc.db"), (won.clone(), vec![(id(0, &data), 4)]));
+            stat = won;
+        }
+    }
+}
+
+use block_checks::{
+    check_blocks_commit_list_and_read, check_blocks_concurrent_commits_have_one_winner,
+    check_blocks_create_and_missing, check_blocks_respect_the_lease,
+    check_blocks_staged_wins_over_committed,
+};
+
+mod blocks {
+    use super::*;
+
+    conformance!(
+        check_blocks_commit_list_and_read,
+        check_blocks_create_and_missing,
+        check_blocks_respect_the_lease,
+        check_blocks_staged_wins_over_committed,
+        check_blocks_concurrent_commits_have_one_winner,
+    );
+}
+
+#[test]
+fn blocks_list_a_blob_written_by_the_staged_upload_path() {
+    use block_checks::*;
+    let Some(azurite) = azurite() else { return };
+    let tuning = AzureTuning::new()
+        .single_put_max(1 << 20)
+        .block_size(1 << 20);
+    let b = azurite.fresh(tuning);
+    let data = pattern((2 << 20) + 7, 3);
+    let v1 = create(&b, "staged.db", &data);
+    let (stat, list) = listed(&b, "staged.db");
+    assert_eq!(stat, v1);
+    let sizes: Vec<u64> = list.iter().map(|(_, s)| *s).collect();
+    assert_eq!(sizes, vec![1 << 20, 1 << 20, 7]);
+    assert!(list.iter().all(|(id, _)| id.len() == 32), "{list:?}");
+    // Its blocks can be reused by a delta commit: keep 0 and 2, replace 1.
+    let new1 = pattern(1 << 20, 9);
+    let id1 = id(1, &new1);
+    blocks(&b)
+        .stage_block("staged.db", &id1, new1.clone(), None)
+        .unwrap();
+    let ids = vec![list[0].0.clone(), id1, list[2].0.clone()];
+    let v2 = blocks(&b)
+        .commit_blocks("staged.db", &ids, &Condition::Match(v1.etag), None)
+        .unwrap();
+    assert_eq!(v2.size, data.len() as u64);
+    let mut expected = data.clone();
+    expected[1 << 20..2 << 20].copy_from_slice(&new1);
+    let (bytes, stat) = download(&b, "staged.db");
+    assert_eq!(stat, v2);
+    assert!(bytes == expected, "content differs");
+}
+
+#[test]
+fn blocks_commit_of_blocks_staged_by_another_instance_knows_its_size() {
+    use block_checks::*;
+    let Some(azurite) = azurite() else { return };
+    let a = azurite.fresh(AzureTuning::default());
+    let b = azurite.backend_for(a.url().container(), AzureTuning::default());
+    let staged = stage_all(&a, "other.db", &[b"staged by a, ", b"committed by b"], None);
+    // `b` never saw these blocks: it asks for the size of what it committed.
+    let v1 = blocks(&b)
+        .commit_blocks("other.db", &ids_of(&staged), &Condition::Create, None)
+        .unwrap();
+    assert_eq!(v1.size, 27);
+    assert_eq!(current(&a, "other.db"), v1);
+    assert_eq!(listed(&b, "other.db"), (v1, staged));
+}
+
+#[test]
+fn block_calls_are_one_request_each() {
+    use block_checks::*;
+    capture_logs();
+    let busy = Busy::start();
+    let url = ContainerUrl::parse(&format!(
+        "http://127.0.0.1:{}/{DEV_ACCOUNT}/busy",
+        busy.port
+    ))
+    .unwrap();
+    let env = |name: &str| (name == "AZURE_STORAGE_KEY").then(|| DEV_KEY.to_string());
+    let b = AzureBackend::connect_with(&url, &env, AzureTuning::default()).unwrap();
+    let bl = blocks(&b);
+    let block = id(0, b"data");
+    let transient = |e: managedblob::backend::BackendError| {
+        assert_eq!(e.kind, BackendErrorKind::Transient, "{e}");
+        assert!(e.message.contains("503"), "{e}");
+    };
+    transient(bl.block_list("x.db").unwrap_err());
+    assert_eq!(busy.requests(), 1);
+    transient(
+        bl.stage_block("x.db", &block, b"data".to_vec(), None)
+            .unwrap_err(),
+    );
+    assert_eq!(busy.requests(), 2);
+    let at = Condition::Match(Etag("\"0x1\"".into()));
+    transient(bl.commit_blocks("x.db", &[block], &at, None).unwrap_err());
+    assert_eq!(busy.requests(), 3);
+    transient(
+        bl.read_range("x.db", 0, 4, &Etag("\"0x1\"".into()))
+            .unwrap_err(),
+    );
+    assert_eq!(busy.requests(), 4);
 }

@@ -85,31 +85,71 @@ fn fastrand_suffix() -> u64 {
         ^ (std::process::id() as u64) << 32
 }
 
-#[test]
-fn transient_upload_failures_are_retried_with_backoff() {
+/// Every request kind the random-fault test disturbs.
+const FAULTY_OPS: [Op; 8] = [
+    Op::Upload,
+    Op::Stat,
+    Op::AcquireLease,
+    Op::ReleaseLease,
+    Op::StageBlock,
+    Op::CommitBlocks,
+    Op::BlockList,
+    Op::ReadRange,
+];
+
+/// Which request publishes a version, per transfer mode.
+fn publish_op(extra: &str) -> (Op, &'static str) {
+    if extra.contains("sync=full") {
+        (Op::Upload, "upload")
+    } else {
+        (Op::CommitBlocks, "commit_blocks")
+    }
+}
+
+fn transient_publish_failures_are_retried_with_backoff(extra: &str) {
+    let (op, name) = publish_op(extra);
     let w = MemWorld::new("retry");
-    let c = w.open("h1", "");
+    let c = w.open("h1", extra);
     c.execute("CREATE TABLE t(id)", []).unwrap();
-    w.backend
-        .fail_next(Op::Upload, BackendErrorKind::Transient, 2);
+    w.backend.fail_next(op, BackendErrorKind::Transient, 2);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     let s = status(&c);
     assert_eq!(s["requests"]["retries"], 2, "{s}");
-    assert_eq!(
-        s["requests"]["upload"], 4,
-        "create + 2 failed + 1 good: {s}"
-    );
+    assert_eq!(s["requests"][name], 4, "create + 2 failed + 1 good: {s}");
+    assert_eq!(s["requests"]["versions_up"], 2, "{s}");
     assert_eq!(w.remote_ids(), BTreeSet::from([1]));
 }
 
 #[test]
-fn a_terminal_upload_failure_fails_the_commit_and_leaves_local_equal_to_remote() {
+fn transient_upload_failures_are_retried_with_backoff() {
+    transient_publish_failures_are_retried_with_backoff("&sync=full");
+}
+
+#[test]
+fn transient_block_commit_failures_are_retried_with_backoff() {
+    transient_publish_failures_are_retried_with_backoff("");
+}
+
+#[test]
+fn transient_stage_failures_are_retried_with_backoff() {
+    let w = MemWorld::new("stage");
+    let c = w.open("h1", "");
+    c.execute("CREATE TABLE t(id)", []).unwrap();
+    w.backend
+        .fail_next(Op::StageBlock, BackendErrorKind::Transient, 2);
+    c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    let s = status(&c);
+    assert_eq!(s["requests"]["retries"], 2, "{s}");
+    assert_eq!(w.remote_ids(), BTreeSet::from([1]));
+}
+
+fn a_terminal_publish_failure_fails_the_commit_and_leaves_local_equal_to_remote(extra: &str) {
+    let (op, name) = publish_op(extra);
     let w = MemWorld::new("terminal");
-    let c = w.open("h1", "&retry_attempts=3");
+    let c = w.open("h1", &format!("&retry_attempts=3{extra}"));
     c.execute("CREATE TABLE t(id)", []).unwrap();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    w.backend
-        .fail_next(Op::Upload, BackendErrorKind::Transient, 3);
+    w.backend.fail_next(op, BackendErrorKind::Transient, 3);
     let err = c.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
     assert!(err.to_string().to_lowercase().contains("i/o"), "{err}");
     let s = status(&c);
@@ -127,14 +167,25 @@ fn a_terminal_upload_failure_fails_the_commit_and_leaves_local_equal_to_remote()
     assert_eq!(n, 1, "the failed commit was rolled back locally");
     let s = status(&c);
     assert_eq!(
-        s["requests"]["upload"], 5,
+        s["requests"][name], 5,
         "no upload of the rolled-back file: {s}"
     );
+    assert_eq!(s["requests"]["versions_up"], 2, "{s}");
     assert_eq!(s["requests"]["download"], 0, "{s}");
     assert_same_bytes(&w.cache_bytes("h1"), &w.remote_bytes());
     // The connection stays usable.
     c.execute("INSERT INTO t VALUES (3)", []).unwrap();
     assert_eq!(w.remote_ids(), BTreeSet::from([1, 3]));
+}
+
+#[test]
+fn a_terminal_upload_failure_fails_the_commit_and_leaves_local_equal_to_remote() {
+    a_terminal_publish_failure_fails_the_commit_and_leaves_local_equal_to_remote("&sync=full");
+}
+
+#[test]
+fn a_terminal_block_commit_failure_fails_the_commit_and_leaves_local_equal_to_remote() {
+    a_terminal_publish_failure_fails_the_commit_and_leaves_local_equal_to_remote("");
 }
 
 #[test]
@@ -218,10 +269,19 @@ fn a_lost_lease_fails_the_batch_end_and_never_overwrites() {
 
 #[test]
 fn random_faults_every_commit_is_either_in_the_remote_or_failed() {
+    random_faults("");
+}
+
+#[test]
+fn random_faults_with_whole_file_transfers() {
+    random_faults("&sync=full");
+}
+
+fn random_faults(extra: &str) {
     let w = MemWorld::new("random");
-    let c = w.open("h1", "&retry_attempts=2&staleness_ms=0");
+    let c = w.open("h1", &format!("&retry_attempts=2&staleness_ms=0{extra}"));
     c.execute("CREATE TABLE t(id)", []).unwrap();
-    for op in [Op::Upload, Op::Stat, Op::AcquireLease, Op::ReleaseLease] {
+    for op in FAULTY_OPS {
         w.backend.set_fail_rate(op, 0.3);
     }
     let mut acknowledged = BTreeSet::new();
@@ -234,7 +294,7 @@ fn random_faults_every_commit_is_either_in_the_remote_or_failed() {
             Err(_) => failed += 1,
         }
     }
-    for op in [Op::Upload, Op::Stat, Op::AcquireLease, Op::ReleaseLease] {
+    for op in FAULTY_OPS {
         w.backend.set_fail_rate(op, 0.0);
     }
     assert!(

@@ -8,8 +8,15 @@
 //! When it, /usr/bin/sqlite3 or /usr/bin/python3 is missing, a test prints why and
 //! passes, unless `CI` is set: then it fails.
 //!
-//! This file never calls `managedblob::register()`: every `managedblob` VFS seen here
-//! must come from the extension.
+//! This file never calls `managedblob::register()` (nor uses `common::World`, which
+//! does): every `managedblob` VFS seen here must come from the extension.
+//!
+//! With the `azure` feature, the shell also runs against an Azurite container (the
+//! extension is built with the `azure` feature), named by its URL with an account SAS
+//! in the `remote` URI parameter; skipped when Azurite is not installed, unless CI is
+//! set.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -296,7 +303,7 @@ fn shell_one_shot_form_runs_sql_arguments_on_the_managed_database() {
     out.assert_clean();
     let lines = out.lines();
     assert_eq!(lines[0], "3", "{out:#?}");
-    assert_eq!(json(lines[1])["requests"]["upload"], 2, "{out:#?}");
+    assert_eq!(common::uploads(&json(lines[1])), 2, "{out:#?}");
     assert_eq!(remote_count(&place.remote_blob("corpus.db"), "t"), 2);
 }
 
@@ -321,7 +328,7 @@ fn shell_pragmas_answer_one_readable_row_each() {
     assert_eq!(lines.len(), 5, "{out:#?}");
     let status = json(lines[4]);
     // CREATE TABLE uploaded once, the three-insert batch once more.
-    assert_eq!(status["requests"]["upload"], 2, "{status}");
+    assert_eq!(common::uploads(&status), 2, "{status}");
     assert_eq!(status["dirty"], false, "{status}");
     assert_eq!(status["batch_depth"], 0, "{status}");
     assert_eq!(status["lease_held"], false, "{status}");
@@ -378,8 +385,8 @@ fn second_shell_on_another_cache_reads_the_first_ones_commits() {
     let lines = out.lines();
     assert_eq!(&lines[..2], ["3|6", "5|15"], "{out:#?}");
     let status = json(lines[2]);
-    assert_eq!(status["requests"]["download"], 2, "{status}");
-    assert_eq!(status["requests"]["upload"], 0, "{status}");
+    assert_eq!(common::fetches(&status), 2, "{status}");
+    assert_eq!(common::uploads(&status), 0, "{status}");
     assert!(place.path().join("h2/corpus.db").is_file());
 }
 
@@ -451,7 +458,7 @@ fn python_batch_uploads_once() {
 load()
 c = sqlite3.connect("{uri}", uri=True, isolation_level=None)
 c.execute("CREATE TABLE t(x)")
-before = status(c)["requests"]["upload"]
+before = status(c)
 assert c.execute("PRAGMA managedblob_batch=begin").fetchone() == ("begin",)
 for i in range(10):
     c.execute("INSERT INTO t VALUES (?)", (i,))
@@ -468,14 +475,14 @@ c.close()
     out.assert_clean();
     let lines = out.lines();
     let report = json(lines[0]);
-    assert_eq!(report["before"], 1, "{report}");
+    assert_eq!(common::uploads(&report["before"]), 1, "{report}");
     // Inside the batch the commits stay local, under the lease.
-    assert_eq!(report["mid"]["requests"]["upload"], 1, "{report}");
+    assert_eq!(common::uploads(&report["mid"]), 1, "{report}");
     assert_eq!(report["mid"]["dirty"], true, "{report}");
     assert_eq!(report["mid"]["batch_depth"], 1, "{report}");
     assert_eq!(report["mid"]["lease_held"], true, "{report}");
     // The end uploads once for ten commits.
-    assert_eq!(report["after"]["requests"]["upload"], 2, "{report}");
+    assert_eq!(common::uploads(&report["after"]), 2, "{report}");
     assert_eq!(report["after"]["dirty"], false, "{report}");
     assert_eq!(report["after"]["lease_held"], false, "{report}");
     assert_eq!(lines[1], "10");
@@ -496,7 +503,8 @@ fn python_reads_what_the_shell_wrote() {
 load()
 c = sqlite3.connect("{uri}", uri=True)
 print(c.execute("SELECT x FROM t").fetchone()[0])
-print(status(c)["requests"]["download"])
+requests = status(c)["requests"]
+print(requests.get("versions_down", requests["download"]))
 "#,
         uri = place.uri("h2", "corpus.db", "")
     );
@@ -574,7 +582,7 @@ fn rusqlite_app_with_bundled_sqlite_loads_the_extension() {
     let status: String = c
         .query_row("PRAGMA managedblob_status", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(json(&status)["requests"]["upload"], 2, "{status}");
+    assert_eq!(common::uploads(&json(&status)), 2, "{status}");
     drop(c);
     assert_eq!(remote_count(&remote.join("app.db"), "t"), 2);
 
@@ -589,5 +597,99 @@ fn rusqlite_app_with_bundled_sqlite_loads_the_extension() {
     assert!(
         e.contains("managedblob: setting 'remote' is missing"),
         "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The sqlite3 shell against Azurite
+
+/// Two shells on two caches, one Azurite container: the first creates, inserts and
+/// selects, and reports its status; the second reads those commits, and a commit
+/// another shell makes while it is open. The remote URI parameter is the container URL
+/// with an account SAS, URL-encoded (`&` as `%26`, ...), so no variable is needed.
+#[cfg(feature = "azure")]
+#[test]
+fn shell_on_azurite_writes_and_a_second_shell_on_another_cache_reads_it() {
+    use managedblob::backend::Backend;
+    let place = prerequisites!(SQLITE3);
+    let Some(azurite) = common::azurite::shared() else {
+        return;
+    };
+    let container = azurite.fresh(Default::default());
+    let remote = azurite.container_url_with_sas(container.url().container());
+    let signature = remote.rsplit("sig=").next().unwrap().to_string();
+    let uri = |host: &str, extra: &str| {
+        format!(
+            "file:{host}/corpus.db?vfs=managedblob&remote={}{extra}",
+            common::uri_escape(&remote)
+        )
+    };
+
+    let out = place.shell(
+        &uri("h1", ""),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT);\n\
+         INSERT INTO t(body) VALUES ('one'), ('two'), ('three');\n\
+         SELECT id, body FROM t ORDER BY id;\n\
+         PRAGMA managedblob_status;\n",
+    );
+    out.assert_clean();
+    let lines = out.lines();
+    assert_eq!(&lines[..3], ["1|one", "2|two", "3|three"], "{out:#?}");
+    let status = json(lines[3]);
+    let remote_shown = status["remote"].as_str().unwrap_or_default();
+    assert!(
+        remote_shown.starts_with("azure:http://127.0.0.1:")
+            && remote_shown.ends_with(container.url().container()),
+        "{status}"
+    );
+    assert!(!lines[3].contains(&signature), "the SAS is shown: {status}");
+    assert_eq!(status["blob"], "corpus.db", "{status}");
+    assert_eq!(status["dirty"], false, "{status}");
+    assert_eq!(status["lease_held"], false, "{status}");
+    assert_eq!(status["last_error"], Value::Null, "{status}");
+    // Two autocommit transactions, two new versions (whole or by blocks).
+    assert_eq!(common::uploads(&status), 2, "{status}");
+
+    // The blob is a plain SQLite database.
+    let mut bytes = Vec::new();
+    container
+        .download("corpus.db", &mut bytes)
+        .expect("download the blob");
+    let copy = place.path().join("downloaded.db");
+    std::fs::write(&copy, &bytes).unwrap();
+    assert_eq!(remote_count(&copy, "t"), 3);
+
+    // Host 2 reads; host 1 commits twice more from another shell while host 2's
+    // connection stays open; host 2 (staleness_ms=0) reads those too.
+    // (The writer must not read the reading shell's standard input: it gets its own.)
+    let writer = format!(
+        "{SQLITE3} -cmd '.load ./libmanagedblob' -cmd \".open '{}'\" <<'SQL'\n\
+         INSERT INTO t(body) VALUES ('four');\n\
+         INSERT INTO t(body) VALUES ('five');\n\
+         SQL\n",
+        uri("h1", "")
+    );
+    std::fs::write(place.path().join("writer.sh"), writer).unwrap();
+    let out = place.shell(
+        &uri("h2", "&staleness_ms=0"),
+        "SELECT count(*), group_concat(body, ',') FROM t;\n\
+         .shell sh writer.sh\n\
+         SELECT count(*), group_concat(body, ',') FROM t;\n\
+         PRAGMA managedblob_status;\n",
+    );
+    out.assert_clean();
+    let lines = out.lines();
+    assert_eq!(
+        &lines[..2],
+        ["3|one,two,three", "5|one,two,three,four,five"],
+        "{out:#?}"
+    );
+    let status = json(lines[2]);
+    assert_eq!(common::uploads(&status), 0, "{status}");
+    assert_eq!(common::fetches(&status), 2, "{status}");
+    assert!(place.path().join("h2/corpus.db").is_file());
+    assert!(
+        !out.stdout.contains(&signature) && !out.stderr.contains(&signature),
+        "{out:#?}"
     );
 }

@@ -1,6 +1,13 @@
 //! Multi-process integration tests: real OS processes sharing one cache, several
-//! caches ("hosts") sharing one remote, and processes killed with SIGKILL at awkward
-//! moments.
+//! caches ("hosts") sharing one remote, processes killed with SIGKILL at awkward
+//! moments, and a writer paused with SIGSTOP past its lease.
+//!
+//! Each test runs on the local backend (`local::*`) and, with the `azure` feature, on
+//! an Azurite container (`azurite::*`; skipped when Azurite is not installed, unless
+//! CI is set). The children get the remote in their URI (on Azure the container URL
+//! with a SAS), so they need no environment. Where the backends differ (the local
+//! backend reclaims a dead local owner's lease at once; an Azure lease of a dead
+//! process is waited out), the test says so.
 //!
 //! The children are this very test binary, re-executed with
 //! `--exact child_main --nocapture --test-threads=1` and `MB_CHILD_ROLE` (plus a few
@@ -26,9 +33,20 @@ use serde_json::Value;
 
 const ROLE: &str = "MB_CHILD_ROLE";
 const MARK: &str = "MB:";
-/// Explicit lease duration used by the crash tests: well above the "reclaimed, not
-/// expired" bound they assert.
+/// Explicit lease duration used by the crash tests on the local backend: well above
+/// the "reclaimed, not expired" bound they assert.
 const LEASE_SECS: u64 = 30;
+/// On Azure a dead process's lease is waited out: the shortest lease Azure allows.
+const AZURE_LEASE_SECS: u64 = 15;
+
+/// The crash tests' lease duration on `w`'s backend.
+fn crash_lease_secs(w: &World) -> u64 {
+    if w.is_local() {
+        LEASE_SECS
+    } else {
+        AZURE_LEASE_SECS
+    }
+}
 
 // ---------------------------------------------------------------------------
 // The child side
@@ -51,6 +69,7 @@ fn child_main() {
         "batch_then_sleep" => child_batch_then_sleep(&uri),
         "commit_loop" => child_commit_loop(&uri),
         "batch_hold" => child_batch_hold(&uri),
+        "batch_pause" => child_batch_pause(&uri),
         other => panic!("unknown child role {other}"),
     }
 }
@@ -136,10 +155,14 @@ fn child_batch_then_sleep(uri: &str) {
 }
 
 /// `commit_loop`: autocommit inserts of ids `MB_START`, `MB_START + 1`, ... forever,
-/// saying `ACK <id>` after each COMMIT returned OK.
+/// saying `ACK <id>` after each COMMIT returned OK. The busy timeout covers the
+/// lease a killed predecessor may have left on Azure (it expires; it is not
+/// reclaimed).
 fn child_commit_loop(uri: &str) {
     let start: i64 = env_num("MB_START");
     let c = open(uri);
+    c.busy_timeout(Duration::from_secs(AZURE_LEASE_SECS + 30))
+        .unwrap();
     let payload = "x".repeat(300);
     for id in start.. {
         assert!(parent_alive(), "the parent test process went away");
@@ -187,6 +210,38 @@ fn child_batch_hold(uri: &str) {
     say(&format!("ENDED status={s}"));
 }
 
+/// `batch_pause`: begin a batch (taking the lease), insert one row ('paused'), say
+/// READY, wait for the file `MB_GO_FILE` (the parent stops this process meanwhile),
+/// end the batch and say `END ok` or `END failed: <error>`, with the status.
+fn child_batch_pause(uri: &str) {
+    let go = env("MB_GO_FILE");
+    let c = open(uri);
+    assert_eq!(
+        pragma(&c, "PRAGMA managedblob_batch=begin")
+            .unwrap()
+            .as_deref(),
+        Some("begin")
+    );
+    c.execute("INSERT INTO t(who) VALUES ('paused')", [])
+        .unwrap();
+    let s = status(&c);
+    assert_eq!(s["lease_held"], true, "{s}");
+    assert_eq!(s["dirty"], true, "{s}");
+    say("READY");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !Path::new(&go).exists() {
+        assert!(parent_alive(), "the parent test process went away");
+        assert!(Instant::now() < deadline, "no go file {go}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let outcome = match pragma(&c, "PRAGMA managedblob_batch=end") {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let s = status(&c);
+    say(&format!("END {outcome} status={s}"));
+}
+
 // ---------------------------------------------------------------------------
 // Increments shared by the children and the in-process variant
 
@@ -219,8 +274,10 @@ fn run_increments(c: &Connection, n: u32, who: &str) -> u32 {
         loop {
             match increment_once(c) {
                 Ok(()) => {
-                    // Let the other writer in, so the writers really interleave.
-                    thread::sleep(Duration::from_micros(fastrand::u64(0..20_000)));
+                    // Let the other writer in, so the writers really interleave: a
+                    // pause longer than SQLite's busy-handler steps (up to 100 ms
+                    // apart), or the writer that holds the turn keeps it.
+                    thread::sleep(Duration::from_micros(fastrand::u64(5_000..120_000)));
                     break;
                 }
                 Err(e) if is_busy(&e) => {
@@ -309,6 +366,20 @@ impl Proc {
         libc::pid_t::try_from(self.child.id()).unwrap()
     }
 
+    /// Send `sig` to the child.
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) touches no memory; the pid is our child, not yet reaped,
+        // so it cannot have been reused by another process.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(
+            rc,
+            0,
+            "signal {sig} to {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// What the child printed so far, for failure messages.
     fn output(&self) -> String {
         // Give the reader threads a moment to catch up with a dead child.
@@ -358,16 +429,7 @@ impl Proc {
 
     /// SIGKILL the child and reap it.
     fn sigkill(&mut self) {
-        // SAFETY: kill(2) touches no memory; the pid is our child, not yet reaped,
-        // so it cannot have been reused by another process.
-        let rc = unsafe { libc::kill(self.pid(), libc::SIGKILL) };
-        assert_eq!(
-            rc,
-            0,
-            "kill {}: {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
+        self.signal(libc::SIGKILL);
         let status = self.child.wait().expect("wait");
         self.status = Some(status);
         assert_eq!(
@@ -441,8 +503,8 @@ fn ids(c: &Connection) -> BTreeSet<i64> {
     rows.map(|r| r.unwrap()).collect()
 }
 
-fn remote_counter(blob: &Path) -> i64 {
-    read_remote(blob, |r| {
+fn remote_counter(w: &World, blob: &str) -> i64 {
+    w.read_remote(blob, |r| {
         assert_eq!(integrity(r), "ok", "remote integrity");
         r.query_row("SELECT v FROM c WHERE id = 1", [], |r| r.get(0))
             .unwrap()
@@ -498,23 +560,18 @@ fn run_increment_children(w: &World, uris: &[String], n: u32) -> Vec<Value> {
 
 /// Two processes, one cache file, one remote: SQLite's POSIX locks on the cache and
 /// the remote lease serialise them, and no increment is lost.
-#[test]
-fn two_processes_one_cache() {
+fn two_processes_one_cache(w: &World) {
     const N: u32 = 50;
-    let w = World::new();
     let uri = w.uri("h1", "a.db", "");
     create_counter(&uri);
-    let statuses = run_increment_children(&w, &[uri.clone(), uri.clone()], N);
+    let statuses = run_increment_children(w, &[uri.clone(), uri.clone()], N);
     // One cache: nothing to download, ever; and every commit uploaded by itself.
     for s in &statuses {
-        assert_eq!(s["requests"]["download"], 0, "{s}");
-        assert!(
-            s["requests"]["upload"].as_u64().unwrap() >= u64::from(N),
-            "{s}"
-        );
+        assert_eq!(fetches(s), 0, "{s}");
+        assert!(uploads(s) >= u64::from(N), "{s}");
     }
 
-    assert_eq!(remote_counter(&w.remote_blob("a.db")), i64::from(2 * N));
+    assert_eq!(remote_counter(w, "a.db"), i64::from(2 * N));
     let c = open(&uri);
     let v: i64 = c
         .query_row("SELECT v FROM c WHERE id = 1", [], |r| r.get(0))
@@ -528,32 +585,24 @@ fn two_processes_one_cache() {
 /// Two hosts (two caches) on one remote, one process each: the lease and the
 /// If-Match fence serialise them, and a BUSY from a moved remote refreshes the cache
 /// before the retry.
-#[test]
-fn two_hosts_interleaved_writers_no_lost_update() {
+fn two_hosts_interleaved_writers_no_lost_update(w: &World) {
     const N: u32 = 50;
-    let w = World::new();
     create_counter(&w.uri("h1", "a.db", ""));
     let uris = [w.uri("h1", "a.db", ""), w.uri("h2", "a.db", "")];
-    let statuses = run_increment_children(&w, &uris, N);
+    let statuses = run_increment_children(w, &uris, N);
     for s in &statuses {
-        assert!(
-            s["requests"]["upload"].as_u64().unwrap() >= u64::from(N),
-            "{s}"
-        );
+        assert!(uploads(s) >= u64::from(N), "{s}");
     }
     // h2 downloads once when it opens; any further download is a refresh after the
     // other host committed. Each host refreshing at least once shows the writers did
     // interleave (else this test would prove little).
-    let downloads: Vec<u64> = statuses
-        .iter()
-        .map(|s| s["requests"]["download"].as_u64().unwrap())
-        .collect();
+    let downloads: Vec<u64> = statuses.iter().map(fetches).collect();
     assert!(
         downloads[0] >= 1 && downloads[1] >= 2,
         "the two hosts did not interleave (downloads {downloads:?}): {statuses:?}"
     );
 
-    assert_eq!(remote_counter(&w.remote_blob("a.db")), i64::from(2 * N));
+    assert_eq!(remote_counter(w, "a.db"), i64::from(2 * N));
     for uri in &uris {
         let c = open(uri);
         let v: i64 = c
@@ -565,10 +614,8 @@ fn two_hosts_interleaved_writers_no_lost_update() {
 }
 
 /// The same with two caches in one process, on two threads.
-#[test]
-fn two_hosts_interleaved_writers_threads() {
+fn two_hosts_interleaved_writers_threads(w: &World) {
     const N: u32 = 50;
-    let w = World::new();
     create_counter(&w.uri("h1", "a.db", ""));
     let barrier = Arc::new(std::sync::Barrier::new(2));
     let workers: Vec<_> = ["h1", "h2"]
@@ -589,26 +636,45 @@ fn two_hosts_interleaved_writers_threads() {
     for t in workers {
         let (busy, s) = t.join().expect("worker panicked");
         println!("busy retries: {busy}; status {s}");
-        downloads.push(s["requests"]["download"].as_u64().unwrap());
+        downloads.push(fetches(&s));
     }
     assert!(
         downloads[0] >= 1 && downloads[1] >= 2,
         "the two caches did not interleave (downloads {downloads:?})"
     );
-    assert_eq!(remote_counter(&w.remote_blob("a.db")), i64::from(2 * N));
+    assert_eq!(remote_counter(w, "a.db"), i64::from(2 * N));
+}
+
+/// Flush `c` until its local commits are uploaded: on Azure a killed process's lease
+/// is not reclaimed but waited out (the flush fails while it is held). Returns how
+/// long that took.
+fn flush_once_the_lease_is_free(c: &Connection, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        match pragma(c, "PRAGMA managedblob_flush") {
+            Ok(_) if status(c)["dirty"] == false => return started.elapsed(),
+            Ok(_) => {}
+            Err(e) => println!("flush while the lease is held: {e}"),
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the local commits were not uploaded within {limit:?}; status {}",
+            status(c)
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Commits inside a batch are local until the batch ends. A process killed inside
-/// the batch leaves a dirty cache; the next open uploads those commits at once (the
-/// dead process's lease is reclaimed, not waited out).
-#[test]
-fn sigkill_inside_batch_commits_reach_remote_on_next_open() {
+/// the batch leaves a dirty cache; the next open uploads those commits: at once on
+/// the local backend (the dead process's lease is reclaimed, not waited out), once
+/// the dead process's lease expired on Azure.
+fn sigkill_inside_batch_commits_reach_remote_on_next_open(w: &World) {
     const K: i64 = 20;
-    let w = World::new();
-    let extra = format!("&lease_secs={LEASE_SECS}");
+    let lease_secs = crash_lease_secs(w);
+    let extra = format!("&lease_secs={lease_secs}");
     let uri = w.uri("h1", "a.db", &extra);
     let cache = w.cache("h1", "a.db");
-    let blob = w.remote_blob("a.db");
     {
         let c = open(&uri);
         c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
@@ -624,9 +690,10 @@ fn sigkill_inside_batch_commits_reach_remote_on_next_open() {
     let ready = child.expect("READY", Duration::from_secs(15));
     println!("{ready}");
     child.sigkill();
+    let killed = Instant::now();
 
     // The batch's commits are in the cache only.
-    let remote_rows: i64 = read_remote(&blob, |r| {
+    let remote_rows: i64 = w.read_remote("a.db", |r| {
         r.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap()
     });
@@ -644,16 +711,18 @@ fn sigkill_inside_batch_commits_reach_remote_on_next_open() {
             .unwrap()
     };
     assert_eq!(local_rows, K, "the cache holds the batch's commits");
-    let leases: Vec<String> = std::fs::read_dir(w.remote())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".mb-lease"))
-        .collect();
-    assert_eq!(
-        leases.len(),
-        1,
-        "the dead process left its lease behind: {leases:?}"
-    );
+    if w.is_local() {
+        let leases: Vec<String> = std::fs::read_dir(w.remote())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".mb-lease"))
+            .collect();
+        assert_eq!(
+            leases.len(),
+            1,
+            "the dead process left its lease behind: {leases:?}"
+        );
+    }
 
     let started = Instant::now();
     let c = open(&uri);
@@ -666,34 +735,53 @@ fn sigkill_inside_batch_commits_reach_remote_on_next_open() {
     assert_eq!(n, K);
     assert!(
         took < Duration::from_secs(10),
-        "reopening waited {took:?}: the dead owner's lease should be reclaimed, not waited out \
-         (lease {LEASE_SECS} s)"
+        "reopening waited {took:?} (lease {lease_secs} s): reads must not wait for the lease"
     );
+    if w.is_local() {
+        assert_eq!(
+            s["dirty"], false,
+            "the dead owner's lease should have been reclaimed at once: {s}"
+        );
+    } else {
+        // Azure cannot tell a dead holder from a live one: its lease is waited out.
+        assert_eq!(
+            s["dirty"], true,
+            "uploaded under a dead process's lease? {s}"
+        );
+        let waited = flush_once_the_lease_is_free(&c, Duration::from_secs(lease_secs + 20));
+        let since_kill = killed.elapsed();
+        println!("uploaded {since_kill:?} after the kill (flushes for {waited:?})");
+        assert!(
+            since_kill < Duration::from_secs(lease_secs + 20),
+            "{since_kill:?}"
+        );
+    }
+    let s = status(&c);
     assert_eq!(s["dirty"], false, "status after reopen: {s}");
     assert_eq!(s["lease_held"], false, "{s}");
-    assert!(s["requests"]["upload"].as_u64().unwrap() >= 1, "{s}");
+    assert!(uploads(&s) >= 1, "{s}");
     assert_eq!(sidecar(&cache)["dirty"], false);
 
-    let (remote_ids, ok) = read_remote(&blob, |r| (ids(r), integrity(r)));
+    let (remote_ids, ok) = w.read_remote("a.db", |r| (ids(r), integrity(r)));
     assert_eq!(ok, "ok");
     assert_eq!(remote_ids, (1..=K).collect::<BTreeSet<_>>());
 }
 
 /// Like the test above, but another process has the same cache open all along (and
 /// idle) while the batch runs and dies. Its next write takes the dead process's lease
-/// and uploads the batch's commits together with its own.
-#[test]
-fn sigkill_inside_batch_with_another_process_on_the_same_cache() {
+/// (at once on the local backend, in its busy handler once it expired on Azure) and
+/// uploads the batch's commits together with its own.
+fn sigkill_inside_batch_with_another_process_on_the_same_cache(w: &World) {
     const K: i64 = 20;
-    let w = World::new();
-    let extra = format!("&lease_secs={LEASE_SECS}");
+    let lease_secs = crash_lease_secs(w);
+    let extra = format!("&lease_secs={lease_secs}");
     let uri = w.uri("h1", "a.db", &extra);
     let cache = w.cache("h1", "a.db");
-    let blob = w.remote_blob("a.db");
     let c = open(&uri);
     c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
         .unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.busy_timeout(Duration::from_secs(lease_secs + 20))
+        .unwrap();
 
     let mut child = Proc::spawn(
         "batcher",
@@ -716,28 +804,35 @@ fn sigkill_inside_batch_with_another_process_on_the_same_cache() {
     let took = started.elapsed();
     let s = status(&c);
     println!("write took {took:?}; status {s}");
+    let bound = if w.is_local() {
+        // The dead owner's lease is reclaimed.
+        Duration::from_secs(10)
+    } else {
+        // The dead owner's lease expires.
+        Duration::from_secs(lease_secs + 10)
+    };
     assert!(
-        took < Duration::from_secs(10),
-        "the write waited {took:?}: the dead owner's lease should be reclaimed"
+        took < bound,
+        "the write waited {took:?} (lease {lease_secs} s)"
     );
     assert_eq!(s["dirty"], false, "{s}");
     assert_eq!(sidecar(&cache)["dirty"], false);
-    let (remote_ids, ok) = read_remote(&blob, |r| (ids(r), integrity(r)));
+    let (remote_ids, ok) = w.read_remote("a.db", |r| (ids(r), integrity(r)));
     assert_eq!(ok, "ok");
     assert_eq!(remote_ids, (1..=K + 1).collect::<BTreeSet<_>>());
 }
 
 /// A process killed at a random point of an autocommit loop: every acknowledged
 /// commit is in the remote, the remote is intact, and the cache recovers by itself.
-/// Three rounds, each continuing the same cache, to hit different points.
-#[test]
-fn sigkill_mid_commit_loop() {
+/// Three rounds (two on Azure), each continuing the same cache, to hit different
+/// points. On Azure the next round waits out the lease the killed process most likely
+/// held mid-commit (up to 15 s), hence one round fewer there.
+fn sigkill_mid_commit_loop(w: &World) {
     const ACKS: usize = 30;
-    const ROUNDS: usize = 3;
-    let w = World::new();
-    let extra = format!("&lease_secs={LEASE_SECS}");
+    let rounds = if w.is_local() { 3 } else { 2 };
+    let lease_secs = crash_lease_secs(w);
+    let extra = format!("&lease_secs={lease_secs}");
     let uri = w.uri("h1", "a.db", &extra);
-    let blob = w.remote_blob("a.db");
     {
         let c = open(&uri);
         c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
@@ -746,7 +841,7 @@ fn sigkill_mid_commit_loop() {
 
     let mut acked: BTreeSet<i64> = BTreeSet::new();
     let mut next = 1i64;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut child = Proc::spawn(
             &format!("committer-{round}"),
             "commit_loop",
@@ -755,7 +850,7 @@ fn sigkill_mid_commit_loop() {
         );
         let mut this_round = 0;
         while this_round < ACKS + round {
-            let m = child.expect("ACK", Duration::from_secs(15));
+            let m = child.expect("ACK", Duration::from_secs(lease_secs + 30));
             acked.insert(m["ACK ".len()..].trim().parse().unwrap());
             this_round += 1;
         }
@@ -772,7 +867,7 @@ fn sigkill_mid_commit_loop() {
 
         // Outside a batch a COMMIT returns only after its upload: every acknowledged
         // id is in the remote already, before anything reopens the cache.
-        let before = read_remote(&blob, ids);
+        let before = w.read_remote("a.db", ids);
         let missing: Vec<_> = acked.difference(&before).collect();
         assert!(
             missing.is_empty(),
@@ -783,13 +878,13 @@ fn sigkill_mid_commit_loop() {
         let cached = ids(&c);
         let mut s = status(&c);
         if s["dirty"] == true {
-            pragma(&c, "PRAGMA managedblob_flush").unwrap();
+            flush_once_the_lease_is_free(&c, Duration::from_secs(lease_secs + 20));
             s = status(&c);
         }
         assert_eq!(s["dirty"], false, "round {round}: status after reopen: {s}");
         assert_eq!(integrity(&c), "ok", "round {round}: cache integrity");
 
-        let (remote_ids, ok) = read_remote(&blob, |r| (ids(r), integrity(r)));
+        let (remote_ids, ok) = w.read_remote("a.db", |r| (ids(r), integrity(r)));
         assert_eq!(ok, "ok", "round {round}: remote integrity");
         let lost: Vec<_> = acked.difference(&remote_ids).collect();
         assert!(
@@ -820,11 +915,8 @@ fn sigkill_mid_commit_loop() {
 
 /// One host holds the lease in a batch; another host's write fails with BUSY at
 /// busy_timeout 0 and succeeds with a busy timeout once the batch ended.
-#[test]
-fn lease_contention_between_processes() {
+fn lease_contention_between_processes(w: &World) {
     const HOLD_MS: u64 = 2000;
-    let w = World::new();
-    let blob = w.remote_blob("a.db");
     let c = w.open("p", "a.db");
     c.execute_batch("CREATE TABLE t(who TEXT)").unwrap();
 
@@ -874,16 +966,167 @@ fn lease_contention_between_processes() {
 
     let s = status(&c);
     assert_eq!(s["dirty"], false, "{s}");
-    let (mut who, ok) = read_remote(&blob, |r| {
-        let mut stmt = r.prepare("SELECT who FROM t").unwrap();
-        let who: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        (who, integrity(r))
-    });
+    let (mut who, ok) = w.read_remote("a.db", |r| (who(r), integrity(r)));
     who.sort();
     assert_eq!(ok, "ok");
     assert_eq!(who, ["a", "p"]);
+}
+
+fn who(c: &Connection) -> Vec<String> {
+    let mut stmt = c.prepare("SELECT who FROM t ORDER BY rowid").unwrap();
+    let who = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    who
+}
+
+backend_tests!(
+    two_processes_one_cache,
+    two_hosts_interleaved_writers_no_lost_update,
+    two_hosts_interleaved_writers_threads,
+    sigkill_inside_batch_commits_reach_remote_on_next_open,
+    sigkill_inside_batch_with_another_process_on_the_same_cache,
+    sigkill_mid_commit_loop,
+    lease_contention_between_processes,
+);
+
+// ---------------------------------------------------------------------------
+// A writer paused past its lease
+
+/// The lease of the paused writer: Azure's shortest, on both backends.
+const PAUSE_LEASE_SECS: u64 = 15;
+
+/// A writer (process A, another host) begins a batch, holding the lease for
+/// `PAUSE_LEASE_SECS`, commits locally and is stopped with SIGSTOP: its lease
+/// renewal thread stops with it. While the lease is valid the other host cannot
+/// write; once it has expired, it writes. A then resumes and ends its batch: the
+/// upload must fail with a clear error (the lease is lost, the remote moved), the
+/// remote must keep exactly the other host's version, and A's cache recovers at its
+/// next open, its batch commit kept aside as a conflict copy.
+fn a_writer_paused_past_its_lease(w: &World) {
+    let tag = w.backend_name();
+    let go = w.dir.path().join("go");
+    {
+        let b = w.open("b", "a.db");
+        b.execute_batch("CREATE TABLE t(who TEXT)").unwrap();
+    }
+    let uri_a = w.uri("a", "a.db", &format!("&lease_secs={PAUSE_LEASE_SECS}"));
+    let mut a = Proc::spawn(
+        &format!("paused-{tag}"),
+        "batch_pause",
+        &uri_a,
+        &[("MB_GO_FILE", go.display().to_string())],
+    );
+    a.expect("READY", Duration::from_secs(30));
+    a.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let before = w.remote_bytes("a.db").unwrap();
+
+    // The paused writer is alive: its lease holds while it is valid.
+    let b = w.open("b", "a.db");
+    b.busy_timeout(Duration::ZERO).unwrap();
+    let err = b
+        .execute("INSERT INTO t(who) VALUES ('too early')", [])
+        .expect_err("the paused writer's lease is still valid");
+    assert!(is_busy(&err), "{tag}: {err}");
+    assert!(w.remote_bytes("a.db").unwrap() == before, "{tag}");
+
+    // Past its expiry (at most PAUSE_LEASE_SECS after the stop: the last renewal
+    // came before it), with a margin, the other host writes.
+    let past = stopped + Duration::from_secs(PAUSE_LEASE_SECS + 2);
+    thread::sleep(past.saturating_duration_since(Instant::now()));
+    b.busy_timeout(Duration::from_secs(10)).unwrap();
+    b.execute("INSERT INTO t(who) VALUES ('other host')", [])
+        .unwrap_or_else(|e| {
+            panic!(
+                "{tag}: the other host's write after the lease expired: {e}; status {}\n{}",
+                status(&b),
+                a.output()
+            )
+        });
+    println!(
+        "{tag}: the other host wrote {:?} after the pause",
+        stopped.elapsed()
+    );
+    drop(b);
+    let after_b = w.remote_bytes("a.db").unwrap();
+    assert!(
+        after_b != before,
+        "{tag}: the other host's write is not in the remote"
+    );
+
+    // Resume the paused writer and let it end its batch.
+    std::fs::write(&go, b"go").unwrap();
+    a.signal(libc::SIGCONT);
+    let end = a.expect("END", Duration::from_secs(60));
+    println!("{tag}: {end}");
+    let (outcome, json) = end.split_once(" status=").expect("END carries the status");
+    let s: Value = serde_json::from_str(json).expect("status JSON");
+    assert!(
+        outcome.starts_with("END failed:"),
+        "{tag}: the resumed writer's batch end must fail: {end}"
+    );
+    let last_error = s["last_error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        ["lease", "changed", "condition"]
+            .iter()
+            .any(|word| last_error.contains(word)),
+        "{tag}: the error does not say the lease was lost or the remote moved: {end}"
+    );
+    assert_eq!(s["lease_held"], false, "{tag}: {s}");
+    a.wait_success(Duration::from_secs(30));
+
+    // Nothing of the paused writer reached the remote, before or after it exited.
+    assert!(
+        w.remote_bytes("a.db").unwrap() == after_b,
+        "{tag}: the remote changed after the paused writer resumed"
+    );
+    let (who_remote, ok) = w.read_remote("a.db", |r| (who(r), integrity(r)));
+    assert_eq!(ok, "ok", "{tag}");
+    assert_eq!(who_remote, ["other host"], "{tag}");
+
+    // The paused writer's cache recovers: it follows the remote, and its batch's
+    // local commit is kept aside rather than lost.
+    let c = open(&uri_a);
+    assert_eq!(who(&c), ["other host"], "{tag}: the paused writer's cache");
+    let s = status(&c);
+    assert_eq!(s["dirty"], false, "{tag}: {s}");
+    let conflicts = s["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{tag}: {s}");
+    let kept = Connection::open(conflicts[0].as_str().unwrap()).unwrap();
+    assert_eq!(who(&kept), ["paused"], "{tag}: the conflict copy");
+    drop(c);
+    assert!(
+        w.remote_bytes("a.db").unwrap() == after_b,
+        "{tag}: the recovery changed the remote"
+    );
+}
+
+/// [`a_writer_paused_past_its_lease`] on both backends at once (each waits out a
+/// 15 s lease): the local backend, and Azurite with the `azure` feature.
+#[test]
+fn a_writer_paused_past_its_lease_on_every_backend() {
+    thread::scope(|scope| {
+        let local = scope.spawn(|| a_writer_paused_past_its_lease(&World::local()));
+        #[cfg(feature = "azure")]
+        let azurite = scope.spawn(|| {
+            if let Some(w) = World::azurite() {
+                a_writer_paused_past_its_lease(&w);
+            }
+        });
+        let mut failed = Vec::new();
+        if local.join().is_err() {
+            failed.push("local");
+        }
+        #[cfg(feature = "azure")]
+        if azurite.join().is_err() {
+            failed.push("azurite");
+        }
+        assert!(
+            failed.is_empty(),
+            "failed on {failed:?} (see the panics above)"
+        );
+    });
 }

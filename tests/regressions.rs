@@ -109,12 +109,21 @@ fn counter(bytes: &[u8]) -> u32 {
 /// a mix over the remote's version (a lost update).
 #[test]
 fn an_install_never_lowers_the_change_counter_so_no_connection_keeps_stale_pages() {
+    install_never_lowers_the_change_counter("&sync=full", managedblob::backend::memory::Op::Upload);
+}
+
+#[test]
+fn a_chunk_install_never_lowers_the_change_counter_either() {
+    install_never_lowers_the_change_counter("", managedblob::backend::memory::Op::CommitBlocks);
+}
+
+fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::backend::memory::Op) {
     let m = Mem::new("r2");
-    let y = m.open("h1", "&staleness_ms=0");
+    let y = m.open("h1", &format!("&staleness_ms=0{extra}"));
     y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('base');")
         .unwrap();
     let base = m.backend.get("m.db").unwrap();
-    let x = m.open("h1", "&staleness_ms=0");
+    let x = m.open("h1", &format!("&staleness_ms=0{extra}"));
     pragma(&y, "PRAGMA managedblob_batch=begin").unwrap();
     y.execute("UPDATE t SET x = 'local1'", []).unwrap();
     let seen: String = x.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
@@ -123,18 +132,18 @@ fn an_install_never_lowers_the_change_counter_so_no_connection_keeps_stale_pages
     // The batch end's upload fails (remote unreachable): the cache stays dirty and
     // the lease is released.
     m.backend.fail_next(
-        managedblob::backend::memory::Op::Upload,
+        publish,
         managedblob::backend::BackendErrorKind::Transient,
         100,
     );
     assert!(pragma(&y, "PRAGMA managedblob_batch=end").is_err());
     m.backend.fail_next(
-        managedblob::backend::memory::Op::Upload,
+        publish,
         managedblob::backend::BackendErrorKind::Transient,
         0,
     );
     // Another host commits one version on top of the base.
-    let h2 = m.open("h2", "");
+    let h2 = m.open("h2", extra);
     h2.execute("UPDATE t SET x = 'remote'", []).unwrap();
     let theirs = m.backend.get("m.db").unwrap();
     assert_eq!(counter(&theirs), counter(&base) + 1);

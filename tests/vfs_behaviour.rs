@@ -1,5 +1,8 @@
-//! The VFS through rusqlite, on the local backend: the Python store's cases, batches,
-//! journal modes, configuration errors and crash recovery.
+//! The VFS through rusqlite: the Python store's cases, batches, journal modes,
+//! configuration errors and crash recovery. Every test runs on the local backend
+//! (`local::*`) and, with the `azure` feature, on an Azurite container (`azurite::*`,
+//! skipped when Azurite is not installed, unless CI is set); see `backend_tests!` at the
+//! end and tests/common/mod.rs.
 
 mod common;
 use common::*;
@@ -12,27 +15,23 @@ fn count(c: &rusqlite::Connection, table: &str) -> i64 {
 }
 
 fn remote_count(w: &World, blob: &str, table: &str) -> i64 {
-    read_remote(&w.remote_blob(blob), |r| count(r, table))
+    w.read_remote(blob, |r| count(r, table))
 }
 
-#[test]
-fn first_write_in_one_transaction_uploads_once() {
-    let w = World::new();
+fn first_write_in_one_transaction_uploads_once(w: &World) {
     let c = w.open("h1", "a.db");
     c.execute_batch("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1); COMMIT;")
         .unwrap();
     let s = status(&c);
-    assert_eq!(s["requests"]["upload"], 1, "{s}");
-    assert_eq!(s["requests"]["download"], 0, "{s}");
+    assert_eq!(uploads(&s), 1, "{s}");
+    assert_eq!(fetches(&s), 0, "{s}");
     assert_eq!(s["requests"]["bytes_down"], 0, "{s}");
     assert_eq!(s["dirty"], false);
     assert_eq!(s["lease_held"], false);
-    assert_eq!(remote_count(&w, "a.db", "t"), 1);
+    assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
-#[test]
-fn second_batch_on_the_same_cache_downloads_nothing() {
-    let w = World::new();
+fn second_batch_on_the_same_cache_downloads_nothing(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
@@ -43,38 +42,30 @@ fn second_batch_on_the_same_cache_downloads_nothing() {
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
     pragma(&c, "PRAGMA managedblob_batch=end").unwrap();
     let s = status(&c);
-    assert_eq!(s["requests"]["download"], 0, "{s}");
-    assert_eq!(s["requests"]["upload"], 1, "{s}");
-    assert_eq!(remote_count(&w, "a.db", "t"), 2);
+    assert_eq!(fetches(&s), 0, "{s}");
+    assert_eq!(uploads(&s), 1, "{s}");
+    assert_eq!(remote_count(w, "a.db", "t"), 2);
 }
 
-#[test]
-fn a_remote_change_is_downloaded_once() {
-    let w = World::new();
+fn a_remote_change_is_downloaded_once(w: &World) {
     let a = w.open_with("h1", "a.db", "&staleness_ms=0");
     a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
     let b = w.open_with("h2", "a.db", "&staleness_ms=0");
     assert_eq!(count(&b, "t"), 1);
-    assert_eq!(requests(&b, "download"), 1);
+    assert_eq!(fetches(&status(&b)), 1);
     a.execute("INSERT INTO t VALUES (2)", []).unwrap();
     assert_eq!(count(&b, "t"), 2);
     assert_eq!(count(&b, "t"), 2);
+    assert_eq!(fetches(&status(&b)), 2, "one download per remote change");
     assert_eq!(
-        requests(&b, "download"),
-        2,
-        "one download per remote change"
-    );
-    assert_eq!(
-        requests(&a, "download"),
+        fetches(&status(&a)),
         0,
         "the writer never downloads its own commits"
     );
 }
 
-#[test]
-fn staleness_bounds_the_checks() {
-    let w = World::new();
+fn staleness_bounds_the_checks(w: &World) {
     let a = w.open("h1", "a.db");
     a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
@@ -95,27 +86,23 @@ fn staleness_bounds_the_checks() {
     assert_eq!(count(&b, "t"), 2, "refresh takes the new version now");
 }
 
-#[test]
-fn a_failed_transaction_uploads_nothing() {
-    let w = World::new();
+fn a_failed_transaction_uploads_nothing(w: &World) {
     let c = w.open("h1", "a.db");
     c.execute_batch("CREATE TABLE t(x UNIQUE); INSERT INTO t VALUES (1);")
         .unwrap();
-    let uploads = requests(&c, "upload");
+    let before = uploads(&status(&c));
     let err = c.execute_batch("BEGIN; INSERT INTO t VALUES (2); INSERT INTO t VALUES (1); COMMIT;");
     assert!(err.is_err());
     c.execute_batch("ROLLBACK").unwrap();
-    assert_eq!(requests(&c, "upload"), uploads);
+    assert_eq!(uploads(&status(&c)), before);
     c.execute_batch("BEGIN; INSERT INTO t VALUES (3); ROLLBACK;")
         .unwrap();
-    assert_eq!(requests(&c, "upload"), uploads);
-    assert_eq!(remote_count(&w, "a.db", "t"), 1);
+    assert_eq!(uploads(&status(&c)), before);
+    assert_eq!(remote_count(w, "a.db", "t"), 1);
     assert_eq!(status(&c)["lease_held"], false);
 }
 
-#[test]
-fn a_write_on_a_moved_remote_is_busy_then_retries_on_the_new_version() {
-    let w = World::new();
+fn a_write_on_a_moved_remote_is_busy_then_retries_on_the_new_version(w: &World) {
     let a = w.open("h1", "a.db");
     a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
@@ -126,16 +113,14 @@ fn a_write_on_a_moved_remote_is_busy_then_retries_on_the_new_version() {
     // b's autocommit write sees the moved remote at RESERVED, refreshes, retries.
     b.busy_timeout(Duration::from_secs(5)).unwrap();
     b.execute("INSERT INTO t VALUES (3)", []).unwrap();
-    assert_eq!(remote_count(&w, "a.db", "t"), 3, "no lost update");
+    assert_eq!(remote_count(w, "a.db", "t"), 3, "no lost update");
 }
 
-#[test]
-fn batches_nest_are_shared_by_connections_and_upload_once() {
-    let w = World::new();
+fn batches_nest_are_shared_by_connections_and_upload_once(w: &World) {
     let a = w.open("h1", "a.db");
     let b = w.open("h1", "a.db");
     a.execute("CREATE TABLE t(x)", []).unwrap();
-    let uploads = requests(&a, "upload");
+    let before = uploads(&status(&a));
     pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
     pragma(&b, "PRAGMA managedblob_batch=begin").unwrap();
     for i in 0..100 {
@@ -147,14 +132,14 @@ fn batches_nest_are_shared_by_connections_and_upload_once() {
     assert_eq!(status(&b)["batch_depth"], 2);
     pragma(&b, "PRAGMA managedblob_batch=end").unwrap();
     assert_eq!(
-        requests(&a, "upload"),
-        uploads,
+        uploads(&status(&a)),
+        before,
         "the inner end uploads nothing"
     );
-    assert_eq!(remote_count(&w, "a.db", "t"), 0);
+    assert_eq!(remote_count(w, "a.db", "t"), 0);
     pragma(&a, "PRAGMA managedblob_batch=end").unwrap();
-    assert_eq!(requests(&a, "upload"), uploads + 1, "exactly one upload");
-    assert_eq!(remote_count(&w, "a.db", "t"), 100);
+    assert_eq!(uploads(&status(&a)), before + 1, "exactly one upload");
+    assert_eq!(remote_count(w, "a.db", "t"), 100);
     let s = status(&b);
     assert_eq!(s["dirty"], false);
     assert_eq!(s["lease_held"], false);
@@ -164,24 +149,20 @@ fn batches_nest_are_shared_by_connections_and_upload_once() {
     assert!(err.contains("without a matching"), "{err}");
 }
 
-#[test]
-fn flush_uploads_inside_a_batch() {
-    let w = World::new();
+fn flush_uploads_inside_a_batch(w: &World) {
     let c = w.open("h1", "a.db");
     c.execute("CREATE TABLE t(x)", []).unwrap();
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    assert_eq!(remote_count(&w, "a.db", "t"), 0);
+    assert_eq!(remote_count(w, "a.db", "t"), 0);
     pragma(&c, "PRAGMA managedblob_flush").unwrap();
-    assert_eq!(remote_count(&w, "a.db", "t"), 1);
+    assert_eq!(remote_count(w, "a.db", "t"), 1);
     assert_eq!(status(&c)["lease_held"], true, "the batch keeps its lease");
     pragma(&c, "PRAGMA managedblob_batch=end").unwrap();
     assert_eq!(status(&c)["lease_held"], false);
 }
 
-#[test]
-fn a_batch_blocks_other_hosts_writers() {
-    let w = World::new();
+fn a_batch_blocks_other_hosts_writers(w: &World) {
     let a = w.open("h1", "a.db");
     a.execute("CREATE TABLE t(x)", []).unwrap();
     pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
@@ -195,41 +176,36 @@ fn a_batch_blocks_other_hosts_writers() {
     );
     pragma(&a, "PRAGMA managedblob_batch=end").unwrap();
     b.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    assert_eq!(remote_count(&w, "a.db", "t"), 1);
+    assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
-#[test]
-fn closing_the_last_connection_flushes_a_batch() {
-    let w = World::new();
+fn closing_the_last_connection_flushes_a_batch(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute("CREATE TABLE t(x)", []).unwrap();
         pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
         c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     }
-    assert_eq!(remote_count(&w, "a.db", "t"), 1);
+    assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
-#[test]
-fn journal_modes_delete_truncate_persist_memory_upload() {
+fn journal_modes_delete_truncate_persist_memory_upload(w: &World) {
     for mode in ["DELETE", "TRUNCATE", "PERSIST", "MEMORY"] {
-        let w = World::new();
-        let c = w.open("h1", "a.db");
+        let db = format!("{mode}.db");
+        let c = w.open("h1", &db);
         let got: String = c
             .query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0))
             .unwrap();
         assert_eq!(got.to_uppercase(), mode);
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);")
             .unwrap();
-        assert_eq!(remote_count(&w, "a.db", "t"), 2, "{mode}");
-        let other = w.open("h2", "a.db");
+        assert_eq!(remote_count(w, &db, "t"), 2, "{mode}");
+        let other = w.open("h2", &db);
         assert_eq!(count(&other, "t"), 2, "{mode}");
     }
 }
 
-#[test]
-fn wal_and_off_journal_modes_fail_with_a_clear_message() {
-    let w = World::new();
+fn wal_and_off_journal_modes_fail_with_a_clear_message(w: &World) {
     let c = w.open("h1", "a.db");
     for mode in ["WAL", "off"] {
         let err = c
@@ -242,65 +218,63 @@ fn wal_and_off_journal_modes_fail_with_a_clear_message() {
     }
 }
 
-#[test]
-fn a_remote_with_a_wal_header_opens_reads_writes_and_uploads() {
-    let w = World::new();
-    let blob = w.remote_blob("py.db");
+fn a_remote_with_a_wal_header_opens_reads_writes_and_uploads(w: &World) {
+    // Made by another tool (here: plain SQLite in a scratch directory), then put into
+    // the remote as is.
+    let scratch = w.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let fixture = scratch.join("py.db");
     {
-        let p = rusqlite::Connection::open(&blob).unwrap();
+        let p = rusqlite::Connection::open(&fixture).unwrap();
         p.execute_batch(
             "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);
              PRAGMA wal_checkpoint(TRUNCATE);",
         )
         .unwrap();
     }
-    let _ = std::fs::remove_file(w.remote().join("py.db-wal"));
-    let _ = std::fs::remove_file(w.remote().join("py.db-shm"));
-    let header = std::fs::read(&blob).unwrap();
+    let header = std::fs::read(&fixture).unwrap();
     assert_eq!(
         (header[18], header[19]),
         (2, 2),
         "the fixture is a WAL database"
     );
+    w.put_remote("py.db", &header);
 
     let c = w.open("h1", "py.db");
     assert_eq!(count(&c, "t"), 1);
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
-    assert_eq!(remote_count(&w, "py.db", "t"), 2);
-    let ok: String = read_remote(&blob, |r| {
+    assert_eq!(remote_count(w, "py.db", "t"), 2);
+    let ok: String = w.read_remote("py.db", |r| {
         r.query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap()
     });
     assert_eq!(ok, "ok");
 }
 
-#[test]
-fn a_sqlite_file_copied_into_the_remote_is_picked_up() {
-    let w = World::new();
+fn a_sqlite_file_copied_into_the_remote_is_picked_up(w: &World) {
+    // On the local backend a file copied into the directory, on Azure a blob uploaded
+    // by another tool: a plain SQLite file made without the VFS.
+    let made = w.dir.path().join("made-elsewhere.db");
     {
-        let p = rusqlite::Connection::open(w.remote_blob("copied.db")).unwrap();
+        let p = rusqlite::Connection::open(&made).unwrap();
         p.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
             .unwrap();
     }
+    w.put_remote("copied.db", &std::fs::read(&made).unwrap());
     let c = w.open("h1", "copied.db");
     let v: i64 = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
     assert_eq!(v, 42);
 }
 
-#[test]
-fn config_errors_name_the_setting_in_rusqlite_errors() {
-    let w = World::new();
+fn config_errors_name_the_setting_in_rusqlite_errors(w: &World) {
     let cache = w.cache("h1", "a.db");
     let cases = [
         (
             format!("file:{}?vfs=managedblob", cache.display()),
             "'remote' is missing",
         ),
-        (uri(&cache, &w.remote(), "&lease_secs=5"), "'lease_secs'"),
-        (
-            uri(&cache, &w.remote(), "&staleness_ms=soon"),
-            "'staleness_ms'",
-        ),
+        (w.uri("h1", "a.db", "&lease_secs=5"), "'lease_secs'"),
+        (w.uri("h1", "a.db", "&staleness_ms=soon"), "'staleness_ms'"),
         (
             format!(
                 "file:{}?vfs=managedblob&remote=s3://bucket/x",
@@ -308,15 +282,7 @@ fn config_errors_name_the_setting_in_rusqlite_errors() {
             ),
             "unknown scheme",
         ),
-        (
-            format!(
-                "file:{}?vfs=managedblob&remote={}",
-                cache.display(),
-                w.dir.path().join("no-such-dir").display()
-            ),
-            "'remote'",
-        ),
-        (uri(&cache, &w.remote(), "&blob=../escape.db"), "'blob'"),
+        (w.uri("h1", "a.db", "&blob=../escape.db"), "'blob'"),
     ];
     for (uri, expected) in cases {
         let err = match rusqlite::Connection::open_with_flags(&uri, flags()) {
@@ -329,9 +295,30 @@ fn config_errors_name_the_setting_in_rusqlite_errors() {
     }
 }
 
-#[test]
-fn read_only_mode_reads_and_refuses_writes() {
-    let w = World::new();
+/// A remote that does not exist (a missing directory; a container never created) fails
+/// the open with a message that says so, and leaves no cache file behind, so the open
+/// can simply be retried once the remote exists.
+fn a_missing_remote_fails_the_open_by_name_and_leaves_no_cache(w: &World) {
+    let cache = w.cache("h1", "a.db");
+    let (missing, expected) = w.missing_remote();
+    let uri = uri_with_remote(&cache, &missing, "");
+    let err = match rusqlite::Connection::open_with_flags(&uri, flags()) {
+        Ok(_) => panic!("{uri} opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(expected), "{err}");
+    assert!(err.contains("managedblob"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(cache.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a failed open left {left:?} behind (the error was: {err})"
+    );
+}
+
+fn read_only_mode_reads_and_refuses_writes(w: &World) {
     let a = w.open("h1", "a.db");
     a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
@@ -343,7 +330,7 @@ fn read_only_mode_reads_and_refuses_writes() {
         Some(rusqlite::ErrorCode::ReadOnly),
         "{err}"
     );
-    assert_eq!(requests(&r, "upload"), 0);
+    assert_eq!(uploads(&status(&r)), 0);
     assert_eq!(requests(&r, "lease_acquire"), 0);
 }
 
@@ -358,9 +345,7 @@ fn set_dirty(cache: &std::path::Path) {
     managedblob::sidecar::store(&p, &s).unwrap();
 }
 
-#[test]
-fn dirty_cache_with_unchanged_remote_uploads_its_commits_on_open() {
-    let w = World::new();
+fn dirty_cache_with_unchanged_remote_uploads_its_commits_on_open(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute("CREATE TABLE t(x)", []).unwrap();
@@ -375,12 +360,10 @@ fn dirty_cache_with_unchanged_remote_uploads_its_commits_on_open() {
     set_dirty(&cache);
     let c = w.open("h1", "a.db");
     assert_eq!(status(&c)["dirty"], false);
-    assert_eq!(remote_count(&w, "a.db", "t"), 1);
+    assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
-#[test]
-fn dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote() {
-    let w = World::new();
+fn dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute("CREATE TABLE t(x)", []).unwrap();
@@ -406,15 +389,13 @@ fn dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote() {
     let kept = rusqlite::Connection::open(copy).unwrap();
     assert_eq!(count(&kept, "t"), 1, "the local commit is kept");
     assert_eq!(
-        remote_count(&w, "a.db", "t"),
+        remote_count(w, "a.db", "t"),
         2,
         "the remote was not overwritten"
     );
 }
 
-#[test]
-fn garbage_in_a_dirty_cache_is_recovered() {
-    let w = World::new();
+fn garbage_in_a_dirty_cache_is_recovered(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
@@ -426,16 +407,14 @@ fn garbage_in_a_dirty_cache_is_recovered() {
     let c = w.open("h1", "a.db");
     assert_eq!(count(&c, "t"), 1);
     assert_eq!(
-        remote_count(&w, "a.db", "t"),
+        remote_count(w, "a.db", "t"),
         1,
         "garbage never reaches the remote"
     );
     assert_eq!(status(&c)["conflicts"].as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn an_interrupted_download_is_resynced() {
-    let w = World::new();
+fn an_interrupted_download_is_resynced(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
@@ -454,25 +433,22 @@ fn an_interrupted_download_is_resynced() {
     assert_eq!(status(&c)["in_flight"], "none");
 }
 
-#[test]
-fn a_remote_that_is_not_a_database_fails_the_open_clearly() {
-    let w = World::new();
-    std::fs::write(
-        w.remote_blob("junk.db"),
-        b"this is not sqlite at all, not even close",
-    )
-    .unwrap();
+fn a_remote_that_is_not_a_database_fails_the_open_clearly(w: &World) {
+    w.put_remote("junk.db", b"this is not sqlite at all, not even close");
     let err = match rusqlite::Connection::open_with_flags(w.uri("h1", "junk.db", ""), flags()) {
         Ok(_) => panic!("opened"),
         Err(e) => e.to_string(),
     };
     assert!(err.contains("not a SQLite database"), "{err}");
-    assert!(w.remote_blob("junk.db").exists(), "nothing deleted");
+    assert!(w.remote_exists("junk.db"), "nothing deleted");
+    assert_eq!(
+        w.remote_bytes("junk.db").unwrap(),
+        b"this is not sqlite at all, not even close",
+        "nothing changed"
+    );
 }
 
-#[test]
-fn an_existing_local_database_seeds_an_empty_remote() {
-    let w = World::new();
+fn an_existing_local_database_seeds_an_empty_remote(w: &World) {
     let cache = w.cache("h1", "seed.db");
     {
         let p = rusqlite::Connection::open(&cache).unwrap();
@@ -481,38 +457,30 @@ fn an_existing_local_database_seeds_an_empty_remote() {
     }
     let c = w.open("h1", "seed.db");
     c.execute("INSERT INTO t VALUES (6)", []).unwrap();
-    assert_eq!(remote_count(&w, "seed.db", "t"), 2);
+    assert_eq!(remote_count(w, "seed.db", "t"), 2);
 }
 
-#[test]
-fn a_rollback_after_a_cache_spill_uploads_nothing() {
-    let w = World::new();
+fn a_rollback_after_a_cache_spill_uploads_nothing(w: &World) {
     let c = w.open("h1", "a.db");
     c.execute_batch("CREATE TABLE t(x); PRAGMA cache_size=2;")
         .unwrap();
-    let uploads = requests(&c, "upload");
+    let before = uploads(&status(&c));
     c.execute_batch("BEGIN;").unwrap();
     for i in 0..2000 {
         c.execute("INSERT INTO t VALUES (?1)", [format!("{i:0200}")])
             .unwrap();
     }
     c.execute_batch("ROLLBACK;").unwrap();
-    assert_eq!(
-        requests(&c, "upload"),
-        uploads,
-        "a rollback publishes nothing"
-    );
+    assert_eq!(uploads(&status(&c)), before, "a rollback publishes nothing");
     assert_eq!(count(&c, "t"), 0);
     assert_eq!(status(&c)["lease_held"], false);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    assert_eq!(remote_count(&w, "a.db", "t"), 1);
+    assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
-#[test]
-fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole() {
+fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole(w: &World) {
     // Regression: the unix VFS masks single writes above 128 KiB, so the cache must
     // be written in page-sized pieces.
-    let w = World::new();
     let a = w.open("h1", "big.db");
     a.execute_batch(
         "BEGIN; CREATE TABLE t(x);
@@ -520,7 +488,7 @@ fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole() {
          INSERT INTO t SELECT hex(randomblob(500)) FROM n; COMMIT;",
     )
     .unwrap();
-    let size = std::fs::metadata(w.remote_blob("big.db")).unwrap().len();
+    let size = std::fs::metadata(w.remote_copy("big.db")).unwrap().len();
     assert!(size > 2 << 20, "{size}");
     let b = w.open("h2", "big.db");
     assert_eq!(count(&b, "t"), 3000);
@@ -532,9 +500,7 @@ fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole() {
     assert_eq!(ok, "ok");
 }
 
-#[test]
-fn an_interrupted_commit_is_resynced_from_the_remote() {
-    let w = World::new();
+fn an_interrupted_commit_is_resynced_from_the_remote(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
@@ -555,17 +521,15 @@ fn an_interrupted_commit_is_resynced_from_the_remote() {
     assert_eq!(count(&c, "t"), 1, "the cache follows the remote");
     let s = status(&c);
     assert_eq!(s["in_flight"], "none");
-    assert_eq!(s["requests"]["download"], 1, "{s}");
+    assert_eq!(fetches(&s), 1, "{s}");
     assert_eq!(
-        remote_count(&w, "a.db", "t"),
+        remote_count(w, "a.db", "t"),
         1,
         "the remote was not touched"
     );
 }
 
-#[test]
-fn two_connections_in_one_process_share_the_cache() {
-    let w = World::new();
+fn two_connections_in_one_process_share_the_cache(w: &World) {
     let a = w.open_with("h1", "a.db", "&staleness_ms=0");
     let b = w.open_with("h1", "a.db", "&staleness_ms=0");
     a.execute("CREATE TABLE t(x)", []).unwrap();
@@ -574,11 +538,11 @@ fn two_connections_in_one_process_share_the_cache() {
     assert_eq!(count(&a, "t"), 2);
     assert_eq!(count(&b, "t"), 2);
     assert_eq!(
-        requests(&a, "download"),
+        fetches(&status(&a)),
         0,
         "the shared store never downloads its own commits"
     );
-    assert_eq!(remote_count(&w, "a.db", "t"), 2);
+    assert_eq!(remote_count(w, "a.db", "t"), 2);
     // While a reads inside a transaction, another host's commit makes b's next
     // read need a refresh, which must wait for a's transaction (SQLITE_BUSY).
     a.execute_batch("BEGIN; SELECT count(*) FROM t;").unwrap();
@@ -596,16 +560,16 @@ fn two_connections_in_one_process_share_the_cache() {
     a.execute_batch("COMMIT").unwrap();
     assert_eq!(count(&b, "t"), 3);
     assert_eq!(count(&a, "t"), 3);
+    let s = status(&b);
+    assert_eq!(fetches(&s), 1, "{s}");
     assert_eq!(
-        requests(&b, "download"),
+        fetch_requests(&s),
         1,
-        "the version downloaded while the cache was busy is installed, not fetched again"
+        "the version downloaded while the cache was busy is installed, not fetched again: {s}"
     );
 }
 
-#[test]
-fn a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one() {
-    let w = World::new();
+fn a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one(w: &World) {
     {
         let c = w.open("h1", "a.db");
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
@@ -620,5 +584,36 @@ fn a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one() {
         "the remote's content, not an empty database"
     );
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
-    assert_eq!(remote_count(&w, "a.db", "t"), 2);
+    assert_eq!(remote_count(w, "a.db", "t"), 2);
 }
+
+backend_tests!(
+    first_write_in_one_transaction_uploads_once,
+    second_batch_on_the_same_cache_downloads_nothing,
+    a_remote_change_is_downloaded_once,
+    staleness_bounds_the_checks,
+    a_failed_transaction_uploads_nothing,
+    a_write_on_a_moved_remote_is_busy_then_retries_on_the_new_version,
+    batches_nest_are_shared_by_connections_and_upload_once,
+    flush_uploads_inside_a_batch,
+    a_batch_blocks_other_hosts_writers,
+    closing_the_last_connection_flushes_a_batch,
+    journal_modes_delete_truncate_persist_memory_upload,
+    wal_and_off_journal_modes_fail_with_a_clear_message,
+    a_remote_with_a_wal_header_opens_reads_writes_and_uploads,
+    a_sqlite_file_copied_into_the_remote_is_picked_up,
+    config_errors_name_the_setting_in_rusqlite_errors,
+    a_missing_remote_fails_the_open_by_name_and_leaves_no_cache,
+    read_only_mode_reads_and_refuses_writes,
+    dirty_cache_with_unchanged_remote_uploads_its_commits_on_open,
+    dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote,
+    garbage_in_a_dirty_cache_is_recovered,
+    an_interrupted_download_is_resynced,
+    a_remote_that_is_not_a_database_fails_the_open_clearly,
+    an_existing_local_database_seeds_an_empty_remote,
+    a_rollback_after_a_cache_spill_uploads_nothing,
+    a_cold_open_of_a_multi_megabyte_database_downloads_it_whole,
+    an_interrupted_commit_is_resynced_from_the_remote,
+    two_connections_in_one_process_share_the_cache,
+    a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one,
+);

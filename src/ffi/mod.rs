@@ -434,6 +434,7 @@ unsafe fn open_main(
         create_private(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)));
     }
 
+    let existed = std::path::Path::new(&path).exists();
     // Open the cache read-write (and create it) even for mode=ro, so the first sync and
     // later refreshes can write it; SQLite still sees a read-only file.
     // SAFETY: data.real is the default VFS.
@@ -469,6 +470,10 @@ unsafe fn open_main(
         Err(e) => {
             // SAFETY: the real file was opened above and is closed exactly once here.
             unsafe { close_real(real) };
+            // A cache this open created (still empty) is not left behind.
+            if !existed && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&path);
+            }
             // SAFETY: mb is our struct.
             return unsafe { install_failed(mb, &path, e) };
         }

@@ -231,7 +231,12 @@ impl Store {
             // Most of it changed (a cold cache): one whole download is cheaper in
             // requests; the block list still tells the manifest.
             let got = self.remote.download_to(&self.download_path)?;
-            let manifest = (got.etag == stat.etag).then_some(remote);
+            let manifest = if got.etag == stat.etag {
+                self.verify_download(&remote)?;
+                Some(remote)
+            } else {
+                None
+            };
             return Ok(Some(Fetched {
                 stat: got,
                 chunks: None,
@@ -249,14 +254,11 @@ impl Store {
                             let next = queue.lock().expect("queue lock").next();
                             let Some(i) = next else { return Ok(()) };
                             let (offset, len) = remote.chunk_range(i);
-                            let data = self.remote.read_range(offset, len, &stat.etag)?;
-                            if data.len() as u64 != len {
-                                return Err(Error::Local(format!(
-                                    "chunk {i} of '{}' came back with {} bytes, expected {len}",
-                                    self.config.blob,
-                                    data.len()
-                                )));
-                            }
+                            let data = self
+                                .remote
+                                .read_range(offset, len, &stat.etag)
+                                .map_err(|e| self.moved_during_fetch(e))?;
+                            self.verify_chunk(&remote, i, &data)?;
                             side.write_all_at(&data, offset)
                                 .map_err(|e| Error::local("writing the download side file", e))?;
                         }
@@ -279,6 +281,52 @@ impl Store {
             chunks: Some((remote.chunk_size, wanted)),
             manifest: Some(remote),
         }))
+    }
+
+    /// A ranged read pinned to the version being fetched fails when another writer
+    /// commits meanwhile: that is a race, not a fault. SQLITE_BUSY makes the busy
+    /// handler try again, and the retry fetches the new version.
+    fn moved_during_fetch(&self, e: crate::backend::BackendError) -> Error {
+        if e.kind == BackendErrorKind::ConditionFailed {
+            Error::Busy(format!(
+                "remote blob '{}' changed while its chunks were being fetched; the retry \
+                 takes the new version",
+                self.config.blob
+            ))
+        } else {
+            e.into()
+        }
+    }
+
+    /// Check a fetched chunk against its block id (index and content hash): the
+    /// bytes must be the ones the block list promised, or the version moved under us
+    /// (a store that paired a list with other bytes), and nothing is installed.
+    fn verify_chunk(&self, remote: &Manifest, index: u64, data: &[u8]) -> Result<()> {
+        let expected = remote.ids[index as usize];
+        if data.len() as u64 != remote.chunk_range(index).1
+            || ChunkId::new(index as u32, data) != expected
+        {
+            return Err(Error::Busy(format!(
+                "chunk {index} of '{}' does not match its block id (the blob changed during \
+                 the transfer); the retry fetches it again",
+                self.config.blob
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check a whole download of one of our blobs against its block list.
+    fn verify_download(&self, remote: &Manifest) -> Result<()> {
+        let side = std::fs::File::open(&self.download_path)
+            .map_err(|e| Error::local("opening the downloaded copy", e))?;
+        let mut buf = vec![0u8; remote.chunk_size as usize];
+        for i in 0..remote.ids.len() as u64 {
+            let (offset, len) = remote.chunk_range(i);
+            side.read_exact_at(&mut buf[..len as usize], offset)
+                .map_err(|e| Error::local("reading the downloaded copy", e))?;
+            self.verify_chunk(remote, i, &buf[..len as usize])?;
+        }
+        Ok(())
     }
 
     /// The chunk list of what the cache holds now: the base's manifest when it is

@@ -318,7 +318,7 @@ impl Store {
                 self.cache_path.display()
             )));
         }
-        self.revive_parked_lease(st);
+        self.revive_parked_lease(st)?;
         if let Some(lease) = &st.lease {
             if lease.is_lost() {
                 return Err(Error::Backend(crate::backend::BackendError::new(
@@ -492,18 +492,23 @@ impl Store {
         }
     }
 
-    /// Make a parked lease (see [`Store::release_lease`]) live again, or drop it.
-    fn revive_parked_lease(&self, st: &mut State) {
+    /// Make a parked lease (see [`Store::release_lease`]) live again, or drop it when
+    /// it is gone. When the renewal fails transiently the lease may still be ours: it
+    /// stays parked (forgetting it would lock this process out until it lapses) and
+    /// the error fails the caller.
+    fn revive_parked_lease(&self, st: &mut State) -> Result<()> {
         let Some(lease) = st.lease.as_mut() else {
-            return;
+            return Ok(());
         };
         if !lease.is_parked() {
-            return;
+            return Ok(());
         }
         match self.remote.renew_lease(&lease.id, self.config.lease) {
             Ok(()) => lease.resume(self.remote.clone(), self.config.lease),
+            Err(e) if e.is_transient() => return Err(e.into()),
             Err(_) => st.lease = None,
         }
+        Ok(())
     }
 
     /// `PRAGMA managedblob_batch=begin`: hold the lease until the matching end;
@@ -511,7 +516,7 @@ impl Store {
     pub fn batch_begin(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
         {
             let mut st = self.lock_state();
-            self.revive_parked_lease(&mut st);
+            self.revive_parked_lease(&mut st)?;
             if st.batch_depth > 0 || st.lease.is_some() {
                 st.batch_depth += 1;
                 return Ok(());
@@ -572,7 +577,7 @@ impl Store {
         if !st.sidecar.dirty || st.writable == 0 {
             return Ok(());
         }
-        self.revive_parked_lease(st);
+        self.revive_parked_lease(st)?;
         if st.lease.is_none() {
             match self.take_lease()? {
                 Some(lease) => self.adopt_lease(st, lease)?,

@@ -1,14 +1,37 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "azure")]
+pub mod azurite;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
-/// A remote directory and a place for caches ("hosts"), removed at the end.
+/// Caches ("hosts") in a temp dir and one remote, removed at the end: a directory
+/// (the local backend) or a fresh Azurite container (the `azure` backend).
 pub struct World {
     pub dir: tempfile::TempDir,
+    remote: Remote,
+    copies: AtomicUsize,
+}
+
+enum Remote {
+    Local,
+    #[cfg(feature = "azure")]
+    Azure(Box<Azure>),
+}
+
+#[cfg(feature = "azure")]
+struct Azure {
+    /// Keeps the shared Azurite running while this world lives.
+    azurite: std::sync::Arc<azurite::Azurite>,
+    /// The container URL with an account SAS: the `remote` setting as is.
+    url: String,
+    /// The same container for the test's own look (downloads, foreign writes).
+    backend: managedblob::backend::azure::AzureBackend,
 }
 
 /// Log through the test harness when RUST_LOG is set.
@@ -20,18 +43,94 @@ pub fn init_logging() {
 }
 
 impl World {
-    pub fn new() -> World {
+    /// A world whose remote is a directory (the local backend).
+    pub fn local() -> World {
         init_logging();
         managedblob::register().expect("register");
         World {
             dir: tempfile::tempdir().expect("tempdir"),
+            remote: Remote::Local,
+            copies: AtomicUsize::new(0),
         }
     }
 
+    /// [`World::local`], the name the older tests use.
+    pub fn new() -> World {
+        World::local()
+    }
+
+    /// A world whose remote is a fresh container on the shared Azurite, named by its
+    /// URL with an account SAS (so no environment variable is needed, in child
+    /// processes either). `None` when Azurite is not installed (after saying so; a
+    /// failure instead when CI is set).
+    #[cfg(feature = "azure")]
+    pub fn azurite() -> Option<World> {
+        init_logging();
+        let shared = azurite::shared()?;
+        managedblob::register().expect("register");
+        let backend = shared.fresh(Default::default());
+        let url = shared.container_url_with_sas(backend.url().container());
+        Some(World {
+            dir: tempfile::tempdir().expect("tempdir"),
+            remote: Remote::Azure(Box::new(Azure {
+                azurite: shared,
+                url,
+                backend,
+            })),
+            copies: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self.remote, Remote::Local)
+    }
+
+    /// "local" or "azurite", for messages.
+    pub fn backend_name(&self) -> &'static str {
+        match self.remote {
+            Remote::Local => "local",
+            #[cfg(feature = "azure")]
+            Remote::Azure(_) => "azurite",
+        }
+    }
+
+    /// The remote directory of a local world.
     pub fn remote(&self) -> PathBuf {
+        assert!(
+            self.is_local(),
+            "World::remote() is the local backend's directory; use remote_copy, \
+             put_remote or remote_exists"
+        );
         let p = self.dir.path().join("remote");
         std::fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    /// The `remote` setting, unescaped: the directory, or the container URL with its
+    /// SAS.
+    pub fn remote_value(&self) -> String {
+        match &self.remote {
+            Remote::Local => self.remote().display().to_string(),
+            #[cfg(feature = "azure")]
+            Remote::Azure(a) => a.url.clone(),
+        }
+    }
+
+    /// A `remote` value of the same kind that names nothing (a missing directory, a
+    /// container that was never created), and what the open error must say about it.
+    pub fn missing_remote(&self) -> (String, &'static str) {
+        match &self.remote {
+            Remote::Local => (
+                self.dir.path().join("no-such-dir").display().to_string(),
+                "'remote'",
+            ),
+            #[cfg(feature = "azure")]
+            Remote::Azure(a) => (
+                a.azurite
+                    .container_url_with_sas(&azurite::random_container()),
+                "does not exist",
+            ),
+        }
     }
 
     /// The cache path of database `name` on host `host`.
@@ -42,7 +141,7 @@ impl World {
     }
 
     pub fn uri(&self, host: &str, name: &str, extra: &str) -> String {
-        uri(&self.cache(host, name), &self.remote(), extra)
+        uri_with_remote(&self.cache(host, name), &self.remote_value(), extra)
     }
 
     pub fn open(&self, host: &str, name: &str) -> Connection {
@@ -53,19 +152,157 @@ impl World {
         open(&self.uri(host, name, extra))
     }
 
+    /// The blob file of a local world.
     pub fn remote_blob(&self, name: &str) -> PathBuf {
         self.remote().join(name)
     }
+
+    /// A local file holding the current bytes of remote blob `blob` (a path that does
+    /// not exist when the blob does not): the blob file itself on the local backend,
+    /// a fresh download on Azure.
+    pub fn remote_copy(&self, blob: &str) -> PathBuf {
+        match &self.remote {
+            Remote::Local => self.remote_blob(blob),
+            #[cfg(feature = "azure")]
+            Remote::Azure(a) => {
+                use managedblob::backend::{Backend, BackendErrorKind};
+                let n = self
+                    .copies
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let dir = self.dir.path().join(format!("remote-copy-{n}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join(blob.replace('/', "_"));
+                let mut bytes = Vec::new();
+                match a.backend.download(blob, &mut bytes) {
+                    Ok(_) => std::fs::write(&path, bytes).unwrap(),
+                    Err(e) if e.kind == BackendErrorKind::NotFound => {}
+                    Err(e) => panic!("downloading blob {blob}: {e}"),
+                }
+                path
+            }
+        }
+    }
+
+    /// The current bytes of remote blob `blob` (None when it does not exist).
+    pub fn remote_bytes(&self, blob: &str) -> Option<Vec<u8>> {
+        let path = self.remote_copy(blob);
+        path.exists().then(|| std::fs::read(&path).unwrap())
+    }
+
+    /// Whether remote blob `blob` exists.
+    pub fn remote_exists(&self, blob: &str) -> bool {
+        match &self.remote {
+            Remote::Local => self.remote_blob(blob).exists(),
+            #[cfg(feature = "azure")]
+            Remote::Azure(a) => {
+                use managedblob::backend::Backend;
+                a.backend
+                    .stat(blob)
+                    .unwrap_or_else(|e| panic!("stat of blob {blob}: {e}"))
+                    .is_some()
+            }
+        }
+    }
+
+    /// Write `bytes` as remote blob `blob` the way another tool would (a copy into
+    /// the directory; an unconditional upload without a lease on Azure).
+    pub fn put_remote(&self, blob: &str, bytes: &[u8]) {
+        match &self.remote {
+            Remote::Local => {
+                let path = self.remote_blob(blob);
+                let tmp = path.with_file_name(format!("put-{}.tmp", fastrand::u64(..)));
+                std::fs::write(&tmp, bytes).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+            }
+            #[cfg(feature = "azure")]
+            Remote::Azure(a) => {
+                use managedblob::backend::{Backend, Condition};
+                let condition = match a.backend.stat(blob).unwrap() {
+                    Some(stat) => Condition::Match(stat.etag),
+                    None => Condition::Create,
+                };
+                a.backend
+                    .upload(blob, &mut &bytes[..], bytes.len() as u64, &condition, None)
+                    .unwrap_or_else(|e| panic!("foreign upload of blob {blob}: {e}"));
+            }
+        }
+    }
+
+    /// Open the current remote blob with plain SQLite (no VFS) and run `f`.
+    pub fn read_remote<T>(&self, blob: &str, f: impl FnOnce(&Connection) -> T) -> T {
+        let path = self.remote_copy(blob);
+        assert!(path.exists(), "remote blob {blob} does not exist");
+        read_remote(&path, f)
+    }
 }
 
+/// Escape `value` for the query string of a SQLite `file:` URI: SQLite splits the
+/// query at `&` and `=`, ends it at `#`, and decodes `%HH`, so everything but
+/// unreserved characters (and `/`, `:`, `,`) is written as `%HH`.
+pub fn uri_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'~'
+            | b'/'
+            | b':'
+            | b',' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The URI of cache `cache` on remote directory `remote`.
 pub fn uri(cache: &Path, remote: &Path, extra: &str) -> String {
+    uri_with_remote(cache, &remote.display().to_string(), extra)
+}
+
+/// The URI of cache `cache` with the `remote` setting `remote` (escaped here).
+pub fn uri_with_remote(cache: &Path, remote: &str, extra: &str) -> String {
     format!(
         "file:{}?vfs=managedblob&remote={}{}",
         cache.display(),
-        remote.display(),
+        uri_escape(remote),
         extra
     )
 }
+
+/// Generate, for each named `fn name(w: &World)` of the calling file, the tests
+/// `local::name` (a fresh [`World::local`]) and, with the `azure` feature,
+/// `azurite::name` (a fresh [`World::azurite`]; skipped or failed per the CI policy
+/// when Azurite is missing).
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&$crate::common::World::local());
+                }
+            )*
+        }
+        #[cfg(feature = "azure")]
+        mod azurite {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(w) = $crate::common::World::azurite() else { return };
+                    super::$name(&w);
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use backend_tests;
 
 pub fn flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
@@ -88,6 +325,37 @@ pub fn requests(c: &Connection, kind: &str) -> u64 {
     status(c)["requests"][kind].as_u64().unwrap()
 }
 
+fn count_of(s: &Value, kind: &str) -> u64 {
+    s["requests"][kind].as_u64().unwrap_or(0)
+}
+
+/// Remote versions published, from a status, whatever the transfer mode:
+/// `versions_up` when the status has it, else whole uploads (`upload`) plus delta
+/// sync's block-list commits (`commit_blocks`).
+pub fn uploads(s: &Value) -> u64 {
+    match s["requests"]["versions_up"].as_u64() {
+        Some(n) => n,
+        None => count_of(s, "upload") + count_of(s, "commit_blocks"),
+    }
+}
+
+/// Remote versions taken into the cache, from a status, whatever the transfer mode:
+/// `versions_down` when the status has it, else [`fetch_requests`].
+pub fn fetches(s: &Value) -> u64 {
+    match s["requests"]["versions_down"].as_u64() {
+        Some(n) => n,
+        None => fetch_requests(s),
+    }
+}
+
+/// How many times a remote version was fetched: a whole-file refresh is one
+/// `download`; a delta refresh reads the block list once (`block_list`), then ranges
+/// or (when most of it changed) the whole blob. So the larger of the two counts, exact
+/// when one store does not mix the two kinds of refresh.
+pub fn fetch_requests(s: &Value) -> u64 {
+    count_of(s, "download").max(count_of(s, "block_list"))
+}
+
 pub fn pragma(c: &Connection, text: &str) -> rusqlite::Result<Option<String>> {
     let mut stmt = c.prepare(text)?;
     let mut rows = stmt.query([])?;
@@ -97,7 +365,8 @@ pub fn pragma(c: &Connection, text: &str) -> rusqlite::Result<Option<String>> {
     }
 }
 
-/// Open the remote blob with plain SQLite (no VFS) and run `f`.
+/// Open a copy of a remote blob (see [`World::remote_copy`]) with plain SQLite (no
+/// VFS) and run `f`.
 pub fn read_remote<T>(path: &Path, f: impl FnOnce(&Connection) -> T) -> T {
     let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     f(&c)

@@ -604,6 +604,21 @@ impl Backend for AzureBackend {
 
     fn download(&self, blob: &str, sink: &mut dyn Write) -> BackendResult<BlobStat> {
         let op = Op::Download;
+        // Pin the download to one version: stat first, then GET with If-Match, and
+        // report that etag. (Azurite 3.35 can pair a newer ETag header with older
+        // bytes when a block list commit lands mid-download; If-Match closes that.)
+        let pinned = match self.stat(blob)? {
+            Some(stat) => stat.etag,
+            None => {
+                return Err(BackendError::new(
+                    BackendErrorKind::NotFound,
+                    format!(
+                        "{}: download failed: the blob does not exist",
+                        self.subject(blob)
+                    ),
+                ))
+            }
+        };
         let client = self.client(blob)?;
         let handle =
             runtime::handle().map_err(|e| self.run_error(blob, op, RunError::NoRuntime(e)))?;
@@ -615,6 +630,7 @@ impl Backend for AzureBackend {
         let idle = self.tuning.idle_timeout;
         let options = BlobClientDownloadOptions {
             parallel: NonZero::new(self.tuning.parallel),
+            if_match: Some(pinned.0.clone().into()),
             ..Default::default()
         };
         let task = handle.spawn(async move {
@@ -717,10 +733,17 @@ impl Backend for AzureBackend {
             ok = outcome.is_ok(),
             "azure download"
         );
-        outcome?;
-        let etag = etag.ok_or_else(|| self.local_error(blob, op, "no response".into()))?;
+        if let Err(e) = outcome {
+            // The blob moved between the stat and the GET: a retry takes the new one.
+            return Err(if e.kind == BackendErrorKind::ConditionFailed {
+                BackendError::new(BackendErrorKind::Transient, e.message)
+            } else {
+                e
+            });
+        }
+        etag.ok_or_else(|| self.local_error(blob, op, "no response".into()))?;
         Ok(BlobStat {
-            etag,
+            etag: pinned,
             size: written,
         })
     }
