@@ -114,7 +114,7 @@ fn a_one_row_update_moves_at_most_two_chunks_each_way() {
     println!("one-row update, writer: before {before} after {after}, chunk {chunk}, size {size}");
     let bytes_up = n(&after, "bytes_up") - n(&before, "bytes_up");
     assert!(
-        chunks_up >= 1 && chunks_up <= 2,
+        (1..=2).contains(&chunks_up),
         "chunks up {chunks_up}: {after}"
     );
     assert_eq!(n(&after, "commit_blocks") - n(&before, "commit_blocks"), 1);
@@ -132,7 +132,7 @@ fn a_one_row_update_moves_at_most_two_chunks_each_way() {
     let chunks_down = n(&after, "chunks_down") - n(&before, "chunks_down");
     println!("one-row update, reader: before {before} after {after}");
     assert!(
-        chunks_down >= 1 && chunks_down <= 2,
+        (1..=2).contains(&chunks_down),
         "chunks down {chunks_down}: {after}"
     );
     assert!(n(&after, "bytes_down") - n(&before, "bytes_down") <= 2 * chunk);
