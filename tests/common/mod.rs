@@ -81,6 +81,18 @@ impl World {
         })
     }
 
+    /// Run `f` with a backend on this world's remote (the test's own view of it).
+    pub fn with_backend<T>(&self, f: impl FnOnce(&dyn managedblob::backend::Backend) -> T) -> T {
+        match &self.remote {
+            Remote::Local => {
+                let b = managedblob::backend::local::LocalBackend::new(self.remote()).unwrap();
+                f(&b)
+            }
+            #[cfg(feature = "azure")]
+            Remote::Azure(a) => f(&a.backend),
+        }
+    }
+
     pub fn is_local(&self) -> bool {
         matches!(self.remote, Remote::Local)
     }
