@@ -35,6 +35,16 @@ impl HeldLease {
         lease
     }
 
+    /// A lease we hold but do not renew (its release failed): see [`HeldLease::park`].
+    pub fn parked(id: LeaseId) -> HeldLease {
+        HeldLease {
+            id,
+            lost: Arc::new(AtomicBool::new(false)),
+            stop: None,
+            renewer: None,
+        }
+    }
+
     /// Whether renewals are stopped (a release failed): the lease lapses by itself
     /// unless the next writer of this process renews it.
     pub fn is_parked(&self) -> bool {

@@ -424,6 +424,8 @@ unsafe fn open_main(
         Err(e) => return unsafe { install_failed(mb, &path, e) },
     };
 
+    // Before anything creates it: a failed open removes a cache it created.
+    let existed = std::path::Path::new(&path).exists();
     // The unix VFS would create the cache with mode 0644 (less the umask), and its
     // journals copy the database's mode. The cache holds what the remote holds: create
     // it empty and private (0600) first, so it is never readable by others, not even
@@ -434,7 +436,6 @@ unsafe fn open_main(
         create_private(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)));
     }
 
-    let existed = std::path::Path::new(&path).exists();
     // Open the cache read-write (and create it) even for mode=ro, so the first sync and
     // later refreshes can write it; SQLite still sees a read-only file.
     // SAFETY: data.real is the default VFS.

@@ -371,7 +371,7 @@ impl Store {
         let matches = st.sidecar.base.as_ref() == Some(&lease.stat.etag);
         let adoptable_empty = st.sidecar.base.is_none() && lease.stat.size == 0;
         if !(matches || adoptable_empty) {
-            let _ = self.remote.release_lease(&lease.id);
+            self.give_back(st, lease.id);
             self.force_check(st);
             return Err(Error::Busy(format!(
                 "remote blob '{}' moved since this snapshot was read; the next read takes the \
@@ -492,10 +492,30 @@ impl Store {
         }
     }
 
+    /// Release a lease taken for nothing. If the release fails the lease may still be
+    /// ours: it is parked (kept, not renewed), never forgotten, or every writer, this
+    /// process included, would wait for it to lapse.
+    fn give_back(&self, st: &mut State, id: crate::backend::LeaseId) {
+        match self.remote.release_lease(&id) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind,
+                    BackendErrorKind::LeaseLost | BackendErrorKind::NotFound
+                ) => {}
+            Err(e) => {
+                tracing::warn!(blob = %self.config.blob, error = %e,
+                    "releasing the lease failed; it is kept parked until released or lapsed");
+                st.lease = Some(HeldLease::parked(id));
+            }
+        }
+    }
+
     /// Make a parked lease (see [`Store::release_lease`]) live again, or drop it when
     /// it is gone. When the renewal fails transiently the lease may still be ours: it
     /// stays parked (forgetting it would lock this process out until it lapses) and
-    /// the error fails the caller.
+    /// the error fails the caller. A revived lease is only kept when the remote is
+    /// still this cache's base (it may have been parked after seeing a moved remote).
     fn revive_parked_lease(&self, st: &mut State) -> Result<()> {
         let Some(lease) = st.lease.as_mut() else {
             return Ok(());
@@ -504,9 +524,31 @@ impl Store {
             return Ok(());
         }
         match self.remote.renew_lease(&lease.id, self.config.lease) {
-            Ok(()) => lease.resume(self.remote.clone(), self.config.lease),
+            Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
-            Err(_) => st.lease = None,
+            Err(_) => {
+                st.lease = None;
+                return Ok(());
+            }
+        }
+        let current = self.remote.stat()?;
+        let matches = match (&current, &st.sidecar.base) {
+            (Some(stat), Some(base)) => stat.etag == *base,
+            (Some(stat), None) => stat.size == 0,
+            (None, _) => false,
+        };
+        if !matches {
+            let id = st.lease.take().expect("checked above").id.clone();
+            self.give_back(st, id);
+            self.force_check(st);
+            return Err(Error::Busy(format!(
+                "remote blob '{}' moved since this snapshot was read; the next read takes the \
+                 new version",
+                self.config.blob
+            )));
+        }
+        if let Some(lease) = st.lease.as_mut() {
+            lease.resume(self.remote.clone(), self.config.lease);
         }
         Ok(())
     }

@@ -84,8 +84,11 @@ impl Store {
                 )))
             }
             Some(stat) => {
-                // A parked lease has lapsed if somebody else could write.
-                st.lease = None;
+                // The remote moved: a parked lease is of no use for this version;
+                // give it back (or keep it parked when that fails).
+                if let Some(parked) = st.lease.take() {
+                    self.give_back(st, parked.id.clone());
+                }
                 self.replace(st, file, held, false, &stat)
             }
         }
