@@ -119,6 +119,13 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_commit_is_busy_snapshot_so_sqlite_rolls_back() {
+        let e = Error::Busy("another writer created the blob first".into());
+        assert_eq!(sqlite_code(&e, Phase::Commit), code::BUSY | (2 << 8));
+        assert_eq!(sqlite_code(&e, Phase::Lock), code::BUSY);
+    }
+
+    #[test]
     fn config_errors_fail_the_open() {
         let e = Error::Config("remote is missing".into());
         assert_eq!(sqlite_code(&e, Phase::Open), code::CANTOPEN);

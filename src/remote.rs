@@ -166,6 +166,19 @@ impl Remote {
         })
     }
 
+    /// Create the blob empty, only if it does not exist (If-None-Match:*).
+    pub fn create_empty(&self) -> BackendResult<BlobStat> {
+        self.call(Request::Upload, |_| {
+            self.backend.upload(
+                &self.blob,
+                &mut std::io::empty(),
+                0,
+                &Condition::Create,
+                None,
+            )
+        })
+    }
+
     /// Whether the store can do delta sync.
     pub fn has_blocks(&self) -> bool {
         self.backend.blocks().is_some()

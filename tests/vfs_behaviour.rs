@@ -179,6 +179,29 @@ fn a_batch_blocks_other_hosts_writers(w: &World) {
     assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
+fn a_batch_on_a_blob_that_does_not_exist_yet_holds_the_lease(w: &World) {
+    let a = w.open("h1", "new.db");
+    pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
+    assert!(
+        w.remote_exists("new.db"),
+        "created empty (If-None-Match:*) to be leased"
+    );
+    assert_eq!(status(&a)["lease_held"], true);
+    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    // Another host cannot create or write the database meanwhile.
+    let b = w.open("h2", "new.db");
+    b.busy_timeout(Duration::ZERO).unwrap();
+    let err = b.execute_batch("CREATE TABLE t(x)").unwrap_err();
+    assert_eq!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy),
+        "{err}"
+    );
+    pragma(&a, "PRAGMA managedblob_batch=end").unwrap();
+    assert_eq!(remote_count(w, "new.db", "t"), 1);
+}
+
 fn closing_the_last_connection_flushes_a_batch(w: &World) {
     {
         let c = w.open("h1", "a.db");
@@ -589,6 +612,7 @@ fn a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one(w: &World
 
 backend_tests!(
     first_write_in_one_transaction_uploads_once,
+    a_batch_on_a_blob_that_does_not_exist_yet_holds_the_lease,
     second_batch_on_the_same_cache_downloads_nothing,
     a_remote_change_is_downloaded_once,
     staleness_bounds_the_checks,

@@ -354,14 +354,32 @@ impl Store {
     }
 
     /// Take the lease; `None` when the blob does not exist.
+    /// Take the lease. A blob that does not exist yet is first created empty with
+    /// If-None-Match:* (a lease needs a blob; whoever creates it first, the empty blob
+    /// is the same), so the writer that creates the database holds the lease too.
+    /// `None` only when the blob vanished again in between.
     fn take_lease(&self) -> Result<Option<Lease>> {
+        let busy = || {
+            Error::Busy(format!(
+                "the lease on blob '{}' is held by another writer",
+                self.config.blob
+            ))
+        };
+        match self.remote.acquire_lease(self.config.lease) {
+            Ok(lease) => return Ok(Some(lease)),
+            Err(e) if e.kind == BackendErrorKind::NotFound => {}
+            Err(e) if e.kind == BackendErrorKind::LeaseHeld => return Err(busy()),
+            Err(e) => return Err(e.into()),
+        }
+        match self.remote.create_empty() {
+            Ok(_) => {}
+            Err(e) if e.kind == BackendErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
         match self.remote.acquire_lease(self.config.lease) {
             Ok(lease) => Ok(Some(lease)),
             Err(e) if e.kind == BackendErrorKind::NotFound => Ok(None),
-            Err(e) if e.kind == BackendErrorKind::LeaseHeld => Err(Error::Busy(format!(
-                "the lease on blob '{}' is held by another writer",
-                self.config.blob
-            ))),
+            Err(e) if e.kind == BackendErrorKind::LeaseHeld => Err(busy()),
             Err(e) => Err(e.into()),
         }
     }
