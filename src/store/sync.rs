@@ -141,6 +141,8 @@ impl Store {
             .counters
             .versions_up
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The remote now holds what this cache holds: as good as a fresh check.
+        st.last_check = Some(Instant::now());
         Ok(stat)
     }
 
@@ -359,6 +361,9 @@ impl Store {
         st.sidecar.in_flight = InFlight::None;
         st.sidecar.generation += 1;
         st.written.clear();
+        // The staleness clock starts when the new version is in, not when the
+        // (possibly long) transfer began.
+        st.last_check = Some(Instant::now());
         let manifest = fetched.manifest.clone().map(|m| (stat.etag.clone(), m));
         self.set_manifest(st, manifest);
         self.save(st)?;

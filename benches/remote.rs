@@ -1,0 +1,1141 @@
+//! What the remote costs: managedblob over a local directory and over Azurite, side
+//! by side, in one run. Starts and stops its own Azurite (installed by
+//! `scripts/azurite.sh` into `target/azurite`; the full run installs it when missing).
+//!
+//!     cargo bench --features azure --bench remote               # full run
+//!     cargo bench --features azure --bench remote -- --quick    # 1 and 4 MiB only
+//!     cargo test --features azure --bench remote                # the smoke run (quick)
+//!
+//! Without `--bench` among its arguments (as under `cargo test --benches`), or with
+//! `MANAGEDBLOB_BENCH_QUICK=1`, the run is the quick one. `--only=ABCD` picks sections,
+//! `--backend=local|azurite` one backend, `--mib=64,512` the sizes of A and B.
+//!
+//! - A. Delta sync: one-row commit, and the reader's reopen after another host's
+//!   one-row commit, `sync=delta` against `sync=full`, at 4, 64 and 512 MiB.
+//! - B. Open: warm (etag matches) against cold (whole download) at 1, 64 and 512 MiB,
+//!   and the raw transfer of the same blob (a file copy; one SDK download).
+//! - C. Commit: one-row autocommit latency; 1,000 autocommits against one batch of
+//!   1,000 commits.
+//! - D. Freshness: point selects in autocommit with `staleness_ms=0`, the default
+//!   (1000), and inside a batch (lease held).
+//!
+//! `requests` are managedblob's counted remote calls (`PRAGMA managedblob_status`);
+//! `HTTP` are the HTTP requests the Azure SDK actually sent (counted from its
+//! transport's trace events): a counted whole upload or download may be many HTTP
+//! requests. Progress goes to stderr, the markdown tables to stdout at the end.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use managedblob::backend::azure::AzureBackend;
+use managedblob::backend::Backend;
+use rusqlite::{Connection, OpenFlags};
+
+#[allow(dead_code)]
+#[path = "../tests/common/azurite.rs"]
+mod azurite;
+
+const MIB: u64 = 1 << 20;
+/// Bytes of random payload per row (about four rows to a 4 KiB page).
+const ROW: u64 = 1000;
+
+// ---------------------------------------------------------------------------------
+// HTTP requests, counted from the Azure SDK's transport policy, which logs one debug
+// event per request it sends (SDK retries are off in managedblob).
+
+static HTTP: AtomicU64 = AtomicU64::new(0);
+
+struct HttpCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HttpCounter {
+    fn on_event(
+        &self,
+        _event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        HTTP.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn count_http_requests() {
+    use tracing_subscriber::prelude::*;
+    let only_transport = tracing_subscriber::filter::Targets::new().with_target(
+        "typespec_client_core::http::policies::transport",
+        tracing::Level::DEBUG,
+    );
+    let _ = tracing_subscriber::registry()
+        .with(HttpCounter.with_filter(only_transport))
+        .try_init();
+}
+
+fn http_now() -> u64 {
+    HTTP.load(Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------
+// Costs.
+
+/// What one step cost, from the counters of `PRAGMA managedblob_status`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    requests: u64,
+    http: u64,
+    up: u64,
+    down: u64,
+    retries: u64,
+}
+
+impl Cost {
+    /// The counters of the store behind `c`, and the process's HTTP count.
+    fn of(c: &Connection) -> Cost {
+        let s = status(c);
+        let r = &s["requests"];
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        Cost {
+            requests: n("total"),
+            http: http_now(),
+            up: n("bytes_up"),
+            down: n("bytes_down"),
+            retries: n("retries"),
+        }
+    }
+
+    /// Before the first open of a store: its counters start at zero.
+    fn fresh() -> Cost {
+        Cost {
+            http: http_now(),
+            ..Cost::default()
+        }
+    }
+
+    fn since(self, before: Cost) -> Cost {
+        Cost {
+            requests: self.requests - before.requests,
+            http: self.http - before.http,
+            up: self.up - before.up,
+            down: self.down - before.down,
+            retries: self.retries - before.retries,
+        }
+    }
+
+    fn plus(self, o: Cost) -> Cost {
+        Cost {
+            requests: self.requests + o.requests,
+            http: self.http + o.http,
+            up: self.up + o.up,
+            down: self.down + o.down,
+            retries: self.retries + o.retries,
+        }
+    }
+}
+
+/// Timed samples of one step with their costs.
+#[derive(Default)]
+struct Samples {
+    times: Vec<f64>,
+    total: Cost,
+}
+
+impl Samples {
+    fn push(&mut self, t: Duration, cost: Cost) {
+        self.times.push(t.as_secs_f64());
+        self.total = self.total.plus(cost);
+    }
+    fn n(&self) -> u64 {
+        self.times.len().max(1) as u64
+    }
+    fn median_ms(&self) -> f64 {
+        percentile(&self.times, 0.5) * 1e3
+    }
+    fn p90_ms(&self) -> f64 {
+        percentile(&self.times, 0.9) * 1e3
+    }
+    /// Mean cost per sample.
+    fn per(&self) -> Cost {
+        let n = self.n();
+        let div = |v: u64| (v as f64 / n as f64).round() as u64;
+        Cost {
+            requests: div(self.total.requests),
+            http: div(self.total.http),
+            up: div(self.total.up),
+            down: div(self.total.down),
+            retries: self.total.retries,
+        }
+    }
+    /// Mean requests per sample, to one decimal (not rounded away).
+    fn requests_per(&self) -> f64 {
+        self.total.requests as f64 / self.n() as f64
+    }
+    fn http_per(&self) -> f64 {
+        self.total.http as f64 / self.n() as f64
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i]
+}
+
+// ---------------------------------------------------------------------------------
+// SQLite helpers.
+
+fn flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
+}
+
+fn open(uri: &str) -> Connection {
+    let c = Connection::open_with_flags(uri, flags()).unwrap_or_else(|e| panic!("open: {e}"));
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c
+}
+
+fn status(c: &Connection) -> serde_json::Value {
+    let text: String = c
+        .query_row("PRAGMA managedblob_status", [], |r| r.get(0))
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Run a pragma that may or may not return a row.
+fn pragma(c: &Connection, text: &str) {
+    let mut stmt = c.prepare(text).unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    while rows.next().unwrap().is_some() {}
+}
+
+/// One transaction of `bytes / 1 KiB` rows of 1000 random bytes.
+fn build(c: &Connection, bytes: u64) {
+    let rows = bytes / 1024;
+    c.execute_batch(&format!(
+        "PRAGMA cache_size = -65536;
+         BEGIN;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT INTO t(b) SELECT randomblob({ROW}) FROM n;
+         COMMIT;"
+    ))
+    .unwrap();
+}
+
+fn one_row(c: &Connection) {
+    c.execute(&format!("INSERT INTO t(b) VALUES (randomblob({ROW}))"), [])
+        .unwrap();
+}
+
+fn max_id(c: &Connection) -> i64 {
+    c.query_row("SELECT max(id) FROM t", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Escape a value for the query string of a SQLite `file:` URI.
+fn uri_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'~'
+            | b'/'
+            | b':'
+            | b',' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Backends.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Local,
+    Azurite,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Local => "local",
+            Kind::Azurite => "Azurite",
+        }
+    }
+}
+
+/// One backend's workspace for one database size: the caches of the "hosts" and a
+/// remote of its own (a directory, or a fresh Azurite container). Removed on drop.
+struct Area {
+    kind: Kind,
+    dir: tempfile::TempDir,
+    /// The `remote` setting, unescaped.
+    remote: String,
+    /// The same container, for the raw download.
+    azure: Option<AzureBackend>,
+}
+
+impl Area {
+    fn new(kind: Kind, azurite: Option<&azurite::Azurite>) -> Area {
+        let dir = tempfile::tempdir().unwrap();
+        match kind {
+            Kind::Local => {
+                let remote = dir.path().join("remote");
+                std::fs::create_dir_all(&remote).unwrap();
+                Area {
+                    kind,
+                    remote: remote.display().to_string(),
+                    dir,
+                    azure: None,
+                }
+            }
+            Kind::Azurite => {
+                let azurite = azurite.expect("Azurite is running");
+                let backend = azurite.fresh(Default::default());
+                let remote = azurite.container_url_with_sas(backend.url().container());
+                Area {
+                    kind,
+                    dir,
+                    remote,
+                    azure: Some(backend),
+                }
+            }
+        }
+    }
+
+    fn cache(&self, host: &str, blob: &str) -> PathBuf {
+        let dir = self.dir.path().join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(blob)
+    }
+
+    fn uri(&self, host: &str, blob: &str, extra: &str) -> String {
+        format!(
+            "file:{}?vfs=managedblob&remote={}{extra}",
+            self.cache(host, blob).display(),
+            uri_escape(&self.remote)
+        )
+    }
+
+    /// Remove a host's cache of `blob` and everything managedblob keeps beside it.
+    fn wipe(&self, host: &str, blob: &str) {
+        let cache = self.cache(host, blob);
+        let with = |suffix: &str| {
+            let mut s = cache.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
+        };
+        for p in [
+            cache.clone(),
+            managedblob::sidecar::path_for(&cache),
+            with("-managedblob.manifest"),
+            with("-journal"),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// The raw transfer of `blob` into `dest`: a plain file copy from the remote
+    /// directory, or one whole-blob download with managedblob's Azure backend (the
+    /// SDK's partitioned download) into a file. Returns the bytes moved, the time
+    /// of the transfer, and the time of the transfer and an fsync of `dest`.
+    fn raw_download(&self, blob: &str, dest: &Path) -> (u64, Duration, Duration) {
+        let t = Instant::now();
+        let n = match &self.azure {
+            None => std::fs::copy(Path::new(&self.remote).join(blob), dest).unwrap(),
+            Some(backend) => {
+                let file = std::fs::File::create(dest).unwrap();
+                let mut sink = std::io::BufWriter::with_capacity(1 << 20, file);
+                let stat = backend.download(blob, &mut sink).unwrap();
+                sink.flush().unwrap();
+                stat.size
+            }
+        };
+        let transfer = t.elapsed();
+        std::fs::File::open(dest).unwrap().sync_all().unwrap();
+        (n, transfer, t.elapsed())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Formatting.
+
+fn bytes(n: u64) -> String {
+    if n < 10 * 1024 {
+        format!("{n} B")
+    } else if n < 10 * MIB {
+        format!("{:.0} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", n as f64 / MIB as f64)
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Requests per step, with the HTTP count in parentheses on Azurite.
+fn reqs(kind: Kind, requests: f64, http: f64) -> String {
+    let num = |v: f64| {
+        if v.fract() == 0.0 || v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    match kind {
+        Kind::Local => num(requests),
+        Kind::Azurite => format!("{} ({})", num(requests), num(http)),
+    }
+}
+
+fn size_of(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Progress on stderr, with the time since the start.
+fn progress(start: Instant, what: &str) {
+    eprintln!("[{:6.1}s] {what}", start.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------
+// The plan.
+
+struct Plan {
+    quick: bool,
+    /// Sizes (MiB) of section A, with the number of commit + reopen pairs each.
+    a: Vec<(u64, usize)>,
+    /// Sizes (MiB) of section B, with the number of rounds each.
+    b: Vec<(u64, usize)>,
+    /// Database size (MiB) and number of commits of section C.
+    c: (u64, usize),
+    /// Time per variant and round, and rounds, of section D.
+    d: (Duration, usize),
+    sections: String,
+    kinds: Vec<Kind>,
+}
+
+impl Plan {
+    fn from_args() -> Plan {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let quick = args.iter().any(|a| a == "--quick")
+            || !args.iter().any(|a| a == "--bench")
+            || std::env::var_os("MANAGEDBLOB_BENCH_QUICK").is_some_and(|v| v != "0");
+        let sections = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--only="))
+            .unwrap_or("ABCD")
+            .to_uppercase();
+        let kinds = match args.iter().find_map(|a| a.strip_prefix("--backend=")) {
+            Some("local") => vec![Kind::Local],
+            Some("azurite") => vec![Kind::Azurite],
+            Some(other) => panic!("--backend={other}: expected local or azurite"),
+            None => vec![Kind::Local, Kind::Azurite],
+        };
+        let mut plan = if quick {
+            Plan {
+                quick,
+                a: vec![(1, 3), (4, 3)],
+                b: vec![(1, 3), (4, 3)],
+                c: (4, 20),
+                d: (Duration::from_millis(200), 1),
+                sections,
+                kinds,
+            }
+        } else {
+            Plan {
+                quick,
+                a: vec![(4, 31), (64, 15), (512, 7)],
+                b: vec![(1, 15), (64, 9), (512, 7)],
+                c: (4, 1000),
+                d: (Duration::from_secs(1), 5),
+                sections,
+                kinds,
+            }
+        };
+        if let Some(list) = args.iter().find_map(|a| a.strip_prefix("--mib=")) {
+            let keep: Vec<u64> = list.split(',').map(|v| v.parse().unwrap()).collect();
+            plan.a.retain(|(s, _)| keep.contains(s));
+            plan.b.retain(|(s, _)| keep.contains(s));
+        }
+        plan
+    }
+
+    fn runs(&self, section: char) -> bool {
+        self.sections.contains(section)
+    }
+}
+
+/// The Azurite to use, started here; `None` (after saying why) when it is not
+/// installed in a quick run without CI. The full run installs it when missing.
+fn start_azurite(plan: &Plan) -> Option<azurite::Azurite> {
+    let bin = azurite::bin();
+    if !bin.exists() && !plan.quick && std::env::var_os("AZURITE_BLOB").is_none() {
+        eprintln!(
+            "Azurite is missing at {}: running scripts/azurite.sh",
+            bin.display()
+        );
+        let ok = std::process::Command::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/azurite.sh"),
+        )
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "scripts/azurite.sh failed; install Azurite 3.35.0 first"
+        );
+    }
+    if !bin.exists() {
+        return azurite::missing(&format!(
+            "Azurite is not installed at {} (run scripts/azurite.sh, or set AZURITE_BLOB)",
+            bin.display()
+        ));
+    }
+    Some(azurite::start(&bin, &[]))
+}
+
+// ---------------------------------------------------------------------------------
+// Results.
+
+struct BuildRow {
+    kind: Kind,
+    mode: &'static str,
+    size: u64,
+    time: Duration,
+    cost: Cost,
+}
+
+/// Section A, one backend, one size, one mode.
+struct DeltaRow {
+    kind: Kind,
+    mib: u64,
+    mode: &'static str,
+    size: u64,
+    commit: Samples,
+    reopen: Samples,
+}
+
+/// Section B, one backend, one size.
+struct OpenRow {
+    kind: Kind,
+    mib: u64,
+    size: u64,
+    warm: Samples,
+    cold: Samples,
+    raw: Samples,
+    raw_synced: Samples,
+}
+
+struct CommitRow {
+    kind: Kind,
+    /// The database size before and after.
+    size: (u64, u64),
+    auto: Samples,
+    auto_total: Duration,
+    batch_total: Duration,
+    batch: Cost,
+    commits: usize,
+}
+
+struct ReadRow {
+    kind: Kind,
+    variant: &'static str,
+    ops: Vec<f64>,
+    per_op: f64,
+    cost: Cost,
+    reads: u64,
+}
+
+#[derive(Default)]
+struct Results {
+    builds: Vec<BuildRow>,
+    delta: Vec<DeltaRow>,
+    opens: Vec<OpenRow>,
+    commits: Vec<CommitRow>,
+    reads: Vec<ReadRow>,
+}
+
+// ---------------------------------------------------------------------------------
+// Sections.
+
+const MODES: [(&str, &str); 2] = [("delta", ""), ("full", "&sync=full")];
+
+/// Build blob `blob` of `mib` MiB through a writer on host "w" (one transaction, the
+/// first upload); returns the writer.
+fn build_blob(
+    area: &Area,
+    blob: &str,
+    mib: u64,
+    mode: &'static str,
+    extra: &str,
+    out: &mut Results,
+) -> Connection {
+    let w = open(&area.uri("w", blob, extra));
+    let before = Cost::of(&w);
+    let t = Instant::now();
+    build(&w, mib * MIB);
+    let time = t.elapsed();
+    out.builds.push(BuildRow {
+        kind: area.kind,
+        mode,
+        size: size_of(&area.cache("w", blob)),
+        time,
+        cost: Cost::of(&w).since(before),
+    });
+    w
+}
+
+/// A: one-row commits by a writer, each followed by the reader's reopen (its cache
+/// holds the previous version) and first read.
+fn delta_sync(area: &Area, mib: u64, iters: usize, start: Instant, out: &mut Results) {
+    for (mode, extra) in MODES {
+        let blob = format!("{mode}-{mib}m.db");
+        progress(
+            start,
+            &format!("A {} {mib} MiB sync={mode}: build", area.kind.name()),
+        );
+        let w = build_blob(area, &blob, mib, mode, extra, out);
+        // The reader takes the first version (a cold open, not measured here).
+        let reader = area.uri("r", &blob, extra);
+        assert_eq!(max_id(&open(&reader)), max_id(&w));
+        progress(
+            start,
+            &format!(
+                "A {} {mib} MiB sync={mode}: {iters} commits",
+                area.kind.name()
+            ),
+        );
+        let (mut commit, mut reopen) = (Samples::default(), Samples::default());
+        for _ in 0..iters {
+            let before = Cost::of(&w);
+            let t = Instant::now();
+            one_row(&w);
+            commit.push(t.elapsed(), Cost::of(&w).since(before));
+            let expected = max_id(&w);
+
+            let before = Cost::fresh();
+            let t = Instant::now();
+            let r = open(&reader);
+            let seen = max_id(&r);
+            let time = t.elapsed();
+            reopen.push(time, Cost::of(&r).since(before));
+            assert_eq!(seen, expected, "the reader sees the new row");
+        }
+        out.delta.push(DeltaRow {
+            kind: area.kind,
+            mib,
+            mode,
+            size: size_of(&area.cache("w", &blob)),
+            commit,
+            reopen,
+        });
+    }
+}
+
+/// B: warm open, cold open and the raw transfer of the same blob, interleaved.
+fn opens(area: &Area, mib: u64, rounds: usize, start: Instant, out: &mut Results) {
+    let blob = format!("delta-{mib}m.db");
+    if !area.cache("w", &blob).exists() {
+        progress(start, &format!("B {} {mib} MiB: build", area.kind.name()));
+        drop(build_blob(area, &blob, mib, "delta", "", out));
+    }
+    progress(
+        start,
+        &format!("B {} {mib} MiB: {rounds} rounds", area.kind.name()),
+    );
+    let (warm_uri, cold_uri) = (area.uri("bw", &blob, ""), area.uri("bc", &blob, ""));
+    let expected = max_id(&open(&warm_uri));
+    let raw_dest = area.dir.path().join("raw-copy");
+    let (mut warm, mut cold) = (Samples::default(), Samples::default());
+    let (mut raw, mut raw_synced) = (Samples::default(), Samples::default());
+    let open_and_read = |uri: &str, samples: &mut Samples| {
+        let before = Cost::fresh();
+        let t = Instant::now();
+        let c = open(uri);
+        let seen = max_id(&c);
+        samples.push(t.elapsed(), Cost::of(&c).since(before));
+        assert_eq!(seen, expected);
+    };
+    for _ in 0..rounds {
+        open_and_read(&warm_uri, &mut warm);
+        area.wipe("bc", &blob);
+        open_and_read(&cold_uri, &mut cold);
+        let _ = std::fs::remove_file(&raw_dest);
+        let http = http_now();
+        let (n, transfer, synced) = area.raw_download(&blob, &raw_dest);
+        let cost = Cost {
+            requests: 1,
+            http: http_now() - http,
+            down: n,
+            ..Cost::default()
+        };
+        raw.push(transfer, cost);
+        raw_synced.push(synced, Cost::default());
+    }
+    out.opens.push(OpenRow {
+        kind: area.kind,
+        mib,
+        size: size_of(&area.cache("bw", &blob)),
+        warm,
+        cold,
+        raw,
+        raw_synced,
+    });
+}
+
+/// C: one-row autocommits, then the same number of commits in one batch.
+fn commits(area: &Area, mib: u64, n: usize, start: Instant, out: &mut Results) -> String {
+    let blob = format!("commit-{mib}m.db");
+    progress(start, &format!("C {}: build {mib} MiB", area.kind.name()));
+    let w = build_blob(area, &blob, mib, "delta", "", out);
+    out.builds.pop(); // the same as section A's build
+    let initial = size_of(&area.cache("w", &blob));
+    progress(start, &format!("C {}: {n} autocommits", area.kind.name()));
+    let mut auto = Samples::default();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let before = Cost::of(&w);
+        let t = Instant::now();
+        one_row(&w);
+        auto.push(t.elapsed(), Cost::of(&w).since(before));
+    }
+    let auto_total = t0.elapsed();
+    progress(
+        start,
+        &format!("C {}: {n} commits in one batch", area.kind.name()),
+    );
+    let before = Cost::of(&w);
+    let t0 = Instant::now();
+    pragma(&w, "PRAGMA managedblob_batch=begin");
+    for _ in 0..n {
+        one_row(&w);
+    }
+    pragma(&w, "PRAGMA managedblob_batch=end");
+    let batch_total = t0.elapsed();
+    let batch = Cost::of(&w).since(before);
+    out.commits.push(CommitRow {
+        kind: area.kind,
+        size: (initial, size_of(&area.cache("w", &blob))),
+        auto,
+        auto_total,
+        batch_total,
+        batch,
+        commits: n,
+    });
+    blob
+}
+
+/// D: point selects in autocommit for `dur`, per variant, in interleaved rounds.
+fn reads(area: &Area, blob: &str, plan: &Plan, start: Instant, out: &mut Results) {
+    let (dur, rounds) = plan.d;
+    progress(
+        start,
+        &format!("D {}: {rounds} rounds of {dur:?}", area.kind.name()),
+    );
+    let fresh0 = open(&area.uri("d0", blob, "&staleness_ms=0"));
+    let default = open(&area.uri("d1000", blob, ""));
+    let writer = open(&area.uri("w", blob, ""));
+    let rows = max_id(&writer);
+    let variants: [(&'static str, &Connection, bool); 3] = [
+        ("staleness_ms=0", &fresh0, false),
+        ("staleness_ms=1000 (default)", &default, false),
+        ("inside a batch (lease held)", &writer, true),
+    ];
+    let mut results: Vec<(Vec<f64>, Cost, u64, f64)> =
+        vec![(Vec::new(), Cost::default(), 0, 0.0); 3];
+    for _ in 0..rounds {
+        for (i, (_, c, batch)) in variants.iter().enumerate() {
+            if *batch {
+                pragma(c, "PRAGMA managedblob_batch=begin");
+            }
+            let mut stmt = c
+                .prepare_cached("SELECT length(b) FROM t WHERE id = ?1")
+                .unwrap();
+            let before = Cost::of(c);
+            let t = Instant::now();
+            let mut n = 0u64;
+            while t.elapsed() < dur {
+                for _ in 0..16 {
+                    let id = (n as i64 * 7919) % rows + 1;
+                    let len: i64 = stmt.query_row([id], |r| r.get(0)).unwrap();
+                    assert_eq!(len, ROW as i64);
+                    n += 1;
+                }
+            }
+            let time = t.elapsed().as_secs_f64();
+            let cost = Cost::of(c).since(before);
+            drop(stmt);
+            if *batch {
+                pragma(c, "PRAGMA managedblob_batch=end");
+            }
+            let r = &mut results[i];
+            r.0.push(n as f64 / time);
+            r.1 = r.1.plus(cost);
+            r.2 += n;
+            r.3 += time;
+        }
+    }
+    for ((variant, _, _), (ops, cost, reads, time)) in variants.iter().zip(results) {
+        out.reads.push(ReadRow {
+            kind: area.kind,
+            variant,
+            ops,
+            per_op: time / reads as f64,
+            cost,
+            reads,
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Tables.
+
+fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(
+        w,
+        "# managedblob remote costs: local directory and Azurite{}\n",
+        if plan.quick { " (quick run)" } else { "" }
+    );
+    let _ = writeln!(
+        w,
+        "requests: managedblob's counted remote calls; (HTTP): the HTTP requests the \
+         Azure SDK sent. Azurite {azurite_version} on loopback.\n"
+    );
+
+    if !r.delta.is_empty() {
+        let _ = writeln!(w, "## A. One-row commit, delta against full\n");
+        let _ = writeln!(
+            w,
+            "| backend | database | sync | ms (median) | requests (HTTP) | bytes up | full/delta bytes |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        for row in &r.delta {
+            let delta_up = r
+                .delta
+                .iter()
+                .find(|d| d.kind == row.kind && d.mib == row.mib && d.mode == "delta")
+                .map_or(0, |d| d.commit.per().up);
+            let ratio = if row.mode == "full" && delta_up > 0 {
+                format!("{:.0}", row.commit.per().up as f64 / delta_up as f64)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.kind.name(),
+                bytes(row.size),
+                row.mode,
+                ms(row.commit.median_ms()),
+                reqs(row.kind, row.commit.requests_per(), row.commit.http_per()),
+                bytes(row.commit.per().up),
+                ratio
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\n## A. Reader's reopen after another host's one-row commit\n"
+        );
+        let _ = writeln!(
+            w,
+            "| backend | database | sync | ms (median) | requests (HTTP) | bytes down | full/delta bytes |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        for row in &r.delta {
+            let delta_down = r
+                .delta
+                .iter()
+                .find(|d| d.kind == row.kind && d.mib == row.mib && d.mode == "delta")
+                .map_or(0, |d| d.reopen.per().down);
+            let ratio = if row.mode == "full" && delta_down > 0 {
+                format!("{:.0}", row.reopen.per().down as f64 / delta_down as f64)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.kind.name(),
+                bytes(row.size),
+                row.mode,
+                ms(row.reopen.median_ms()),
+                reqs(row.kind, row.reopen.requests_per(), row.reopen.http_per()),
+                bytes(row.reopen.per().down),
+                ratio
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nSamples: {}.",
+            r.delta
+                .iter()
+                .filter(|d| d.mode == "delta" && d.kind == Kind::Local)
+                .map(|d| format!("{} at {} MiB", d.commit.times.len(), d.mib))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    if !r.opens.is_empty() {
+        let _ = writeln!(w, "\n## B. Open: warm, cold, and the raw transfer\n");
+        let _ = writeln!(
+            w,
+            "| backend | database | warm ms | warm requests (HTTP) | cold ms | cold requests (HTTP) | cold bytes down | raw ms | raw HTTP | cold/raw | raw + fsync ms | cold/(raw + fsync) |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for row in &r.opens {
+            let raw_http = match row.kind {
+                Kind::Local => "(file copy)".to_string(),
+                Kind::Azurite => format!("{:.0}", row.raw.http_per()),
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} |",
+                row.kind.name(),
+                bytes(row.size),
+                ms(row.warm.median_ms()),
+                reqs(row.kind, row.warm.requests_per(), row.warm.http_per()),
+                ms(row.cold.median_ms()),
+                reqs(row.kind, row.cold.requests_per(), row.cold.http_per()),
+                bytes(row.cold.per().down),
+                ms(row.raw.median_ms()),
+                raw_http,
+                row.cold.median_ms() / row.raw.median_ms(),
+                ms(row.raw_synced.median_ms()),
+                row.cold.median_ms() / row.raw_synced.median_ms()
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nMedians of {} rounds (warm, cold, raw interleaved); open includes the first read (`SELECT max(id)`).",
+            r.opens
+                .iter()
+                .filter(|o| o.kind == Kind::Local)
+                .map(|o| format!("{} at {} MiB", o.warm.times.len(), o.mib))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    if !r.commits.is_empty() {
+        let _ = writeln!(w, "\n## C. Commit latency and batching\n");
+        let _ = writeln!(
+            w,
+            "| backend | database | one-row autocommit ms (median) | p90 | requests (HTTP) per commit | bytes up per commit |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|");
+        for row in &r.commits {
+            let _ = writeln!(
+                w,
+                "| {} | {} → {} | {} | {} | {} | {} |",
+                row.kind.name(),
+                bytes(row.size.0),
+                bytes(row.size.1),
+                ms(row.auto.median_ms()),
+                ms(row.auto.p90_ms()),
+                reqs(row.kind, row.auto.requests_per(), row.auto.http_per()),
+                bytes(row.auto.per().up)
+            );
+        }
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| backend | {n} commits as | total s | ms per commit | requests (HTTP) | bytes up |",
+            n = r.commits[0].commits
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|");
+        for row in &r.commits {
+            let n = row.commits as f64;
+            let _ = writeln!(
+                w,
+                "| {} | autocommits | {:.2} | {} | {} | {} |",
+                row.kind.name(),
+                row.auto_total.as_secs_f64(),
+                ms(row.auto_total.as_secs_f64() * 1e3 / n),
+                reqs(
+                    row.kind,
+                    row.auto.total.requests as f64,
+                    row.auto.total.http as f64
+                ),
+                bytes(row.auto.total.up)
+            );
+            let _ = writeln!(
+                w,
+                "| {} | one batch | {:.2} | {} | {} | {} |",
+                row.kind.name(),
+                row.batch_total.as_secs_f64(),
+                ms(row.batch_total.as_secs_f64() * 1e3 / n),
+                reqs(row.kind, row.batch.requests as f64, row.batch.http as f64),
+                bytes(row.batch.up)
+            );
+        }
+    }
+
+    if !r.reads.is_empty() {
+        let _ = writeln!(w, "\n## D. Read transactions and freshness\n");
+        let _ = writeln!(
+            w,
+            "| backend | point select (autocommit) | reads/s (median) | µs per read | requests (HTTP) per second | per 1000 reads |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|");
+        for row in &r.reads {
+            let secs = row.per_op * row.reads as f64;
+            let per_s = |v: u64| (v as f64 / secs * 10.0).round() / 10.0;
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.0} | {:.1} | {} | {:.3} |",
+                row.kind.name(),
+                row.variant,
+                percentile(&row.ops, 0.5),
+                row.per_op * 1e6,
+                reqs(row.kind, per_s(row.cost.requests), per_s(row.cost.http)),
+                row.cost.requests as f64 * 1000.0 / row.reads.max(1) as f64
+            );
+        }
+    }
+
+    if !r.builds.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n## Setup: building each database (one transaction, the first upload)\n"
+        );
+        let _ = writeln!(
+            w,
+            "| backend | database | sync | s | requests (HTTP) | bytes up |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|");
+        for b in &r.builds {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {:.2} | {} | {} |",
+                b.kind.name(),
+                bytes(b.size),
+                b.mode,
+                b.time.as_secs_f64(),
+                reqs(b.kind, b.cost.requests as f64, b.cost.http as f64),
+                bytes(b.cost.up)
+            );
+        }
+    }
+    let retries: u64 = r
+        .delta
+        .iter()
+        .map(|d| d.commit.total.retries + d.reopen.total.retries)
+        .chain(
+            r.opens
+                .iter()
+                .map(|o| o.warm.total.retries + o.cold.total.retries),
+        )
+        .chain(
+            r.commits
+                .iter()
+                .map(|c| c.auto.total.retries + c.batch.retries),
+        )
+        .chain(r.reads.iter().map(|d| d.cost.retries))
+        .sum();
+    if retries > 0 {
+        let _ = writeln!(w, "\n(retries during the run: {retries})");
+    }
+    s
+}
+
+fn azurite_version() -> String {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/azurite/node_modules/azurite/package.json");
+    std::fs::read_to_string(package)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "(version unknown)".into())
+}
+
+fn main() {
+    let plan = Plan::from_args();
+    let start = Instant::now();
+    count_http_requests();
+    managedblob::register().unwrap();
+
+    let mut kinds = plan.kinds.clone();
+    let azurite = if kinds.contains(&Kind::Azurite) {
+        let a = start_azurite(&plan);
+        if a.is_none() {
+            kinds.retain(|k| *k != Kind::Azurite);
+        }
+        a
+    } else {
+        None
+    };
+    if let Some(a) = &azurite {
+        progress(start, &format!("Azurite listening on 127.0.0.1:{}", a.port));
+    }
+
+    let mut out = Results::default();
+    let mut sizes: Vec<u64> = Vec::new();
+    if plan.runs('A') {
+        sizes.extend(plan.a.iter().map(|(s, _)| *s));
+    }
+    if plan.runs('B') {
+        sizes.extend(plan.b.iter().map(|(s, _)| *s));
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    for mib in sizes {
+        for &kind in &kinds {
+            let area = Area::new(kind, azurite.as_ref());
+            if let Some((_, iters)) = plan.a.iter().find(|(s, _)| *s == mib) {
+                if plan.runs('A') {
+                    delta_sync(&area, mib, *iters, start, &mut out);
+                }
+            }
+            if let Some((_, rounds)) = plan.b.iter().find(|(s, _)| *s == mib) {
+                if plan.runs('B') {
+                    opens(&area, mib, *rounds, start, &mut out);
+                }
+            }
+        }
+    }
+    if plan.runs('C') || plan.runs('D') {
+        for &kind in &kinds {
+            let area = Area::new(kind, azurite.as_ref());
+            let (mib, n) = plan.c;
+            let blob = if plan.runs('C') {
+                commits(&area, mib, n, start, &mut out)
+            } else {
+                let blob = format!("commit-{mib}m.db");
+                drop(build_blob(&area, &blob, mib, "delta", "", &mut out));
+                out.builds.pop();
+                blob
+            };
+            if plan.runs('D') {
+                reads(&area, &blob, &plan, start, &mut out);
+            }
+        }
+    }
+    progress(start, "done");
+    drop(azurite);
+    print!("{}", tables(&plan, &out, &azurite_version()));
+    println!(
+        "\nTotal run time: {:.0} s{}.",
+        start.elapsed().as_secs_f64(),
+        if plan.quick { " (quick)" } else { "" }
+    );
+}
