@@ -87,6 +87,7 @@ enum Expect {
     /// The action succeeds (the designed answer is to recover).
     Opens,
     /// Not testable in this build; the reason.
+    #[cfg_attr(feature = "azure", allow(dead_code))]
     Pending(&'static str),
 }
 
@@ -109,6 +110,19 @@ struct Setup {
     skip: Option<String>,
     mechanism: Option<String>,
     cleanup: Vec<Box<dyn FnOnce()>>,
+    /// The URI for the child, instead of the row's template (a remote that is not a
+    /// directory, such as an Azurite container URL).
+    uri: Option<String>,
+    /// More environment for the child.
+    env: Vec<(String, String)>,
+    /// Secrets the row hands over: none may appear in the error, the output, the log
+    /// or any file.
+    secrets: Vec<String>,
+    /// A check of a remote that is not under the row's directory: nothing in it was
+    /// deleted or changed.
+    remote_unchanged: Option<Box<dyn Fn() -> Result<(), String>>>,
+    /// (text, stand-in) pairs for the printed table (ports, random names).
+    redact: Vec<(String, String)>,
 }
 
 impl Drop for Setup {
@@ -387,9 +401,27 @@ fn rows() -> Vec<Row> {
             .setup(warm)
             .fsize_limit(256 * 1024)
             .action(Action::WriteBig),
-        // --- Azure
-        row("expired SAS token", "", Expect::Pending("Azure backend")),
-        row("wrong account key", "", Expect::Pending("Azure backend")),
+        // --- Azure (a container on Azurite, holding a database; a warm cache)
+        #[cfg(feature = "azure")]
+        row(
+            "expired SAS token (Azurite)",
+            "",
+            err(&["the service refused the SAS token", "expired", "devstoreaccount1"]),
+        )
+        .setup(azure_expired_sas)
+        .action(Action::Write),
+        #[cfg(feature = "azure")]
+        row(
+            "wrong account key in AZURE_STORAGE_CONNECTION_STRING (Azurite)",
+            "",
+            err(&["AZURE_STORAGE_CONNECTION_STRING", "devstoreaccount1"]),
+        )
+        .setup(azure_wrong_key)
+        .action(Action::Write),
+        #[cfg(not(feature = "azure"))]
+        row("expired SAS token", "", Expect::Pending("needs the `azure` feature")),
+        #[cfg(not(feature = "azure"))]
+        row("wrong account key", "", Expect::Pending("needs the `azure` feature")),
     ]
 }
 
@@ -446,6 +478,114 @@ fn replace_remote_with_more_rows(ctx: &Ctx) {
          INSERT INTO t SELECT randomblob(1000) FROM s;",
     )
     .unwrap();
+}
+
+/// A fresh container on the shared Azurite holding the [`seeded`] database as blob
+/// `a.db`, and a warm cache synced from it through the VFS with a good SAS. Returns
+/// the setup (keeping Azurite up, checking the blob at the end) and the container
+/// URL without credentials; `None` in `skip` when Azurite is not installed.
+#[cfg(feature = "azure")]
+fn azure_seeded(ctx: &Ctx) -> (Setup, Option<String>) {
+    use managedblob::backend::{Backend, Condition};
+    let mut setup = Setup::default();
+    let Some(azurite) = common::azurite::shared() else {
+        setup.skip = Some("Azurite is not installed".into());
+        return (setup, None);
+    };
+    seed_rows(ctx, 40, 1000);
+    let bytes = std::fs::read(ctx.blob()).unwrap();
+    // Only the cache directory is ours here: the remote is the container.
+    std::fs::remove_dir_all(ctx.remote()).unwrap();
+    let backend = azurite.fresh(Default::default());
+    backend
+        .upload(
+            "a.db",
+            &mut &bytes[..],
+            bytes.len() as u64,
+            &Condition::Create,
+            None,
+        )
+        .unwrap();
+    let container = backend.url().container().to_string();
+    let url = azurite.container_url(&container);
+    // Warm the cache with a good SAS.
+    let good = format!("{url}?{}", common::azurite::account_sas("rwdlac"));
+    let c = open(&uri_with_remote(&ctx.cache(), &good, ""));
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 40);
+    drop(c);
+    let seen = bytes.clone();
+    setup.remote_unchanged = Some(Box::new(move || {
+        let mut now = Vec::new();
+        backend
+            .download("a.db", &mut now)
+            .map_err(|e| format!("the remote blob a.db cannot be read back: {e}"))?;
+        if now != seen {
+            return Err("the remote blob a.db was changed".into());
+        }
+        Ok(())
+    }));
+    setup.redact = vec![
+        (format!("127.0.0.1:{}", azurite.port), "<azurite>".into()),
+        (container, "<container>".into()),
+    ];
+    setup.cleanup.push(Box::new(move || drop(azurite)));
+    (setup, Some(url))
+}
+
+/// The secret part of a SAS: its signature, as written and URL-decoded.
+#[cfg(feature = "azure")]
+fn sas_signatures(sas: &str) -> Vec<String> {
+    let sig = sas.rsplit("sig=").next().unwrap().to_string();
+    let decoded = url::form_urlencoded::parse(format!("s={sig}").as_bytes())
+        .next()
+        .unwrap()
+        .1
+        .into_owned();
+    vec![sig, decoded]
+}
+
+/// [`azure_seeded`], then the remote given as the container URL with an account SAS
+/// that is correctly signed but expired (`se` in 2020).
+#[cfg(feature = "azure")]
+fn azure_expired_sas(ctx: &Ctx) -> Setup {
+    let (mut setup, url) = azure_seeded(ctx);
+    let Some(url) = url else { return setup };
+    let sas = common::azurite::account_sas_expiring("rwdlac", "2020-01-01T00:00:00Z");
+    setup.secrets = sas_signatures(&sas);
+    setup.uri = Some(uri_with_remote(
+        &ctx.cache(),
+        &format!("{url}?{sas}"),
+        "&retry_attempts=2&retry_base_ms=1",
+    ));
+    setup
+}
+
+/// [`azure_seeded`], then the remote given as the bare container URL and the
+/// credential as a connection string whose AccountKey is well-formed but wrong.
+#[cfg(feature = "azure")]
+fn azure_wrong_key(ctx: &Ctx) -> Setup {
+    let (mut setup, url) = azure_seeded(ctx);
+    let Some(url) = url else { return setup };
+    let wrong_key = "V1JPTkdLRVlXUk9OR0tFWVdST05HS0VZV1JPTkdLRVlXUk9OR0tFWQ==";
+    let endpoint = url.rsplit_once('/').unwrap().0;
+    setup.env = vec![(
+        "AZURE_STORAGE_CONNECTION_STRING".into(),
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={};AccountKey={wrong_key};\
+             BlobEndpoint={endpoint};",
+            common::azurite::DEV_ACCOUNT
+        ),
+    )];
+    setup.secrets = vec![wrong_key.into(), common::azurite::DEV_KEY.into()];
+    setup.uri = Some(uri_with_remote(
+        &ctx.cache(),
+        &url,
+        "&retry_attempts=2&retry_base_ms=1",
+    ));
+    setup
 }
 
 fn truncate(path: &Path, len: u64) {
@@ -706,7 +846,10 @@ fn child_main() {
     }
     let result = match row.action {
         Action::Custom(f) => f(&ctx),
-        action => probe(&ctx.expand(row.uri), action),
+        action => probe(
+            &std::env::var("MB_URI").unwrap_or_else(|_| ctx.expand(row.uri)),
+            action,
+        ),
     };
     let line = match result {
         Ok(()) => "ok".to_string(),
@@ -745,7 +888,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 /// Run one row in a child; returns (result line, stderr, exit status).
-fn run_child(row: &Row, ctx: &Ctx) -> (Option<String>, String, std::process::ExitStatus) {
+fn run_child(
+    row: &Row,
+    ctx: &Ctx,
+    setup: &Setup,
+) -> (Option<String>, String, String, std::process::ExitStatus) {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(exe);
     cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
@@ -754,11 +901,20 @@ fn run_child(row: &Row, ctx: &Ctx) -> (Option<String>, String, std::process::Exi
         .env("MB_DIR", &ctx.dir)
         .env_remove("MANAGEDBLOB_REMOTE")
         .env_remove("MANAGEDBLOB_LEASE_SECS")
+        .env_remove("MB_URI")
+        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+        .env_remove("AZURE_STORAGE_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in row.env {
         cmd.env(k, v);
+    }
+    for (k, v) in &setup.env {
+        cmd.env(k, v);
+    }
+    if let Some(uri) = &setup.uri {
+        cmd.env("MB_URI", uri);
     }
     let mut child = cmd.spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
@@ -789,13 +945,13 @@ fn run_child(row: &Row, ctx: &Ctx) -> (Option<String>, String, std::process::Exi
     let line = stdout
         .lines()
         .find_map(|l| l.find(MARK).map(|at| l[at + MARK.len()..].to_string()));
-    (line, stderr, status)
+    (line, stdout, stderr, status)
 }
 
 /// The outcome of one row, or why it failed.
-fn check_row(row: &Row, ctx: &Ctx) -> Result<String, String> {
+fn check_row(row: &Row, ctx: &Ctx, setup: &Setup) -> Result<String, String> {
     let before = snapshot(&ctx.dir);
-    let (line, stderr, status) = run_child(row, ctx);
+    let (line, stdout, stderr, status) = run_child(row, ctx, setup);
     let after = snapshot(&ctx.dir);
     let tail = || {
         let start = stderr.len().saturating_sub(3000);
@@ -813,8 +969,21 @@ fn check_row(row: &Row, ctx: &Ctx) -> Result<String, String> {
     if stderr.contains("panicked") || stderr.contains("panic was caught") {
         return Err(format!("a panic happened:\n{}", tail()));
     }
-    if stderr.contains(SECRET) {
-        return Err("the secret appears in the log".into());
+    let secrets: Vec<&str> = std::iter::once(SECRET)
+        .chain(setup.secrets.iter().map(String::as_str))
+        .collect();
+    for secret in &secrets {
+        if stderr.contains(secret) {
+            return Err(format!("a secret appears in the log: {secret}"));
+        }
+        if stdout.contains(secret) {
+            return Err(format!("a secret appears in the output: {secret}"));
+        }
+        for (path, bytes) in &after {
+            if String::from_utf8_lossy(bytes).contains(secret) {
+                return Err(format!("{} holds a secret: {secret}", path.display()));
+            }
+        }
     }
     let line = line.ok_or_else(|| format!("no result line\n{}", tail()))?;
     let outcome = match line.strip_prefix("err ") {
@@ -822,8 +991,8 @@ fn check_row(row: &Row, ctx: &Ctx) -> Result<String, String> {
         None => Ok(()),
     };
     if let Err(e) = &outcome {
-        if e.contains(SECRET) {
-            return Err(format!("the error echoes the secret: {e}"));
+        if let Some(secret) = secrets.iter().find(|s| e.contains(*s)) {
+            return Err(format!("the error echoes a secret ({secret}): {e}"));
         }
     }
     let shown = match (&outcome, row.expect) {
@@ -883,6 +1052,9 @@ fn check_row(row: &Row, ctx: &Ctx) -> Result<String, String> {
     if let Some(check) = row.check {
         check(ctx)?;
     }
+    if let Some(check) = &setup.remote_unchanged {
+        check()?;
+    }
     Ok(shown)
 }
 
@@ -904,7 +1076,7 @@ fn hostile_inputs_fail_clearly_and_delete_nothing() {
         let ctx = Ctx {
             dir: dir.path().to_path_buf(),
         };
-        let setup = (row.setup)(&ctx);
+        let mut setup = (row.setup)(&ctx);
         if let Some(why) = &setup.skip {
             skipped += 1;
             println!("SKIPPED {}: {why}", row.name);
@@ -912,13 +1084,17 @@ fn hostile_inputs_fail_clearly_and_delete_nothing() {
             continue;
         }
         let mechanism = setup.mechanism.clone();
-        let result = check_row(row, &ctx);
+        let result = check_row(row, &ctx, &setup);
+        let redact = std::mem::take(&mut setup.redact);
         drop(setup);
         let via = mechanism.map(|m| format!(" (via {m})")).unwrap_or_default();
         match result {
             Ok(shown) => {
                 passed += 1;
-                let shown = shown.replace(&ctx.dir.display().to_string(), "<dir>");
+                let mut shown = shown.replace(&ctx.dir.display().to_string(), "<dir>");
+                for (text, stand_in) in &redact {
+                    shown = shown.replace(text, stand_in);
+                }
                 let shown = shown.replace('|', "\\|");
                 let shown = match shown.char_indices().nth(240) {
                     Some((at, _)) => format!("{}…", &shown[..at]),

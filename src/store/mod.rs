@@ -310,7 +310,17 @@ impl Store {
     }
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
-        self.reload(st)?;
+        // While this process holds a live lease (a batch), no other process can change
+        // the sidecar: its commits, flushes and recoveries need the lease, and an
+        // install needs the remote to move, which the lease prevents. Otherwise
+        // re-read it: another process sharing the cache may have changed it.
+        let lease_live = st
+            .lease
+            .as_ref()
+            .is_some_and(|l| !l.is_parked() && !l.is_lost());
+        if !lease_live {
+            self.reload(st)?;
+        }
         if st.sidecar.in_flight != InFlight::None {
             self.force_check(st);
             return Err(Error::Busy(format!(

@@ -169,13 +169,13 @@ pub fn random_container() -> String {
 /// An account SAS for the dev account with `permissions`, signed with the well-known
 /// key: `sv=...&ss=b&srt=sco&sp=...&se=...&spr=https,http&sig=<url-encoded>`.
 pub fn account_sas(permissions: &str) -> String {
-    let (sv, ss, srt, se, spr) = (
-        "2019-12-12",
-        "b",
-        "sco",
-        "2099-01-01T00:00:00Z",
-        "https,http",
-    );
+    account_sas_expiring(permissions, "2099-01-01T00:00:00Z")
+}
+
+/// [`account_sas`] with the expiry `se` (UTC, like `2020-01-01T00:00:00Z`): one in
+/// the past makes a correctly signed SAS that the service refuses as expired.
+pub fn account_sas_expiring(permissions: &str, se: &str) -> String {
+    let (sv, ss, srt, spr) = ("2019-12-12", "b", "sco", "https,http");
     let to_sign = format!("{DEV_ACCOUNT}\n{permissions}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
     let sig =
         azure_core::hmac::hmac_sha256(&to_sign, &azure_core::credentials::Secret::new(DEV_KEY))
