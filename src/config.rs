@@ -16,17 +16,19 @@ pub enum Key {
     StalenessMs,
     RetryAttempts,
     RetryBaseMs,
+    RetryTotalMs,
     Sync,
 }
 
 impl Key {
-    pub const ALL: [Key; 7] = [
+    pub const ALL: [Key; 8] = [
         Key::Remote,
         Key::Blob,
         Key::LeaseSecs,
         Key::StalenessMs,
         Key::RetryAttempts,
         Key::RetryBaseMs,
+        Key::RetryTotalMs,
         Key::Sync,
     ];
 
@@ -39,6 +41,7 @@ impl Key {
             Key::StalenessMs => "staleness_ms",
             Key::RetryAttempts => "retry_attempts",
             Key::RetryBaseMs => "retry_base_ms",
+            Key::RetryTotalMs => "retry_total_ms",
             Key::Sync => "sync",
         }
     }
@@ -52,6 +55,7 @@ impl Key {
             Key::StalenessMs => "MANAGEDBLOB_STALENESS_MS",
             Key::RetryAttempts => "MANAGEDBLOB_RETRY_ATTEMPTS",
             Key::RetryBaseMs => "MANAGEDBLOB_RETRY_BASE_MS",
+            Key::RetryTotalMs => "MANAGEDBLOB_RETRY_TOTAL_MS",
             Key::Sync => "MANAGEDBLOB_SYNC",
         }
     }
@@ -123,6 +127,7 @@ impl Options {
             Key::StalenessMs => self.staleness_ms.map(|v| v.to_string()),
             Key::RetryAttempts => self.retry_attempts.map(|v| v.to_string()),
             Key::RetryBaseMs => self.retry_base_ms.map(|v| v.to_string()),
+            Key::RetryTotalMs => None,
             Key::Sync => None,
         }
     }
@@ -132,6 +137,7 @@ pub const DEFAULT_LEASE_SECS: u64 = 30;
 pub const DEFAULT_STALENESS_MS: u64 = 1000;
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 5;
 pub const DEFAULT_RETRY_BASE_MS: u64 = 100;
+pub const DEFAULT_RETRY_TOTAL_MS: u64 = 30_000;
 
 /// How transient remote failures are retried: exponential backoff with jitter,
 /// bounded in attempts.
@@ -140,6 +146,8 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub base: Duration,
     pub max_delay: Duration,
+    /// No retry starts once this much time has passed since the first attempt.
+    pub total: Duration,
 }
 
 impl RetryPolicy {
@@ -246,6 +254,8 @@ impl Config {
             .unwrap_or(DEFAULT_RETRY_ATTEMPTS);
         let base_ms = number(get(Key::RetryBaseMs), Key::RetryBaseMs, 1, 60_000)?
             .unwrap_or(DEFAULT_RETRY_BASE_MS);
+        let total_ms = number(get(Key::RetryTotalMs), Key::RetryTotalMs, 1, 600_000)?
+            .unwrap_or(DEFAULT_RETRY_TOTAL_MS);
         let sync = match get(Key::Sync) {
             None => SyncMode::Delta,
             Some((value, origin)) => match value.trim().to_ascii_lowercase().as_str() {
@@ -267,6 +277,7 @@ impl Config {
                 attempts,
                 base: Duration::from_millis(base_ms),
                 max_delay: Duration::from_secs(5),
+                total: Duration::from_millis(total_ms),
             },
             sync,
         })
@@ -457,6 +468,7 @@ mod tests {
             attempts: 5,
             base: Duration::from_millis(100),
             max_delay: Duration::from_millis(300),
+            total: Duration::from_secs(30),
         };
         assert!(p.delay(1) <= Duration::from_millis(100));
         assert!(p.delay(1) >= Duration::from_millis(75));

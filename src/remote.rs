@@ -74,11 +74,14 @@ impl Remote {
         mut op: impl FnMut(u32) -> BackendResult<T>,
     ) -> BackendResult<T> {
         let mut attempt = 1;
+        let started = std::time::Instant::now();
         loop {
             self.counters.count(request);
-            match op(attempt) {
-                Err(e) if e.is_transient() && attempt < self.retry.attempts => {
-                    let pause = self.retry.delay(attempt);
+            let result = op(attempt);
+            let pause = self.retry.delay(attempt);
+            let in_budget = started.elapsed() + pause < self.retry.total;
+            match result {
+                Err(e) if e.is_transient() && attempt < self.retry.attempts && in_budget => {
                     tracing::debug!(blob = %self.blob, request = request.name(), attempt, ?pause, error = %e, "retrying");
                     self.counters
                         .retries
@@ -89,7 +92,11 @@ impl Remote {
                 Err(e) if e.is_transient() => {
                     return Err(BackendError::new(
                         e.kind,
-                        format!("{} (gave up after {attempt} attempts)", e.message),
+                        format!(
+                            "{} (gave up after {attempt} attempts in {} ms)",
+                            e.message,
+                            started.elapsed().as_millis()
+                        ),
                     ))
                 }
                 other => return other,

@@ -320,3 +320,26 @@ fn random_faults(extra: &str) {
     };
     assert_eq!(local, acknowledged, "local never runs ahead of the remote");
 }
+
+#[test]
+fn retries_stop_at_the_total_time_budget() {
+    let w = MemWorld::new("budget");
+    let c = w.open(
+        "h1",
+        "&sync=full&retry_attempts=20&retry_base_ms=40&retry_total_ms=150",
+    );
+    c.execute("CREATE TABLE t(id)", []).unwrap();
+    w.backend
+        .fail_next(Op::Upload, BackendErrorKind::Transient, 100);
+    assert!(c.execute("INSERT INTO t VALUES (1)", []).is_err());
+    let s = status(&c);
+    let retries = s["requests"]["retries"].as_u64().unwrap();
+    assert!(
+        (1..19).contains(&retries),
+        "the budget, not the attempts, stopped the retries: {s}"
+    );
+    assert!(
+        s["last_error"].as_str().unwrap().contains("gave up after"),
+        "{s}"
+    );
+}
