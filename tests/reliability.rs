@@ -7,8 +7,12 @@
 //!    (inside transactions, during uploads, inside batches, during downloads). After
 //!    each kill every commit acknowledged to its client is in the remote, nothing
 //!    half-written is trusted, and reopening recovers. `MANAGEDBLOB_SOAK_KILLS` sets
-//!    the number of kills (default 20); the soak runs
+//!    the number of kills (default 20, 10 on Azurite); the soak runs
 //!    `MANAGEDBLOB_SOAK_KILLS=200 cargo test --release --test reliability -- --nocapture`.
+//!
+//! The four-host lost-update test and the crash test run on both backends
+//! (`local::<name>` and, with the `azure` feature, `azurite::<name>` on a fresh
+//! Azurite container; see `backend_tests!` in tests/common/mod.rs).
 //! 3. Fault injection (memory backend): transient errors at a rate and slow
 //!    responses; a COMMIT is in the remote if and only if it returned OK, and
 //!    retries stay within their bounds in count and time.
