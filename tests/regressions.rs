@@ -159,21 +159,11 @@ fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::ba
     );
 }
 
-/// Bug: after a crash between a commit's upload and the end of SQLite's local
-/// commit (sidecar in_flight=commit, hot journal, remote = the uploaded version E2),
-/// a surviving process sharing the cache whose resync download fails transiently
-/// swallows the error in on_shared ("serve the local copy"); SQLite then rolls the
-/// hot journal back (the cache returns to E1), and begin_write ignores in_flight:
-/// the next write uploads E1+new with If-Match E2, erasing the published E2.
-#[test]
-fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_version() {
-    use managedblob::backend::memory::Op;
-    use managedblob::backend::{Backend, BackendErrorKind};
-    let m = Mem::new("r3");
-    // The surviving process: its store is attached to the cache.
-    let y = m.open("h1", "&staleness_ms=0&retry_attempts=1");
-    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');")
-        .unwrap();
+/// Leave the files of a process that crashed after uploading E2 (= E1 + 200 'T'
+/// rows) and before SQLite deleted its journal: a spilled transaction's db file and
+/// hot journal in the cache of host h1, and the sidecar commit_locked wrote.
+fn leave_a_commit_crashed_after_its_upload(m: &Mem) {
+    use managedblob::backend::Backend;
     let e1 = m.backend.get("m.db").unwrap();
     let cache = m.cache("h1");
 
@@ -212,6 +202,24 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
     sc.dirty = false;
     managedblob::sidecar::store(&sp, &sc).unwrap();
     assert_eq!(m.remote_query("SELECT count(*) || '' FROM t"), "201");
+}
+
+/// Bug: after a crash between a commit's upload and the end of SQLite's local
+/// commit (sidecar in_flight=commit, hot journal, remote = the uploaded version E2),
+/// a surviving process sharing the cache whose resync download fails transiently
+/// swallows the error in on_shared ("serve the local copy"); SQLite then rolls the
+/// hot journal back (the cache returns to E1), and begin_write ignores in_flight:
+/// the next write uploads E1+new with If-Match E2, erasing the published E2.
+#[test]
+fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_version() {
+    use managedblob::backend::memory::Op;
+    use managedblob::backend::BackendErrorKind;
+    let m = Mem::new("r3");
+    // The surviving process: its store is attached to the cache.
+    let y = m.open("h1", "&staleness_ms=0&retry_attempts=1");
+    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');")
+        .unwrap();
+    leave_a_commit_crashed_after_its_upload(&m);
 
     // The remote is briefly unreachable for downloads.
     m.backend
@@ -237,50 +245,13 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
 #[test]
 fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
     use managedblob::backend::memory::Op;
-    use managedblob::backend::{Backend, BackendErrorKind};
+    use managedblob::backend::BackendErrorKind;
     let m = Mem::new("r3b");
     // The surviving process: its store is attached to the cache.
     let y = m.open("h1", "&staleness_ms=60000");
     y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');")
         .unwrap();
-    let e1 = m.backend.get("m.db").unwrap();
-    let cache = m.cache("h1");
-
-    // The crashed process: it had uploaded E2 (= E1 + 200 'T' rows) and died before
-    // SQLite deleted its journal. Reproduce its files: a spilled transaction's db file
-    // and hot journal, and the sidecar commit_locked wrote.
-    let scratch = m.dir.path().join("scratch.db");
-    std::fs::write(&scratch, &e1).unwrap();
-    let s = rusqlite::Connection::open(&scratch).unwrap();
-    s.execute_batch("PRAGMA cache_size=1; BEGIN;").unwrap();
-    for _ in 0..200 {
-        s.execute("INSERT INTO t VALUES (hex(randomblob(300)) || 'T')", [])
-            .unwrap();
-    }
-    let journal = {
-        let mut p = scratch.as_os_str().to_owned();
-        p.push("-journal");
-        std::path::PathBuf::from(p)
-    };
-    assert!(journal.exists(), "the transaction spilled");
-    std::fs::write(&cache, std::fs::read(&scratch).unwrap()).unwrap();
-    let mut cj = cache.as_os_str().to_owned();
-    cj.push("-journal");
-    std::fs::write(
-        std::path::PathBuf::from(cj),
-        std::fs::read(&journal).unwrap(),
-    )
-    .unwrap();
-    s.execute_batch("COMMIT").unwrap();
-    m.backend.put("m.db", &std::fs::read(&scratch).unwrap()); // E2, published
-    let e2 = m.backend.stat("m.db").unwrap().unwrap().etag;
-    let sp = managedblob::sidecar::path_for(&cache);
-    let mut sc = managedblob::sidecar::load(&sp).unwrap().unwrap();
-    sc.base = Some(e2.clone());
-    sc.in_flight = managedblob::sidecar::InFlight::Commit;
-    sc.dirty = false;
-    managedblob::sidecar::store(&sp, &sc).unwrap();
-    assert_eq!(m.remote_query("SELECT count(*) || '' FROM t"), "201");
+    leave_a_commit_crashed_after_its_upload(&m);
 
     // No fault injected: the survivor is simply inside its staleness window.
     assert_eq!(m.backend.calls(Op::Download), 0);
