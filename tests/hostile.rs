@@ -406,7 +406,7 @@ fn rows() -> Vec<Row> {
         row(
             "expired SAS token (Azurite)",
             "",
-            err(&["the service refused the SAS token", "expired", "devstoreaccount1"]),
+            err(&["the service refused the SAS token", "it expired at 2020-", "devstoreaccount1"]),
         )
         .setup(azure_expired_sas)
         .action(Action::Write),

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::delta_sync::Fetched;
 use super::{State, Store};
@@ -441,7 +441,7 @@ impl Store {
     /// Create `<db>.conflict-<utc>` (with `-2`, `-3`... when that name is taken: a
     /// conflict copy is never overwritten).
     fn new_conflict_file(&self) -> Result<(std::path::PathBuf, File)> {
-        let stamp = utc_stamp();
+        let stamp = crate::utc::Utc::now().compact();
         for n in 1..1000 {
             let mut name = self.cache_path.as_os_str().to_owned();
             name.push(format!(".conflict-{stamp}"));
@@ -572,32 +572,11 @@ fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(done)
 }
 
-/// `YYYYMMDDTHHMMSSZ` for now, without a date crate.
-fn utc_stamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn utc_stamp_has_the_documented_shape() {
-        let s = super::utc_stamp();
+        let s = crate::utc::Utc::now().compact();
         assert_eq!(s.len(), 16, "{s}");
         assert!(
             s.starts_with("20") && s.ends_with('Z') && s.as_bytes()[8] == b'T',

@@ -102,8 +102,16 @@ pub fn resolve(
 
     // (a) A SAS token in the URL.
     if let Some(sas) = url.sas() {
+        // Say so when the token has already expired: the service only answers 403.
+        let description = match sas
+            .expiry()
+            .filter(|se| se.as_str() < crate::utc::Utc::now().iso8601().as_str())
+        {
+            Some(se) => format!("the SAS token in the remote URL (it expired at {se})"),
+            None => "the SAS token in the remote URL".into(),
+        };
         return Ok(Resolved {
-            description: "the SAS token in the remote URL".into(),
+            description,
             secrets: sas_secrets(sas),
             credential: Credential::Sas(sas.clone()),
         });
@@ -611,5 +619,33 @@ mod tests {
         assert!(!format!("{r:?}").contains("CLIENTSECRET"));
         let e = resolve(&azure(), &env_of(&[(TOKEN_CREDENTIALS, "bogus")])).unwrap_err();
         assert!(e.contains(TOKEN_CREDENTIALS), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_sas_is_named_as_such() {
+        let url = ContainerUrl::parse(
+            "https://acct1.blob.core.windows.net/data?sv=2022-11-02&se=2020-01-01T00%3A00%3A00Z&sig=SECRET",
+        )
+        .unwrap();
+        let r = resolve(&url, &|_| None).unwrap();
+        assert!(
+            r.description.contains("expired at 2020-01-01T00:00:00Z"),
+            "{}",
+            r.description
+        );
+        assert!(!r.description.contains("SECRET"));
+        let url = ContainerUrl::parse(
+            "https://acct1.blob.core.windows.net/data?sv=2022-11-02&se=2999-01-01T00%3A00%3A00Z&sig=S",
+        )
+        .unwrap();
+        assert!(!resolve(&url, &|_| None)
+            .unwrap()
+            .description
+            .contains("expired"));
     }
 }

@@ -33,6 +33,13 @@ impl SasToken {
         &self.0
     }
 
+    /// The expiry (`se`, not a secret), if the token has one.
+    pub fn expiry(&self) -> Option<String> {
+        url::form_urlencoded::parse(self.0.as_bytes())
+            .find(|(k, _)| k == "se")
+            .map(|(_, v)| v.into_owned())
+    }
+
     /// The value of the `sig` parameter (the part that is a real secret), if any.
     pub fn signature(&self) -> Option<String> {
         url::form_urlencoded::parse(self.0.as_bytes())
