@@ -37,10 +37,10 @@
 //! `flock` is only as good as the file system's support for it: fine on local
 //! disks, on NFS only with a working lock manager.
 
+use crate::ffi::os::{flock_exclusive, hostname, process_exists, reflink};
 use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -691,27 +691,6 @@ fn copy_range(
     Ok(())
 }
 
-/// Make the empty file `dest` share all of `src`'s data (a reflink, `FICLONE`):
-/// instant and space-free on btrfs, xfs and other copy-on-write file systems.
-/// `false` where that is not supported (ext4, tmpfs, across file systems).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[allow(unsafe_code)]
-fn reflink(dest: &File, src: &File) -> bool {
-    // SAFETY: both descriptors are valid while `dest` and `src` are borrowed; FICLONE
-    // takes the source descriptor as its integer argument and reads or writes no
-    // memory of this process.
-    let rc = unsafe { libc::ioctl(dest.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    if rc != 0 {
-        tracing::trace!(error = %io::Error::last_os_error(), "no reflink; copying");
-    }
-    rc == 0
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn reflink(_dest: &File, _src: &File) -> bool {
-    false
-}
-
 /// The files that belong to one blob.
 struct BlobPaths {
     /// `<dir>/<blob>`.
@@ -913,23 +892,6 @@ impl FileLock {
     }
 }
 
-/// Block until we hold `LOCK_EX` on `file`. Each `File` is its own open file
-/// description, so this excludes other threads of this process as well.
-#[allow(unsafe_code)]
-fn flock_exclusive(file: &File) -> io::Result<()> {
-    loop {
-        // SAFETY: the descriptor is valid while `file` is borrowed; flock touches no memory.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Open (or create) a file with mode 0600; `fresh` requires it not to exist yet.
 fn new_file(path: &Path, fresh: bool) -> io::Result<File> {
     let mut options = OpenOptions::new();
@@ -1039,33 +1001,6 @@ impl LeaseRecord {
             left as f64 / 1000.0
         )
     }
-}
-
-/// Whether `pid` may still be running: only ESRCH from `kill(pid, 0)` says no.
-#[allow(unsafe_code)]
-fn process_exists(pid: u32) -> bool {
-    // 0 and negative values address process groups, not a process.
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return true;
-    };
-    if pid <= 0 {
-        return true;
-    }
-    // SAFETY: signal 0 only checks for existence and permission; no memory is involved.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
-#[allow(unsafe_code)]
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the pointer and length describe `buf`, which outlives the call.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Changes on every boot, so a pid recorded before a reboot is never trusted.
