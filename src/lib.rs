@@ -32,6 +32,7 @@ mod pragma;
 mod remote;
 pub mod sidecar;
 mod store;
+mod sys;
 mod utc;
 
 pub use config::Options;

@@ -37,7 +37,7 @@
 //! `flock` is only as good as the file system's support for it: fine on local
 //! disks, on NFS only with a working lock manager.
 
-use crate::ffi::os::{flock_exclusive, hostname, process_exists, reflink};
+use crate::sys::{flock_exclusive, hostname, process_exists, reflink};
 use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};

@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "azure")]
@@ -212,6 +213,29 @@ pub trait Blocks: Send + Sync {
     /// `len` bytes at `offset` of the version `etag`; `ConditionFailed` when the blob
     /// is no longer that version.
     fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>>;
+}
+
+/// Build the backend a `remote` setting names (the store and the `managedblob` CLI
+/// both connect through here).
+pub fn connect(spec: &crate::config::RemoteSpec) -> crate::error::Result<Arc<dyn Backend>> {
+    use crate::config::RemoteSpec;
+    use crate::error::Error;
+    match spec {
+        RemoteSpec::Local(dir) => local::LocalBackend::new(dir.clone())
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(|e| {
+                Error::Config(format!("setting 'remote' names an unusable directory: {e}"))
+            }),
+        RemoteSpec::Memory(name) => Ok(memory::MemoryBackend::named(name) as Arc<dyn Backend>),
+        #[cfg(feature = "azure")]
+        RemoteSpec::Azure(url) => crate::backend::azure::AzureBackend::connect(url)
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "setting 'remote' names an unusable Azure container: {e}"
+                ))
+            }),
+    }
 }
 
 /// Check a blob name the way every backend must: non-empty `/`-separated segments,

@@ -16,8 +16,6 @@
 
 #![allow(unsafe_code)]
 
-pub(crate) mod os;
-
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

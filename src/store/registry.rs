@@ -7,10 +7,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use super::Store;
-use crate::backend::local::LocalBackend;
-use crate::backend::memory::MemoryBackend;
-use crate::backend::Backend;
-use crate::config::{Config, RemoteSpec};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::remote::Remote;
 
@@ -34,29 +31,9 @@ pub fn open_store(cache_path: &Path, config: Config) -> Result<Arc<Store>> {
         }
         return Ok(existing);
     }
-    let backend = connect(&config.remote)?;
+    let backend = crate::backend::connect(&config.remote)?;
     let remote = Remote::new(backend, config.blob.clone(), config.retry);
     let store = Arc::new(Store::new(cache_path, config, remote));
     stores.insert(cache_path.to_path_buf(), Arc::downgrade(&store));
     Ok(store)
-}
-
-/// Build the backend a `remote` setting names.
-fn connect(spec: &RemoteSpec) -> Result<Arc<dyn Backend>> {
-    match spec {
-        RemoteSpec::Local(dir) => LocalBackend::new(dir.clone())
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(|e| {
-                Error::Config(format!("setting 'remote' names an unusable directory: {e}"))
-            }),
-        RemoteSpec::Memory(name) => Ok(MemoryBackend::named(name) as Arc<dyn Backend>),
-        #[cfg(feature = "azure")]
-        RemoteSpec::Azure(url) => crate::backend::azure::AzureBackend::connect(url)
-            .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(|e| {
-                Error::Config(format!(
-                    "setting 'remote' names an unusable Azure container: {e}"
-                ))
-            }),
-    }
 }

@@ -1,5 +1,8 @@
 //! The operating-system calls the local backend needs (flock, FICLONE, kill(0),
-//! gethostname), as safe functions: with the VFS shim, the crate's only unsafe code.
+//! gethostname), as safe functions: with the VFS shim (`src/ffi/`), the crate's only
+//! unsafe code.
+
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
