@@ -126,14 +126,20 @@ impl Connection {
     /// SQLITE_FCNTL_SYNC: the commit point. Returns a SQLite code (0 = carry on).
     ///
     /// SQLite also syncs after rolling a transaction back (pager_playback); the file
-    /// then carries the change counter it had when the transaction started, and
-    /// nothing is uploaded: uploading a rollback would publish a needless version.
+    /// then carries the change counter it had when the transaction started. The
+    /// store decides what a sync means ([`Store::sync_point`]); this connection
+    /// only tells it whether the counter moved and which granules were written.
     pub fn sync_point(&mut self) -> i32 {
-        if !self.writing || self.version() == self.start_version {
-            return 0;
-        }
-        let written = std::mem::take(&mut self.written);
-        match self.store.commit(self.file.as_mut(), &written) {
+        let counter_moved = self.writing && self.version() != self.start_version;
+        let written = if counter_moved {
+            std::mem::take(&mut self.written)
+        } else {
+            BTreeSet::new()
+        };
+        match self
+            .store
+            .sync_point(self.file.as_mut(), counter_moved, &written)
+        {
             Ok(()) => 0,
             Err(e) => {
                 log_failure("commit", &e);

@@ -23,44 +23,9 @@ pub struct HeldLease {
 }
 
 impl HeldLease {
-    /// Start renewing `id` every `duration / 3` until released.
+    /// Start renewing `id` every `duration / 3` until dropped.
     pub fn start(remote: Arc<Remote>, id: LeaseId, duration: Duration) -> HeldLease {
-        let mut lease = HeldLease {
-            id,
-            lost: Arc::new(AtomicBool::new(false)),
-            stop: None,
-            renewer: None,
-        };
-        lease.resume(remote, duration);
-        lease
-    }
-
-    /// A lease we hold but do not renew (its release failed): see [`HeldLease::park`].
-    pub fn parked(id: LeaseId) -> HeldLease {
-        HeldLease {
-            id,
-            lost: Arc::new(AtomicBool::new(false)),
-            stop: None,
-            renewer: None,
-        }
-    }
-
-    /// Whether renewals are stopped (a release failed): the lease lapses by itself
-    /// unless the next writer of this process renews it.
-    pub fn is_parked(&self) -> bool {
-        self.stop.is_none()
-    }
-
-    /// Stop renewing without releasing.
-    pub fn park(&mut self) {
-        self.halt();
-    }
-
-    /// (Re)start the background renewals.
-    pub fn resume(&mut self, remote: Arc<Remote>, duration: Duration) {
-        self.halt();
-        let id = self.id.clone();
-        let lost = self.lost.clone();
+        let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
         let every = duration / 3;
         let renewer = {
@@ -86,8 +51,12 @@ impl HeldLease {
                 })
                 .ok()
         };
-        self.stop = Some(stop);
-        self.renewer = renewer;
+        HeldLease {
+            id,
+            lost,
+            stop: Some(stop),
+            renewer,
+        }
     }
 
     /// Whether a renewal found the lease gone.
@@ -95,9 +64,14 @@ impl HeldLease {
         self.lost.load(Ordering::SeqCst)
     }
 
-    /// Stop the renewer without waiting for it: a renewal in flight (with its
-    /// retries) must not stall the caller, who may hold the store's mutex. A renewal
-    /// that lands after a release fails harmlessly.
+    /// Stop renewing, without releasing and without waiting for the renewer: a
+    /// renewal in flight (with its retries) must not stall the caller, who may hold
+    /// the store's mutex. A renewal that lands after a release fails harmlessly.
+    pub fn stop(mut self) -> LeaseId {
+        self.halt();
+        self.id.clone()
+    }
+
     fn halt(&mut self) {
         drop(self.stop.take());
         drop(self.renewer.take());

@@ -1,44 +1,56 @@
 //! The per-database state machine: one [`Store`] per cache file per process,
-//! shared by every connection to it, driven by SQLite's lock calls.
+//! shared by every connection to it, driven by SQLite's lock calls. This file is the
+//! lock-event API and reads like the table in docs/ARCHITECTURE.md:
 //!
 //! | SQLite event                 | what the store does                                   |
 //! |------------------------------|-------------------------------------------------------|
-//! | xOpen (first connection)     | reload sidecar, recover, first freshness check        |
+//! | xOpen (first connection)     | reload sidecar, recover, first freshness check ([`Store::attach`]) |
 //! | NONE -> SHARED               | freshness check when stale ([`Store::on_shared`])     |
 //! | SHARED -> RESERVED           | take the remote lease, check the snapshot ([`Store::begin_write`]) |
-//! | SQLITE_FCNTL_SYNC            | upload, unless a batch is open ([`Store::commit`])    |
+//! | SQLITE_FCNTL_SYNC            | publish, unless a batch is open ([`Store::sync_point`]) |
 //! | SQLITE_FCNTL_COMMIT_PHASETWO | the local commit finished ([`Store::commit_phase_two`]) |
 //! | unlock below RESERVED        | release the lease unless a batch holds it ([`Store::end_write`]) |
+//! | xClose (last connection)     | flush a pending batch, release the lease ([`Store::detach`]) |
+//!
+//! The layers below: [`state`] (the write state and the lease slot as enums),
+//! `lease` (taking, adopting, parking and releasing the lease), `publish` (the
+//! one upload path: condition, chunks or whole file, "did my retried write land?"),
+//! `refresh` (stat, fetch, install), `recovery` (conflict copies, WAL headers,
+//! leftovers, cache checks), `manifest` (chunk lists of versions), `cache` (the
+//! sidecar and the cache lock).
 //!
 //! Lock order: a connection takes SQLite's file lock first and the store's mutex
 //! second; under the mutex, file locks are only ever tried, never waited for.
 //! Every decision re-reads the sidecar under the file lock, so processes that share
 //! one cache agree.
 
-mod delta_sync;
+mod cache;
+mod fetch;
+mod lease;
+mod manifest;
+mod publish;
+mod recovery;
+mod refresh;
 mod registry;
-mod sync;
+mod stage;
+pub(crate) mod state;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::backend::{BackendErrorKind, Condition, Lease};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::lease::HeldLease;
 use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::remote::Remote;
 use crate::sidecar::{self, InFlight, Sidecar};
+use state::{State, WriteState};
 
 pub use registry::open_store;
-
-/// How long a pragma waits for a SHARED lock on the cache before giving up.
-const PRAGMA_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// One managed database in this process.
 #[derive(Debug)]
@@ -64,30 +76,17 @@ fn clock() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-#[derive(Debug)]
-struct State {
-    sidecar: Sidecar,
-    lease: Option<HeldLease>,
-    /// A connection of this process is inside a write transaction.
-    writer: bool,
-    /// The blob did not exist when the writer started: its commit creates it.
-    create_on_commit: bool,
-    batch_depth: u32,
-    last_check: Option<Instant>,
-    /// Check the remote at the next SHARED lock whatever the staleness clock says.
-    must_check: bool,
-    connections: usize,
-    /// How many of them may write (not opened with mode=ro): only then does this
-    /// process upload local commits left behind by a crash.
-    writable: usize,
-    last_error: Option<String>,
-    conflicts: Vec<String>,
-    /// A downloaded version waiting beside the cache for an EXCLUSIVE lock.
-    pending_download: Option<delta_sync::Fetched>,
-    /// The base version's chunk list, when known.
-    manifest: Option<(crate::backend::Etag, crate::delta::Manifest)>,
-    /// 64 KiB granules of the cache written by commits since the base.
-    written: std::collections::BTreeSet<u64>,
+/// What SQLITE_FCNTL_SYNC asks of the remote; decided in one place,
+/// [`Store::sync_action`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncAction {
+    /// Not a commit of this process's write transaction (a rollback's sync, or a
+    /// hot-journal rollback by a connection that never took the lease).
+    Nothing,
+    /// A commit inside a batch: it stays local, the batch's end uploads it.
+    MarkDirty,
+    /// A commit outside a batch: upload it now (COMMIT means uploaded).
+    Publish,
 }
 
 /// The status report of `PRAGMA managedblob_status`.
@@ -119,8 +118,8 @@ impl Store {
             cache_path: cache_path.to_path_buf(),
             sidecar_path: sidecar::path_for(cache_path),
             journal_path: with_suffix("-journal"),
-            // One per process: two processes refreshing one cache never share a file.
             manifest_path: with_suffix("-managedblob.manifest"),
+            // One per process: two processes refreshing one cache never share a file.
             download_path: with_suffix(&format!(
                 "-managedblob.download-{}-{:08x}",
                 std::process::id(),
@@ -129,22 +128,7 @@ impl Store {
             identity,
             config,
             remote: Arc::new(remote),
-            state: Mutex::new(State {
-                sidecar,
-                lease: None,
-                writer: false,
-                create_on_commit: false,
-                batch_depth: 0,
-                last_check: None,
-                must_check: true,
-                connections: 0,
-                writable: 0,
-                last_error: None,
-                conflicts: Vec::new(),
-                pending_download: None,
-                manifest: None,
-                written: Default::default(),
-            }),
+            state: Mutex::new(State::new(sidecar)),
             fresh_until: AtomicU64::new(0),
         }
     }
@@ -165,7 +149,8 @@ impl Store {
         st.last_error = Some(err.to_string());
     }
 
-    /// A new connection opened the cache; the first one recovers and checks freshness.
+    /// xOpen: a new connection opened the cache; the first one recovers and checks
+    /// freshness.
     pub fn attach(&self, file: &mut dyn LocalFile, read_only: bool) -> Result<()> {
         let mut st = self.lock_state();
         st.connections += 1;
@@ -184,28 +169,14 @@ impl Store {
             }
             // Another process is writing the cache: check at the first SHARED lock.
             Err(LockFail::Busy) => Ok(()),
-            Err(LockFail::Io(code)) => Err(Error::Local(format!(
-                "locking cache {} failed (SQLite code {code})",
-                self.cache_path.display()
-            ))),
+            Err(LockFail::Io(code)) => Err(self.lock_failed(code)),
         };
         match result {
             Err(e) if e.is_busy() => {
                 self.force_check(&mut st);
                 Ok(())
             }
-            Err(Error::Backend(e))
-                if e.is_transient()
-                    && st.sidecar.base.is_some()
-                    && st.sidecar.in_flight == InFlight::None =>
-            {
-                // The remote is unreachable but the cache is a whole, known version:
-                // open it (reads are served from it), and look again after the
-                // staleness bound.
-                st.last_check = Some(Instant::now());
-                self.note_error(&mut st, &Error::Backend(e));
-                Ok(())
-            }
+            Err(e) if self.serve_offline(&mut st, &e, true) => Ok(()),
             Err(e) => {
                 st.connections -= 1;
                 st.writable -= usize::from(!read_only);
@@ -216,8 +187,23 @@ impl Store {
         }
     }
 
-    /// A connection closes. The last one flushes a pending batch (best effort: the
-    /// cache stays dirty on failure and the next open uploads it) and drops the lease.
+    /// The remote is unreachable but the cache is a whole version: serve it (reads
+    /// come from the cache), keep the error for the status report, and look again
+    /// after the staleness bound. At open, only a cache that holds a known version.
+    fn serve_offline(&self, st: &mut State, err: &Error, at_open: bool) -> bool {
+        let transient = matches!(err, Error::Backend(b) if b.is_transient());
+        let whole =
+            st.sidecar.in_flight == InFlight::None && (!at_open || st.sidecar.base.is_some());
+        if transient && whole {
+            st.last_check = Some(Instant::now());
+            self.note_error(st, err);
+        }
+        transient && whole
+    }
+
+    /// xClose: a connection closes. The last one flushes a pending batch (best
+    /// effort: the cache stays dirty on failure and the next open uploads it) and
+    /// drops the lease.
     pub fn detach(&self, file: &mut dyn LocalFile, read_only: bool) {
         let mut st = self.lock_state();
         st.connections = st.connections.saturating_sub(1);
@@ -225,10 +211,10 @@ impl Store {
             st.writable = st.writable.saturating_sub(usize::from(!read_only));
             return;
         }
-        if st.batch_depth > 0 {
-            tracing::warn!(cache = %self.cache_path.display(), depth = st.batch_depth,
+        let depth = st.write.close_batch();
+        if depth > 0 {
+            tracing::warn!(cache = %self.cache_path.display(), depth,
                 "last connection closed inside a batch: ending it");
-            st.batch_depth = 0;
         }
         drop(st);
         if let Err(e) = self.flush_with_lock(file, LockLevel::None) {
@@ -262,28 +248,17 @@ impl Store {
     }
 
     fn on_shared_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        let writing_here = st.lease.as_ref().is_some_and(|l| !l.is_parked());
-        if writing_here && !st.must_check {
-            // We are the writer: nobody else can move the remote.
-            return Ok(());
-        }
+        // While we are the writer, nobody else can move the remote.
+        let writing_here = st.lease.is_writing_here();
         let fresh = st
             .last_check
             .is_some_and(|t| t.elapsed() < self.config.staleness);
-        if fresh && !st.must_check {
+        if (writing_here || fresh) && !st.must_check {
             return Ok(());
         }
         match self.sync(st, file, LockLevel::Shared) {
             Ok(()) => Ok(()),
-            Err(Error::Backend(e))
-                if e.is_transient() && st.sidecar.in_flight == InFlight::None =>
-            {
-                // The remote is unreachable: serve the local copy, look again later.
-                st.last_check = Some(Instant::now());
-                let err = Error::Backend(e);
-                self.note_error(st, &err);
-                Ok(())
-            }
+            Err(e) if self.serve_offline(st, &e, false) => Ok(()),
             Err(e) => {
                 self.force_check(st);
                 if !e.is_busy() {
@@ -302,7 +277,7 @@ impl Store {
         let mut st = self.lock_state();
         let result = self.begin_write_locked(&mut st);
         match &result {
-            Ok(()) => st.writer = true,
+            Ok(()) => {}
             Err(e) if e.is_busy() => {}
             Err(e) => self.note_error(&mut st, e),
         }
@@ -314,11 +289,7 @@ impl Store {
         // the sidecar: its commits, flushes and recoveries need the lease, and an
         // install needs the remote to move, which the lease prevents. Otherwise
         // re-read it: another process sharing the cache may have changed it.
-        let lease_live = st
-            .lease
-            .as_ref()
-            .is_some_and(|l| !l.is_parked() && !l.is_lost());
-        if !lease_live {
+        if !st.lease.observe().is_live() {
             self.reload(st)?;
         }
         if st.sidecar.in_flight != InFlight::None {
@@ -328,148 +299,52 @@ impl Store {
                 self.cache_path.display()
             )));
         }
-        self.revive_parked_lease(st)?;
-        if let Some(lease) = &st.lease {
-            if lease.is_lost() {
-                return Err(Error::Backend(crate::backend::BackendError::new(
-                    BackendErrorKind::LeaseLost,
-                    format!("the lease on blob '{}' was lost", self.config.blob),
-                )));
-            }
-            return Ok(());
-        }
-        match self.take_lease()? {
-            Some(lease) => self.adopt_lease(st, lease),
-            None if st.sidecar.base.is_none() => {
-                // No blob yet: the first commit creates it with If-None-Match:*.
-                st.create_on_commit = true;
-                Ok(())
-            }
-            None => {
-                self.force_check(st);
-                Err(Error::Backend(crate::backend::BackendError::new(
-                    BackendErrorKind::NotFound,
-                    format!(
-                        "remote blob '{}' was deleted; this cache holds version {}",
-                        self.config.blob,
-                        st.sidecar
-                            .base
-                            .as_ref()
-                            .map(|e| e.0.as_str())
-                            .unwrap_or("?")
-                    ),
-                )))
-            }
-        }
+        let create = self.ensure_lease(st)?;
+        st.write.begin_txn(create)
     }
 
-    /// Take the lease; `None` when the blob does not exist.
-    /// Take the lease. A blob that does not exist yet is first created empty with
-    /// If-None-Match:* (a lease needs a blob; whoever creates it first, the empty blob
-    /// is the same), so the writer that creates the database holds the lease too.
-    /// `None` only when the blob vanished again in between.
-    fn take_lease(&self) -> Result<Option<Lease>> {
-        let busy = || {
-            Error::Busy(format!(
-                "the lease on blob '{}' is held by another writer",
-                self.config.blob
-            ))
-        };
-        match self.remote.acquire_lease(self.config.lease) {
-            Ok(lease) => return Ok(Some(lease)),
-            Err(e) if e.kind == BackendErrorKind::NotFound => {}
-            Err(e) if e.kind == BackendErrorKind::LeaseHeld => return Err(busy()),
-            Err(e) => return Err(e.into()),
-        }
-        match self.remote.create_empty() {
-            Ok(_) => {}
-            Err(e) if e.kind == BackendErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        match self.remote.acquire_lease(self.config.lease) {
-            Ok(lease) => Ok(Some(lease)),
-            Err(e) if e.kind == BackendErrorKind::NotFound => Ok(None),
-            Err(e) if e.kind == BackendErrorKind::LeaseHeld => Err(busy()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Keep a lease just taken if the remote is still our base version.
-    fn adopt_lease(&self, st: &mut State, lease: Lease) -> Result<()> {
-        let matches = st.sidecar.base.as_ref() == Some(&lease.stat.etag);
-        let adoptable_empty = st.sidecar.base.is_none() && lease.stat.size == 0;
-        if !(matches || adoptable_empty) {
-            self.give_back(st, lease.id);
-            self.force_check(st);
-            return Err(Error::Busy(format!(
-                "remote blob '{}' moved since this snapshot was read; the next read takes the \
-                 new version (use BEGIN IMMEDIATE for read-then-write transactions)",
-                self.config.blob
-            )));
-        }
-        if adoptable_empty {
-            st.sidecar.base = Some(lease.stat.etag.clone());
-            self.save(st)?;
-        }
-        st.lease = Some(HeldLease::start(
-            self.remote.clone(),
-            lease.id,
-            self.config.lease,
-        ));
-        Ok(())
-    }
-
-    /// SQLITE_FCNTL_SYNC in a write transaction: the commit point for the remote.
-    /// Outside a batch, upload the cache now; an error fails the COMMIT and SQLite
-    /// rolls the cache back from its journal. Inside a batch, mark the cache dirty.
-    pub fn commit(&self, file: &mut dyn LocalFile, written: &BTreeSet<u64>) -> Result<()> {
+    /// SQLITE_FCNTL_SYNC: the commit point for the remote. `counter_moved`: the
+    /// file change counter differs from the transaction's start (a commit, not the
+    /// sync after a rollback). Outside a batch the cache is uploaded now, and an
+    /// error fails the COMMIT (SQLite rolls the cache back from its journal); inside
+    /// a batch the cache is marked dirty.
+    pub fn sync_point(
+        &self,
+        file: &mut dyn LocalFile,
+        counter_moved: bool,
+        written: &BTreeSet<u64>,
+    ) -> Result<()> {
         let mut st = self.lock_state();
-        if !st.writer {
-            return Ok(());
-        }
-        st.written.extend(written.iter().copied());
-        let result = self.commit_locked(&mut st, file);
+        let result = match Self::sync_action(&st.write, counter_moved) {
+            SyncAction::Nothing => return Ok(()),
+            SyncAction::MarkDirty => {
+                st.written.extend(written.iter().copied());
+                self.mark_dirty(&mut st)
+            }
+            SyncAction::Publish => {
+                st.written.extend(written.iter().copied());
+                let create = st.write.creates_blob();
+                self.publish(&mut st, file, create).and_then(|_| {
+                    // Until COMMIT_PHASETWO: the remote holds a commit the cache has
+                    // not finished; a crash in between resyncs from the remote.
+                    st.sidecar.in_flight = InFlight::Commit;
+                    self.save(&mut st)
+                })
+            }
+        };
         if let Err(e) = &result {
             self.note_error(&mut st, e);
         }
         result
     }
 
-    fn commit_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        if st.batch_depth > 0 {
-            if !st.sidecar.dirty {
-                st.sidecar.dirty = true;
-                st.sidecar.dirty_owner = Some(delta_sync::process_token().to_string());
-                self.save(st)?;
-            }
-            return Ok(());
+    /// The one place that decides whether a sync publishes.
+    fn sync_action(write: &WriteState, counter_moved: bool) -> SyncAction {
+        match write {
+            _ if !counter_moved || !write.in_txn() => SyncAction::Nothing,
+            WriteState::Batch { .. } => SyncAction::MarkDirty,
+            _ => SyncAction::Publish,
         }
-        let condition = if st.create_on_commit {
-            Condition::Create
-        } else {
-            match &st.sidecar.base {
-                Some(etag) => Condition::Match(etag.clone()),
-                None => Condition::Create,
-            }
-        };
-        let lease = st.lease.as_ref().map(|l| l.id.clone());
-        let stat = self
-            .upload(st, file, &condition, lease.as_ref())
-            .map_err(|e| match e {
-                Error::Backend(b) if b.kind == BackendErrorKind::AlreadyExists => {
-                    Error::Busy(format!(
-                        "another writer created blob '{}' first; retry the transaction",
-                        self.config.blob
-                    ))
-                }
-                other => other,
-            })?;
-        st.create_on_commit = false;
-        st.sidecar.base = Some(stat.etag);
-        st.sidecar.dirty = false;
-        st.sidecar.in_flight = InFlight::Commit;
-        st.sidecar.generation += 1;
-        self.save(st)
     }
 
     /// SQLITE_FCNTL_COMMIT_PHASETWO: the local commit is complete.
@@ -482,11 +357,10 @@ impl Store {
         Ok(())
     }
 
-    /// The write transaction ended (unlock below RESERVED).
+    /// Unlock below RESERVED: the write transaction ended.
     pub fn end_write(&self) {
         let mut st = self.lock_state();
-        st.writer = false;
-        st.create_on_commit = false;
+        st.write.end_txn();
         if st.sidecar.in_flight == InFlight::Commit {
             // The upload landed but the local commit did not complete (SQLite rolled
             // back): the cache is behind the remote. Take the remote at the next read.
@@ -497,88 +371,9 @@ impl Store {
                 self.note_error(&mut st, &e);
             }
         }
-        if st.batch_depth == 0 {
+        if !st.write.in_batch() {
             self.release_lease(&mut st);
         }
-    }
-
-    /// Give the lease back. When the release fails, the lease is parked: no more
-    /// renewals, so it lapses within `lease_secs`, but this process's next writer
-    /// may renew and reuse it instead of waiting for itself.
-    fn release_lease(&self, st: &mut State) {
-        let Some(mut lease) = st.lease.take() else {
-            return;
-        };
-        lease.park();
-        if lease.is_lost() {
-            return;
-        }
-        if let Err(e) = self.remote.release_lease(&lease.id) {
-            tracing::warn!(blob = %self.config.blob, error = %e,
-                "releasing the lease failed; it lapses by itself unless reused");
-            st.lease = Some(lease);
-        }
-    }
-
-    /// Release a lease taken for nothing. If the release fails the lease may still be
-    /// ours: it is parked (kept, not renewed), never forgotten, or every writer, this
-    /// process included, would wait for it to lapse.
-    fn give_back(&self, st: &mut State, id: crate::backend::LeaseId) {
-        match self.remote.release_lease(&id) {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind,
-                    BackendErrorKind::LeaseLost | BackendErrorKind::NotFound
-                ) => {}
-            Err(e) => {
-                tracing::warn!(blob = %self.config.blob, error = %e,
-                    "releasing the lease failed; it is kept parked until released or lapsed");
-                st.lease = Some(HeldLease::parked(id));
-            }
-        }
-    }
-
-    /// Make a parked lease (see [`Store::release_lease`]) live again, or drop it when
-    /// it is gone. When the renewal fails transiently the lease may still be ours: it
-    /// stays parked (forgetting it would lock this process out until it lapses) and
-    /// the error fails the caller. A revived lease is only kept when the remote is
-    /// still this cache's base (it may have been parked after seeing a moved remote).
-    fn revive_parked_lease(&self, st: &mut State) -> Result<()> {
-        let Some(lease) = st.lease.as_mut() else {
-            return Ok(());
-        };
-        if !lease.is_parked() {
-            return Ok(());
-        }
-        match self.remote.renew_lease(&lease.id, self.config.lease) {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => return Err(e.into()),
-            Err(_) => {
-                st.lease = None;
-                return Ok(());
-            }
-        }
-        let current = self.remote.stat()?;
-        let matches = match (&current, &st.sidecar.base) {
-            (Some(stat), Some(base)) => stat.etag == *base,
-            (Some(stat), None) => stat.size == 0,
-            (None, _) => false,
-        };
-        if !matches {
-            let id = st.lease.take().expect("checked above").id.clone();
-            self.give_back(st, id);
-            self.force_check(st);
-            return Err(Error::Busy(format!(
-                "remote blob '{}' moved since this snapshot was read; the next read takes the \
-                 new version",
-                self.config.blob
-            )));
-        }
-        if let Some(lease) = st.lease.as_mut() {
-            lease.resume(self.remote.clone(), self.config.lease);
-        }
-        Ok(())
     }
 
     /// `PRAGMA managedblob_batch=begin`: hold the lease until the matching end;
@@ -587,8 +382,8 @@ impl Store {
         {
             let mut st = self.lock_state();
             self.revive_parked_lease(&mut st)?;
-            if st.batch_depth > 0 || st.lease.is_some() {
-                st.batch_depth += 1;
+            if st.write.in_batch() || !st.lease.is_none() {
+                st.write.batch_begin(false);
                 return Ok(());
             }
         }
@@ -598,17 +393,14 @@ impl Store {
             ));
         }
         self.with_lock(file, level, |st, file| {
-            if st.batch_depth > 0 || st.lease.is_some() {
-                st.batch_depth += 1;
+            if st.write.in_batch() || !st.lease.is_none() {
+                st.write.batch_begin(false);
                 return Ok(());
             }
             self.force_check(st);
             self.sync(st, file, level.max(LockLevel::Shared))?;
-            match self.take_lease()? {
-                Some(lease) => self.adopt_lease(st, lease)?,
-                None => st.create_on_commit = st.sidecar.base.is_none(),
-            }
-            st.batch_depth = 1;
+            let create = self.take_write_lease(st)?;
+            st.write.batch_begin(create);
             Ok(())
         })
     }
@@ -616,17 +408,8 @@ impl Store {
     /// `PRAGMA managedblob_batch=end`: the end that closes the outermost batch
     /// uploads once (when anything was committed) and releases the lease.
     pub fn batch_end(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
-        {
-            let mut st = self.lock_state();
-            if st.batch_depth == 0 {
-                return Err(Error::Misuse(
-                    "managedblob_batch=end without a matching managedblob_batch=begin".into(),
-                ));
-            }
-            st.batch_depth -= 1;
-            if st.batch_depth > 0 {
-                return Ok(());
-            }
+        if !self.lock_state().write.batch_end()? {
+            return Ok(());
         }
         self.flush_with_lock(file, level)
     }
@@ -636,41 +419,11 @@ impl Store {
         self.with_lock(file, level, |st, file| {
             self.reload(st)?;
             let result = self.flush_locked(st, file);
-            if st.batch_depth == 0 && !st.writer {
+            if st.write.lease_unneeded() {
                 self.release_lease(st);
             }
             result
         })
-    }
-
-    fn flush_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        if !st.sidecar.dirty || st.writable == 0 {
-            return Ok(());
-        }
-        self.revive_parked_lease(st)?;
-        if st.lease.is_none() {
-            match self.take_lease()? {
-                Some(lease) => self.adopt_lease(st, lease)?,
-                None if st.sidecar.base.is_none() => st.create_on_commit = true,
-                None => {
-                    return Err(Error::Backend(crate::backend::BackendError::new(
-                        BackendErrorKind::NotFound,
-                        format!("remote blob '{}' was deleted", self.config.blob),
-                    )))
-                }
-            }
-        }
-        let condition = match (&st.sidecar.base, st.create_on_commit) {
-            (Some(etag), false) => Condition::Match(etag.clone()),
-            _ => Condition::Create,
-        };
-        let lease = st.lease.as_ref().map(|l| l.id.clone());
-        let stat = self.upload(st, file, &condition, lease.as_ref())?;
-        st.create_on_commit = false;
-        st.sidecar.base = Some(stat.etag);
-        st.sidecar.dirty = false;
-        st.sidecar.generation += 1;
-        self.save(st)
     }
 
     /// `PRAGMA managedblob_refresh`: check the remote now and take a new version.
@@ -694,8 +447,8 @@ impl Store {
             blob: self.config.blob.clone(),
             etag: st.sidecar.base.as_ref().map(|e| e.0.clone()),
             dirty: st.sidecar.dirty,
-            lease_held: st.lease.is_some(),
-            batch_depth: st.batch_depth,
+            lease_held: !st.lease.is_none(),
+            batch_depth: st.write.batch_depth(),
             generation: st.sidecar.generation,
             in_flight: st.sidecar.in_flight,
             requests: self.remote.counters.snapshot(),
@@ -703,86 +456,32 @@ impl Store {
             last_error: st.last_error.clone(),
         }
     }
+}
 
-    /// Run `f` holding at least SHARED on the cache: the connection's own lock when
-    /// it has one, else a SHARED lock taken (waiting) before the store's mutex.
-    fn with_lock<T>(
-        &self,
-        file: &mut dyn LocalFile,
-        level: LockLevel,
-        f: impl FnOnce(&mut State, &mut dyn LocalFile) -> Result<T>,
-    ) -> Result<T> {
-        let took = if level == LockLevel::None {
-            let deadline = Instant::now() + PRAGMA_LOCK_WAIT;
-            loop {
-                match file.lock(LockLevel::Shared) {
-                    Ok(()) => break true,
-                    Err(LockFail::Busy) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(2))
-                    }
-                    Err(LockFail::Busy) => {
-                        return Err(Error::Busy(format!(
-                            "cache {} stayed locked by a writer for {PRAGMA_LOCK_WAIT:?}",
-                            self.cache_path.display()
-                        )))
-                    }
-                    Err(LockFail::Io(code)) => {
-                        return Err(Error::Local(format!(
-                            "locking cache {} failed (SQLite code {code})",
-                            self.cache_path.display()
-                        )))
-                    }
-                }
-            }
-        } else {
-            false
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_commit_of_our_write_transaction_publishes() {
+        let writing = WriteState::Writing { create: false };
+        let batch = WriteState::Batch {
+            depth: 1,
+            create: false,
+            writing: true,
         };
-        let result = {
-            let mut st = self.lock_state();
-            let r = f(&mut st, file);
-            if let Err(e) = &r {
-                self.note_error(&mut st, e);
-            }
-            r
+        let batch_idle = WriteState::Batch {
+            depth: 1,
+            create: false,
+            writing: false,
         };
-        if took {
-            let _ = file.unlock(LockLevel::None);
-        }
-        result
-    }
-
-    /// Re-read the sidecar (another process may have changed it). A missing or
-    /// foreign sidecar means the cache corresponds to nothing we know: it is kept
-    /// as local changes when it has content.
-    fn reload(&self, st: &mut State) -> Result<()> {
-        let cache_id = sidecar::file_identity(&self.cache_path);
-        match sidecar::load(&self.sidecar_path)? {
-            Some(s)
-                if s.is_for(&self.identity, &self.config.blob)
-                    && (s.cache_id.is_none() || s.cache_id == cache_id) =>
-            {
-                st.sidecar = s
-            }
-            found => {
-                if let Some(other) = found {
-                    tracing::warn!(cache = %self.cache_path.display(), other = %other.remote,
-                        "sidecar belongs to another remote or to a cache file that was \
-                         replaced; treating the cache as unknown");
-                }
-                let size = std::fs::metadata(&self.cache_path).map_or(0, |m| m.len());
-                let mut fresh = Sidecar::new(self.identity.clone(), self.config.blob.clone());
-                fresh.dirty = size > 0;
-                st.sidecar = fresh;
-            }
-        }
-        Ok(())
-    }
-
-    fn save(&self, st: &mut State) -> Result<()> {
-        if !st.sidecar.dirty {
-            st.sidecar.dirty_owner = None;
-        }
-        st.sidecar.cache_id = sidecar::file_identity(&self.cache_path);
-        sidecar::store(&self.sidecar_path, &st.sidecar)
+        assert_eq!(Store::sync_action(&writing, true), SyncAction::Publish);
+        assert_eq!(Store::sync_action(&writing, false), SyncAction::Nothing);
+        assert_eq!(Store::sync_action(&batch, true), SyncAction::MarkDirty);
+        assert_eq!(Store::sync_action(&batch_idle, true), SyncAction::Nothing);
+        assert_eq!(
+            Store::sync_action(&WriteState::Idle, true),
+            SyncAction::Nothing
+        );
     }
 }

@@ -1,0 +1,170 @@
+//! The remote lease as the store uses it: taken in one place
+//! ([`Store::take_write_lease`]), kept only when the remote is still the cache's
+//! base, given back when the write ends, and parked (never forgotten) when a
+//! release fails.
+
+use super::state::{LeaseSlot, State};
+use super::Store;
+use crate::backend::{BackendError, BackendErrorKind, Lease, LeaseId};
+use crate::error::{Error, Result};
+use crate::lease::HeldLease;
+
+impl Store {
+    /// The lease for a write: revive a parked one, keep a live one, or take it.
+    /// `Ok(true)` when the blob does not exist and the first upload creates it.
+    pub(super) fn ensure_lease(&self, st: &mut State) -> Result<bool> {
+        self.revive_parked_lease(st)?;
+        match st.lease.observe() {
+            LeaseSlot::Live(_) => Ok(false),
+            LeaseSlot::Lost => Err(Error::Backend(BackendError::new(
+                BackendErrorKind::LeaseLost,
+                format!("the lease on blob '{}' was lost", self.config.blob),
+            ))),
+            LeaseSlot::None | LeaseSlot::Parked(_) => self.take_write_lease(st),
+        }
+    }
+
+    /// Take the lease and keep it when the remote is still this cache's base.
+    /// `Ok(true)` when there is no blob and the cache has never known one: the
+    /// first upload creates it (If-None-Match:*). A blob that vanished after this
+    /// cache was synced with it is an error, never a silent re-creation.
+    pub(super) fn take_write_lease(&self, st: &mut State) -> Result<bool> {
+        match self.acquire_lease()? {
+            Some(lease) => self.adopt_lease(st, lease).map(|()| false),
+            None if st.sidecar.base.is_none() => Ok(true),
+            None => {
+                self.force_check(st);
+                Err(Error::Backend(BackendError::new(
+                    BackendErrorKind::NotFound,
+                    format!(
+                        "remote blob '{}' was deleted; this cache holds version {}",
+                        self.config.blob,
+                        st.sidecar.base.as_ref().map_or("?", |e| e.0.as_str())
+                    ),
+                )))
+            }
+        }
+    }
+
+    /// Acquire the lease. A blob that does not exist yet is first created empty with
+    /// If-None-Match:* (a lease needs a blob; whoever creates it first, the empty
+    /// blob is the same), so the writer that creates the database holds the lease
+    /// too. `None` only when the blob vanished again in between.
+    fn acquire_lease(&self) -> Result<Option<Lease>> {
+        let busy = || {
+            Error::Busy(format!(
+                "the lease on blob '{}' is held by another writer",
+                self.config.blob
+            ))
+        };
+        let mut created = false;
+        loop {
+            match self.remote.acquire_lease(self.config.lease) {
+                Ok(lease) => return Ok(Some(lease)),
+                Err(e) if e.kind == BackendErrorKind::LeaseHeld => return Err(busy()),
+                Err(e) if e.kind == BackendErrorKind::NotFound && created => return Ok(None),
+                Err(e) if e.kind == BackendErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.remote.create_empty() {
+                Ok(_) => {}
+                Err(e) if e.kind == BackendErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+            created = true;
+        }
+    }
+
+    /// Keep a lease just taken if the remote is still our base version (or empty,
+    /// for a cache that has none); else give it back: the snapshot is stale.
+    fn adopt_lease(&self, st: &mut State, lease: Lease) -> Result<()> {
+        let matches = st.sidecar.base.as_ref() == Some(&lease.stat.etag);
+        let adoptable_empty = st.sidecar.base.is_none() && lease.stat.size == 0;
+        if !(matches || adoptable_empty) {
+            self.give_back(st, lease.id);
+            self.force_check(st);
+            return Err(self
+                .moved_since_snapshot(" (use BEGIN IMMEDIATE for read-then-write transactions)"));
+        }
+        st.lease = LeaseSlot::Live(HeldLease::start(
+            self.remote.clone(),
+            lease.id,
+            self.config.lease,
+        ));
+        if adoptable_empty {
+            st.sidecar.base = Some(lease.stat.etag);
+            self.save(st)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn moved_since_snapshot(&self, advice: &str) -> Error {
+        Error::Busy(format!(
+            "remote blob '{}' moved since this snapshot was read; the next read takes the \
+             new version{advice}",
+            self.config.blob
+        ))
+    }
+
+    /// The write is over: give the lease back (a lost one is simply dropped).
+    pub(super) fn release_lease(&self, st: &mut State) {
+        match std::mem::take(&mut st.lease) {
+            LeaseSlot::None | LeaseSlot::Lost => {}
+            LeaseSlot::Live(held) if held.is_lost() => {}
+            LeaseSlot::Live(held) => self.give_back(st, held.stop()),
+            LeaseSlot::Parked(id) => self.give_back(st, id),
+        }
+    }
+
+    /// Release a lease. When that fails the lease may still be ours: it is parked
+    /// (kept, not renewed), never forgotten, or every writer, this process
+    /// included, would wait for it to lapse.
+    pub(super) fn give_back(&self, st: &mut State, id: LeaseId) {
+        match self.remote.release_lease(&id) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind,
+                    BackendErrorKind::LeaseLost | BackendErrorKind::NotFound
+                ) => {}
+            Err(e) => {
+                tracing::warn!(blob = %self.config.blob, error = %e,
+                    "releasing the lease failed; it is kept parked until released or lapsed");
+                st.lease = LeaseSlot::Parked(id);
+            }
+        }
+    }
+
+    /// Make a parked lease live again, or drop it when it is gone. When the renewal
+    /// fails transiently the lease may still be ours: it stays parked and the error
+    /// fails the caller. A revived lease is only kept when the remote is still this
+    /// cache's base (it may have been parked after seeing a moved remote).
+    pub(super) fn revive_parked_lease(&self, st: &mut State) -> Result<()> {
+        let LeaseSlot::Parked(id) = &st.lease else {
+            return Ok(());
+        };
+        let id = id.clone();
+        match self.remote.renew_lease(&id, self.config.lease) {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(_) => {
+                st.lease = LeaseSlot::None;
+                return Ok(());
+            }
+        }
+        let current = self.remote.stat()?;
+        let matches = match (&current, &st.sidecar.base) {
+            (Some(stat), Some(base)) => stat.etag == *base,
+            (Some(stat), None) => stat.size == 0,
+            (None, _) => false,
+        };
+        if !matches {
+            st.lease = LeaseSlot::None;
+            self.give_back(st, id);
+            self.force_check(st);
+            return Err(self.moved_since_snapshot(""));
+        }
+        st.lease = LeaseSlot::Live(HeldLease::start(self.remote.clone(), id, self.config.lease));
+        Ok(())
+    }
+}

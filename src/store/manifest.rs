@@ -1,0 +1,108 @@
+//! Chunk lists (manifests) of versions, for delta sync: the base version's list is
+//! kept beside the sidecar (`<db>-managedblob.manifest`), so an upload stages only
+//! the chunks written since, and a refresh fetches only the chunks that differ.
+
+use super::state::State;
+use super::Store;
+use crate::backend::{BlobStat, Etag};
+use crate::config::SyncMode;
+use crate::delta::Manifest;
+use crate::sidecar;
+
+/// What a refresh brought beside the cache, waiting to be installed.
+#[derive(Clone, Debug)]
+pub(crate) struct Fetched {
+    pub stat: BlobStat,
+    /// `None`: the side file holds the whole image. `Some`: only these chunks, each at
+    /// its own offset.
+    pub chunks: Option<(u64, Vec<u64>)>,
+    /// The remote's block list, when it is ours: it becomes the cache's manifest.
+    pub manifest: Option<Manifest>,
+}
+
+/// This process's token, recorded as the owner of local commits it makes.
+pub(super) fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)))
+}
+
+impl Store {
+    /// Whether transfers go by chunks.
+    pub(super) fn delta_enabled(&self) -> bool {
+        self.config.sync == SyncMode::Delta && self.remote.has_blocks()
+    }
+
+    /// The manifest of the base version, when one is known for it.
+    pub(super) fn manifest_for_base(&self, st: &mut State) -> Option<Manifest> {
+        let base = st.sidecar.base.clone()?;
+        if let Some((etag, m)) = &st.manifest {
+            if *etag == base {
+                return Some(m.clone());
+            }
+        }
+        let (etag, m) = load_manifest(&self.manifest_path)?;
+        if etag != base {
+            return None;
+        }
+        st.manifest = Some((etag, m.clone()));
+        Some(m)
+    }
+
+    /// Record `manifest` as the chunk list of version `etag` (or forget it).
+    pub(super) fn set_manifest(&self, st: &mut State, manifest: Option<(Etag, Manifest)>) {
+        match &manifest {
+            // Not made durable: a lost manifest costs one pass of hashing, not data.
+            Some((etag, m)) => {
+                let _ = sidecar::write_atomic(&self.manifest_path, &manifest_bytes(etag, m), false);
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.manifest_path);
+            }
+        }
+        st.manifest = manifest;
+    }
+
+    /// Whether `st.written` names every chunk changed since the base: this process
+    /// made every local commit since then.
+    pub(super) fn written_is_complete(&self, st: &State) -> bool {
+        !st.sidecar.dirty || st.sidecar.dirty_owner.as_deref() == Some(process_token())
+    }
+}
+
+/// `<etag length u32><etag><manifest bytes>`.
+fn manifest_bytes(etag: &Etag, m: &Manifest) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(etag.0.len() as u32).to_be_bytes());
+    out.extend_from_slice(etag.0.as_bytes());
+    out.extend_from_slice(&m.to_bytes());
+    out
+}
+
+fn load_manifest(path: &std::path::Path) -> Option<(Etag, Manifest)> {
+    let raw = std::fs::read(path).ok()?;
+    let n = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let etag = String::from_utf8(raw.get(4..4 + n)?.to_vec()).ok()?;
+    let m = Manifest::from_bytes(raw.get(4 + n..)?)?;
+    Some((Etag(etag), m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::{ChunkId, GRANULE};
+
+    #[test]
+    fn manifest_files_round_trip_and_garbage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m");
+        let m = Manifest {
+            chunk_size: GRANULE,
+            len: 10,
+            ids: vec![ChunkId::new(0, b"x")],
+        };
+        std::fs::write(&p, manifest_bytes(&Etag("e1".into()), &m)).unwrap();
+        assert_eq!(load_manifest(&p), Some((Etag("e1".into()), m)));
+        std::fs::write(&p, b"\x00\x00\x00\x09short").unwrap();
+        assert_eq!(load_manifest(&p), None);
+    }
+}

@@ -1,0 +1,319 @@
+//! Bringing the cache up to the remote: the freshness check (one `stat`) and the
+//! decisions it leads to, then fetch (by chunks or whole, into a side file) and
+//! install (written into the cache under an EXCLUSIVE lock, with the sidecar marking
+//! the transfer in flight so an interrupted install is resynced, never trusted).
+//!
+//! Decided from the sidecar and the `stat` (docs/ARCHITECTURE.md, "Recovery"):
+//! - a transfer was in flight (`in_flight` set): the cache is untrusted, take the
+//!   remote whole (discarding a hot journal together with the old content);
+//! - dirty and the remote is still our base: upload the local commits;
+//! - dirty and the remote moved: keep the cache as `<db>.conflict-<utc>` (unless it
+//!   equals the remote) and take the remote; never overwrite the remote;
+//! - a hot journal otherwise: let SQLite roll it back first, look again next time.
+
+use std::fs::File;
+use std::io::Read;
+use std::time::Instant;
+
+use super::manifest::Fetched;
+use super::state::{LeaseSlot, State};
+use super::Store;
+use crate::backend::{BackendError, BackendErrorKind, BlobStat};
+use crate::error::{Error, Result};
+use crate::image;
+use crate::localfile::{LocalFile, LockFail, LockLevel};
+use crate::sidecar::InFlight;
+
+pub(super) const COPY_CHUNK: usize = 1 << 20;
+
+impl Store {
+    /// The freshness check and recovery, with the connection holding `held`
+    /// (at least SHARED) on the cache.
+    pub(super) fn sync(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+    ) -> Result<()> {
+        self.reload(st)?;
+        let journal_hot = image::journal_is_hot(&self.journal_path);
+        let in_flight = st.sidecar.in_flight;
+        if journal_hot && in_flight == InFlight::None {
+            // SQLite rolls this journal back once we return; decide after that.
+            self.force_check(st);
+            return Ok(());
+        }
+        let remote = self.remote.stat()?;
+        st.last_check = Some(Instant::now());
+        st.must_check = false;
+        if in_flight != InFlight::None {
+            tracing::warn!(cache = %self.cache_path.display(), ?in_flight,
+                "a transfer was interrupted; resyncing the cache from the remote");
+            return match remote {
+                Some(stat) => self.replace(st, file, held, journal_hot, &stat),
+                None => Err(Error::Local(format!(
+                    "cache {} was interrupted mid-transfer and remote blob '{}' does not exist; \
+                     nothing to resync from",
+                    self.cache_path.display(),
+                    self.config.blob
+                ))),
+            };
+        }
+        match remote {
+            None if st.sidecar.base.is_some() => Err(Error::Backend(BackendError::new(
+                BackendErrorKind::NotFound,
+                format!(
+                    "remote blob '{}' in {} does not exist any more, but this cache was synced \
+                     with it; refusing to guess (restore the blob or move the cache away)",
+                    self.config.blob, self.identity
+                ),
+            ))),
+            // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
+            None => Ok(()),
+            Some(stat) if st.sidecar.base.as_ref() == Some(&stat.etag) => {
+                if st.sidecar.dirty && st.lease.is_none() && st.writable > 0 {
+                    self.recover_upload(st, file, &stat)?;
+                }
+                Ok(())
+            }
+            Some(_) if st.lease.is_writing_here() => Err(Error::Backend(BackendError::new(
+                BackendErrorKind::LeaseLost,
+                format!(
+                    "remote blob '{}' changed while this process held its lease",
+                    self.config.blob
+                ),
+            ))),
+            Some(stat) => {
+                // The remote moved: a parked lease is of no use for this version;
+                // give it back (or keep it parked when that fails).
+                if let LeaseSlot::Parked(id) = std::mem::take(&mut st.lease) {
+                    self.give_back(st, id);
+                }
+                self.replace(st, file, held, false, &stat)
+            }
+        }
+    }
+
+    /// Take the remote version whole into the cache. Downloads to a side file first
+    /// (the cache stays intact if the transfer fails), keeps local commits as a
+    /// conflict copy, then writes the cache in place under an EXCLUSIVE lock.
+    pub(super) fn replace(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+        discard_journal: bool,
+        current: &BlobStat,
+    ) -> Result<()> {
+        // A download that could not be installed because the cache was busy is kept
+        // for the retry, as long as the remote still has that version.
+        let kept = st
+            .pending_download
+            .take()
+            .filter(|f| f.stat == *current && self.download_path.exists());
+        let fetched = match kept {
+            Some(fetched) => fetched,
+            None => self.fetch(st, file)?,
+        };
+        let result = self.install(st, file, held, discard_journal, &fetched);
+        if matches!(&result, Err(e) if e.is_busy()) {
+            st.pending_download = Some(fetched);
+        } else {
+            let _ = std::fs::remove_file(&self.download_path);
+        }
+        result
+    }
+
+    /// Bring the current remote version beside the cache: by chunks when the blob
+    /// is ours and the cache is a known version, else whole.
+    fn fetch(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<Fetched> {
+        if self.delta_enabled() && !st.sidecar.dirty {
+            if let Some(fetched) = self.fetch_delta(st, file)? {
+                return Ok(fetched);
+            }
+        }
+        let stat = self.remote.download_to(&self.download_path)?;
+        Ok(Fetched {
+            stat,
+            chunks: None,
+            manifest: None,
+        })
+    }
+
+    fn install(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+        discard_journal: bool,
+        fetched: &Fetched,
+    ) -> Result<()> {
+        let stat = &fetched.stat;
+        let chunk0_fetched = match &fetched.chunks {
+            None => true,
+            Some((_, indexes)) => indexes.first() == Some(&0),
+        };
+        if chunk0_fetched {
+            let mut header = [0u8; 100];
+            let got = read_prefix(&self.download_path, &mut header)
+                .map_err(|e| Error::local("reading the downloaded copy", e))?;
+            image::check_database(&header[..got.min(stat.size as usize)], stat.size).map_err(
+                |why| {
+                    Error::NotADatabase(format!(
+                        "remote blob '{}' in {} is not a SQLite database: {why}; the cache was \
+                         left as it is",
+                        self.config.blob, self.identity
+                    ))
+                },
+            )?;
+        }
+        if st.sidecar.dirty {
+            // Only whole downloads reach here (delta needs a clean cache).
+            if self.same_as_download(file)? {
+                st.sidecar.base = Some(stat.etag.clone());
+                st.sidecar.dirty = false;
+                return self.save(st);
+            }
+            self.keep_conflict_copy(st, file)?;
+        }
+
+        let upgraded = held < LockLevel::Exclusive;
+        if upgraded {
+            let upgrade = file
+                .lock(LockLevel::Reserved)
+                .and_then(|()| file.lock(LockLevel::Exclusive));
+            if let Err(fail) = upgrade {
+                let _ = file.unlock(held);
+                self.force_check(st);
+                return Err(match fail {
+                    LockFail::Busy => Error::Busy(format!(
+                        "cache {} is in use by another connection; its refresh waits",
+                        self.cache_path.display()
+                    )),
+                    LockFail::Io(code) => Error::Local(format!(
+                        "locking cache {} failed (SQLite code {code})",
+                        self.cache_path.display()
+                    )),
+                });
+            }
+        }
+        let result = self.write_into_cache(st, file, discard_journal, fetched);
+        if upgraded {
+            let _ = file.unlock(held);
+        }
+        result
+    }
+
+    fn write_into_cache(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        discard_journal: bool,
+        fetched: &Fetched,
+    ) -> Result<()> {
+        let stat = &fetched.stat;
+        let cache_err = |what: &str, e: std::io::Error| {
+            Error::local(format!("{what} cache {}", self.cache_path.display()), e)
+        };
+        let mut old_header = [0u8; 100];
+        let old_len = file
+            .read_at(&mut old_header, 0)
+            .map_err(|e| cache_err("reading", e))?;
+        let old_counter = (old_len == 100 && &old_header[..16] == image::MAGIC)
+            .then(|| image::change_counter(&old_header));
+
+        st.sidecar.in_flight = InFlight::Download;
+        self.save(st)?;
+
+        let src = File::open(&self.download_path)
+            .map_err(|e| Error::local("opening the downloaded copy", e))?;
+        // The pieces to copy: the whole image, or the fetched chunks at their offsets.
+        let pieces: Vec<(u64, u64)> = match &fetched.chunks {
+            None => vec![(0, stat.size)],
+            Some((chunk, indexes)) => indexes
+                .iter()
+                .map(|&i| (i * chunk, (*chunk).min(stat.size - i * chunk)))
+                .collect(),
+        };
+        let mut buf = vec![0u8; COPY_CHUNK];
+        for (start, len) in pieces {
+            let mut offset = start;
+            while offset < start + len {
+                let want = (COPY_CHUNK as u64).min(start + len - offset) as usize;
+                let n = read_full_at(&src, &mut buf[..want], offset)
+                    .map_err(|e| Error::local("reading the downloaded copy", e))?;
+                if n != want {
+                    return Err(Error::Local(format!(
+                        "downloaded copy of '{}' ends at {}, expected {} bytes",
+                        self.config.blob,
+                        offset + n as u64,
+                        stat.size
+                    )));
+                }
+                if offset == 0 {
+                    image::adapt_header(&mut buf[..n], old_counter);
+                }
+                file.write_at(&buf[..n], offset)
+                    .map_err(|e| cache_err("writing", e))?;
+                offset += n as u64;
+            }
+        }
+        let offset = stat.size;
+        file.truncate(offset)
+            .map_err(|e| cache_err("truncating", e))?;
+        file.sync().map_err(|e| cache_err("syncing", e))?;
+        if discard_journal {
+            match std::fs::remove_file(&self.journal_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::local("removing the stale journal", e)),
+            }
+        }
+        st.sidecar.base = Some(stat.etag.clone());
+        st.sidecar.dirty = false;
+        st.sidecar.in_flight = InFlight::None;
+        st.sidecar.generation += 1;
+        st.written.clear();
+        // The staleness clock starts when the new version is in, not when the
+        // (possibly long) transfer began.
+        st.last_check = Some(Instant::now());
+        let manifest = fetched.manifest.clone().map(|m| (stat.etag.clone(), m));
+        self.set_manifest(st, manifest);
+        self.save(st)?;
+        self.remote
+            .counters
+            .versions_down
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(cache = %self.cache_path.display(), bytes = offset, "cache refreshed from the remote");
+        Ok(())
+    }
+}
+
+fn read_prefix(path: &std::path::Path, buf: &mut [u8]) -> std::io::Result<usize> {
+    read_full(&mut File::open(path)?, buf)
+}
+
+/// Read at `offset` until `buf` is full or the end of the file.
+fn read_full_at(src: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match src.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// Read until `buf` is full or the end of the input.
+pub(super) fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match src.read(&mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}

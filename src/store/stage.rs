@@ -1,0 +1,122 @@
+//! The upload half of delta sync: stage the chunks that changed since the base
+//! (tracked from xWrite as 64 KiB granules, or found by hashing when the tracking is
+//! incomplete, e.g. after a crash) as blocks, in parallel, and return the new
+//! version's full chunk list for [`Store::publish`] to commit in one request.
+
+use std::collections::BTreeSet;
+use std::sync::{mpsc, Mutex};
+
+use super::state::State;
+use super::Store;
+use crate::backend::LeaseId;
+use crate::delta::{chunk_size_for, ChunkId, Manifest, GRANULE, MAX_BLOCKS};
+use crate::error::{Error, Result};
+use crate::localfile::LocalFile;
+
+/// Transfers in flight at once (stage or ranged read).
+pub(super) const PARALLEL: usize = 4;
+
+impl Store {
+    /// Stage every chunk of the cache that the base's chunk list lacks; the chunk
+    /// list of what the cache holds now.
+    pub(super) fn stage_chunks(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        lease: Option<&LeaseId>,
+    ) -> Result<Manifest> {
+        let size = file
+            .size()
+            .map_err(|e| Error::local("reading the cache", e))?;
+        let old = self.manifest_for_base(st);
+        let chunk = match &old {
+            Some(m) if size.div_ceil(m.chunk_size) <= MAX_BLOCKS => m.chunk_size,
+            _ => chunk_size_for(size),
+        };
+        let old = old.filter(|m| m.chunk_size == chunk);
+        let count = Manifest::chunk_count(size, chunk);
+        let candidates = old
+            .as_ref()
+            .filter(|_| self.written_is_complete(st))
+            .map(|m| changed_chunks(m, &st.written, size, chunk));
+
+        // Read and hash on this thread; stage on PARALLEL workers. A worker that
+        // fails records the error and keeps draining, so the reader never blocks.
+        let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(PARALLEL * 2);
+        let receiver = Mutex::new(receiver);
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let ids = std::thread::scope(|scope| -> Result<Vec<ChunkId>> {
+            for _ in 0..PARALLEL {
+                scope.spawn(|| loop {
+                    let next = receiver.lock().expect("queue lock").recv();
+                    let Ok((id, data)) = next else { return };
+                    if failure.lock().expect("failure lock").is_some() {
+                        continue;
+                    }
+                    if let Err(e) = self.remote.stage_block(id.as_bytes(), &data, lease) {
+                        failure
+                            .lock()
+                            .expect("failure lock")
+                            .get_or_insert(e.into());
+                    }
+                });
+            }
+            let mut ids = Vec::with_capacity(count as usize);
+            let mut buf = vec![0u8; chunk as usize];
+            for i in 0..count {
+                if failure.lock().expect("failure lock").is_some() {
+                    break;
+                }
+                let known = old.as_ref().and_then(|m| m.ids.get(i as usize)).copied();
+                let maybe_changed = candidates.as_ref().is_none_or(|c| c.contains(&i));
+                if let (Some(id), false) = (known, maybe_changed) {
+                    ids.push(id);
+                    continue;
+                }
+                let len = chunk.min(size - i * chunk) as usize;
+                let n = file
+                    .read_at(&mut buf[..len], i * chunk)
+                    .map_err(|e| Error::local("reading the cache", e))?;
+                if n != len {
+                    return Err(Error::Local("the cache shrank during an upload".into()));
+                }
+                let id = ChunkId::new(i as u32, &buf[..len]);
+                if known != Some(id) {
+                    let _ = sender.send((id, buf[..len].to_vec()));
+                }
+                ids.push(id);
+            }
+            drop(sender);
+            Ok(ids)
+        })?;
+        if let Some(e) = failure.into_inner().expect("failure lock") {
+            return Err(e);
+        }
+        if ids.len() as u64 != count {
+            return Err(Error::Local("staging stopped early".into()));
+        }
+        Ok(Manifest {
+            chunk_size: chunk,
+            len: size,
+            ids,
+        })
+    }
+}
+
+/// The chunks that may differ from the base `old`: those holding a written granule,
+/// the last chunk of each length when the size changed, and every new chunk.
+fn changed_chunks(old: &Manifest, written: &BTreeSet<u64>, size: u64, chunk: u64) -> BTreeSet<u64> {
+    let count = Manifest::chunk_count(size, chunk);
+    let old_count = old.ids.len() as u64;
+    let mut c: BTreeSet<u64> = written
+        .iter()
+        .map(|g| g * GRANULE / chunk)
+        .filter(|&i| i < count)
+        .collect();
+    if old.len != size {
+        c.extend(old_count.checked_sub(1));
+        c.extend(count.checked_sub(1));
+    }
+    c.extend(old_count..count);
+    c
+}

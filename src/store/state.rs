@@ -1,0 +1,336 @@
+//! The store's state, with the two pieces the lock events move through as enums:
+//! what this process is writing ([`WriteState`]) and what it holds of the remote
+//! lease ([`LeaseSlot`]). Transitions are methods; an illegal one is reported as
+//! [`Error::Misuse`] and changes nothing.
+//!
+//! ```text
+//!            begin_txn                     batch_begin
+//!   Idle ─────────────────▶ Writing ─────────────────────┐
+//!    ▲  ◀───────────────── {create}                      ▼
+//!    │       end_txn          ▲          batch_end    Batch{depth, create, writing}
+//!    │                        └───────────────────── (outermost, writing)
+//!    │     batch_begin / batch_end (outermost, not writing)  ▲ │ begin_txn / end_txn
+//!    └──────────────────────────────────────────────────────┘ └▶ (writing flips)
+//! ```
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::manifest::Fetched;
+use crate::backend::{Etag, LeaseId};
+use crate::delta::Manifest;
+use crate::error::{Error, Result};
+use crate::lease::HeldLease;
+use crate::sidecar::Sidecar;
+
+/// What this process is writing to the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteState {
+    /// No write transaction, no batch.
+    Idle,
+    /// A write transaction outside a batch. `create`: the blob did not exist when it
+    /// started, so its commit creates it (If-None-Match:*).
+    Writing { create: bool },
+    /// A batch, `depth` levels deep, holding the lease until its outermost end;
+    /// `writing` while one of its write transactions runs.
+    Batch {
+        depth: u32,
+        create: bool,
+        writing: bool,
+    },
+}
+
+impl WriteState {
+    /// A write transaction starts (SHARED -> RESERVED, the lease taken).
+    pub fn begin_txn(&mut self, create_blob: bool) -> Result<()> {
+        *self = match *self {
+            WriteState::Idle => WriteState::Writing {
+                create: create_blob,
+            },
+            WriteState::Batch {
+                depth,
+                create,
+                writing: false,
+            } => WriteState::Batch {
+                depth,
+                create: create || create_blob,
+                writing: true,
+            },
+            other => return Err(illegal("begin a write transaction", other)),
+        };
+        Ok(())
+    }
+
+    /// The write transaction ended (unlock below RESERVED). Harmless when none runs.
+    pub fn end_txn(&mut self) {
+        *self = match *self {
+            WriteState::Writing { .. } => WriteState::Idle,
+            WriteState::Batch { depth, create, .. } => WriteState::Batch {
+                depth,
+                create,
+                writing: false,
+            },
+            WriteState::Idle => WriteState::Idle,
+        };
+    }
+
+    /// `managedblob_batch=begin`: open a batch or nest one level deeper.
+    pub fn batch_begin(&mut self, create_blob: bool) {
+        *self = match *self {
+            WriteState::Idle => WriteState::Batch {
+                depth: 1,
+                create: create_blob,
+                writing: false,
+            },
+            WriteState::Writing { create } => WriteState::Batch {
+                depth: 1,
+                create,
+                writing: true,
+            },
+            WriteState::Batch {
+                depth,
+                create,
+                writing,
+            } => WriteState::Batch {
+                depth: depth + 1,
+                create,
+                writing,
+            },
+        };
+    }
+
+    /// `managedblob_batch=end`: one level less. `Ok(true)` when that closed the
+    /// outermost batch (its commits are to be uploaded now).
+    pub fn batch_end(&mut self) -> Result<bool> {
+        let (closed, next) = match *self {
+            WriteState::Batch {
+                depth: 1,
+                create,
+                writing,
+            } => (
+                true,
+                if writing {
+                    WriteState::Writing { create }
+                } else {
+                    WriteState::Idle
+                },
+            ),
+            WriteState::Batch {
+                depth,
+                create,
+                writing,
+            } => (
+                false,
+                WriteState::Batch {
+                    depth: depth - 1,
+                    create,
+                    writing,
+                },
+            ),
+            _ => {
+                return Err(Error::Misuse(
+                    "managedblob_batch=end without a matching managedblob_batch=begin".into(),
+                ))
+            }
+        };
+        *self = next;
+        Ok(closed)
+    }
+
+    /// The last connection closed: whatever batch was open ends with it.
+    pub fn close_batch(&mut self) -> u32 {
+        let depth = self.batch_depth();
+        *self = WriteState::Idle;
+        depth
+    }
+
+    /// The blob was created (or found to exist): later commits use If-Match.
+    pub fn blob_exists(&mut self) {
+        match self {
+            WriteState::Writing { create } | WriteState::Batch { create, .. } => *create = false,
+            WriteState::Idle => {}
+        }
+    }
+
+    pub fn batch_depth(&self) -> u32 {
+        match self {
+            WriteState::Batch { depth, .. } => *depth,
+            _ => 0,
+        }
+    }
+
+    pub fn in_batch(&self) -> bool {
+        matches!(self, WriteState::Batch { .. })
+    }
+
+    /// A write transaction of this process is running.
+    pub fn in_txn(&self) -> bool {
+        matches!(
+            self,
+            WriteState::Writing { .. } | WriteState::Batch { writing: true, .. }
+        )
+    }
+
+    /// Whether the next upload creates the blob rather than replacing a version.
+    pub fn creates_blob(&self) -> bool {
+        matches!(
+            self,
+            WriteState::Writing { create: true } | WriteState::Batch { create: true, .. }
+        )
+    }
+
+    /// Nothing of this process needs the lease any more.
+    pub fn lease_unneeded(&self) -> bool {
+        *self == WriteState::Idle
+    }
+}
+
+fn illegal(what: &str, state: WriteState) -> Error {
+    tracing::error!(?state, "illegal write-state transition: {what}");
+    Error::Misuse(format!("internal: cannot {what} in write state {state:?}"))
+}
+
+/// What this process holds of the remote lease.
+#[derive(Debug, Default)]
+pub(crate) enum LeaseSlot {
+    /// No lease.
+    #[default]
+    None,
+    /// Held and renewed in the background.
+    Live(HeldLease),
+    /// Held but not renewed, because its release failed: it lapses by itself within
+    /// `lease_secs` unless this process's next writer renews it. Never forgotten, or
+    /// every writer, this process included, would wait for it to lapse.
+    Parked(LeaseId),
+    /// A renewal found it gone (expired, broken, taken): the next upload would be
+    /// refused by the backend anyway, so this is never a blind overwrite.
+    Lost,
+}
+
+impl LeaseSlot {
+    /// Turn a live lease whose renewal found it gone into [`LeaseSlot::Lost`].
+    pub fn observe(&mut self) -> &mut Self {
+        if matches!(self, LeaseSlot::Live(l) if l.is_lost()) {
+            *self = LeaseSlot::Lost;
+        }
+        self
+    }
+
+    /// The id to fence uploads with, while the lease is live.
+    pub fn live_id(&self) -> Option<&LeaseId> {
+        match self {
+            LeaseSlot::Live(l) => Some(&l.id),
+            _ => None,
+        }
+    }
+
+    /// Held and renewed (or held and lost, which only an upload will tell for sure):
+    /// this process is the writer, nobody else can move the remote.
+    pub fn is_writing_here(&self) -> bool {
+        matches!(self, LeaseSlot::Live(_) | LeaseSlot::Lost)
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, LeaseSlot::None)
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self, LeaseSlot::Live(l) if !l.is_lost())
+    }
+}
+
+/// Everything the store's mutex protects.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub sidecar: Sidecar,
+    pub lease: LeaseSlot,
+    pub write: WriteState,
+    pub last_check: Option<Instant>,
+    /// Check the remote at the next SHARED lock whatever the staleness clock says.
+    pub must_check: bool,
+    pub connections: usize,
+    /// How many of them may write (not opened with mode=ro): only then does this
+    /// process upload local commits left behind by a crash.
+    pub writable: usize,
+    pub last_error: Option<String>,
+    pub conflicts: Vec<String>,
+    /// A downloaded version waiting beside the cache for an EXCLUSIVE lock.
+    pub pending_download: Option<Fetched>,
+    /// The base version's chunk list, when known.
+    pub manifest: Option<(Etag, Manifest)>,
+    /// 64 KiB granules of the cache written by commits since the base.
+    pub written: BTreeSet<u64>,
+}
+
+impl State {
+    pub fn new(sidecar: Sidecar) -> State {
+        State {
+            sidecar,
+            lease: LeaseSlot::None,
+            write: WriteState::Idle,
+            last_check: None,
+            must_check: true,
+            connections: 0,
+            writable: 0,
+            last_error: None,
+            conflicts: Vec::new(),
+            pending_download: None,
+            manifest: None,
+            written: BTreeSet::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteState::{self, *};
+
+    #[test]
+    fn a_transaction_inside_a_batch_keeps_the_batch() {
+        let mut w = Idle;
+        w.batch_begin(false);
+        w.begin_txn(false).unwrap();
+        assert!(w.in_txn() && w.in_batch());
+        w.end_txn();
+        assert_eq!(
+            w,
+            Batch {
+                depth: 1,
+                create: false,
+                writing: false
+            }
+        );
+        assert!(w.batch_end().unwrap());
+        assert_eq!(w, Idle);
+    }
+
+    #[test]
+    fn a_batch_begun_by_a_writer_ends_back_in_its_transaction() {
+        let mut w = Writing { create: true };
+        w.batch_begin(false);
+        w.batch_begin(false);
+        assert_eq!(w.batch_depth(), 2);
+        assert!(!w.batch_end().unwrap());
+        assert!(w.batch_end().unwrap());
+        assert_eq!(w, Writing { create: true });
+    }
+
+    #[test]
+    fn illegal_transitions_are_reported_and_change_nothing() {
+        let mut w = Writing { create: false };
+        assert!(w.begin_txn(false).is_err());
+        assert_eq!(w, Writing { create: false });
+        let mut idle = WriteState::Idle;
+        assert!(idle.batch_end().is_err());
+        assert_eq!(idle, Idle);
+    }
+
+    #[test]
+    fn creating_is_forgotten_once_the_blob_exists() {
+        let mut w = Idle;
+        w.begin_txn(true).unwrap();
+        assert!(w.creates_blob());
+        w.blob_exists();
+        assert!(!w.creates_blob());
+    }
+}
