@@ -2,13 +2,14 @@
 //! environment variables, then the defaults given to [`crate::register_with`],
 //! then built-in defaults. Every error names the setting and where it came from.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
 /// The settings a user can give, with their URI parameter names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Remote,
     Blob,
@@ -75,61 +76,78 @@ pub enum RemoteSpec {
     Azure(crate::backend::azure::ContainerUrl),
 }
 
-/// Process-wide defaults, given to [`crate::register_with`]. URI parameters and
-/// environment variables override them.
+/// Process-wide defaults, given to [`crate::register_with`]: one for any setting
+/// of the README's table. URI parameters and environment variables override them.
+///
+/// ```
+/// use managedblob::config::{Key, SyncMode};
+/// let options = managedblob::Options::new()
+///     .remote("/srv/remote")
+///     .blob("corpus.db")
+///     .retry_total_ms(10_000)
+///     .sync(SyncMode::Full);
+/// assert_eq!(options.get(Key::Sync), Some("full"));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Options {
     /// Register under this VFS name instead of `managedblob`.
     pub vfs_name: Option<String>,
-    /// Default `remote` when neither the URI nor the environment gives one.
-    pub remote: Option<String>,
-    pub lease_secs: Option<u64>,
-    pub staleness_ms: Option<u64>,
-    pub retry_attempts: Option<u32>,
-    pub retry_base_ms: Option<u64>,
+    /// Default values by setting, as they would be written in a URI.
+    defaults: BTreeMap<Key, String>,
+}
+
+/// A builder method per numeric setting: `Options::lease_secs(30)` and so on.
+macro_rules! numeric_settings {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => $key:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(self, value: $ty) -> Self {
+                self.set($key, value)
+            }
+        )*
+    };
 }
 
 impl Options {
     pub fn new() -> Self {
         Self::default()
     }
+
     pub fn vfs_name(mut self, name: impl Into<String>) -> Self {
         self.vfs_name = Some(name.into());
         self
     }
-    pub fn remote(mut self, remote: impl Into<String>) -> Self {
-        self.remote = Some(remote.into());
-        self
-    }
-    pub fn lease_secs(mut self, secs: u64) -> Self {
-        self.lease_secs = Some(secs);
-        self
-    }
-    pub fn staleness_ms(mut self, ms: u64) -> Self {
-        self.staleness_ms = Some(ms);
-        self
-    }
-    pub fn retry_attempts(mut self, attempts: u32) -> Self {
-        self.retry_attempts = Some(attempts);
-        self
-    }
-    pub fn retry_base_ms(mut self, ms: u64) -> Self {
-        self.retry_base_ms = Some(ms);
+
+    /// The default for `key`, written as in a URI (checked when a database opens,
+    /// with the same messages as a URI parameter).
+    pub fn set(mut self, key: Key, value: impl ToString) -> Self {
+        self.defaults.insert(key, value.to_string());
         self
     }
 
-    fn default_for(&self, key: Key) -> Option<String> {
-        match key {
-            Key::Remote => self.remote.clone(),
-            Key::Blob => None,
-            Key::LeaseSecs => self.lease_secs.map(|v| v.to_string()),
-            Key::StalenessMs => self.staleness_ms.map(|v| v.to_string()),
-            Key::RetryAttempts => self.retry_attempts.map(|v| v.to_string()),
-            Key::RetryBaseMs => self.retry_base_ms.map(|v| v.to_string()),
-            Key::RetryTotalMs => None,
-            Key::Sync => None,
-        }
+    /// The default given for `key`, if any.
+    pub fn get(&self, key: Key) -> Option<&str> {
+        self.defaults.get(&key).map(String::as_str)
+    }
+
+    pub fn remote(self, remote: impl Into<String>) -> Self {
+        self.set(Key::Remote, remote.into())
+    }
+
+    pub fn blob(self, blob: impl Into<String>) -> Self {
+        self.set(Key::Blob, blob.into())
+    }
+
+    pub fn sync(self, mode: SyncMode) -> Self {
+        self.set(Key::Sync, mode.name())
+    }
+
+    numeric_settings! {
+        lease_secs: u64 => Key::LeaseSecs;
+        staleness_ms: u64 => Key::StalenessMs;
+        retry_attempts: u32 => Key::RetryAttempts;
+        retry_base_ms: u64 => Key::RetryBaseMs;
+        retry_total_ms: u64 => Key::RetryTotalMs;
     }
 }
 
@@ -183,6 +201,16 @@ pub enum SyncMode {
     Full,
 }
 
+impl SyncMode {
+    /// The setting's value for this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Delta => "delta",
+            SyncMode::Full => "full",
+        }
+    }
+}
+
 impl Config {
     /// Resolve every setting for the cache file `cache_path`. `uri` looks up a URI
     /// parameter, `env` an environment variable.
@@ -199,9 +227,9 @@ impl Config {
             if let Some(v) = env(key.env_name()) {
                 return Some((v, format!("environment variable {}", key.env_name())));
             }
-            options.default_for(key).map(|v| {
+            options.get(key).map(|v| {
                 (
-                    v,
+                    v.to_string(),
                     format!("option '{}' given to register_with", key.uri_name()),
                 )
             })
@@ -387,6 +415,39 @@ mod tests {
         assert_eq!(c.remote, RemoteSpec::Local("/env/dir".into()));
         assert_eq!(c.lease, Duration::from_secs(20));
         assert_eq!(c.staleness, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn register_with_can_default_every_setting() {
+        let options = Options::new()
+            .remote("file:///opt/remote")
+            .blob("shared/app.db")
+            .lease_secs(45)
+            .staleness_ms(7)
+            .retry_attempts(3)
+            .retry_base_ms(9)
+            .retry_total_ms(1234)
+            .sync(SyncMode::Full);
+        for key in Key::ALL {
+            assert!(options.get(key).is_some(), "{key:?} cannot be defaulted");
+        }
+        let c = Config::resolve(Path::new("/cache/x.db"), &options, &|_| None, &|_| None).unwrap();
+        assert_eq!(c.remote, RemoteSpec::Local("/opt/remote".into()));
+        assert_eq!(c.blob, "shared/app.db");
+        assert_eq!(c.lease, Duration::from_secs(45));
+        assert_eq!(c.staleness, Duration::from_millis(7));
+        assert_eq!(c.retry.attempts, 3);
+        assert_eq!(c.retry.base, Duration::from_millis(9));
+        assert_eq!(c.retry.total, Duration::from_millis(1234));
+        assert_eq!(c.sync, SyncMode::Full);
+        // A bad default is named as one.
+        let bad = Options::new().remote("/r").retry_total_ms(0);
+        let e = Config::resolve(Path::new("/c/x.db"), &bad, &|_| None, &|_| None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("option 'retry_total_ms' given to register_with"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -17,9 +17,18 @@ pub enum Error {
     /// retry later (SQLite's busy handler does).
     #[error("managedblob: {0}")]
     Busy(String),
-    /// The local cache or sidecar could not be read or written.
+    /// The local cache is not in a state managedblob can work with.
     #[error("managedblob: {0}")]
     Local(String),
+    /// A local file (the cache, its sidecar, a side file) could not be read or
+    /// written; `kind` keeps the operating system's reason, so a full disk is
+    /// SQLITE_FULL wherever it happens.
+    #[error("managedblob: {what}: {message}")]
+    LocalIo {
+        what: String,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
     /// The remote blob or the local cache is not a usable SQLite database.
     #[error("managedblob: {0}")]
     NotADatabase(String),
@@ -35,7 +44,30 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn local(what: impl std::fmt::Display, err: std::io::Error) -> Self {
-        Error::Local(format!("{what}: {err}"))
+        Error::LocalIo {
+            what: what.to_string(),
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
+
+    /// The operating system's reason, when a local file operation failed (here, or
+    /// in the local backend).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::LocalIo { kind, .. } => Some(*kind),
+            Error::Backend(e) => e.io_kind,
+            _ => None,
+        }
+    }
+
+    /// Whether the error means the disk (or a file size limit) is full.
+    pub fn is_full(&self) -> bool {
+        use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+        matches!(
+            self.io_kind(),
+            Some(StorageFull | QuotaExceeded | FileTooLarge)
+        )
     }
 
     /// Whether this error means "try again later" to SQLite.
@@ -95,9 +127,9 @@ pub fn sqlite_code(err: &Error, phase: Phase) -> i32 {
             Phase::Open => code::CANTOPEN,
             _ => code::ERROR,
         },
+        _ if err.is_full() => code::FULL,
         Error::NotADatabase(_) => code::NOTADB,
         Error::Misuse(_) => code::ERROR,
-        Error::Backend(e) if e.message.contains("no space left") => code::FULL,
         _ => io,
     }
 }
@@ -123,6 +155,33 @@ mod tests {
         let e = Error::Busy("another writer created the blob first".into());
         assert_eq!(sqlite_code(&e, Phase::Commit), code::BUSY | (2 << 8));
         assert_eq!(sqlite_code(&e, Phase::Lock), code::BUSY);
+    }
+
+    #[test]
+    fn a_full_disk_is_sqlite_full_in_every_phase() {
+        let local = Error::local(
+            "writing cache x",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        let too_big = Error::local(
+            "writing cache x",
+            std::io::Error::from(std::io::ErrorKind::FileTooLarge),
+        );
+        let remote = Error::Backend(BackendError::from_io(
+            "writing blob x",
+            &std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ));
+        for phase in [Phase::Open, Phase::Read, Phase::Lock, Phase::Commit] {
+            for e in [&local, &too_big, &remote] {
+                assert_eq!(sqlite_code(e, phase), code::FULL, "{e} in {phase:?}");
+            }
+        }
+        // The words alone do not make it full: only the kind does.
+        let worded = Error::Backend(BackendError::new(
+            BackendErrorKind::Permanent,
+            "no space left",
+        ));
+        assert_eq!(sqlite_code(&worded, Phase::Commit), code::IOERR_FSYNC);
     }
 
     #[test]

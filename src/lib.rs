@@ -14,7 +14,8 @@
 //! Opening downloads the database only when the remote changed; a write transaction
 //! holds the remote lease; a commit uploads with a conditional write; a batch
 //! (`PRAGMA managedblob_batch=begin|end`) uploads once at its end. See the README for
-//! the guarantees, and DESIGN.md for how SQLite's lock levels map onto all this.
+//! the guarantees, and docs/ARCHITECTURE.md for how SQLite's lock levels map onto
+//! all this.
 
 #![deny(unsafe_code)]
 

@@ -108,6 +108,9 @@ pub enum BackendErrorKind {
 pub struct BackendError {
     pub kind: BackendErrorKind,
     pub message: String,
+    /// The operating system's reason when a local file operation failed (the local
+    /// backend), so that a full disk reaches SQLite as SQLITE_FULL.
+    pub io_kind: Option<std::io::ErrorKind>,
 }
 
 impl BackendError {
@@ -115,7 +118,28 @@ impl BackendError {
         BackendError {
             kind,
             message: message.into(),
+            io_kind: None,
         }
+    }
+
+    /// A failed file operation: `what` failed with `err`. Interrupted calls are
+    /// transient, a missing file is `NotFound`, a refused one `Denied`; the rest
+    /// is permanent, with the io kind kept.
+    pub fn from_io(what: impl std::fmt::Display, err: &std::io::Error) -> Self {
+        use std::io::ErrorKind as Io;
+        let kind = match err.kind() {
+            Io::NotFound => BackendErrorKind::NotFound,
+            Io::PermissionDenied => BackendErrorKind::Denied,
+            Io::Interrupted | Io::WouldBlock => BackendErrorKind::Transient,
+            _ => BackendErrorKind::Permanent,
+        };
+        BackendError::new(kind, format!("{what}: {err}")).with_io(err.kind())
+    }
+
+    /// The same error, remembering the operating system's reason.
+    pub fn with_io(mut self, kind: std::io::ErrorKind) -> Self {
+        self.io_kind = Some(kind);
+        self
     }
 
     /// Whether a retry with backoff may succeed.
