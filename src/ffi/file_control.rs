@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use libsqlite3_sys as sql;
 
 use super::{guard, main_db, sqlite_string};
+use crate::pragma::unavailable_journal_mode;
 
 pub(super) unsafe extern "C" fn x_file_control(
     file: *mut sql::sqlite3_file,
@@ -33,6 +34,18 @@ pub(super) unsafe extern "C" fn x_file_control(
                         .map(|v| CStr::from_ptr(v).to_string_lossy().into_owned());
                     (name, value)
                 };
+                if let Some((mode, why)) = unavailable_journal_mode(&name, value.as_deref()) {
+                    tracing::info!(
+                        "managedblob: journal_mode={mode} is not available on a managed \
+                         database ({why}); the journal mode in force stays"
+                    );
+                    // SAFETY: args[2] is the value, non-null here: SQLite's own writable
+                    // copy of the token for this one pragma (sqlite3NameFromToken in
+                    // pragma.c), at least one byte plus its NUL, which SQLite reads again
+                    // when we answer NOTFOUND and frees afterwards.
+                    unsafe { keep_journal_mode(*args.add(2)) };
+                    return pass_on();
+                }
                 let Some(parsed) = crate::pragma::parse(&name, value.as_deref()) else {
                     return pass_on();
                 };
@@ -85,4 +98,21 @@ pub(super) unsafe extern "C" fn x_file_control(
             _ => pass_on(),
         }
     })
+}
+
+/// Turn `PRAGMA journal_mode=<value>` into SQLite's query form, which answers the mode
+/// in force: SQLite takes a value that names no mode as a query (pragma.c,
+/// PragTyp_JOURNAL_MODE), and `?` starts no mode's name. The pragma then goes on as
+/// SQLite's own, so the application sees the mode that really applies.
+///
+/// # Safety
+/// `value` must be the writable, NUL-terminated value of the pragma, at least one byte
+/// long.
+unsafe fn keep_journal_mode(value: *mut c_char) {
+    // SAFETY: guaranteed by the caller: bytes 0 and 1 (the first byte's successor, a
+    // character or the NUL) are inside the string.
+    unsafe {
+        *value = b'?' as c_char;
+        *value.add(1) = 0;
+    }
 }
