@@ -188,7 +188,6 @@ impl Connection {
                 serde_json::to_string(&store.status())
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
             )),
-            Command::Refused(message) => Err(message),
         }
     }
 

@@ -20,6 +20,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+mod cache_file;
 pub mod config;
 mod connection;
 mod counters;

@@ -8,8 +8,32 @@ pub enum Command {
     Flush,
     Refresh,
     Status,
-    /// A pragma we refuse on a managed database, with the reason.
-    Refused(String),
+}
+
+/// SQLite's journal modes, in the order its `PRAGMA journal_mode=<value>` tries them
+/// (`sqlite3JournalModename`): the first whose name starts with the value wins, so
+/// `w` means WAL and `o` means OFF.
+const JOURNAL_MODES: [&str; 6] = ["delete", "persist", "off", "truncate", "memory", "wal"];
+
+/// `PRAGMA journal_mode=<value>` that asks for a mode a managed database cannot use:
+/// the mode asked for and why. SQLite itself keeps the mode in force when a mode
+/// cannot be set (WAL on a VFS without shared memory, OFF in defensive mode); so do we.
+pub fn unavailable_journal_mode(
+    name: &str,
+    value: Option<&str>,
+) -> Option<(&'static str, &'static str)> {
+    if !name.eq_ignore_ascii_case("journal_mode") {
+        return None;
+    }
+    let value = value?;
+    let chosen = JOURNAL_MODES.iter().find(|mode| {
+        mode.len() >= value.len() && mode[..value.len()].eq_ignore_ascii_case(value)
+    })?;
+    match *chosen {
+        "wal" => Some(("WAL", "a WAL commit never reaches the remote")),
+        "off" => Some(("OFF", "a failed upload could not be rolled back")),
+        _ => None,
+    }
 }
 
 /// Parse `PRAGMA name[=value]`. `None` when the pragma is SQLite's business;
@@ -33,19 +57,6 @@ pub fn parse(name: &str, value: Option<&str>) -> Option<Result<Command, String>>
         "managedblob_flush" => Ok(Command::Flush),
         "managedblob_refresh" => Ok(Command::Refresh),
         "managedblob_status" => Ok(Command::Status),
-        "journal_mode" => match value.as_deref() {
-            Some("wal") => Ok(Command::Refused(
-                "managedblob: journal_mode=WAL is not supported on a managed database (a WAL \
-                 commit never reaches the remote); use DELETE, TRUNCATE, PERSIST or MEMORY"
-                    .into(),
-            )),
-            Some("off") => Ok(Command::Refused(
-                "managedblob: journal_mode=OFF is not supported on a managed database (a \
-                 failed upload could not be rolled back); use DELETE, TRUNCATE, PERSIST or MEMORY"
-                    .into(),
-            )),
-            _ => return None,
-        },
         _ => return None,
     };
     Some(command)
@@ -74,12 +85,17 @@ mod tests {
     }
 
     #[test]
-    fn wal_and_off_are_refused_with_a_reason() {
-        for v in ["wal", "WAL", "off"] {
-            match parse("journal_mode", Some(v)) {
-                Some(Ok(Command::Refused(m))) => assert!(m.contains("not supported"), "{m}"),
-                other => panic!("{v}: {other:?}"),
-            }
+    fn wal_and_off_are_unavailable_as_sqlite_reads_the_value() {
+        for v in ["wal", "WAL", "w", "Wa"] {
+            assert_eq!(unavailable_journal_mode("journal_mode", Some(v)).unwrap().0, "WAL", "{v}");
         }
+        for v in ["off", "OFF", "o", "of"] {
+            assert_eq!(unavailable_journal_mode("JOURNAL_MODE", Some(v)).unwrap().0, "OFF", "{v}");
+        }
+        for v in ["", "delete", "d", "truncate", "persist", "memory", "m", "wall", "x"] {
+            assert_eq!(unavailable_journal_mode("journal_mode", Some(v)), None, "{v:?}");
+        }
+        assert_eq!(unavailable_journal_mode("journal_mode", None), None);
+        assert_eq!(unavailable_journal_mode("cache_size", Some("wal")), None);
     }
 }

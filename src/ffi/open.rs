@@ -1,0 +1,160 @@
+//! xOpen: main databases become managed connections; everything else (journals, temp
+//! files) is the default VFS's, opened straight into our buffer. The file policy
+//! (a private cache, no cache left by a failed open) is [`crate::cache_file`]'s.
+
+use std::ffi::{c_int, CStr, CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr;
+
+use libsqlite3_sys as sql;
+
+use super::io::IO_METHODS;
+use super::real_file::{close_real, RealFile};
+use super::{guard, vfs_data, MainDb, MbFile, VfsData, REAL_OFFSET};
+use crate::cache_file::CacheFileOpen;
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::store::open_store;
+
+pub(super) unsafe extern "C" fn x_open(
+    vfs: *mut sql::sqlite3_vfs,
+    name: sql::sqlite3_filename,
+    file: *mut sql::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    guard(|| {
+        if vfs.is_null() || file.is_null() {
+            return sql::SQLITE_INTERNAL;
+        }
+        // SAFETY: vfs is ours (SQLite passes back the struct we registered).
+        let data = unsafe { vfs_data(vfs) };
+        // SAFETY: data.real is the default VFS.
+        let real_vfs = unsafe { &*data.real };
+        if flags & sql::SQLITE_OPEN_MAIN_DB == 0 || name.is_null() {
+            // Journals, temp files: the default VFS owns them, in our buffer.
+            // SAFETY: our szOsFile is larger than the real one, so the buffer fits.
+            return unsafe { (real_vfs.xOpen.unwrap())(data.real, name, file, flags, out_flags) };
+        }
+        // SAFETY: SQLite allocated szOsFile bytes at file, for an MbFile and the real file.
+        unsafe { open_main(data, name, file, flags, out_flags) }
+    })
+}
+
+/// # Safety
+/// Called from x_open with valid arguments for a main database.
+unsafe fn open_main(
+    data: &VfsData,
+    name: sql::sqlite3_filename,
+    file: *mut sql::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let mb = file as *mut MbFile;
+    // SAFETY: the buffer holds REAL_OFFSET + real szOsFile bytes.
+    let real = unsafe { (file as *mut u8).add(REAL_OFFSET) } as *mut sql::sqlite3_file;
+    // SAFETY: mb points to writable memory of at least size_of::<MbFile>().
+    unsafe {
+        (*mb).base.pMethods = ptr::null();
+        (*mb).main = ptr::null_mut();
+        (*real).pMethods = ptr::null();
+    }
+    // SAFETY: name is the NUL-terminated full path SQLite passes to xOpen.
+    let name_bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
+    let path = String::from_utf8_lossy(name_bytes).into_owned();
+    let read_only = flags & sql::SQLITE_OPEN_READONLY != 0;
+    let uri = |key: &str| -> Option<String> {
+        let key = CString::new(key).ok()?;
+        // SAFETY: name is a database filename from xOpen, the form sqlite3_uri_parameter takes.
+        let v = unsafe { sql::sqlite3_uri_parameter(name, key.as_ptr()) };
+        // SAFETY: a non-null result is a NUL-terminated string owned by SQLite.
+        (!v.is_null()).then(|| unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned())
+    };
+    let env = |key: &str| std::env::var(key).ok();
+    // Settings and the remote's address are checked before the cache is touched, so
+    // a bad URI leaves no empty cache file behind.
+    let store = Config::resolve(Path::new(&path), &data.options, &uri, &env)
+        .and_then(|config| open_store(Path::new(&path), config));
+    let store = match store {
+        Ok(store) => store,
+        // SAFETY: mb is our struct, set up above.
+        Err(e) => return unsafe { install_failed(mb, &path, e) },
+    };
+
+    // Open the cache read-write (and create it) even for mode=ro, so the first sync and
+    // later refreshes can write it; SQLite still sees a read-only file.
+    let creates = read_only || flags & sql::SQLITE_OPEN_CREATE != 0;
+    let cache = CacheFileOpen::prepare(Path::new(OsStr::from_bytes(name_bytes)), creates);
+    // SAFETY: data.real is the default VFS.
+    let real_vfs = unsafe { &*data.real };
+    let mut real_out: c_int = 0;
+    let mut rc = sql::SQLITE_CANTOPEN;
+    if read_only {
+        let rw = (flags & !sql::SQLITE_OPEN_READONLY)
+            | sql::SQLITE_OPEN_READWRITE
+            | sql::SQLITE_OPEN_CREATE;
+        // SAFETY: real points to room for the real file.
+        rc = unsafe { (real_vfs.xOpen.unwrap())(data.real, name, real, rw, &mut real_out) };
+    }
+    if rc != sql::SQLITE_OK {
+        // SAFETY: as above.
+        rc = unsafe { (real_vfs.xOpen.unwrap())(data.real, name, real, flags, &mut real_out) };
+    }
+    if rc != sql::SQLITE_OK {
+        return rc;
+    }
+    if !out_flags.is_null() {
+        let reported = if read_only {
+            (real_out & !sql::SQLITE_OPEN_READWRITE) | sql::SQLITE_OPEN_READONLY
+        } else {
+            real_out
+        };
+        // SAFETY: out_flags is SQLite's out pointer.
+        unsafe { *out_flags = reported };
+    }
+
+    let connection = match Connection::open(store, Box::new(RealFile(real)), read_only) {
+        Ok(connection) => connection,
+        Err(e) => {
+            // SAFETY: the real file was opened above and is closed exactly once here.
+            unsafe { close_real(real) };
+            cache.discard_if_created();
+            // SAFETY: mb is our struct.
+            return unsafe { install_failed(mb, &path, e) };
+        }
+    };
+    let main = MainDb {
+        connection: Some(connection),
+        open_error: None,
+        real,
+    };
+    // SAFETY: mb is our struct; IO_METHODS is static.
+    unsafe {
+        (*mb).main = Box::into_raw(Box::new(main));
+        (*mb).base.pMethods = &IO_METHODS;
+    }
+    sql::SQLITE_OK
+}
+
+/// Finish an open in the failed state: the file looks empty to SQLite and the
+/// auto-extension [`super::register::report_open_error`] fails the open with
+/// `error`'s message.
+///
+/// # Safety
+/// `mb` must be the MbFile being opened by [`open_main`].
+unsafe fn install_failed(mb: *mut MbFile, path: &str, error: Error) -> c_int {
+    tracing::warn!(path, error = %error, "managedblob: open failed");
+    let main = MainDb {
+        connection: None,
+        open_error: Some(error.to_string()),
+        real: ptr::null_mut(),
+    };
+    // SAFETY: guaranteed by the caller; IO_METHODS is static.
+    unsafe {
+        (*mb).main = Box::into_raw(Box::new(main));
+        (*mb).base.pMethods = &IO_METHODS;
+    }
+    sql::SQLITE_OK
+}

@@ -1,0 +1,148 @@
+//! The real (default VFS) file behind one of our main databases, seen by the safe
+//! layers as a [`LocalFile`].
+
+use std::ffi::c_int;
+use std::ptr;
+
+use libsqlite3_sys as sql;
+
+use crate::localfile::{LocalFile, LockFail, LockLevel};
+
+/// The largest single read or write handed to the real file. SQLite itself never
+/// moves more than one page (64 KiB) at a time, and the unix VFS masks larger
+/// requests (`nBuf &= 0x1ffff` in seekAndWriteFd), so bigger transfers are split.
+const MAX_IO: usize = 64 * 1024;
+
+/// The real file behind one of our main database files, as a [`LocalFile`].
+pub(super) struct RealFile(pub(super) *mut sql::sqlite3_file);
+
+// SAFETY: a RealFile is owned by one Connection, which SQLite only drives from one
+// thread at a time (the connection's mutex); the pointer stays valid until xClose.
+unsafe impl Send for RealFile {}
+
+impl RealFile {
+    /// # Safety
+    /// `self.0` must be an open file whose methods table is set.
+    unsafe fn methods(&self) -> &sql::sqlite3_io_methods {
+        // SAFETY: the caller guarantees pMethods is a valid, non-null table.
+        unsafe { &*(*self.0).pMethods }
+    }
+
+    fn read_method(&self) -> XRead {
+        // SAFETY: the real file is open (RealFile lives between xOpen and xClose).
+        unsafe { self.methods().xRead.unwrap() }
+    }
+
+    fn write_method(&self) -> XWrite {
+        // SAFETY: as in read_method.
+        unsafe { self.methods().xWrite.unwrap() }
+    }
+}
+
+type XRead =
+    unsafe extern "C" fn(*mut sql::sqlite3_file, *mut std::ffi::c_void, c_int, i64) -> c_int;
+type XWrite =
+    unsafe extern "C" fn(*mut sql::sqlite3_file, *const std::ffi::c_void, c_int, i64) -> c_int;
+
+/// Run one transfer of `len` bytes at `offset` as pieces of at most [`MAX_IO`]:
+/// `piece(start in the buffer, length, file offset)` returns a SQLite code.
+fn in_pieces(
+    len: usize,
+    offset: u64,
+    what: &str,
+    mut piece: impl FnMut(usize, c_int, i64) -> c_int,
+) -> std::io::Result<()> {
+    for start in (0..len).step_by(MAX_IO) {
+        let n = MAX_IO.min(len - start);
+        io(
+            piece(start, n as c_int, (offset + start as u64) as i64),
+            what,
+        )?;
+    }
+    Ok(())
+}
+
+fn io(rc: c_int, what: &str) -> std::io::Result<()> {
+    if rc == sql::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{what} failed with SQLite code {rc}"
+        )))
+    }
+}
+
+impl LocalFile for RealFile {
+    fn lock(&mut self, level: LockLevel) -> std::result::Result<(), LockFail> {
+        // SAFETY: the real file is open (RealFile lives between xOpen and xClose).
+        let rc = unsafe { (self.methods().xLock.unwrap())(self.0, level as c_int) };
+        match rc {
+            sql::SQLITE_OK => Ok(()),
+            sql::SQLITE_BUSY => Err(LockFail::Busy),
+            other => Err(LockFail::Io(other)),
+        }
+    }
+    fn unlock(&mut self, level: LockLevel) -> std::result::Result<(), LockFail> {
+        // SAFETY: as in lock.
+        let rc = unsafe { (self.methods().xUnlock.unwrap())(self.0, level as c_int) };
+        match rc {
+            sql::SQLITE_OK => Ok(()),
+            other => Err(LockFail::Io(other)),
+        }
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let size = self.size()?;
+        if offset >= size {
+            return Ok(0);
+        }
+        let n = buf.len().min((size - offset) as usize);
+        let read = self.read_method();
+        in_pieces(n, offset, "reading the cache", |start, len, at| {
+            // SAFETY: buf[start..start + len] is valid (start + len <= n <= buf.len());
+            // the real file is open.
+            unsafe { read(self.0, buf[start..].as_mut_ptr().cast(), len, at) }
+        })?;
+        Ok(n)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let write = self.write_method();
+        in_pieces(buf.len(), offset, "writing the cache", |start, len, at| {
+            // SAFETY: buf[start..start + len] is valid; the real file is open.
+            unsafe { write(self.0, buf[start..].as_ptr().cast(), len, at) }
+        })
+    }
+    fn truncate(&mut self, size: u64) -> std::io::Result<()> {
+        // SAFETY: the real file is open.
+        let rc = unsafe { (self.methods().xTruncate.unwrap())(self.0, size as i64) };
+        io(rc, "truncating the cache")
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        // SAFETY: the real file is open.
+        let rc = unsafe { (self.methods().xSync.unwrap())(self.0, sql::SQLITE_SYNC_NORMAL) };
+        io(rc, "syncing the cache")
+    }
+    fn size(&mut self) -> std::io::Result<u64> {
+        let mut size: i64 = 0;
+        // SAFETY: the real file is open; size is a valid out pointer.
+        let rc = unsafe { (self.methods().xFileSize.unwrap())(self.0, &mut size) };
+        io(rc, "sizing the cache")?;
+        Ok(size as u64)
+    }
+}
+
+/// Close the real file (a failed open's cleanup, and xClose).
+///
+/// # Safety
+/// `real` must be an open real file, closed exactly once.
+pub(super) unsafe fn close_real(real: *mut sql::sqlite3_file) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let methods = (*real).pMethods;
+        if methods.is_null() {
+            return sql::SQLITE_OK;
+        }
+        let rc = ((*methods).xClose.unwrap())(real);
+        (*real).pMethods = ptr::null();
+        rc
+    }
+}

@@ -1,0 +1,241 @@
+//! Registration: the VFS table (xOpen is ours, the rest pass through to the default
+//! VFS) and the auto-extension that reports a failed open's message.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::ptr;
+
+use libsqlite3_sys as sql;
+use parking_lot::Mutex;
+
+use super::io::IO_METHODS;
+use super::open::x_open;
+use super::{guard, sqlite_string, vfs_data, MbFile, VfsData, REAL_OFFSET};
+use crate::config::Options;
+use crate::error::{Error, Result};
+
+struct Registered {
+    name: String,
+    options: Options,
+}
+
+static REGISTERED: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+
+/// Register a VFS named `options.vfs_name` (default `managedblob`) wrapping the
+/// default VFS. Idempotent for equal options.
+pub fn register(options: Options) -> Result<()> {
+    let name = options
+        .vfs_name
+        .clone()
+        .unwrap_or_else(|| crate::VFS_NAME.to_string());
+    let mut registered = REGISTERED.lock();
+    if let Some(r) = registered.iter().find(|r| r.name == name) {
+        return if r.options == options {
+            Ok(())
+        } else {
+            Err(Error::Registration(format!(
+                "VFS '{name}' is already registered with other options"
+            )))
+        };
+    }
+    let cname = CString::new(name.clone())
+        .map_err(|_| Error::Registration("the VFS name contains a NUL byte".into()))?;
+    // SAFETY: sqlite3_vfs_find accepts NULL (the default VFS) and any C string; it
+    // initializes SQLite when needed.
+    let real = unsafe { sql::sqlite3_vfs_find(ptr::null()) };
+    if real.is_null() {
+        return Err(Error::Registration("SQLite has no default VFS".into()));
+    }
+    // SAFETY: cname is a valid C string.
+    let existing = unsafe { sql::sqlite3_vfs_find(cname.as_ptr()) };
+    if !existing.is_null() {
+        // Registered by another copy of this code (the loadable extension).
+        registered.push(Registered { name, options });
+        return Ok(());
+    }
+    // SAFETY: real is SQLite's default VFS, valid for the process lifetime.
+    let (real_version, real_size, real_path) =
+        unsafe { ((*real).iVersion, (*real).szOsFile, (*real).mxPathname) };
+    let data: &'static VfsData = Box::leak(Box::new(VfsData {
+        real,
+        options: options.clone(),
+        name: cname,
+    }));
+    let vfs: &'static mut sql::sqlite3_vfs = Box::leak(Box::new(sql::sqlite3_vfs {
+        iVersion: real_version.min(3),
+        szOsFile: REAL_OFFSET as c_int + real_size,
+        mxPathname: real_path,
+        pNext: ptr::null_mut(),
+        zName: data.name.as_ptr(),
+        pAppData: data as *const VfsData as *mut c_void,
+        xOpen: Some(x_open),
+        xDelete: Some(x_delete),
+        xAccess: Some(x_access),
+        xFullPathname: Some(x_full_pathname),
+        xDlOpen: Some(x_dl_open),
+        xDlError: Some(x_dl_error),
+        xDlSym: Some(x_dl_sym),
+        xDlClose: Some(x_dl_close),
+        xRandomness: Some(x_randomness),
+        xSleep: Some(x_sleep),
+        xCurrentTime: Some(x_current_time),
+        xGetLastError: Some(x_get_last_error),
+        xCurrentTimeInt64: Some(x_current_time_int64),
+        xSetSystemCall: None,
+        xGetSystemCall: None,
+        xNextSystemCall: None,
+    }));
+    // SAFETY: vfs is leaked, so it outlives every connection that may use it.
+    let rc = unsafe { sql::sqlite3_vfs_register(vfs, 0) };
+    if rc != sql::SQLITE_OK {
+        return Err(Error::Registration(format!(
+            "sqlite3_vfs_register failed with code {rc}"
+        )));
+    }
+    if registered.is_empty() {
+        // SAFETY: report_open_error has the signature SQLite calls auto-extensions with.
+        let rc = unsafe { sql::sqlite3_auto_extension(auto_extension_entry()) };
+        if rc != sql::SQLITE_OK {
+            return Err(Error::Registration(format!(
+                "sqlite3_auto_extension failed with code {rc}"
+            )));
+        }
+    }
+    registered.push(Registered { name, options });
+    Ok(())
+}
+
+/// The signature SQLite calls an auto-extension with.
+type AutoExtension = unsafe extern "C" fn(
+    *mut sql::sqlite3,
+    *mut *mut c_char,
+    *const sql::sqlite3_api_routines,
+) -> c_int;
+
+/// [`report_open_error`] as `sqlite3_auto_extension` takes it. The bundled bindings
+/// type the parameter; the loadable-extension bindings, generated from the host's
+/// sqlite3ext.h, keep sqlite3.h's `void (*)(void)`.
+#[cfg(not(feature = "loadable_extension"))]
+fn auto_extension_entry() -> Option<AutoExtension> {
+    Some(report_open_error)
+}
+
+/// See above: the loadable-extension form.
+#[cfg(feature = "loadable_extension")]
+fn auto_extension_entry() -> Option<unsafe extern "C" fn()> {
+    let entry: AutoExtension = report_open_error;
+    // SAFETY: only the pointer's type changes; SQLite casts it back to the entry point
+    // type (AutoExtension) before it calls it, as sqlite3.h documents.
+    Some(unsafe { std::mem::transmute::<AutoExtension, unsafe extern "C" fn()>(entry) })
+}
+
+/// Runs at the end of every `sqlite3_open*`: fails the open of a managed database
+/// whose settings or first sync failed, with our message.
+pub(super) unsafe extern "C" fn report_open_error(
+    db: *mut sql::sqlite3,
+    err: *mut *mut c_char,
+    _api: *const sql::sqlite3_api_routines,
+) -> c_int {
+    guard(|| {
+        let mut file: *mut sql::sqlite3_file = ptr::null_mut();
+        // SAFETY: db is the connection being opened; FILE_POINTER writes a pointer.
+        let rc = unsafe {
+            sql::sqlite3_file_control(
+                db,
+                c"main".as_ptr(),
+                sql::SQLITE_FCNTL_FILE_POINTER,
+                (&mut file as *mut *mut sql::sqlite3_file).cast(),
+            )
+        };
+        if rc != sql::SQLITE_OK || file.is_null() {
+            return sql::SQLITE_OK;
+        }
+        // SAFETY: file is the main db file of db; pMethods identifies who opened it.
+        let methods = unsafe { (*file).pMethods };
+        if !ptr::eq(methods, &IO_METHODS) {
+            return sql::SQLITE_OK;
+        }
+        // SAFETY: files with our methods table are MbFile with a live MainDb.
+        let main = unsafe { &*(*(file as *mut MbFile)).main };
+        match &main.open_error {
+            Some(message) => {
+                // SAFETY: err is SQLite's out pointer for the message.
+                unsafe { *err = sqlite_string(message) };
+                sql::SQLITE_ERROR
+            }
+            None => sql::SQLITE_OK,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The default VFS's methods, passed through
+
+macro_rules! real_vfs_call {
+    ($vfs:expr, $method:ident, $($arg:expr),*) => {{
+        // SAFETY: $vfs is ours, its pAppData holds the default VFS, whose method we call
+        // with the arguments SQLite gave us.
+        unsafe {
+            let real = vfs_data($vfs).real;
+            ((*real).$method.unwrap())(real, $($arg),*)
+        }
+    }};
+}
+
+unsafe extern "C" fn x_delete(
+    vfs: *mut sql::sqlite3_vfs,
+    name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
+    guard(|| real_vfs_call!(vfs, xDelete, name, sync_dir))
+}
+unsafe extern "C" fn x_access(
+    vfs: *mut sql::sqlite3_vfs,
+    name: *const c_char,
+    flags: c_int,
+    out: *mut c_int,
+) -> c_int {
+    guard(|| real_vfs_call!(vfs, xAccess, name, flags, out))
+}
+unsafe extern "C" fn x_full_pathname(
+    vfs: *mut sql::sqlite3_vfs,
+    name: *const c_char,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
+    guard(|| real_vfs_call!(vfs, xFullPathname, name, n, out))
+}
+unsafe extern "C" fn x_dl_open(vfs: *mut sql::sqlite3_vfs, name: *const c_char) -> *mut c_void {
+    real_vfs_call!(vfs, xDlOpen, name)
+}
+unsafe extern "C" fn x_dl_error(vfs: *mut sql::sqlite3_vfs, n: c_int, out: *mut c_char) {
+    real_vfs_call!(vfs, xDlError, n, out)
+}
+unsafe extern "C" fn x_dl_sym(
+    vfs: *mut sql::sqlite3_vfs,
+    handle: *mut c_void,
+    symbol: *const c_char,
+) -> Option<unsafe extern "C" fn(*mut sql::sqlite3_vfs, *mut c_void, *const c_char)> {
+    real_vfs_call!(vfs, xDlSym, handle, symbol)
+}
+unsafe extern "C" fn x_dl_close(vfs: *mut sql::sqlite3_vfs, handle: *mut c_void) {
+    real_vfs_call!(vfs, xDlClose, handle)
+}
+unsafe extern "C" fn x_randomness(vfs: *mut sql::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+    real_vfs_call!(vfs, xRandomness, n, out)
+}
+unsafe extern "C" fn x_sleep(vfs: *mut sql::sqlite3_vfs, micros: c_int) -> c_int {
+    real_vfs_call!(vfs, xSleep, micros)
+}
+unsafe extern "C" fn x_current_time(vfs: *mut sql::sqlite3_vfs, out: *mut f64) -> c_int {
+    real_vfs_call!(vfs, xCurrentTime, out)
+}
+unsafe extern "C" fn x_get_last_error(
+    vfs: *mut sql::sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
+    real_vfs_call!(vfs, xGetLastError, n, out)
+}
+unsafe extern "C" fn x_current_time_int64(vfs: *mut sql::sqlite3_vfs, out: *mut i64) -> c_int {
+    real_vfs_call!(vfs, xCurrentTimeInt64, out)
+}

@@ -1,0 +1,94 @@
+//! Helpers for the FFI-facing tests (journal mode, VACUUM INTO, LD_PRELOAD): log
+//! capture and a managed world of caches and one remote directory.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// Caches and one remote directory in a temp dir.
+pub struct Place {
+    pub dir: tempfile::TempDir,
+}
+
+impl Place {
+    pub fn new() -> Place {
+        managedblob::register().expect("register");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("remote")).unwrap();
+        Place { dir }
+    }
+
+    pub fn remote(&self) -> PathBuf {
+        self.dir.path().join("remote")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The URI of database `db` in cache directory `host` on this remote.
+    pub fn uri(&self, host: &str, db: &str) -> String {
+        let cache = self.dir.path().join(host);
+        std::fs::create_dir_all(&cache).unwrap();
+        format!(
+            "file:{}?vfs=managedblob&remote={}",
+            cache.join(db).display(),
+            self.remote().display()
+        )
+    }
+
+    /// Open database `db` managed, with cache directory `host`.
+    pub fn open(&self, host: &str, db: &str) -> Connection {
+        let uri = self.uri(host, db);
+        Connection::open_with_flags(&uri, flags()).unwrap_or_else(|e| panic!("open {uri}: {e}"))
+    }
+}
+
+pub fn flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
+}
+
+/// A plain SQLite file's rows of `SELECT x FROM t ORDER BY x`.
+pub fn plain_rows(path: &Path) -> Vec<i64> {
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut stmt = c.prepare("SELECT x FROM t ORDER BY x").unwrap();
+    let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// Run `f` with tracing output at `info` and above going to a buffer (on this
+/// thread), and return what `f` returned and what was logged.
+pub fn with_log<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let buf = Buffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(buf.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    (out, text)
+}
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+    type Writer = Buffer;
+    fn make_writer(&'a self) -> Buffer {
+        self.clone()
+    }
+}
