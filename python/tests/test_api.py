@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -12,7 +13,7 @@ import managedblob
 
 def count(path: Path, table: str) -> int:
     """Rows of ``table`` in a plain SQLite file (a remote blob), opened without managedblob."""
-    plain = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    plain = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
     try:
         return plain.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     finally:

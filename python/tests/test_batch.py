@@ -89,10 +89,12 @@ def test_when_the_end_fails_too_the_blocks_exception_comes_out_with_a_note(remot
             db.execute("INSERT INTO t VALUES (1)")
             db.commit()
             remote.rename(moved)  # the end's upload has nowhere to go
+            remote.write_text("a file where the remote directory was")
             raise KeyError("mine")
     assert raised.value.args == ("mine",)
     notes = getattr(raised.value, "__notes__", [])
     assert any("ending the batch after this error failed too" in n for n in notes), notes
+    remote.unlink()
     moved.rename(remote)
     db.close()
 
@@ -108,10 +110,22 @@ def test_batches_nest_and_only_the_outermost_end_uploads(db):
     assert uploads(db) == before + 1
 
 
-def test_begin_inside_a_write_transaction_is_refused_and_nothing_is_left_begun(db):
-    db.execute("INSERT INTO t VALUES (1)")  # opens sqlite3's implicit transaction
-    with pytest.raises(sqlite3.OperationalError):
+def test_a_batch_begun_inside_a_write_transaction_takes_it_in(db, remote, cache):
+    before = uploads(db)
+    db.execute("INSERT INTO t VALUES (1)")  # sqlite3's implicit transaction, under the lease
+    with managedblob.batch(db):
+        db.execute("INSERT INTO t VALUES (2)")
+    assert not db.in_transaction
+    assert uploads(db) == before + 1
+    assert rows_on_the_remote(remote, cache) == 2
+
+
+def test_begin_inside_a_read_transaction_is_refused_and_nothing_is_left_begun(db):
+    db.isolation_level = None
+    db.execute("BEGIN")
+    db.execute("SELECT count(*) FROM t").fetchall()
+    with pytest.raises(sqlite3.OperationalError, match="cannot start a batch inside a transaction"):
         with managedblob.batch(db):
             pass
-    db.rollback()
+    db.execute("COMMIT")
     assert managedblob.status(db)["batch_depth"] == 0

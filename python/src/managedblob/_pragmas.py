@@ -18,8 +18,8 @@ def batch(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A managedblob batch around the block: the commits inside it stay in the local cache,
     under the remote lease, and the end uploads them once.
 
-    ``PRAGMA managedblob_batch=begin`` on entry (it fails, as SQLite's pragma does, inside an
-    open transaction: commit first). On leaving, like ``with conn:``, the transaction the
+    ``PRAGMA managedblob_batch=begin`` on entry (inside a read transaction it fails: finish
+    that first; a write transaction, which holds the lease already, joins the batch). On leaving, like ``with conn:``, the transaction the
     block left open (``sqlite3``'s implicit one) is committed, or rolled back if the block
     raised; then ``PRAGMA managedblob_batch=end`` always runs, which uploads what the batch
     committed and releases the lease. The block's exception is re-raised, never swallowed;
