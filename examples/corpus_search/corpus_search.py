@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS documents(
 CREATE TABLE IF NOT EXISTS chunks(
     id INTEGER PRIMARY KEY, document_id INTEGER NOT NULL REFERENCES documents(id),
     seq INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(path UNINDEXED, body);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(path UNINDEXED, body, tokenize='porter unicode61');
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vec USING vec0(embedding float[{DIMENSIONS}]);
 """
 
@@ -227,10 +227,11 @@ def main(argv: List[str]) -> int:
     elif args.command == "search":
         print(f"full-text (FTS5) hits for {args.query!r}:")
         for i, hit in enumerate(result["fts"], start=1):
-            print(f"  {i}. {hit['path']} #{hit['chunk']}  bm25 {hit['score']}  {hit['snippet']}")
+            print(f"  {i}. {hit['path']} #{hit['chunk']}  bm25 {hit['score']:.3f}  {hit['snippet']}")
         print("nearest chunks (vec0):")
         for i, hit in enumerate(result["vector"], start=1):
-            print(f"  {i}. {hit['path']} #{hit['chunk']}  distance {hit['distance']}  {shorten(hit['text'])}")
+            where = f"{hit['path']} #{hit['chunk']}"
+            print(f"  {i}. {where}  distance {hit['distance']:.3f}  {shorten(hit['text'])}")
     print(line)
     return 0
 

@@ -19,12 +19,13 @@ def batch(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     under the remote lease, and the end uploads them once.
 
     ``PRAGMA managedblob_batch=begin`` on entry (inside a read transaction it fails: finish
-    that first; a write transaction, which holds the lease already, joins the batch). On leaving, like ``with conn:``, the transaction the
-    block left open (``sqlite3``'s implicit one) is committed, or rolled back if the block
-    raised; then ``PRAGMA managedblob_batch=end`` always runs, which uploads what the batch
-    committed and releases the lease. The block's exception is re-raised, never swallowed;
-    if ending the batch fails as well, that failure is added to it as a note.
-    Batches nest; only the outermost end uploads.
+    that first; a write transaction, which holds the lease already, joins the batch).
+    On leaving, like ``with conn:``, the transaction the block left open (``sqlite3``'s
+    implicit one) is committed, or rolled back if the block raised; then
+    ``PRAGMA managedblob_batch=end`` always runs, which uploads what the batch committed and
+    releases the lease. The block's exception is re-raised, never swallowed; if ending the
+    batch fails as well, that failure is added to it as a note. Batches nest; only the
+    outermost end uploads.
 
     >>> with managedblob.batch(conn):
     ...     conn.executemany("INSERT INTO t(body) VALUES (?)", rows)
