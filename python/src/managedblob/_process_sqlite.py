@@ -17,6 +17,7 @@ where nothing registered the VFS yet.
 from __future__ import annotations
 
 import ctypes
+import os
 import sqlite3
 from typing import Any, Optional
 
@@ -99,7 +100,7 @@ def load_extension(path: str, entry_point: str, vfs_name: str) -> None:
                 f"sqlite3_enable_load_extension failed: {errmsg(db).decode(errors='replace')}"
             )
         error = ctypes.c_void_p()
-        if load(db, path.encode(), entry_point.encode(), ctypes.byref(error)) != 0:
+        if load(db, os.fsencode(path), entry_point.encode(), ctypes.byref(error)) != 0:
             message = ctypes.string_at(error.value).decode(errors="replace") if error.value else "no message"
             free(error)
             raise ProcessSqliteError(f"sqlite3_load_extension({path}) failed: {message}")
