@@ -29,3 +29,6 @@ export MANAGEDBLOB_EXTENSION="$PWD/loadable/target/release/libmanagedblob.so"
 
 echo "== running the tests"
 cargo test --features azure "$@"
+
+echo "== the Python package (python/test.sh: venv, pip install ./python, pytest)"
+python/test.sh
