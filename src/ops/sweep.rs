@@ -79,8 +79,8 @@ pub fn sweep_cache(cache: &Path, dry_run: bool) -> Result<SweepReport> {
         dir
     };
     let name = name.to_string_lossy().into_owned();
-    let entries = fs::read_dir(dir)
-        .map_err(|e| Error::local(format!("listing {}", dir.display()), e))?;
+    let entries =
+        fs::read_dir(dir).map_err(|e| Error::local(format!("listing {}", dir.display()), e))?;
     let mut report = SweepReport::default();
     let open = OpenFiles::scan();
     for entry in entries.flatten() {
@@ -138,7 +138,9 @@ fn cache_leftover(cache: &str, file: &str) -> Option<CacheLeftover> {
         let pid = owner.split('-').next().and_then(|p| p.parse().ok());
         return Some(CacheLeftover::Download { pid });
     }
-    let temp = rest.strip_prefix("json.tmp-").or(rest.strip_prefix("manifest.tmp-"))?;
+    let temp = rest
+        .strip_prefix("json.tmp-")
+        .or(rest.strip_prefix("manifest.tmp-"))?;
     (!temp.is_empty()).then_some(CacheLeftover::Temp)
 }
 
@@ -182,9 +184,21 @@ mod tests {
             kind("a.db-managedblob.download-42-00ff00ff"),
             Some(CacheLeftover::Download { pid: Some(42) })
         );
-        assert_eq!(kind("a.db-managedblob.json.tmp-1234abcd"), Some(CacheLeftover::Temp));
-        assert_eq!(kind("a.db-managedblob.manifest.tmp-1"), Some(CacheLeftover::Temp));
-        for kept in ["a.db", "a.db-journal", "a.db-managedblob.json", "a.db-managedblob.manifest", "b.db-managedblob.json.tmp-1"] {
+        assert_eq!(
+            kind("a.db-managedblob.json.tmp-1234abcd"),
+            Some(CacheLeftover::Temp)
+        );
+        assert_eq!(
+            kind("a.db-managedblob.manifest.tmp-1"),
+            Some(CacheLeftover::Temp)
+        );
+        for kept in [
+            "a.db",
+            "a.db-journal",
+            "a.db-managedblob.json",
+            "a.db-managedblob.manifest",
+            "b.db-managedblob.json.tmp-1",
+        ] {
             assert_eq!(kind(kept), None, "{kept}");
         }
     }

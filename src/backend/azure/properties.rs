@@ -54,7 +54,11 @@ impl AzureBackend {
                 .map(|secs| crate::ops::rfc3339_ms(secs * 1000)),
             lease: LeaseInfo {
                 state,
-                duration: if state == LeaseState::Leased { duration } else { None },
+                duration: if state == LeaseState::Leased {
+                    duration
+                } else {
+                    None
+                },
                 ..LeaseInfo::available()
             },
         }))

@@ -248,8 +248,14 @@ mod tests {
 
     #[test]
     fn companion_names_split_into_blob_and_suffix() {
-        assert_eq!(companion_of(".a.db.mb-tmp-00ff"), Some(("a.db", "tmp-00ff")));
-        assert_eq!(companion_of(".a.db.mb-lease.tmp"), Some(("a.db", "lease.tmp")));
+        assert_eq!(
+            companion_of(".a.db.mb-tmp-00ff"),
+            Some(("a.db", "tmp-00ff"))
+        );
+        assert_eq!(
+            companion_of(".a.db.mb-lease.tmp"),
+            Some(("a.db", "lease.tmp"))
+        );
         assert_eq!(companion_of("a.db"), None);
         assert!(is_leftover_suffix("staged") && is_leftover_suffix("blocks.tmp"));
         assert!(!is_leftover_suffix("lease") && !is_leftover_suffix("mutex"));
