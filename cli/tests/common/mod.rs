@@ -138,3 +138,96 @@ pub fn stdout(output: &std::process::Output) -> String {
 pub fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Writer processes for the kill tests: the test binary runs itself with the test
+/// `child_process` selected and the job in the environment.
+pub mod child {
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    use super::Remote;
+
+    /// What the child does.
+    #[derive(Clone, Copy)]
+    pub enum Job {
+        /// Take the lease in a batch, commit inside it, say READY, and wait to be killed.
+        HoldLease,
+        /// Commit large rows in a loop until killed (say READY after the first).
+        CommitLoop,
+    }
+
+    /// Start a child on `remote`, `cache`, `blob`; returns once it says READY.
+    pub fn spawn(job: Job, remote: &Remote, cache: &Path, blob: &str) -> Child {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "child_process",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                "MB_CHILD_JOB",
+                match job {
+                    Job::HoldLease => "hold-lease",
+                    Job::CommitLoop => "commit-loop",
+                },
+            )
+            .env("MB_CHILD_REMOTE", &remote.setting)
+            .env("MB_CHILD_CACHE", cache)
+            .env("MB_CHILD_BLOB", blob)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        for line in BufReader::new(out).lines() {
+            if line.unwrap().contains("MB-CHILD-READY") {
+                return child;
+            }
+        }
+        panic!("the child exited before it was ready: {:?}", child.wait());
+    }
+
+    /// The child's side: does its job when the environment asks for one.
+    pub fn run_if_asked() {
+        let Ok(job) = std::env::var("MB_CHILD_JOB") else {
+            return;
+        };
+        let remote = Remote {
+            setting: std::env::var("MB_CHILD_REMOTE").unwrap(),
+            _dir: None,
+            azurite: None,
+            container: String::new(),
+        };
+        let cache = std::path::PathBuf::from(std::env::var("MB_CHILD_CACHE").unwrap());
+        let blob = std::env::var("MB_CHILD_BLOB").unwrap();
+        let conn = remote.open_with(&cache, &blob, "&lease_secs=60");
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB)")
+            .unwrap();
+        match job.as_str() {
+            "hold-lease" => {
+                conn.execute_batch(
+                    "PRAGMA managedblob_batch=begin;
+                     INSERT INTO t(body) VALUES (randomblob(5000));",
+                )
+                .unwrap();
+                println!("MB-CHILD-READY");
+                loop {
+                    std::thread::park();
+                }
+            }
+            _ => {
+                for i in 0.. {
+                    conn.execute("INSERT INTO t(body) VALUES (randomblob(150000))", [])
+                        .unwrap();
+                    if i == 0 {
+                        println!("MB-CHILD-READY");
+                    }
+                }
+            }
+        }
+    }
+}
