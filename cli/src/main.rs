@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let message = secrets::scrub(&format!("{e:#}")).replace('\n', " ");
+            let message = secrets::scrub(&one_line(&e));
             if json {
                 println!("{}", serde_json::json!({ "error": message }));
             } else {
@@ -139,6 +139,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             dry_run,
         } => repair::sweep(remote.as_deref(), &cache, dry_run, json),
     }
+}
+
+/// The error and those of its causes that its message does not repeat already (the
+/// library's errors include their source's text), on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message.replace('\n', " ")
 }
 
 /// Logs go to stderr, filtered by RUST_LOG (off by default).

@@ -19,6 +19,7 @@ impl LocalBackend {
     pub fn details(&self, blob: &str) -> BackendResult<Option<BlobDetails>> {
         const OP: &str = "inspect";
         let p = self.paths(blob)?;
+        tracing::debug!(blob = %p.path.display(), "local inspect");
         let Some(_lock) = p.lock(OP)? else {
             return Ok(None);
         };
@@ -57,6 +58,7 @@ impl LocalBackend {
     pub fn recorded_blocks(&self, blob: &str) -> BackendResult<Option<(BlobStat, BlockList)>> {
         const OP: &str = "read recorded block list";
         let p = self.paths(blob)?;
+        tracing::debug!(blob = %p.path.display(), "local recorded block list");
         let Some(_lock) = p.lock(OP)? else {
             return Ok(None);
         };
