@@ -169,7 +169,7 @@ impl OpenFiles {
 
     fn contains(&self, path: &Path) -> bool {
         let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        self.0.iter().any(|p| *p == path)
+        self.0.contains(&path)
     }
 }
 
