@@ -118,6 +118,15 @@ impl Target {
         }
     }
 
+    /// The error for a blob that does not exist.
+    pub fn missing_blob(&self) -> anyhow::Error {
+        anyhow!(
+            "blob {} does not exist in {}",
+            self.blob,
+            self.shown_remote()
+        )
+    }
+
     /// The `file:` URI that opens `cache` through the VFS on this remote and blob.
     pub fn vfs_uri(&self, cache: &Path) -> String {
         format!(

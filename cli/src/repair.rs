@@ -14,11 +14,7 @@ use crate::output::{bytes, print_json};
 
 pub fn break_lease(target: &Target, yes: bool, json: bool) -> Result<u8> {
     let Some(details) = ops::blob_details(&target.spec, &target.blob)? else {
-        bail!(
-            "blob {} does not exist in {}",
-            target.blob,
-            target.shown_remote()
-        );
+        return Err(target.missing_blob());
     };
     let lease = details.lease;
     if !matches!(lease.state, LeaseState::Leased | LeaseState::Breaking) {

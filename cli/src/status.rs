@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use managedblob::ops::{self, LeaseInfo};
 use managedblob::sidecar::Sidecar;
 use serde::Serialize;
@@ -43,11 +43,7 @@ pub struct CacheReport {
 
 pub fn run(target: &Target, json: bool) -> Result<u8> {
     let Some(details) = ops::blob_details(&target.spec, &target.blob)? else {
-        bail!(
-            "blob {} does not exist in {}",
-            target.blob,
-            target.shown_remote()
-        );
+        return Err(target.missing_blob());
     };
     let backend = target.backend()?;
     let list = match backend.blocks() {

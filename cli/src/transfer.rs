@@ -38,11 +38,7 @@ pub fn pull(target: &Target, json: bool) -> Result<u8> {
         .context("pull needs --cache <path> (the cache to bring up to date)")?;
     let backend = target.backend()?;
     let Some(stat) = backend.stat(&target.blob)? else {
-        bail!(
-            "blob {} does not exist in {}",
-            target.blob,
-            target.shown_remote()
-        );
+        return Err(target.missing_blob());
     };
     let before = target.sidecar.as_ref().and_then(|s| s.base.clone());
     let bar = progress(stat.size, "pull");
@@ -98,11 +94,7 @@ pub fn export(target: &Target, out: &Path, force: bool, json: bool) -> Result<u8
     }
     let backend = target.backend()?;
     let Some(stat) = backend.stat(&target.blob)? else {
-        bail!(
-            "blob {} does not exist in {}",
-            target.blob,
-            target.shown_remote()
-        );
+        return Err(target.missing_blob());
     };
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -65,11 +65,7 @@ pub fn run(target: &Target, json: bool) -> Result<u8> {
     let (stat, list) = loop {
         attempt += 1;
         let Some((listed, list)) = ops::recorded_blocks(&target.spec, &target.blob)? else {
-            bail!(
-                "blob {} does not exist in {}",
-                target.blob,
-                target.shown_remote()
-            );
+            return Err(target.missing_blob());
         };
         let mut sink = image.reopen()?;
         sink.set_len(0)?;
