@@ -30,5 +30,8 @@ export MANAGEDBLOB_EXTENSION="$PWD/loadable/target/release/libmanagedblob.so"
 echo "== running the tests"
 cargo test --features azure "$@"
 
+echo "== running the managedblob CLI tests"
+AZURITE_BLOB="${AZURITE_BLOB:-$PWD/target/azurite/node_modules/.bin/azurite-blob}" cargo test -p managedblob-cli
+
 echo "== the Python package (python/test.sh: venv, pip install ./python, pytest)"
 python/test.sh

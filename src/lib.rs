@@ -30,6 +30,7 @@ mod ffi;
 mod image;
 mod lease;
 pub mod localfile;
+pub mod ops;
 mod pragma;
 mod remote;
 pub mod sidecar;

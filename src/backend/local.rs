@@ -37,6 +37,8 @@
 //! `flock` is only as good as the file system's support for it: fine on local
 //! disks, on NFS only with a working lock manager.
 
+mod inspect;
+
 use crate::sys::{flock_exclusive, hostname, process_exists, reflink};
 use std::fs::{self, DirBuilder, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};

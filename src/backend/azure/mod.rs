@@ -56,6 +56,7 @@
 mod auth;
 mod blocks;
 mod errors;
+mod properties;
 mod runtime;
 mod shared_key;
 pub mod url;

@@ -1,0 +1,168 @@
+//! `managedblob`: see, verify, move and repair a database kept in blob storage by
+//! the managedblob VFS. Built on the library: the same backends, settings parsing,
+//! credentials and (for `pull` and `push`) the same VFS code path as an application.
+
+mod address;
+mod blocks;
+mod output;
+mod repair;
+mod secrets;
+mod status;
+mod transfer;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::address::{Address, Location};
+
+/// See, verify, move and repair a managedblob database.
+///
+/// Remotes are given as for the VFS: a directory, or an Azure container URL (credentials
+/// from the URL's SAS or the environment, as in the README). Logging: RUST_LOG=debug.
+#[derive(Parser)]
+#[command(name = "managedblob", version)]
+struct Cli {
+    /// Print machine-readable JSON on stdout (errors too: {"error": "..."}).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The remote blob, its lease, and (with --cache) the local cache.
+    Status(Address),
+    /// Check the blob's bytes against its block ids, its block list against its size,
+    /// `PRAGMA integrity_check`, and (with --cache) the cache against the remote.
+    Verify(Address),
+    /// Bring a cache up to date, through the VFS (the same code path as an open).
+    Pull(Address),
+    /// Write a plain SQLite copy of the remote blob to OUT (no cache, no sidecar).
+    Export {
+        #[command(flatten)]
+        address: Location,
+        /// The file to write.
+        out: PathBuf,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Publish a plain SQLite file as the blob (block-list form, under the lease).
+    Push {
+        #[command(flatten)]
+        address: Location,
+        /// The SQLite database to publish.
+        file: PathBuf,
+        /// Replace the blob only if it is still at this version.
+        #[arg(long, value_name = "ETAG", conflicts_with = "force")]
+        if_match: Option<String>,
+        /// Replace the blob whatever its version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// End the blob's lease, whoever holds it (for a dead writer's lease).
+    BreakLease {
+        #[command(flatten)]
+        address: Address,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Remove what killed processes left behind (upload temp files, staged blocks,
+    /// sidecar temp files, download side files) when their owners are provably gone.
+    Sweep {
+        /// The remote to sweep (a directory or a container URL).
+        #[arg(long, env = "MANAGEDBLOB_REMOTE", hide_env_values = true)]
+        remote: Option<String>,
+        /// A cache file whose directory to sweep (repeatable).
+        #[arg(long)]
+        cache: Vec<PathBuf>,
+        /// List what would be removed, and how many bytes, without removing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The exit code of a `verify` that found a problem (errors exit with 1).
+pub const EXIT_VERIFY_FAILED: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let json = cli.json;
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let message = secrets::scrub(&one_line(&e));
+            if json {
+                println!("{}", serde_json::json!({ "error": message }));
+            } else {
+                eprintln!("error: {message}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let json = cli.json;
+    match cli.command {
+        Command::Status(address) => status::run(&address.resolve()?, json),
+        Command::Verify(address) => verify::run(&address.resolve()?, json),
+        Command::Pull(address) => transfer::pull(&address.resolve()?, json),
+        Command::Export {
+            address,
+            out,
+            force,
+        } => transfer::export(&address.resolve(None)?, &out, force, json),
+        Command::Push {
+            address,
+            file,
+            if_match,
+            force,
+        } => {
+            let rule = match (if_match, force) {
+                (Some(etag), _) => transfer::Replace::IfMatch(etag),
+                (None, true) => transfer::Replace::Always,
+                (None, false) => transfer::Replace::Never,
+            };
+            transfer::push(&address.resolve(None)?, &file, &rule, json)
+        }
+        Command::BreakLease { address, yes } => repair::break_lease(&address.resolve()?, yes, json),
+        Command::Sweep {
+            remote,
+            cache,
+            dry_run,
+        } => repair::sweep(remote.as_deref(), &cache, dry_run, json),
+    }
+}
+
+/// The error and those of its causes that its message does not repeat already (the
+/// library's errors include their source's text), on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message.replace('\n', " ")
+}
+
+/// Logs go to stderr, filtered by RUST_LOG (off by default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,210 @@
+//! `pull`, `export` and `push`: a round trip byte for byte, on a local remote and on
+//! Azurite, and push's rules for replacing a blob.
+
+mod common;
+
+use std::path::Path;
+
+use common::{cli, json, stderr, Remote};
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// A plain SQLite file (no VFS) with `rows` rows.
+fn plain_database(path: &Path, rows: u32) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS p(id INTEGER PRIMARY KEY, body BLOB)")
+        .unwrap();
+    for _ in 0..rows {
+        conn.execute("INSERT INTO p(body) VALUES (randomblob(900))", [])
+            .unwrap();
+    }
+}
+
+fn round_trip(remote: &Remote) {
+    let work = tempfile::tempdir().unwrap();
+    let r = remote.setting.as_str();
+
+    // pull (cold) then export: both are the remote's version, byte for byte.
+    remote.seed("app.db", 200);
+    let cache = work.path().join("cache.db");
+    let pulled = json(
+        &cli()
+            .args([
+                "--json", "pull", "--remote", r, "--blob", "app.db", "--cache",
+            ])
+            .arg(&cache)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(pulled["previous_etag"], serde_json::Value::Null);
+    assert!(pulled["bytes_down"].as_u64().unwrap() > 200_000, "{pulled}");
+    let out = work.path().join("export.db");
+    let exported = json(
+        &cli()
+            .args(["--json", "export", "--remote", r, "--blob", "app.db"])
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(exported["etag"], pulled["etag"]);
+    assert_eq!(read(&out), read(&cache), "pulled cache == exported copy");
+    assert!(!work.path().join("export.db-managedblob.json").exists());
+    cli()
+        .args(["export", "--remote", r, "--blob", "app.db"])
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("exists: pass --force"));
+
+    // pull (warm) after another writer's commit.
+    remote.seed("app.db", 5);
+    let warm = json(
+        &cli()
+            .args(["--json", "pull", "--cache"])
+            .arg(&cache)
+            .args(["--remote", r])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(warm["previous_etag"], pulled["etag"]);
+    assert_ne!(warm["etag"], pulled["etag"]);
+    cli()
+        .args(["export", "--force", "--remote", r, "--blob", "app.db"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(read(&out), read(&cache), "warm pull == export");
+
+    // push a plain file as a new blob, export it: the same bytes.
+    let plain = work.path().join("plain.db");
+    plain_database(&plain, 150);
+    let pushed = json(
+        &cli()
+            .args(["--json", "push", "--remote", r, "--blob", "new.db"])
+            .arg(&plain)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(pushed["chunks_sent"], pushed["chunks"]);
+    let back = work.path().join("back.db");
+    cli()
+        .args(["export", "--remote", r, "--blob", "new.db"])
+        .arg(&back)
+        .assert()
+        .success();
+    assert_eq!(
+        read(&back),
+        read(&plain),
+        "push then export is byte for byte"
+    );
+
+    // The blob exists now: push refuses without --if-match or --force.
+    plain_database(&plain, 20);
+    let etag = pushed["etag"].as_str().unwrap();
+    cli()
+        .args(["push", "--remote", r, "--blob", "new.db"])
+        .arg(&plain)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(format!(
+            "blob new.db exists (etag {etag}): pass --if-match {etag}"
+        )));
+    cli()
+        .args([
+            "push",
+            "--remote",
+            r,
+            "--blob",
+            "new.db",
+            "--if-match",
+            "stale",
+        ])
+        .arg(&plain)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("not stale; nothing pushed"));
+    let replaced = json(
+        &cli()
+            .args([
+                "--json",
+                "push",
+                "--remote",
+                r,
+                "--blob",
+                "new.db",
+                "--if-match",
+                etag,
+            ])
+            .arg(&plain)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(replaced["previous_etag"], etag);
+    assert!(
+        replaced["chunks_sent"].as_u64() < replaced["chunks"].as_u64(),
+        "unchanged chunks are not sent again: {replaced}"
+    );
+    cli()
+        .args(["export", "--force", "--remote", r, "--blob", "new.db"])
+        .arg(&back)
+        .assert()
+        .success();
+    assert_eq!(read(&back), read(&plain));
+
+    // The pushed blob is in block-list form and opens through the VFS.
+    let status = json(
+        &cli()
+            .args(["--json", "status", "--remote", r, "--blob", "new.db"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(status["format"], "managedblob", "{status}");
+    let conn = remote.open(&work.path().join("new.db"), "new.db");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM p", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 170);
+    conn.execute("INSERT INTO p(body) VALUES (x'00')", [])
+        .unwrap();
+
+    // --force replaces whatever is there.
+    cli()
+        .args(["push", "--force", "--remote", r, "--blob", "new.db"])
+        .arg(&plain)
+        .assert()
+        .success();
+}
+
+#[test]
+fn local_pull_export_push_round_trip() {
+    round_trip(&Remote::local());
+}
+
+#[test]
+fn azurite_pull_export_push_round_trip() {
+    if let Some(remote) = Remote::azurite() {
+        round_trip(&remote);
+    }
+}
+
+#[test]
+fn push_refuses_a_file_that_is_not_sqlite() {
+    let remote = Remote::local();
+    let work = tempfile::tempdir().unwrap();
+    let text = work.path().join("notes.txt");
+    std::fs::write(&text, "hello, not a database").unwrap();
+    let out = cli()
+        .args(["push", "--remote", &remote.setting, "--blob", "x.db"])
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not a SQLite database (no SQLite header)"),
+        "{err}"
+    );
+    assert!(!remote.dir().join("x.db").exists(), "nothing created");
+}
