@@ -1,7 +1,7 @@
 //! Registration: the VFS table (xOpen is ours, the rest pass through to the default
 //! VFS) and the auto-extension that reports a failed open's message.
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr;
 
 use libsqlite3_sys as sql;
@@ -151,8 +151,13 @@ pub(super) unsafe extern "C" fn report_open_error(
         }
         // SAFETY: file is the main db file of db; pMethods identifies who opened it.
         let methods = unsafe { (*file).pMethods };
-        if !ptr::eq(methods, &IO_METHODS) {
+        if methods.is_null() {
+            // In memory or temporary: no file was opened.
             return sql::SQLITE_OK;
+        }
+        if !ptr::eq(methods, &IO_METHODS) {
+            // SAFETY: db is the connection being opened; err is SQLite's out pointer.
+            return unsafe { refuse_plain_main(db, err) };
         }
         // SAFETY: files with our methods table are MbFile with a live MainDb.
         let main = unsafe { &*(*(file as *mut MbFile)).main };
@@ -165,6 +170,43 @@ pub(super) unsafe extern "C" fn report_open_error(
             None => sql::SQLITE_OK,
         }
     })
+}
+
+/// A connection whose VFS is ours but whose own database was opened as a plain file:
+/// the VFS was given by name (`sqlite3_open_v2`, `sqlite3 -vfs`) with a filename that
+/// names neither `vfs=` nor `remote=`. In xOpen that looks like an `ATTACH` or
+/// `VACUUM INTO` target, which is plain; here it is known to be the main database,
+/// and the open fails instead of running unmanaged.
+///
+/// # Safety
+/// `db` is the connection being opened and `err` SQLite's out pointer for the message.
+unsafe fn refuse_plain_main(db: *mut sql::sqlite3, err: *mut *mut c_char) -> c_int {
+    let mut vfs: *mut sql::sqlite3_vfs = ptr::null_mut();
+    // SAFETY: VFS_POINTER writes the connection's VFS pointer for "main".
+    let rc = unsafe {
+        sql::sqlite3_file_control(
+            db,
+            c"main".as_ptr(),
+            sql::SQLITE_FCNTL_VFS_POINTER,
+            (&mut vfs as *mut *mut sql::sqlite3_vfs).cast(),
+        )
+    };
+    if rc != sql::SQLITE_OK || vfs.is_null() {
+        return sql::SQLITE_OK;
+    }
+    // SAFETY: vfs is a registered VFS, valid for the life of the process, and its
+    // name a C string.
+    let name = unsafe { CStr::from_ptr((*vfs).zName) }.to_string_lossy();
+    if !REGISTERED.lock().iter().any(|r| r.name == name) {
+        return sql::SQLITE_OK;
+    }
+    let message = "managedblob: the database was opened with the managedblob VFS given by \
+                   name and a filename that names neither vfs=managedblob nor remote=, which \
+                   is how a plain ATTACH or VACUUM INTO target opens (as a plain local file); \
+                   to manage it, open 'file:<cache path>?vfs=managedblob' with SQLITE_OPEN_URI";
+    // SAFETY: err is SQLite's out pointer for the message.
+    unsafe { *err = sqlite_string(message) };
+    sql::SQLITE_ERROR
 }
 
 // ---------------------------------------------------------------------------
