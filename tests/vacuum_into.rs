@@ -69,7 +69,10 @@ fn vacuum_into_a_managed_uri_publishes_to_its_own_remote() {
         other_remote.display()
     );
     c.execute(&format!("VACUUM INTO '{target}'"), []).unwrap();
-    assert_eq!(plain_rows(&other_remote.join("managed-copy.db")), vec![1, 2, 3]);
+    assert_eq!(
+        plain_rows(&other_remote.join("managed-copy.db")),
+        vec![1, 2, 3]
+    );
     assert_eq!(remote_blobs(&place), vec!["a.db".to_string()]);
 }
 
@@ -91,11 +94,8 @@ fn vacuum_into_an_existing_file_fails_as_sqlite_does() {
 fn attach_with_a_managed_uri_is_managed() {
     let place = Place::new();
     let c = seeded(&place);
-    c.execute(
-        &format!("ATTACH '{}' AS o", place.uri("h1", "b.db")),
-        [],
-    )
-    .unwrap();
+    c.execute(&format!("ATTACH '{}' AS o", place.uri("h1", "b.db")), [])
+        .unwrap();
     c.execute_batch("CREATE TABLE o.t(x); INSERT INTO o.t VALUES (7);")
         .unwrap();
     assert_eq!(plain_rows(&place.remote().join("b.db")), vec![7]);
@@ -125,10 +125,12 @@ fn the_vfs_by_name_with_a_plain_filename_fails_with_the_cause() {
     let place = Place::new();
     let path = place.path("named.db");
     let err = Connection::open_with_flags_and_vfs(&path, flags(), "managedblob")
-        .err()
-        .expect("the open fails")
+        .expect_err("the open fails")
         .to_string();
-    assert!(err.contains("names neither vfs=managedblob nor remote="), "{err}");
+    assert!(
+        err.contains("names neither vfs=managedblob nor remote="),
+        "{err}"
+    );
     // With the remote in its URI, the VFS by name is enough.
     let uri = format!(
         "file:{}?remote={}",
@@ -140,6 +142,5 @@ fn the_vfs_by_name_with_a_plain_filename_fails_with_the_cause() {
         .unwrap();
     assert_eq!(plain_rows(&place.remote().join("named2.db")), vec![4]);
     // An in-memory database with the VFS by name opens no file and is left alone.
-    Connection::open_with_flags_and_vfs(":memory:", OpenFlags::default(), "managedblob")
-        .unwrap();
+    Connection::open_with_flags_and_vfs(":memory:", OpenFlags::default(), "managedblob").unwrap();
 }
