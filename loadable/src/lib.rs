@@ -47,58 +47,35 @@ pub extern "C" fn managedblob_register_in_process() -> c_int {
 
 const CANTOPEN: c_int = 14;
 
-type OpenV2 = unsafe extern "C" fn(*const c_char, *mut *mut sqlite3, c_int, *const c_char) -> c_int;
-type Open = unsafe extern "C" fn(*const c_char, *mut *mut sqlite3) -> c_int;
-type Open16 = unsafe extern "C" fn(*const c_void, *mut *mut sqlite3) -> c_int;
+/// One stand-in: register once, then call SQLite's function of the same name (or
+/// answer SQLITE_CANTOPEN when there is none to call).
+macro_rules! open_stand_in {
+    ($name:ident($($arg:ident: $ty:ty),*)) => {
+        #[doc = concat!("`", stringify!($name), "`, after registering the VFS once.")]
+        ///
+        /// # Safety
+        /// As SQLite's function of this name.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            type Real = unsafe extern "C" fn($($ty),*) -> c_int;
+            managedblob::register_before_first_open();
+            let name = concat!(stringify!($name), "\0");
+            let name = std::ffi::CStr::from_bytes_with_nul(name.as_bytes()).unwrap();
+            match managedblob::real_sqlite_function(name) {
+                // SAFETY: SQLite's function of this name, whose C type (sqlite3.h) Real
+                // is, called with the caller's arguments.
+                Some(f) => unsafe { std::mem::transmute::<*mut c_void, Real>(f)($($arg),*) },
+                None => CANTOPEN,
+            }
+        }
+    };
+}
 
-/// `sqlite3_open_v2`, after registering the VFS once.
-///
-/// # Safety
-/// As `sqlite3_open_v2`.
-#[no_mangle]
-pub unsafe extern "C" fn sqlite3_open_v2(
+open_stand_in!(sqlite3_open_v2(
     filename: *const c_char,
     db: *mut *mut sqlite3,
     flags: c_int,
-    vfs: *const c_char,
-) -> c_int {
-    managedblob::register_before_first_open();
-    match managedblob::real_sqlite_function(c"sqlite3_open_v2") {
-        // SAFETY: SQLite's sqlite3_open_v2, whose C type OpenV2 is, called with the
-        // caller's arguments.
-        Some(f) => unsafe {
-            std::mem::transmute::<*mut c_void, OpenV2>(f)(filename, db, flags, vfs)
-        },
-        None => CANTOPEN,
-    }
-}
-
-/// `sqlite3_open`, after registering the VFS once.
-///
-/// # Safety
-/// As `sqlite3_open`.
-#[no_mangle]
-pub unsafe extern "C" fn sqlite3_open(filename: *const c_char, db: *mut *mut sqlite3) -> c_int {
-    managedblob::register_before_first_open();
-    match managedblob::real_sqlite_function(c"sqlite3_open") {
-        // SAFETY: SQLite's sqlite3_open, whose C type Open is, called with the caller's
-        // arguments.
-        Some(f) => unsafe { std::mem::transmute::<*mut c_void, Open>(f)(filename, db) },
-        None => CANTOPEN,
-    }
-}
-
-/// `sqlite3_open16`, after registering the VFS once.
-///
-/// # Safety
-/// As `sqlite3_open16`.
-#[no_mangle]
-pub unsafe extern "C" fn sqlite3_open16(filename: *const c_void, db: *mut *mut sqlite3) -> c_int {
-    managedblob::register_before_first_open();
-    match managedblob::real_sqlite_function(c"sqlite3_open16") {
-        // SAFETY: SQLite's sqlite3_open16, whose C type Open16 is, called with the
-        // caller's arguments.
-        Some(f) => unsafe { std::mem::transmute::<*mut c_void, Open16>(f)(filename, db) },
-        None => CANTOPEN,
-    }
-}
+    vfs: *const c_char
+));
+open_stand_in!(sqlite3_open(filename: *const c_char, db: *mut *mut sqlite3));
+open_stand_in!(sqlite3_open16(filename: *const c_void, db: *mut *mut sqlite3));

@@ -136,19 +136,12 @@ pub(super) unsafe extern "C" fn report_open_error(
     _api: *const sql::sqlite3_api_routines,
 ) -> c_int {
     guard(|| {
-        let mut file: *mut sql::sqlite3_file = ptr::null_mut();
-        // SAFETY: db is the connection being opened; FILE_POINTER writes a pointer.
-        let rc = unsafe {
-            sql::sqlite3_file_control(
-                db,
-                c"main".as_ptr(),
-                sql::SQLITE_FCNTL_FILE_POINTER,
-                (&mut file as *mut *mut sql::sqlite3_file).cast(),
-            )
-        };
-        if rc != sql::SQLITE_OK || file.is_null() {
+        // SAFETY: db is the connection being opened; FILE_POINTER writes its main file.
+        let Some(file) =
+            (unsafe { main_pointer::<sql::sqlite3_file>(db, sql::SQLITE_FCNTL_FILE_POINTER) })
+        else {
             return sql::SQLITE_OK;
-        }
+        };
         // SAFETY: file is the main db file of db; pMethods identifies who opened it.
         let methods = unsafe { (*file).pMethods };
         if methods.is_null() {
@@ -172,6 +165,20 @@ pub(super) unsafe extern "C" fn report_open_error(
     })
 }
 
+/// The pointer a file control `op` that writes one (FILE_POINTER, VFS_POINTER)
+/// gives for the main database of `db`; None when it fails or gives null.
+///
+/// # Safety
+/// `db` is an open connection and `op` writes a `*mut T` to its argument.
+unsafe fn main_pointer<T>(db: *mut sql::sqlite3, op: c_int) -> Option<*mut T> {
+    let mut out: *mut T = ptr::null_mut();
+    // SAFETY: guaranteed by the caller; out is a valid place for one pointer.
+    let rc = unsafe {
+        sql::sqlite3_file_control(db, c"main".as_ptr(), op, (&mut out as *mut *mut T).cast())
+    };
+    (rc == sql::SQLITE_OK && !out.is_null()).then_some(out)
+}
+
 /// A connection whose VFS is ours but whose own database was opened as a plain file:
 /// the VFS was given by name (`sqlite3_open_v2`, `sqlite3 -vfs`) with a filename that
 /// names neither `vfs=` nor `remote=`. In xOpen that looks like an `ATTACH` or
@@ -181,19 +188,12 @@ pub(super) unsafe extern "C" fn report_open_error(
 /// # Safety
 /// `db` is the connection being opened and `err` SQLite's out pointer for the message.
 unsafe fn refuse_plain_main(db: *mut sql::sqlite3, err: *mut *mut c_char) -> c_int {
-    let mut vfs: *mut sql::sqlite3_vfs = ptr::null_mut();
-    // SAFETY: VFS_POINTER writes the connection's VFS pointer for "main".
-    let rc = unsafe {
-        sql::sqlite3_file_control(
-            db,
-            c"main".as_ptr(),
-            sql::SQLITE_FCNTL_VFS_POINTER,
-            (&mut vfs as *mut *mut sql::sqlite3_vfs).cast(),
-        )
-    };
-    if rc != sql::SQLITE_OK || vfs.is_null() {
+    // SAFETY: db is the connection being opened; VFS_POINTER writes its main VFS.
+    let Some(vfs) =
+        (unsafe { main_pointer::<sql::sqlite3_vfs>(db, sql::SQLITE_FCNTL_VFS_POINTER) })
+    else {
         return sql::SQLITE_OK;
-    }
+    };
     // SAFETY: vfs is a registered VFS, valid for the life of the process, and its
     // name a C string.
     let name = unsafe { CStr::from_ptr((*vfs).zName) }.to_string_lossy();
