@@ -60,4 +60,6 @@ pub fn register_with(options: Options) -> Result<()> {
 }
 
 #[cfg(feature = "loadable_extension")]
-pub use ffi::extension_init;
+pub use ffi::{
+    extension_init, real_sqlite_function, register_before_first_open, register_in_process,
+};

@@ -87,13 +87,27 @@ mod tests {
     #[test]
     fn wal_and_off_are_unavailable_as_sqlite_reads_the_value() {
         for v in ["wal", "WAL", "w", "Wa"] {
-            assert_eq!(unavailable_journal_mode("journal_mode", Some(v)).unwrap().0, "WAL", "{v}");
+            assert_eq!(
+                unavailable_journal_mode("journal_mode", Some(v)).unwrap().0,
+                "WAL",
+                "{v}"
+            );
         }
         for v in ["off", "OFF", "o", "of"] {
-            assert_eq!(unavailable_journal_mode("JOURNAL_MODE", Some(v)).unwrap().0, "OFF", "{v}");
+            assert_eq!(
+                unavailable_journal_mode("JOURNAL_MODE", Some(v)).unwrap().0,
+                "OFF",
+                "{v}"
+            );
         }
-        for v in ["", "delete", "d", "truncate", "persist", "memory", "m", "wall", "x"] {
-            assert_eq!(unavailable_journal_mode("journal_mode", Some(v)), None, "{v:?}");
+        for v in [
+            "", "delete", "d", "truncate", "persist", "memory", "m", "wall", "x",
+        ] {
+            assert_eq!(
+                unavailable_journal_mode("journal_mode", Some(v)),
+                None,
+                "{v:?}"
+            );
         }
         assert_eq!(unavailable_journal_mode("journal_mode", None), None);
         assert_eq!(unavailable_journal_mode("cache_size", Some("wal")), None);

@@ -68,3 +68,36 @@ pub(crate) fn hostname() -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
+
+/// The address of the function `symbol` in the library loaded after this one (the
+/// process's shared libsqlite3 when this library is preloaded), or else in `library`
+/// if that is already loaded (a library opened with RTLD_LOCAL, as Python opens
+/// `_sqlite3` and its libsqlite3). Never this library's own definition, so a function
+/// that stands in for SQLite's can find the real one. Looking up is harmless; calling
+/// what is found is the caller's (unsafe) business.
+#[cfg(feature = "loadable_extension")]
+pub(crate) fn find_symbol(
+    symbol: &std::ffi::CStr,
+    library: &std::ffi::CStr,
+) -> Option<*mut std::ffi::c_void> {
+    // SAFETY: RTLD_NEXT is a valid pseudo-handle; symbol is a C string.
+    let found = unsafe { libc::dlsym(libc::RTLD_NEXT, symbol.as_ptr()) };
+    if !found.is_null() {
+        return Some(found);
+    }
+    // SAFETY: with RTLD_NOLOAD, dlopen only returns a handle to a library that is
+    // already loaded (and takes a reference, released below); library is a C string.
+    let handle = unsafe { libc::dlopen(library.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return None;
+    }
+    // SAFETY: handle is a live handle from dlopen; symbol is a C string. The library
+    // stays loaded after dlclose, which only drops the reference NOLOAD took, because
+    // whoever loaded it first still holds theirs.
+    let found = unsafe {
+        let found = libc::dlsym(handle, symbol.as_ptr());
+        libc::dlclose(handle);
+        found
+    };
+    (!found.is_null()).then_some(found)
+}

@@ -19,7 +19,10 @@ fn wal_and_off_answer_the_mode_in_force_and_log_why() {
     assert_eq!(mode, "delete");
     assert!(log.contains("INFO"), "{log}");
     assert!(log.contains("journal_mode=WAL"), "{log}");
-    assert!(log.contains("a WAL commit never reaches the remote"), "{log}");
+    assert!(
+        log.contains("a WAL commit never reaches the remote"),
+        "{log}"
+    );
 
     let (mode, log) = with_log(|| journal_mode(&c, "PRAGMA journal_mode=off"));
     assert_eq!(mode, "delete");
@@ -58,7 +61,9 @@ fn after_asking_for_wal_commits_still_reach_the_remote() {
         .unwrap();
     assert!(!place.path("h1/a.db-wal").exists(), "no WAL file");
     let b = place.open("h2", "a.db");
-    let n: i64 = b.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let n: i64 = b
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 2);
     // The remote blob is a rollback-journal database (file format bytes 18 and 19 are 1).
     let blob = std::fs::read(place.remote().join("a.db")).unwrap();

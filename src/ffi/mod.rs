@@ -54,7 +54,9 @@ mod real_file;
 mod register;
 
 #[cfg(feature = "loadable_extension")]
-pub use extension::extension_init;
+pub use extension::{
+    extension_init, real_sqlite_function, register_before_first_open, register_in_process,
+};
 pub use register::register;
 
 /// Our part of an open file. SQLite allocates `szOsFile` bytes for it.

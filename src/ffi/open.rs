@@ -33,13 +33,37 @@ pub(super) unsafe extern "C" fn x_open(
         let data = unsafe { vfs_data(vfs) };
         // SAFETY: data.real is the default VFS.
         let real_vfs = unsafe { &*data.real };
-        if flags & sql::SQLITE_OPEN_MAIN_DB == 0 || name.is_null() {
-            // Journals, temp files: the default VFS owns them, in our buffer.
+        // SAFETY: name, when not null, is a database filename from xOpen.
+        if flags & sql::SQLITE_OPEN_MAIN_DB == 0 || name.is_null() || !unsafe { asks_for_us(name) }
+        {
+            // Journals, temp files, and plain databases that only inherited this VFS
+            // (a plain ATTACH or VACUUM INTO target): the default VFS owns them, in our
+            // buffer.
             // SAFETY: our szOsFile is larger than the real one, so the buffer fits.
             return unsafe { (real_vfs.xOpen.unwrap())(data.real, name, file, flags, out_flags) };
         }
         // SAFETY: SQLite allocated szOsFile bytes at file, for an MbFile and the real file.
         unsafe { open_main(data, name, file, flags, out_flags) }
+    })
+}
+
+/// Whether a main database file asks to be managed: its `file:` URI names this VFS
+/// (`vfs=`) or a remote (`remote=`).
+///
+/// Otherwise it only inherited the VFS from its connection: `ATTACH '<plain path>'`
+/// and `VACUUM INTO '<plain path>'` open their file through the connection's VFS with
+/// the connection's flags (attach.c, vacuum.c), so the two look the same here, and
+/// they get a plain local file, as they would from any other connection, even when
+/// `MANAGEDBLOB_REMOTE` is set. A connection's own database opened that way (the VFS
+/// given by name to `sqlite3_open_v2`, a plain path) looks the same too: the
+/// auto-extension fails that open with a message (see [`super::register`]).
+///
+/// # Safety
+/// `name` must be a database filename from xOpen.
+unsafe fn asks_for_us(name: sql::sqlite3_filename) -> bool {
+    [c"vfs", c"remote"].iter().any(|key| {
+        // SAFETY: name is a database filename, the form sqlite3_uri_parameter takes.
+        !unsafe { sql::sqlite3_uri_parameter(name, key.as_ptr()) }.is_null()
     })
 }
 

@@ -1,7 +1,7 @@
 //! Registration: the VFS table (xOpen is ours, the rest pass through to the default
 //! VFS) and the auto-extension that reports a failed open's message.
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr;
 
 use libsqlite3_sys as sql;
@@ -136,23 +136,21 @@ pub(super) unsafe extern "C" fn report_open_error(
     _api: *const sql::sqlite3_api_routines,
 ) -> c_int {
     guard(|| {
-        let mut file: *mut sql::sqlite3_file = ptr::null_mut();
-        // SAFETY: db is the connection being opened; FILE_POINTER writes a pointer.
-        let rc = unsafe {
-            sql::sqlite3_file_control(
-                db,
-                c"main".as_ptr(),
-                sql::SQLITE_FCNTL_FILE_POINTER,
-                (&mut file as *mut *mut sql::sqlite3_file).cast(),
-            )
-        };
-        if rc != sql::SQLITE_OK || file.is_null() {
+        // SAFETY: db is the connection being opened; FILE_POINTER writes its main file.
+        let Some(file) =
+            (unsafe { main_pointer::<sql::sqlite3_file>(db, sql::SQLITE_FCNTL_FILE_POINTER) })
+        else {
             return sql::SQLITE_OK;
-        }
+        };
         // SAFETY: file is the main db file of db; pMethods identifies who opened it.
         let methods = unsafe { (*file).pMethods };
-        if !ptr::eq(methods, &IO_METHODS) {
+        if methods.is_null() {
+            // In memory or temporary: no file was opened.
             return sql::SQLITE_OK;
+        }
+        if !ptr::eq(methods, &IO_METHODS) {
+            // SAFETY: db is the connection being opened; err is SQLite's out pointer.
+            return unsafe { refuse_plain_main(db, err) };
         }
         // SAFETY: files with our methods table are MbFile with a live MainDb.
         let main = unsafe { &*(*(file as *mut MbFile)).main };
@@ -165,6 +163,50 @@ pub(super) unsafe extern "C" fn report_open_error(
             None => sql::SQLITE_OK,
         }
     })
+}
+
+/// The pointer a file control `op` that writes one (FILE_POINTER, VFS_POINTER)
+/// gives for the main database of `db`; None when it fails or gives null.
+///
+/// # Safety
+/// `db` is an open connection and `op` writes a `*mut T` to its argument.
+unsafe fn main_pointer<T>(db: *mut sql::sqlite3, op: c_int) -> Option<*mut T> {
+    let mut out: *mut T = ptr::null_mut();
+    // SAFETY: guaranteed by the caller; out is a valid place for one pointer.
+    let rc = unsafe {
+        sql::sqlite3_file_control(db, c"main".as_ptr(), op, (&mut out as *mut *mut T).cast())
+    };
+    (rc == sql::SQLITE_OK && !out.is_null()).then_some(out)
+}
+
+/// A connection whose VFS is ours but whose own database was opened as a plain file:
+/// the VFS was given by name (`sqlite3_open_v2`, `sqlite3 -vfs`) with a filename that
+/// names neither `vfs=` nor `remote=`. In xOpen that looks like an `ATTACH` or
+/// `VACUUM INTO` target, which is plain; here it is known to be the main database,
+/// and the open fails instead of running unmanaged.
+///
+/// # Safety
+/// `db` is the connection being opened and `err` SQLite's out pointer for the message.
+unsafe fn refuse_plain_main(db: *mut sql::sqlite3, err: *mut *mut c_char) -> c_int {
+    // SAFETY: db is the connection being opened; VFS_POINTER writes its main VFS.
+    let Some(vfs) =
+        (unsafe { main_pointer::<sql::sqlite3_vfs>(db, sql::SQLITE_FCNTL_VFS_POINTER) })
+    else {
+        return sql::SQLITE_OK;
+    };
+    // SAFETY: vfs is a registered VFS, valid for the life of the process, and its
+    // name a C string.
+    let name = unsafe { CStr::from_ptr((*vfs).zName) }.to_string_lossy();
+    if !REGISTERED.lock().iter().any(|r| r.name == name) {
+        return sql::SQLITE_OK;
+    }
+    let message = "managedblob: the database was opened with the managedblob VFS given by \
+                   name and a filename that names neither vfs=managedblob nor remote=, which \
+                   is how a plain ATTACH or VACUUM INTO target opens (as a plain local file); \
+                   to manage it, open 'file:<cache path>?vfs=managedblob' with SQLITE_OPEN_URI";
+    // SAFETY: err is SQLite's out pointer for the message.
+    unsafe { *err = sqlite_string(message) };
+    sql::SQLITE_ERROR
 }
 
 // ---------------------------------------------------------------------------

@@ -92,3 +92,82 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
         self.clone()
     }
 }
+
+/// Print why a test cannot run and return None; under CI, fail instead.
+pub fn missing<T>(what: &str) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what}; CI is set, so this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED: {what}");
+    None
+}
+
+/// The built loadable extension: `$MANAGEDBLOB_EXTENSION`, else
+/// `loadable/target/{release,debug}/libmanagedblob.so`.
+pub fn extension() -> Option<PathBuf> {
+    let hint = "build it with `cargo build --release --manifest-path loadable/Cargo.toml`, \
+                or point MANAGEDBLOB_EXTENSION at it";
+    if let Some(p) = std::env::var_os("MANAGEDBLOB_EXTENSION") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Some(p)
+        } else {
+            missing(&format!(
+                "MANAGEDBLOB_EXTENSION={} is not a file; {hint}",
+                p.display()
+            ))
+        };
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadable/target");
+    ["release", "debug"]
+        .iter()
+        .map(|profile| root.join(profile).join("libmanagedblob.so"))
+        .find(|p| p.is_file())
+        .or_else(|| missing(&format!("the loadable extension is not built; {hint}")))
+}
+
+/// What a child process printed.
+#[derive(Debug)]
+pub struct Output {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A command run in `dir` (also its HOME, so no ~/.sqliterc applies) without any
+/// inherited `MANAGEDBLOB_*` or `LD_PRELOAD` variable.
+pub fn command_in(dir: &Path, program: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    cmd.current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("LD_PRELOAD");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MANAGEDBLOB_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Run `cmd` with `stdin` as its input.
+pub fn run(mut cmd: std::process::Command, stdin: &str) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
