@@ -72,8 +72,15 @@ const REAL_OFFSET: usize = std::mem::size_of::<MbFile>().next_multiple_of(8);
 /// A main database file: its connection, or the reason its open failed.
 struct MainDb {
     connection: Option<Connection>,
-    open_error: Option<String>,
+    open_error: Option<OpenError>,
     real: *mut sql::sqlite3_file,
+}
+
+/// Why an open failed: the code the open returns (SQLITE_FULL for a full disk,
+/// SQLITE_CANTOPEN for most else) and our message.
+struct OpenError {
+    code: std::ffi::c_int,
+    message: String,
 }
 
 /// What each registered VFS knows: the VFS it wraps and its defaults.

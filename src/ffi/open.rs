@@ -11,7 +11,7 @@ use libsqlite3_sys as sql;
 
 use super::io::IO_METHODS;
 use super::real_file::{close_real, RealFile};
-use super::{guard, vfs_data, MainDb, MbFile, VfsData, REAL_OFFSET};
+use super::{guard, vfs_data, MainDb, MbFile, OpenError, VfsData, REAL_OFFSET};
 use crate::cache_file::CacheFileOpen;
 use crate::config::Config;
 use crate::connection::Connection;
@@ -172,7 +172,10 @@ unsafe fn install_failed(mb: *mut MbFile, path: &str, error: Error) -> c_int {
     tracing::warn!(path, error = %error, "managedblob: open failed");
     let main = MainDb {
         connection: None,
-        open_error: Some(error.to_string()),
+        open_error: Some(OpenError {
+            code: crate::error::sqlite_code(&error, crate::error::Phase::Open),
+            message: error.to_string(),
+        }),
         real: ptr::null_mut(),
     };
     // SAFETY: guaranteed by the caller; IO_METHODS is static.

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::io::IO_METHODS;
 use super::open::x_open;
-use super::{guard, sqlite_string, vfs_data, MbFile, VfsData, REAL_OFFSET};
+use super::{guard, sqlite_string, vfs_data, MbFile, OpenError, VfsData, REAL_OFFSET};
 use crate::config::Options;
 use crate::error::{Error, Result};
 
@@ -155,10 +155,10 @@ pub(super) unsafe extern "C" fn report_open_error(
         // SAFETY: files with our methods table are MbFile with a live MainDb.
         let main = unsafe { &*(*(file as *mut MbFile)).main };
         match &main.open_error {
-            Some(message) => {
+            Some(OpenError { code, message }) => {
                 // SAFETY: err is SQLite's out pointer for the message.
                 unsafe { *err = sqlite_string(message) };
-                sql::SQLITE_ERROR
+                *code
             }
             None => sql::SQLITE_OK,
         }
