@@ -24,9 +24,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::checks::{
+    check_block_id, check_condition, check_range, check_version, check_write_lease, read_exactly,
+    validate_blob_name, Refusal,
+};
 use super::{
-    validate_blob_name, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId,
-    Blocks, Condition, Etag, Lease, LeaseId, BLOCK_ID_LEN,
+    hex, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks,
+    Condition, Etag, Lease, LeaseId,
 };
 
 /// A backend operation, to aim injected faults at and to count calls.
@@ -207,10 +211,12 @@ impl MemoryBackend {
     }
 
     fn error(&self, kind: BackendErrorKind, blob: &str, op: &str, why: &str) -> BackendError {
-        BackendError::new(
-            kind,
-            format!("memory remote {}/{blob}: {op} failed: {why}", self.name),
-        )
+        Refusal::new(kind, why).at(format_args!("memory remote {}/{blob}", self.name), op)
+    }
+
+    /// A refusal of a shared check ([`super::checks`]) as this store's error.
+    fn refused(&self, blob: &str, op: &str, refusal: Refusal) -> BackendError {
+        self.error(refusal.kind, blob, op, &refusal.why)
     }
 
     /// The common prologue of every operation: check the name, count the call, wait
@@ -243,24 +249,6 @@ impl MemoryBackend {
         Ok(())
     }
 
-    fn lease_lost(&self, blob: &str, op: &str) -> BackendError {
-        self.error(
-            BackendErrorKind::LeaseLost,
-            blob,
-            op,
-            "our lease expired, was released, broken or taken over",
-        )
-    }
-
-    fn lease_held(&self, blob: &str, op: &str) -> BackendError {
-        self.error(
-            BackendErrorKind::LeaseHeld,
-            blob,
-            op,
-            "the blob is leased by another owner",
-        )
-    }
-
     /// Whether a write carrying `lease` may proceed (same rules as `local`).
     fn check_write_lease(
         &self,
@@ -269,12 +257,9 @@ impl MemoryBackend {
         lease: Option<&LeaseId>,
         op: &str,
     ) -> BackendResult<()> {
-        match (lease, state.live_lease(blob)) {
-            (None, None) => Ok(()),
-            (None, Some(_)) => Err(self.lease_held(blob, op)),
-            (Some(ours), Some(held)) if held.token == ours.0 => Ok(()),
-            (Some(_), _) => Err(self.lease_lost(blob, op)),
-        }
+        let held = state.live_lease(blob).map(|l| l.token.as_str());
+        check_write_lease(lease, held, || "another owner".into())
+            .map_err(|r| self.refused(blob, op, r))
     }
 
     fn check_condition(
@@ -285,22 +270,7 @@ impl MemoryBackend {
         op: &str,
     ) -> BackendResult<()> {
         let current = state.blobs.get(blob).map(|b| &b.etag);
-        let fail = |kind, why: String| Err(self.error(kind, blob, op, &why));
-        match (condition, current) {
-            (Condition::Create, None) => Ok(()),
-            (Condition::Create, Some(cur)) => fail(
-                BackendErrorKind::AlreadyExists,
-                format!("the blob already exists (etag {cur})"),
-            ),
-            (Condition::Match(_), None) => {
-                fail(BackendErrorKind::NotFound, "the blob does not exist".into())
-            }
-            (Condition::Match(want), Some(cur)) if want == cur => Ok(()),
-            (Condition::Match(want), Some(cur)) => fail(
-                BackendErrorKind::ConditionFailed,
-                format!("expected etag {want} but the blob is at {cur}"),
-            ),
-        }
+        check_condition(condition, current).map_err(|r| self.refused(blob, op, r))
     }
 }
 
@@ -349,14 +319,10 @@ impl Backend for MemoryBackend {
         self.enter(Op::Download, blob, "download")?;
         let (data, stat) = {
             let state = self.state.lock();
-            let stored = state.blobs.get(blob).ok_or_else(|| {
-                self.error(
-                    BackendErrorKind::NotFound,
-                    blob,
-                    "download",
-                    "the blob does not exist",
-                )
-            })?;
+            let stored = state
+                .blobs
+                .get(blob)
+                .ok_or_else(|| self.refused(blob, "download", Refusal::missing()))?;
             (stored.data.clone(), state.stat(blob).expect("just found"))
         };
         sink.write_all(&data).map_err(|e| {
@@ -379,25 +345,7 @@ impl Backend for MemoryBackend {
         lease: Option<&LeaseId>,
     ) -> BackendResult<BlobStat> {
         self.enter(Op::Upload, blob, "upload")?;
-        let mut data = Vec::new();
-        Read::take(source, len)
-            .read_to_end(&mut data)
-            .map_err(|e| {
-                self.error(
-                    BackendErrorKind::Permanent,
-                    blob,
-                    "upload",
-                    &format!("reading the source failed: {e}"),
-                )
-            })?;
-        if data.len() as u64 != len {
-            return Err(self.error(
-                BackendErrorKind::Permanent,
-                blob,
-                "upload",
-                &format!("the source ended after {} of {len} bytes", data.len()),
-            ));
-        }
+        let data = read_exactly(source, len).map_err(|r| self.refused(blob, "upload", r))?;
         let mut state = self.state.lock();
         self.check_write_lease(&state, blob, lease, "upload")?;
         self.check_condition(&state, blob, condition, "upload")?;
@@ -417,16 +365,11 @@ impl Backend for MemoryBackend {
         const OP: &str = "acquire lease";
         self.enter(Op::AcquireLease, blob, OP)?;
         let mut state = self.state.lock();
-        let stat = state.stat(blob).ok_or_else(|| {
-            self.error(
-                BackendErrorKind::NotFound,
-                blob,
-                OP,
-                "the blob does not exist",
-            )
-        })?;
+        let stat = state
+            .stat(blob)
+            .ok_or_else(|| self.refused(blob, OP, Refusal::missing()))?;
         if state.live_lease(blob).is_some() {
-            return Err(self.lease_held(blob, OP));
+            return Err(self.refused(blob, OP, Refusal::lease_held("another owner")));
         }
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let lease = HeldLease {
@@ -450,7 +393,7 @@ impl Backend for MemoryBackend {
                 held.expires = expiry_after(duration);
                 Ok(())
             }
-            _ => Err(self.lease_lost(blob, OP)),
+            _ => Err(self.refused(blob, OP, Refusal::lease_lost())),
         }
     }
 
@@ -493,7 +436,7 @@ impl Blocks for MemoryBackend {
     ) -> BackendResult<()> {
         const OP: &str = "stage block";
         self.enter(Op::StageBlock, blob, OP)?;
-        check_block_id(id).map_err(|why| self.error(BackendErrorKind::Invalid, blob, OP, &why))?;
+        check_block_id(id).map_err(|r| self.refused(blob, OP, r))?;
         let mut state = self.state.lock();
         self.check_write_lease(&state, blob, lease, OP)?;
         state
@@ -555,49 +498,19 @@ impl Blocks for MemoryBackend {
     fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>> {
         const OP: &str = "read range";
         self.enter(Op::ReadRange, blob, OP)?;
+        let refused = |r| self.refused(blob, OP, r);
         let data = {
             let state = self.state.lock();
-            let stored = state.blobs.get(blob).ok_or_else(|| {
-                self.error(
-                    BackendErrorKind::NotFound,
-                    blob,
-                    OP,
-                    "the blob does not exist",
-                )
-            })?;
-            if stored.etag != *etag {
-                return Err(self.error(
-                    BackendErrorKind::ConditionFailed,
-                    blob,
-                    OP,
-                    &format!("expected etag {etag} but the blob is at {}", stored.etag),
-                ));
-            }
+            let stored = state
+                .blobs
+                .get(blob)
+                .ok_or_else(|| refused(Refusal::missing()))?;
+            check_version(etag, &stored.etag).map_err(refused)?;
             stored.data.clone()
         };
-        let size = data.len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(data[offset as usize..end as usize].to_vec()),
-            _ => Err(self.error(
-                BackendErrorKind::Invalid,
-                blob,
-                OP,
-                &format!("{len} bytes at {offset} lie beyond the end of the blob ({size} bytes)"),
-            )),
-        }
-    }
-}
-
-/// Every id managedblob stages has [`BLOCK_ID_LEN`] bytes (Azure wants one length
-/// per blob).
-fn check_block_id(id: &[u8]) -> Result<(), String> {
-    if id.len() == BLOCK_ID_LEN {
-        Ok(())
-    } else {
-        Err(format!(
-            "a block id must have {BLOCK_ID_LEN} bytes, not {}",
-            id.len()
-        ))
+        let n = check_range(offset, len, data.len() as u64).map_err(refused)?;
+        let start = offset as usize;
+        Ok(data[start..start + n].to_vec())
     }
 }
 
@@ -612,10 +525,6 @@ fn committed_range(blocks: &[(BlockId, u64)], id: &[u8]) -> Option<std::ops::Ran
         offset = end;
     }
     None
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `duration` from now, saturating at a far future for absurd durations.
