@@ -89,6 +89,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
+        let entries = fs::read_dir(dir).unwrap();
+        entries.map(|e| e.unwrap().file_name()).collect()
+    }
+
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
@@ -101,11 +106,7 @@ mod tests {
         write_atomic(&path, b"two", false).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(mode(&path), 0o600);
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["x.json"]);
+        assert_eq!(names_in(dir.path()), ["x.json"]);
     }
 
     #[test]
@@ -117,11 +118,7 @@ mod tests {
         fs::write(target.join("inside"), b"kept").unwrap();
         write_atomic(&target, b"new", true).unwrap_err();
         assert!(target.is_dir());
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["taken"]);
+        assert_eq!(names_in(dir.path()), ["taken"]);
     }
 
     #[test]

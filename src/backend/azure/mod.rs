@@ -82,6 +82,7 @@ use azure_storage_blob::{BlobClient, BlobClientOptions};
 use parking_lot::Mutex;
 
 use self::errors::{http_status, Op};
+use self::upload::Put;
 pub use self::url::{ContainerUrl, SasToken};
 use super::{Backend, BackendResult, BlobStat, Blocks, Condition, Lease, LeaseId};
 
@@ -215,17 +216,14 @@ impl Backend for AzureBackend {
         condition: &Condition,
         lease: Option<&LeaseId>,
     ) -> BackendResult<BlobStat> {
-        let client = self.client(blob)?;
-        let result = if len <= self.tuning.single_put_max {
-            self.upload_single(blob, client, source, len, condition, lease)
-        } else {
-            self.upload_staged(blob, client, source, len, condition, lease)
+        let put = Put {
+            blob,
+            client: self.client(blob)?,
+            len,
+            condition,
+            lease,
         };
-        let op = Op::Upload {
-            create: *condition == Condition::Create,
-        };
-        let conditional = matches!(condition, Condition::Match(_));
-        self.missing_if_gone(blob, op, conditional, result)
+        self.put(put, source)
     }
 
     fn acquire_lease(&self, blob: &str, duration: Duration) -> BackendResult<Lease> {

@@ -24,31 +24,53 @@ use crate::backend::{BackendResult, BlobStat, Condition, LeaseId, BLOCK_ID_LEN, 
 #[cfg(doc)]
 use super::AzureTuning;
 
+/// One whole upload: where it goes, how long the body is, and the condition and
+/// lease of the write.
+pub(super) struct Put<'a> {
+    pub blob: &'a str,
+    pub client: Arc<BlobClient>,
+    pub len: u64,
+    pub condition: &'a Condition,
+    pub lease: Option<&'a LeaseId>,
+}
+
+impl Put<'_> {
+    fn op(&self) -> Op {
+        Op::Upload {
+            create: *self.condition == Condition::Create,
+        }
+    }
+}
+
 /// A staged block upload in flight.
 type Pending = mpsc::Receiver<Result<azure_core::Result<()>, RunError>>;
 
 impl AzureBackend {
-    pub(super) fn upload_single(
-        &self,
-        blob: &str,
-        client: Arc<BlobClient>,
-        source: &mut dyn Read,
-        len: u64,
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
-        let op = Op::Upload {
-            create: *condition == Condition::Create,
+    /// [`crate::backend::Backend::upload`]: one Put Blob, or staged blocks and one
+    /// Put Block List for a large body.
+    pub(super) fn put(&self, put: Put<'_>, source: &mut dyn Read) -> BackendResult<BlobStat> {
+        let (blob, op) = (put.blob, put.op());
+        let conditional = matches!(put.condition, Condition::Match(_));
+        let result = if put.len <= self.tuning.single_put_max {
+            self.put_single(put, source)
+        } else {
+            self.put_staged(put, source)
         };
+        self.missing_if_gone(blob, op, conditional, result)
+    }
+
+    fn put_single(&self, put: Put<'_>, source: &mut dyn Read) -> BackendResult<BlobStat> {
+        let op = put.op();
+        let (blob, client, len) = (put.blob, put.client, put.len);
         let data = read_exactly(source, len).map_err(|r| self.refused(blob, op, r))?;
         let mut options = BlobClientUploadOptions {
-            lease_id: lease.map(|l| l.0.clone()),
+            lease_id: put.lease.map(|l| l.0.clone()),
             // One request: the whole body fits in one partition.
             partition_size: NonZero::new(self.tuning.single_put_max.max(len).max(1)),
             parallel: NonZero::new(1),
             ..Default::default()
         };
-        (options.if_match, options.if_none_match) = precondition(condition);
+        (options.if_match, options.if_none_match) = precondition(put.condition);
         let etag = self.call(blob, op, self.tuning.limit_for(len), async move {
             let result = client
                 .upload(RequestContent::from(data), Some(options))
@@ -61,18 +83,9 @@ impl AzureBackend {
         })
     }
 
-    pub(super) fn upload_staged(
-        &self,
-        blob: &str,
-        client: Arc<BlobClient>,
-        source: &mut dyn Read,
-        len: u64,
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
-        let op = Op::Upload {
-            create: *condition == Condition::Create,
-        };
+    fn put_staged(&self, put: Put<'_>, source: &mut dyn Read) -> BackendResult<BlobStat> {
+        let op = put.op();
+        let (blob, client, len, lease) = (put.blob, put.client, put.len, put.lease);
         let block_size = self
             .tuning
             .block_size
@@ -142,7 +155,7 @@ impl AzureBackend {
             lease_id,
             ..Default::default()
         };
-        (options.if_match, options.if_none_match) = precondition(condition);
+        (options.if_match, options.if_none_match) = precondition(put.condition);
         let list = BlockLookupList {
             latest: Some(ids),
             ..Default::default()
