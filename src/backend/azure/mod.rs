@@ -56,13 +56,14 @@
 //!
 //! The code is split by job: `client.rs` (connecting, SDK calls, error context),
 //! `download.rs`, `upload.rs`, `lease.rs`, `blocks.rs` (delta sync), with
-//! `auth.rs`/`shared_key.rs` (credentials), `errors.rs` (status mapping),
+//! `auth.rs`/`entra.rs`/`shared_key.rs` (credentials), `errors.rs` (status mapping),
 //! `runtime.rs` and `url.rs`.
 
 mod auth;
 mod blocks;
 mod client;
 mod download;
+mod entra;
 mod errors;
 mod lease;
 mod runtime;
