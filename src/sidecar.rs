@@ -133,7 +133,7 @@ pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
     write_atomic(path, &json, true)
 }
 
-/// [`crate::fsutil::write_atomic`] with the error naming the file (kept for the
+/// `fsutil::write_atomic` (`src/fsutil.rs`) with the error naming the file (kept for the
 /// store's call sites).
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     fsutil::write_atomic(path, bytes, durable)

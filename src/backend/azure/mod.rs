@@ -85,6 +85,8 @@ use parking_lot::Mutex;
 use self::errors::{http_status, Op};
 use self::upload::Put;
 pub use self::url::{ContainerUrl, SasToken};
+#[cfg(doc)]
+use super::BackendErrorKind;
 use super::{Backend, BackendResult, BlobStat, Blocks, Condition, Lease, LeaseId};
 
 /// Sizes and limits of the transfers. The defaults suit production; tests shrink them
