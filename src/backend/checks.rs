@@ -64,7 +64,7 @@ impl Refusal {
 
 impl BackendError {
     /// The message shape every backend uses: "`subject`: `op` failed: `why`".
-    pub fn failed(
+    pub(crate) fn failed(
         kind: BackendErrorKind,
         subject: impl fmt::Display,
         op: impl fmt::Display,

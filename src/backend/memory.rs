@@ -211,7 +211,8 @@ impl MemoryBackend {
     }
 
     fn error(&self, kind: BackendErrorKind, blob: &str, op: &str, why: &str) -> BackendError {
-        Refusal::new(kind, why).at(format_args!("memory remote {}/{blob}", self.name), op)
+        let subject = format_args!("memory remote {}/{blob}", self.name);
+        BackendError::failed(kind, subject, op, why)
     }
 
     /// A refusal of a shared check ([`super::checks`]) as this store's error.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::http::policies::Policy;
+use azure_core::http::Etag as AzEtag;
 use azure_core::http::{
     new_http_client, ClientOptions, HttpClientOptions, RetryOptions, Transport,
 };
@@ -25,12 +26,7 @@ use crate::backend::checks::{validate_blob_name, Refusal};
 use crate::backend::{Backend, BackendError, BackendErrorKind, BackendResult, Condition, Etag};
 
 /// The `If-Match` and `If-None-Match` headers of a conditional write.
-pub(super) fn precondition(
-    condition: &Condition,
-) -> (
-    Option<azure_core::http::Etag>,
-    Option<azure_core::http::Etag>,
-) {
+pub(super) fn precondition(condition: &Condition) -> (Option<AzEtag>, Option<AzEtag>) {
     match condition {
         Condition::Create => (None, Some("*".into())),
         Condition::Match(etag) => (Some(etag.0.clone().into()), None),
