@@ -12,9 +12,7 @@
 use std::fmt;
 
 use crate::backend::BLOCK_ID_LEN;
-
-/// Azure's limit on blocks in one blob.
-pub const MAX_BLOCKS: u64 = 50_000;
+pub use crate::backend::MAX_BLOCKS;
 /// Smallest chunk: a multiple of every SQLite page size.
 pub const MIN_CHUNK: u64 = 64 * 1024;
 /// Largest chunk we choose (Azure allows 4000 MiB blocks; smaller keeps memory bounded).

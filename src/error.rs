@@ -167,10 +167,10 @@ mod tests {
             "writing cache x",
             std::io::Error::from(std::io::ErrorKind::FileTooLarge),
         );
-        let remote = Error::Backend(BackendError::from_io(
-            "writing blob x",
-            &std::io::Error::from(std::io::ErrorKind::StorageFull),
-        ));
+        let remote = Error::Backend(
+            BackendError::new(BackendErrorKind::Permanent, "writing blob x: no space left")
+                .with_io(std::io::ErrorKind::StorageFull),
+        );
         for phase in [Phase::Open, Phase::Read, Phase::Lock, Phase::Commit] {
             for e in [&local, &too_big, &remote] {
                 assert_eq!(sqlite_code(e, phase), code::FULL, "{e} in {phase:?}");

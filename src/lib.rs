@@ -27,6 +27,7 @@ mod counters;
 pub mod delta;
 pub mod error;
 mod ffi;
+mod fsutil;
 mod image;
 mod lease;
 pub mod localfile;

@@ -1,9 +1,7 @@
 //! One blob in one backend, as the state machine uses it: every call retried on
 //! transient errors with bounded exponential backoff, and counted.
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +12,8 @@ use crate::backend::{
 };
 use crate::config::RetryPolicy;
 use crate::counters::{Counters, Request};
+/// Kept here for the store's call sites; the helper lives in [`crate::fsutil`].
+pub(crate) use crate::fsutil::create_private;
 use crate::localfile::{LocalFile, LocalFileReader};
 
 #[derive(Debug)]
@@ -292,15 +292,4 @@ pub struct UploadError {
     pub error: BackendError,
     /// An earlier attempt failed transiently (and may have landed).
     pub retried: bool,
-}
-
-/// Create (truncating) a file only this user can read.
-pub fn create_private(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
 }

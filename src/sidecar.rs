@@ -6,15 +6,14 @@
 //! cache's POSIX lock, so several processes sharing one cache agree. Writes are
 //! atomic (temp file, fsync, rename, directory fsync) and the file is mode 0600.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Etag;
 use crate::error::{Error, Result};
+use crate::fsutil;
 
 /// The on-disk format version; a newer one is refused rather than misread.
 pub const FORMAT: u32 = 1;
@@ -134,46 +133,11 @@ pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
     write_atomic(path, &json, true)
 }
 
-/// Replace `path` with `bytes`: temp file, fsync, rename, and (when `durable`)
-/// fsync of the directory so the rename survives a power cut.
+/// `fsutil::write_atomic` (`src/fsutil.rs`) with the error naming the file (kept for the
+/// store's call sites).
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    let tmp = temp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if durable {
-            sync_dir(path)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::local(ctx("writing"), e));
-    }
-    Ok(())
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".tmp-{:08x}", fastrand::u32(..)));
-    PathBuf::from(name)
-}
-
-/// fsync the directory holding `path`.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    fsutil::write_atomic(path, bytes, durable)
+        .map_err(|e| Error::local(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -31,11 +31,12 @@ use azure_storage_blob::models::{
 
 use azure_core::http::RequestContent;
 
+use super::client::precondition;
 use super::errors::{http_status, Op};
 use super::{AzureBackend, MAX_CACHED_CLIENTS};
+use crate::backend::checks::{buffer_len, check_range, check_version, Refusal};
 use crate::backend::{
-    Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Condition,
-    Etag, LeaseId,
+    Backend, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Condition, Etag, LeaseId,
 };
 
 /// How often `block_list` pins the version again when the blob keeps changing
@@ -148,17 +149,6 @@ impl AzureBackend {
         Ok(Some(Listed { stat, blocks }))
     }
 
-    fn missing(&self, blob: &str, op: Op) -> BackendError {
-        BackendError::new(
-            BackendErrorKind::NotFound,
-            format!(
-                "{}: {} failed: the blob does not exist",
-                self.subject(blob),
-                op.name()
-            ),
-        )
-    }
-
     fn remember_sizes(&self, blob: &str, blocks: &[(BlockId, u64)]) {
         self.block_sizes
             .lock()
@@ -203,13 +193,11 @@ impl Blocks for AzureBackend {
                 return Ok(Some((stat, listed.blocks)));
             }
         }
-        Err(BackendError::new(
+        Err(self.fail(
             BackendErrorKind::Transient,
-            format!(
-                "{}: {} failed: the blob kept changing while its block list was read",
-                self.subject(blob),
-                Op::BlockList.name()
-            ),
+            blob,
+            Op::BlockList,
+            "the blob kept changing while its block list was read",
         ))
     }
 
@@ -253,10 +241,7 @@ impl Blocks for AzureBackend {
             lease_id: lease.map(|l| l.0.clone()),
             ..Default::default()
         };
-        match condition {
-            Condition::Create => options.if_none_match = Some("*".into()),
-            Condition::Match(etag) => options.if_match = Some(etag.0.clone().into()),
-        }
+        (options.if_match, options.if_none_match) = precondition(condition);
         let list = BlockLookupList {
             latest: Some(ids.to_vec()),
             ..Default::default()
@@ -269,19 +254,9 @@ impl Blocks for AzureBackend {
                 .await?;
             result.etag()
         });
-        let etag = match result {
-            Ok(etag) => self.etag_of(blob, op, etag)?,
-            // If-Match on a blob that does not exist fails its precondition (412);
-            // the trait wants NotFound then, as for uploads.
-            Err(e)
-                if e.kind == BackendErrorKind::ConditionFailed
-                    && matches!(condition, Condition::Match(_))
-                    && matches!(self.stat(blob), Ok(None)) =>
-            {
-                return Err(self.missing(blob, op));
-            }
-            Err(e) => return Err(e),
-        };
+        let conditional = matches!(condition, Condition::Match(_));
+        let etag = self.missing_if_gone(blob, op, conditional, result)?;
+        let etag = self.etag_of(blob, op, etag)?;
         let known = {
             let mut sizes = self.block_sizes.lock();
             let total = sizes.total(blob, ids);
@@ -295,23 +270,20 @@ impl Blocks for AzureBackend {
         // only ours while the etag still is.
         match self.stat(blob) {
             Ok(Some(stat)) if stat.etag == etag => Ok(stat),
-            Ok(_) => Err(BackendError::new(
+            Ok(_) => Err(self.fail(
                 BackendErrorKind::Transient,
+                blob,
+                op,
                 format!(
-                    "{}: {} failed: the commit landed as etag {etag}, but the blob moved \
-                     before its size could be read",
-                    self.subject(blob),
-                    op.name()
+                    "the commit landed as etag {etag}, but the blob moved before its size \
+                     could be read"
                 ),
             )),
-            Err(e) => Err(BackendError::new(
+            Err(e) => Err(self.fail(
                 BackendErrorKind::Transient,
-                format!(
-                    "{}: {} failed: the commit landed as etag {etag}, but reading its size \
-                     failed: {e}",
-                    self.subject(blob),
-                    op.name()
-                ),
+                blob,
+                op,
+                format!("the commit landed as etag {etag}, but reading its size failed: {e}"),
             )),
         }
     }
@@ -319,36 +291,15 @@ impl Blocks for AzureBackend {
     fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>> {
         let op = Op::ReadRange;
         let client = self.client(blob)?;
-        let beyond = |size: u64| {
-            BackendError::new(
-                BackendErrorKind::Invalid,
-                format!(
-                    "{}: {} failed: {len} bytes at {offset} lie beyond the end of the blob \
-                     ({size} bytes)",
-                    self.subject(blob),
-                    op.name()
-                ),
-            )
-        };
+        let refused = |r| self.refused(blob, op, r);
         if len == 0 {
             // Nothing to read (and the service refuses an empty range): check the version.
-            return match self.stat(blob)? {
-                None => Err(self.missing(blob, op)),
-                Some(stat) if stat.etag != *etag => Err(BackendError::new(
-                    BackendErrorKind::ConditionFailed,
-                    format!(
-                        "{}: {} failed: expected etag {etag} but the blob is at {}",
-                        self.subject(blob),
-                        op.name(),
-                        stat.etag
-                    ),
-                )),
-                Some(stat) if offset > stat.size => Err(beyond(stat.size)),
-                Some(_) => Ok(Vec::new()),
-            };
+            let stat = self.stat(blob)?.ok_or_else(|| self.missing(blob, op))?;
+            check_version(etag, &stat.etag).map_err(refused)?;
+            check_range(offset, len, stat.size).map_err(refused)?;
+            return Ok(Vec::new());
         }
-        let capacity = usize::try_from(len)
-            .map_err(|_| self.local_error(blob, op, format!("{len} bytes do not fit in memory")))?;
+        let capacity = buffer_len(len).map_err(refused)?;
         let options = BlobClientDownloadOptions {
             range: Some(HttpRange::new(offset, len)),
             if_match: Some(etag.0.clone().into()),
@@ -362,20 +313,15 @@ impl Blocks for AzureBackend {
             let result = client.download_into(&mut data, Some(options)).await?;
             Ok((data, result.len))
         });
-        let (mut data, got) = match result {
-            Ok(read) => read,
-            // Azurite answers If-Match on a missing blob with 412: say NotFound, as
-            // for commits.
-            Err(e)
-                if e.kind == BackendErrorKind::ConditionFailed
-                    && matches!(self.stat(blob), Ok(None)) =>
-            {
-                return Err(self.missing(blob, op))
-            }
-            Err(e) => return Err(e),
-        };
+        // Azurite answers If-Match on a missing blob with 412: say NotFound, as for
+        // commits.
+        let (mut data, got) = self.missing_if_gone(blob, op, true, result)?;
         if got != capacity {
-            return Err(beyond(offset + got as u64));
+            return Err(refused(Refusal::beyond_end(
+                offset,
+                len,
+                offset + got as u64,
+            )));
         }
         data.truncate(got);
         Ok(data)

@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{unhex, BlobPaths, BlockListRecord, LocalBackend};
+use super::blocks::{unhex, BlockListRecord};
+use super::{BlobPaths, LocalBackend};
 use crate::backend::{Backend, BackendErrorKind, BackendResult, BlobStat, BlockList};
 use crate::ops::sweep::{Leftover, Skipped, SweepReport};
 use crate::ops::{rfc3339_ms, BlobDetails, LeaseInfo, LeaseState};

@@ -24,28 +24,19 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{
-    validate_blob_name, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId,
-    Blocks, Condition, Etag, Lease, LeaseId, BLOCK_ID_LEN,
+mod faults;
+
+pub use self::faults::Op;
+use self::faults::{Fault, OP_COUNT};
+
+use super::checks::{
+    check_block_id, check_condition, check_range, check_version, check_write_lease, read_exactly,
+    Refusal,
 };
-
-/// A backend operation, to aim injected faults at and to count calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Stat,
-    Download,
-    Upload,
-    AcquireLease,
-    RenewLease,
-    ReleaseLease,
-    BreakLease,
-    BlockList,
-    StageBlock,
-    CommitBlocks,
-    ReadRange,
-}
-
-const OP_COUNT: usize = 11;
+use super::{
+    hex, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks,
+    Condition, Etag, Lease, LeaseId,
+};
 
 /// Blobs held in memory, with knobs to make the store misbehave.
 pub struct MemoryBackend {
@@ -84,14 +75,6 @@ impl HeldLease {
     fn is_live(&self) -> bool {
         Instant::now() < self.expires
     }
-}
-
-#[derive(Default, Clone, Copy)]
-struct Fault {
-    calls: usize,
-    next_kind: Option<BackendErrorKind>,
-    next_times: usize,
-    rate: f64,
 }
 
 impl fmt::Debug for MemoryBackend {
@@ -140,36 +123,6 @@ impl MemoryBackend {
         }
     }
 
-    /// Make the next `times` calls of `op` fail with `kind`, changing nothing.
-    pub fn fail_next(&self, op: Op, kind: BackendErrorKind, times: usize) {
-        let mut state = self.state.lock();
-        let fault = &mut state.faults[op as usize];
-        fault.next_kind = Some(kind);
-        fault.next_times = times;
-    }
-
-    /// Make each call of `op` fail with a transient error with probability `rate`.
-    pub fn set_fail_rate(&self, op: Op, rate: f64) {
-        self.state.lock().faults[op as usize].rate = rate;
-    }
-
-    /// Delay every call by `latency` (outside the lock, like a network round trip).
-    pub fn set_latency(&self, latency: Duration) {
-        self.state.lock().latency = latency;
-    }
-
-    /// How many times `op` was called (including calls that failed).
-    pub fn calls(&self, op: Op) -> usize {
-        self.state.lock().faults[op as usize].calls
-    }
-
-    /// Let the next upload or block commit that would succeed be applied, then report
-    /// a transient error, as when an SDK's first try landed but its reply was lost.
-    /// A write that fails on its own merits does not use up this fault.
-    pub fn land_then_fail_next_upload(&self) {
-        self.state.lock().land_then_fail = true;
-    }
-
     /// A foreign write: replace `blob` with `bytes` under a new etag, ignoring any lease
     /// (like a Put Blob: the committed block list is empty afterwards).
     pub fn put(&self, blob: &str, bytes: &[u8]) {
@@ -207,58 +160,13 @@ impl MemoryBackend {
     }
 
     fn error(&self, kind: BackendErrorKind, blob: &str, op: &str, why: &str) -> BackendError {
-        BackendError::new(
-            kind,
-            format!("memory remote {}/{blob}: {op} failed: {why}", self.name),
-        )
+        let subject = format_args!("memory remote {}/{blob}", self.name);
+        BackendError::failed(kind, subject, op, why)
     }
 
-    /// The common prologue of every operation: check the name, count the call, wait
-    /// the latency, then fail if a fault is due (before any side effect).
-    fn enter(&self, op: Op, blob: &str, what: &str) -> BackendResult<()> {
-        validate_blob_name(blob)?;
-        tracing::debug!(store = %self.name, blob, op = what, "memory backend call");
-        let latency = {
-            let mut state = self.state.lock();
-            state.faults[op as usize].calls += 1;
-            state.latency
-        };
-        if !latency.is_zero() {
-            std::thread::sleep(latency);
-        }
-        let mut state = self.state.lock();
-        let fault = &mut state.faults[op as usize];
-        if let (Some(kind), 1..) = (fault.next_kind, fault.next_times) {
-            fault.next_times -= 1;
-            return Err(self.error(kind, blob, what, "injected fault"));
-        }
-        if fault.rate > 0.0 && fastrand::f64() < fault.rate {
-            return Err(self.error(
-                BackendErrorKind::Transient,
-                blob,
-                what,
-                "injected random fault",
-            ));
-        }
-        Ok(())
-    }
-
-    fn lease_lost(&self, blob: &str, op: &str) -> BackendError {
-        self.error(
-            BackendErrorKind::LeaseLost,
-            blob,
-            op,
-            "our lease expired, was released, broken or taken over",
-        )
-    }
-
-    fn lease_held(&self, blob: &str, op: &str) -> BackendError {
-        self.error(
-            BackendErrorKind::LeaseHeld,
-            blob,
-            op,
-            "the blob is leased by another owner",
-        )
+    /// A refusal of a shared check ([`super::checks`]) as this store's error.
+    fn refused(&self, blob: &str, op: &str, refusal: Refusal) -> BackendError {
+        self.error(refusal.kind, blob, op, &refusal.why)
     }
 
     /// Whether a write carrying `lease` may proceed (same rules as `local`).
@@ -269,12 +177,9 @@ impl MemoryBackend {
         lease: Option<&LeaseId>,
         op: &str,
     ) -> BackendResult<()> {
-        match (lease, state.live_lease(blob)) {
-            (None, None) => Ok(()),
-            (None, Some(_)) => Err(self.lease_held(blob, op)),
-            (Some(ours), Some(held)) if held.token == ours.0 => Ok(()),
-            (Some(_), _) => Err(self.lease_lost(blob, op)),
-        }
+        let held = state.live_lease(blob).map(|l| l.token.as_str());
+        check_write_lease(lease, held, || "another owner".into())
+            .map_err(|r| self.refused(blob, op, r))
     }
 
     fn check_condition(
@@ -285,22 +190,7 @@ impl MemoryBackend {
         op: &str,
     ) -> BackendResult<()> {
         let current = state.blobs.get(blob).map(|b| &b.etag);
-        let fail = |kind, why: String| Err(self.error(kind, blob, op, &why));
-        match (condition, current) {
-            (Condition::Create, None) => Ok(()),
-            (Condition::Create, Some(cur)) => fail(
-                BackendErrorKind::AlreadyExists,
-                format!("the blob already exists (etag {cur})"),
-            ),
-            (Condition::Match(_), None) => {
-                fail(BackendErrorKind::NotFound, "the blob does not exist".into())
-            }
-            (Condition::Match(want), Some(cur)) if want == cur => Ok(()),
-            (Condition::Match(want), Some(cur)) => fail(
-                BackendErrorKind::ConditionFailed,
-                format!("expected etag {want} but the blob is at {cur}"),
-            ),
-        }
+        check_condition(condition, current).map_err(|r| self.refused(blob, op, r))
     }
 }
 
@@ -349,14 +239,10 @@ impl Backend for MemoryBackend {
         self.enter(Op::Download, blob, "download")?;
         let (data, stat) = {
             let state = self.state.lock();
-            let stored = state.blobs.get(blob).ok_or_else(|| {
-                self.error(
-                    BackendErrorKind::NotFound,
-                    blob,
-                    "download",
-                    "the blob does not exist",
-                )
-            })?;
+            let stored = state
+                .blobs
+                .get(blob)
+                .ok_or_else(|| self.refused(blob, "download", Refusal::missing()))?;
             (stored.data.clone(), state.stat(blob).expect("just found"))
         };
         sink.write_all(&data).map_err(|e| {
@@ -379,25 +265,7 @@ impl Backend for MemoryBackend {
         lease: Option<&LeaseId>,
     ) -> BackendResult<BlobStat> {
         self.enter(Op::Upload, blob, "upload")?;
-        let mut data = Vec::new();
-        Read::take(source, len)
-            .read_to_end(&mut data)
-            .map_err(|e| {
-                self.error(
-                    BackendErrorKind::Permanent,
-                    blob,
-                    "upload",
-                    &format!("reading the source failed: {e}"),
-                )
-            })?;
-        if data.len() as u64 != len {
-            return Err(self.error(
-                BackendErrorKind::Permanent,
-                blob,
-                "upload",
-                &format!("the source ended after {} of {len} bytes", data.len()),
-            ));
-        }
+        let data = read_exactly(source, len).map_err(|r| self.refused(blob, "upload", r))?;
         let mut state = self.state.lock();
         self.check_write_lease(&state, blob, lease, "upload")?;
         self.check_condition(&state, blob, condition, "upload")?;
@@ -417,16 +285,11 @@ impl Backend for MemoryBackend {
         const OP: &str = "acquire lease";
         self.enter(Op::AcquireLease, blob, OP)?;
         let mut state = self.state.lock();
-        let stat = state.stat(blob).ok_or_else(|| {
-            self.error(
-                BackendErrorKind::NotFound,
-                blob,
-                OP,
-                "the blob does not exist",
-            )
-        })?;
+        let stat = state
+            .stat(blob)
+            .ok_or_else(|| self.refused(blob, OP, Refusal::missing()))?;
         if state.live_lease(blob).is_some() {
-            return Err(self.lease_held(blob, OP));
+            return Err(self.refused(blob, OP, Refusal::lease_held("another owner")));
         }
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let lease = HeldLease {
@@ -450,7 +313,7 @@ impl Backend for MemoryBackend {
                 held.expires = expiry_after(duration);
                 Ok(())
             }
-            _ => Err(self.lease_lost(blob, OP)),
+            _ => Err(self.refused(blob, OP, Refusal::lease_lost())),
         }
     }
 
@@ -493,7 +356,7 @@ impl Blocks for MemoryBackend {
     ) -> BackendResult<()> {
         const OP: &str = "stage block";
         self.enter(Op::StageBlock, blob, OP)?;
-        check_block_id(id).map_err(|why| self.error(BackendErrorKind::Invalid, blob, OP, &why))?;
+        check_block_id(id).map_err(|r| self.refused(blob, OP, r))?;
         let mut state = self.state.lock();
         self.check_write_lease(&state, blob, lease, OP)?;
         state
@@ -555,49 +418,19 @@ impl Blocks for MemoryBackend {
     fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>> {
         const OP: &str = "read range";
         self.enter(Op::ReadRange, blob, OP)?;
+        let refused = |r| self.refused(blob, OP, r);
         let data = {
             let state = self.state.lock();
-            let stored = state.blobs.get(blob).ok_or_else(|| {
-                self.error(
-                    BackendErrorKind::NotFound,
-                    blob,
-                    OP,
-                    "the blob does not exist",
-                )
-            })?;
-            if stored.etag != *etag {
-                return Err(self.error(
-                    BackendErrorKind::ConditionFailed,
-                    blob,
-                    OP,
-                    &format!("expected etag {etag} but the blob is at {}", stored.etag),
-                ));
-            }
+            let stored = state
+                .blobs
+                .get(blob)
+                .ok_or_else(|| refused(Refusal::missing()))?;
+            check_version(etag, &stored.etag).map_err(refused)?;
             stored.data.clone()
         };
-        let size = data.len() as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(data[offset as usize..end as usize].to_vec()),
-            _ => Err(self.error(
-                BackendErrorKind::Invalid,
-                blob,
-                OP,
-                &format!("{len} bytes at {offset} lie beyond the end of the blob ({size} bytes)"),
-            )),
-        }
-    }
-}
-
-/// Every id managedblob stages has [`BLOCK_ID_LEN`] bytes (Azure wants one length
-/// per blob).
-fn check_block_id(id: &[u8]) -> Result<(), String> {
-    if id.len() == BLOCK_ID_LEN {
-        Ok(())
-    } else {
-        Err(format!(
-            "a block id must have {BLOCK_ID_LEN} bytes, not {}",
-            id.len()
-        ))
+        let n = check_range(offset, len, data.len() as u64).map_err(refused)?;
+        let start = offset as usize;
+        Ok(data[start..start + n].to_vec())
     }
 }
 
@@ -612,10 +445,6 @@ fn committed_range(blocks: &[(BlockId, u64)], id: &[u8]) -> Option<std::ops::Ran
         offset = end;
     }
     None
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `duration` from now, saturating at a far future for absurd durations.

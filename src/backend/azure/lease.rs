@@ -1,0 +1,147 @@
+//! Azure blob leases. Azure only knows 15 to 60 s: shorter durations are rounded
+//! up to 15 s and longer ones capped at 60 s; a renewal keeps the duration the lease
+//! was acquired with. An acquire that failed transiently is retried with the same
+//! proposed lease id, so a lost reply does not lock us out. Releasing or breaking a
+//! lease that is already gone succeeds.
+
+use std::time::Duration;
+
+use azure_storage_blob::models::{
+    BlobClientAcquireLeaseOptions, BlobClientAcquireLeaseResultHeaders, BlobClientBreakLeaseOptions,
+};
+
+use super::errors::{http_status, Op};
+use super::AzureBackend;
+use crate::backend::{Backend, BackendErrorKind, BackendResult, Lease, LeaseId};
+
+/// Azure's lease duration bounds, in seconds.
+const MIN_LEASE_SECS: u64 = 15;
+const MAX_LEASE_SECS: u64 = 60;
+
+/// Azure's lease duration for `duration`: whole seconds within 15..=60.
+fn lease_secs(duration: Duration) -> i32 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    secs.clamp(MIN_LEASE_SECS, MAX_LEASE_SECS) as i32
+}
+
+impl AzureBackend {
+    /// [`Backend::acquire_lease`].
+    pub(super) fn take_lease(&self, blob: &str, duration: Duration) -> BackendResult<Lease> {
+        let op = Op::AcquireLease;
+        let client = self.client(blob)?;
+        let secs = lease_secs(duration);
+        // Reuse the id of an acquire whose reply was lost: Azure accepts an acquire
+        // with the active lease's own id, so the retry succeeds instead of LeaseHeld.
+        let proposed = self
+            .pending_acquires
+            .lock()
+            .remove(blob)
+            .unwrap_or_else(|| azure_core::Uuid::new_v4().to_string());
+        let options = BlobClientAcquireLeaseOptions {
+            proposed_lease_id: Some(proposed.clone()),
+            ..Default::default()
+        };
+        let acquire_client = client.clone();
+        let result = self.call(blob, op, self.tuning.request_timeout, async move {
+            let response = acquire_client.acquire_lease(secs, Some(options)).await?;
+            response.lease_id()
+        });
+        let id = match result {
+            Ok(id) => id.unwrap_or(proposed),
+            Err(e) => {
+                if e.is_transient() {
+                    self.pending_acquires
+                        .lock()
+                        .insert(blob.to_string(), proposed);
+                }
+                return Err(e);
+            }
+        };
+        let lease = LeaseId(id);
+        // The lease fences writers, so this stat is the version the lease starts from.
+        match self.stat(blob) {
+            Ok(Some(stat)) => Ok(Lease { id: lease, stat }),
+            failed => {
+                // Do not keep a lease nobody will use.
+                let _ = self.release_lease(blob, &lease);
+                Err(failed.err().unwrap_or_else(|| {
+                    self.fail(
+                        BackendErrorKind::NotFound,
+                        blob,
+                        op,
+                        "the blob vanished after its lease was taken",
+                    )
+                }))
+            }
+        }
+    }
+
+    /// [`Backend::renew_lease`] (Azure renews for the duration of the acquire).
+    pub(super) fn extend_lease(&self, blob: &str, lease: &LeaseId) -> BackendResult<()> {
+        let client = self.client(blob)?;
+        let id = lease.0.clone();
+        self.call(
+            blob,
+            Op::RenewLease,
+            self.tuning.request_timeout,
+            async move { client.renew_lease(id, None).await.map(|_| ()) },
+        )
+    }
+
+    /// [`Backend::release_lease`].
+    pub(super) fn give_back_lease(&self, blob: &str, lease: &LeaseId) -> BackendResult<()> {
+        let client = self.client(blob)?;
+        let id = lease.0.clone();
+        let result = self.exec(
+            blob,
+            Op::ReleaseLease,
+            self.tuning.request_timeout,
+            async move { client.release_lease(id, None).await.map(|_| ()) },
+        )?;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => match http_status(&e) {
+                // Already gone, broken, expired into someone else's, or never ours.
+                Some((404, code)) if code != "ContainerNotFound" => Ok(()),
+                Some((409, code)) if code.starts_with("Lease") => Ok(()),
+                _ => Err(self.error(blob, Op::ReleaseLease, &e)),
+            },
+        }
+    }
+
+    /// [`Backend::break_lease`].
+    pub(super) fn end_lease(&self, blob: &str) -> BackendResult<()> {
+        let client = self.client(blob)?;
+        let options = BlobClientBreakLeaseOptions {
+            break_period: Some(0),
+            ..Default::default()
+        };
+        let result = self.exec(
+            blob,
+            Op::BreakLease,
+            self.tuning.request_timeout,
+            async move { client.break_lease(Some(options)).await.map(|_| ()) },
+        )?;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => match http_status(&e) {
+                Some((409, code)) if code == "LeaseNotPresentWithLeaseOperation" => Ok(()),
+                Some((404, code)) if code != "ContainerNotFound" => Ok(()),
+                _ => Err(self.error(blob, Op::BreakLease, &e)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_durations_fit_azure() {
+        assert_eq!(lease_secs(Duration::from_millis(200)), 15);
+        assert_eq!(lease_secs(Duration::from_secs(30)), 30);
+        assert_eq!(lease_secs(Duration::from_millis(30_001)), 31);
+        assert_eq!(lease_secs(Duration::from_secs(3600)), 60);
+    }
+}
