@@ -173,7 +173,14 @@ unsafe fn install_failed(mb: *mut MbFile, path: &str, error: Error) -> c_int {
     let main = MainDb {
         connection: None,
         open_error: Some(OpenError {
-            code: crate::error::sqlite_code(&error, crate::error::Phase::Open),
+            // SQLITE_FULL for a full disk; otherwise SQLITE_ERROR, not SQLITE_CANTOPEN:
+            // drivers append the file name to a CANTOPEN message (rusqlite does), and a
+            // `file:` URI may carry a SAS.
+            code: if error.is_full() {
+                sql::SQLITE_FULL
+            } else {
+                sql::SQLITE_ERROR
+            },
             message: error.to_string(),
         }),
         real: ptr::null_mut(),
