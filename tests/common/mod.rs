@@ -3,6 +3,10 @@
 
 #[cfg(feature = "azure")]
 pub mod azurite;
+pub mod child;
+pub mod conformance;
+pub mod counter;
+pub mod memworld;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -286,35 +290,65 @@ pub fn uri_with_remote(cache: &Path, remote: &str, extra: &str) -> String {
     )
 }
 
-/// Generate, for each named `fn name(w: &World)` of the calling file, the tests
-/// `local::name` (a fresh [`World::local`]) and, with the `azure` feature,
-/// `azurite::name` (a fresh [`World::azurite`]; skipped or failed per the CI policy
-/// when Azurite is missing).
+/// The one way to run a check on each backend. For each named `fn name(f: &Fixture)`
+/// of the calling module and each listed backend, a test `<backend>::name` that calls
+/// it with a fresh fixture from `common::fixture::<kind>::<backend>()`; a backend
+/// whose fixture is `None` (Azurite not installed, outside CI) skips after saying so.
+///
+/// - `backend_tests!(a, b)`: [`World`] tests on `local` and (with the `azure`
+///   feature) `azurite`, the shorthand of `backend_tests!(world: [local, azurite] => [a, b])`.
+/// - `backend_tests!(store: [memory, local] => [check_x, ...])`: raw backends with
+///   their capabilities ([`conformance::Store`]).
 #[allow(unused_macros)]
 macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(&$crate::common::World::local());
-                }
-            )*
-        }
+    ($kind:ident: [$($backend:ident),+ $(,)?] => $names:tt) => {
+        $( $crate::common::backend_tests!(@module $kind $backend $names); )+
+    };
+    (@module $kind:ident azurite $names:tt) => {
         #[cfg(feature = "azure")]
-        mod azurite {
+        $crate::common::backend_tests!(@tests $kind azurite $names);
+    };
+    (@module $kind:ident $backend:ident $names:tt) => {
+        $crate::common::backend_tests!(@tests $kind $backend $names);
+    };
+    (@tests $kind:ident $backend:ident [$($name:ident),* $(,)?]) => {
+        mod $backend {
             $(
                 #[test]
                 fn $name() {
-                    let Some(w) = $crate::common::World::azurite() else { return };
-                    super::$name(&w);
+                    let Some(fixture) = $crate::common::fixture::$kind::$backend() else {
+                        return;
+                    };
+                    super::$name(&fixture);
                 }
             )*
         }
     };
+    ($($name:ident),* $(,)?) => {
+        $crate::common::backend_tests!(world: [local, azurite] => [$($name),*]);
+    };
 }
 #[allow(unused_imports)]
 pub(crate) use backend_tests;
+
+/// The fixtures [`backend_tests!`] hands to a check, by kind and backend.
+pub mod fixture {
+    /// A [`super::World`] (caches and one remote) per backend.
+    pub mod world {
+        use super::super::World;
+
+        pub fn local() -> Option<World> {
+            Some(World::local())
+        }
+
+        #[cfg(feature = "azure")]
+        pub fn azurite() -> Option<World> {
+            World::azurite()
+        }
+    }
+
+    pub use super::conformance::store;
+}
 
 pub fn flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
@@ -382,4 +416,53 @@ pub fn pragma(c: &Connection, text: &str) -> rusqlite::Result<Option<String>> {
 pub fn read_remote<T>(path: &Path, f: impl FnOnce(&Connection) -> T) -> T {
     let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     f(&c)
+}
+
+/// `PRAGMA integrity_check`: "ok" for an intact database.
+pub fn integrity(c: &Connection) -> String {
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Whether `e` is SQLITE_BUSY.
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+}
+
+/// The first column of every row `sql` returns.
+pub fn column<T: rusqlite::types::FromSql, C: FromIterator<T>>(c: &Connection, sql: &str) -> C {
+    let mut stmt = c.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// The sidecar of a cache, as JSON (None when it is missing or unreadable).
+pub fn sidecar_of(cache: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(managedblob::sidecar::path_for(cache)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The sidecar of a cache, as JSON; it must exist.
+pub fn sidecar(cache: &Path) -> Value {
+    sidecar_of(cache).unwrap_or_else(|| {
+        panic!(
+            "no readable sidecar {}",
+            managedblob::sidecar::path_for(cache).display()
+        )
+    })
+}
+
+/// The entries of `dir` whose names contain `needle` (none when `dir` is missing).
+pub fn files_with(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(needle))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,13 +1,30 @@
-//! The `Blocks` conformance checks, shared by tests/backend_conformance.rs (memory,
-//! local) and tests/azure.rs (Azurite), which include this file as their
-//! `block_checks` module and run the checks through their own `conformance!`.
+//! The promises of `managedblob::backend::Blocks` (delta sync's staged blocks, block
+//! lists and ranged reads), on every store that has the capability ([`Caps::blocks`]);
+//! a store without it must say so.
+
+use std::sync::Mutex;
+use std::thread;
+
+use managedblob::backend::{
+    Backend, BackendErrorKind, BlobStat, BlockId, Blocks, Condition, Etag, LeaseId,
+};
 
 use super::*;
-use managedblob::backend::{BlockId, Blocks};
 use managedblob::delta::ChunkId;
 
 /// Azure-style lease ids: a wrong one must still look like a lease id.
 const WRONG_LEASE: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Whether the store has blocks; one without them must not offer them.
+fn has_blocks(b: &Store) -> bool {
+    if !b.caps.blocks {
+        assert!(
+            b.blocks().is_none(),
+            "a store without the block capability offers blocks"
+        );
+    }
+    b.caps.blocks
+}
 
 pub fn blocks(b: &dyn Backend) -> &dyn Blocks {
     b.blocks().expect("the backend has the block capability")
@@ -54,7 +71,11 @@ pub fn listed(b: &dyn Backend, blob: &str) -> (BlobStat, Vec<(BlockId, u64)>) {
         .expect("the blob exists")
 }
 
-pub fn check_blocks_commit_list_and_read(b: &dyn Backend) {
+pub fn check_blocks_commit_list_and_read(store: &Store) {
+    let b = &**store;
+    if !has_blocks(store) {
+        return;
+    }
     let bl = blocks(b);
     let (c0, c1, c2) = (chunk(3000, 1), chunk(3000, 2), chunk(1234, 3));
     let staged = stage_all(b, "blk.db", &[&c0, &c1, &c2], None);
@@ -172,7 +193,11 @@ pub fn check_blocks_commit_list_and_read(b: &dyn Backend) {
     assert_eq!(download(b, "blk.db"), (b"again".to_vec(), v6));
 }
 
-pub fn check_blocks_create_and_missing(b: &dyn Backend) {
+pub fn check_blocks_create_and_missing(store: &Store) {
+    let b = &**store;
+    if !has_blocks(store) {
+        return;
+    }
     let bl = blocks(b);
     assert_eq!(bl.block_list("none.db").unwrap(), None);
     assert_eq!(
@@ -215,7 +240,11 @@ pub fn check_blocks_create_and_missing(b: &dyn Backend) {
     assert_eq!(listed(b, "whole.db"), (whole, Vec::new()));
 }
 
-pub fn check_blocks_respect_the_lease(b: &dyn Backend) {
+pub fn check_blocks_respect_the_lease(store: &Store) {
+    let b = &**store;
+    if !has_blocks(store) {
+        return;
+    }
     let bl = blocks(b);
     let first = stage_all(b, "lb.db", &[b"v1"], None);
     let v1 = bl
@@ -267,7 +296,11 @@ pub fn check_blocks_respect_the_lease(b: &dyn Backend) {
 
 /// A commit takes the staged block of an id before the committed one (Azure's
 /// "Latest").
-pub fn check_blocks_staged_wins_over_committed(b: &dyn Backend) {
+pub fn check_blocks_staged_wins_over_committed(store: &Store) {
+    let b = &**store;
+    if !has_blocks(store) {
+        return;
+    }
     let bl = blocks(b);
     let same = id(0, b"the id");
     bl.stage_block("sw.db", &same, b"old".to_vec(), None)
@@ -294,7 +327,11 @@ pub fn check_blocks_staged_wins_over_committed(b: &dyn Backend) {
     assert_eq!(listed(b, "sw.db"), (v2, vec![(same.clone(), 5), (same, 5)]));
 }
 
-pub fn check_blocks_concurrent_commits_have_one_winner(b: &dyn Backend) {
+pub fn check_blocks_concurrent_commits_have_one_winner(store: &Store) {
+    let b = &**store;
+    if !has_blocks(store) {
+        return;
+    }
     let bl = blocks(b);
     let first = stage_all(b, "rc.db", &[b"0000"], None);
     let mut stat = bl
@@ -326,5 +363,38 @@ pub fn check_blocks_concurrent_commits_have_one_winner(b: &dyn Backend) {
         assert_eq!(download(b, "rc.db"), (data.clone(), won.clone()));
         assert_eq!(listed(b, "rc.db"), (won.clone(), vec![(id(0, &data), 4)]));
         stat = won;
+    }
+}
+
+pub fn check_block_names_and_ids_are_checked(store: &Store) {
+    let b = &**store;
+    if !has_blocks(store) {
+        return;
+    }
+    let bl = blocks(b);
+    let good = id(0, b"x");
+    let etag = Etag("x".into());
+    for name in ["../x", ".hidden", "", "a//b"] {
+        let invalid = |kind: BackendErrorKind, what: &str| {
+            assert_eq!(kind, BackendErrorKind::Invalid, "{what} accepted {name:?}");
+        };
+        invalid(kind_of(bl.block_list(name)), "block list");
+        invalid(
+            kind_of(bl.stage_block(name, &good, b"x".to_vec(), None)),
+            "stage",
+        );
+        invalid(
+            kind_of(bl.commit_blocks(name, std::slice::from_ref(&good), &Condition::Create, None)),
+            "commit",
+        );
+        invalid(kind_of(bl.read_range(name, 0, 1, &etag)), "read range");
+    }
+    // Every block id of a blob has one length (as Azure requires).
+    for bad in [&b""[..], b"short", &[1u8; 33]] {
+        assert_eq!(
+            kind_of(bl.stage_block("ids.db", bad, b"x".to_vec(), None)),
+            BackendErrorKind::Invalid,
+            "{bad:?}"
+        );
     }
 }
