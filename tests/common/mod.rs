@@ -347,6 +347,7 @@ pub mod fixture {
         }
     }
 
+    #[allow(unused_imports)]
     pub use super::conformance::store;
 }
 

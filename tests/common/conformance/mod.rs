@@ -58,6 +58,9 @@ pub struct Caps {
     pub min_lease: Duration,
     /// Whether the store has the block capability (delta sync).
     pub blocks: bool,
+    /// Whether the store itself rejects a block id of the wrong length as `Invalid`
+    /// (the azure backend leaves ids to the service).
+    pub checks_block_ids: bool,
 }
 
 /// A fresh, empty store and its capabilities; derefs to the backend.
@@ -87,6 +90,7 @@ pub mod store {
                 wrong_lease: "00000000000000000000000000000000",
                 min_lease: Duration::ZERO,
                 blocks: true,
+                checks_block_ids: true,
             },
             _keep: Box::new(()),
         })
@@ -115,6 +119,7 @@ pub mod store {
                 wrong_lease: "00000000-0000-0000-0000-000000000000",
                 min_lease: Duration::from_secs(15),
                 blocks: true,
+                checks_block_ids: false,
             },
             _keep: Box::new(azurite),
         })
