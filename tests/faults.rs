@@ -5,65 +5,11 @@ mod common;
 use common::*;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use managedblob::backend::memory::{MemoryBackend, Op};
+use common::memworld::MemWorld;
+use managedblob::backend::memory::Op;
 use managedblob::backend::{Backend, BackendErrorKind};
-
-struct MemWorld {
-    dir: tempfile::TempDir,
-    name: String,
-    backend: Arc<MemoryBackend>,
-}
-
-impl MemWorld {
-    fn new(name: &str) -> MemWorld {
-        init_logging();
-        managedblob::register().unwrap();
-        let name = format!("{name}-{}", fastrand_suffix());
-        MemWorld {
-            dir: tempfile::tempdir().unwrap(),
-            backend: MemoryBackend::named(&name),
-            name,
-        }
-    }
-
-    fn uri(&self, host: &str, extra: &str) -> String {
-        let dir = self.dir.path().join(host);
-        std::fs::create_dir_all(&dir).unwrap();
-        format!(
-            "file:{}?vfs=managedblob&remote=memory:{}&retry_base_ms=1{extra}",
-            dir.join("m.db").display(),
-            self.name
-        )
-    }
-
-    fn open(&self, host: &str, extra: &str) -> rusqlite::Connection {
-        open(&self.uri(host, extra))
-    }
-
-    fn cache_bytes(&self, host: &str) -> Vec<u8> {
-        std::fs::read(self.dir.path().join(host).join("m.db")).unwrap()
-    }
-
-    fn remote_bytes(&self) -> Vec<u8> {
-        self.backend.get("m.db").unwrap_or_default()
-    }
-
-    fn remote_ids(&self) -> BTreeSet<i64> {
-        let f = self.dir.path().join("remote-copy.db");
-        std::fs::write(&f, self.remote_bytes()).unwrap();
-        let c = rusqlite::Connection::open(&f).unwrap();
-        let mut stmt = c.prepare("SELECT id FROM t").unwrap();
-        let ids = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        ids
-    }
-}
 
 /// Compare two images without printing them.
 fn assert_same_bytes(local: &[u8], remote: &[u8]) {
@@ -74,15 +20,6 @@ fn assert_same_bytes(local: &[u8], remote: &[u8]) {
         local.len(),
         remote.len()
     );
-}
-
-fn fastrand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        ^ (std::process::id() as u64) << 32
 }
 
 /// Every request kind the random-fault test disturbs.
@@ -110,7 +47,7 @@ fn publish_op(extra: &str) -> (Op, &'static str, u64) {
 
 fn transient_publish_failures_are_retried_with_backoff(extra: &str) {
     let (op, name, creation) = publish_op(extra);
-    let w = MemWorld::new("retry");
+    let w = MemWorld::with_defaults("retry", "&retry_base_ms=1");
     let c = w.open("h1", extra);
     c.execute("CREATE TABLE t(id)", []).unwrap();
     w.backend.fail_next(op, BackendErrorKind::Transient, 2);
@@ -138,7 +75,7 @@ fn transient_block_commit_failures_are_retried_with_backoff() {
 
 #[test]
 fn transient_stage_failures_are_retried_with_backoff() {
-    let w = MemWorld::new("stage");
+    let w = MemWorld::with_defaults("stage", "&retry_base_ms=1");
     let c = w.open("h1", "");
     c.execute("CREATE TABLE t(id)", []).unwrap();
     w.backend
@@ -151,7 +88,7 @@ fn transient_stage_failures_are_retried_with_backoff() {
 
 fn a_terminal_publish_failure_fails_the_commit_and_leaves_local_equal_to_remote(extra: &str) {
     let (op, name, creation) = publish_op(extra);
-    let w = MemWorld::new("terminal");
+    let w = MemWorld::with_defaults("terminal", "&retry_base_ms=1");
     let c = w.open("h1", &format!("&retry_attempts=3{extra}"));
     c.execute("CREATE TABLE t(id)", []).unwrap();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
@@ -197,7 +134,7 @@ fn a_terminal_block_commit_failure_fails_the_commit_and_leaves_local_equal_to_re
 
 #[test]
 fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
-    let w = MemWorld::new("held");
+    let w = MemWorld::with_defaults("held", "&retry_base_ms=1");
     let c = w.open("h1", "");
     c.execute("CREATE TABLE t(id)", []).unwrap();
     let lease = w
@@ -225,7 +162,7 @@ fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
 
 #[test]
 fn lease_errors_other_than_busy_surface() {
-    let w = MemWorld::new("denied");
+    let w = MemWorld::with_defaults("denied", "&retry_base_ms=1");
     let c = w.open("h1", "");
     c.execute("CREATE TABLE t(id)", []).unwrap();
     w.backend
@@ -245,7 +182,7 @@ fn lease_errors_other_than_busy_surface() {
 
 #[test]
 fn an_upload_that_landed_before_its_retry_is_not_a_conflict() {
-    let w = MemWorld::new("landed");
+    let w = MemWorld::with_defaults("landed", "&retry_base_ms=1");
     let c = w.open("h1", "");
     c.execute("CREATE TABLE t(id)", []).unwrap();
     w.backend.land_then_fail_next_upload();
@@ -258,7 +195,7 @@ fn an_upload_that_landed_before_its_retry_is_not_a_conflict() {
 
 #[test]
 fn a_lost_lease_fails_the_batch_end_and_never_overwrites() {
-    let w = MemWorld::new("lost");
+    let w = MemWorld::with_defaults("lost", "&retry_base_ms=1");
     let a = w.open("h1", "");
     a.execute("CREATE TABLE t(id)", []).unwrap();
     pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
@@ -285,7 +222,7 @@ fn random_faults_with_whole_file_transfers() {
 }
 
 fn random_faults(extra: &str) {
-    let w = MemWorld::new("random");
+    let w = MemWorld::with_defaults("random", "&retry_base_ms=1");
     let c = w.open("h1", &format!("&retry_attempts=2&staleness_ms=0{extra}"));
     c.execute("CREATE TABLE t(id)", []).unwrap();
     for op in FAULTY_OPS {
@@ -309,21 +246,13 @@ fn random_faults(extra: &str) {
         "faults were injected"
     );
     assert_eq!(w.remote_ids(), acknowledged);
-    let local: BTreeSet<i64> = {
-        let mut stmt = c.prepare("SELECT id FROM t").unwrap();
-        let ids = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        ids
-    };
+    let local: BTreeSet<i64> = column(&c, "SELECT id FROM t");
     assert_eq!(local, acknowledged, "local never runs ahead of the remote");
 }
 
 #[test]
 fn retries_stop_at_the_total_time_budget() {
-    let w = MemWorld::new("budget");
+    let w = MemWorld::with_defaults("budget", "&retry_base_ms=1");
     let c = w.open(
         "h1",
         "&sync=full&retry_attempts=20&retry_base_ms=40&retry_total_ms=150",

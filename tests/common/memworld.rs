@@ -108,4 +108,9 @@ impl MemWorld {
     pub fn calls(&self) -> Vec<usize> {
         ALL_OPS.iter().map(|o| self.backend.calls(*o)).collect()
     }
+
+    /// How many calls of each kind in [`ALL_OPS`] came since `before` ([`Self::calls`]).
+    pub fn calls_since(&self, before: &[usize]) -> Vec<usize> {
+        self.calls().iter().zip(before).map(|(n, b)| n - b).collect()
+    }
 }

@@ -467,3 +467,19 @@ pub fn files_with(dir: &Path, needle: &str) -> Vec<PathBuf> {
         })
         .unwrap_or_default()
 }
+
+/// The transactions table of the soak and fault tests: `t(txn, i, n, ...)`, where
+/// transaction `txn` wrote rows `i` = 0..`n`. Per txn: (rows present, smallest n,
+/// largest n); a whole transaction has all three equal.
+pub type Groups = std::collections::BTreeMap<i64, (i64, i64, i64)>;
+
+/// [`Groups`] of table `t` in `c`.
+pub fn txn_groups(c: &Connection) -> Groups {
+    let mut stmt = c
+        .prepare("SELECT txn, count(*), min(n), max(n) FROM t GROUP BY txn")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+        .unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
