@@ -37,6 +37,9 @@ use rusqlite::{Connection, OpenFlags};
 #[allow(dead_code)]
 #[path = "../tests/common/azurite.rs"]
 mod azurite;
+#[path = "../tests/common/uri.rs"]
+mod uri;
+use uri::uri_escape;
 
 const MIB: u64 = 1 << 20;
 /// Bytes of random payload per row (about four rows to a 4 KiB page).
@@ -233,27 +236,6 @@ fn one_row(c: &Connection) {
 fn max_id(c: &Connection) -> i64 {
     c.query_row("SELECT max(id) FROM t", [], |r| r.get(0))
         .unwrap()
-}
-
-/// Escape a value for the query string of a SQLite `file:` URI.
-fn uri_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'.'
-            | b'_'
-            | b'~'
-            | b'/'
-            | b':'
-            | b',' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -807,6 +789,44 @@ fn reads(area: &Area, blob: &str, plan: &Plan, start: Instant, out: &mut Results
 // ---------------------------------------------------------------------------------
 // Tables.
 
+/// One table of section A: per row, the step `step` picks (its samples and the bytes
+/// it moved `way`), with the full/delta ratio of those bytes.
+fn delta_table(
+    w: &mut String,
+    rows: &[DeltaRow],
+    way: &str,
+    step: fn(&DeltaRow) -> (&Samples, u64),
+) {
+    let _ = writeln!(
+        w,
+        "| backend | database | sync | ms (median) | requests (HTTP) | bytes {way} | full/delta bytes |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    for row in rows {
+        let (samples, moved) = step(row);
+        let delta_moved = rows
+            .iter()
+            .find(|d| d.kind == row.kind && d.mib == row.mib && d.mode == "delta")
+            .map_or(0, |d| step(d).1);
+        let ratio = if row.mode == "full" && delta_moved > 0 {
+            format!("{:.0}", moved as f64 / delta_moved as f64)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.kind.name(),
+            bytes(row.size),
+            row.mode,
+            ms(samples.median_ms()),
+            reqs(row.kind, samples.requests_per(), samples.http_per()),
+            bytes(moved),
+            ratio
+        );
+    }
+}
+
 fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
     let mut s = String::new();
     let w = &mut s;
@@ -823,66 +843,12 @@ fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
 
     if !r.delta.is_empty() {
         let _ = writeln!(w, "## A. One-row commit, delta against full\n");
-        let _ = writeln!(
-            w,
-            "| backend | database | sync | ms (median) | requests (HTTP) | bytes up | full/delta bytes |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
-        for row in &r.delta {
-            let delta_up = r
-                .delta
-                .iter()
-                .find(|d| d.kind == row.kind && d.mib == row.mib && d.mode == "delta")
-                .map_or(0, |d| d.commit.per().up);
-            let ratio = if row.mode == "full" && delta_up > 0 {
-                format!("{:.0}", row.commit.per().up as f64 / delta_up as f64)
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                row.kind.name(),
-                bytes(row.size),
-                row.mode,
-                ms(row.commit.median_ms()),
-                reqs(row.kind, row.commit.requests_per(), row.commit.http_per()),
-                bytes(row.commit.per().up),
-                ratio
-            );
-        }
+        delta_table(w, &r.delta, "up", |d| (&d.commit, d.commit.per().up));
         let _ = writeln!(
             w,
             "\n## A. Reader's reopen after another host's one-row commit\n"
         );
-        let _ = writeln!(
-            w,
-            "| backend | database | sync | ms (median) | requests (HTTP) | bytes down | full/delta bytes |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
-        for row in &r.delta {
-            let delta_down = r
-                .delta
-                .iter()
-                .find(|d| d.kind == row.kind && d.mib == row.mib && d.mode == "delta")
-                .map_or(0, |d| d.reopen.per().down);
-            let ratio = if row.mode == "full" && delta_down > 0 {
-                format!("{:.0}", row.reopen.per().down as f64 / delta_down as f64)
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                row.kind.name(),
-                bytes(row.size),
-                row.mode,
-                ms(row.reopen.median_ms()),
-                reqs(row.kind, row.reopen.requests_per(), row.reopen.http_per()),
-                bytes(row.reopen.per().down),
-                ratio
-            );
-        }
+        delta_table(w, &r.delta, "down", |d| (&d.reopen, d.reopen.per().down));
         let _ = writeln!(
             w,
             "\nSamples: {}.",

@@ -22,7 +22,10 @@ use rusqlite::Connection;
 /// Entry point of every child process; returns at once in a normal test run.
 #[test]
 fn child_main() {
-    child::child_main(&[("crash_writer", crash_writer), ("crash_reader", crash_reader)]);
+    child::child_main(&[
+        ("crash_writer", crash_writer),
+        ("crash_reader", crash_reader),
+    ]);
 }
 
 /// Report a failure to the parent and stop.

@@ -9,11 +9,6 @@ use common::*;
 
 use std::time::Duration;
 
-fn count(c: &rusqlite::Connection, table: &str) -> i64 {
-    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .unwrap()
-}
-
 fn remote_count(w: &World, blob: &str, table: &str) -> i64 {
     w.read_remote(blob, |r| count(r, table))
 }

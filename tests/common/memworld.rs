@@ -3,6 +3,7 @@
 //! trouble. The database is blob `m.db`.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use managedblob::backend::memory::{MemoryBackend, Op};
@@ -61,14 +62,19 @@ impl MemWorld {
 
     /// The URI of host `host`'s cache, with `extra` settings.
     pub fn uri(&self, host: &str, extra: &str) -> String {
-        let dir = self.dir.path().join(host);
-        std::fs::create_dir_all(&dir).unwrap();
         format!(
             "file:{}?vfs=managedblob&remote=memory:{}{}{extra}",
-            dir.join("m.db").display(),
+            self.cache(host).display(),
             self.name,
             self.defaults
         )
+    }
+
+    /// The cache file of host `host` (its directory is created).
+    pub fn cache(&self, host: &str) -> PathBuf {
+        let dir = self.dir.path().join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("m.db")
     }
 
     pub fn open(&self, host: &str, extra: &str) -> Connection {
@@ -77,7 +83,7 @@ impl MemWorld {
 
     /// The bytes of host `host`'s cache file.
     pub fn cache_bytes(&self, host: &str) -> Vec<u8> {
-        std::fs::read(self.dir.path().join(host).join("m.db")).unwrap()
+        std::fs::read(self.cache(host)).unwrap()
     }
 
     /// The remote blob's bytes (empty when it does not exist).
@@ -99,6 +105,14 @@ impl MemWorld {
         out
     }
 
+    /// The first column of the one row `sql` returns from the remote content.
+    pub fn remote_query<T: rusqlite::types::FromSql>(&self, sql: &str) -> T {
+        self.remote(|r| {
+            r.query_row(sql, [], |row| row.get(0))
+                .unwrap_or_else(|e| panic!("{sql} on the remote: {e}"))
+        })
+    }
+
     /// The ids in the remote's table `t`.
     pub fn remote_ids(&self) -> BTreeSet<i64> {
         self.remote(|r| column(r, "SELECT id FROM t"))
@@ -111,6 +125,10 @@ impl MemWorld {
 
     /// How many calls of each kind in [`ALL_OPS`] came since `before` ([`Self::calls`]).
     pub fn calls_since(&self, before: &[usize]) -> Vec<usize> {
-        self.calls().iter().zip(before).map(|(n, b)| n - b).collect()
+        self.calls()
+            .iter()
+            .zip(before)
+            .map(|(n, b)| n - b)
+            .collect()
     }
 }

@@ -6,7 +6,10 @@ pub mod azurite;
 pub mod child;
 pub mod conformance;
 pub mod counter;
+pub mod delta;
 pub mod memworld;
+mod uri;
+pub use uri::uri_escape;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -252,29 +255,6 @@ impl World {
     }
 }
 
-/// Escape `value` for the query string of a SQLite `file:` URI: SQLite splits the
-/// query at `&` and `=`, ends it at `#`, and decodes `%HH`, so everything but
-/// unreserved characters (and `/`, `:`, `,`) is written as `%HH`.
-pub fn uri_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'.'
-            | b'_'
-            | b'~'
-            | b'/'
-            | b':'
-            | b',' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// The URI of cache `cache` on remote directory `remote`.
 pub fn uri(cache: &Path, remote: &Path, extra: &str) -> String {
     uri_with_remote(cache, &remote.display().to_string(), extra)
@@ -482,4 +462,10 @@ pub fn txn_groups(c: &Connection) -> Groups {
         .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
         .unwrap();
     rows.map(|r| r.unwrap()).collect()
+}
+
+/// The number of rows in `table`.
+pub fn count(c: &Connection, table: &str) -> i64 {
+    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
 }

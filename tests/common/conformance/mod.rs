@@ -157,4 +157,3 @@ macro_rules! suite {
 }
 #[allow(unused_imports)]
 pub(crate) use suite;
-
