@@ -74,6 +74,11 @@ fn capture_logs() {
     });
 }
 
+/// A backend with no credential but what `url` carries (a SAS, or nothing).
+fn with_url_only(url: &ContainerUrl) -> AzureBackend {
+    AzureBackend::connect_with(url, &|_| None, AzureTuning::default()).unwrap()
+}
+
 fn captured() -> String {
     String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
@@ -118,7 +123,7 @@ fn sas_token_in_the_url_works_and_stays_secret() {
         azurite.container_url(container.url().container())
     ))
     .unwrap();
-    let b = AzureBackend::connect_with(&url, &|_| None, AzureTuning::default()).unwrap();
+    let b = with_url_only(&url);
     assert!(b.auth_description().contains("SAS"));
     let v1 = create(&b, "sas.db", b"through a SAS");
     let lease = b.acquire_lease("sas.db", LONG).unwrap();
@@ -140,7 +145,7 @@ fn sas_token_in_the_url_works_and_stays_secret() {
         azurite.container_url(container.url().container())
     ))
     .unwrap();
-    let b = AzureBackend::connect_with(&url, &|_| None, AzureTuning::default()).unwrap();
+    let b = with_url_only(&url);
     let err = upload(&b, "sas.db", b"v3", &Condition::Create, None).unwrap_err();
     eprintln!("read-only SAS: {err}");
     assert_eq!(err.kind, BackendErrorKind::Denied, "{err}");
@@ -165,7 +170,7 @@ fn sas_token_in_the_url_works_and_stays_secret() {
         azurite.container_url(container.url().container())
     ))
     .unwrap();
-    let b = AzureBackend::connect_with(&url, &|_| None, AzureTuning::default()).unwrap();
+    let b = with_url_only(&url);
     let err = b.stat("sas.db").unwrap_err();
     assert_eq!(err.kind, BackendErrorKind::Denied, "{err}");
     assert!(!err.message.contains("BOGUSSIGNATURE"), "{err}");
@@ -205,7 +210,7 @@ fn no_secret_reaches_the_trace_log() {
         azurite.container_url(b.url().container())
     ))
     .unwrap();
-    let s = AzureBackend::connect_with(&url, &|_| None, AzureTuning::default()).unwrap();
+    let s = with_url_only(&url);
     s.stat("log.db").unwrap();
     download(&s, "log.db");
     let _ = s.stat("../bad");
@@ -215,16 +220,11 @@ fn no_secret_reaches_the_trace_log() {
         azurite.container_url(b.url().container())
     ))
     .unwrap();
-    let _ = AzureBackend::connect_with(&bad, &|_| None, AzureTuning::default())
-        .unwrap()
-        .stat("log.db");
+    let _ = with_url_only(&bad).stat("log.db");
     // Unreachable endpoint: a transport error, which quotes the request URL.
     let gone =
         ContainerUrl::parse(&format!("http://127.0.0.1:9/{DEV_ACCOUNT}/gone?{sas}")).unwrap();
-    let err = AzureBackend::connect_with(&gone, &|_| None, AzureTuning::default())
-        .unwrap()
-        .stat("log.db")
-        .unwrap_err();
+    let err = with_url_only(&gone).stat("log.db").unwrap_err();
     eprintln!("unreachable: {err}");
     assert_eq!(err.kind, BackendErrorKind::Transient, "{err}");
     assert!(
@@ -430,6 +430,18 @@ impl Busy {
     fn requests(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// A backend (shared key) whose every request goes to this server.
+    fn backend(&self) -> AzureBackend {
+        capture_logs();
+        let url = ContainerUrl::parse(&format!(
+            "http://127.0.0.1:{}/{DEV_ACCOUNT}/busy",
+            self.port
+        ))
+        .unwrap();
+        let env = |name: &str| (name == "AZURE_STORAGE_KEY").then(|| DEV_KEY.to_string());
+        AzureBackend::connect_with(&url, &env, AzureTuning::default()).unwrap()
+    }
 }
 
 impl Drop for Busy {
@@ -441,15 +453,8 @@ impl Drop for Busy {
 
 #[test]
 fn the_sdk_does_not_retry_so_counts_are_honest() {
-    capture_logs();
     let busy = Busy::start();
-    let url = ContainerUrl::parse(&format!(
-        "http://127.0.0.1:{}/{DEV_ACCOUNT}/busy",
-        busy.port
-    ))
-    .unwrap();
-    let env = |name: &str| (name == "AZURE_STORAGE_KEY").then(|| DEV_KEY.to_string());
-    let b = AzureBackend::connect_with(&url, &env, AzureTuning::default()).unwrap();
+    let b = busy.backend();
     let err = b.stat("x.db").unwrap_err();
     assert_eq!(err.kind, BackendErrorKind::Transient, "{err}");
     assert!(err.message.contains("503"), "{err}");
@@ -460,6 +465,33 @@ fn the_sdk_does_not_retry_so_counts_are_honest() {
     let err = b.acquire_lease("x.db", LONG).unwrap_err();
     assert_eq!(err.kind, BackendErrorKind::Transient, "{err}");
     assert_eq!(busy.requests(), 3);
+}
+
+#[test]
+fn block_calls_are_one_request_each() {
+    let busy = Busy::start();
+    let b = busy.backend();
+    let bl = blocks(&b);
+    let block = id(0, b"data");
+    let transient = |e: managedblob::backend::BackendError| {
+        assert_eq!(e.kind, BackendErrorKind::Transient, "{e}");
+        assert!(e.message.contains("503"), "{e}");
+    };
+    transient(bl.block_list("x.db").unwrap_err());
+    assert_eq!(busy.requests(), 1);
+    transient(
+        bl.stage_block("x.db", &block, b"data".to_vec(), None)
+            .unwrap_err(),
+    );
+    assert_eq!(busy.requests(), 2);
+    let at = Condition::Match(Etag("\"0x1\"".into()));
+    transient(bl.commit_blocks("x.db", &[block], &at, None).unwrap_err());
+    assert_eq!(busy.requests(), 3);
+    transient(
+        bl.read_range("x.db", 0, 4, &Etag("\"0x1\"".into()))
+            .unwrap_err(),
+    );
+    assert_eq!(busy.requests(), 4);
 }
 
 // ---- Entra ID, against Azurite over https with OAuth ---------------------------------
@@ -629,38 +661,4 @@ fn entra_child() {
     assert!(log.contains("Entra ID token obtained"), "{log}");
     assert!(!log.contains(&token), "the bearer token reached the log");
     println!("entra child: ok");
-}
-
-#[test]
-fn block_calls_are_one_request_each() {
-    capture_logs();
-    let busy = Busy::start();
-    let url = ContainerUrl::parse(&format!(
-        "http://127.0.0.1:{}/{DEV_ACCOUNT}/busy",
-        busy.port
-    ))
-    .unwrap();
-    let env = |name: &str| (name == "AZURE_STORAGE_KEY").then(|| DEV_KEY.to_string());
-    let b = AzureBackend::connect_with(&url, &env, AzureTuning::default()).unwrap();
-    let bl = blocks(&b);
-    let block = id(0, b"data");
-    let transient = |e: managedblob::backend::BackendError| {
-        assert_eq!(e.kind, BackendErrorKind::Transient, "{e}");
-        assert!(e.message.contains("503"), "{e}");
-    };
-    transient(bl.block_list("x.db").unwrap_err());
-    assert_eq!(busy.requests(), 1);
-    transient(
-        bl.stage_block("x.db", &block, b"data".to_vec(), None)
-            .unwrap_err(),
-    );
-    assert_eq!(busy.requests(), 2);
-    let at = Condition::Match(Etag("\"0x1\"".into()));
-    transient(bl.commit_blocks("x.db", &[block], &at, None).unwrap_err());
-    assert_eq!(busy.requests(), 3);
-    transient(
-        bl.read_range("x.db", 0, 4, &Etag("\"0x1\"".into()))
-            .unwrap_err(),
-    );
-    assert_eq!(busy.requests(), 4);
 }

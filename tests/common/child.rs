@@ -38,7 +38,7 @@ pub fn child_main(roles: &[Role]) {
         .try_init();
     parent_alive();
     managedblob::register().expect("register");
-    let uri = env("MB_URI");
+    let uri = std::env::var("MB_URI").unwrap_or_default();
     let (_, run) = roles
         .iter()
         .find(|(name, _)| *name == role)
@@ -119,14 +119,29 @@ pub struct Proc {
     marks: Receiver<String>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
 
 impl Proc {
     /// Start this test binary as a child running `role` on `uri`, with `vars` set.
     pub fn spawn(name: &str, role: &str, uri: &str, vars: &[(&str, String)]) -> Proc {
+        Proc::spawn_without(name, role, uri, vars, &[])
+    }
+
+    /// [`Proc::spawn`], with the variables `removed` taken out of its environment.
+    pub fn spawn_without(
+        name: &str,
+        role: &str,
+        uri: &str,
+        vars: &[(&str, String)],
+        removed: &[&str],
+    ) -> Proc {
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(exe);
+        for var in removed {
+            cmd.env_remove(var);
+        }
         cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
             .env(ROLE, role)
             .env("MB_URI", uri)
@@ -142,7 +157,7 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let all = stdout.clone();
-        thread::spawn(move || {
+        let out_reader = thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 if let Some(at) = line.find(MARK) {
@@ -155,7 +170,7 @@ impl Proc {
         });
         let mut err = child.stderr.take().unwrap();
         let all = stderr.clone();
-        thread::spawn(move || {
+        let err_reader = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -172,6 +187,7 @@ impl Proc {
             marks,
             stdout,
             stderr,
+            readers: vec![out_reader, err_reader],
             status: None,
         }
     }
@@ -282,6 +298,18 @@ impl Proc {
         };
         self.status = Some(status);
         assert!(status.success(), "{} failed\n{}", self.name, self.output());
+    }
+
+    /// Wait for the child to exit and require success; then all it printed:
+    /// (stdout, stderr).
+    pub fn finish(mut self, timeout: Duration) -> (String, String) {
+        self.wait_success(timeout);
+        for reader in std::mem::take(&mut self.readers) {
+            reader.join().expect("output reader");
+        }
+        let out = self.stdout.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (out, err)
     }
 
     /// Every marker message still queued (the child must have ended).
