@@ -789,6 +789,20 @@ fn reads(area: &Area, blob: &str, plan: &Plan, start: Instant, out: &mut Results
 // ---------------------------------------------------------------------------------
 // Tables.
 
+/// A table's header row (`| a | b |`) and its separator.
+fn header(w: &mut String, columns: &str) {
+    let _ = writeln!(w, "{columns}");
+    let _ = writeln!(w, "{}|", "|---".repeat(columns.matches('|').count() - 1));
+}
+
+/// "N at M MiB, ...": sample counts per database size.
+fn at_sizes(counts: impl Iterator<Item = (usize, u64)>) -> String {
+    counts
+        .map(|(n, mib)| format!("{n} at {mib} MiB"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One table of section A: per row, the step `step` picks (its samples and the bytes
 /// it moved `way`), with the full/delta ratio of those bytes.
 fn delta_table(
@@ -797,11 +811,7 @@ fn delta_table(
     way: &str,
     step: fn(&DeltaRow) -> (&Samples, u64),
 ) {
-    let _ = writeln!(
-        w,
-        "| backend | database | sync | ms (median) | requests (HTTP) | bytes {way} | full/delta bytes |"
-    );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    header(w, "| backend | database | sync | ms (median) | requests (HTTP) | bytes {way} | full/delta bytes |");
     for row in rows {
         let (samples, moved) = step(row);
         let delta_moved = rows
@@ -852,22 +862,18 @@ fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
         let _ = writeln!(
             w,
             "\nSamples: {}.",
-            r.delta
-                .iter()
-                .filter(|d| d.mode == "delta" && d.kind == Kind::Local)
-                .map(|d| format!("{} at {} MiB", d.commit.times.len(), d.mib))
-                .collect::<Vec<_>>()
-                .join(", ")
+            at_sizes(
+                r.delta
+                    .iter()
+                    .filter(|d| d.mode == "delta" && d.kind == Kind::Local)
+                    .map(|d| (d.commit.times.len(), d.mib))
+            )
         );
     }
 
     if !r.opens.is_empty() {
         let _ = writeln!(w, "\n## B. Open: warm, cold, and the raw transfer\n");
-        let _ = writeln!(
-            w,
-            "| backend | database | warm ms | warm requests (HTTP) | cold ms | cold requests (HTTP) | cold bytes down | raw ms | raw HTTP | cold/raw | raw + fsync ms | cold/(raw + fsync) |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        header(w, "| backend | database | warm ms | warm requests (HTTP) | cold ms | cold requests (HTTP) | cold bytes down | raw ms | raw HTTP | cold/raw | raw + fsync ms | cold/(raw + fsync) |");
         for row in &r.opens {
             let raw_http = match row.kind {
                 Kind::Local => "(file copy)".to_string(),
@@ -893,22 +899,18 @@ fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
         let _ = writeln!(
             w,
             "\nMedians of {} rounds (warm, cold, raw interleaved); open includes the first read (`SELECT max(id)`).",
-            r.opens
-                .iter()
-                .filter(|o| o.kind == Kind::Local)
-                .map(|o| format!("{} at {} MiB", o.warm.times.len(), o.mib))
-                .collect::<Vec<_>>()
-                .join(", ")
+            at_sizes(
+                r.opens
+                    .iter()
+                    .filter(|o| o.kind == Kind::Local)
+                    .map(|o| (o.warm.times.len(), o.mib))
+            )
         );
     }
 
     if !r.commits.is_empty() {
         let _ = writeln!(w, "\n## C. Commit latency and batching\n");
-        let _ = writeln!(
-            w,
-            "| backend | database | one-row autocommit ms (median) | p90 | requests (HTTP) per commit | bytes up per commit |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---|---|");
+        header(w, "| backend | database | one-row autocommit ms (median) | p90 | requests (HTTP) per commit | bytes up per commit |");
         for row in &r.commits {
             let _ = writeln!(
                 w,
@@ -923,12 +925,13 @@ fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
             );
         }
         let _ = writeln!(w);
-        let _ = writeln!(
+        header(
             w,
-            "| backend | {n} commits as | total s | ms per commit | requests (HTTP) | bytes up |",
-            n = r.commits[0].commits
+            &format!(
+                "| backend | {n} commits as | total s | ms per commit | requests (HTTP) | bytes up |",
+                n = r.commits[0].commits
+            ),
         );
-        let _ = writeln!(w, "|---|---|---|---|---|---|");
         for row in &r.commits {
             let n = row.commits as f64;
             let _ = writeln!(
@@ -958,11 +961,7 @@ fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
 
     if !r.reads.is_empty() {
         let _ = writeln!(w, "\n## D. Read transactions and freshness\n");
-        let _ = writeln!(
-            w,
-            "| backend | point select (autocommit) | reads/s (median) | µs per read | requests (HTTP) per second | per 1000 reads |"
-        );
-        let _ = writeln!(w, "|---|---|---|---|---|---|");
+        header(w, "| backend | point select (autocommit) | reads/s (median) | µs per read | requests (HTTP) per second | per 1000 reads |");
         for row in &r.reads {
             let secs = row.per_op * row.reads as f64;
             let per_s = |v: u64| (v as f64 / secs * 10.0).round() / 10.0;
@@ -984,11 +983,10 @@ fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String {
             w,
             "\n## Setup: building each database (one transaction, the first upload)\n"
         );
-        let _ = writeln!(
+        header(
             w,
-            "| backend | database | sync | s | requests (HTTP) | bytes up |"
+            "| backend | database | sync | s | requests (HTTP) | bytes up |",
         );
-        let _ = writeln!(w, "|---|---|---|---|---|---|");
         for b in &r.builds {
             let _ = writeln!(
                 w,

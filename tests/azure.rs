@@ -255,6 +255,29 @@ fn no_secret_reaches_the_trace_log() {
 
 // ---- End to end, through the VFS --------------------------------------------------
 
+/// Run the ignored test `name` of this binary in a child process whose environment
+/// `setup` sets from its start, require success, and return all it printed.
+fn run_child(name: &str, setup: impl FnOnce(&mut Command)) -> String {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    setup(&mut cmd);
+    let output = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{text}");
+    assert!(output.status.success(), "child failed:\n{text}");
+    text
+}
+
 /// Runs the VFS test in a child process of this test binary, so the connection string
 /// is in the child's environment from its start (setting variables in a running,
 /// multi-threaded test binary races with the threads that read them).
@@ -264,30 +287,15 @@ fn vfs_end_to_end_through_rusqlite() {
     let container = azurite.fresh(AzureTuning::default());
     let remote = azurite.container_url(container.url().container());
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "vfs_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(
+    let text = run_child("vfs_child", |cmd| {
+        cmd.env(
             "AZURE_STORAGE_CONNECTION_STRING",
             azurite.connection_string(),
         )
         .env("MANAGEDBLOB_TEST_AZURE_REMOTE", &remote)
         .env("MANAGEDBLOB_TEST_DIR", dir.path())
-        .env_remove("MANAGEDBLOB_REMOTE")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!("{text}");
-    assert!(output.status.success(), "child failed:\n{text}");
+        .env_remove("MANAGEDBLOB_REMOTE");
+    });
     assert!(text.contains("vfs child: ok"), "child did not run:\n{text}");
     // The remote blob is a plain SQLite database.
     let (bytes, _) = download(&container, "corpus.db");
@@ -582,31 +590,16 @@ fn entra_id_through_the_azure_cli_credential() {
         azurite.port,
         random_container()
     );
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "entra_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PATH", path)
-        .env("SSL_CERT_FILE", &cert)
-        .env("AZURE_TOKEN_CREDENTIALS", "AzureCliCredential")
-        .env("MANAGEDBLOB_TEST_AZURE_REMOTE", &remote)
-        .env("MANAGEDBLOB_TEST_TOKEN", &token)
-        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
-        .env_remove("AZURE_STORAGE_KEY")
-        .env_remove("AZURE_STORAGE_ACCOUNT")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!("{text}");
-    assert!(output.status.success(), "child failed:\n{text}");
+    let text = run_child("entra_child", |cmd| {
+        cmd.env("PATH", path)
+            .env("SSL_CERT_FILE", &cert)
+            .env("AZURE_TOKEN_CREDENTIALS", "AzureCliCredential")
+            .env("MANAGEDBLOB_TEST_AZURE_REMOTE", &remote)
+            .env("MANAGEDBLOB_TEST_TOKEN", &token)
+            .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+            .env_remove("AZURE_STORAGE_KEY")
+            .env_remove("AZURE_STORAGE_ACCOUNT");
+    });
     assert!(
         text.contains("entra child: ok"),
         "child did not run:\n{text}"

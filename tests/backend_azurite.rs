@@ -22,6 +22,11 @@ use managedblob::backend::{Backend, BackendErrorKind, BlobStat, Condition, Etag,
 
 common::conformance::suite!(azurite);
 
+/// A backend on a fresh container of the shared Azurite (None when it is missing).
+fn fresh(tuning: AzureTuning) -> Option<AzureBackend> {
+    Some(azurite()?.fresh(tuning))
+}
+
 // ---- Azure specifics ------------------------------------------------------------
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -116,9 +121,10 @@ fn check_large_conditional_uploads(b: &dyn Backend, len: usize) {
 
 #[test]
 fn large_upload_in_one_put_keeps_condition_and_lease() {
-    let Some(azurite) = azurite() else { return };
     // 6 MiB: above the SDK's 4 MiB partition, below our 32 MiB single-put limit.
-    let b = azurite.fresh(AzureTuning::default());
+    let Some(b) = fresh(AzureTuning::default()) else {
+        return;
+    };
     check_large_conditional_uploads(&b, 6 << 20);
 }
 
@@ -257,8 +263,9 @@ fn check_downloads_racing_commits_are_consistent(b: &AzureBackend, by_blocks: bo
 
 #[test]
 fn downloads_racing_whole_uploads_return_the_etag_of_their_bytes() {
-    let Some(azurite) = azurite() else { return };
-    let b = azurite.fresh(AzureTuning::default());
+    let Some(b) = fresh(AzureTuning::default()) else {
+        return;
+    };
     check_downloads_racing_commits_are_consistent(&b, false);
 }
 
@@ -270,8 +277,9 @@ fn downloads_racing_whole_uploads_return_the_etag_of_their_bytes() {
 /// tests/processes.rs then see on Azurite. Real Azure returns a consistent pair.
 #[test]
 fn downloads_racing_block_list_commits_return_the_etag_of_their_bytes() {
-    let Some(azurite) = azurite() else { return };
-    let b = azurite.fresh(AzureTuning::default());
+    let Some(b) = fresh(AzureTuning::default()) else {
+        return;
+    };
     check_downloads_racing_commits_are_consistent(&b, true);
 }
 

@@ -91,6 +91,17 @@ fn commit_loop(uri: &str) {
     }
 }
 
+/// Cache h1 of `w` with the crash tests' lease, and table `t(id, payload)` created
+/// through it: (lease seconds, URI, the connection).
+fn crash_setup(w: &World) -> (u64, String, Connection) {
+    let lease_secs = crash_lease_secs(w);
+    let uri = w.uri("h1", "a.db", &format!("&lease_secs={lease_secs}"));
+    let c = open(&uri);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
+        .unwrap();
+    (lease_secs, uri, c)
+}
+
 /// The ids in table `t`.
 fn ids(c: &Connection) -> BTreeSet<i64> {
     column(c, "SELECT id FROM t ORDER BY id")
@@ -122,15 +133,9 @@ fn flush_once_the_lease_is_free(c: &Connection, limit: Duration) -> Duration {
 /// the dead process's lease expired on Azure.
 fn sigkill_inside_batch_commits_reach_remote_on_next_open(w: &World) {
     const K: i64 = 20;
-    let lease_secs = crash_lease_secs(w);
-    let extra = format!("&lease_secs={lease_secs}");
-    let uri = w.uri("h1", "a.db", &extra);
+    let (lease_secs, uri, c) = crash_setup(w);
+    drop(c);
     let cache = w.cache("h1", "a.db");
-    {
-        let c = open(&uri);
-        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
-            .unwrap();
-    }
 
     let mut child = Proc::spawn(
         "batcher",
@@ -220,13 +225,8 @@ fn sigkill_inside_batch_commits_reach_remote_on_next_open(w: &World) {
 /// uploads the batch's commits together with its own.
 fn sigkill_inside_batch_with_another_process_on_the_same_cache(w: &World) {
     const K: i64 = 20;
-    let lease_secs = crash_lease_secs(w);
-    let extra = format!("&lease_secs={lease_secs}");
-    let uri = w.uri("h1", "a.db", &extra);
+    let (lease_secs, uri, c) = crash_setup(w);
     let cache = w.cache("h1", "a.db");
-    let c = open(&uri);
-    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
-        .unwrap();
     c.busy_timeout(Duration::from_secs(lease_secs + 20))
         .unwrap();
 
@@ -277,14 +277,8 @@ fn sigkill_inside_batch_with_another_process_on_the_same_cache(w: &World) {
 fn sigkill_mid_commit_loop(w: &World) {
     const ACKS: usize = 30;
     let rounds = if w.is_local() { 3 } else { 2 };
-    let lease_secs = crash_lease_secs(w);
-    let extra = format!("&lease_secs={lease_secs}");
-    let uri = w.uri("h1", "a.db", &extra);
-    {
-        let c = open(&uri);
-        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT)")
-            .unwrap();
-    }
+    let (lease_secs, uri, c) = crash_setup(w);
+    drop(c);
 
     let mut acked: BTreeSet<i64> = BTreeSet::new();
     let mut next = 1i64;

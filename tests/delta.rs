@@ -66,26 +66,13 @@ fn the_remote_stays_a_plain_sqlite_file() {
 #[test]
 fn a_foreign_blob_is_downloaded_whole_and_converted_by_the_next_upload() {
     let m = mem("foreign");
-    let seed = m.dir.path().join("seed.db");
-    {
-        let p = rusqlite::Connection::open(&seed).unwrap();
-        fill_mib(&p, 3);
-    }
-    m.backend.put("m.db", &std::fs::read(&seed).unwrap());
-    assert!(
-        block_manifest(&*m.backend, "m.db").is_none(),
-        "a whole put has no block list of ours"
+    let a = a_foreign_blob_is_converted(
+        &m.dir.path().join("seed.db"),
+        |bytes| m.backend.put("m.db", bytes),
+        || m.open("h1", ""),
+        || block_manifest(&*m.backend, "m.db"),
+        || m.remote_bytes().len() as u64,
     );
-    let a = m.open("h1", "");
-    let count: i64 = a
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(count, 3000);
-    assert_eq!(n(&status(&a), "download"), 1, "whole download");
-    a.execute("UPDATE t SET v = x'00' WHERE id = 1", [])
-        .unwrap();
-    let manifest = block_manifest(&*m.backend, "m.db").expect("converted to chunks");
-    assert_eq!(manifest.len, m.remote_bytes().len() as u64);
     // From now on, changes move by chunks.
     let b = m.open("h2", "");
     let _: i64 = b

@@ -50,26 +50,13 @@ fn randomized_commits_then_a_cold_cache_match_byte_for_byte(w: &World) {
 }
 
 fn a_foreign_blob_is_downloaded_whole_and_converted_by_the_next_upload(w: &World) {
-    let seed = w.dir.path().join("seed.db");
-    {
-        let p = rusqlite::Connection::open(&seed).unwrap();
-        fill(&p, 3000);
-    }
-    w.put_remote("d.db", &std::fs::read(&seed).unwrap());
-    assert!(
-        manifest_of(w, "d.db").is_none(),
-        "a whole put has no block list of ours"
+    a_foreign_blob_is_converted(
+        &w.dir.path().join("seed.db"),
+        |bytes| w.put_remote("d.db", bytes),
+        || w.open("h1", "d.db"),
+        || manifest_of(w, "d.db"),
+        || w.remote_bytes("d.db").unwrap().len() as u64,
     );
-    let a = w.open("h1", "d.db");
-    let count: i64 = a
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(count, 3000);
-    assert_eq!(n(&status(&a), "download"), 1, "whole download");
-    a.execute("UPDATE t SET v = x'00' WHERE id = 1", [])
-        .unwrap();
-    let manifest = manifest_of(w, "d.db").expect("converted to chunks");
-    assert_eq!(manifest.len, w.remote_bytes("d.db").unwrap().len() as u64);
 }
 
 fn a_whole_download_of_a_managed_blob_is_a_plain_sqlite_file(w: &World) {

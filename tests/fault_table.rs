@@ -18,6 +18,12 @@ use managedblob::backend::memory::Op;
 use managedblob::backend::BackendErrorKind;
 use rusqlite::Connection;
 
+/// Table `t` with id 1.
+const ONE_ID: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);";
+
+/// The lease tests' settings: two quick tries, Azure's shortest lease, whole files.
+const LEASE_TROUBLE: &str = "&retry_attempts=2&retry_base_ms=1&lease_secs=15&sync=full";
+
 /// 256 KiB of filler, so a small commit changes a few chunks out of several and
 /// delta sync stages and reads ranges rather than whole files.
 const MEM_SCHEMA: &str = "CREATE TABLE filler(b BLOB);
@@ -234,8 +240,7 @@ fn retries_run(mode: &str, attempts: u32, figures: &mut Vec<String>) {
         format!("&retry_attempts={attempts}&retry_base_ms={BASE_MS}&staleness_ms=0&sync={mode}");
     let c = m.open("h1", &extra);
     c.execute_batch(MEM_SCHEMA).unwrap();
-    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .unwrap();
+    c.execute_batch(ONE_ID).unwrap();
     m.backend.set_latency(LATENCY);
 
     // Chunked requests run on parallel workers, each chunk with its own retries.
@@ -352,8 +357,7 @@ fn a_commit_racing_a_ranged_refresh_is_retried_not_an_io_error() {
     let extra = "&staleness_ms=0&sync=delta";
     let a = m.open("a", extra);
     a.execute_batch(MEM_SCHEMA).unwrap();
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .unwrap();
+    a.execute_batch(ONE_ID).unwrap();
     let b = m.open("b", extra);
     b.busy_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(
@@ -390,8 +394,7 @@ fn a_lost_reply_that_cannot_be_checked_leaves_cache_and_remote_consistent() {
         let m = MemWorld::new(&format!("unknown-{mode}"));
         let extra = format!("&retry_attempts=3&retry_base_ms=1&staleness_ms=0&sync={mode}");
         let c = m.open("h1", &extra);
-        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
-            .unwrap();
+        c.execute_batch(ONE_ID).unwrap();
         // The check reads the remote back: whole in full mode, its block list in delta.
         let check_op = if mode == "full" {
             Op::Download
@@ -437,10 +440,8 @@ fn a_lost_reply_that_cannot_be_checked_leaves_cache_and_remote_consistent() {
 #[test]
 fn a_parked_lease_survives_a_transient_renewal_failure() {
     let m = MemWorld::new("parked");
-    let extra = "&retry_attempts=2&retry_base_ms=1&lease_secs=15&sync=full";
-    let c = m.open("h1", extra);
-    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let c = m.open("h1", LEASE_TROUBLE);
+    c.execute_batch(ONE_ID).unwrap();
     m.backend
         .fail_next(Op::ReleaseLease, BackendErrorKind::Transient, 2);
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
@@ -472,11 +473,9 @@ fn a_parked_lease_survives_a_transient_renewal_failure() {
 #[test]
 fn a_stale_writer_whose_lease_release_fails_does_not_block_everyone() {
     let m = MemWorld::new("adopt");
-    let extra = "&retry_attempts=2&retry_base_ms=1&lease_secs=15&sync=full";
-    let a = m.open("a", extra);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
-        .unwrap();
-    let b = m.open("b", extra);
+    let a = m.open("a", LEASE_TROUBLE);
+    a.execute_batch(ONE_ID).unwrap();
+    let b = m.open("b", LEASE_TROUBLE);
     let n: i64 = b
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();

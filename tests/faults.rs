@@ -11,6 +11,15 @@ use common::memworld::MemWorld;
 use managedblob::backend::memory::Op;
 use managedblob::backend::{Backend, BackendErrorKind};
 
+/// A fresh memory world (quick retries) and host h1's connection with `extra`
+/// settings, on which table `t(id)` was created.
+fn world_with_table(tag: &str, extra: &str) -> (MemWorld, rusqlite::Connection) {
+    let w = MemWorld::with_defaults(tag, "&retry_base_ms=1");
+    let c = w.open("h1", extra);
+    c.execute("CREATE TABLE t(id)", []).unwrap();
+    (w, c)
+}
+
 /// Compare two images without printing them.
 fn assert_same_bytes(local: &[u8], remote: &[u8]) {
     let first_difference = local.iter().zip(remote).position(|(a, b)| a != b);
@@ -47,9 +56,7 @@ fn publish_op(extra: &str) -> (Op, &'static str, u64) {
 
 fn transient_publish_failures_are_retried_with_backoff(extra: &str) {
     let (op, name, creation) = publish_op(extra);
-    let w = MemWorld::with_defaults("retry", "&retry_base_ms=1");
-    let c = w.open("h1", extra);
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("retry", extra);
     w.backend.fail_next(op, BackendErrorKind::Transient, 2);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     let s = status(&c);
@@ -75,9 +82,7 @@ fn transient_block_commit_failures_are_retried_with_backoff() {
 
 #[test]
 fn transient_stage_failures_are_retried_with_backoff() {
-    let w = MemWorld::with_defaults("stage", "&retry_base_ms=1");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("stage", "");
     w.backend
         .fail_next(Op::StageBlock, BackendErrorKind::Transient, 2);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
@@ -88,9 +93,7 @@ fn transient_stage_failures_are_retried_with_backoff() {
 
 fn a_terminal_publish_failure_fails_the_commit_and_leaves_local_equal_to_remote(extra: &str) {
     let (op, name, creation) = publish_op(extra);
-    let w = MemWorld::with_defaults("terminal", "&retry_base_ms=1");
-    let c = w.open("h1", &format!("&retry_attempts=3{extra}"));
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("terminal", &format!("&retry_attempts=3{extra}"));
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     w.backend.fail_next(op, BackendErrorKind::Transient, 3);
     let err = c.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
@@ -134,9 +137,7 @@ fn a_terminal_block_commit_failure_fails_the_commit_and_leaves_local_equal_to_re
 
 #[test]
 fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
-    let w = MemWorld::with_defaults("held", "&retry_base_ms=1");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("held", "");
     let lease = w
         .backend
         .acquire_lease("m.db", Duration::from_secs(30))
@@ -162,9 +163,7 @@ fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
 
 #[test]
 fn lease_errors_other_than_busy_surface() {
-    let w = MemWorld::with_defaults("denied", "&retry_base_ms=1");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("denied", "");
     w.backend
         .fail_next(Op::AcquireLease, BackendErrorKind::Denied, 1);
     let err = c.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
@@ -182,9 +181,7 @@ fn lease_errors_other_than_busy_surface() {
 
 #[test]
 fn an_upload_that_landed_before_its_retry_is_not_a_conflict() {
-    let w = MemWorld::with_defaults("landed", "&retry_base_ms=1");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("landed", "");
     w.backend.land_then_fail_next_upload();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     assert_eq!(w.remote_ids(), BTreeSet::from([1]));
@@ -195,9 +192,7 @@ fn an_upload_that_landed_before_its_retry_is_not_a_conflict() {
 
 #[test]
 fn a_lost_lease_fails_the_batch_end_and_never_overwrites() {
-    let w = MemWorld::with_defaults("lost", "&retry_base_ms=1");
-    let a = w.open("h1", "");
-    a.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, a) = world_with_table("lost", "");
     pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
     a.execute("INSERT INTO t VALUES (1)", []).unwrap();
     // a's writer is "paused" past its lease; another host writes meanwhile.
@@ -222,9 +217,10 @@ fn random_faults_with_whole_file_transfers() {
 }
 
 fn random_faults(extra: &str) {
-    let w = MemWorld::with_defaults("random", "&retry_base_ms=1");
-    let c = w.open("h1", &format!("&retry_attempts=2&staleness_ms=0{extra}"));
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table(
+        "random",
+        &format!("&retry_attempts=2&staleness_ms=0{extra}"),
+    );
     for op in FAULTY_OPS {
         w.backend.set_fail_rate(op, 0.3);
     }
@@ -252,12 +248,10 @@ fn random_faults(extra: &str) {
 
 #[test]
 fn retries_stop_at_the_total_time_budget() {
-    let w = MemWorld::with_defaults("budget", "&retry_base_ms=1");
-    let c = w.open(
-        "h1",
+    let (w, c) = world_with_table(
+        "budget",
         "&sync=full&retry_attempts=20&retry_base_ms=40&retry_total_ms=150",
     );
-    c.execute("CREATE TABLE t(id)", []).unwrap();
     w.backend
         .fail_next(Op::Upload, BackendErrorKind::Transient, 100);
     assert!(c.execute("INSERT INTO t VALUES (1)", []).is_err());

@@ -128,15 +128,7 @@ fn lease_contention_between_processes(w: &World) {
     );
     assert!(c.is_autocommit());
 
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.execute("INSERT INTO t(who) VALUES ('p')", [])
-        .unwrap_or_else(|e| {
-            panic!(
-                "insert with busy_timeout 10 s: {e}; status {}\n{}",
-                status(&c),
-                a.output()
-            )
-        });
+    insert_waiting(&c, "p", &a, "insert with busy_timeout 10 s");
     let waited = ready.elapsed();
     println!(
         "second insert done {waited:?} after READY; status {}",
@@ -156,6 +148,14 @@ fn lease_contention_between_processes(w: &World) {
     who.sort();
     assert_eq!(ok, "ok");
     assert_eq!(who, ["a", "p"]);
+}
+
+/// Insert `who` into `t` with a busy timeout of 10 s; on failure say `what` failed,
+/// with the status and what the holder `p` printed.
+fn insert_waiting(c: &Connection, who: &str, p: &Proc, what: &str) {
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute("INSERT INTO t(who) VALUES (?1)", [who])
+        .unwrap_or_else(|e| panic!("{what}: {e}; status {}\n{}", status(c), p.output()));
 }
 
 /// The `who` column of table `t`, in insertion order.
@@ -214,15 +214,12 @@ fn a_writer_paused_past_its_lease(w: &World) {
     // came before it), with a margin, the other host writes.
     let past = stopped + Duration::from_secs(PAUSE_LEASE_SECS + 2);
     thread::sleep(past.saturating_duration_since(Instant::now()));
-    b.busy_timeout(Duration::from_secs(10)).unwrap();
-    b.execute("INSERT INTO t(who) VALUES ('other host')", [])
-        .unwrap_or_else(|e| {
-            panic!(
-                "{tag}: the other host's write after the lease expired: {e}; status {}\n{}",
-                status(&b),
-                a.output()
-            )
-        });
+    insert_waiting(
+        &b,
+        "other host",
+        &a,
+        &format!("{tag}: the other host's write after the lease expired"),
+    );
     println!(
         "{tag}: the other host wrote {:?} after the pause",
         stopped.elapsed()

@@ -40,6 +40,15 @@ fn the_first_writer_of_a_new_database_holds_the_lease_so_no_create_race_at_commi
     assert_eq!(tables, 2, "both hosts' tables, one after the other");
 }
 
+/// A memory world with quick retries, where host h1 (with `extra` settings) ran
+/// `sql`; its connection stays open.
+fn world_where_h1_ran(tag: &str, extra: &str, sql: &str) -> (MemWorld, rusqlite::Connection) {
+    let m = MemWorld::with_defaults(tag, "&retry_base_ms=1");
+    let c = m.open("h1", extra);
+    c.execute_batch(sql).unwrap();
+    (m, c)
+}
+
 fn counter(bytes: &[u8]) -> u32 {
     u32::from_be_bytes(bytes[24..28].try_into().unwrap())
 }
@@ -60,10 +69,11 @@ fn a_chunk_install_never_lowers_the_change_counter_either() {
 }
 
 fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::backend::memory::Op) {
-    let m = MemWorld::with_defaults("r2", "&retry_base_ms=1");
-    let y = m.open("h1", &format!("&staleness_ms=0{extra}"));
-    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('base');")
-        .unwrap();
+    let (m, y) = world_where_h1_ran(
+        "r2",
+        &format!("&staleness_ms=0{extra}"),
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('base');",
+    );
     let base = m.backend.get("m.db").unwrap();
     let x = m.open("h1", &format!("&staleness_ms=0{extra}"));
     pragma(&y, "PRAGMA managedblob_batch=begin").unwrap();
@@ -166,11 +176,12 @@ fn leave_a_commit_crashed_after_its_upload(m: &MemWorld) {
 fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_version() {
     use managedblob::backend::memory::Op;
     use managedblob::backend::BackendErrorKind;
-    let m = MemWorld::with_defaults("r3", "&retry_base_ms=1");
     // The surviving process: its store is attached to the cache.
-    let y = m.open("h1", "&staleness_ms=0&retry_attempts=1");
-    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');")
-        .unwrap();
+    let (m, y) = world_where_h1_ran(
+        "r3",
+        "&staleness_ms=0&retry_attempts=1",
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');",
+    );
     leave_a_commit_crashed_after_its_upload(&m);
 
     // The remote is briefly unreachable for downloads.
@@ -198,11 +209,12 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
 fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
     use managedblob::backend::memory::Op;
     use managedblob::backend::BackendErrorKind;
-    let m = MemWorld::with_defaults("r3b", "&retry_base_ms=1");
     // The surviving process: its store is attached to the cache.
-    let y = m.open("h1", "&staleness_ms=60000");
-    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');")
-        .unwrap();
+    let (m, y) = world_where_h1_ran(
+        "r3b",
+        "&staleness_ms=60000",
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');",
+    );
     leave_a_commit_crashed_after_its_upload(&m);
 
     // No fault injected: the survivor is simply inside its staleness window.
@@ -230,14 +242,13 @@ fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
 /// the sidecar says the (rolled back) cache equals it.
 #[test]
 fn flush_inside_a_write_transaction_is_refused_and_publishes_nothing_uncommitted() {
-    let m = MemWorld::with_defaults("r4", "&retry_base_ms=1");
-    let c = m.open("h1", "");
-    c.execute_batch(
+    let (m, c) = world_where_h1_ran(
+        "r4",
+        "",
         "CREATE TABLE t(x);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
          INSERT INTO t SELECT printf('committed %0200d', i) FROM n;",
-    )
-    .unwrap();
+    );
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES ('in batch')", []).unwrap();
     c.execute_batch("PRAGMA cache_size=2; BEGIN; UPDATE t SET x = 'UNCOMMITTED' || x;")
@@ -305,10 +316,11 @@ fn a_warm_cache_opens_while_the_remote_is_unreachable() {
 /// cached pages, and its write publishes them over the other host's commit.
 #[test]
 fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
-    let m = MemWorld::with_defaults("r6", "&retry_base_ms=1");
-    let c = m.open("h1", "&staleness_ms=600000");
-    c.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('a');")
-        .unwrap();
+    let (m, c) = world_where_h1_ran(
+        "r6",
+        "&staleness_ms=600000",
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('a');",
+    );
     let h2 = m.open("h2", "");
     h2.execute("UPDATE t SET x = 'b'", []).unwrap(); // acknowledged on host 2
     c.execute_batch("BEGIN").unwrap();
@@ -335,14 +347,13 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
 /// process has its own, and files left by dead processes are removed at open.
 #[test]
 fn a_stray_download_file_is_never_installed() {
-    let m = MemWorld::with_defaults("r7", "&retry_base_ms=1");
-    let y = m.open("h1", "&staleness_ms=600000");
-    y.execute_batch(
+    let (m, y) = world_where_h1_ran(
+        "r7",
+        "&staleness_ms=600000",
         "CREATE TABLE t(x);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
          INSERT INTO t SELECT printf('row %0200d', i) FROM n;",
-    )
-    .unwrap();
+    );
     let h2 = m.open("h2", "");
     h2.execute("UPDATE t SET x = upper(x) || 'X'", []).unwrap();
     let e2 = m.backend.get("m.db").unwrap();
@@ -439,12 +450,8 @@ fn a_local_wal_mode_database_seeds_an_empty_remote() {
 /// mode=ro is per connection in SQLite but stored per Store (per cache).
 #[test]
 fn a_read_only_connection_does_not_make_the_cache_read_only() {
-    let w = World::new();
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    let (w, c) = World::with_one_row();
+    drop(c);
     let ro = w.open_with("h1", "a.db", "&mode=ro");
     assert_eq!(count(&ro, "t"), 1);
     let rw = w.open("h1", "a.db");

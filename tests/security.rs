@@ -184,10 +184,7 @@ fn every_file_managedblob_creates_is_private() {
 /// What the sidecar records: identities and versions, nothing else.
 #[test]
 fn the_sidecar_holds_no_secret_fields() {
-    let w = World::new();
-    let c = w.open("h1", "a.db");
-    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let (w, _c) = World::with_one_row();
     let text =
         std::fs::read_to_string(managedblob::sidecar::path_for(&w.cache("h1", "a.db"))).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

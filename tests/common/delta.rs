@@ -122,3 +122,33 @@ pub fn random_changes(a: &Connection, seed: u64, rounds: usize, vacuum_at: usize
         }
     }
 }
+
+/// A plain SQLite file of 3000 rows, written outside managedblob, is put as the
+/// remote by `put`; the cache `open` makes downloads it whole, and its first write
+/// converts the blob to chunks (`manifest` of the remote, `remote_len` bytes long).
+/// Returns that cache's connection.
+pub fn a_foreign_blob_is_converted(
+    seed: &std::path::Path,
+    put: impl FnOnce(&[u8]),
+    open: impl FnOnce() -> Connection,
+    manifest: impl Fn() -> Option<Manifest>,
+    remote_len: impl Fn() -> u64,
+) -> Connection {
+    {
+        let p = Connection::open(seed).unwrap();
+        fill(&p, 3000);
+    }
+    put(&std::fs::read(seed).unwrap());
+    assert!(
+        manifest().is_none(),
+        "a whole put has no block list of ours"
+    );
+    let a = open();
+    assert_eq!(super::count(&a, "t"), 3000);
+    assert_eq!(n(&status(&a), "download"), 1, "whole download");
+    a.execute("UPDATE t SET v = x'00' WHERE id = 1", [])
+        .unwrap();
+    let manifest = manifest().expect("converted to chunks");
+    assert_eq!(manifest.len, remote_len());
+    a
+}

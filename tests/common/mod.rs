@@ -61,6 +61,16 @@ impl World {
         }
     }
 
+    /// A local world where host h1 created database a.db with table `t(x)` holding
+    /// one row; h1's connection stays open.
+    pub fn with_one_row() -> (World, Connection) {
+        let w = World::local();
+        let c = w.open("h1", "a.db");
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        (w, c)
+    }
+
     /// [`World::local`], the name the older tests use.
     pub fn new() -> World {
         World::local()

@@ -4,7 +4,6 @@
 //! [`Store::caps`].
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
@@ -238,25 +237,12 @@ pub fn check_invalid_names_rejected_everywhere(store: &Store) {
 
 pub fn check_concurrent_matches_have_one_winner(store: &Store) {
     let b = &**store;
-    let mut stat = create(b, "race.db", b"0000");
-    for round in 0..10u8 {
-        let winners = Mutex::new(Vec::new());
-        thread::scope(|s| {
-            for t in 0..8u8 {
-                let (winners, cond) = (&winners, Condition::Match(stat.etag.clone()));
-                s.spawn(move || {
-                    let data = [round, t, round, t];
-                    match upload(b, "race.db", &data, &cond, None) {
-                        Ok(won) => winners.lock().unwrap().push((data, won)),
-                        Err(e) => assert_eq!(e.kind, BackendErrorKind::ConditionFailed, "{e}"),
-                    }
-                });
-            }
-        });
-        let winners = winners.into_inner().unwrap();
-        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
-        let (data, won) = winners.into_iter().next().unwrap();
-        assert_eq!(download(b, "race.db"), (data.to_vec(), won.clone()));
-        stat = won;
-    }
+    let stat = create(b, "race.db", b"0000");
+    one_winner_per_round(
+        stat,
+        10,
+        8,
+        |data, cond| upload(b, "race.db", data, cond, None),
+        |data, won| assert_eq!(download(b, "race.db"), (data.to_vec(), won.clone())),
+    );
 }

@@ -2,9 +2,6 @@
 //! lists and ranged reads), on every store that has the capability ([`Caps::blocks`]);
 //! a store without it must say so.
 
-use std::sync::Mutex;
-use std::thread;
-
 use managedblob::backend::{
     Backend, BackendErrorKind, BlobStat, BlockId, Blocks, Condition, Etag, LeaseId,
 };
@@ -334,36 +331,23 @@ pub fn check_blocks_concurrent_commits_have_one_winner(store: &Store) {
     }
     let bl = blocks(b);
     let first = stage_all(b, "rc.db", &[b"0000"], None);
-    let mut stat = bl
+    let stat = bl
         .commit_blocks("rc.db", &ids_of(&first), &Condition::Create, None)
         .unwrap();
-    for round in 0..5u8 {
-        let winners = Mutex::new(Vec::new());
-        thread::scope(|s| {
-            for t in 0..4u8 {
-                let (winners, cond) = (&winners, Condition::Match(stat.etag.clone()));
-                s.spawn(move || {
-                    let data = vec![round, t, round, t];
-                    let ids = vec![id(0, &data)];
-                    let result = bl
-                        .stage_block("rc.db", &ids[0], data.clone(), None)
-                        .and_then(|()| bl.commit_blocks("rc.db", &ids, &cond, None));
-                    match result {
-                        Ok(won) => winners.lock().unwrap().push((data, won)),
-                        Err(e) => {
-                            assert_eq!(e.kind, BackendErrorKind::ConditionFailed, "{e}")
-                        }
-                    }
-                });
-            }
-        });
-        let winners = winners.into_inner().unwrap();
-        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
-        let (data, won) = winners.into_iter().next().unwrap();
-        assert_eq!(download(b, "rc.db"), (data.clone(), won.clone()));
-        assert_eq!(listed(b, "rc.db"), (won.clone(), vec![(id(0, &data), 4)]));
-        stat = won;
-    }
+    one_winner_per_round(
+        stat,
+        5,
+        4,
+        |data, cond| {
+            let ids = vec![id(0, data)];
+            bl.stage_block("rc.db", &ids[0], data.to_vec(), None)
+                .and_then(|()| bl.commit_blocks("rc.db", &ids, cond, None))
+        },
+        |data, won| {
+            assert_eq!(download(b, "rc.db"), (data.to_vec(), won.clone()));
+            assert_eq!(listed(b, "rc.db"), (won.clone(), vec![(id(0, data), 4)]));
+        },
+    );
 }
 
 pub fn check_block_names_and_ids_are_checked(store: &Store) {

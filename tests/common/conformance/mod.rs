@@ -47,6 +47,40 @@ pub fn kind_of<T: Debug>(result: BackendResult<T>) -> BackendErrorKind {
     result.expect_err("expected an error").kind
 }
 
+/// `writers` threads race to write with the same condition, `rounds` times, each
+/// its own bytes `[round, t, round, t]`: exactly one wins each round (the others get
+/// ConditionFailed), `check(bytes, stat)` sees what it wrote, and the next round
+/// races on the winner's etag.
+pub fn one_winner_per_round(
+    mut stat: BlobStat,
+    rounds: u8,
+    writers: u8,
+    write: impl Fn(&[u8], &Condition) -> BackendResult<BlobStat> + Sync,
+    check: impl Fn(&[u8], &BlobStat),
+) {
+    for round in 0..rounds {
+        let winners = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for t in 0..writers {
+                let (winners, cond) = (&winners, Condition::Match(stat.etag.clone()));
+                let write = &write;
+                s.spawn(move || {
+                    let data = [round, t, round, t];
+                    match write(&data, &cond) {
+                        Ok(won) => winners.lock().unwrap().push((data, won)),
+                        Err(e) => assert_eq!(e.kind, BackendErrorKind::ConditionFailed, "{e}"),
+                    }
+                });
+            }
+        });
+        let winners = winners.into_inner().unwrap();
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let (data, won) = winners.into_iter().next().unwrap();
+        check(&data, &won);
+        stat = won;
+    }
+}
+
 /// What a store can do, and the shape of its identifiers.
 #[derive(Clone, Debug)]
 pub struct Caps {
