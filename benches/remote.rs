@@ -811,7 +811,12 @@ fn delta_table(
     way: &str,
     step: fn(&DeltaRow) -> (&Samples, u64),
 ) {
-    header(w, "| backend | database | sync | ms (median) | requests (HTTP) | bytes {way} | full/delta bytes |");
+    header(
+        w,
+        &format!(
+            "| backend | database | sync | ms (median) | requests (HTTP) | bytes {way} | full/delta bytes |"
+        ),
+    );
     for row in rows {
         let (samples, moved) = step(row);
         let delta_moved = rows

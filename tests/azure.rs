@@ -127,14 +127,7 @@ fn sas_token_in_the_url_works_and_stays_secret() {
     assert!(b.auth_description().contains("SAS"));
     let v1 = create(&b, "sas.db", b"through a SAS");
     let lease = b.acquire_lease("sas.db", LONG).unwrap();
-    upload(
-        &b,
-        "sas.db",
-        b"v2",
-        &Condition::Match(v1.etag),
-        Some(&lease.id),
-    )
-    .unwrap();
+    upload_leased(&b, "sas.db", b"v2", v1.etag, &lease.id);
     b.release_lease("sas.db", &lease.id).unwrap();
     assert_eq!(download(&b, "sas.db").0, b"v2");
     // A read-only SAS cannot write: Denied, and the message shows no signature.
@@ -187,14 +180,7 @@ fn no_secret_reaches_the_trace_log() {
     );
     let v1 = create(&b, "log.db", &chunk(3 << 20, 1));
     let lease = b.acquire_lease("log.db", LONG).unwrap();
-    upload(
-        &b,
-        "log.db",
-        b"x",
-        &Condition::Match(v1.etag),
-        Some(&lease.id),
-    )
-    .unwrap();
+    upload_leased(&b, "log.db", b"x", v1.etag, &lease.id);
     let _ = upload(&b, "log.db", b"x", &Condition::Create, None);
     download(&b, "log.db");
     b.break_lease("log.db").unwrap();
@@ -628,14 +614,7 @@ fn entra_child() {
     assert!(b.create_container().unwrap());
     let v1 = create(&b, "entra.db", b"v1");
     let lease = b.acquire_lease("entra.db", LONG).unwrap();
-    let v2 = upload(
-        &b,
-        "entra.db",
-        b"v2",
-        &Condition::Match(v1.etag),
-        Some(&lease.id),
-    )
-    .unwrap();
+    let v2 = upload_leased(&b, "entra.db", b"v2", v1.etag, &lease.id);
     b.release_lease("entra.db", &lease.id).unwrap();
     assert_eq!(download(&b, "entra.db"), (b"v2".to_vec(), v2));
     // A chain that finds no token says which credentials it tried and why.

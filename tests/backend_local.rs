@@ -157,14 +157,7 @@ fn local_two_instances_share_one_directory() {
         kind_of(b.acquire_lease("two.db", LONG)),
         BackendErrorKind::LeaseHeld
     );
-    let v2 = upload(
-        &a,
-        "two.db",
-        b"y",
-        &Condition::Match(v1.etag),
-        Some(&lease.id),
-    )
-    .unwrap();
+    let v2 = upload_leased(&a, "two.db", b"y", v1.etag, &lease.id);
     assert_eq!(download(&b, "two.db"), (b"y".to_vec(), v2));
 }
 

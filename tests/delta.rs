@@ -146,10 +146,7 @@ fn randomized_commits_then_a_cold_cache_match_byte_for_byte() {
     fill_mib(&a, 3);
     random_changes(&a, 7, 60, 30);
     let cold = m.open("h9", "");
-    let ok: String = cold
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_eq!(integrity(&cold), "ok");
     let digest = |c: &rusqlite::Connection| -> (usize, u64) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();

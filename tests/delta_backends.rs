@@ -33,10 +33,7 @@ fn randomized_commits_then_a_cold_cache_match_byte_for_byte(w: &World) {
     fill(&a, 3000);
     random_changes(&a, 11, 40, 20);
     let cold = w.open("h9", "d.db");
-    let ok: String = cold
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_eq!(integrity(&cold), "ok");
     let remote = w.remote_bytes("d.db").unwrap();
     assert!(
         std::fs::read(w.cache("h1", "d.db")).unwrap() == remote,

@@ -143,6 +143,12 @@ impl Place {
         run(c, script)
     }
 
+    /// [`Place::shell`] on host h1's cache of corpus.db, which must run cleanly.
+    fn shell_on_h1(&self, script: &str) {
+        self.shell(&self.uri("h1", "corpus.db", ""), script)
+            .assert_clean();
+    }
+
     /// Run a Python script with Debian's python3 (-I: no user site, no PYTHON* vars);
     /// it gets the extension's absolute path as argv[1].
     fn python(&self, script: &str) -> Output {
@@ -357,12 +363,7 @@ fn shell_pragma_errors_reach_stderr() {
 #[test]
 fn second_shell_on_another_cache_reads_the_first_ones_commits() {
     let place = prerequisites!(SQLITE3);
-    place
-        .shell(
-            &place.uri("h1", "corpus.db", ""),
-            "CREATE TABLE t(x);\nINSERT INTO t VALUES (1), (2), (3);\n",
-        )
-        .assert_clean();
+    place.shell_on_h1("CREATE TABLE t(x);\nINSERT INTO t VALUES (1), (2), (3);\n");
 
     // Host 2 reads, then (while its connection stays open) host 1 commits twice more
     // from another process, then host 2 reads again: staleness_ms=0 makes it check the
@@ -492,12 +493,7 @@ c.close()
 #[test]
 fn python_reads_what_the_shell_wrote() {
     let place = prerequisites!(SQLITE3, PYTHON3);
-    place
-        .shell(
-            &place.uri("h1", "corpus.db", ""),
-            "CREATE TABLE t(x);\nINSERT INTO t VALUES ('from the shell');\n",
-        )
-        .assert_clean();
+    place.shell_on_h1("CREATE TABLE t(x);\nINSERT INTO t VALUES ('from the shell');\n");
     let script = format!(
         r#"{PY_LOAD}
 load()

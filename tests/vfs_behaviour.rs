@@ -363,35 +363,31 @@ fn set_dirty(cache: &std::path::Path) {
     managedblob::sidecar::store(&p, &s).unwrap();
 }
 
-fn dirty_cache_with_unchanged_remote_uploads_its_commits_on_open(w: &World) {
+/// Cache h1 of a.db whose table `t` holds `x` in a commit that never reached the
+/// remote: written with plain SQLite, then the sidecar marked dirty (what a batch
+/// does before a crash). The remote has the table, empty.
+fn dirty_cache_holding(w: &World, x: i64) {
     {
         let c = w.open("h1", "a.db");
         c.execute("CREATE TABLE t(x)", []).unwrap();
     }
-    // Simulate commits that never reached the remote: write the cache with plain
-    // SQLite, then mark the sidecar dirty (what a batch does before a crash).
     let cache = w.cache("h1", "a.db");
     {
         let p = rusqlite::Connection::open(&cache).unwrap();
-        p.execute("INSERT INTO t VALUES (7)", []).unwrap();
+        p.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
     }
     set_dirty(&cache);
+}
+
+fn dirty_cache_with_unchanged_remote_uploads_its_commits_on_open(w: &World) {
+    dirty_cache_holding(w, 7);
     let c = w.open("h1", "a.db");
     assert_eq!(status(&c)["dirty"], false);
     assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
 fn dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute("CREATE TABLE t(x)", []).unwrap();
-    }
-    let cache = w.cache("h1", "a.db");
-    {
-        let p = rusqlite::Connection::open(&cache).unwrap();
-        p.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    }
-    set_dirty(&cache);
+    dirty_cache_holding(w, 1);
     {
         let other = w.open("h2", "a.db");
         other.execute("INSERT INTO t VALUES (2)", []).unwrap();

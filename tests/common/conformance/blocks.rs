@@ -12,6 +12,12 @@ use managedblob::delta::ChunkId;
 /// Azure-style lease ids: a wrong one must still look like a lease id.
 const WRONG_LEASE: &str = "00000000-0000-0000-0000-000000000000";
 
+/// The store's blocks; None for a store without the capability, which must not
+/// offer them.
+fn blocks_of(store: &Store) -> Option<&dyn Blocks> {
+    has_blocks(store).then(|| blocks(&**store))
+}
+
 /// Whether the store has blocks; one without them must not offer them.
 fn has_blocks(b: &Store) -> bool {
     if !b.caps.blocks {
@@ -70,10 +76,7 @@ pub fn listed(b: &dyn Backend, blob: &str) -> (BlobStat, Vec<(BlockId, u64)>) {
 
 pub fn check_blocks_commit_list_and_read(store: &Store) {
     let b = &**store;
-    if !has_blocks(store) {
-        return;
-    }
-    let bl = blocks(b);
+    let Some(bl) = blocks_of(store) else { return };
     let (c0, c1, c2) = (chunk(3000, 1), chunk(3000, 2), chunk(1234, 3));
     let staged = stage_all(b, "blk.db", &[&c0, &c1, &c2], None);
     // Staged blocks are invisible.
@@ -192,10 +195,7 @@ pub fn check_blocks_commit_list_and_read(store: &Store) {
 
 pub fn check_blocks_create_and_missing(store: &Store) {
     let b = &**store;
-    if !has_blocks(store) {
-        return;
-    }
-    let bl = blocks(b);
+    let Some(bl) = blocks_of(store) else { return };
     assert_eq!(bl.block_list("none.db").unwrap(), None);
     assert_eq!(
         kind_of(bl.read_range("none.db", 0, 1, &Etag("x".into()))),
@@ -239,10 +239,7 @@ pub fn check_blocks_create_and_missing(store: &Store) {
 
 pub fn check_blocks_respect_the_lease(store: &Store) {
     let b = &**store;
-    if !has_blocks(store) {
-        return;
-    }
-    let bl = blocks(b);
+    let Some(bl) = blocks_of(store) else { return };
     let first = stage_all(b, "lb.db", &[b"v1"], None);
     let v1 = bl
         .commit_blocks("lb.db", &ids_of(&first), &Condition::Create, None)
@@ -295,10 +292,7 @@ pub fn check_blocks_respect_the_lease(store: &Store) {
 /// "Latest").
 pub fn check_blocks_staged_wins_over_committed(store: &Store) {
     let b = &**store;
-    if !has_blocks(store) {
-        return;
-    }
-    let bl = blocks(b);
+    let Some(bl) = blocks_of(store) else { return };
     let same = id(0, b"the id");
     bl.stage_block("sw.db", &same, b"old".to_vec(), None)
         .unwrap();
@@ -326,10 +320,7 @@ pub fn check_blocks_staged_wins_over_committed(store: &Store) {
 
 pub fn check_blocks_concurrent_commits_have_one_winner(store: &Store) {
     let b = &**store;
-    if !has_blocks(store) {
-        return;
-    }
-    let bl = blocks(b);
+    let Some(bl) = blocks_of(store) else { return };
     let first = stage_all(b, "rc.db", &[b"0000"], None);
     let stat = bl
         .commit_blocks("rc.db", &ids_of(&first), &Condition::Create, None)
@@ -351,11 +342,7 @@ pub fn check_blocks_concurrent_commits_have_one_winner(store: &Store) {
 }
 
 pub fn check_block_names_and_ids_are_checked(store: &Store) {
-    let b = &**store;
-    if !has_blocks(store) {
-        return;
-    }
-    let bl = blocks(b);
+    let Some(bl) = blocks_of(store) else { return };
     let good = id(0, b"x");
     let etag = Etag("x".into());
     for name in ["../x", ".hidden", "", "a//b"] {

@@ -9,7 +9,7 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use managedblob::backend::{
-    Backend, BackendErrorKind, BackendResult, BlobStat, Condition, LeaseId,
+    Backend, BackendErrorKind, BackendResult, BlobStat, Condition, Etag, LeaseId,
 };
 
 pub mod backend;
@@ -26,6 +26,17 @@ pub fn upload(
     lease: Option<&LeaseId>,
 ) -> BackendResult<BlobStat> {
     b.upload(blob, &mut &data[..], data.len() as u64, condition, lease)
+}
+
+/// Upload `data` over the version `etag` under `lease`, which must succeed.
+pub fn upload_leased(
+    b: &dyn Backend,
+    blob: &str,
+    data: &[u8],
+    etag: Etag,
+    lease: &LeaseId,
+) -> BlobStat {
+    upload(b, blob, data, &Condition::Match(etag), Some(lease)).expect("leased upload")
 }
 
 pub fn create(b: &dyn Backend, blob: &str, data: &[u8]) -> BlobStat {
