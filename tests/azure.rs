@@ -241,6 +241,21 @@ fn no_secret_reaches_the_trace_log() {
 
 // ---- End to end, through the VFS --------------------------------------------------
 
+/// In a child test: the remote and the variable `var` its parent set, or None
+/// (after saying so) when it was not started by its parent.
+fn started_with(who: &str, var: &str) -> Option<(String, String)> {
+    match (
+        std::env::var("MANAGEDBLOB_TEST_AZURE_REMOTE"),
+        std::env::var(var),
+    ) {
+        (Ok(remote), Ok(value)) => Some((remote, value)),
+        _ => {
+            eprintln!("{who}: not started by its parent test; nothing to do");
+            None
+        }
+    }
+}
+
 /// Run the ignored test `name` of this binary in a child process whose environment
 /// `setup` sets from its start, require success, and return all it printed.
 fn run_child(name: &str, setup: impl FnOnce(&mut Command)) -> String {
@@ -291,11 +306,7 @@ fn vfs_end_to_end_through_rusqlite() {
 #[test]
 #[ignore = "run by vfs_end_to_end_through_rusqlite in a child process"]
 fn vfs_child() {
-    let (Ok(remote), Ok(dir)) = (
-        std::env::var("MANAGEDBLOB_TEST_AZURE_REMOTE"),
-        std::env::var("MANAGEDBLOB_TEST_DIR"),
-    ) else {
-        eprintln!("vfs child: not started by vfs_end_to_end_through_rusqlite; nothing to do");
+    let Some((remote, dir)) = started_with("vfs child", "MANAGEDBLOB_TEST_DIR") else {
         return;
     };
     managedblob::register().unwrap();
@@ -596,11 +607,7 @@ fn entra_id_through_the_azure_cli_credential() {
 #[test]
 #[ignore = "run by entra_id_through_the_azure_cli_credential in a child process"]
 fn entra_child() {
-    let (Ok(remote), Ok(token)) = (
-        std::env::var("MANAGEDBLOB_TEST_AZURE_REMOTE"),
-        std::env::var("MANAGEDBLOB_TEST_TOKEN"),
-    ) else {
-        eprintln!("entra child: not started by its parent test; nothing to do");
+    let Some((remote, token)) = started_with("entra child", "MANAGEDBLOB_TEST_TOKEN") else {
         return;
     };
     capture_logs();

@@ -132,15 +132,20 @@ impl Place {
         c
     }
 
+    /// `sqlite3 -cmd <load> -cmd <open>`.
+    fn sqlite3(&self, load: &str, open: &str) -> Command {
+        let mut c = self.command(SQLITE3);
+        c.arg("-cmd").arg(load).arg("-cmd").arg(open);
+        c
+    }
+
     /// `sqlite3 -cmd '.load ./libmanagedblob' -cmd ".open '<uri>'"` reading `script`
     /// from standard input.
     fn shell(&self, uri: &str, script: &str) -> Output {
-        let mut c = self.command(SQLITE3);
-        c.arg("-cmd")
-            .arg(".load ./libmanagedblob")
-            .arg("-cmd")
-            .arg(format!(".open '{uri}'"));
-        run(c, script)
+        run(
+            self.sqlite3(".load ./libmanagedblob", &format!(".open '{uri}'")),
+            script,
+        )
     }
 
     /// [`Place::shell`] on host h1's cache of corpus.db, which must run cleanly.
@@ -277,11 +282,10 @@ fn shell_loads_opens_the_uri_and_writes_through_to_the_remote() {
 #[test]
 fn shell_load_accepts_an_absolute_path_with_the_suffix() {
     let place = prerequisites!(SQLITE3);
-    let mut c = place.command(SQLITE3);
-    c.arg("-cmd")
-        .arg(format!(".load {}", place.extension.display()))
-        .arg("-cmd")
-        .arg(format!(".open {}", place.uri("h1", "abs.db", "")));
+    let c = place.sqlite3(
+        &format!(".load {}", place.extension.display()),
+        &format!(".open {}", place.uri("h1", "abs.db", "")),
+    );
     let out = run(
         c,
         "CREATE TABLE t(x);\nINSERT INTO t VALUES (7);\nSELECT x FROM t;\n",
@@ -296,12 +300,11 @@ fn shell_one_shot_form_runs_sql_arguments_on_the_managed_database() {
     // `:memory:` is a placeholder FILENAME that `.load` opens; the SQL arguments run
     // after the -cmd options, on the database `.open` switched to.
     let place = prerequisites!(SQLITE3);
-    let mut c = place.command(SQLITE3);
-    c.arg("-cmd")
-        .arg(".load ./libmanagedblob")
-        .arg("-cmd")
-        .arg(format!(".open '{}'", place.uri("h1", "corpus.db", "")))
-        .arg(":memory:")
+    let mut c = place.sqlite3(
+        ".load ./libmanagedblob",
+        &format!(".open '{}'", place.uri("h1", "corpus.db", "")),
+    );
+    c.arg(":memory:")
         .arg("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2)")
         .arg("SELECT sum(x) FROM t")
         .arg("PRAGMA managedblob_status");

@@ -62,6 +62,15 @@ fn published_version_kept(m: &MemWorld) -> i64 {
     remote_rows
 }
 
+/// SQL creating table `t(x)` with `n` rows of about 200 bytes: `<label> 000...<i>`.
+fn padded_rows(n: u32, label: &str) -> String {
+    format!(
+        "CREATE TABLE t(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+         INSERT INTO t SELECT printf('{label} %0200d', i) FROM n;"
+    )
+}
+
 fn counter(bytes: &[u8]) -> u32 {
     u32::from_be_bytes(bytes[24..28].try_into().unwrap())
 }
@@ -238,13 +247,7 @@ fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
 /// the sidecar says the (rolled back) cache equals it.
 #[test]
 fn flush_inside_a_write_transaction_is_refused_and_publishes_nothing_uncommitted() {
-    let (m, c) = world_where_h1_ran(
-        "r4",
-        "",
-        "CREATE TABLE t(x);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
-         INSERT INTO t SELECT printf('committed %0200d', i) FROM n;",
-    );
+    let (m, c) = world_where_h1_ran("r4", "", &padded_rows(500, "committed"));
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES ('in batch')", []).unwrap();
     c.execute_batch("PRAGMA cache_size=2; BEGIN; UPDATE t SET x = 'UNCOMMITTED' || x;")
@@ -343,13 +346,7 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
 /// process has its own, and files left by dead processes are removed at open.
 #[test]
 fn a_stray_download_file_is_never_installed() {
-    let (m, y) = world_where_h1_ran(
-        "r7",
-        "&staleness_ms=600000",
-        "CREATE TABLE t(x);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO t SELECT printf('row %0200d', i) FROM n;",
-    );
+    let (m, y) = world_where_h1_ran("r7", "&staleness_ms=600000", &padded_rows(400, "row"));
     let h2 = m.open("h2", "");
     h2.execute("UPDATE t SET x = upper(x) || 'X'", []).unwrap();
     let e2 = m.backend.get("m.db").unwrap();

@@ -27,11 +27,7 @@ fn first_write_in_one_transaction_uploads_once(w: &World) {
 }
 
 fn second_batch_on_the_same_cache_downloads_nothing(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let c = w.open("h1", "a.db");
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
@@ -410,11 +406,7 @@ fn dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote(w: &
 }
 
 fn garbage_in_a_dirty_cache_is_recovered(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let cache = w.cache("h1", "a.db");
     std::fs::write(&cache, vec![0x5a; 8192]).unwrap();
     set_dirty(&cache);
@@ -429,11 +421,7 @@ fn garbage_in_a_dirty_cache_is_recovered(w: &World) {
 }
 
 fn an_interrupted_download_is_resynced(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let cache = w.cache("h1", "a.db");
     // A torn cache: half written, sidecar says a download was in flight.
     let len = std::fs::metadata(&cache).unwrap().len();
@@ -515,11 +503,7 @@ fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole(w: &World) {
 }
 
 fn an_interrupted_commit_is_resynced_from_the_remote(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     // The process died between the upload and the end of SQLite's local commit: the
     // sidecar says so, and the cache holds something else (here: an extra row).
     let cache = w.cache("h1", "a.db");
@@ -584,11 +568,7 @@ fn two_connections_in_one_process_share_the_cache(w: &World) {
 }
 
 fn a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let cache = w.cache("h1", "a.db");
     std::fs::remove_file(&cache).unwrap();
     let c = w.open("h1", "a.db");

@@ -65,10 +65,16 @@ impl World {
     /// one row; h1's connection stays open.
     pub fn with_one_row() -> (World, Connection) {
         let w = World::local();
-        let c = w.open("h1", "a.db");
+        let c = w.one_row("h1", "a.db");
+        (w, c)
+    }
+
+    /// Open database `name` on `host` and create table `t(x)` holding one row.
+    pub fn one_row(&self, host: &str, name: &str) -> Connection {
+        let c = self.open(host, name);
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
             .unwrap();
-        (w, c)
+        c
     }
 
     /// [`World::local`], the name the older tests use.

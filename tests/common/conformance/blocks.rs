@@ -63,6 +63,20 @@ pub fn stage_all(
         .collect()
 }
 
+/// Create `blob` from `chunks` staged and committed as blocks 0..: the blocks (ids
+/// and sizes) and the new version.
+pub fn create_by_blocks(
+    b: &dyn Backend,
+    blob: &str,
+    chunks: &[&[u8]],
+) -> (Vec<(BlockId, u64)>, BlobStat) {
+    let staged = stage_all(b, blob, chunks, None);
+    let stat = blocks(b)
+        .commit_blocks(blob, &ids_of(&staged), &Condition::Create, None)
+        .expect("commit of new blocks");
+    (staged, stat)
+}
+
 pub fn ids_of(list: &[(BlockId, u64)]) -> Vec<BlockId> {
     list.iter().map(|(id, _)| id.clone()).collect()
 }
@@ -240,10 +254,7 @@ pub fn check_blocks_create_and_missing(store: &Store) {
 pub fn check_blocks_respect_the_lease(store: &Store) {
     let b = &**store;
     let Some(bl) = blocks_of(store) else { return };
-    let first = stage_all(b, "lb.db", &[b"v1"], None);
-    let v1 = bl
-        .commit_blocks("lb.db", &ids_of(&first), &Condition::Create, None)
-        .unwrap();
+    let (first, v1) = create_by_blocks(b, "lb.db", &[b"v1"]);
     let lease = b.acquire_lease("lb.db", LONG).unwrap();
     assert_eq!(lease.stat, v1);
     let wrong = LeaseId(WRONG_LEASE.into());
@@ -321,10 +332,7 @@ pub fn check_blocks_staged_wins_over_committed(store: &Store) {
 pub fn check_blocks_concurrent_commits_have_one_winner(store: &Store) {
     let b = &**store;
     let Some(bl) = blocks_of(store) else { return };
-    let first = stage_all(b, "rc.db", &[b"0000"], None);
-    let stat = bl
-        .commit_blocks("rc.db", &ids_of(&first), &Condition::Create, None)
-        .unwrap();
+    let (_, stat) = create_by_blocks(b, "rc.db", &[b"0000"]);
     one_winner_per_round(
         stat,
         5,
