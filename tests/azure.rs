@@ -74,6 +74,12 @@ fn capture_logs() {
     });
 }
 
+/// The URL of `container` with `sas` as its query.
+fn with_sas(azurite: &Azurite, container: &AzureBackend, sas: &str) -> ContainerUrl {
+    let url = azurite.container_url(container.url().container());
+    ContainerUrl::parse(&format!("{url}?{sas}")).unwrap()
+}
+
 /// A backend with no credential but what `url` carries (a SAS, or nothing).
 fn with_url_only(url: &ContainerUrl) -> AzureBackend {
     AzureBackend::connect_with(url, &|_| None, AzureTuning::default()).unwrap()
@@ -118,11 +124,7 @@ fn sas_token_in_the_url_works_and_stays_secret() {
     let container = azurite.fresh(AzureTuning::default());
     let sas = account_sas("rwdlac");
     let sig = sas.rsplit("sig=").next().unwrap().to_string();
-    let url = ContainerUrl::parse(&format!(
-        "{}?{sas}",
-        azurite.container_url(container.url().container())
-    ))
-    .unwrap();
+    let url = with_sas(&azurite, &container, &sas);
     let b = with_url_only(&url);
     assert!(b.auth_description().contains("SAS"));
     let v1 = create(&b, "sas.db", b"through a SAS");
@@ -133,11 +135,7 @@ fn sas_token_in_the_url_works_and_stays_secret() {
     // A read-only SAS cannot write: Denied, and the message shows no signature.
     let ro = account_sas("rl");
     let ro_sig = ro.rsplit("sig=").next().unwrap().to_string();
-    let url = ContainerUrl::parse(&format!(
-        "{}?{ro}",
-        azurite.container_url(container.url().container())
-    ))
-    .unwrap();
+    let url = with_sas(&azurite, &container, &ro);
     let b = with_url_only(&url);
     let err = upload(&b, "sas.db", b"v3", &Condition::Create, None).unwrap_err();
     eprintln!("read-only SAS: {err}");
@@ -158,11 +156,11 @@ fn sas_token_in_the_url_works_and_stays_secret() {
         assert!(!shown.contains(&decoded), "{shown}");
     }
     // A SAS that does not verify.
-    let url = ContainerUrl::parse(&format!(
-        "{}?sv=2019-12-12&ss=b&srt=sco&sp=rwdlac&se=2099-01-01T00:00:00Z&sig=BOGUSSIGNATURE",
-        azurite.container_url(container.url().container())
-    ))
-    .unwrap();
+    let url = with_sas(
+        &azurite,
+        &container,
+        "sv=2019-12-12&ss=b&srt=sco&sp=rwdlac&se=2099-01-01T00:00:00Z&sig=BOGUSSIGNATURE",
+    );
     let b = with_url_only(&url);
     let err = b.stat("sas.db").unwrap_err();
     assert_eq!(err.kind, BackendErrorKind::Denied, "{err}");
@@ -191,21 +189,13 @@ fn no_secret_reaches_the_trace_log() {
         .unwrap()
         .1
         .into_owned();
-    let url = ContainerUrl::parse(&format!(
-        "{}?{sas}",
-        azurite.container_url(b.url().container())
-    ))
-    .unwrap();
+    let url = with_sas(&azurite, &b, &sas);
     let s = with_url_only(&url);
     s.stat("log.db").unwrap();
     download(&s, "log.db");
     let _ = s.stat("../bad");
     let _ = upload(&s, "log.db", b"y", &Condition::Create, None);
-    let bad = ContainerUrl::parse(&format!(
-        "{}?sv=2019-12-12&sig=BOGUSSIGNATURE",
-        azurite.container_url(b.url().container())
-    ))
-    .unwrap();
+    let bad = with_sas(&azurite, &b, "sv=2019-12-12&sig=BOGUSSIGNATURE");
     let _ = with_url_only(&bad).stat("log.db");
     // Unreachable endpoint: a transport error, which quotes the request URL.
     let gone =

@@ -57,9 +57,7 @@ fn a_remote_change_is_downloaded_once(w: &World) {
 }
 
 fn staleness_bounds_the_checks(w: &World) {
-    let a = w.open("h1", "a.db");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = w.one_row("h1", "a.db");
     let b = w.open_with("h2", "a.db", "&staleness_ms=60000");
     assert_eq!(count(&b, "t"), 1);
     let stats_before = requests(&b, "stat");
@@ -94,9 +92,7 @@ fn a_failed_transaction_uploads_nothing(w: &World) {
 }
 
 fn a_write_on_a_moved_remote_is_busy_then_retries_on_the_new_version(w: &World) {
-    let a = w.open("h1", "a.db");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = w.one_row("h1", "a.db");
     // b reads, with a long staleness bound, then a writes again.
     let b = w.open_with("h2", "a.db", "&staleness_ms=600000");
     assert_eq!(count(&b, "t"), 1);
@@ -333,9 +329,7 @@ fn a_missing_remote_fails_the_open_by_name_and_leaves_no_cache(w: &World) {
 }
 
 fn read_only_mode_reads_and_refuses_writes(w: &World) {
-    let a = w.open("h1", "a.db");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let _a = w.one_row("h1", "a.db");
     let r = open(&w.uri("h2", "a.db", "&mode=ro"));
     assert_eq!(count(&r, "t"), 1);
     let err = r.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
