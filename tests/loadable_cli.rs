@@ -153,6 +153,11 @@ impl Place {
         self.shell(&self.uri("h1", "corpus.db", ""), script)
     }
 
+    /// [`Place::python`] on `script` after [`PY_LOAD`] and its `load()`.
+    fn python_with_managedblob(&self, script: &str) -> Output {
+        self.python(&format!("{PY_LOAD}\nload()\n{script}"))
+    }
+
     /// Run a Python script with Debian's python3 (-I: no user site, no PYTHON* vars);
     /// it gets the extension's absolute path as argv[1].
     fn python(&self, script: &str) -> Output {
@@ -454,8 +459,7 @@ def status(c):
 fn python_batch_uploads_once() {
     let place = prerequisites!(PYTHON3);
     let script = format!(
-        r#"{PY_LOAD}
-load()
+        r#"
 c = sqlite3.connect("{uri}", uri=True, isolation_level=None)
 c.execute("CREATE TABLE t(x)")
 before = status(c)
@@ -471,7 +475,7 @@ c.close()
 "#,
         uri = place.uri("h1", "corpus.db", "")
     );
-    let out = place.python(&script);
+    let out = place.python_with_managedblob(&script);
     out.assert_clean();
     let lines = out.lines();
     let report = json(lines[0]);
@@ -496,8 +500,7 @@ fn python_reads_what_the_shell_wrote() {
         .shell_on_h1("CREATE TABLE t(x);\nINSERT INTO t VALUES ('from the shell');\n")
         .assert_clean();
     let script = format!(
-        r#"{PY_LOAD}
-load()
+        r#"
 c = sqlite3.connect("{uri}", uri=True)
 print(c.execute("SELECT x FROM t").fetchone()[0])
 requests = status(c)["requests"]
@@ -505,7 +508,7 @@ print(requests.get("versions_down", requests["download"]))
 "#,
         uri = place.uri("h2", "corpus.db", "")
     );
-    let out = place.python(&script);
+    let out = place.python_with_managedblob(&script);
     out.assert_clean();
     assert_eq!(out.lines(), ["from the shell", "1"]);
 }
@@ -513,18 +516,15 @@ print(requests.get("versions_down", requests["download"]))
 #[test]
 fn python_missing_or_wrong_remote_raises_with_our_message() {
     let place = prerequisites!(PYTHON3);
-    let script = format!(
-        r#"{PY_LOAD}
-load()
+    let script = r#"
 for uri in ["file:h1/a.db?vfs=managedblob", "file:h1/b.db?vfs=managedblob&remote=ftp://host/dir"]:
     try:
         sqlite3.connect(uri, uri=True)
         print("opened", uri)
     except sqlite3.Error as e:
         print(type(e).__name__ + ": " + str(e))
-"#
-    );
-    let out = place.python(&script);
+"#;
+    let out = place.python_with_managedblob(script);
     out.assert_clean();
     let lines = out.lines();
     assert!(

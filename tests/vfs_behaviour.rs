@@ -136,11 +136,18 @@ fn batches_nest_are_shared_by_connections_and_upload_once(w: &World) {
     assert!(err.contains("without a matching"), "{err}");
 }
 
-fn flush_uploads_inside_a_batch(w: &World) {
+/// Host h1's connection to a.db, inside a batch that created table `t(x)` (uploaded)
+/// and inserted one row (local only).
+fn batch_holding_one_row(w: &World) -> rusqlite::Connection {
     let c = w.open("h1", "a.db");
     c.execute("CREATE TABLE t(x)", []).unwrap();
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    c
+}
+
+fn flush_uploads_inside_a_batch(w: &World) {
+    let c = batch_holding_one_row(w);
     assert_eq!(remote_count(w, "a.db", "t"), 0);
     pragma(&c, "PRAGMA managedblob_flush").unwrap();
     assert_eq!(remote_count(w, "a.db", "t"), 1);
@@ -190,12 +197,7 @@ fn a_batch_on_a_blob_that_does_not_exist_yet_holds_the_lease(w: &World) {
 }
 
 fn closing_the_last_connection_flushes_a_batch(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute("CREATE TABLE t(x)", []).unwrap();
-        pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
-        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    }
+    drop(batch_holding_one_row(w));
     assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
