@@ -274,7 +274,7 @@ fn downloads_racing_whole_uploads_return_the_etag_of_their_bytes() {
 /// response the new ETag with the old bytes (Put Blob replaces the record and does not
 /// show this). The VFS trusts that ETag, so with delta sync a host's cache can hold
 /// an older version under a newer base: the lost updates the two-host tests of
-/// tests/processes.rs then see on Azurite. Real Azure returns a consistent pair.
+/// tests/lost_updates.rs then see on Azurite. Real Azure returns a consistent pair.
 #[test]
 fn downloads_racing_block_list_commits_return_the_etag_of_their_bytes() {
     let Some(b) = fresh(AzureTuning::default()) else {
