@@ -5,64 +5,19 @@ mod common;
 use common::*;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use managedblob::backend::memory::{MemoryBackend, Op};
+use common::memworld::MemWorld;
+use managedblob::backend::memory::Op;
 use managedblob::backend::{Backend, BackendErrorKind};
 
-struct MemWorld {
-    dir: tempfile::TempDir,
-    name: String,
-    backend: Arc<MemoryBackend>,
-}
-
-impl MemWorld {
-    fn new(name: &str) -> MemWorld {
-        init_logging();
-        managedblob::register().unwrap();
-        let name = format!("{name}-{}", fastrand_suffix());
-        MemWorld {
-            dir: tempfile::tempdir().unwrap(),
-            backend: MemoryBackend::named(&name),
-            name,
-        }
-    }
-
-    fn uri(&self, host: &str, extra: &str) -> String {
-        let dir = self.dir.path().join(host);
-        std::fs::create_dir_all(&dir).unwrap();
-        format!(
-            "file:{}?vfs=managedblob&remote=memory:{}&retry_base_ms=1{extra}",
-            dir.join("m.db").display(),
-            self.name
-        )
-    }
-
-    fn open(&self, host: &str, extra: &str) -> rusqlite::Connection {
-        open(&self.uri(host, extra))
-    }
-
-    fn cache_bytes(&self, host: &str) -> Vec<u8> {
-        std::fs::read(self.dir.path().join(host).join("m.db")).unwrap()
-    }
-
-    fn remote_bytes(&self) -> Vec<u8> {
-        self.backend.get("m.db").unwrap_or_default()
-    }
-
-    fn remote_ids(&self) -> BTreeSet<i64> {
-        let f = self.dir.path().join("remote-copy.db");
-        std::fs::write(&f, self.remote_bytes()).unwrap();
-        let c = rusqlite::Connection::open(&f).unwrap();
-        let mut stmt = c.prepare("SELECT id FROM t").unwrap();
-        let ids = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        ids
-    }
+/// A fresh memory world (quick retries) and host h1's connection with `extra`
+/// settings, on which table `t(id)` was created.
+fn world_with_table(tag: &str, extra: &str) -> (MemWorld, rusqlite::Connection) {
+    let w = MemWorld::with_defaults(tag, "&retry_base_ms=1");
+    let c = w.open("h1", extra);
+    c.execute("CREATE TABLE t(id)", []).unwrap();
+    (w, c)
 }
 
 /// Compare two images without printing them.
@@ -74,15 +29,6 @@ fn assert_same_bytes(local: &[u8], remote: &[u8]) {
         local.len(),
         remote.len()
     );
-}
-
-fn fastrand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        ^ (std::process::id() as u64) << 32
 }
 
 /// Every request kind the random-fault test disturbs.
@@ -110,9 +56,7 @@ fn publish_op(extra: &str) -> (Op, &'static str, u64) {
 
 fn transient_publish_failures_are_retried_with_backoff(extra: &str) {
     let (op, name, creation) = publish_op(extra);
-    let w = MemWorld::new("retry");
-    let c = w.open("h1", extra);
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("retry", extra);
     w.backend.fail_next(op, BackendErrorKind::Transient, 2);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     let s = status(&c);
@@ -138,9 +82,7 @@ fn transient_block_commit_failures_are_retried_with_backoff() {
 
 #[test]
 fn transient_stage_failures_are_retried_with_backoff() {
-    let w = MemWorld::new("stage");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("stage", "");
     w.backend
         .fail_next(Op::StageBlock, BackendErrorKind::Transient, 2);
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
@@ -151,9 +93,7 @@ fn transient_stage_failures_are_retried_with_backoff() {
 
 fn a_terminal_publish_failure_fails_the_commit_and_leaves_local_equal_to_remote(extra: &str) {
     let (op, name, creation) = publish_op(extra);
-    let w = MemWorld::new("terminal");
-    let c = w.open("h1", &format!("&retry_attempts=3{extra}"));
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("terminal", &format!("&retry_attempts=3{extra}"));
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     w.backend.fail_next(op, BackendErrorKind::Transient, 3);
     let err = c.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
@@ -197,9 +137,7 @@ fn a_terminal_block_commit_failure_fails_the_commit_and_leaves_local_equal_to_re
 
 #[test]
 fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
-    let w = MemWorld::new("held");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("held", "");
     let lease = w
         .backend
         .acquire_lease("m.db", Duration::from_secs(30))
@@ -225,9 +163,7 @@ fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
 
 #[test]
 fn lease_errors_other_than_busy_surface() {
-    let w = MemWorld::new("denied");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("denied", "");
     w.backend
         .fail_next(Op::AcquireLease, BackendErrorKind::Denied, 1);
     let err = c.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
@@ -245,9 +181,7 @@ fn lease_errors_other_than_busy_surface() {
 
 #[test]
 fn an_upload_that_landed_before_its_retry_is_not_a_conflict() {
-    let w = MemWorld::new("landed");
-    let c = w.open("h1", "");
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table("landed", "");
     w.backend.land_then_fail_next_upload();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     assert_eq!(w.remote_ids(), BTreeSet::from([1]));
@@ -258,9 +192,7 @@ fn an_upload_that_landed_before_its_retry_is_not_a_conflict() {
 
 #[test]
 fn a_lost_lease_fails_the_batch_end_and_never_overwrites() {
-    let w = MemWorld::new("lost");
-    let a = w.open("h1", "");
-    a.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, a) = world_with_table("lost", "");
     pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
     a.execute("INSERT INTO t VALUES (1)", []).unwrap();
     // a's writer is "paused" past its lease; another host writes meanwhile.
@@ -285,9 +217,10 @@ fn random_faults_with_whole_file_transfers() {
 }
 
 fn random_faults(extra: &str) {
-    let w = MemWorld::new("random");
-    let c = w.open("h1", &format!("&retry_attempts=2&staleness_ms=0{extra}"));
-    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (w, c) = world_with_table(
+        "random",
+        &format!("&retry_attempts=2&staleness_ms=0{extra}"),
+    );
     for op in FAULTY_OPS {
         w.backend.set_fail_rate(op, 0.3);
     }
@@ -309,26 +242,16 @@ fn random_faults(extra: &str) {
         "faults were injected"
     );
     assert_eq!(w.remote_ids(), acknowledged);
-    let local: BTreeSet<i64> = {
-        let mut stmt = c.prepare("SELECT id FROM t").unwrap();
-        let ids = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        ids
-    };
+    let local: BTreeSet<i64> = column(&c, "SELECT id FROM t");
     assert_eq!(local, acknowledged, "local never runs ahead of the remote");
 }
 
 #[test]
 fn retries_stop_at_the_total_time_budget() {
-    let w = MemWorld::new("budget");
-    let c = w.open(
-        "h1",
+    let (w, c) = world_with_table(
+        "budget",
         "&sync=full&retry_attempts=20&retry_base_ms=40&retry_total_ms=150",
     );
-    c.execute("CREATE TABLE t(id)", []).unwrap();
     w.backend
         .fail_next(Op::Upload, BackendErrorKind::Transient, 100);
     assert!(c.execute("INSERT INTO t VALUES (1)", []).is_err());

@@ -132,15 +132,30 @@ impl Place {
         c
     }
 
+    /// `sqlite3 -cmd <load> -cmd <open>`.
+    fn sqlite3(&self, load: &str, open: &str) -> Command {
+        let mut c = self.command(SQLITE3);
+        c.arg("-cmd").arg(load).arg("-cmd").arg(open);
+        c
+    }
+
     /// `sqlite3 -cmd '.load ./libmanagedblob' -cmd ".open '<uri>'"` reading `script`
     /// from standard input.
     fn shell(&self, uri: &str, script: &str) -> Output {
-        let mut c = self.command(SQLITE3);
-        c.arg("-cmd")
-            .arg(".load ./libmanagedblob")
-            .arg("-cmd")
-            .arg(format!(".open '{uri}'"));
-        run(c, script)
+        run(
+            self.sqlite3(".load ./libmanagedblob", &format!(".open '{uri}'")),
+            script,
+        )
+    }
+
+    /// [`Place::shell`] on host h1's cache of corpus.db.
+    fn shell_on_h1(&self, script: &str) -> Output {
+        self.shell(&self.uri("h1", "corpus.db", ""), script)
+    }
+
+    /// [`Place::python`] on `script` after [`PY_LOAD`] and its `load()`.
+    fn python_with_managedblob(&self, script: &str) -> Output {
+        self.python(&format!("{PY_LOAD}\nload()\n{script}"))
     }
 
     /// Run a Python script with Debian's python3 (-I: no user site, no PYTHON* vars);
@@ -250,8 +265,7 @@ macro_rules! prerequisites {
 #[test]
 fn shell_loads_opens_the_uri_and_writes_through_to_the_remote() {
     let place = prerequisites!(SQLITE3);
-    let out = place.shell(
-        &place.uri("h1", "corpus.db", ""),
+    let out = place.shell_on_h1(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT);\n\
          INSERT INTO t(body) VALUES ('one'), ('two');\n\
          SELECT id, body FROM t ORDER BY id;\n\
@@ -271,11 +285,10 @@ fn shell_loads_opens_the_uri_and_writes_through_to_the_remote() {
 #[test]
 fn shell_load_accepts_an_absolute_path_with_the_suffix() {
     let place = prerequisites!(SQLITE3);
-    let mut c = place.command(SQLITE3);
-    c.arg("-cmd")
-        .arg(format!(".load {}", place.extension.display()))
-        .arg("-cmd")
-        .arg(format!(".open {}", place.uri("h1", "abs.db", "")));
+    let c = place.sqlite3(
+        &format!(".load {}", place.extension.display()),
+        &format!(".open {}", place.uri("h1", "abs.db", "")),
+    );
     let out = run(
         c,
         "CREATE TABLE t(x);\nINSERT INTO t VALUES (7);\nSELECT x FROM t;\n",
@@ -290,12 +303,11 @@ fn shell_one_shot_form_runs_sql_arguments_on_the_managed_database() {
     // `:memory:` is a placeholder FILENAME that `.load` opens; the SQL arguments run
     // after the -cmd options, on the database `.open` switched to.
     let place = prerequisites!(SQLITE3);
-    let mut c = place.command(SQLITE3);
-    c.arg("-cmd")
-        .arg(".load ./libmanagedblob")
-        .arg("-cmd")
-        .arg(format!(".open '{}'", place.uri("h1", "corpus.db", "")))
-        .arg(":memory:")
+    let mut c = place.sqlite3(
+        ".load ./libmanagedblob",
+        &format!(".open '{}'", place.uri("h1", "corpus.db", "")),
+    );
+    c.arg(":memory:")
         .arg("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2)")
         .arg("SELECT sum(x) FROM t")
         .arg("PRAGMA managedblob_status");
@@ -310,8 +322,7 @@ fn shell_one_shot_form_runs_sql_arguments_on_the_managed_database() {
 #[test]
 fn shell_pragmas_answer_one_readable_row_each() {
     let place = prerequisites!(SQLITE3);
-    let out = place.shell(
-        &place.uri("h1", "corpus.db", ""),
+    let out = place.shell_on_h1(
         "CREATE TABLE t(x);\n\
          PRAGMA managedblob_batch=begin;\n\
          INSERT INTO t VALUES (1);\n\
@@ -339,10 +350,7 @@ fn shell_pragmas_answer_one_readable_row_each() {
 #[test]
 fn shell_pragma_errors_reach_stderr() {
     let place = prerequisites!(SQLITE3);
-    let out = place.shell(
-        &place.uri("h1", "corpus.db", ""),
-        "PRAGMA managedblob_batch=later;\nPRAGMA journal_mode=WAL;\n",
-    );
+    let out = place.shell_on_h1("PRAGMA managedblob_batch=later;\nPRAGMA journal_mode=WAL;\n");
     assert!(
         out.stderr
             .contains("managedblob_batch takes 'begin' or 'end', got 'later'"),
@@ -358,10 +366,7 @@ fn shell_pragma_errors_reach_stderr() {
 fn second_shell_on_another_cache_reads_the_first_ones_commits() {
     let place = prerequisites!(SQLITE3);
     place
-        .shell(
-            &place.uri("h1", "corpus.db", ""),
-            "CREATE TABLE t(x);\nINSERT INTO t VALUES (1), (2), (3);\n",
-        )
+        .shell_on_h1("CREATE TABLE t(x);\nINSERT INTO t VALUES (1), (2), (3);\n")
         .assert_clean();
 
     // Host 2 reads, then (while its connection stays open) host 1 commits twice more
@@ -454,8 +459,7 @@ def status(c):
 fn python_batch_uploads_once() {
     let place = prerequisites!(PYTHON3);
     let script = format!(
-        r#"{PY_LOAD}
-load()
+        r#"
 c = sqlite3.connect("{uri}", uri=True, isolation_level=None)
 c.execute("CREATE TABLE t(x)")
 before = status(c)
@@ -471,7 +475,7 @@ c.close()
 "#,
         uri = place.uri("h1", "corpus.db", "")
     );
-    let out = place.python(&script);
+    let out = place.python_with_managedblob(&script);
     out.assert_clean();
     let lines = out.lines();
     let report = json(lines[0]);
@@ -493,14 +497,10 @@ c.close()
 fn python_reads_what_the_shell_wrote() {
     let place = prerequisites!(SQLITE3, PYTHON3);
     place
-        .shell(
-            &place.uri("h1", "corpus.db", ""),
-            "CREATE TABLE t(x);\nINSERT INTO t VALUES ('from the shell');\n",
-        )
+        .shell_on_h1("CREATE TABLE t(x);\nINSERT INTO t VALUES ('from the shell');\n")
         .assert_clean();
     let script = format!(
-        r#"{PY_LOAD}
-load()
+        r#"
 c = sqlite3.connect("{uri}", uri=True)
 print(c.execute("SELECT x FROM t").fetchone()[0])
 requests = status(c)["requests"]
@@ -508,7 +508,7 @@ print(requests.get("versions_down", requests["download"]))
 "#,
         uri = place.uri("h2", "corpus.db", "")
     );
-    let out = place.python(&script);
+    let out = place.python_with_managedblob(&script);
     out.assert_clean();
     assert_eq!(out.lines(), ["from the shell", "1"]);
 }
@@ -516,18 +516,15 @@ print(requests.get("versions_down", requests["download"]))
 #[test]
 fn python_missing_or_wrong_remote_raises_with_our_message() {
     let place = prerequisites!(PYTHON3);
-    let script = format!(
-        r#"{PY_LOAD}
-load()
+    let script = r#"
 for uri in ["file:h1/a.db?vfs=managedblob", "file:h1/b.db?vfs=managedblob&remote=ftp://host/dir"]:
     try:
         sqlite3.connect(uri, uri=True)
         print("opened", uri)
     except sqlite3.Error as e:
         print(type(e).__name__ + ": " + str(e))
-"#
-    );
-    let out = place.python(&script);
+"#;
+    let out = place.python_with_managedblob(script);
     out.assert_clean();
     let lines = out.lines();
     assert!(

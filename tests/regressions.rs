@@ -2,14 +2,10 @@
 //! is named after what it protects.
 
 mod common;
+use common::memworld::MemWorld;
 use common::*;
 
 use std::time::Duration;
-
-fn count(c: &rusqlite::Connection, table: &str) -> i64 {
-    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .unwrap()
-}
 
 /// Bug: two hosts creating the same new database raced at COMMIT: the loser got a
 /// commit-time SQLITE_BUSY, which SQLite answers by keeping the transaction open for
@@ -44,51 +40,35 @@ fn the_first_writer_of_a_new_database_holds_the_lease_so_no_create_race_at_commi
     assert_eq!(tables, 2, "both hosts' tables, one after the other");
 }
 
-struct Mem {
-    dir: tempfile::TempDir,
-    name: String,
-    backend: std::sync::Arc<managedblob::backend::memory::MemoryBackend>,
+/// A memory world with quick retries, where host h1 (with `extra` settings) ran
+/// `sql`; its connection stays open.
+fn world_where_h1_ran(tag: &str, extra: &str, sql: &str) -> (MemWorld, rusqlite::Connection) {
+    let m = MemWorld::with_defaults(tag, "&retry_base_ms=1");
+    let c = m.open("h1", extra);
+    c.execute_batch(sql).unwrap();
+    (m, c)
 }
 
-impl Mem {
-    fn new(tag: &str) -> Mem {
-        init_logging();
-        managedblob::register().unwrap();
-        let name = format!(
-            "{tag}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
-        Mem {
-            dir: tempfile::tempdir().unwrap(),
-            backend: managedblob::backend::memory::MemoryBackend::named(&name),
-            name,
-        }
-    }
-    fn cache(&self, host: &str) -> std::path::PathBuf {
-        let d = self.dir.path().join(host);
-        std::fs::create_dir_all(&d).unwrap();
-        d.join("m.db")
-    }
-    fn uri(&self, host: &str, extra: &str) -> String {
-        format!(
-            "file:{}?vfs=managedblob&remote=memory:{}&retry_base_ms=1{extra}",
-            self.cache(host).display(),
-            self.name
-        )
-    }
-    fn open(&self, host: &str, extra: &str) -> rusqlite::Connection {
-        open(&self.uri(host, extra))
-    }
-    fn remote_query(&self, sql: &str) -> String {
-        let f = self.dir.path().join(format!("q-{}.db", fastrand::u64(..)));
-        std::fs::write(&f, self.backend.get("m.db").unwrap()).unwrap();
-        let c = rusqlite::Connection::open(&f).unwrap();
-        c.query_row(sql, [], |r| r.get::<_, String>(0)).unwrap()
-    }
+/// The remote still holds the published version E2 (201 rows) that
+/// [`leave_a_commit_crashed_after_its_upload`] left, or a later one built on it:
+/// its row count.
+fn published_version_kept(m: &MemWorld) -> i64 {
+    let remote_rows: i64 = m.remote_query("SELECT count(*) FROM t");
+    assert!(
+        remote_rows >= 201,
+        "the published version E2 (201 rows) was overwritten by a cache that did not start \
+         from it: the remote now has {remote_rows} rows"
+    );
+    remote_rows
+}
+
+/// SQL creating table `t(x)` with `n` rows of about 200 bytes: `<label> 000...<i>`.
+fn padded_rows(n: u32, label: &str) -> String {
+    format!(
+        "CREATE TABLE t(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+         INSERT INTO t SELECT printf('{label} %0200d', i) FROM n;"
+    )
 }
 
 fn counter(bytes: &[u8]) -> u32 {
@@ -111,10 +91,11 @@ fn a_chunk_install_never_lowers_the_change_counter_either() {
 }
 
 fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::backend::memory::Op) {
-    let m = Mem::new("r2");
-    let y = m.open("h1", &format!("&staleness_ms=0{extra}"));
-    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('base');")
-        .unwrap();
+    let (m, y) = world_where_h1_ran(
+        "r2",
+        &format!("&staleness_ms=0{extra}"),
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('base');",
+    );
     let base = m.backend.get("m.db").unwrap();
     let x = m.open("h1", &format!("&staleness_ms=0{extra}"));
     pragma(&y, "PRAGMA managedblob_batch=begin").unwrap();
@@ -152,7 +133,7 @@ fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::ba
     );
     // ... and x then writes.
     x.execute("INSERT INTO t VALUES ('x-wrote')", []).unwrap();
-    let remote_rows = m.remote_query("SELECT group_concat(x, ',') FROM t");
+    let remote_rows = m.remote_query::<String>("SELECT group_concat(x, ',') FROM t");
     assert_eq!(
         now, "remote",
         "x read a discarded local version; remote now holds [{remote_rows}]"
@@ -162,7 +143,7 @@ fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::ba
 /// Leave the files of a process that crashed after uploading E2 (= E1 + 200 'T'
 /// rows) and before SQLite deleted its journal: a spilled transaction's db file and
 /// hot journal in the cache of host h1, and the sidecar commit_locked wrote.
-fn leave_a_commit_crashed_after_its_upload(m: &Mem) {
+fn leave_a_commit_crashed_after_its_upload(m: &MemWorld) {
     use managedblob::backend::Backend;
     let e1 = m.backend.get("m.db").unwrap();
     let cache = m.cache("h1");
@@ -201,7 +182,10 @@ fn leave_a_commit_crashed_after_its_upload(m: &Mem) {
     sc.in_flight = managedblob::sidecar::InFlight::Commit;
     sc.dirty = false;
     managedblob::sidecar::store(&sp, &sc).unwrap();
-    assert_eq!(m.remote_query("SELECT count(*) || '' FROM t"), "201");
+    assert_eq!(
+        m.remote_query::<String>("SELECT count(*) || '' FROM t"),
+        "201"
+    );
 }
 
 /// Bug: after a crash between a commit's upload and the end of SQLite's local
@@ -214,11 +198,12 @@ fn leave_a_commit_crashed_after_its_upload(m: &Mem) {
 fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_version() {
     use managedblob::backend::memory::Op;
     use managedblob::backend::BackendErrorKind;
-    let m = Mem::new("r3");
     // The surviving process: its store is attached to the cache.
-    let y = m.open("h1", "&staleness_ms=0&retry_attempts=1");
-    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');")
-        .unwrap();
+    let (m, y) = world_where_h1_ran(
+        "r3",
+        "&staleness_ms=0&retry_attempts=1",
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');",
+    );
     leave_a_commit_crashed_after_its_upload(&m);
 
     // The remote is briefly unreachable for downloads.
@@ -228,15 +213,7 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
     let _ = y.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
     let write = y.execute("INSERT INTO t VALUES ('after')", []);
     assert!(write.is_err(), "no write before the cache is resynced");
-    let remote_rows: i64 = m
-        .remote_query("SELECT count(*) || '' FROM t")
-        .parse()
-        .unwrap();
-    assert!(
-        remote_rows >= 201,
-        "the published version E2 (201 rows) was overwritten by a cache that did not start \
-         from it: the remote now has {remote_rows} rows"
-    );
+    published_version_kept(&m);
 }
 
 /// Variant of the previous one without any fault: within staleness_ms the survivor never looks at
@@ -246,11 +223,12 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
 fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
     use managedblob::backend::memory::Op;
     use managedblob::backend::BackendErrorKind;
-    let m = Mem::new("r3b");
     // The surviving process: its store is attached to the cache.
-    let y = m.open("h1", "&staleness_ms=60000");
-    y.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');")
-        .unwrap();
+    let (m, y) = world_where_h1_ran(
+        "r3b",
+        "&staleness_ms=60000",
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('v1');",
+    );
     leave_a_commit_crashed_after_its_upload(&m);
 
     // No fault injected: the survivor is simply inside its staleness window.
@@ -260,16 +238,7 @@ fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
     // The write waits (SQLITE_BUSY, retried by the busy handler) until the next read
     // has resynced the cache, then lands on top of the published version.
     y.execute("INSERT INTO t VALUES ('after')", []).unwrap();
-    let remote_rows: i64 = m
-        .remote_query("SELECT count(*) || '' FROM t")
-        .parse()
-        .unwrap();
-    assert_eq!(remote_rows, 202);
-    assert!(
-        remote_rows >= 201,
-        "the published version E2 (201 rows) was overwritten by a cache that did not start \
-         from it: the remote now has {remote_rows} rows"
-    );
+    assert_eq!(published_version_kept(&m), 202);
 }
 
 /// Bug: PRAGMA managedblob_flush (and =end of a batch) run inside a write
@@ -278,14 +247,7 @@ fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
 /// the sidecar says the (rolled back) cache equals it.
 #[test]
 fn flush_inside_a_write_transaction_is_refused_and_publishes_nothing_uncommitted() {
-    let m = Mem::new("r4");
-    let c = m.open("h1", "");
-    c.execute_batch(
-        "CREATE TABLE t(x);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
-         INSERT INTO t SELECT printf('committed %0200d', i) FROM n;",
-    )
-    .unwrap();
+    let (m, c) = world_where_h1_ran("r4", "", &padded_rows(500, "committed"));
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES ('in batch')", []).unwrap();
     c.execute_batch("PRAGMA cache_size=2; BEGIN; UPDATE t SET x = 'UNCOMMITTED' || x;")
@@ -329,7 +291,7 @@ fn flush_inside_a_write_transaction_is_refused_and_publishes_nothing_uncommitted
 fn a_warm_cache_opens_while_the_remote_is_unreachable() {
     use managedblob::backend::memory::Op;
     use managedblob::backend::BackendErrorKind;
-    let m = Mem::new("r5");
+    let m = MemWorld::with_defaults("r5", "&retry_base_ms=1");
     {
         let c = m.open("h1", "");
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
@@ -353,10 +315,11 @@ fn a_warm_cache_opens_while_the_remote_is_unreachable() {
 /// cached pages, and its write publishes them over the other host's commit.
 #[test]
 fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
-    let m = Mem::new("r6");
-    let c = m.open("h1", "&staleness_ms=600000");
-    c.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('a');")
-        .unwrap();
+    let (m, c) = world_where_h1_ran(
+        "r6",
+        "&staleness_ms=600000",
+        "CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('a');",
+    );
     let h2 = m.open("h2", "");
     h2.execute("UPDATE t SET x = 'b'", []).unwrap(); // acknowledged on host 2
     c.execute_batch("BEGIN").unwrap();
@@ -367,7 +330,7 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
     let _ = c.execute("UPDATE t SET x = x || '+c'", []);
     let _ = c.execute_batch("COMMIT");
     let _ = pragma(&c, "PRAGMA managedblob_batch=end");
-    let remote = m.remote_query("SELECT group_concat(x) FROM t");
+    let remote = m.remote_query::<String>("SELECT group_concat(x) FROM t");
     let local: String = c
         .query_row("SELECT group_concat(x) FROM t", [], |r| r.get(0))
         .unwrap();
@@ -383,14 +346,7 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
 /// process has its own, and files left by dead processes are removed at open.
 #[test]
 fn a_stray_download_file_is_never_installed() {
-    let m = Mem::new("r7");
-    let y = m.open("h1", "&staleness_ms=600000");
-    y.execute_batch(
-        "CREATE TABLE t(x);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO t SELECT printf('row %0200d', i) FROM n;",
-    )
-    .unwrap();
+    let (m, y) = world_where_h1_ran("r7", "&staleness_ms=600000", &padded_rows(400, "row"));
     let h2 = m.open("h2", "");
     h2.execute("UPDATE t SET x = upper(x) || 'X'", []).unwrap();
     let e2 = m.backend.get("m.db").unwrap();
@@ -441,14 +397,13 @@ fn a_stray_download_file_is_never_installed() {
 /// its content is now the remote, and the next open shows the "failed" row.
 #[test]
 fn a_lost_reply_on_the_creating_upload_is_recognised() {
-    let m = Mem::new("r8");
+    let m = MemWorld::with_defaults("r8", "&retry_base_ms=1");
     let c = m.open("h1", "");
     m.backend.land_then_fail_next_upload();
     let r = c.execute_batch("CREATE TABLE t(x)");
-    let remote = m
-        .backend
-        .get("m.db")
-        .map(|_| m.remote_query("SELECT 'tables: ' || group_concat(name) FROM sqlite_master"));
+    let remote = m.backend.get("m.db").map(|_| {
+        m.remote_query::<String>("SELECT 'tables: ' || group_concat(name) FROM sqlite_master")
+    });
     let local_tables: i64 = c
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .unwrap_or(-1);
@@ -488,12 +443,8 @@ fn a_local_wal_mode_database_seeds_an_empty_remote() {
 /// mode=ro is per connection in SQLite but stored per Store (per cache).
 #[test]
 fn a_read_only_connection_does_not_make_the_cache_read_only() {
-    let w = World::new();
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    let (w, c) = World::with_one_row();
+    drop(c);
     let ro = w.open_with("h1", "a.db", "&mode=ro");
     assert_eq!(count(&ro, "t"), 1);
     let rw = w.open("h1", "a.db");

@@ -13,12 +13,11 @@
 //! covered: Azurite does not issue them.
 
 mod common;
+use common::child::{self, Proc};
 use common::*;
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -185,10 +184,7 @@ fn every_file_managedblob_creates_is_private() {
 /// What the sidecar records: identities and versions, nothing else.
 #[test]
 fn the_sidecar_holds_no_secret_fields() {
-    let w = World::new();
-    let c = w.open("h1", "a.db");
-    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let (w, _c) = World::with_one_row();
     let text =
         std::fs::read_to_string(managedblob::sidecar::path_for(&w.cache("h1", "a.db"))).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -218,42 +214,17 @@ fn the_sidecar_holds_no_secret_fields() {
 /// signature appears in no error message, no log line (at trace level) and no file.
 #[test]
 fn a_signature_in_the_remote_url_is_never_echoed_logged_or_stored() {
-    if std::env::var("MB_CHILD_ROLE").as_deref() == Ok("secret_open") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "secret_open_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MB_CHILD_ROLE", "secret_open")
-        .env("MB_DIR", dir.path())
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{out}\n{err}");
+    let child = Proc::spawn(
+        "secret_open",
+        "secret_open",
+        "",
+        &[
+            ("MB_DIR", dir.path().display().to_string()),
+            ("RUST_LOG", "trace".to_string()),
+        ],
+    );
+    let (out, err) = child.finish(Duration::from_secs(60));
     let line = out
         .lines()
         .find_map(|l| l.split_once("MB:ERROR ").map(|(_, e)| e.to_string()))
@@ -276,16 +247,8 @@ fn a_signature_in_the_remote_url_is_never_echoed_logged_or_stored() {
     }
 }
 
-#[test]
-fn secret_open_child() {
-    if std::env::var("MB_CHILD_ROLE").as_deref() != Ok("secret_open") {
-        return;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
-    managedblob::register().unwrap();
+/// Child role `secret_open`: open a remote URL with a signature, say the error.
+fn secret_open(_: &str) {
     let dir = PathBuf::from(std::env::var("MB_DIR").unwrap());
     // Port 9 (discard) on loopback refuses at once where nothing listens.
     let uri = format!(
@@ -318,9 +281,6 @@ fn secret_open_child() {
 #[cfg(feature = "azure")]
 #[test]
 fn azure_no_credential_reaches_disk_status_or_trace_log() {
-    if std::env::var("MB_CHILD_ROLE").is_ok() {
-        return;
-    }
     let Some(w) = World::azurite() else { return };
     let Some(azurite) = common::azurite::shared() else {
         return;
@@ -333,46 +293,27 @@ fn azure_no_credential_reaches_disk_status_or_trace_log() {
         .unwrap()
         .1
         .into_owned();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "azure_workload_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MB_CHILD_ROLE", "azure_workload")
-        .env("MB_DIR", w.dir.path())
-        .env("MB_SAS_URL", &sas_url)
-        .env("MB_BARE_URL", bare_url)
-        .env(
-            "AZURE_STORAGE_CONNECTION_STRING",
-            azurite.connection_string(),
-        )
-        .env_remove("AZURE_STORAGE_KEY")
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = String::new();
-    let mut err = String::new();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).unwrap();
-        s
-    });
-    stdout.read_to_string(&mut out).unwrap();
-    err.push_str(&reader.join().unwrap());
-    let status = child.wait().unwrap();
+    let child = Proc::spawn_without(
+        "azure_workload",
+        "azure_workload",
+        "",
+        &[
+            ("MB_DIR", w.dir.path().display().to_string()),
+            ("MB_SAS_URL", sas_url.clone()),
+            ("MB_BARE_URL", bare_url.to_string()),
+            (
+                "AZURE_STORAGE_CONNECTION_STRING",
+                azurite.connection_string(),
+            ),
+            ("RUST_LOG", "trace".to_string()),
+        ],
+        &["AZURE_STORAGE_KEY"],
+    );
+    let (out, err) = child.finish(Duration::from_secs(300));
     if let Some(path) = std::env::var_os("MANAGEDBLOB_TEST_LOG_DUMP") {
         std::fs::write(path, &err).unwrap();
     }
     let tail = |s: &str| s[s.len().saturating_sub(4000)..].to_string();
-    assert!(status.success(), "{}\n{}", tail(&out), tail(&err));
     assert!(out.contains("MB:DONE"), "{}", tail(&out));
     assert!(
         err.contains("TRACE") && err.contains("azure request"),
@@ -437,17 +378,9 @@ fn shows_a_value(text: &str, key: &str) -> bool {
         .any(|(at, _)| !text[at + key.len()..].starts_with("REDACTED"))
 }
 
+/// Child role `azure_workload`: the workload above, its statuses printed.
 #[cfg(feature = "azure")]
-#[test]
-fn azure_workload_child() {
-    if std::env::var("MB_CHILD_ROLE").as_deref() != Ok("azure_workload") {
-        return;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
-    managedblob::register().unwrap();
+fn azure_workload(_: &str) {
     let dir = PathBuf::from(std::env::var("MB_DIR").unwrap());
     let sas_url = std::env::var("MB_SAS_URL").unwrap();
     let bare_url = std::env::var("MB_BARE_URL").unwrap();
@@ -482,20 +415,24 @@ fn azure_workload_child() {
     drop(h1);
     // h2: the account key from AZURE_STORAGE_CONNECTION_STRING, bare URL.
     let h2 = open(&uri_with_remote(&cache("h2"), &bare_url, ""));
-    let n: i64 = h2
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 302);
+    assert_eq!(count(&h2, "t"), 302);
     h2.execute("UPDATE t SET x = randomblob(3000) WHERE rowid % 7 = 0", [])
         .unwrap();
     show(&h2);
     drop(h2);
     // h1 takes h2's version (a delta refresh).
     let h1 = open(&uri_with_remote(&cache("h1"), &sas_url, "&staleness_ms=0"));
-    let n: i64 = h1
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 302);
+    assert_eq!(count(&h1, "t"), 302);
     show(&h1);
     println!("\nMB:DONE");
+}
+
+/// Entry point of every child process; returns at once in a normal test run.
+#[test]
+fn child_main() {
+    child::child_main(&[
+        ("secret_open", secret_open),
+        #[cfg(feature = "azure")]
+        ("azure_workload", azure_workload),
+    ]);
 }

@@ -3,10 +3,7 @@ use common::*;
 
 #[test]
 fn first_write_uploads_once_and_downloads_nothing() {
-    let w = World::new();
-    let c = w.open("h1", "a.db");
-    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let (w, c) = World::with_one_row();
     let s = status(&c);
     println!("{s}");
     assert_eq!(s["requests"]["download"], 0);

@@ -9,11 +9,6 @@ use common::*;
 
 use std::time::Duration;
 
-fn count(c: &rusqlite::Connection, table: &str) -> i64 {
-    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .unwrap()
-}
-
 fn remote_count(w: &World, blob: &str, table: &str) -> i64 {
     w.read_remote(blob, |r| count(r, table))
 }
@@ -32,11 +27,7 @@ fn first_write_in_one_transaction_uploads_once(w: &World) {
 }
 
 fn second_batch_on_the_same_cache_downloads_nothing(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let c = w.open("h1", "a.db");
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
@@ -66,9 +57,7 @@ fn a_remote_change_is_downloaded_once(w: &World) {
 }
 
 fn staleness_bounds_the_checks(w: &World) {
-    let a = w.open("h1", "a.db");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = w.one_row("h1", "a.db");
     let b = w.open_with("h2", "a.db", "&staleness_ms=60000");
     assert_eq!(count(&b, "t"), 1);
     let stats_before = requests(&b, "stat");
@@ -103,9 +92,7 @@ fn a_failed_transaction_uploads_nothing(w: &World) {
 }
 
 fn a_write_on_a_moved_remote_is_busy_then_retries_on_the_new_version(w: &World) {
-    let a = w.open("h1", "a.db");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = w.one_row("h1", "a.db");
     // b reads, with a long staleness bound, then a writes again.
     let b = w.open_with("h2", "a.db", "&staleness_ms=600000");
     assert_eq!(count(&b, "t"), 1);
@@ -149,11 +136,18 @@ fn batches_nest_are_shared_by_connections_and_upload_once(w: &World) {
     assert!(err.contains("without a matching"), "{err}");
 }
 
-fn flush_uploads_inside_a_batch(w: &World) {
+/// Host h1's connection to a.db, inside a batch that created table `t(x)` (uploaded)
+/// and inserted one row (local only).
+fn batch_holding_one_row(w: &World) -> rusqlite::Connection {
     let c = w.open("h1", "a.db");
     c.execute("CREATE TABLE t(x)", []).unwrap();
     pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    c
+}
+
+fn flush_uploads_inside_a_batch(w: &World) {
+    let c = batch_holding_one_row(w);
     assert_eq!(remote_count(w, "a.db", "t"), 0);
     pragma(&c, "PRAGMA managedblob_flush").unwrap();
     assert_eq!(remote_count(w, "a.db", "t"), 1);
@@ -203,12 +197,7 @@ fn a_batch_on_a_blob_that_does_not_exist_yet_holds_the_lease(w: &World) {
 }
 
 fn closing_the_last_connection_flushes_a_batch(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute("CREATE TABLE t(x)", []).unwrap();
-        pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
-        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    }
+    drop(batch_holding_one_row(w));
     assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
@@ -342,9 +331,7 @@ fn a_missing_remote_fails_the_open_by_name_and_leaves_no_cache(w: &World) {
 }
 
 fn read_only_mode_reads_and_refuses_writes(w: &World) {
-    let a = w.open("h1", "a.db");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let _a = w.one_row("h1", "a.db");
     let r = open(&w.uri("h2", "a.db", "&mode=ro"));
     assert_eq!(count(&r, "t"), 1);
     let err = r.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
@@ -368,35 +355,31 @@ fn set_dirty(cache: &std::path::Path) {
     managedblob::sidecar::store(&p, &s).unwrap();
 }
 
-fn dirty_cache_with_unchanged_remote_uploads_its_commits_on_open(w: &World) {
+/// Cache h1 of a.db whose table `t` holds `x` in a commit that never reached the
+/// remote: written with plain SQLite, then the sidecar marked dirty (what a batch
+/// does before a crash). The remote has the table, empty.
+fn dirty_cache_holding(w: &World, x: i64) {
     {
         let c = w.open("h1", "a.db");
         c.execute("CREATE TABLE t(x)", []).unwrap();
     }
-    // Simulate commits that never reached the remote: write the cache with plain
-    // SQLite, then mark the sidecar dirty (what a batch does before a crash).
     let cache = w.cache("h1", "a.db");
     {
         let p = rusqlite::Connection::open(&cache).unwrap();
-        p.execute("INSERT INTO t VALUES (7)", []).unwrap();
+        p.execute("INSERT INTO t VALUES (?1)", [x]).unwrap();
     }
     set_dirty(&cache);
+}
+
+fn dirty_cache_with_unchanged_remote_uploads_its_commits_on_open(w: &World) {
+    dirty_cache_holding(w, 7);
     let c = w.open("h1", "a.db");
     assert_eq!(status(&c)["dirty"], false);
     assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 
 fn dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute("CREATE TABLE t(x)", []).unwrap();
-    }
-    let cache = w.cache("h1", "a.db");
-    {
-        let p = rusqlite::Connection::open(&cache).unwrap();
-        p.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    }
-    set_dirty(&cache);
+    dirty_cache_holding(w, 1);
     {
         let other = w.open("h2", "a.db");
         other.execute("INSERT INTO t VALUES (2)", []).unwrap();
@@ -419,11 +402,7 @@ fn dirty_cache_with_moved_remote_keeps_a_conflict_copy_and_takes_the_remote(w: &
 }
 
 fn garbage_in_a_dirty_cache_is_recovered(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let cache = w.cache("h1", "a.db");
     std::fs::write(&cache, vec![0x5a; 8192]).unwrap();
     set_dirty(&cache);
@@ -438,11 +417,7 @@ fn garbage_in_a_dirty_cache_is_recovered(w: &World) {
 }
 
 fn an_interrupted_download_is_resynced(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let cache = w.cache("h1", "a.db");
     // A torn cache: half written, sidecar says a download was in flight.
     let len = std::fs::metadata(&cache).unwrap().len();
@@ -524,11 +499,7 @@ fn a_cold_open_of_a_multi_megabyte_database_downloads_it_whole(w: &World) {
 }
 
 fn an_interrupted_commit_is_resynced_from_the_remote(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     // The process died between the upload and the end of SQLite's local commit: the
     // sidecar says so, and the cache holds something else (here: an extra row).
     let cache = w.cache("h1", "a.db");
@@ -593,11 +564,7 @@ fn two_connections_in_one_process_share_the_cache(w: &World) {
 }
 
 fn a_deleted_cache_is_downloaded_again_not_mistaken_for_the_synced_one(w: &World) {
-    {
-        let c = w.open("h1", "a.db");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
+    drop(w.one_row("h1", "a.db"));
     let cache = w.cache("h1", "a.db");
     std::fs::remove_file(&cache).unwrap();
     let c = w.open("h1", "a.db");

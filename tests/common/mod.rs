@@ -3,6 +3,13 @@
 
 #[cfg(feature = "azure")]
 pub mod azurite;
+pub mod child;
+pub mod conformance;
+pub mod counter;
+pub mod delta;
+pub mod memworld;
+mod uri;
+pub use uri::uri_escape;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -52,6 +59,22 @@ impl World {
             remote: Remote::Local,
             copies: AtomicUsize::new(0),
         }
+    }
+
+    /// A local world where host h1 created database a.db with table `t(x)` holding
+    /// one row; h1's connection stays open.
+    pub fn with_one_row() -> (World, Connection) {
+        let w = World::local();
+        let c = w.one_row("h1", "a.db");
+        (w, c)
+    }
+
+    /// Open database `name` on `host` and create table `t(x)` holding one row.
+    pub fn one_row(&self, host: &str, name: &str) -> Connection {
+        let c = self.open(host, name);
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        c
     }
 
     /// [`World::local`], the name the older tests use.
@@ -248,29 +271,6 @@ impl World {
     }
 }
 
-/// Escape `value` for the query string of a SQLite `file:` URI: SQLite splits the
-/// query at `&` and `=`, ends it at `#`, and decodes `%HH`, so everything but
-/// unreserved characters (and `/`, `:`, `,`) is written as `%HH`.
-pub fn uri_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'.'
-            | b'_'
-            | b'~'
-            | b'/'
-            | b':'
-            | b',' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// The URI of cache `cache` on remote directory `remote`.
 pub fn uri(cache: &Path, remote: &Path, extra: &str) -> String {
     uri_with_remote(cache, &remote.display().to_string(), extra)
@@ -286,35 +286,66 @@ pub fn uri_with_remote(cache: &Path, remote: &str, extra: &str) -> String {
     )
 }
 
-/// Generate, for each named `fn name(w: &World)` of the calling file, the tests
-/// `local::name` (a fresh [`World::local`]) and, with the `azure` feature,
-/// `azurite::name` (a fresh [`World::azurite`]; skipped or failed per the CI policy
-/// when Azurite is missing).
+/// The one way to run a check on each backend. For each named `fn name(f: &Fixture)`
+/// of the calling module and each listed backend, a test `<backend>::name` that calls
+/// it with a fresh fixture from `common::fixture::<kind>::<backend>()`; a backend
+/// whose fixture is `None` (Azurite not installed, outside CI) skips after saying so.
+///
+/// - `backend_tests!(a, b)`: [`World`] tests on `local` and (with the `azure`
+///   feature) `azurite`, the shorthand of `backend_tests!(world: [local, azurite] => [a, b])`.
+/// - `backend_tests!(store: [memory, local] => [check_x, ...])`: raw backends with
+///   their capabilities ([`conformance::Store`]).
 #[allow(unused_macros)]
 macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(&$crate::common::World::local());
-                }
-            )*
-        }
+    ($kind:ident: [$($backend:ident),+ $(,)?] => $names:tt) => {
+        $( $crate::common::backend_tests!(@module $kind $backend $names); )+
+    };
+    (@module $kind:ident azurite $names:tt) => {
         #[cfg(feature = "azure")]
-        mod azurite {
+        $crate::common::backend_tests!(@tests $kind azurite $names);
+    };
+    (@module $kind:ident $backend:ident $names:tt) => {
+        $crate::common::backend_tests!(@tests $kind $backend $names);
+    };
+    (@tests $kind:ident $backend:ident [$($name:ident),* $(,)?]) => {
+        mod $backend {
             $(
                 #[test]
                 fn $name() {
-                    let Some(w) = $crate::common::World::azurite() else { return };
-                    super::$name(&w);
+                    let Some(fixture) = $crate::common::fixture::$kind::$backend() else {
+                        return;
+                    };
+                    super::$name(&fixture);
                 }
             )*
         }
     };
+    ($($name:ident),* $(,)?) => {
+        $crate::common::backend_tests!(world: [local, azurite] => [$($name),*]);
+    };
 }
 #[allow(unused_imports)]
 pub(crate) use backend_tests;
+
+/// The fixtures [`backend_tests!`] hands to a check, by kind and backend.
+pub mod fixture {
+    /// A [`super::World`] (caches and one remote) per backend.
+    pub mod world {
+        use super::super::World;
+
+        pub fn local() -> Option<World> {
+            Some(World::local())
+        }
+
+        #[cfg(feature = "azure")]
+        pub fn azurite() -> Option<World> {
+            World::azurite()
+        }
+    }
+
+    #[allow(unused_imports)]
+    pub use super::conformance::store;
+}
 
 pub fn flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
@@ -382,4 +413,75 @@ pub fn pragma(c: &Connection, text: &str) -> rusqlite::Result<Option<String>> {
 pub fn read_remote<T>(path: &Path, f: impl FnOnce(&Connection) -> T) -> T {
     let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     f(&c)
+}
+
+/// `PRAGMA integrity_check`: "ok" for an intact database.
+pub fn integrity(c: &Connection) -> String {
+    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Whether `e` is SQLITE_BUSY.
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+}
+
+/// The first column of every row `sql` returns.
+pub fn column<T: rusqlite::types::FromSql, C: FromIterator<T>>(c: &Connection, sql: &str) -> C {
+    let mut stmt = c.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// The sidecar of a cache, as JSON (None when it is missing or unreadable).
+pub fn sidecar_of(cache: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(managedblob::sidecar::path_for(cache)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The sidecar of a cache, as JSON; it must exist.
+pub fn sidecar(cache: &Path) -> Value {
+    sidecar_of(cache).unwrap_or_else(|| {
+        panic!(
+            "no readable sidecar {}",
+            managedblob::sidecar::path_for(cache).display()
+        )
+    })
+}
+
+/// The entries of `dir` whose names contain `needle` (none when `dir` is missing).
+pub fn files_with(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(needle))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The transactions table of the soak and fault tests: `t(txn, i, n, ...)`, where
+/// transaction `txn` wrote rows `i` = 0..`n`. Per txn: (rows present, smallest n,
+/// largest n); a whole transaction has all three equal.
+pub type Groups = std::collections::BTreeMap<i64, (i64, i64, i64)>;
+
+/// [`Groups`] of table `t` in `c`.
+pub fn txn_groups(c: &Connection) -> Groups {
+    let mut stmt = c
+        .prepare("SELECT txn, count(*), min(n), max(n) FROM t GROUP BY txn")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+        .unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// The number of rows in `table`.
+pub fn count(c: &Connection, table: &str) -> i64 {
+    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
 }
