@@ -217,17 +217,20 @@ fn journal_modes_delete_truncate_persist_memory_upload(w: &World) {
     }
 }
 
-fn wal_and_off_journal_modes_fail_with_a_clear_message(w: &World) {
+fn wal_and_off_journal_modes_answer_the_mode_in_force(w: &World) {
     let c = w.open("h1", "a.db");
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
     for mode in ["WAL", "off"] {
-        let err = c
-            .query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| {
-                r.get::<_, String>(0)
-            })
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not supported on a managed database"), "{err}");
+        let now: String = c
+            .query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(now, "delete", "journal_mode={mode}");
     }
+    // Still a rollback-journal database: writes work and publish as before.
+    c.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    let header = std::fs::read(w.cache("h1", "a.db")).unwrap();
+    assert_eq!((header[18], header[19]), (1, 1));
 }
 
 fn a_remote_with_a_wal_header_opens_reads_writes_and_uploads(w: &World) {
@@ -590,7 +593,7 @@ backend_tests!(
     a_batch_blocks_other_hosts_writers,
     closing_the_last_connection_flushes_a_batch,
     journal_modes_delete_truncate_persist_memory_upload,
-    wal_and_off_journal_modes_fail_with_a_clear_message,
+    wal_and_off_journal_modes_answer_the_mode_in_force,
     a_remote_with_a_wal_header_opens_reads_writes_and_uploads,
     a_sqlite_file_copied_into_the_remote_is_picked_up,
     config_errors_name_the_setting_in_rusqlite_errors,
