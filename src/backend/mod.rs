@@ -2,7 +2,8 @@
 //!
 //! A backend stores whole blobs addressed by name and answers with etags. The VFS
 //! above it relies on four promises, which every implementation must keep and the
-//! conformance tests in `tests/backend_conformance.rs` check:
+//! conformance suite in `tests/common/conformance/` (run by `tests/backend_memory.rs`,
+//! `tests/backend_local.rs` and `tests/backend_azurite.rs`) checks:
 //!
 //! 1. An etag names one version: every successful upload yields an etag never seen
 //!    before for that blob, even for two same-size uploads in the same millisecond.
