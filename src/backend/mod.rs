@@ -62,6 +62,28 @@ pub enum Condition {
     Match(Etag),
 }
 
+/// When a write may land: its precondition, fenced by the lease when one is held
+/// (object_store's `PutOptions`, for our two rules).
+#[derive(Clone, Copy, Debug)]
+pub struct Terms<'a> {
+    pub condition: &'a Condition,
+    /// The current lease, when one is held (a write without it on a leased blob is
+    /// refused with `LeaseHeld`).
+    pub lease: Option<&'a LeaseId>,
+}
+
+/// What a whole-blob write carries: `len` bytes read from `source`.
+pub struct Body<'a> {
+    pub source: &'a mut dyn Read,
+    pub len: u64,
+}
+
+/// One block to stage: its id and its bytes.
+pub struct Block<'a> {
+    pub id: &'a [u8],
+    pub data: Vec<u8>,
+}
+
 /// The id of a lease this process holds on a blob. Never logged in full.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
@@ -169,7 +191,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Replace `blob` with `len` bytes read from `source`, atomically, when
     /// `condition` holds and the write is allowed by the lease state
-    /// (`lease` must be the current lease when one is held).
+    /// (`lease` must be the current lease when one is held). The positional form
+    /// of [`Backend::put_blob`].
     fn upload(
         &self,
         blob: &str,
@@ -177,7 +200,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         len: u64,
         condition: &Condition,
         lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat>;
+    ) -> BackendResult<BlobStat> {
+        self.put_blob(blob, Body { source, len }, Terms { condition, lease })
+    }
+
+    /// Replace `blob` with `body`, atomically, on `terms` (what each backend
+    /// implements; callers usually use [`Backend::upload`]).
+    fn put_blob(&self, blob: &str, body: Body<'_>, terms: Terms<'_>) -> BackendResult<BlobStat>;
 
     /// Take the lease on an existing blob for `duration`. `LeaseHeld` when another
     /// owner holds it, `NotFound` when the blob does not exist.
@@ -229,23 +258,35 @@ pub trait Blocks: Send + Sync {
     fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, BlockList)>>;
 
     /// Stage one block; invisible until a commit names it. `lease` as for uploads.
+    /// The positional form of [`Blocks::stage`].
     fn stage_block(
         &self,
         blob: &str,
         id: &[u8],
         data: Vec<u8>,
         lease: Option<&LeaseId>,
-    ) -> BackendResult<()>;
+    ) -> BackendResult<()> {
+        self.stage(blob, Block { id, data }, lease)
+    }
+
+    /// Stage `block` (what each backend implements).
+    fn stage(&self, blob: &str, block: Block<'_>, lease: Option<&LeaseId>) -> BackendResult<()>;
 
     /// Make `ids` (staged or already committed blocks, in order) the blob's content,
     /// atomically, under `condition` and `lease` exactly like [`Backend::upload`].
+    /// The positional form of [`Blocks::commit`].
     fn commit_blocks(
         &self,
         blob: &str,
         ids: &[BlockId],
         condition: &Condition,
         lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat>;
+    ) -> BackendResult<BlobStat> {
+        self.commit(blob, ids, Terms { condition, lease })
+    }
+
+    /// Commit `ids` as the blob's content on `terms` (what each backend implements).
+    fn commit(&self, blob: &str, ids: &[BlockId], terms: Terms<'_>) -> BackendResult<BlobStat>;
 
     /// `len` bytes at `offset` of the version `etag`; `ConditionFailed` when the blob
     /// is no longer that version.

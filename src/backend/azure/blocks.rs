@@ -38,6 +38,7 @@ use crate::backend::checks::{buffer_len, check_range, check_version, Refusal};
 use crate::backend::{
     Backend, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Condition, Etag, LeaseId,
 };
+use crate::backend::{Block, Terms};
 
 /// How often `block_list` pins the version again when the blob keeps changing
 /// between the stats around a list that carried no ETag.
@@ -201,13 +202,8 @@ impl Blocks for AzureBackend {
         ))
     }
 
-    fn stage_block(
-        &self,
-        blob: &str,
-        id: &[u8],
-        data: Vec<u8>,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<()> {
+    fn stage(&self, blob: &str, block: Block<'_>, lease: Option<&LeaseId>) -> BackendResult<()> {
+        let Block { id, data } = block;
         let client = self.client(blob)?;
         let size = data.len() as u64;
         let options = BlockBlobClientStageBlockOptions {
@@ -226,13 +222,8 @@ impl Blocks for AzureBackend {
         Ok(())
     }
 
-    fn commit_blocks(
-        &self,
-        blob: &str,
-        ids: &[BlockId],
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
+    fn commit(&self, blob: &str, ids: &[BlockId], terms: Terms<'_>) -> BackendResult<BlobStat> {
+        let Terms { condition, lease } = terms;
         let op = Op::CommitBlocks {
             create: *condition == Condition::Create,
         };

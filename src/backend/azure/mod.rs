@@ -74,7 +74,7 @@ pub mod url;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,7 +88,8 @@ use self::upload::Put;
 pub use self::url::{ContainerUrl, SasToken};
 #[cfg(doc)]
 use super::BackendErrorKind;
-use super::{Backend, BackendResult, BlobStat, Blocks, Condition, Lease, LeaseId};
+use super::{Backend, BackendResult, BlobStat, Blocks, Lease, LeaseId};
+use crate::backend::{Body, Terms};
 
 /// Sizes and limits of the transfers. The defaults suit production; tests shrink them
 /// to exercise the staged path with small bodies.
@@ -212,14 +213,8 @@ impl Backend for AzureBackend {
         self.download_pinned(blob, sink)
     }
 
-    fn upload(
-        &self,
-        blob: &str,
-        source: &mut dyn Read,
-        len: u64,
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
+    fn put_blob(&self, blob: &str, body: Body<'_>, terms: Terms<'_>) -> BackendResult<BlobStat> {
+        let (Body { source, len }, Terms { condition, lease }) = (body, terms);
         let put = Put {
             blob,
             client: self.client(blob)?,

@@ -17,8 +17,9 @@ use super::upload::TempFile;
 use super::{require_condition, LocalBackend};
 use crate::backend::checks::check_block_id;
 use crate::backend::{
-    hex, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Condition, Etag, LeaseId,
+    hex, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Etag, LeaseId,
 };
+use crate::backend::{Block, Terms};
 use crate::sys::reflink;
 
 /// The mode of the staging directories.
@@ -44,13 +45,8 @@ impl Blocks for LocalBackend {
         Ok(Some((stat, blocks)))
     }
 
-    fn stage_block(
-        &self,
-        blob: &str,
-        id: &[u8],
-        data: Vec<u8>,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<()> {
+    fn stage(&self, blob: &str, block: Block<'_>, lease: Option<&LeaseId>) -> BackendResult<()> {
+        let Block { id, data } = block;
         const OP: &str = "stage block";
         let p = self.paths(blob)?;
         tracing::debug!(blob = %p.path.display(), len = data.len(), ?lease, "local stage block");
@@ -70,13 +66,8 @@ impl Blocks for LocalBackend {
             .map_err(|e| p.io_error(OP, e))
     }
 
-    fn commit_blocks(
-        &self,
-        blob: &str,
-        ids: &[BlockId],
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
+    fn commit(&self, blob: &str, ids: &[BlockId], terms: Terms<'_>) -> BackendResult<BlobStat> {
+        let Terms { condition, lease } = terms;
         const OP: &str = "commit block list";
         let p = self.paths(blob)?;
         tracing::debug!(blob = %p.path.display(), blocks = ids.len(), ?condition, ?lease, "local commit blocks");

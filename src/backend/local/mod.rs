@@ -51,7 +51,7 @@ mod paths;
 mod upload;
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ use super::{
     Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, Blocks, Condition, Lease,
     LeaseId,
 };
+use super::{Body, Terms};
 use crate::sys::hostname;
 
 /// A directory used as the remote store.
@@ -148,14 +149,8 @@ impl Backend for LocalBackend {
         Ok(base.stat)
     }
 
-    fn upload(
-        &self,
-        blob: &str,
-        source: &mut dyn Read,
-        len: u64,
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
+    fn put_blob(&self, blob: &str, body: Body<'_>, terms: Terms<'_>) -> BackendResult<BlobStat> {
+        let (Body { source, len }, Terms { condition, lease }) = (body, terms);
         const OP: &str = "upload";
         let p = self.paths(blob)?;
         tracing::debug!(blob = %p.path.display(), len, ?condition, ?lease, "local upload");

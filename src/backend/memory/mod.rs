@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ use super::{
     hex, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks,
     Condition, Etag, Lease, LeaseId,
 };
+use super::{Block, Body, Terms};
 
 /// Blobs held in memory, with knobs to make the store misbehave.
 pub struct MemoryBackend {
@@ -256,14 +257,8 @@ impl Backend for MemoryBackend {
         Ok(stat)
     }
 
-    fn upload(
-        &self,
-        blob: &str,
-        source: &mut dyn Read,
-        len: u64,
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
+    fn put_blob(&self, blob: &str, body: Body<'_>, terms: Terms<'_>) -> BackendResult<BlobStat> {
+        let (Body { source, len }, Terms { condition, lease }) = (body, terms);
         self.enter(Op::Upload, blob, "upload")?;
         let data = read_exactly(source, len).map_err(|r| self.refused(blob, "upload", r))?;
         let mut state = self.state.lock();
@@ -347,13 +342,8 @@ impl Blocks for MemoryBackend {
         }))
     }
 
-    fn stage_block(
-        &self,
-        blob: &str,
-        id: &[u8],
-        data: Vec<u8>,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<()> {
+    fn stage(&self, blob: &str, block: Block<'_>, lease: Option<&LeaseId>) -> BackendResult<()> {
+        let Block { id, data } = block;
         const OP: &str = "stage block";
         self.enter(Op::StageBlock, blob, OP)?;
         check_block_id(id).map_err(|r| self.refused(blob, OP, r))?;
@@ -367,13 +357,8 @@ impl Blocks for MemoryBackend {
         Ok(())
     }
 
-    fn commit_blocks(
-        &self,
-        blob: &str,
-        ids: &[BlockId],
-        condition: &Condition,
-        lease: Option<&LeaseId>,
-    ) -> BackendResult<BlobStat> {
+    fn commit(&self, blob: &str, ids: &[BlockId], terms: Terms<'_>) -> BackendResult<BlobStat> {
+        let Terms { condition, lease } = terms;
         const OP: &str = "commit block list";
         self.enter(Op::CommitBlocks, blob, OP)?;
         let mut state = self.state.lock();
