@@ -107,6 +107,16 @@ impl Target {
         Ok(backend::connect(&self.spec)?)
     }
 
+    /// What every report starts with: the remote, the blob and the version looked at.
+    pub fn heading(&self, stat: &managedblob::backend::BlobStat) -> Heading {
+        Heading {
+            remote: self.shown_remote(),
+            blob: self.blob.clone(),
+            etag: stat.etag.0.clone(),
+            size: stat.size,
+        }
+    }
+
     /// A secret-free name of the remote (the backend's identity).
     pub fn shown_remote(&self) -> String {
         match &self.spec {
@@ -264,4 +274,13 @@ mod tests {
             "http://h/c%3Fsv%3D1%26sig%3Da%252B"
         );
     }
+}
+
+/// The first fields of every report (`status`, `verify`).
+#[derive(serde::Serialize)]
+pub struct Heading {
+    pub remote: String,
+    pub blob: String,
+    pub etag: String,
+    pub size: u64,
 }

@@ -7,16 +7,14 @@ use managedblob::ops::{self, LeaseInfo};
 use managedblob::sidecar::Sidecar;
 use serde::Serialize;
 
-use crate::address::Target;
+use crate::address::{Heading, Target};
 use crate::blocks::Format;
 use crate::output::{bytes, print_json, Table};
 
 #[derive(Serialize)]
 struct Report {
-    remote: String,
-    blob: String,
-    etag: String,
-    size: u64,
+    #[serde(flatten)]
+    heading: Heading,
     last_modified: Option<String>,
     /// `managedblob` (our block list), `foreign` (someone else's block list) or
     /// `whole` (no block list: written in one piece).
@@ -58,10 +56,7 @@ pub fn run(target: &Target, json: bool) -> Result<u8> {
         _ => None,
     };
     let report = Report {
-        remote: target.shown_remote(),
-        blob: target.blob.clone(),
-        etag: details.stat.etag.0.clone(),
-        size: details.stat.size,
+        heading: target.heading(&details.stat),
         last_modified: details.last_modified.clone(),
         format: format.name(),
         chunk_size: ours.then(|| chunks.iter().map(|c| c.2).max().unwrap_or(0)),
@@ -124,9 +119,12 @@ fn conflict_copies(cache: &Path) -> Vec<String> {
 
 fn print_table(r: &Report) {
     let mut t = Table::default();
-    t.section(&format!("remote {} blob {}", r.remote, r.blob));
-    t.row("etag", &r.etag);
-    t.row("size", bytes(r.size));
+    t.section(&format!(
+        "remote {} blob {}",
+        r.heading.remote, r.heading.blob
+    ));
+    t.row("etag", &r.heading.etag);
+    t.row("size", bytes(r.heading.size));
     t.row(
         "last modified",
         r.last_modified.as_deref().unwrap_or("unknown"),

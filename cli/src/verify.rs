@@ -12,7 +12,7 @@ use managedblob::delta::ChunkId;
 use managedblob::ops;
 use serde::Serialize;
 
-use crate::address::Target;
+use crate::address::{Heading, Target};
 use crate::blocks::{chunks, Format};
 use crate::output::{print_json, Table};
 use crate::EXIT_VERIFY_FAILED;
@@ -22,10 +22,8 @@ const ATTEMPTS: u32 = 3;
 
 #[derive(Serialize)]
 struct Report {
-    remote: String,
-    blob: String,
-    etag: String,
-    size: u64,
+    #[serde(flatten)]
+    heading: Heading,
     ok: bool,
     checks: Vec<Check>,
 }
@@ -120,10 +118,7 @@ pub fn run(target: &Target, json: bool) -> Result<u8> {
         ));
     }
     let report = Report {
-        remote: target.shown_remote(),
-        blob: target.blob.clone(),
-        etag: stat.etag.0.clone(),
-        size: stat.size,
+        heading: target.heading(&stat),
         ok: checks.iter().all(|c| c.result != "failed"),
         checks,
     };
@@ -280,7 +275,7 @@ fn print_table(r: &Report) {
     let mut t = Table::default();
     t.section(&format!(
         "verify {} blob {} (etag {}, {} bytes)",
-        r.remote, r.blob, r.etag, r.size
+        r.heading.remote, r.heading.blob, r.heading.etag, r.heading.size
     ));
     for c in &r.checks {
         let result = match c.result {

@@ -4,23 +4,10 @@ mod common;
 
 use common::{cli, json, Remote};
 
-fn status_follows_a_commit(remote: &Remote) {
-    remote.seed("app.db", 50);
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = cache_dir.path().join("app.db");
-    let conn = remote.open(&cache, "app.db");
-    let rows: i64 = conn
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(rows, 50);
+fn status_before_and_after_a_commit(remote: &Remote) {
+    let (_cache_dir, cache, conn) = remote.seeded_cache("app.db", 50);
 
-    let before = json(
-        &cli()
-            .args(["--json", "status", "--remote", &remote.setting, "--cache"])
-            .arg(&cache)
-            .output()
-            .unwrap(),
-    );
+    let before = remote.status_json(&cache);
     assert_eq!(before["blob"], "app.db");
     assert_eq!(before["format"], "managedblob", "{before}");
     assert!(before["chunks"].as_u64().unwrap() >= 1);
@@ -50,13 +37,7 @@ fn status_follows_a_commit(remote: &Remote) {
 
     // Another writer commits: this cache is now behind.
     remote.seed("app.db", 1);
-    let behind = json(
-        &cli()
-            .args(["--json", "status", "--remote", &remote.setting, "--cache"])
-            .arg(&cache)
-            .output()
-            .unwrap(),
-    );
+    let behind = remote.status_json(&cache);
     assert_eq!(behind["cache"]["staleness"], "behind", "{behind}");
 
     // The human table says the same things.
@@ -73,17 +54,7 @@ fn status_follows_a_commit(remote: &Remote) {
     );
 }
 
-#[test]
-fn local_status_before_and_after_a_commit() {
-    status_follows_a_commit(&Remote::local());
-}
-
-#[test]
-fn azurite_status_before_and_after_a_commit() {
-    if let Some(remote) = Remote::azurite() {
-        status_follows_a_commit(&remote);
-    }
-}
+on_each_remote!(status_before_and_after_a_commit);
 
 #[test]
 fn status_shows_a_lease_holder_on_a_local_remote() {

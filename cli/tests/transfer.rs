@@ -22,7 +22,7 @@ fn plain_database(path: &Path, rows: u32) {
     }
 }
 
-fn round_trip(remote: &Remote) {
+fn pull_export_push_round_trip(remote: &Remote) {
     let work = tempfile::tempdir().unwrap();
     let r = remote.setting.as_str();
 
@@ -177,17 +177,7 @@ fn round_trip(remote: &Remote) {
         .success();
 }
 
-#[test]
-fn local_pull_export_push_round_trip() {
-    round_trip(&Remote::local());
-}
-
-#[test]
-fn azurite_pull_export_push_round_trip() {
-    if let Some(remote) = Remote::azurite() {
-        round_trip(&remote);
-    }
-}
+on_each_remote!(pull_export_push_round_trip);
 
 #[test]
 fn push_refuses_a_file_that_is_not_sqlite() {

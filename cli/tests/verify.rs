@@ -25,14 +25,7 @@ fn flip_byte(path: &Path, offset: u64) {
 
 /// A database of several chunks, and a cache of it at the remote's version.
 fn setup(remote: &Remote) -> (tempfile::TempDir, std::path::PathBuf) {
-    remote.seed("app.db", 300);
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("app.db");
-    let conn = remote.open(&cache, "app.db");
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 300);
+    let (dir, cache, conn) = remote.seeded_cache("app.db", 300);
     drop(conn);
     (dir, cache)
 }

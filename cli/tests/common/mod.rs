@@ -118,6 +118,55 @@ impl Remote {
     }
 }
 
+/// Run a check `fn(&Remote)` as one test per remote: `local::<name>` and
+/// `azurite::<name>` (skipped only where Azurite is missing and CI is not set).
+#[macro_export]
+macro_rules! on_each_remote {
+    ($($check:ident),* $(,)?) => {
+        mod local {
+            $(#[test]
+            fn $check() {
+                super::$check(&$crate::common::Remote::local());
+            })*
+        }
+        mod azurite {
+            $(#[test]
+            fn $check() {
+                if let Some(remote) = $crate::common::Remote::azurite() {
+                    super::$check(&remote);
+                }
+            })*
+        }
+    };
+}
+
+impl Remote {
+    /// Seed `blob` with `rows` rows and open a cache of it (checking it sees them):
+    /// the cache's directory (keep it alive), its path and the connection.
+    pub fn seeded_cache(&self, blob: &str, rows: u32) -> (tempfile::TempDir, PathBuf, Connection) {
+        self.seed(blob, rows);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join(blob);
+        let conn = self.open(&cache, blob);
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, i64::from(rows));
+        (dir, cache, conn)
+    }
+
+    /// `managedblob --json status` of this remote with `cache`, parsed.
+    pub fn status_json(&self, cache: &Path) -> serde_json::Value {
+        json(
+            &cli()
+                .args(["--json", "status", "--remote", &self.setting, "--cache"])
+                .arg(cache)
+                .output()
+                .unwrap(),
+        )
+    }
+}
+
 /// Parse a command's stdout as JSON.
 pub fn json(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
