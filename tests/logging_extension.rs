@@ -147,7 +147,8 @@ fn a_bad_filter_gives_one_line_and_the_database_still_opens() {
         assert!(out.status.success(), "{out:#?}");
         assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
         assert!(
-            out.stderr.starts_with("managedblob: logging stays off: MANAGEDBLOB_LOG="),
+            out.stderr
+                .starts_with("managedblob: logging stays off: MANAGEDBLOB_LOG="),
             "{out:#?}"
         );
     }
