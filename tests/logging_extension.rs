@@ -10,41 +10,39 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{command_in, extension, missing, run, Output};
+use support::{command_in, extension, missing, run, Output, Place};
 
 const SQLITE3: &str = "/usr/bin/sqlite3";
 
 /// A line the debug filter lets through on every commit: the local backend's upload.
 const DEBUG_LINE: &str = " DEBUG managedblob::backend::local";
 
-/// A temp dir with a remote directory and the extension, for shell runs.
+/// A temp dir with a remote directory ([`Place`]) and the extension, for shell runs.
 struct Shell {
-    dir: tempfile::TempDir,
+    place: Place,
     extension: PathBuf,
 }
 
 impl Shell {
     fn new() -> Option<Shell> {
-        let extension = extension()?;
+        let extension = std::fs::canonicalize(extension()?).unwrap();
         if !Path::new(SQLITE3).is_file() {
             return missing(&format!("{SQLITE3} is not installed"));
         }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("remote")).unwrap();
         Some(Shell {
-            dir,
-            extension: std::fs::canonicalize(extension).unwrap(),
+            place: Place::new(),
+            extension,
         })
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.place.path(name)
     }
 
     /// `sqlite3` with `.load` and `.open` of the managed database, running `sql`, with
     /// the extra environment `env`.
     fn loaded(&self, env: &[(&str, &Path)], sql: &str) -> Output {
-        let mut cmd = command_in(self.dir.path(), SQLITE3);
+        let mut cmd = command_in(self.place.dir.path(), SQLITE3);
         cmd.arg("-cmd")
             .arg(format!(".load {}", self.extension.display()))
             .arg("-cmd")
@@ -56,10 +54,10 @@ impl Shell {
 
     /// `sqlite3 'file:corpus.db?vfs=managedblob'` with the library preloaded.
     fn preloaded(&self, env: &[(&str, &Path)], sql: &str) -> Output {
-        let mut cmd = command_in(self.dir.path(), SQLITE3);
+        let mut cmd = command_in(self.place.dir.path(), SQLITE3);
         cmd.arg("file:corpus.db?vfs=managedblob")
             .env("LD_PRELOAD", &self.extension)
-            .env("MANAGEDBLOB_REMOTE", self.path("remote"))
+            .env("MANAGEDBLOB_REMOTE", self.place.remote())
             .envs(env.iter().copied());
         run(cmd, sql)
     }
@@ -73,22 +71,16 @@ fn debug() -> (&'static str, &'static Path) {
 }
 
 #[test]
-fn loaded_with_managedblob_log_debug_logs_to_stderr() {
+fn with_managedblob_log_debug_loaded_and_preloaded_log_to_stderr() {
     let Some(shell) = Shell::new() else { return };
-    let out = shell.loaded(&[debug()], WRITE);
-    assert!(out.status.success(), "{out:#?}");
-    assert_eq!(out.stdout.trim(), "1", "{out:#?}");
-    assert!(out.stderr.contains(DEBUG_LINE), "{out:#?}");
-    assert!(out.stderr.contains("upload"), "{out:#?}");
-}
-
-#[test]
-fn preloaded_with_managedblob_log_debug_logs_to_stderr() {
-    let Some(shell) = Shell::new() else { return };
-    let out = shell.preloaded(&[debug()], WRITE);
-    assert!(out.status.success(), "{out:#?}");
-    assert_eq!(out.stdout.trim(), "1", "{out:#?}");
-    assert!(out.stderr.contains(DEBUG_LINE), "{out:#?}");
+    let loaded = shell.loaded(&[debug()], WRITE);
+    let preloaded = shell.preloaded(&[debug()], WRITE);
+    for (out, rows) in [(loaded, "1"), (preloaded, "2")] {
+        assert!(out.status.success(), "{out:#?}");
+        assert_eq!(out.stdout.trim(), rows, "{out:#?}");
+        assert!(out.stderr.contains(DEBUG_LINE), "{out:#?}");
+        assert!(out.stderr.contains("commit blocks"), "{out:#?}");
+    }
 }
 
 #[test]
