@@ -30,6 +30,9 @@ export MANAGEDBLOB_EXTENSION="$PWD/loadable/target/release/libmanagedblob.so"
 echo "== running the tests"
 cargo test --features azure "$@"
 
+echo "== the log subscriber's unit tests (feature log-subscriber, which the extension and CLI enable)"
+cargo test --features log-subscriber --lib logging
+
 echo "== running the managedblob CLI tests"
 AZURITE_BLOB="${AZURITE_BLOB:-$PWD/target/azurite/node_modules/.bin/azurite-blob}" cargo test -p managedblob-cli
 

@@ -31,6 +31,8 @@ mod fsutil;
 mod image;
 mod lease;
 pub mod localfile;
+#[cfg(feature = "log-subscriber")]
+pub mod logging;
 pub mod ops;
 mod pragma;
 mod remote;

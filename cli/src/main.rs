@@ -21,7 +21,8 @@ use crate::address::{Address, Location};
 /// See, verify, move and repair a managedblob database.
 ///
 /// Remotes are given as for the VFS: a directory, or an Azure container URL (credentials
-/// from the URL's SAS or the environment, as in the README). Logging: RUST_LOG=debug.
+/// from the URL's SAS or the environment, as in the README). Logging:
+/// MANAGEDBLOB_LOG=debug (to stderr, or to the file MANAGEDBLOB_LOG_FILE).
 #[derive(Parser)]
 #[command(name = "managedblob", version)]
 struct Cli {
@@ -92,7 +93,7 @@ pub const EXIT_VERIFY_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    managedblob::logging::init_from_env();
     let json = cli.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -155,14 +156,4 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     message.replace('\n', " ")
-}
-
-/// Logs go to stderr, filtered by RUST_LOG (off by default).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -33,7 +33,7 @@ fn check(case: &Case) {
             cmd.env(k, v);
         }
         if trace {
-            cmd.env("RUST_LOG", "trace");
+            cmd.env("MANAGEDBLOB_LOG", "trace");
         }
         cmd.output().unwrap()
     };

@@ -34,6 +34,9 @@ pub unsafe fn extension_init(
     err: *mut *mut c_char,
     api: *mut sql::sqlite3_api_routines,
 ) -> c_int {
+    // Every way in (`.load`, the preload path, ctypes) comes through here; the first
+    // call sets up MANAGEDBLOB_LOG, later ones do nothing.
+    crate::logging::init_from_env();
     guard(|| {
         if api.is_null() {
             return sql::SQLITE_INTERNAL;
@@ -172,6 +175,7 @@ pub fn register_in_process() -> Result<(), String> {
 /// Silent when it cannot register (the reason is logged at debug level).
 pub fn register_before_first_open() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    crate::logging::init_from_env(); // so a failure below is logged
     ONCE.call_once(|| match std::panic::catch_unwind(register_in_process) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("managedblob: not registered before the first open: {e}"),

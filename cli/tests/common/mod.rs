@@ -20,6 +20,8 @@ pub fn cli() -> assert_cmd::Command {
         "AZURE_STORAGE_KEY",
         "AZURE_STORAGE_ACCOUNT",
         "RUST_LOG",
+        "MANAGEDBLOB_LOG",
+        "MANAGEDBLOB_LOG_FILE",
     ] {
         cmd.env_remove(var);
     }
