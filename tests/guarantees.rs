@@ -153,6 +153,31 @@ fn a_stale_writer_gets_busy_at_its_first_write_and_retries_on_the_new_version() 
     assert_eq!(m.remote_ids_of_x(), vec![1, 2, 3], "no lost update");
 }
 
+/// A read transaction that later writes gets SQLITE_BUSY without waiting when the
+/// remote moved: SQLite's deadlock rule skips the busy handler inside an open read
+/// transaction (the handler is installed and is never called). `BEGIN IMMEDIATE`
+/// waits and writes.
+#[test]
+fn a_read_transaction_that_later_writes_is_busy_without_waiting() {
+    let m = MemWorld::with_defaults("g-readwrite", "&retry_base_ms=1");
+    let a = m.open("h1", "");
+    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let mut b = m.open("h2", "&staleness_ms=600000");
+    b.execute_batch("BEGIN").unwrap();
+    assert_eq!(count(&b, "t"), 1);
+    a.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    handoff::on_first_busy(&mut b, || {});
+    let err = b.execute("INSERT INTO t VALUES (3)", []).unwrap_err();
+    assert!(is_busy(&err), "{err}");
+    assert_eq!(handoff::busy_calls(), 0, "the busy handler was skipped");
+    b.execute_batch("ROLLBACK").unwrap();
+    b.busy_timeout(Duration::from_secs(10)).unwrap();
+    b.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (3); COMMIT;")
+        .unwrap();
+    assert_eq!(m.remote_ids_of_x(), vec![1, 2, 3]);
+}
+
 // ---------------------------------------------------------------------------
 // Leases
 
