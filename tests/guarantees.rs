@@ -413,6 +413,75 @@ fn an_empty_cache_cannot_open_while_the_remote_is_unreachable() {
     );
 }
 
+// ---------------------------------------------------------------------------
+// Pragmas
+
+/// `PRAGMA managedblob_status` is one JSON row with exactly the fields the README
+/// lists, and `requests` with exactly its counters.
+#[test]
+fn status_has_exactly_the_fields_the_readme_lists() {
+    let m = MemWorld::new("g-status");
+    let c = m.open("h1", "");
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let mut rows = 0;
+    let text: String = {
+        let mut stmt = c.prepare("PRAGMA managedblob_status").unwrap();
+        let mut q = stmt.query([]).unwrap();
+        let mut text = String::new();
+        while let Some(row) = q.next().unwrap() {
+            rows += 1;
+            text = row.get(0).unwrap();
+        }
+        text
+    };
+    assert_eq!(rows, 1, "one row");
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let mut want: Vec<&str> = vec![
+        "remote",
+        "blob",
+        "etag",
+        "dirty",
+        "lease_held",
+        "batch_depth",
+        "generation",
+        "in_flight",
+        "conflicts",
+        "last_error",
+        "requests",
+    ];
+    want.sort();
+    assert_eq!(keys(&s), want, "{s}");
+    let mut want: Vec<&str> = vec![
+        "stat",
+        "download",
+        "upload",
+        "lease_acquire",
+        "lease_renew",
+        "lease_release",
+        "block_list",
+        "stage_block",
+        "commit_blocks",
+        "read_range",
+        "total",
+        "retries",
+        "bytes_up",
+        "bytes_down",
+        "chunks_up",
+        "chunks_down",
+        "versions_up",
+        "versions_down",
+    ];
+    want.sort();
+    assert_eq!(keys(&s["requests"]), want, "{s}");
+    assert_eq!(s["requests"]["versions_up"], 2, "CREATE and INSERT: {s}");
+}
+
 trait RemoteRows {
     fn remote_ids_of_x(&self) -> Vec<i64>;
 }
