@@ -237,7 +237,6 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
 #[test]
 fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
     use managedblob::backend::memory::Op;
-    use managedblob::backend::BackendErrorKind;
     // The surviving process: its store is attached to the cache.
     let (m, y) = world_where_h1_ran(
         "r3b",
