@@ -424,12 +424,14 @@ fn delta_sync(area: &Area, mib: u64, iters: usize, start: Instant, out: &mut Res
         let (mut commit, mut reopen) = (Samples::default(), Samples::default());
         for _ in 0..iters {
             let before = Cost::of(&w);
+            // Timer: the whole autocommit (lease, upload, release).
             let t = Instant::now();
             one_row(&w);
             commit.push(t.elapsed(), Cost::of(&w).since(before));
             let expected = max_id(&w);
 
             let before = Cost::fresh();
+            // Timer: the reader's open (freshness check, delta fetch) and first read.
             let t = Instant::now();
             let r = open(&reader);
             let seen = max_id(&r);
@@ -466,6 +468,7 @@ fn opens(area: &Area, mib: u64, rounds: usize, start: Instant, out: &mut Results
     let (mut raw, mut raw_synced) = (Samples::default(), Samples::default());
     let open_and_read = |uri: &str, samples: &mut Samples| {
         let before = Cost::fresh();
+        // Timer: the open (stat, and for a cold cache the download) and first read.
         let t = Instant::now();
         let c = open(uri);
         let seen = max_id(&c);
@@ -521,6 +524,7 @@ fn commits(area: &Area, mib: u64, n: usize, start: Instant, out: &mut Results) -
         &format!("C {}: {n} commits in one batch", area.kind.name()),
     );
     let before = Cost::of(&w);
+    // Timer: the batch's begin (lease) and end (one upload) included.
     let t0 = Instant::now();
     pragma(&w, "PRAGMA managedblob_batch=begin");
     for _ in 0..n {
@@ -568,6 +572,8 @@ fn reads(area: &Area, blob: &str, plan: &Plan, start: Instant, out: &mut Results
                 .prepare_cached("SELECT length(b) FROM t WHERE id = ?1")
                 .unwrap();
             let before = Cost::of(c);
+            // Timer: the selects only; the batch variant's begin (lease) and end
+            // (nothing to upload) are outside it.
             let t = Instant::now();
             let mut n = 0u64;
             while t.elapsed() < dur {

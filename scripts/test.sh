@@ -7,7 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# The tests run Debian's shell by path (/usr/bin/sqlite3), not any sqlite3 on PATH.
+[ -x /usr/bin/sqlite3 ] || need_apt+=(sqlite3)
+# hostile.rs: mount/umount (small tmpfs, read-only bind mount), chattr (immutable dir).
+command -v mount >/dev/null 2>&1 || need_apt+=(mount)
+command -v chattr >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || need_apt+=(libsqlite3-dev)
@@ -38,3 +42,10 @@ AZURITE_BLOB="${AZURITE_BLOB:-$PWD/target/azurite/node_modules/.bin/azurite-blob
 
 echo "== the Python package (python/test.sh: venv, pip install ./python, pytest)"
 python/test.sh
+
+echo "== the remote bench's quick form (local and Azurite), and every bench builds"
+AZURITE_BLOB="${AZURITE_BLOB:-$PWD/target/azurite/node_modules/.bin/azurite-blob}" \
+  cargo test --features azure --bench remote
+# Every bench compiles. With the dev profile: the release profile would rebuild every
+# dependency (minutes on 2 cores, past CI's ~10 minute budget) for the same code.
+cargo bench --no-run --features azure --profile dev

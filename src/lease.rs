@@ -83,3 +83,86 @@ impl Drop for HeldLease {
         self.halt();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The renewer on the memory backend, with leases of a fraction of a second (the
+    //! backend takes any duration; the setting's 15 s floor is the store's).
+
+    use super::*;
+    use crate::backend::memory::{MemoryBackend, Op};
+    use crate::config::RetryPolicy;
+    use std::time::Instant;
+
+    /// Renewed every 300 ms: a renewal must be more than 600 ms late to lose it.
+    const LEASE: Duration = Duration::from_millis(900);
+
+    fn leased() -> (Arc<MemoryBackend>, HeldLease) {
+        let backend = MemoryBackend::new_anonymous();
+        backend.put("b", b"x");
+        let retry = RetryPolicy {
+            attempts: 1,
+            base: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            total: Duration::from_secs(1),
+        };
+        let remote = Arc::new(Remote::new(backend.clone(), "b".into(), retry));
+        let lease = remote.acquire_lease(LEASE).unwrap();
+        let held = HeldLease::start(remote, lease.id, LEASE);
+        (backend, held)
+    }
+
+    /// Wait until `done` holds; fail after a minute (a condition, not a timing).
+    fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn renewals_keep_the_lease_past_its_duration() {
+        let (backend, held) = leased();
+        let start = Instant::now();
+        until("three renewals", || backend.calls(Op::RenewLease) >= 3);
+        // Three renewals at a third each: the lease outlived its first expiry.
+        assert!(start.elapsed() >= LEASE);
+        assert!(backend.lease_holder_exists("b"));
+        assert!(!held.is_lost());
+    }
+
+    #[test]
+    fn a_lease_found_gone_is_lost_and_renewal_ends() {
+        let (backend, held) = leased();
+        backend.expire_lease("b");
+        until("the loss is seen", || held.is_lost());
+        let renewer = held.renewer.as_ref().unwrap();
+        until("the renewer ends", || renewer.is_finished());
+    }
+
+    #[test]
+    fn a_transient_renewal_failure_is_not_a_loss() {
+        let (backend, held) = leased();
+        backend.fail_next(Op::RenewLease, BackendErrorKind::Transient, 1);
+        until("a renewal after the failure", || {
+            backend.calls(Op::RenewLease) >= 3
+        });
+        assert!(!held.is_lost());
+        assert!(
+            backend.lease_holder_exists("b"),
+            "renewed after the failure"
+        );
+    }
+
+    #[test]
+    fn stop_ends_renewal_and_keeps_the_lease_for_its_release() {
+        let (backend, held) = leased();
+        until("one renewal", || backend.calls(Op::RenewLease) >= 1);
+        let id = held.stop();
+        assert!(backend.lease_holder_exists("b"), "stop does not release");
+        // Without renewals the lease lapses by itself.
+        until("the lease lapses", || !backend.lease_holder_exists("b"));
+        assert!(!id.0.is_empty());
+    }
+}

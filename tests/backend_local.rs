@@ -73,7 +73,7 @@ fn local_foreign_overwrite_moves_the_etag() {
     let ours = create(&b, "f.db", b"12345678");
     // Coarse file-system clocks tick every few ms; a foreign write within the same
     // tick as our upload is the documented blind spot, so step past it.
-    thread::sleep(Duration::from_millis(20));
+    step_past_mtime(&dir.path().join("f.db"));
     std::fs::write(dir.path().join("f.db"), b"87654321").unwrap();
     let theirs = current(&b, "f.db");
     assert_ne!(theirs.etag, ours.etag);
@@ -226,7 +226,7 @@ fn local_foreign_copy_empties_the_block_list() {
     let ours = bl
         .commit_blocks("f.db", &ids_of(&staged), &Condition::Create, None)
         .unwrap();
-    thread::sleep(Duration::from_millis(20));
+    step_past_mtime(&dir.path().join("f.db"));
     std::fs::write(dir.path().join("f.db"), b"theirs, same dir").unwrap();
     let (theirs, list) = listed(&b, "f.db");
     assert_ne!(theirs.etag, ours.etag);
@@ -326,4 +326,21 @@ fn local_commits_move_large_blocks_intact() {
     let (bytes, stat) = download(&b, "big.db");
     assert_eq!(stat, v2);
     assert!(bytes == expected, "content differs");
+}
+
+/// Wait until a file written now gets a later modification time than `path` has
+/// (the file system's clock ticked): a condition, not a guess at the tick.
+fn step_past_mtime(path: &std::path::Path) {
+    let ours = std::fs::metadata(path).unwrap().modified().unwrap();
+    let probe = path.with_extension("mtime-probe");
+    for _ in 0..10_000 {
+        std::fs::write(&probe, b"").unwrap();
+        let now = std::fs::metadata(&probe).unwrap().modified().unwrap();
+        if now > ours {
+            std::fs::remove_file(&probe).unwrap();
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    panic!("the file-system clock never moved past {ours:?}");
 }

@@ -137,7 +137,7 @@ fn a_terminal_block_commit_failure_fails_the_commit_and_leaves_local_equal_to_re
 
 #[test]
 fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
-    let (w, c) = world_with_table("held", "");
+    let (w, mut c) = world_with_table("held", "");
     let lease = w
         .backend
         .acquire_lease("m.db", Duration::from_secs(30))
@@ -149,15 +149,14 @@ fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
         Some(rusqlite::ErrorCode::DatabaseBusy),
         "{err}"
     );
-    // Released while a busy handler waits: the insert then succeeds.
+    // Released from inside the busy handler (its first call): the insert waits in
+    // it, then succeeds.
     let backend = w.backend.clone();
-    let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+    handoff::on_first_busy(&mut c, move || {
         backend.release_lease("m.db", &lease.id).unwrap();
     });
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
     c.execute("INSERT INTO t VALUES (1)", []).unwrap();
-    releaser.join().unwrap();
+    assert!(handoff::busy_calls() >= 1, "the busy handler ran");
     assert_eq!(w.remote_ids(), BTreeSet::from([1]));
 }
 

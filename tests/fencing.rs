@@ -67,9 +67,9 @@ fn hold(uri: &str) {
 }
 
 /// `batch_hold`: begin a batch (taking the lease), insert one row, say READY, hold
-/// the batch for `MB_HOLD_MS`, end it (uploading) and say ENDED.
+/// the batch until the file `MB_GO_FILE` appears, end it (uploading) and say ENDED.
 fn batch_hold(uri: &str) {
-    let hold: u64 = child::env_num("MB_HOLD_MS");
+    let go = child::env("MB_GO_FILE");
     let who = child::env("MB_WHO");
     let c = open(uri);
     c.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -83,7 +83,7 @@ fn batch_hold(uri: &str) {
     let s = status(&c);
     assert_eq!(s["lease_held"], true, "{s}");
     child::say("READY");
-    child::sleep_while_parent_alive(Duration::from_millis(hold));
+    child::wait_for_file(&go, Duration::from_secs(120));
     assert_eq!(
         pragma(&c, "PRAGMA managedblob_batch=end")
             .unwrap()
@@ -100,43 +100,44 @@ fn batch_hold(uri: &str) {
 // A held lease
 
 /// One host holds the lease in a batch; another host's write fails with BUSY at
-/// busy_timeout 0 and succeeds with a busy timeout once the batch ended.
+/// busy_timeout 0, and with a busy handler it waits: the handler's first call is what
+/// tells the holder to end its batch (an explicit hand-off, no timing), so the write
+/// goes through the busy-handler path and succeeds once the batch ended.
 fn lease_contention_between_processes(w: &World) {
-    const HOLD_MS: u64 = 2000;
-    let c = w.open("p", "a.db");
+    let mut c = w.open("p", "a.db");
     c.execute_batch("CREATE TABLE t(who TEXT)").unwrap();
 
+    let go = w.dir.path().join("go-holder");
     let mut a = Proc::spawn(
         "holder",
         "batch_hold",
         &w.uri("a", "a.db", ""),
-        &[("MB_HOLD_MS", HOLD_MS.to_string()), ("MB_WHO", "a".into())],
+        &[
+            ("MB_GO_FILE", go.display().to_string()),
+            ("MB_WHO", "a".into()),
+        ],
     );
     a.expect("READY", Duration::from_secs(15));
-    let ready = Instant::now();
 
     c.busy_timeout(Duration::ZERO).unwrap();
     let err = c
         .execute("INSERT INTO t(who) VALUES ('p')", [])
         .expect_err("the lease is held by the other process: the insert must fail");
-    let early = ready.elapsed();
     assert!(is_busy(&err), "expected SQLITE_BUSY, got {err:?}");
     assert!(err.to_string().contains("database is locked"), "{err}");
-    assert!(
-        early < Duration::from_millis(HOLD_MS),
-        "the busy answer took {early:?}, longer than the holder's batch"
-    );
     assert!(c.is_autocommit());
 
-    insert_waiting(&c, "p", &a, "insert with busy_timeout 10 s");
-    let waited = ready.elapsed();
-    println!(
-        "second insert done {waited:?} after READY; status {}",
-        status(&c)
-    );
+    handoff::on_first_busy(&mut c, move || std::fs::write(go, b"go").unwrap());
+    c.execute("INSERT INTO t(who) VALUES ('p')", [])
+        .unwrap_or_else(|e| panic!("insert after the holder's end: {e}\n{}", a.output()));
+    let calls = handoff::busy_calls();
     assert!(
-        waited >= Duration::from_millis(HOLD_MS / 2),
-        "the insert succeeded after {waited:?}, while the holder's batch should still be open"
+        calls >= 1,
+        "the write waited in its busy handler ({calls} calls)"
+    );
+    println!(
+        "second insert done after {calls} busy-handler calls; status {}",
+        status(&c)
     );
     let ended = a.expect("ENDED", Duration::from_secs(10));
     println!("holder: {ended}");
@@ -148,14 +149,6 @@ fn lease_contention_between_processes(w: &World) {
     who.sort();
     assert_eq!(ok, "ok");
     assert_eq!(who, ["a", "p"]);
-}
-
-/// Insert `who` into `t` with a busy timeout of 10 s; on failure say `what` failed,
-/// with the status and what the holder `p` printed.
-fn insert_waiting(c: &Connection, who: &str, p: &Proc, what: &str) {
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.execute("INSERT INTO t(who) VALUES (?1)", [who])
-        .unwrap_or_else(|e| panic!("{what}: {e}; status {}\n{}", status(c), p.output()));
 }
 
 /// The `who` column of table `t`, in insertion order.
@@ -210,16 +203,18 @@ fn a_writer_paused_past_its_lease(w: &World) {
     assert!(is_busy(&err), "{tag}: {err}");
     assert!(w.remote_bytes("a.db").unwrap() == before, "{tag}");
 
-    // Past its expiry (at most PAUSE_LEASE_SECS after the stop: the last renewal
-    // came before it), with a margin, the other host writes.
-    let past = stopped + Duration::from_secs(PAUSE_LEASE_SECS + 2);
-    thread::sleep(past.saturating_duration_since(Instant::now()));
-    insert_waiting(
-        &b,
-        "other host",
-        &a,
-        &format!("{tag}: the other host's write after the lease expired"),
-    );
+    // Its lease expires at most PAUSE_LEASE_SECS after the stop (the last renewal
+    // came before it): the other host's busy handler waits for that, no sleep.
+    b.busy_timeout(Duration::from_secs(PAUSE_LEASE_SECS * 5))
+        .unwrap();
+    b.execute("INSERT INTO t(who) VALUES ('other host')", [])
+        .unwrap_or_else(|e| {
+            panic!(
+                "{tag}: the other host's write after the lease expired: {e}; status {}\n{}",
+                status(&b),
+                a.output()
+            )
+        });
     println!(
         "{tag}: the other host wrote {:?} after the pause",
         stopped.elapsed()
@@ -350,6 +345,12 @@ fn fencing_a_writer_paused_past_its_lease_cannot_overwrite() {
         p.signal(libc::SIGSTOP);
         ready.push(Instant::now());
     }
+    // What each stopped holder's lease file says: a stopped process renews nothing,
+    // so this expiry is final.
+    let expiries: Vec<u64> = paused
+        .iter()
+        .map(|(_, blob, _, _)| lease_expiry_ms(&w, blob))
+        .collect();
 
     // The lease of a paused (alive) holder is not reclaimed early.
     for (_, blob, _, _) in &paused {
@@ -370,12 +371,9 @@ fn fencing_a_writer_paused_past_its_lease_cannot_overwrite() {
         let waited = ready[i].elapsed();
         println!("FIGURES fencing {mode}: the other host wrote {waited:?} after the pause");
         assert!(
-            waited >= Duration::from_secs(LEASE_SECS - 2),
-            "{mode}: the lease of a live holder was taken after {waited:?} (lease {LEASE_SECS} s)"
-        );
-        assert!(
-            waited < Duration::from_secs(LEASE_SECS + 15),
-            "{mode}: took {waited:?}"
+            unix_ms() >= expiries[i],
+            "{mode}: the lease of a live holder was taken before its expiry ({} ms early)",
+            expiries[i] - unix_ms()
         );
         after_b.push(std::fs::read(w.remote_blob(blob)).unwrap());
     }
@@ -470,4 +468,21 @@ fn fencing_a_dead_owners_lease_is_reclaimed_at_once() {
     assert_eq!(s["conflicts"].as_array().unwrap().len(), 1, "{s}");
     drop(c);
     assert!(std::fs::read(w.remote_blob("a.db")).unwrap() == after);
+}
+
+/// Milliseconds since the epoch, the local backend's lease clock.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The expiry recorded in the local remote's lease file of `blob`.
+fn lease_expiry_ms(w: &World, blob: &str) -> u64 {
+    let path = w.remote().join(format!(".{blob}.mb-lease"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("lease file {}: {e}", path.display()));
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["expires_unix_ms"].as_u64().expect("expires_unix_ms")
 }

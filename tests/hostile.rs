@@ -501,6 +501,22 @@ fn hostile_inputs_fail_clearly_and_delete_nothing() {
         };
         let mut setup = (row.setup)(&ctx);
         if let Some(why) = &setup.skip {
+            if std::env::var_os("CI").is_some() {
+                // A missing capability (root, mount, chattr, Azurite) is a failure
+                // in CI, never a silent pass.
+                report.push(format!(
+                    "| {} | {} | FAILED | cannot run: {why} |",
+                    i + 1,
+                    row.name
+                ));
+                failures.push(format!(
+                    "row {} '{}': cannot run ({why}); CI is set, so this is a failure, \
+                     not a skip",
+                    i + 1,
+                    row.name
+                ));
+                continue;
+            }
             skipped += 1;
             println!("SKIPPED {}: {why}", row.name);
             report.push(format!("| {} | {} | skipped: {why} | |", i + 1, row.name));

@@ -3,10 +3,26 @@
 mod common;
 use common::*;
 
+/// A second `register()` succeeds and changes nothing: connections opened before it
+/// keep working on the same store, and one opened after it shares that store (one
+/// cache, one set of counters), not a second registration's.
 #[test]
 fn register_is_idempotent() {
+    let (w, before) = World::with_one_row(); // registers
+    let s = status(&before);
+    assert_eq!(uploads(&s), 2, "CREATE and INSERT, one upload each: {s}");
     managedblob::register().unwrap();
     managedblob::register().unwrap();
+    before.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    let after = open(&w.uri("h1", "a.db", ""));
+    assert_eq!(count(&after, "t"), 2);
+    let s = status(&after);
+    assert_eq!(
+        uploads(&s),
+        3,
+        "the new connection shares the first one's store: {s}"
+    );
+    assert_eq!(s["requests"]["versions_down"], 0, "nothing downloaded: {s}");
 }
 
 #[test]

@@ -210,10 +210,25 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
     m.backend
         .fail_next(Op::Download, BackendErrorKind::Transient, 1000);
     y.busy_timeout(Duration::from_millis(300)).unwrap();
-    let _ = y.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    let read = y.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    assert!(
+        read.is_err(),
+        "a cache whose commit is in flight is not served while its resync fails: {read:?}"
+    );
     let write = y.execute("INSERT INTO t VALUES ('after')", []);
     assert!(write.is_err(), "no write before the cache is resynced");
+    assert!(y.is_autocommit());
     published_version_kept(&m);
+    // The remote answers again: the cache is resynced to E2 and the write lands on it.
+    m.backend
+        .fail_next(Op::Download, BackendErrorKind::Transient, 0);
+    y.busy_timeout(Duration::from_secs(10)).unwrap();
+    let n: i64 = y
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 201, "the cache took the published version E2");
+    y.execute("INSERT INTO t VALUES ('after')", []).unwrap();
+    assert_eq!(published_version_kept(&m), 202);
 }
 
 /// Variant of the previous one without any fault: within staleness_ms the survivor never looks at
@@ -222,7 +237,6 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
 #[test]
 fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
     use managedblob::backend::memory::Op;
-    use managedblob::backend::BackendErrorKind;
     // The surviving process: its store is attached to the cache.
     let (m, y) = world_where_h1_ran(
         "r3b",
@@ -233,8 +247,14 @@ fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
 
     // No fault injected: the survivor is simply inside its staleness window.
     assert_eq!(m.backend.calls(Op::Download), 0);
-    let _ = BackendErrorKind::Transient;
-    let _ = y.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    let n: i64 = y
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        n == 1 || n == 201,
+        "a read sees E1 (the hot journal rolled back, within staleness_ms) or E2, never a \
+         half: {n} rows"
+    );
     // The write waits (SQLITE_BUSY, retried by the busy handler) until the next read
     // has resynced the cache, then lands on top of the published version.
     y.execute("INSERT INTO t VALUES ('after')", []).unwrap();
@@ -327,18 +347,27 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
     assert_eq!(seen, "a", "stale read within staleness_ms, as documented");
     let began = pragma(&c, "PRAGMA managedblob_batch=begin");
     assert!(began.is_err(), "refused inside a transaction");
-    let _ = c.execute("UPDATE t SET x = x || '+c'", []);
-    let _ = c.execute_batch("COMMIT");
-    let _ = pragma(&c, "PRAGMA managedblob_batch=end");
+    assert_eq!(status(&c)["batch_depth"], 0);
+    // The read transaction's write on its stale snapshot: SQLITE_BUSY, no upload.
+    let write = c.execute("UPDATE t SET x = x || '+c'", []);
+    let err = write.expect_err("a write on a stale snapshot");
+    assert!(is_busy(&err), "{err}");
+    c.execute_batch("COMMIT").unwrap();
+    assert!(
+        pragma(&c, "PRAGMA managedblob_batch=end").is_err(),
+        "no batch was begun"
+    );
     let remote = m.remote_query::<String>("SELECT group_concat(x) FROM t");
+    assert_eq!(remote, "b", "host 2's acknowledged update, nothing over it");
     let local: String = c
         .query_row("SELECT group_concat(x) FROM t", [], |r| r.get(0))
         .unwrap();
-    let s = status(&c);
-    assert!(
-        remote.starts_with('b') && (local == remote || s["dirty"] == true),
-        "local cache {local:?} vs remote {remote:?} after the batch; status {s}"
+    assert_eq!(
+        local, remote,
+        "the refused write forced a check: the next read takes the remote's version"
     );
+    let s = status(&c);
+    assert_eq!(s["dirty"], false, "{s}");
 }
 
 /// Bug: the download side file was one fixed path for every process sharing the

@@ -259,6 +259,12 @@ fn a_remote_with_a_wal_header_opens_reads_writes_and_uploads(w: &World) {
     assert_eq!(count(&c, "t"), 1);
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
     assert_eq!(remote_count(w, "py.db", "t"), 2);
+    let uploaded = w.remote_bytes("py.db").expect("the blob");
+    assert_eq!(
+        (uploaded[18], uploaded[19]),
+        (1, 1),
+        "the next upload carries rollback-journal mode"
+    );
     let ok: String = w.read_remote("py.db", |r| {
         r.query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap()
