@@ -129,6 +129,12 @@ pub fn load(path: &Path) -> Result<Option<Sidecar>> {
 
 /// Write the sidecar atomically and durably.
 pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
+    if injected_failure(path) {
+        return Err(Error::Local(format!(
+            "writing {}: injected fault",
+            path.display()
+        )));
+    }
     let json = serde_json::to_vec_pretty(sidecar).expect("sidecar serializes");
     write_atomic(path, &json, true)
 }
@@ -138,6 +144,30 @@ pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     fsutil::write_atomic(path, bytes, durable)
         .map_err(|e| Error::local(format!("writing {}", path.display()), e))
+}
+
+/// Saves to fail, for tests: `(sidecar path, saves to let through first)`.
+static FAIL_SAVES: parking_lot::Mutex<Vec<(PathBuf, usize)>> = parking_lot::Mutex::new(Vec::new());
+
+/// Fault injection for tests: let the next `skip` saves of the sidecar at `path`
+/// through, then fail the one after (once). Lets a test fail the save a commit makes
+/// at a precise point (the commit point, or SQLITE_FCNTL_COMMIT_PHASETWO).
+#[doc(hidden)]
+pub fn fail_one_save_after(path: &Path, skip: usize) {
+    FAIL_SAVES.lock().push((path.to_path_buf(), skip));
+}
+
+fn injected_failure(path: &Path) -> bool {
+    let mut armed = FAIL_SAVES.lock();
+    let Some(i) = armed.iter().position(|(p, _)| p == path) else {
+        return false;
+    };
+    if armed[i].1 == 0 {
+        armed.remove(i);
+        return true;
+    }
+    armed[i].1 -= 1;
+    false
 }
 
 #[cfg(test)]

@@ -324,11 +324,17 @@ impl Store {
             SyncAction::Publish => {
                 st.written.extend(written.iter().copied());
                 let create = st.write.creates_blob();
-                self.publish(&mut st, file, create).and_then(|_| {
+                self.publish(&mut st, file, create).map(|_| {
                     // Until COMMIT_PHASETWO: the remote holds a commit the cache has
                     // not finished; a crash in between resyncs from the remote.
                     st.sidecar.in_flight = InFlight::Commit;
-                    self.save(&mut st)
+                    if let Err(e) = self.save(&mut st) {
+                        // The remote holds the transaction: failing the COMMIT now
+                        // would make the application apply it twice. The sidecar on
+                        // disk still names the old base, so a crash before the next
+                        // save resyncs from the remote (which holds this commit).
+                        self.note_committed_but(&mut st, &e);
+                    }
                 })
             }
         };
@@ -347,14 +353,33 @@ impl Store {
         }
     }
 
-    /// SQLITE_FCNTL_COMMIT_PHASETWO: the local commit is complete.
+    /// SQLITE_FCNTL_COMMIT_PHASETWO: the local commit is complete. SQLite sends it
+    /// after the transaction is committed (locally, and uploaded): nothing here may
+    /// report the COMMIT failed, or the application would apply it twice. A failed
+    /// save leaves `in_flight: commit` on disk, so the cache resyncs from the remote
+    /// at the next check or open.
     pub fn commit_phase_two(&self) -> Result<()> {
         let mut st = self.lock_state();
         if st.sidecar.in_flight == InFlight::Commit {
             st.sidecar.in_flight = InFlight::None;
-            self.save(&mut st)?;
+            if let Err(e) = self.save(&mut st) {
+                self.note_committed_but(&mut st, &e);
+            }
         }
         Ok(())
+    }
+
+    /// A step after the remote took a transaction failed: the transaction stands,
+    /// the failure is logged and kept for the status report, and the cache is
+    /// checked against the remote at the next read (the sidecar on disk says to
+    /// resync, or names an older base).
+    fn note_committed_but(&self, st: &mut State, err: &Error) {
+        let err = Error::Local(format!(
+            "the transaction was committed (locally and in the remote), but {err}; the \
+             cache resyncs from the remote at the next check"
+        ));
+        self.note_error(st, &err);
+        self.force_check(st);
     }
 
     /// Unlock below RESERVED: the write transaction ended.
