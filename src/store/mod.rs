@@ -223,7 +223,11 @@ impl Store {
         }
         let mut st = self.lock_state();
         st.writable = st.writable.saturating_sub(usize::from(!read_only));
-        self.release_lease(&mut st);
+        // The mutex was dropped for the flush: a connection that attached meanwhile
+        // may have taken the lease for its write or batch. It is theirs now.
+        if st.connections == 0 && st.write.lease_unneeded() {
+            self.release_lease(&mut st);
+        }
     }
 
     /// NONE -> SHARED: the connection holds SHARED on the cache. Brings the cache up
