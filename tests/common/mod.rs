@@ -7,6 +7,7 @@ pub mod child;
 pub mod conformance;
 pub mod counter;
 pub mod delta;
+pub mod http_proxy;
 pub mod memworld;
 mod uri;
 pub use uri::uri_escape;

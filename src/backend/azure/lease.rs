@@ -1,8 +1,9 @@
 //! Azure blob leases. Azure only knows 15 to 60 s: shorter durations are rounded
 //! up to 15 s and longer ones capped at 60 s; a renewal keeps the duration the lease
 //! was acquired with. An acquire that failed transiently is retried with the same
-//! proposed lease id, so a lost reply does not lock us out. Releasing or breaking a
-//! lease that is already gone succeeds.
+//! proposed lease id, so a lost reply does not lock us out; so is the acquire after
+//! one whose stat and then release failed (the lease is never forgotten). Releasing
+//! or breaking a lease that is already gone succeeds.
 
 use std::time::Duration;
 
@@ -62,8 +63,18 @@ impl AzureBackend {
         match self.stat(blob) {
             Ok(Some(stat)) => Ok(Lease { id: lease, stat }),
             failed => {
-                // Do not keep a lease nobody will use.
-                let _ = self.release_lease(blob, &lease);
+                // Do not keep a lease nobody will use. When the release fails too, the
+                // id is kept as the next acquire's proposal: Azure accepts an acquire
+                // with the active lease's own id, so this process takes it back
+                // instead of waiting for it to lapse.
+                if let Err(e) = self.release_lease(blob, &lease) {
+                    tracing::warn!(blob, lease = ?lease, error = %e,
+                        "releasing a lease taken for a failed acquire failed; its id is \
+                         kept for the next acquire");
+                    self.pending_acquires
+                        .lock()
+                        .insert(blob.to_string(), lease.0);
+                }
                 Err(failed.err().unwrap_or_else(|| {
                     self.fail(
                         BackendErrorKind::NotFound,
