@@ -187,6 +187,12 @@ impl Remote {
     }
 
     /// Whether the store can do delta sync.
+    /// The store must record the lease it holds (see
+    /// [`crate::backend::Backend::leases_name_their_owner`]).
+    pub fn records_lease_owner(&self) -> bool {
+        !self.backend.leases_name_their_owner()
+    }
+
     pub fn has_blocks(&self) -> bool {
         self.backend.blocks().is_some()
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Etag;
+use crate::backend::{Etag, LeaseId};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -53,6 +53,46 @@ pub struct Sidecar {
     /// knows which chunks they touched; anyone else hashes the cache to find out.
     #[serde(default)]
     pub dirty_owner: Option<String>,
+    /// The lease this cache's writer holds, when the backend's leases do not name
+    /// their owner (Azure): a restart on this host takes it back from a dead owner
+    /// instead of waiting for it to lapse. A lease id is not a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseOwner>,
+}
+
+/// A lease id and the process that holds it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseOwner {
+    pub id: LeaseId,
+    pub pid: u32,
+    pub host: String,
+    pub boot_id: String,
+}
+
+impl std::fmt::Debug for LeaseOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} held by pid {} on {}", self.id, self.pid, self.host)
+    }
+}
+
+impl LeaseOwner {
+    /// `id`, held by this process.
+    pub fn this_process(id: LeaseId) -> LeaseOwner {
+        LeaseOwner {
+            id,
+            pid: std::process::id(),
+            host: crate::sys::hostname(),
+            boot_id: crate::backend::local::boot_id(),
+        }
+    }
+
+    /// Only an owner on this very machine and boot whose pid no longer exists is
+    /// provably dead (as for the local backend's leases).
+    pub fn is_dead(&self) -> bool {
+        self.host == crate::sys::hostname()
+            && self.boot_id == crate::backend::local::boot_id()
+            && !crate::sys::process_exists(self.pid)
+    }
 }
 
 impl Sidecar {
@@ -68,6 +108,7 @@ impl Sidecar {
             generation: 0,
             cache_id: None,
             dirty_owner: None,
+            lease: None,
         }
     }
 

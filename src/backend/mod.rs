@@ -197,6 +197,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn blocks(&self) -> Option<&dyn Blocks> {
         None
     }
+
+    /// Whether a lease names its owner, so that a lease left by a dead process can
+    /// be reclaimed by the backend itself (the local backend). When not (Azure), the
+    /// store records the lease it holds in the sidecar, so that a restart of the
+    /// same cache on the same host can take it back.
+    fn leases_name_their_owner(&self) -> bool {
+        true
+    }
 }
 
 /// A block id: [`BLOCK_ID_LEN`] raw bytes (Azure wants every id of a blob to have

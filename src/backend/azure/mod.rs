@@ -246,6 +246,10 @@ impl Backend for AzureBackend {
         self.end_lease(blob)
     }
 
+    fn leases_name_their_owner(&self) -> bool {
+        false
+    }
+
     fn blocks(&self) -> Option<&dyn Blocks> {
         Some(self)
     }

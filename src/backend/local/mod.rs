@@ -47,6 +47,7 @@ mod download;
 mod etag;
 mod inspect;
 mod lease;
+pub(crate) use lease::boot_id;
 mod paths;
 mod upload;
 
