@@ -58,6 +58,19 @@ pub struct Sidecar {
     /// instead of waiting for it to lapse. A lease id is not a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseOwner>,
+    /// A commit whose outcome is unknown (its reply was lost), resolved at the next
+    /// check (src/store/ambiguous.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_commit: Option<PendingCommit>,
+}
+
+/// What an ambiguous commit tried to publish: over which base, and the block list
+/// (delta sync, ids in hex) or the xxh3-128 hash of the bytes (a whole upload).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCommit {
+    pub base: Option<Etag>,
+    pub blocks: Option<Vec<String>>,
+    pub hash: Option<String>,
 }
 
 /// A lease id and the process that holds it.
@@ -109,6 +122,7 @@ impl Sidecar {
             cache_id: None,
             dirty_owner: None,
             lease: None,
+            pending_commit: None,
         }
     }
 

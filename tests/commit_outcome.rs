@@ -9,6 +9,8 @@ use common::*;
 use std::collections::BTreeSet;
 
 use common::memworld::{MemWorld, SYNC_MODES};
+use managedblob::backend::memory::Op;
+use managedblob::backend::BackendErrorKind;
 use managedblob::sidecar;
 
 /// Commit one row while the sidecar save number `skip` (0: the commit point's,
@@ -54,4 +56,78 @@ fn a_failed_sidecar_save_at_commit_phasetwo_does_not_fail_the_commit() {
 #[test]
 fn a_failed_sidecar_save_after_the_upload_does_not_fail_the_commit() {
     a_failed_save_after_the_upload_does_not_fail_the_commit(0);
+}
+
+/// The request that publishes a version in `mode`, and the read that checks it.
+fn publish_and_read_back(mode: &str) -> (Op, Op) {
+    if mode == "full" {
+        (Op::Upload, Op::Download)
+    } else {
+        (Op::CommitBlocks, Op::BlockList)
+    }
+}
+
+/// A COMMIT whose outcome is unknown says "may have been applied" (in the error and
+/// in `last_error`); the next statement resolves it and says how: adopted when it
+/// landed, not applied (and not uploaded again: the application was told it failed)
+/// when it did not.
+fn ambiguous_commit(mode: &str, landed: bool) {
+    let w = MemWorld::with_defaults("ambiguous", "&retry_base_ms=1&retry_attempts=3");
+    let extra = format!("&sync={mode}");
+    let c = w.open("h1", &extra);
+    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let (publish, read_back) = publish_and_read_back(mode);
+    if landed {
+        // The first attempt lands, its reply is lost; the retry is refused by its
+        // own condition, and the read-back that would tell fails.
+        w.backend.land_then_fail_next_upload();
+        w.backend
+            .fail_next(read_back, BackendErrorKind::Transient, 100);
+    } else {
+        // Every attempt fails with a transient error: any might have landed.
+        w.backend.fail_next(publish, BackendErrorKind::Transient, 3);
+    }
+    let e = c.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+    assert!(e.to_string().contains("I/O"), "{mode}: {e}");
+    let last_error = status(&c)["last_error"].as_str().unwrap().to_string();
+    assert!(
+        last_error.contains("may have been applied"),
+        "{mode}: {last_error}"
+    );
+    assert!(sidecar(&w.cache("h1"))["pending_commit"].is_object());
+    w.backend
+        .fail_next(read_back, BackendErrorKind::Transient, 0);
+    // The next statement resolves it.
+    let ids: BTreeSet<i64> = column(&c, "SELECT id FROM t");
+    let (expected_ids, expected) = if landed {
+        (BTreeSet::from([1]), "had been applied")
+    } else {
+        (BTreeSet::new(), "was not applied")
+    };
+    assert_eq!(ids, expected_ids, "{mode}, landed {landed}");
+    assert_eq!(w.remote_ids(), expected_ids, "{mode}, landed {landed}");
+    let last_error = status(&c)["last_error"].as_str().unwrap().to_string();
+    assert!(last_error.contains(expected), "{mode}: {last_error}");
+    assert_eq!(w.cache_bytes("h1"), w.remote_bytes(), "{mode}");
+    let s = sidecar(&w.cache("h1"));
+    assert!(s.get("pending_commit").is_none(), "{mode}: {s}");
+    // Writing goes on.
+    c.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    let mut after = expected_ids.clone();
+    after.insert(2);
+    assert_eq!(w.remote_ids(), after, "{mode}");
+}
+
+#[test]
+fn an_ambiguous_commit_that_landed_is_adopted() {
+    for mode in SYNC_MODES {
+        ambiguous_commit(mode, true);
+    }
+}
+
+#[test]
+fn an_ambiguous_commit_that_did_not_land_is_resolved_as_not_applied() {
+    for mode in SYNC_MODES {
+        ambiguous_commit(mode, false);
+    }
 }

@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use common::azurite::{self, random_container, Azurite, DEV_ACCOUNT, DEV_KEY};
-use common::http_proxy::{Fate, HttpProxy};
+use common::http_proxy::{Fate, HttpProxy, Request};
 use managedblob::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
 use managedblob::backend::{Backend, BackendErrorKind, Condition};
 
@@ -99,4 +99,113 @@ fn a_lease_whose_stat_and_release_failed_is_taken_back_not_waited_out() {
     p.via.release_lease("a.db", &lease.id).unwrap();
     let next = p.direct.acquire_lease("a.db", LEASE).unwrap();
     p.direct.release_lease("a.db", &next.id).unwrap();
+}
+
+/// A VFS remote URL (with an account SAS) for `container` through `proxy`.
+fn vfs_remote_through(proxy: &HttpProxy, container: &str) -> String {
+    format!(
+        "http://{}/{DEV_ACCOUNT}/{container}?{}",
+        proxy.addr,
+        azurite::account_sas("rwdlac")
+    )
+}
+
+/// An ambiguous COMMIT on the real HTTP path: the reply to the request that
+/// publishes is dropped after Azurite applied it (`landed`), or every attempt is
+/// cut off before it reaches Azurite; the read-back that would tell is cut off too.
+/// The COMMIT fails saying "may have been applied"; the next statement resolves it.
+fn ambiguous_commit_through_the_proxy(mode: &str, landed: bool) {
+    let Some(p) = proxied() else { return };
+    common::init_logging();
+    managedblob::register().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let uri = common::uri_with_remote(
+        &dir.path().join("a.db"),
+        &vfs_remote_through(&p.proxy, p.direct.url().container()),
+        &format!("&sync={mode}&retry_base_ms=1&retry_attempts=3"),
+    );
+    let c = common::open(&uri);
+    c.execute("CREATE TABLE t(id)", []).unwrap();
+    let full = mode == "full";
+    let publishes = move |r: &Request| {
+        r.method == "PUT"
+            && if full {
+                !r.target.contains("comp=")
+            } else {
+                r.query_has("comp=blocklist")
+            }
+    };
+    let reads_back = move |r: &Request| {
+        r.method == "GET"
+            && if full {
+                !r.target.contains("comp=")
+            } else {
+                r.query_has("comp=blocklist")
+            }
+    };
+    let mut first = true;
+    p.proxy.set_rule(move |r| {
+        if publishes(r) && (first || !landed) {
+            first = false;
+            if landed {
+                Fate::LoseReply
+            } else {
+                Fate::ResetBeforeForwarding
+            }
+        } else if reads_back(r) {
+            Fate::ResetBeforeForwarding
+        } else {
+            Fate::Forward
+        }
+    });
+    let e = c.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+    let last_error = common::status(&c)["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last_error.contains("may have been applied"),
+        "{mode}: {e}: {last_error}"
+    );
+    p.proxy.pass_all();
+    let ids: std::collections::BTreeSet<i64> = common::column(&c, "SELECT id FROM t");
+    let last_error = common::status(&c)["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if landed {
+        assert_eq!(ids, [1].into(), "{mode}");
+        assert!(
+            last_error.contains("had been applied"),
+            "{mode}: {last_error}"
+        );
+    } else {
+        assert!(ids.is_empty(), "{mode}: {ids:?}");
+        assert!(
+            last_error.contains("was not applied"),
+            "{mode}: {last_error}"
+        );
+    }
+    c.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    let mut remote = Vec::new();
+    p.direct.download("a.db", &mut remote).unwrap();
+    let copy = dir.path().join("remote.db");
+    std::fs::write(&copy, remote).unwrap();
+    let r = rusqlite::Connection::open(&copy).unwrap();
+    let count: i64 = r
+        .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(
+        count,
+        if landed { 2 } else { 1 },
+        "{mode}: the remote holds each commit once"
+    );
+}
+
+#[test]
+fn an_ambiguous_commit_is_resolved_on_azurite() {
+    for mode in ["full", "delta"] {
+        ambiguous_commit_through_the_proxy(mode, true);
+        ambiguous_commit_through_the_proxy(mode, false);
+    }
 }

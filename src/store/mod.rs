@@ -24,6 +24,7 @@
 //! Every decision re-reads the sidecar under the file lock, so processes that share
 //! one cache agree.
 
+mod ambiguous;
 mod cache;
 mod fetch;
 mod lease;
@@ -296,7 +297,7 @@ impl Store {
         if !st.lease.observe().is_live() {
             self.reload(st)?;
         }
-        if st.sidecar.in_flight != InFlight::None {
+        if st.sidecar.in_flight != InFlight::None || st.sidecar.pending_commit.is_some() {
             self.force_check(st);
             return Err(Error::Busy(format!(
                 "cache {} is being resynced from the remote",
