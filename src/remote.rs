@@ -187,6 +187,12 @@ impl Remote {
     }
 
     /// Whether the store can do delta sync.
+    /// [`crate::backend::Backend::sweep_leftovers`] for this blob (not a counted
+    /// request: the local backend's is a directory listing).
+    pub fn sweep_leftovers(&self, held: Option<&LeaseId>) -> BackendResult<u64> {
+        self.backend.sweep_leftovers(&self.blob, held)
+    }
+
     /// The store must record the lease it holds (see
     /// [`crate::backend::Backend::leases_name_their_owner`]).
     pub fn records_lease_owner(&self) -> bool {

@@ -205,6 +205,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn leases_name_their_owner(&self) -> bool {
         true
     }
+
+    /// Remove what killed writers left beside `blob` (upload temps, staged blocks),
+    /// proved abandoned by the lease: `held` is ours (taken after they were made),
+    /// or, with `None`, the backend takes the lease itself and skips a blob leased by
+    /// a live writer. Returns the bytes removed. Stores with nothing to sweep (Azure
+    /// discards uncommitted blocks itself) keep the default.
+    fn sweep_leftovers(&self, _blob: &str, _held: Option<&LeaseId>) -> BackendResult<u64> {
+        Ok(0)
+    }
 }
 
 /// A block id: [`BLOCK_ID_LEN`] raw bytes (Azure wants every id of a blob to have

@@ -159,7 +159,7 @@ impl Store {
         if st.connections > 1 {
             return Ok(());
         }
-        self.remove_stale_downloads();
+        self.sweep_leftovers_at_open();
         let result = match file.lock(LockLevel::Shared) {
             Ok(()) => {
                 let r = self

@@ -70,6 +70,13 @@ impl Store {
             .counters
             .versions_up
             .fetch_add(1, Ordering::Relaxed);
+        // Holding the lease after a commit: whatever upload files are left beside the
+        // blob belong to writers that died (ours were installed or removed).
+        if let Some(id) = &lease {
+            if let Err(e) = self.remote.sweep_leftovers(Some(id)) {
+                tracing::debug!(error = %e, "sweeping leftovers after a commit failed");
+            }
+        }
         // The remote now holds what this cache holds: as good as a fresh check.
         st.last_check = Some(Instant::now());
         st.write.blob_exists();

@@ -221,6 +221,10 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn sweep_leftovers(&self, blob: &str, held: Option<&LeaseId>) -> BackendResult<u64> {
+        self.sweep_blob_leftovers(blob, held)
+    }
+
     fn break_lease(&self, blob: &str) -> BackendResult<()> {
         const OP: &str = "break lease";
         let p = self.paths(blob)?;
