@@ -52,10 +52,10 @@ impl Store {
     /// blob is the same), so the writer that creates the database holds the lease
     /// too. `None` only when the blob vanished again in between.
     fn acquire_lease(&self, st: &mut State) -> Result<Option<Lease>> {
-        let busy = || {
+        let busy = |e: &BackendError| {
             Error::Busy(format!(
-                "the lease on blob '{}' is held by another writer",
-                self.config.blob
+                "the lease on blob '{}' is held by another writer: {}",
+                self.config.blob, e.message
             ))
         };
         let mut created = false;
@@ -68,7 +68,12 @@ impl Store {
                         reclaimed = true;
                         continue;
                     }
-                    return Err(busy());
+                    // Why the write waits, for the status report (SQLite says only
+                    // "database is locked"); routine contention, so not a warning.
+                    let refused = busy(&e);
+                    tracing::debug!(error = %refused, "write refused: the lease is held");
+                    st.last_error = Some(refused.to_string());
+                    return Err(refused);
                 }
                 Err(e) if e.kind == BackendErrorKind::NotFound && created => return Ok(None),
                 Err(e) if e.kind == BackendErrorKind::NotFound => {}

@@ -97,6 +97,7 @@ impl AzureBackend {
             tuning,
             clients: Mutex::new(HashMap::new()),
             pending_acquires: Mutex::new(HashMap::new()),
+            lease_lookups: Mutex::new(HashMap::new()),
             block_sizes: Mutex::new(blocks::BlockSizes::default()),
         })
     }

@@ -13,7 +13,7 @@ use azure_storage_blob::models::{
 
 use super::errors::{http_status, Op};
 use super::AzureBackend;
-use crate::backend::{Backend, BackendErrorKind, BackendResult, Lease, LeaseId};
+use crate::backend::{Backend, BackendError, BackendErrorKind, BackendResult, Lease, LeaseId};
 
 /// Azure's lease duration bounds, in seconds.
 const MIN_LEASE_SECS: u64 = 15;
@@ -55,6 +55,9 @@ impl AzureBackend {
                         .lock()
                         .insert(blob.to_string(), proposed);
                 }
+                if e.kind == BackendErrorKind::LeaseHeld {
+                    return Err(self.describe_lease(blob, e));
+                }
                 return Err(e);
             }
         };
@@ -85,6 +88,37 @@ impl AzureBackend {
                 }))
             }
         }
+    }
+
+    /// A refused acquire, with what Azure tells of the lease in force: its state
+    /// and duration (it names no holder and no end). Looked up at most once a second
+    /// per blob (writers contending for a lease would double the requests); within
+    /// that second the last description is reused.
+    fn describe_lease(&self, blob: &str, mut refused: BackendError) -> BackendError {
+        let now = std::time::Instant::now();
+        let cached = self
+            .lease_lookups
+            .lock()
+            .get(blob)
+            .filter(|(t, _)| now.duration_since(*t) < Duration::from_secs(1))
+            .map(|(_, d)| d.clone());
+        let description = match cached {
+            Some(d) => d,
+            None => {
+                let d = match self.details(blob) {
+                    Ok(Some(details)) => lease_description(&details.lease),
+                    _ => String::new(),
+                };
+                self.lease_lookups
+                    .lock()
+                    .insert(blob.to_string(), (now, d.clone()));
+                d
+            }
+        };
+        if !description.is_empty() {
+            refused.message = format!("{} ({description})", refused.message);
+        }
+        refused
     }
 
     /// [`Backend::renew_lease`] (Azure renews for the duration of the acquire).
@@ -142,6 +176,23 @@ impl AzureBackend {
             },
         }
     }
+}
+
+/// "lease state leased, duration fixed: ..." for a refused acquire's message.
+fn lease_description(lease: &crate::ops::LeaseInfo) -> String {
+    let until = match lease.duration.as_deref() {
+        Some("infinite") => "until it is released or broken".to_string(),
+        _ => format!(
+            "for at most {MAX_LEASE_SECS} s more unless its holder renews it; Azure does not \
+             say who holds it (a writer killed on another host: wait, or `managedblob \
+             break-lease`)"
+        ),
+    };
+    format!(
+        "lease state {}, duration {}: held {until}",
+        lease.state.name(),
+        lease.duration.as_deref().unwrap_or("unknown")
+    )
 }
 
 #[cfg(test)]

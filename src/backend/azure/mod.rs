@@ -169,6 +169,9 @@ pub struct AzureBackend {
     clients: Mutex<HashMap<String, Arc<BlobClient>>>,
     /// Proposed lease ids of acquires that failed transiently, reused by the retry.
     pending_acquires: Mutex<HashMap<String, String>>,
+    /// When a refused acquire last looked up the lease's state, per blob: at most
+    /// once a second, so writers contending for a lease do not double the requests.
+    lease_lookups: Mutex<HashMap<String, (std::time::Instant, String)>>,
     /// Sizes of the blocks staged or seen committed, so a block commit can tell the
     /// new blob's size without another request (`blocks.rs`).
     block_sizes: Mutex<blocks::BlockSizes>,
