@@ -187,6 +187,21 @@ impl Remote {
     }
 
     /// Whether the store can do delta sync.
+    /// The counters, with the HTTP requests per kind: the backend's own count where
+    /// it speaks HTTP, else one request per call.
+    pub fn snapshot(&self) -> crate::counters::CounterSnapshot {
+        let mut snapshot = self.counters.snapshot();
+        let http = match self.backend.http_requests() {
+            Some(counts) => counts,
+            None => Request::ALL
+                .iter()
+                .map(|r| (r.name(), self.counters.get(*r)))
+                .collect(),
+        };
+        snapshot.set_http(http);
+        snapshot
+    }
+
     /// [`crate::backend::Backend::sweep_leftovers`] for this blob (not a counted
     /// request: the local backend's is a directory listing).
     pub fn sweep_leftovers(&self, held: Option<&LeaseId>) -> BackendResult<u64> {

@@ -209,3 +209,61 @@ fn an_ambiguous_commit_is_resolved_on_azurite() {
         ambiguous_commit_through_the_proxy(mode, false);
     }
 }
+
+/// `managedblob_status` counts every HTTP request, by kind, and the retries: the
+/// proxy sees exactly as many requests as the status reports, including the ones a
+/// backend call makes besides its main request (the stat after a lease acquire).
+#[test]
+fn status_counts_every_http_request_and_retry() {
+    let Some(p) = proxied() else { return };
+    common::init_logging();
+    managedblob::register().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let uri = common::uri_with_remote(
+        &dir.path().join("a.db"),
+        &vfs_remote_through(&p.proxy, p.direct.url().container()),
+        "&retry_base_ms=1",
+    );
+    let c = common::open(&uri);
+    c.execute("CREATE TABLE t(id)", []).unwrap();
+    // Cut off the first block commit: one retry.
+    let mut cut = false;
+    p.proxy.set_rule(move |r| {
+        if !cut && r.method == "PUT" && r.query_has("comp=blocklist") {
+            cut = true;
+            Fate::ResetBeforeForwarding
+        } else {
+            Fate::Forward
+        }
+    });
+    for i in 0..3 {
+        c.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+    }
+    let s = common::status(&c);
+    let requests = &s["requests"];
+    let http = &requests["http"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap();
+    let seen = {
+        use std::sync::atomic::Ordering::Relaxed;
+        let k = &p.proxy.counts;
+        k.forwarded.load(Relaxed) + k.resets.load(Relaxed) + k.lost_replies.load(Relaxed)
+    };
+    assert_eq!(n(&http["total"]), seen, "{s}");
+    let kinds: u64 = http
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "total")
+        .map(|(_, v)| n(v))
+        .sum();
+    assert_eq!(kinds, seen, "{s}");
+    assert_eq!(n(&requests["retries"]), 1, "{s}");
+    assert!(n(&http["put_block_list"]) >= 5, "{s}");
+    // A lease acquire that succeeds is followed by a stat the backend makes itself:
+    // requests the call counters do not show.
+    assert!(
+        n(&http["get_blob_properties"]) > n(&requests["stat"]),
+        "{s}"
+    );
+    assert!(n(&http["total"]) > n(&requests["total"]), "{s}");
+}

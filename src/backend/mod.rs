@@ -206,6 +206,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         true
     }
 
+    /// HTTP requests sent so far, by kind, where the store speaks HTTP (Azure bills
+    /// and throttles per request); `None` when a backend call is the request (the
+    /// local and memory backends).
+    fn http_requests(&self) -> Option<Vec<(&'static str, u64)>> {
+        None
+    }
+
     /// Remove what killed writers left beside `blob` (upload temps, staged blocks),
     /// proved abandoned by the lease: `held` is ours (taken after they were made),
     /// or, with `None`, the backend takes the lease itself and skips a blob leased by

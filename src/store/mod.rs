@@ -481,7 +481,7 @@ impl Store {
             batch_depth: st.write.batch_depth(),
             generation: st.sidecar.generation,
             in_flight: st.sidecar.in_flight,
-            requests: self.remote.counters.snapshot(),
+            requests: self.remote.snapshot(),
             conflicts: st.conflicts.clone(),
             last_error: st.last_error.clone(),
         }
