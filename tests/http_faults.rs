@@ -110,18 +110,28 @@ fn vfs_remote_through(proxy: &HttpProxy, container: &str) -> String {
     )
 }
 
-/// An ambiguous COMMIT on the real HTTP path: the reply to the request that
-/// publishes is dropped after Azurite applied it (`landed`), or every attempt is
-/// cut off before it reaches Azurite; the read-back that would tell is cut off too.
-/// The COMMIT fails saying "may have been applied"; the next statement resolves it.
-fn ambiguous_commit_through_the_proxy(mode: &str, landed: bool) {
-    let Some(p) = proxied() else { return };
+/// A cache directory and the URI of cache `a.db` in it on `p`'s container through
+/// its proxy, with `extra` settings (the VFS registered).
+fn cache_through(p: &Proxied, extra: &str) -> (tempfile::TempDir, String) {
     common::init_logging();
     managedblob::register().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let uri = common::uri_with_remote(
         &dir.path().join("a.db"),
         &vfs_remote_through(&p.proxy, p.direct.url().container()),
+        extra,
+    );
+    (dir, uri)
+}
+
+/// An ambiguous COMMIT on the real HTTP path: the reply to the request that
+/// publishes is dropped after Azurite applied it (`landed`), or every attempt is
+/// cut off before it reaches Azurite; the read-back that would tell is cut off too.
+/// The COMMIT fails saying "may have been applied"; the next statement resolves it.
+fn ambiguous_commit_through_the_proxy(mode: &str, landed: bool) {
+    let Some(p) = proxied() else { return };
+    let (dir, uri) = cache_through(
+        &p,
         &format!("&sync={mode}&retry_base_ms=1&retry_attempts=3"),
     );
     let c = common::open(&uri);
@@ -216,14 +226,7 @@ fn an_ambiguous_commit_is_resolved_on_azurite() {
 #[test]
 fn status_counts_every_http_request_and_retry() {
     let Some(p) = proxied() else { return };
-    common::init_logging();
-    managedblob::register().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let uri = common::uri_with_remote(
-        &dir.path().join("a.db"),
-        &vfs_remote_through(&p.proxy, p.direct.url().container()),
-        "&retry_base_ms=1",
-    );
+    let (_dir, uri) = cache_through(&p, "&retry_base_ms=1");
     let c = common::open(&uri);
     c.execute("CREATE TABLE t(id)", []).unwrap();
     // Cut off the first block commit: one retry.
