@@ -1,6 +1,7 @@
 //! Request and byte counters of one managed database, reported by
 //! `PRAGMA managedblob_status`. Every attempt counts, retries included.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The kinds of remote request.
@@ -84,7 +85,21 @@ pub struct CounterSnapshot {
     pub chunks_down: u64,
     pub versions_up: u64,
     pub versions_down: u64,
+    /// Backend calls retried after a transient failure (each retry is another
+    /// request, counted above and in `http`).
     pub retries: u64,
+    /// HTTP requests by kind, as Azure bills and throttles them (`total` included);
+    /// for the local and memory backends one request per backend call.
+    pub http: BTreeMap<&'static str, u64>,
+}
+
+impl CounterSnapshot {
+    /// Set the HTTP request counts (and their total).
+    pub fn set_http(&mut self, counts: Vec<(&'static str, u64)>) {
+        let total = counts.iter().map(|(_, n)| n).sum();
+        self.http = counts.into_iter().collect();
+        self.http.insert("total", total);
+    }
 }
 
 impl Counters {
@@ -117,6 +132,7 @@ impl Counters {
             versions_up: self.versions_up.load(Relaxed),
             versions_down: self.versions_down.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            http: BTreeMap::new(),
         }
     }
 }

@@ -187,6 +187,33 @@ impl Remote {
     }
 
     /// Whether the store can do delta sync.
+    /// The counters, with the HTTP requests per kind: the backend's own count where
+    /// it speaks HTTP, else one request per call.
+    pub fn snapshot(&self) -> crate::counters::CounterSnapshot {
+        let mut snapshot = self.counters.snapshot();
+        let http = match self.backend.http_requests() {
+            Some(counts) => counts,
+            None => Request::ALL
+                .iter()
+                .map(|r| (r.name(), self.counters.get(*r)))
+                .collect(),
+        };
+        snapshot.set_http(http);
+        snapshot
+    }
+
+    /// [`crate::backend::Backend::sweep_leftovers`] for this blob (not a counted
+    /// request: the local backend's is a directory listing).
+    pub fn sweep_leftovers(&self, held: Option<&LeaseId>) -> BackendResult<u64> {
+        self.backend.sweep_leftovers(&self.blob, held)
+    }
+
+    /// The store must record the lease it holds (see
+    /// [`crate::backend::Backend::leases_name_their_owner`]).
+    pub fn records_lease_owner(&self) -> bool {
+        !self.backend.leases_name_their_owner()
+    }
+
     pub fn has_blocks(&self) -> bool {
         self.backend.blocks().is_some()
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Etag;
+use crate::backend::{Etag, LeaseId};
 use crate::error::{Error, Result};
 use crate::fsutil;
 
@@ -53,6 +53,59 @@ pub struct Sidecar {
     /// knows which chunks they touched; anyone else hashes the cache to find out.
     #[serde(default)]
     pub dirty_owner: Option<String>,
+    /// The lease this cache's writer holds, when the backend's leases do not name
+    /// their owner (Azure): a restart on this host takes it back from a dead owner
+    /// instead of waiting for it to lapse. A lease id is not a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseOwner>,
+    /// A commit whose outcome is unknown (its reply was lost), resolved at the next
+    /// check (src/store/ambiguous.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_commit: Option<PendingCommit>,
+}
+
+/// What an ambiguous commit tried to publish: over which base, and the block list
+/// (delta sync, ids in hex) or the xxh3-128 hash of the bytes (a whole upload).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCommit {
+    pub base: Option<Etag>,
+    pub blocks: Option<Vec<String>>,
+    pub hash: Option<String>,
+}
+
+/// A lease id and the process that holds it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseOwner {
+    pub id: LeaseId,
+    pub pid: u32,
+    pub host: String,
+    pub boot_id: String,
+}
+
+impl std::fmt::Debug for LeaseOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} held by pid {} on {}", self.id, self.pid, self.host)
+    }
+}
+
+impl LeaseOwner {
+    /// `id`, held by this process.
+    pub fn this_process(id: LeaseId) -> LeaseOwner {
+        LeaseOwner {
+            id,
+            pid: std::process::id(),
+            host: crate::sys::hostname(),
+            boot_id: crate::backend::local::boot_id(),
+        }
+    }
+
+    /// Only an owner on this very machine and boot whose pid no longer exists is
+    /// provably dead (as for the local backend's leases).
+    pub fn is_dead(&self) -> bool {
+        self.host == crate::sys::hostname()
+            && self.boot_id == crate::backend::local::boot_id()
+            && !crate::sys::process_exists(self.pid)
+    }
 }
 
 impl Sidecar {
@@ -68,6 +121,8 @@ impl Sidecar {
             generation: 0,
             cache_id: None,
             dirty_owner: None,
+            lease: None,
+            pending_commit: None,
         }
     }
 
@@ -129,6 +184,12 @@ pub fn load(path: &Path) -> Result<Option<Sidecar>> {
 
 /// Write the sidecar atomically and durably.
 pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
+    if injected_failure(path) {
+        return Err(Error::Local(format!(
+            "writing {}: injected fault",
+            path.display()
+        )));
+    }
     let json = serde_json::to_vec_pretty(sidecar).expect("sidecar serializes");
     write_atomic(path, &json, true)
 }
@@ -138,6 +199,30 @@ pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     fsutil::write_atomic(path, bytes, durable)
         .map_err(|e| Error::local(format!("writing {}", path.display()), e))
+}
+
+/// Saves to fail, for tests: `(sidecar path, saves to let through first)`.
+static FAIL_SAVES: parking_lot::Mutex<Vec<(PathBuf, usize)>> = parking_lot::Mutex::new(Vec::new());
+
+/// Fault injection for tests: let the next `skip` saves of the sidecar at `path`
+/// through, then fail the one after (once). Lets a test fail the save a commit makes
+/// at a precise point (the commit point, or SQLITE_FCNTL_COMMIT_PHASETWO).
+#[doc(hidden)]
+pub fn fail_one_save_after(path: &Path, skip: usize) {
+    FAIL_SAVES.lock().push((path.to_path_buf(), skip));
+}
+
+fn injected_failure(path: &Path) -> bool {
+    let mut armed = FAIL_SAVES.lock();
+    let Some(i) = armed.iter().position(|(p, _)| p == path) else {
+        return false;
+    };
+    if armed[i].1 == 0 {
+        armed.remove(i);
+        return true;
+    }
+    armed[i].1 -= 1;
+    false
 }
 
 #[cfg(test)]

@@ -626,6 +626,11 @@ fn crash_injection_sigkill_writers_and_readers(w: &World) {
         );
     }
     assert_eq!(verified, soak.acked.union(&soak.lacked).count());
+    // Swept by the reopens (at open) and by the commits (after each).
+    assert!(
+        leftover_tmp.is_empty() && sidecar_tmp == 0,
+        "left behind: {leftover_tmp:?} ({leftover_bytes} bytes), {sidecar_tmp} sidecar temps"
+    );
     assert!(
         !soak.acked.is_empty(),
         "the writers never committed anything"

@@ -226,6 +226,30 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn blocks(&self) -> Option<&dyn Blocks> {
         None
     }
+
+    /// Whether a lease names its owner, so that a lease left by a dead process can
+    /// be reclaimed by the backend itself (the local backend). When not (Azure), the
+    /// store records the lease it holds in the sidecar, so that a restart of the
+    /// same cache on the same host can take it back.
+    fn leases_name_their_owner(&self) -> bool {
+        true
+    }
+
+    /// HTTP requests sent so far, by kind, where the store speaks HTTP (Azure bills
+    /// and throttles per request); `None` when a backend call is the request (the
+    /// local and memory backends).
+    fn http_requests(&self) -> Option<Vec<(&'static str, u64)>> {
+        None
+    }
+
+    /// Remove what killed writers left beside `blob` (upload temps, staged blocks),
+    /// proved abandoned by the lease: `held` is ours (taken after they were made),
+    /// or, with `None`, the backend takes the lease itself and skips a blob leased by
+    /// a live writer. Returns the bytes removed. Stores with nothing to sweep (Azure
+    /// discards uncommitted blocks itself) keep the default.
+    fn sweep_leftovers(&self, _blob: &str, _held: Option<&LeaseId>) -> BackendResult<u64> {
+        Ok(0)
+    }
 }
 
 /// A block id: [`BLOCK_ID_LEN`] raw bytes (Azure wants every id of a blob to have

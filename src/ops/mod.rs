@@ -27,6 +27,19 @@ pub enum LeaseState {
     Expired,
 }
 
+impl LeaseState {
+    /// Lower case, as Azure and the CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeaseState::Available => "available",
+            LeaseState::Leased => "leased",
+            LeaseState::Breaking => "breaking",
+            LeaseState::Broken => "broken",
+            LeaseState::Expired => "expired",
+        }
+    }
+}
+
 /// What the remote knows about a blob's lease. Never contains the lease id.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LeaseInfo {

@@ -82,7 +82,9 @@ pub fn sweep_cache(cache: &Path, dry_run: bool) -> Result<SweepReport> {
     let entries =
         fs::read_dir(dir).map_err(|e| Error::local(format!("listing {}", dir.display()), e))?;
     let mut report = SweepReport::default();
-    let open = OpenFiles::scan();
+    // Scanned at the first temp found, after it was listed: a temp made later is not
+    // judged against an older scan.
+    let mut open: Option<Option<OpenFiles>> = None;
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         let Some(kind) = cache_leftover(&name, &file) else {
@@ -91,7 +93,10 @@ pub fn sweep_cache(cache: &Path, dry_run: bool) -> Result<SweepReport> {
         let path = entry.path();
         let owner_gone = match kind {
             CacheLeftover::Download { pid } => pid.is_some_and(|p| !crate::sys::process_exists(p)),
-            CacheLeftover::Temp => open.as_ref().is_some_and(|o| !o.contains(&path)),
+            CacheLeftover::Temp => open
+                .get_or_insert_with(OpenFiles::scan)
+                .as_ref()
+                .is_some_and(|o| !o.contains(&path)),
         };
         if !owner_gone {
             report.skipped.push(Skipped {

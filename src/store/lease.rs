@@ -8,6 +8,7 @@ use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, Lease, LeaseId};
 use crate::error::{Error, Result};
 use crate::lease::HeldLease;
+use crate::sidecar::LeaseOwner;
 
 impl Store {
     /// The lease for a write: revive a parked one, keep a live one, or take it.
@@ -29,7 +30,7 @@ impl Store {
     /// first upload creates it (If-None-Match:*). A blob that vanished after this
     /// cache was synced with it is an error, never a silent re-creation.
     pub(super) fn take_write_lease(&self, st: &mut State) -> Result<bool> {
-        match self.acquire_lease()? {
+        match self.acquire_lease(st)? {
             Some(lease) => self.adopt_lease(st, lease).map(|()| false),
             None if st.sidecar.base.is_none() => Ok(true),
             None => {
@@ -50,18 +51,30 @@ impl Store {
     /// If-None-Match:* (a lease needs a blob; whoever creates it first, the empty
     /// blob is the same), so the writer that creates the database holds the lease
     /// too. `None` only when the blob vanished again in between.
-    fn acquire_lease(&self) -> Result<Option<Lease>> {
-        let busy = || {
+    fn acquire_lease(&self, st: &mut State) -> Result<Option<Lease>> {
+        let busy = |e: &BackendError| {
             Error::Busy(format!(
-                "the lease on blob '{}' is held by another writer",
-                self.config.blob
+                "the lease on blob '{}' is held by another writer: {}",
+                self.config.blob, e.message
             ))
         };
         let mut created = false;
+        let mut reclaimed = false;
         loop {
             match self.remote.acquire_lease(self.config.lease) {
                 Ok(lease) => return Ok(Some(lease)),
-                Err(e) if e.kind == BackendErrorKind::LeaseHeld => return Err(busy()),
+                Err(e) if e.kind == BackendErrorKind::LeaseHeld => {
+                    if !reclaimed && self.reclaim_dead_writers_lease(st) {
+                        reclaimed = true;
+                        continue;
+                    }
+                    // Why the write waits, for the status report (SQLite says only
+                    // "database is locked"); routine contention, so not a warning.
+                    let refused = busy(&e);
+                    tracing::debug!(error = %refused, "write refused: the lease is held");
+                    st.last_error = Some(refused.to_string());
+                    return Err(refused);
+                }
                 Err(e) if e.kind == BackendErrorKind::NotFound && created => return Ok(None),
                 Err(e) if e.kind == BackendErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
@@ -72,6 +85,39 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
             created = true;
+        }
+    }
+
+    /// The lease is held: when the sidecar records it as held by a process of this
+    /// host that is gone (a writer of this cache killed with its lease), take it back
+    /// with its id: renew (proof it is still that lease), then release. `true` when
+    /// it was released and an acquire may now succeed.
+    fn reclaim_dead_writers_lease(&self, st: &mut State) -> bool {
+        let Some(owner) = st.sidecar.lease.clone() else {
+            return false;
+        };
+        if !owner.is_dead() {
+            return false;
+        }
+        // Used up, whatever happens: a stale record is never tried twice.
+        st.sidecar.lease = None;
+        if let Err(e) = self.remote.renew_lease(&owner.id, self.config.lease) {
+            tracing::debug!(blob = %self.config.blob, owner = ?owner, error = %e,
+                "the lease recorded for a dead writer is not the one in force");
+            return false;
+        }
+        match self.remote.release_lease(&owner.id) {
+            Ok(()) => {
+                tracing::info!(blob = %self.config.blob, owner = ?owner,
+                    "took back the lease of a dead writer of this cache");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(blob = %self.config.blob, error = %e,
+                    "releasing a dead writer's lease failed; it is kept parked");
+                st.lease = LeaseSlot::Parked(owner.id);
+                false
+            }
         }
     }
 
@@ -86,6 +132,10 @@ impl Store {
             return Err(self
                 .moved_since_snapshot(" (use BEGIN IMMEDIATE for read-then-write transactions)"));
         }
+        let record = self.remote.records_lease_owner();
+        if record {
+            st.sidecar.lease = Some(LeaseOwner::this_process(lease.id.clone()));
+        }
         st.lease = LeaseSlot::Live(HeldLease::start(
             self.remote.clone(),
             lease.id,
@@ -93,6 +143,8 @@ impl Store {
         ));
         if adoptable_empty {
             st.sidecar.base = Some(lease.stat.etag);
+        }
+        if record || adoptable_empty {
             self.save(st)?;
         }
         Ok(())
@@ -131,7 +183,13 @@ impl Store {
                 tracing::warn!(blob = %self.config.blob, error = %e,
                     "releasing the lease failed; it is kept parked until released or lapsed");
                 st.lease = LeaseSlot::Parked(id);
+                return;
             }
+        }
+        // The record (if any) goes to disk with the next save; a stale one is
+        // harmless: its renewal fails.
+        if st.sidecar.lease.as_ref().is_some_and(|o| o.id == id) {
+            st.sidecar.lease = None;
         }
     }
 

@@ -24,6 +24,7 @@
 //! Every decision re-reads the sidecar under the file lock, so processes that share
 //! one cache agree.
 
+mod ambiguous;
 mod cache;
 mod fetch;
 mod lease;
@@ -158,7 +159,7 @@ impl Store {
         if st.connections > 1 {
             return Ok(());
         }
-        self.remove_stale_downloads();
+        self.sweep_leftovers_at_open();
         let result = match file.lock(LockLevel::Shared) {
             Ok(()) => {
                 let r = self
@@ -223,7 +224,11 @@ impl Store {
         }
         let mut st = self.lock_state();
         st.writable = st.writable.saturating_sub(usize::from(!read_only));
-        self.release_lease(&mut st);
+        // The mutex was dropped for the flush: a connection that attached meanwhile
+        // may have taken the lease for its write or batch. It is theirs now.
+        if st.connections == 0 && st.write.lease_unneeded() {
+            self.release_lease(&mut st);
+        }
     }
 
     /// NONE -> SHARED: the connection holds SHARED on the cache. Brings the cache up
@@ -292,7 +297,7 @@ impl Store {
         if !st.lease.observe().is_live() {
             self.reload(st)?;
         }
-        if st.sidecar.in_flight != InFlight::None {
+        if st.sidecar.in_flight != InFlight::None || st.sidecar.pending_commit.is_some() {
             self.force_check(st);
             return Err(Error::Busy(format!(
                 "cache {} is being resynced from the remote",
@@ -324,11 +329,17 @@ impl Store {
             SyncAction::Publish => {
                 st.written.extend(written.iter().copied());
                 let create = st.write.creates_blob();
-                self.publish(&mut st, file, create).and_then(|_| {
+                self.publish(&mut st, file, create).map(|_| {
                     // Until COMMIT_PHASETWO: the remote holds a commit the cache has
                     // not finished; a crash in between resyncs from the remote.
                     st.sidecar.in_flight = InFlight::Commit;
-                    self.save(&mut st)
+                    if let Err(e) = self.save(&mut st) {
+                        // The remote holds the transaction: failing the COMMIT now
+                        // would make the application apply it twice. The sidecar on
+                        // disk still names the old base, so a crash before the next
+                        // save resyncs from the remote (which holds this commit).
+                        self.note_committed_but(&mut st, &e);
+                    }
                 })
             }
         };
@@ -347,14 +358,33 @@ impl Store {
         }
     }
 
-    /// SQLITE_FCNTL_COMMIT_PHASETWO: the local commit is complete.
+    /// SQLITE_FCNTL_COMMIT_PHASETWO: the local commit is complete. SQLite sends it
+    /// after the transaction is committed (locally, and uploaded): nothing here may
+    /// report the COMMIT failed, or the application would apply it twice. A failed
+    /// save leaves `in_flight: commit` on disk, so the cache resyncs from the remote
+    /// at the next check or open.
     pub fn commit_phase_two(&self) -> Result<()> {
         let mut st = self.lock_state();
         if st.sidecar.in_flight == InFlight::Commit {
             st.sidecar.in_flight = InFlight::None;
-            self.save(&mut st)?;
+            if let Err(e) = self.save(&mut st) {
+                self.note_committed_but(&mut st, &e);
+            }
         }
         Ok(())
+    }
+
+    /// A step after the remote took a transaction failed: the transaction stands,
+    /// the failure is logged and kept for the status report, and the cache is
+    /// checked against the remote at the next read (the sidecar on disk says to
+    /// resync, or names an older base).
+    fn note_committed_but(&self, st: &mut State, err: &Error) {
+        let err = Error::Local(format!(
+            "the transaction was committed (locally and in the remote), but {err}; the \
+             cache resyncs from the remote at the next check"
+        ));
+        self.note_error(st, &err);
+        self.force_check(st);
     }
 
     /// Unlock below RESERVED: the write transaction ended.
@@ -451,7 +481,7 @@ impl Store {
             batch_depth: st.write.batch_depth(),
             generation: st.sidecar.generation,
             in_flight: st.sidecar.in_flight,
-            requests: self.remote.counters.snapshot(),
+            requests: self.remote.snapshot(),
             conflicts: st.conflicts.clone(),
             last_error: st.last_error.clone(),
         }

@@ -8,10 +8,27 @@ use std::time::Instant;
 
 use super::state::State;
 use super::Store;
-use crate::backend::{BackendErrorKind, BlobStat, BlockId, Condition, LeaseId};
+use crate::backend::{BackendError, BackendErrorKind, BlobStat, BlockId, Condition, LeaseId};
 use crate::error::{Error, Result};
 use crate::localfile::LocalFile;
 use crate::remote::UploadError;
+
+/// A failed publish: the error, and whether it may have landed anyway.
+pub(super) struct Failure {
+    error: Error,
+    /// What the publish tried, when it may be in the remote although it failed:
+    /// `Some(None)` a whole upload, `Some(Some(list))` a block list.
+    ambiguous: Option<Option<Vec<BlockId>>>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure {
+            error,
+            ambiguous: None,
+        }
+    }
+}
 
 /// What an upload tried to make the blob, to recognise it if it landed.
 enum Attempt<'a> {
@@ -41,6 +58,7 @@ impl Store {
         } else {
             self.publish_whole(file, &condition, lease.as_ref())
         }
+        .or_else(|failure| self.ambiguous_or(st, file, failure))
         .map_err(|e| match e {
             Error::Backend(b) if b.kind == BackendErrorKind::AlreadyExists => Error::Busy(format!(
                 "another writer created blob '{}' first; retry the transaction",
@@ -52,6 +70,13 @@ impl Store {
             .counters
             .versions_up
             .fetch_add(1, Ordering::Relaxed);
+        // Holding the lease after a commit: whatever upload files are left beside the
+        // blob belong to writers that died (ours were installed or removed).
+        if let Some(id) = &lease {
+            if let Err(e) = self.remote.sweep_leftovers(Some(id)) {
+                tracing::debug!(error = %e, "sweeping leftovers after a commit failed");
+            }
+        }
         // The remote now holds what this cache holds: as good as a fresh check.
         st.last_check = Some(Instant::now());
         st.write.blob_exists();
@@ -79,7 +104,7 @@ impl Store {
         file: &mut dyn LocalFile,
         condition: &Condition,
         lease: Option<&LeaseId>,
-    ) -> Result<BlobStat> {
+    ) -> std::result::Result<BlobStat, Failure> {
         let manifest = self.stage_chunks(st, file, lease)?;
         let raw: Vec<BlockId> = manifest
             .ids
@@ -98,7 +123,7 @@ impl Store {
         file: &mut dyn LocalFile,
         condition: &Condition,
         lease: Option<&LeaseId>,
-    ) -> Result<BlobStat> {
+    ) -> std::result::Result<BlobStat, Failure> {
         let size = file
             .size()
             .map_err(|e| Error::local(format!("reading cache {}", self.cache_path.display()), e))?;
@@ -115,37 +140,89 @@ impl Store {
         result: std::result::Result<BlobStat, UploadError>,
         file: &mut dyn LocalFile,
         attempt: Attempt<'_>,
-    ) -> Result<BlobStat> {
+    ) -> std::result::Result<BlobStat, Failure> {
         let e = match result {
             Ok(stat) => return Ok(stat),
             Err(e) => e,
         };
+        let tried = || match &attempt {
+            Attempt::Blocks(raw) => Some(raw.to_vec()),
+            Attempt::Whole => None,
+        };
+        // Every attempt failed transiently: any of them may have reached the server.
+        if e.error.is_transient() {
+            return Err(Failure {
+                ambiguous: Some(tried()),
+                error: e.error.into(),
+            });
+        }
         let own_condition = matches!(
             e.error.kind,
             BackendErrorKind::ConditionFailed | BackendErrorKind::AlreadyExists
         );
         if !(e.retried && own_condition) {
-            return Err(e.error.into());
+            return Err(Error::from(e.error).into());
         }
-        let landed = match attempt {
-            Attempt::Blocks(raw) => match self.remote.block_list()? {
-                Some((stat, list)) if list.iter().map(|(id, _)| id).eq(raw.iter()) => Some(stat),
-                _ => None,
-            },
-            Attempt::Whole => {
-                let stat = self.remote.download_to(&self.download_path)?;
-                let same = self.same_as_download(file);
-                let _ = std::fs::remove_file(&self.download_path);
-                same?.then_some(stat)
+        let read_back = match &attempt {
+            Attempt::Blocks(raw) => {
+                self.remote
+                    .block_list()
+                    .map_err(Error::from)
+                    .map(|l| match l {
+                        Some((stat, list)) if list.iter().map(|(id, _)| id).eq(raw.iter()) => {
+                            Some(stat)
+                        }
+                        _ => None,
+                    })
             }
+            Attempt::Whole => self
+                .remote
+                .download_to(&self.download_path)
+                .map_err(Error::from)
+                .and_then(|stat| {
+                    let same = self.same_as_download(file);
+                    let _ = std::fs::remove_file(&self.download_path);
+                    Ok(same?.then_some(stat))
+                }),
         };
+        let landed = read_back.map_err(|read_error| Failure {
+            error: read_error,
+            ambiguous: Some(tried()),
+        })?;
         match landed {
             Some(stat) => {
                 tracing::info!(blob = %self.config.blob,
                     "an upload retry found its first attempt had landed");
                 Ok(stat)
             }
-            None => Err(e.error.into()),
+            None => Err(Error::from(e.error).into()),
         }
+    }
+
+    /// A failed publish: when it may have landed, keep what it tried for the next
+    /// check to resolve, and say so in the error.
+    fn ambiguous_or(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        failure: Failure,
+    ) -> Result<BlobStat> {
+        // Only a COMMIT outside a batch: a flush's local commits stay in the dirty
+        // cache, and the next recovery compares them with the remote anyway.
+        let Some(tried) = failure.ambiguous.filter(|_| !st.sidecar.dirty) else {
+            return Err(failure.error);
+        };
+        if let Err(e) = self.record_ambiguous(st, file, tried.as_deref()) {
+            tracing::warn!(cache = %self.cache_path.display(), error = %e,
+                "could not keep what an ambiguous commit tried");
+        }
+        Err(Error::Backend(BackendError::new(
+            BackendErrorKind::Transient,
+            format!(
+                "the commit may have been applied (its outcome is unknown: {}); the next \
+                 check resolves it",
+                failure.error
+            ),
+        )))
     }
 }

@@ -181,28 +181,22 @@ impl Store {
         result
     }
 
-    /// Remove download side files left by processes of this cache that died.
-    pub(super) fn remove_stale_downloads(&self) {
-        let (Some(dir), Some(name)) = (self.cache_path.parent(), self.cache_path.file_name())
-        else {
-            return;
-        };
-        let mut prefix = name.to_os_string();
-        prefix.push("-managedblob.download-");
-        let prefix = prefix.to_string_lossy().into_owned();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = file_name.strip_prefix(&prefix) else {
-                continue;
-            };
-            let pid = rest.split('-').next().unwrap_or("");
-            let alive = !pid.is_empty() && std::path::Path::new("/proc").join(pid).exists();
-            if !alive {
-                let _ = std::fs::remove_file(entry.path());
+    /// At open: remove what killed processes left, with the CLI's sweep
+    /// (src/ops/sweep.rs): beside the cache, download side files of dead pids and
+    /// sidecar or manifest temps nobody has open; in the remote, upload temps and
+    /// staged blocks, proved abandoned by taking the blob's lease (skipped while a
+    /// live writer holds it). Best effort: a failure is only logged.
+    pub(super) fn sweep_leftovers_at_open(&self) {
+        match crate::ops::sweep::sweep_cache(&self.cache_path, false) {
+            Ok(report) if !report.found.is_empty() => {
+                tracing::info!(cache = %self.cache_path.display(), files = report.found.len(),
+                    bytes = report.bytes(), "removed what killed processes left beside the cache")
             }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "sweeping the cache directory failed"),
+        }
+        if let Err(e) = self.remote.sweep_leftovers(None) {
+            tracing::debug!(error = %e, "sweeping the remote's leftovers failed");
         }
     }
 

@@ -44,6 +44,12 @@ impl Store {
             return Ok(());
         }
         let remote = self.remote.stat()?;
+        if st.sidecar.pending_commit.is_some() {
+            // Before anything else: the remote may hold a commit we could not confirm.
+            let outcome = self.resolve_ambiguous(st, remote.as_ref())?;
+            st.last_error = Some(outcome);
+            return self.sync(st, file, held);
+        }
         st.last_check = Some(Instant::now());
         st.must_check = false;
         if in_flight != InFlight::None {

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod counter;
 pub mod delta;
 pub mod handoff;
+pub mod http_proxy;
 pub mod memworld;
 mod uri;
 pub use uri::uri_escape;

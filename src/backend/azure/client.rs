@@ -66,6 +66,12 @@ impl AzureBackend {
             })))),
             ..Default::default()
         };
+        let http_counts = Arc::new(super::http_count::HttpCounts::default());
+        client_options
+            .per_try_policies
+            .push(
+                Arc::new(super::http_count::CountingPolicy(http_counts.clone())) as Arc<dyn Policy>,
+            );
         let mut sas = None;
         let mut credential = None;
         match resolved.credential {
@@ -97,6 +103,8 @@ impl AzureBackend {
             tuning,
             clients: Mutex::new(HashMap::new()),
             pending_acquires: Mutex::new(HashMap::new()),
+            lease_lookups: Mutex::new(HashMap::new()),
+            http_counts,
             block_sizes: Mutex::new(blocks::BlockSizes::default()),
         })
     }

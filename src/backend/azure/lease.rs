@@ -1,8 +1,9 @@
 //! Azure blob leases. Azure only knows 15 to 60 s: shorter durations are rounded
 //! up to 15 s and longer ones capped at 60 s; a renewal keeps the duration the lease
 //! was acquired with. An acquire that failed transiently is retried with the same
-//! proposed lease id, so a lost reply does not lock us out. Releasing or breaking a
-//! lease that is already gone succeeds.
+//! proposed lease id, so a lost reply does not lock us out; so is the acquire after
+//! one whose stat and then release failed (the lease is never forgotten). Releasing
+//! or breaking a lease that is already gone succeeds.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use azure_storage_blob::models::{
 
 use super::errors::{http_status, Op};
 use super::AzureBackend;
-use crate::backend::{Backend, BackendErrorKind, BackendResult, Lease, LeaseId};
+use crate::backend::{Backend, BackendError, BackendErrorKind, BackendResult, Lease, LeaseId};
 
 /// Azure's lease duration bounds, in seconds.
 const MIN_LEASE_SECS: u64 = 15;
@@ -54,6 +55,9 @@ impl AzureBackend {
                         .lock()
                         .insert(blob.to_string(), proposed);
                 }
+                if e.kind == BackendErrorKind::LeaseHeld {
+                    return Err(self.describe_lease(blob, e));
+                }
                 return Err(e);
             }
         };
@@ -62,8 +66,18 @@ impl AzureBackend {
         match self.stat(blob) {
             Ok(Some(stat)) => Ok(Lease { id: lease, stat }),
             failed => {
-                // Do not keep a lease nobody will use.
-                let _ = self.release_lease(blob, &lease);
+                // Do not keep a lease nobody will use. When the release fails too, the
+                // id is kept as the next acquire's proposal: Azure accepts an acquire
+                // with the active lease's own id, so this process takes it back
+                // instead of waiting for it to lapse.
+                if let Err(e) = self.release_lease(blob, &lease) {
+                    tracing::warn!(blob, lease = ?lease, error = %e,
+                        "releasing a lease taken for a failed acquire failed; its id is \
+                         kept for the next acquire");
+                    self.pending_acquires
+                        .lock()
+                        .insert(blob.to_string(), lease.0);
+                }
                 Err(failed.err().unwrap_or_else(|| {
                     self.fail(
                         BackendErrorKind::NotFound,
@@ -74,6 +88,37 @@ impl AzureBackend {
                 }))
             }
         }
+    }
+
+    /// A refused acquire, with what Azure tells of the lease in force: its state
+    /// and duration (it names no holder and no end). Looked up at most once a second
+    /// per blob (writers contending for a lease would double the requests); within
+    /// that second the last description is reused.
+    fn describe_lease(&self, blob: &str, mut refused: BackendError) -> BackendError {
+        let now = std::time::Instant::now();
+        let cached = self
+            .lease_lookups
+            .lock()
+            .get(blob)
+            .filter(|(t, _)| now.duration_since(*t) < Duration::from_secs(1))
+            .map(|(_, d)| d.clone());
+        let description = match cached {
+            Some(d) => d,
+            None => {
+                let d = match self.details(blob) {
+                    Ok(Some(details)) => lease_description(&details.lease),
+                    _ => String::new(),
+                };
+                self.lease_lookups
+                    .lock()
+                    .insert(blob.to_string(), (now, d.clone()));
+                d
+            }
+        };
+        if !description.is_empty() {
+            refused.message = format!("{} ({description})", refused.message);
+        }
+        refused
     }
 
     /// [`Backend::renew_lease`] (Azure renews for the duration of the acquire).
@@ -131,6 +176,23 @@ impl AzureBackend {
             },
         }
     }
+}
+
+/// "lease state leased, duration fixed: ..." for a refused acquire's message.
+fn lease_description(lease: &crate::ops::LeaseInfo) -> String {
+    let until = match lease.duration.as_deref() {
+        Some("infinite") => "until it is released or broken".to_string(),
+        _ => format!(
+            "for at most {MAX_LEASE_SECS} s more unless its holder renews it; Azure does not \
+             say who holds it (a writer killed on another host: wait, or `managedblob \
+             break-lease`)"
+        ),
+    };
+    format!(
+        "lease state {}, duration {}: held {until}",
+        lease.state.name(),
+        lease.duration.as_deref().unwrap_or("unknown")
+    )
 }
 
 #[cfg(test)]

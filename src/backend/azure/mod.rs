@@ -65,6 +65,7 @@ mod client;
 mod download;
 mod entra;
 mod errors;
+mod http_count;
 mod lease;
 mod properties;
 mod runtime;
@@ -170,6 +171,11 @@ pub struct AzureBackend {
     clients: Mutex<HashMap<String, Arc<BlobClient>>>,
     /// Proposed lease ids of acquires that failed transiently, reused by the retry.
     pending_acquires: Mutex<HashMap<String, String>>,
+    /// When a refused acquire last looked up the lease's state, per blob: at most
+    /// once a second, so writers contending for a lease do not double the requests.
+    lease_lookups: Mutex<HashMap<String, (std::time::Instant, String)>>,
+    /// HTTP requests sent, by kind (counted by a pipeline policy).
+    http_counts: Arc<http_count::HttpCounts>,
     /// Sizes of the blocks staged or seen committed, so a block commit can tell the
     /// new blob's size without another request (`blocks.rs`).
     block_sizes: Mutex<blocks::BlockSizes>,
@@ -239,6 +245,14 @@ impl Backend for AzureBackend {
 
     fn break_lease(&self, blob: &str) -> BackendResult<()> {
         self.end_lease(blob)
+    }
+
+    fn leases_name_their_owner(&self) -> bool {
+        false
+    }
+
+    fn http_requests(&self) -> Option<Vec<(&'static str, u64)>> {
+        Some(self.http_counts.snapshot())
     }
 
     fn blocks(&self) -> Option<&dyn Blocks> {

@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::blocks::{unhex, BlockListRecord};
 use super::{BlobPaths, LocalBackend};
-use crate::backend::{Backend, BackendErrorKind, BackendResult, BlobStat, BlockList};
+use crate::backend::{Backend, BackendErrorKind, BackendResult, BlobStat, BlockList, LeaseId};
 use crate::ops::sweep::{Leftover, Skipped, SweepReport};
 use crate::ops::{rfc3339_ms, BlobDetails, LeaseInfo, LeaseState};
 
@@ -95,6 +95,43 @@ impl LocalBackend {
             self.sweep_blob(&blob, &candidates, dry_run, &mut report)?;
         }
         Ok(report)
+    }
+
+    /// [`Backend::sweep_leftovers`]: one blob's leftovers, found by listing its
+    /// directory (cheap when there are none, as after most commits).
+    pub(super) fn sweep_blob_leftovers(
+        &self,
+        blob: &str,
+        held: Option<&LeaseId>,
+    ) -> BackendResult<u64> {
+        const OP: &str = "sweep";
+        let p = self.paths(blob)?;
+        let candidates: Vec<PathBuf> = leftovers_of(&p).into_iter().map(|l| l.path).collect();
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let mut report = SweepReport::default();
+        match held {
+            None => self.sweep_blob(blob, &candidates, false, &mut report)?,
+            Some(lease) => {
+                let Some(_lock) = p.lock(OP)? else {
+                    return Ok(0);
+                };
+                self.check_write_lease(&p, Some(lease), OP)?;
+                report
+                    .found
+                    .extend(leftovers_of(&p).into_iter().filter(|l| remove(&l.path)));
+            }
+        }
+        if !report.found.is_empty() {
+            tracing::info!(
+                blob,
+                files = report.found.len(),
+                bytes = report.bytes(),
+                "removed what killed writers left"
+            );
+        }
+        Ok(report.bytes())
     }
 
     fn sweep_blob(

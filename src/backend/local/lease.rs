@@ -107,7 +107,7 @@ impl BlobPaths {
 }
 
 /// Changes on every boot, so a pid recorded before a reboot is never trusted.
-pub(super) fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()

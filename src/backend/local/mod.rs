@@ -47,6 +47,7 @@ mod download;
 mod etag;
 mod inspect;
 mod lease;
+pub(crate) use lease::boot_id;
 mod paths;
 mod upload;
 
@@ -213,6 +214,10 @@ impl Backend for LocalBackend {
             Some(held) if held.token == lease.0 => p.remove_lease(OP),
             _ => Ok(()),
         }
+    }
+
+    fn sweep_leftovers(&self, blob: &str, held: Option<&LeaseId>) -> BackendResult<u64> {
+        self.sweep_blob_leftovers(blob, held)
     }
 
     fn break_lease(&self, blob: &str) -> BackendResult<()> {

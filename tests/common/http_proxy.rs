@@ -1,0 +1,333 @@
+//! A fault-injecting HTTP/1.1 proxy on loopback, to put in front of Azurite: every
+//! request is read whole, then a rule decides its fate: forwarded (after an optional
+//! delay), the connection closed before it is forwarded (the server never sees it),
+//! or forwarded and the reply dropped (the server applied it, the client never
+//! hears). A fixed per-request delay on top models a network round trip (the
+//! benchmarks reuse it for that).
+//!
+//! One upstream connection per client connection; requests on it are handled in
+//! order. Only what the Azure SDK sends is supported: bodies framed by
+//! Content-Length or chunked, no Expect: 100-continue, no upgrades.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// A request as the rule sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, as sent (`/devstoreaccount1/c/a.db?comp=lease`).
+    pub target: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The query string holds `item` (`comp=lease`, `comp=blocklist`).
+    pub fn query_has(&self, item: &str) -> bool {
+        self.target
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|kv| kv == item))
+    }
+
+    /// A lease request with `x-ms-lease-action: action` (`acquire`, `release`, ...).
+    pub fn is_lease(&self, action: &str) -> bool {
+        self.query_has("comp=lease") && self.header("x-ms-lease-action") == Some(action)
+    }
+
+    /// A request that changes the blob or its lease (anything but GET and HEAD).
+    pub fn writes(&self) -> bool {
+        !matches!(self.method.as_str(), "GET" | "HEAD")
+    }
+}
+
+/// What happens to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Forward,
+    /// Close the client connection before forwarding: the server never sees it.
+    ResetBeforeForwarding,
+    /// Forward, read the server's reply, then close the client connection instead
+    /// of answering: the server applied it, the client cannot know.
+    LoseReply,
+    /// Wait this long, then forward.
+    Slow(Duration),
+}
+
+type Rule = Box<dyn FnMut(&Request) -> Fate + Send>;
+
+/// How many requests met each fate.
+#[derive(Debug, Default)]
+pub struct ProxyCounts {
+    pub forwarded: AtomicU64,
+    pub resets: AtomicU64,
+    pub lost_replies: AtomicU64,
+    pub slowed: AtomicU64,
+}
+
+/// Random faults at fixed rates (a rule made by [`random_faults`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rates {
+    pub reset: f64,
+    pub lose_reply: f64,
+    pub slow: f64,
+    pub slow_by: Duration,
+}
+
+/// A rule that draws each request's fate at `rates` (resets and lost replies only
+/// for requests that write: a lost read reply is just a transient read error).
+pub fn random_faults(rates: Rates) -> impl FnMut(&Request) -> Fate + Send {
+    move |req: &Request| {
+        let roll = fastrand::f64();
+        if req.writes() && roll < rates.reset {
+            Fate::ResetBeforeForwarding
+        } else if req.writes() && roll < rates.reset + rates.lose_reply {
+            Fate::LoseReply
+        } else if fastrand::f64() < rates.slow {
+            Fate::Slow(rates.slow_by)
+        } else {
+            Fate::Forward
+        }
+    }
+}
+
+/// The proxy; stops accepting when dropped (open connections finish their request).
+pub struct HttpProxy {
+    pub addr: SocketAddr,
+    upstream: SocketAddr,
+    rule: Arc<Mutex<Rule>>,
+    delay: Arc<Mutex<Duration>>,
+    pub counts: Arc<ProxyCounts>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpProxy {
+    /// A proxy on a free loopback port forwarding to `upstream`, passing everything.
+    pub fn start(upstream: SocketAddr) -> HttpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let proxy = HttpProxy {
+            addr: listener.local_addr().unwrap(),
+            upstream,
+            rule: Arc::new(Mutex::new(Box::new(|_: &Request| Fate::Forward))),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+            counts: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (rule, delay, counts, stop) = (
+            proxy.rule.clone(),
+            proxy.delay.clone(),
+            proxy.counts.clone(),
+            proxy.stop.clone(),
+        );
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let (rule, delay, counts) = (rule.clone(), delay.clone(), counts.clone());
+                thread::spawn(move || {
+                    let _ = serve(client, upstream, &rule, &delay, &counts);
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Decide every request's fate with `rule` from now on.
+    pub fn set_rule(&self, rule: impl FnMut(&Request) -> Fate + Send + 'static) {
+        *self.rule.lock().unwrap() = Box::new(rule);
+    }
+
+    /// Forward everything again.
+    pub fn pass_all(&self) {
+        self.set_rule(|_| Fate::Forward);
+    }
+
+    /// Delay every request by `delay` before it is forwarded (besides its fate).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// The upstream server this proxy forwards to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+}
+
+impl Drop for HttpProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Handle one client connection until it closes or a fault closes it.
+fn serve(
+    client: TcpStream,
+    upstream_addr: SocketAddr,
+    rule: &Mutex<Rule>,
+    delay: &Mutex<Duration>,
+    counts: &ProxyCounts,
+) -> io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    let mut upstream: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    loop {
+        let Some((req, raw)) = read_request(&mut reader)? else {
+            return Ok(());
+        };
+        let fate = (rule.lock().unwrap())(&req);
+        let pause = *delay.lock().unwrap();
+        if !pause.is_zero() {
+            thread::sleep(pause);
+        }
+        match fate {
+            Fate::ResetBeforeForwarding => {
+                counts.resets.fetch_add(1, Ordering::Relaxed);
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Fate::Slow(by) => {
+                counts.slowed.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(by);
+            }
+            Fate::Forward | Fate::LoseReply => {}
+        }
+        if upstream.is_none() {
+            let s = TcpStream::connect(upstream_addr)?;
+            upstream = Some((s.try_clone()?, BufReader::new(s)));
+        }
+        let (up_write, up_read) = upstream.as_mut().unwrap();
+        up_write.write_all(&raw)?;
+        let reply = read_response(up_read, req.method == "HEAD")?;
+        if fate == Fate::LoseReply {
+            counts.lost_replies.fetch_add(1, Ordering::Relaxed);
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        counts.forwarded.fetch_add(1, Ordering::Relaxed);
+        client.write_all(&reply)?;
+    }
+}
+
+/// Read one request whole: the parsed head and the raw bytes. `None` at a clean EOF.
+fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<(Request, Vec<u8>)>> {
+    let mut raw = Vec::new();
+    let Some(lines) = read_head(r, &mut raw)? else {
+        return Ok(None);
+    };
+    let mut parts = lines[0].split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let headers = parse_headers(&lines[1..]);
+    read_body(r, &headers, &mut raw)?;
+    Ok(Some((
+        Request {
+            method,
+            target,
+            headers,
+        },
+        raw,
+    )))
+}
+
+/// Read one response whole, raw. `head_only`: the reply to a HEAD has no body.
+fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let lines = read_head(r, &mut raw)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no reply"))?;
+    let status: u16 = lines[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = parse_headers(&lines[1..]);
+    if !(head_only || status == 204 || status == 304 || (100..200).contains(&status)) {
+        read_body(r, &headers, &mut raw)?;
+    }
+    Ok(raw)
+}
+
+/// Read a message head (up to the empty line) into `raw`; its lines without CRLF.
+fn read_head(r: &mut BufReader<TcpStream>, raw: &mut Vec<u8>) -> io::Result<Option<Vec<String>>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return if lines.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        raw.extend_from_slice(line.as_bytes());
+        let trimmed = line.trim_end_matches(['\r', '\n']).to_string();
+        if trimmed.is_empty() {
+            return Ok(Some(lines));
+        }
+        lines.push(trimmed);
+    }
+}
+
+fn parse_headers(lines: &[String]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
+}
+
+/// Copy a body framed by Content-Length or chunked encoding into `raw`.
+fn read_body(
+    r: &mut BufReader<TcpStream>,
+    headers: &[(String, String)],
+    raw: &mut Vec<u8>,
+) -> io::Result<()> {
+    let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            r.read_line(&mut size_line)?;
+            raw.extend_from_slice(size_line.as_bytes());
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if size == 0 {
+                // Trailers, then the empty line.
+                while read_head_line(r, raw)? {}
+                return Ok(());
+            }
+            let start = raw.len();
+            raw.resize(start + size + 2, 0);
+            r.read_exact(&mut raw[start..])?;
+        }
+    }
+    let len: usize = get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let start = raw.len();
+    raw.resize(start + len, 0);
+    r.read_exact(&mut raw[start..])
+}
+
+/// Copy one line into `raw`; false when it was the empty line.
+fn read_head_line(r: &mut BufReader<TcpStream>, raw: &mut Vec<u8>) -> io::Result<bool> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    raw.extend_from_slice(line.as_bytes());
+    Ok(!line.trim_end_matches(['\r', '\n']).is_empty())
+}
