@@ -59,13 +59,7 @@ impl Store {
             self.publish_whole(file, &condition, lease.as_ref())
         }
         .or_else(|failure| self.ambiguous_or(st, file, failure))
-        .map_err(|e| match e {
-            Error::Backend(b) if b.kind == BackendErrorKind::AlreadyExists => Error::Busy(format!(
-                "another writer created blob '{}' first; retry the transaction",
-                self.config.blob
-            )),
-            other => other,
-        })?;
+        .map_err(|e| self.lost_race(st, e))?;
         self.remote
             .counters
             .versions_up
@@ -84,6 +78,27 @@ impl Store {
         st.sidecar.dirty = false;
         st.sidecar.generation += 1;
         Ok(stat)
+    }
+
+    /// A publish refused because another writer got there first is a conflict, not
+    /// a fault: the blob was created by someone else, or it moved on while our lease
+    /// lapsed (expired, broken, taken). It is SQLITE_BUSY (BUSY_SNAPSHOT at COMMIT,
+    /// so SQLite rolls the transaction back), and the next read takes the new version.
+    fn lost_race(&self, st: &mut State, e: Error) -> Error {
+        let Error::Backend(b) = &e else {
+            return e;
+        };
+        let why = match b.kind {
+            BackendErrorKind::AlreadyExists => "another writer created it first",
+            BackendErrorKind::ConditionFailed => "it moved on since this transaction began",
+            BackendErrorKind::LeaseLost => "this writer's lease lapsed and it may have moved on",
+            _ => return e,
+        };
+        self.force_check(st);
+        Error::Busy(format!(
+            "blob '{}' was not published: {why} ({b}); retry the transaction",
+            self.config.blob
+        ))
     }
 
     /// Upload local commits that are not in the remote yet (a batch's end, a flush,
