@@ -45,7 +45,9 @@
 mod blocks;
 mod download;
 mod etag;
+mod in_place;
 mod inspect;
+mod journal;
 mod lease;
 mod paths;
 mod upload;
@@ -53,8 +55,10 @@ mod upload;
 use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use self::journal::SharedLock;
 use self::paths::BlobPaths;
 use self::upload::TempFile;
 use super::checks::{check_condition, Refusal};
@@ -72,6 +76,8 @@ pub struct LocalBackend {
     /// Who we are, for lease files (and to recognize leases of dead local processes).
     host: String,
     boot_id: String,
+    /// Bytes block commits wrote into the remote (blob and journal): for tests.
+    written: AtomicU64,
 }
 
 impl LocalBackend {
@@ -99,7 +105,15 @@ impl LocalBackend {
             dir: canonical,
             host: hostname(),
             boot_id: lease::boot_id(),
+            written: AtomicU64::new(0),
         })
+    }
+
+    /// How many bytes this backend's block commits have written into the remote
+    /// directory (blob file and journal; staged blocks not counted): a commit of a few
+    /// changed pages in place writes about twice those pages, a rebuilt blob its size.
+    pub fn commit_bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// The files of `blob`, after checking its name cannot escape the directory.
@@ -143,7 +157,9 @@ impl Backend for LocalBackend {
         let lock = p.lock(OP)?.ok_or_else(|| p.missing(OP))?;
         let base = p.open_current(false, OP)?.ok_or_else(|| p.missing(OP))?;
         // The open descriptor keeps this version readable even if an upload renames
-        // a new file over the blob now, so the copy needs no lock.
+        // a new file over the blob now, and SQLite's SHARED lock keeps an in-place
+        // commit out until the copy is done, so the copy needs no mutex.
+        let _shared = SharedLock::take(&p, &base.file, OP)?;
         drop(lock);
         p.copy_all(&base, sink, OP)?;
         Ok(base.stat)
