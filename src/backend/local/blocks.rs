@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -260,15 +260,7 @@ impl BlobPaths {
                     .map_err(|e| self.io_error(op, e))?;
                 }
                 Source::Staged(path) => {
-                    let staged = File::open(path).map_err(|e| self.io_error(op, e))?;
-                    let len = staged.metadata().map_err(|e| self.io_error(op, e))?.len();
-                    if len != block.size {
-                        return Err(self.error(
-                            BackendErrorKind::Transient,
-                            op,
-                            &format!("staged block {} changed during the commit", hex(&block.id)),
-                        ));
-                    }
+                    let staged = self.open_staged(block, path, op)?;
                     copy_range(&staged, 0, &file, block.offset, block.size, &mut buffer)
                         .map_err(|e| self.io_error(op, e))?;
                 }
@@ -280,6 +272,25 @@ impl BlobPaths {
         file.sync_all().map_err(|e| self.io_error(op, e))?;
         tracing::debug!(blob = %self.path.display(), cloned, len, "local commit built");
         Ok(tmp)
+    }
+
+    /// The staged block file of `block`, checked to still have the planned size.
+    pub(super) fn open_staged(
+        &self,
+        block: &PlannedBlock,
+        path: &Path,
+        op: &str,
+    ) -> BackendResult<File> {
+        let staged = File::open(path).map_err(|e| self.io_error(op, e))?;
+        let len = staged.metadata().map_err(|e| self.io_error(op, e))?.len();
+        if len != block.size {
+            return Err(self.error(
+                BackendErrorKind::Transient,
+                op,
+                &format!("staged block {} changed during the commit", hex(&block.id)),
+            ));
+        }
+        Ok(staged)
     }
 
     /// After a write landed: record its block list (or none), discard staged blocks.

@@ -52,7 +52,7 @@ use super::download::Base;
 use super::journal::{lock_page, rollback_page_size, JournalWriter, SqliteLock};
 use super::paths::BlobPaths;
 use super::upload::TempFile;
-use crate::backend::{BackendErrorKind, BackendResult, BlobStat};
+use crate::backend::{BackendResult, BlobStat};
 
 /// A page to write: its offset in the blob, and where its new bytes come from.
 struct Write {
@@ -250,15 +250,7 @@ fn open_staged(p: &BlobPaths, plan: &[PlannedBlock], op: &str) -> BackendResult<
         .map(|block| match &block.source {
             Source::Committed(_) => Ok(None),
             Source::Staged(path) => {
-                let file = File::open(path).map_err(|e| p.io_error(op, e))?;
-                let len = file.metadata().map_err(|e| p.io_error(op, e))?.len();
-                if len != block.size {
-                    return Err(p.error(
-                        BackendErrorKind::Transient,
-                        op,
-                        "a staged block changed during the commit",
-                    ));
-                }
+                let file = p.open_staged(block, path, op)?;
                 Ok(Some(file))
             }
         })

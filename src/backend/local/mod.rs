@@ -30,7 +30,7 @@
 //! `sqlite3` on the remote file waits (SQLITE_BUSY) during the write, and after a
 //! crash finds a hot journal and rolls the half-done commit back itself; every
 //! operation of this backend does the same before anything else (in
-//! [`BlobPaths::lock`]). Downloads and range reads hold SQLite's SHARED lock while
+//! `BlobPaths::lock`). Downloads and range reads hold SQLite's SHARED lock while
 //! they copy, so an in-place commit waits for them (at most a few seconds, then fails
 //! as transient). `in_place.rs` lists each crash point and what it leaves.
 //!
