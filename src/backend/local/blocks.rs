@@ -199,14 +199,15 @@ impl BlobPaths {
                 offset += size;
             }
         }
+        // One listing of the staging directory rather than a lookup per id: a commit
+        // names every block of the blob, and stages only a few.
+        let staged = self.staged_sizes(op)?;
         let mut plan = Vec::with_capacity(ids.len());
         let mut offset = 0;
         for id in ids {
-            let staged = self.staged_block(id);
-            let (size, source) = match fs::metadata(&staged) {
-                Ok(meta) => (meta.len(), Source::Staged(staged)),
-                Err(e) if !is_missing(&e) => return Err(self.io_error(op, e)),
-                _ => match committed.get(id.as_slice()) {
+            let (size, source) = match staged.get(&hex(id)) {
+                Some(&size) => (size, Source::Staged(self.staged_block(id))),
+                None => match committed.get(id.as_slice()) {
                     Some(&(at, size)) => (size, Source::Committed(at)),
                     None => {
                         return Err(self.error(
@@ -272,6 +273,22 @@ impl BlobPaths {
         file.sync_all().map_err(|e| self.io_error(op, e))?;
         tracing::debug!(blob = %self.path.display(), cloned, len, "local commit built");
         Ok(tmp)
+    }
+
+    /// The size of each staged block, by file name (hex id).
+    fn staged_sizes(&self, op: &str) -> BackendResult<HashMap<String, u64>> {
+        let entries = match fs::read_dir(self.staged_dir()) {
+            Ok(entries) => entries,
+            Err(e) if is_missing(&e) => return Ok(HashMap::new()),
+            Err(e) => return Err(self.io_error(op, e)),
+        };
+        let mut sizes = HashMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_error(op, e))?;
+            let meta = entry.metadata().map_err(|e| self.io_error(op, e))?;
+            sizes.insert(entry.file_name().to_string_lossy().into_owned(), meta.len());
+        }
+        Ok(sizes)
     }
 
     /// The staged block file of `block`, checked to still have the planned size.
