@@ -414,3 +414,22 @@ fn a_reader_that_stays_makes_the_commit_fail_as_transient_with_nothing_changed()
     s.commit(&s.backend).unwrap();
     assert!(fs::read(s.blob()).unwrap() == s.new);
 }
+
+/// A journal SQLite left empty or zeroed (journal modes TRUNCATE, PERSIST) is not hot:
+/// this backend leaves it alone and does not wait for the readers of the file.
+#[test]
+fn a_cold_journal_is_left_alone() {
+    let s = Setup::new(4, &SPREAD);
+    let reader = Connection::open_with_flags(s.blob(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    for cold in [vec![], vec![0u8; 4096]] {
+        fs::write(s.journal(), &cold).unwrap();
+        assert_eq!(s.backend.stat(BLOB).unwrap().unwrap().etag, s.etag);
+        assert_eq!(fs::read(s.journal()).unwrap(), cold, "left as it was");
+    }
+    reader.execute_batch("COMMIT").unwrap();
+    fs::remove_file(s.journal()).unwrap();
+}

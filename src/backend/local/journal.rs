@@ -180,6 +180,12 @@ pub(super) fn play_back(journal: &File, db: &File) -> io::Result<Option<Option<S
     Ok(Some(token))
 }
 
+/// Hot, as SQLite decides it (with RESERVED free): the first byte is not zero.
+fn is_hot(journal: &File) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    Ok(journal.read_at(&mut first, 0)? == 1 && first[0] != 0)
+}
+
 fn invalid(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, why)
 }
@@ -299,7 +305,9 @@ impl BlobPaths {
             // No database: nothing to restore into (SQLite deletes such a journal too).
             return self.remove_journal(op);
         };
-        if !lock.try_reserved(self, op)? {
+        if !lock.try_reserved(self, op)? || !is_hot(&journal).map_err(|e| self.io_error(op, e))? {
+            // A live writer's journal, or one SQLite left empty or zeroed (journal
+            // modes TRUNCATE and PERSIST): nothing to undo.
             return Ok(());
         }
         lock.exclusive(self, op)?;
