@@ -459,7 +459,7 @@ fn crash_injection_sigkill_writers_and_readers(w: &World) {
         // Every other delta round on the local backend, each in-place commit pauses
         // half-written (remote hot journal), so kills land there too.
         let pause = if w.is_local() && round % 4 == 0 {
-            "20"
+            "50"
         } else {
             "0"
         };
