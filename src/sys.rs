@@ -1,5 +1,5 @@
-//! The operating-system calls the local backend needs (flock, FICLONE, kill(0),
-//! gethostname), as safe functions: with the VFS shim (`src/ffi/`), the crate's only
+//! The operating-system calls the local backend needs (flock, byte-range locks,
+//! FICLONE, kill(0), gethostname), as safe functions: with the VFS shim (`src/ffi/`), the crate's only
 //! unsafe code.
 
 #![allow(unsafe_code)]
@@ -40,6 +40,63 @@ pub(crate) fn flock_exclusive(file: &File) -> io::Result<()> {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
+        }
+    }
+}
+
+/// What [`try_lock_range`] asks for on a byte range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RangeLock {
+    /// A read (shared) lock: `F_RDLCK`.
+    Read,
+    /// A write (exclusive) lock: `F_WRLCK`.
+    Write,
+    /// Release what this open file description holds there: `F_UNLCK`.
+    Unlock,
+}
+
+/// Try once to set a POSIX byte-range lock on `len` bytes at `start` of `file`,
+/// without waiting: `Ok(false)` when another holder's lock conflicts.
+///
+/// On Linux these are open-file-description locks (`F_OFD_SETLK`): they belong to
+/// the open `File`, not to the process, so they conflict between threads of this
+/// process too and are not dropped when some other descriptor of the file is closed;
+/// they still conflict with the classic `F_SETLK` locks SQLite's unix VFS takes in
+/// other processes. Elsewhere, classic process-owned locks.
+pub(crate) fn try_lock_range(
+    file: &File,
+    start: u64,
+    len: u64,
+    kind: RangeLock,
+) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const SET_LOCK: libc::c_int = libc::F_OFD_SETLK;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const SET_LOCK: libc::c_int = libc::F_SETLK;
+    let out_of_range = || io::Error::new(io::ErrorKind::InvalidInput, "lock range too large");
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value
+    // (and OFD locks require `l_pid` to be 0).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = match kind {
+        RangeLock::Read => libc::F_RDLCK,
+        RangeLock::Write => libc::F_WRLCK,
+        RangeLock::Unlock => libc::F_UNLCK,
+    } as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    lock.l_start = libc::off_t::try_from(start).map_err(|_| out_of_range())?;
+    lock.l_len = libc::off_t::try_from(len).map_err(|_| out_of_range())?;
+    loop {
+        // SAFETY: the descriptor is valid while `file` is borrowed, and `lock` is a
+        // live, initialized `flock` that fcntl only reads for a SETLK command.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), SET_LOCK, &lock) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN | libc::EACCES) => return Ok(false),
+            _ => return Err(e),
         }
     }
 }

@@ -456,6 +456,13 @@ fn crash_injection_sigkill_writers_and_readers(w: &World) {
         let mode = if round % 2 == 0 { "delta" } else { "full" };
         let (writer_uri, reader_uri) = uris(mode);
         let tmp_before = transfers();
+        // Every other delta round on the local backend, each in-place commit pauses
+        // half-written (remote hot journal), so kills land there too.
+        let pause = if w.is_local() && round % 4 == 0 {
+            "50"
+        } else {
+            "0"
+        };
         let mut writer = Proc::spawn(
             &format!("writer-{round}"),
             "crash_writer",
@@ -463,6 +470,7 @@ fn crash_injection_sigkill_writers_and_readers(w: &World) {
             &[
                 ("MB_START", soak.next_txn().to_string()),
                 ("MB_SEED", fastrand::u64(..).to_string()),
+                ("MANAGEDBLOB_TEST_IN_PLACE_PAUSE_MS", pause.to_string()),
             ],
         );
         let mut reader = Proc::spawn(&format!("reader-{round}"), "crash_reader", &reader_uri, &[]);
@@ -474,7 +482,12 @@ fn crash_injection_sigkill_writers_and_readers(w: &World) {
         thread::sleep(Duration::from_millis(fastrand::u64(20..700)));
         let mut kill_writer = |soak: &mut Soak| {
             writer.sigkill();
-            let class = classify_writer_kill(&writer_cache, &transfers(), &tmp_before);
+            let remote_journal = remote_dir.as_deref().map(|d| d.join("a.db-journal"));
+            let class = if remote_journal.is_some_and(|j| j.exists()) {
+                "during an in-place commit (remote hot journal)"
+            } else {
+                classify_writer_kill(&writer_cache, &transfers(), &tmp_before)
+            };
             if !w.is_local() {
                 // Stands in for the expiry of the dead writer's lease (see above).
                 w.with_backend(|b| b.break_lease("a.db"))
@@ -518,7 +531,10 @@ fn crash_injection_sigkill_writers_and_readers(w: &World) {
         let when = format!("round {round}, sync={mode} ({})", classes.join("; "));
 
         // Outside a batch, COMMIT returns only after the upload: every acknowledged
-        // commit is in the remote before anything reopens the cache.
+        // commit is in the remote before anything reopens the cache (on the local
+        // backend once its next accessor rolled back a half-done in-place commit).
+        w.with_backend(|b| b.stat("a.db"))
+            .unwrap_or_else(|e| panic!("{when}: stat after the kills: {e}"));
         check_remote_now(
             &soak,
             &soak.acked,

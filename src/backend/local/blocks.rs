@@ -1,5 +1,6 @@
 //! The block capability of the local backend ([`Blocks`], for delta sync), modelled
-//! on Azure's block blobs; the module header of `mod.rs` describes the design.
+//! on Azure's block blobs; the module header of `mod.rs` describes the design, and
+//! `in_place.rs` the commit written into the blob under a SQLite journal.
 //! `.mb-staged/<hex id>` holds staged blocks, `.mb-blocks` the committed list with
 //! the etag of the version it belongs to.
 
@@ -7,11 +8,13 @@ use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::download::Base;
+use super::journal::SharedLock;
 use super::paths::{is_missing, BlobPaths};
 use super::upload::TempFile;
 use super::{require_condition, LocalBackend};
@@ -80,10 +83,18 @@ impl Blocks for LocalBackend {
             let base = p.open_current(true, OP)?;
             require_condition(&p, condition, base.as_ref().map(|b| &b.stat), OP)?;
             let plan = p.plan_commit(ids, base.as_ref(), OP)?;
+            // A SQLite database with a few changed pages: in place, under its journal.
+            if let Some(base) = &base {
+                if let Some(stat) = p.commit_in_place(&plan, base, &self.written, OP)? {
+                    p.clear_blocks(Some(&BlockListRecord::of(&stat, &plan)), OP);
+                    p.sync_parent(OP)?;
+                    return Ok(stat);
+                }
+            }
             (base, plan)
         };
-        // Outside it: build the new blob.
-        let built = p.build(&plan, base.as_ref(), OP);
+        // Else, outside it: build the new blob.
+        let built = p.build(&plan, base.as_ref(), &self.written, OP);
         // Under the mutex again: the same conditional rename as an upload. A build
         // that failed because a concurrent commit took the staged blocks reports the
         // condition that no longer holds.
@@ -92,11 +103,7 @@ impl Blocks for LocalBackend {
         require_condition(&p, condition, p.current_stat(OP)?.as_ref(), OP)?;
         let tmp = built?;
         let stat = p.install(tmp, OP)?;
-        let record = BlockListRecord {
-            etag: stat.etag.0.clone(),
-            blocks: plan.iter().map(|b| (hex(&b.id), b.size)).collect(),
-        };
-        p.clear_blocks(Some(&record), OP);
+        p.clear_blocks(Some(&BlockListRecord::of(&stat, &plan)), OP);
         p.sync_parent(OP)?;
         Ok(stat)
     }
@@ -107,6 +114,8 @@ impl Blocks for LocalBackend {
         tracing::debug!(blob = %p.path.display(), offset, len, "local read range");
         let lock = p.lock(OP)?.ok_or_else(|| p.missing(OP))?;
         let base = p.open_current(false, OP)?.ok_or_else(|| p.missing(OP))?;
+        // SQLite's SHARED lock keeps an in-place commit out until the read is done.
+        let _shared = SharedLock::take(&p, &base.file, OP)?;
         drop(lock);
         p.read_at(&base, offset, len, etag, OP)
     }
@@ -120,16 +129,26 @@ pub(super) struct BlockListRecord {
     pub(super) blocks: Vec<(String, u64)>,
 }
 
-/// One block of a commit: where its bytes come from and where they go.
-struct PlannedBlock {
-    id: BlockId,
-    size: u64,
-    /// Offset in the new blob.
-    offset: u64,
-    source: Source,
+impl BlockListRecord {
+    /// The block list of `plan`, committed as version `stat`.
+    fn of(stat: &BlobStat, plan: &[PlannedBlock]) -> Self {
+        BlockListRecord {
+            etag: stat.etag.0.clone(),
+            blocks: plan.iter().map(|b| (hex(&b.id), b.size)).collect(),
+        }
+    }
 }
 
-enum Source {
+/// One block of a commit: where its bytes come from and where they go.
+pub(super) struct PlannedBlock {
+    pub id: BlockId,
+    pub size: u64,
+    /// Offset in the new blob.
+    pub offset: u64,
+    pub source: Source,
+}
+
+pub(super) enum Source {
     /// A staged block file.
     Staged(PathBuf),
     /// A block of the current blob, at this offset.
@@ -180,14 +199,15 @@ impl BlobPaths {
                 offset += size;
             }
         }
+        // One listing of the staging directory rather than a lookup per id: a commit
+        // names every block of the blob, and stages only a few.
+        let staged = self.staged_sizes(op)?;
         let mut plan = Vec::with_capacity(ids.len());
         let mut offset = 0;
         for id in ids {
-            let staged = self.staged_block(id);
-            let (size, source) = match fs::metadata(&staged) {
-                Ok(meta) => (meta.len(), Source::Staged(staged)),
-                Err(e) if !is_missing(&e) => return Err(self.io_error(op, e)),
-                _ => match committed.get(id.as_slice()) {
+            let (size, source) = match staged.get(&hex(id)) {
+                Some(&size) => (size, Source::Staged(self.staged_block(id))),
+                None => match committed.get(id.as_slice()) {
                     Some(&(at, size)) => (size, Source::Committed(at)),
                     None => {
                         return Err(self.error(
@@ -219,6 +239,7 @@ impl BlobPaths {
         &self,
         plan: &[PlannedBlock],
         base: Option<&Base>,
+        written: &AtomicU64,
         op: &str,
     ) -> BackendResult<TempFile> {
         let (tmp, file) = TempFile::create(self, op)?;
@@ -226,7 +247,7 @@ impl BlobPaths {
         let mut buffer = Vec::new();
         for block in plan {
             match &block.source {
-                Source::Committed(at) if cloned && *at == block.offset => {}
+                Source::Committed(at) if cloned && *at == block.offset => continue,
                 Source::Committed(at) => {
                     let base = base.expect("a committed block has a base");
                     copy_range(
@@ -240,25 +261,53 @@ impl BlobPaths {
                     .map_err(|e| self.io_error(op, e))?;
                 }
                 Source::Staged(path) => {
-                    let staged = File::open(path).map_err(|e| self.io_error(op, e))?;
-                    let len = staged.metadata().map_err(|e| self.io_error(op, e))?.len();
-                    if len != block.size {
-                        return Err(self.error(
-                            BackendErrorKind::Transient,
-                            op,
-                            &format!("staged block {} changed during the commit", hex(&block.id)),
-                        ));
-                    }
+                    let staged = self.open_staged(block, path, op)?;
                     copy_range(&staged, 0, &file, block.offset, block.size, &mut buffer)
                         .map_err(|e| self.io_error(op, e))?;
                 }
             }
+            written.fetch_add(block.size, Ordering::Relaxed);
         }
         let len = plan.last().map_or(0, |b| b.offset + b.size);
         file.set_len(len).map_err(|e| self.io_error(op, e))?;
         file.sync_all().map_err(|e| self.io_error(op, e))?;
         tracing::debug!(blob = %self.path.display(), cloned, len, "local commit built");
         Ok(tmp)
+    }
+
+    /// The size of each staged block, by file name (hex id).
+    fn staged_sizes(&self, op: &str) -> BackendResult<HashMap<String, u64>> {
+        let entries = match fs::read_dir(self.staged_dir()) {
+            Ok(entries) => entries,
+            Err(e) if is_missing(&e) => return Ok(HashMap::new()),
+            Err(e) => return Err(self.io_error(op, e)),
+        };
+        let mut sizes = HashMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io_error(op, e))?;
+            let meta = entry.metadata().map_err(|e| self.io_error(op, e))?;
+            sizes.insert(entry.file_name().to_string_lossy().into_owned(), meta.len());
+        }
+        Ok(sizes)
+    }
+
+    /// The staged block file of `block`, checked to still have the planned size.
+    pub(super) fn open_staged(
+        &self,
+        block: &PlannedBlock,
+        path: &Path,
+        op: &str,
+    ) -> BackendResult<File> {
+        let staged = File::open(path).map_err(|e| self.io_error(op, e))?;
+        let len = staged.metadata().map_err(|e| self.io_error(op, e))?.len();
+        if len != block.size {
+            return Err(self.error(
+                BackendErrorKind::Transient,
+                op,
+                &format!("staged block {} changed during the commit", hex(&block.id)),
+            ));
+        }
+        Ok(staged)
     }
 
     /// After a write landed: record its block list (or none), discard staged blocks.

@@ -2,7 +2,8 @@
 //! fingerprint of the blob file the upload produced. While the fingerprint still
 //! matches, the etag is `mb-<token>` (fresh for every upload, even when size and
 //! mtime are not); otherwise (a foreign write, or a crash between the rename and the
-//! record) it is `fs-<fingerprint>`, so foreign writes still move it.
+//! record, or during an in-place commit, which deletes the record first) it is
+//! `fs-<fingerprint>`, so foreign writes still move it.
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
@@ -46,8 +47,19 @@ impl BlobPaths {
     /// Give the blob file just installed (described by `meta`) a fresh etag (call
     /// with the mutex held).
     pub fn record_new_etag(&self, meta: &Metadata, op: &str) -> BackendResult<BlobStat> {
+        self.record_etag_token(&random_token(), meta, op)
+    }
+
+    /// Give the blob file described by `meta` the etag `mb-<token>`: a fresh token,
+    /// or the one of the version a rollback just restored (call with the mutex held).
+    pub fn record_etag_token(
+        &self,
+        token: &str,
+        meta: &Metadata,
+        op: &str,
+    ) -> BackendResult<BlobStat> {
         let record = EtagRecord {
-            token: random_token(),
+            token: token.to_owned(),
             fingerprint: fingerprint(meta),
         };
         self.write_json(&self.etag_record(), &record, false)
@@ -56,6 +68,17 @@ impl BlobPaths {
             etag: Etag(format!("mb-{}", record.token)),
             size: meta.len(),
         })
+    }
+}
+
+impl BlobPaths {
+    /// Drop the etag record before the blob is written in place: until a new one is
+    /// recorded the etag is `fs-<fingerprint>`, never the old version's token.
+    pub fn forget_etag(&self, op: &str) -> BackendResult<()> {
+        match std::fs::remove_file(self.etag_record()) {
+            Err(e) if !super::paths::is_missing(&e) => Err(self.io_error(op, e)),
+            _ => Ok(()),
+        }
     }
 }
 

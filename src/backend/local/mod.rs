@@ -17,17 +17,32 @@
 //! * `.<file>.mb-blocks`: the committed block list (ids and sizes) of the blob, with
 //!   the etag of the version it belongs to (see below).
 //! * `.<file>.mb-staged/<hex id>`: blocks staged for the next block commit.
+//! * `<file>-journal`: during a block commit written in place, SQLite's rollback
+//!   journal of the blob (named and formatted as SQLite's own, see `journal.rs`).
 //!
-//! **Blocks** ([`Blocks`], for delta sync) follow Azure's block blobs. A commit builds
-//! the new blob in a temp file outside the mutex: it first asks the file system for a
-//! reflink clone of the current blob (`FICLONE`: instant on btrfs and xfs), so only
-//! the blocks that changed or moved are written; where cloning is not supported (ext4,
-//! tmpfs) it copies the kept blocks from the current blob instead. Then, under the
-//! mutex, the same conditional rename and etag file as an upload, the new block list
-//! file, and the staging directory is cleared. A commit takes for each id the staged
-//! block when there is one, else the committed one. A block list whose etag is not
-//! the blob's current one (a whole upload, a foreign `cp`, a crash before the list
-//! was written) is reported as empty, so the caller falls back to a whole download.
+//! **Blocks** ([`Blocks`], for delta sync) follow Azure's block blobs. A commit into
+//! a blob that is a SQLite database (rollback mode) whose kept blocks stay in place
+//! and at most half of which is rewritten is written **in place**, under the mutex, in
+//! O(changed pages): the original of each page that changes goes into a synced
+//! `<file>-journal`, the pages are written, the journal is deleted (the commit point),
+//! then the new etag and block list are recorded. The blob file is locked as SQLite
+//! locks a database it writes (RESERVED, then PENDING and EXCLUSIVE), so a plain
+//! `sqlite3` on the remote file waits (SQLITE_BUSY) during the write, and after a
+//! crash finds a hot journal and rolls the half-done commit back itself; every
+//! operation of this backend does the same before anything else (in
+//! `BlobPaths::lock`). Downloads and range reads hold SQLite's SHARED lock while
+//! they copy, so an in-place commit waits for them (at most a few seconds, then fails
+//! as transient). `in_place.rs` lists each crash point and what it leaves.
+//!
+//! Any other commit builds the new blob in a temp file outside the mutex: a reflink
+//! clone of the current blob where the file system can (`FICLONE`: btrfs, xfs), with
+//! only the blocks that changed or moved written over it; else every block copied.
+//! Then, under the mutex, the same conditional rename and etag file as an upload.
+//! Either way the new block list file is written and the staging directory cleared.
+//! A commit takes for each id the staged block when there is one, else the committed
+//! one. A block list whose etag is not the blob's current one (a whole upload, a
+//! foreign `cp`, a crash before the list was written) is reported as empty, so the
+//! caller falls back to a whole download.
 //!
 //! The fingerprint uses inode, size and nanosecond mtime/ctime. A foreign in-place
 //! write of the same size within one file-system timestamp tick of our own upload
@@ -40,12 +55,15 @@
 //! The code is split by job: `paths.rs` names every file above and maps io errors,
 //! `etag.rs` the etag record, `lease.rs` the lease record and dead-owner reclaim,
 //! `download.rs` pinned reads, `upload.rs` temp files and the install of a new
-//! version, `blocks.rs` the block capability.
+//! version, `blocks.rs` the block capability, `in_place.rs` the commit written in
+//! place and `journal.rs` SQLite's journal format and locks on the blob file.
 
 mod blocks;
 mod download;
 mod etag;
+mod in_place;
 mod inspect;
+mod journal;
 mod lease;
 pub(crate) use lease::boot_id;
 mod paths;
@@ -54,8 +72,10 @@ mod upload;
 use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use self::journal::SharedLock;
 use self::paths::BlobPaths;
 use self::upload::TempFile;
 use super::checks::{check_condition, Refusal};
@@ -73,6 +93,8 @@ pub struct LocalBackend {
     /// Who we are, for lease files (and to recognize leases of dead local processes).
     host: String,
     boot_id: String,
+    /// Bytes block commits wrote into the remote (blob and journal): for tests.
+    written: AtomicU64,
 }
 
 impl LocalBackend {
@@ -100,7 +122,15 @@ impl LocalBackend {
             dir: canonical,
             host: hostname(),
             boot_id: lease::boot_id(),
+            written: AtomicU64::new(0),
         })
+    }
+
+    /// How many bytes this backend's block commits have written into the remote
+    /// directory (blob file and journal; staged blocks not counted): a commit of a few
+    /// changed pages in place writes about twice those pages, a rebuilt blob its size.
+    pub fn commit_bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// The files of `blob`, after checking its name cannot escape the directory.
@@ -144,7 +174,9 @@ impl Backend for LocalBackend {
         let lock = p.lock(OP)?.ok_or_else(|| p.missing(OP))?;
         let base = p.open_current(false, OP)?.ok_or_else(|| p.missing(OP))?;
         // The open descriptor keeps this version readable even if an upload renames
-        // a new file over the blob now, so the copy needs no lock.
+        // a new file over the blob now, and SQLite's SHARED lock keeps an in-place
+        // commit out until the copy is done, so the copy needs no mutex.
+        let _shared = SharedLock::take(&p, &base.file, OP)?;
         drop(lock);
         p.copy_all(&base, sink, OP)?;
         Ok(base.stat)

@@ -63,6 +63,12 @@ impl BlobPaths {
         self.side("blocks")
     }
 
+    /// `<blob>-journal`: SQLite's rollback journal of the blob, written by an
+    /// in-place commit (named as SQLite names it, so SQLite readers honour it).
+    pub fn journal(&self) -> PathBuf {
+        self.parent.join(format!("{}-journal", self.file))
+    }
+
     /// `.mb-tmp-<random>`: a new temp file name for an upload or a block commit.
     pub fn temp(&self) -> PathBuf {
         self.side(&format!("tmp-{}", random_token()))
@@ -113,13 +119,17 @@ impl BlobPaths {
     }
 
     /// Take the blob's cross-process mutex; `None` when the blob's directory does not
-    /// exist (so neither does the blob, and there is nothing to lock).
+    /// exist (so neither does the blob, and there is nothing to lock). A hot journal
+    /// left by a commit that died is rolled back first, so every operation sees a
+    /// whole version.
     pub fn lock(&self, op: &str) -> BackendResult<Option<FileLock>> {
-        match FileLock::acquire(&self.mutex()) {
-            Ok(lock) => Ok(Some(lock)),
-            Err(e) if is_missing(&e) => Ok(None),
-            Err(e) => Err(self.io_error(op, e)),
-        }
+        let lock = match FileLock::acquire(&self.mutex()) {
+            Ok(lock) => lock,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(self.io_error(op, e)),
+        };
+        self.recover_hot_journal(op)?;
+        Ok(Some(lock))
     }
 
     /// The blob file's metadata, `None` when it does not exist.
