@@ -8,7 +8,7 @@
 //!   (32 MiB) are read into memory and sent in one Put Blob. Larger ones are read from
 //!   the source block by block ([`AzureTuning::block_size`], 8 MiB, a few in flight),
 //!   staged with fixed-length ids, and made visible by one Put Block List. The
-//!   condition (`If-Match: <etag>`, or `If-None-Match: *` for [`Condition::Create`])
+//!   condition (`If-Match: <etag>`, or `If-None-Match: *` for [`Condition::Create`](crate::backend::Condition::Create))
 //!   and the lease id go on that final request, so a stale write changes nothing:
 //!   staged blocks stay uncommitted (the service drops them after a week, or at the next
 //!   commit). A source that ends early fails the upload before anything is committed.
