@@ -23,10 +23,12 @@ use std::time::Duration;
 #[cfg(feature = "azure")]
 pub mod azure;
 mod checks;
+pub mod history;
 pub mod local;
 pub mod memory;
 
 pub use checks::validate_blob_name;
+pub use history::{History, VersionInfo};
 
 /// An opaque version tag for one blob version (Azure's ETag; a token for `local`).
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -224,6 +226,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The block capability, for delta sync; `None` when the store has none (then
     /// every transfer is whole-file).
     fn blocks(&self) -> Option<&dyn Blocks> {
+        None
+    }
+
+    /// The history capability (earlier versions kept by the store); `None` when the
+    /// store keeps none.
+    fn history(&self) -> Option<&dyn History> {
         None
     }
 }

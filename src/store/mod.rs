@@ -26,6 +26,7 @@
 
 mod cache;
 mod fetch;
+mod history;
 mod lease;
 mod manifest;
 mod publish;

@@ -49,6 +49,7 @@ mod inspect;
 mod lease;
 mod paths;
 mod upload;
+mod versions;
 
 use std::fs;
 use std::io::{self, Write};
@@ -223,6 +224,10 @@ impl Backend for LocalBackend {
             return Ok(());
         };
         p.remove_lease(OP)
+    }
+
+    fn history(&self) -> Option<&dyn super::History> {
+        Some(self)
     }
 
     fn blocks(&self) -> Option<&dyn Blocks> {
