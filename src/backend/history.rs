@@ -35,8 +35,9 @@ pub struct VersionInfo {
 /// Keeping, listing, reading and dropping versions of a blob.
 pub trait History: Send + Sync {
     /// Keep the blob's current version (call right after a publish, under `lease` when
-    /// one is held). Taking it twice for the same version keeps it once.
-    fn snapshot(&self, blob: &str, lease: Option<&LeaseId>) -> BackendResult<VersionInfo>;
+    /// one is held); returns its id. Taking it twice for the same version keeps it
+    /// once (where the store can tell without another request).
+    fn snapshot(&self, blob: &str, lease: Option<&LeaseId>) -> BackendResult<String>;
 
     /// The kept versions of `blob`, oldest first (empty when none are kept).
     fn versions(&self, blob: &str) -> BackendResult<Vec<VersionInfo>>;

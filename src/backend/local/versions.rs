@@ -221,14 +221,19 @@ impl LocalBackend {
 }
 
 impl History for LocalBackend {
-    fn snapshot(&self, blob: &str, _lease: Option<&LeaseId>) -> BackendResult<VersionInfo> {
+    fn snapshot(&self, blob: &str, _lease: Option<&LeaseId>) -> BackendResult<String> {
         const OP: &str = "snapshot";
         let shelf = self.shelf(blob)?;
         let _lock = shelf.lock(OP)?;
         let (etag, size, pieces) = self.pieces(blob, OP)?;
-        let kept = shelf.manifests_all(OP)?;
-        if kept.last().is_some_and(|m| m.etag == etag.0) {
-            return Ok(infos(&kept).pop().expect("one kept"));
+        // Only the newest manifest is read: a snapshot costs the same with 10 versions
+        // kept or 10,000.
+        let newest = match shelf.ids(OP)?.pop() {
+            Some(id) => Some(shelf.read_manifest(&id, OP)?),
+            None => None,
+        };
+        if let Some(newest) = newest.as_ref().filter(|m| m.etag == etag.0) {
+            return Ok(newest.id.clone());
         }
         let mut chunks = Vec::with_capacity(pieces.len());
         for (hash, offset, len) in pieces {
@@ -257,7 +262,7 @@ impl History for LocalBackend {
         }
         fsutil::sync_dir(&shelf.chunks()).map_err(shelf.io(OP))?;
         let now = SystemTime::now();
-        let time_ms = unix_millis(now).max(kept.last().map_or(0, |m| m.time_ms + 1));
+        let time_ms = unix_millis(now).max(newest.map_or(0, |m| m.time_ms + 1));
         let manifest = VersionManifest {
             id: format!("{time_ms:013}-{:08x}", fastrand::u32(..)),
             time_ms,
@@ -267,9 +272,7 @@ impl History for LocalBackend {
         };
         let bytes = serde_json::to_vec(&manifest).expect("plain records serialize");
         write_atomic(&shelf.manifest_path(&manifest.id), &bytes, true).map_err(shelf.io(OP))?;
-        let mut all = kept;
-        all.push(manifest);
-        Ok(infos(&all).pop().expect("just kept"))
+        Ok(manifest.id)
     }
 
     fn versions(&self, blob: &str) -> BackendResult<Vec<VersionInfo>> {

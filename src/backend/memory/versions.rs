@@ -51,7 +51,7 @@ impl MemoryBackend {
 }
 
 impl History for MemoryBackend {
-    fn snapshot(&self, blob: &str, _lease: Option<&LeaseId>) -> BackendResult<VersionInfo> {
+    fn snapshot(&self, blob: &str, _lease: Option<&LeaseId>) -> BackendResult<String> {
         const OP: &str = "snapshot";
         let (data, etag) = {
             let state = self.state.lock();
@@ -77,8 +77,7 @@ impl History for MemoryBackend {
                 data,
             });
         }
-        let newest = infos(&shelf.versions).pop().expect("just kept");
-        Ok(newest)
+        Ok(shelf.versions.last().expect("just kept").id.clone())
     }
 
     fn versions(&self, blob: &str) -> BackendResult<Vec<VersionInfo>> {
