@@ -187,17 +187,28 @@ fn infos(manifests: &[VersionManifest]) -> Vec<VersionInfo> {
         .collect()
 }
 
+/// A piece of the current version: its content hash when its block id tells it,
+/// its offset and its length.
+struct Piece {
+    hash: Option<u128>,
+    offset: u64,
+    len: u64,
+}
+
+/// The current version of a blob, as pieces.
+struct Current {
+    etag: Etag,
+    size: u64,
+    pieces: Vec<Piece>,
+}
+
 impl LocalBackend {
     fn shelf(&self, blob: &str) -> BackendResult<Shelf> {
         Ok(Shelf::new(self.paths(blob)?))
     }
 
-    /// The pieces of the current version: (hash when its block id tells, offset, len).
-    fn pieces(
-        &self,
-        blob: &str,
-        op: &str,
-    ) -> BackendResult<(Etag, u64, Vec<(Option<u128>, u64, u64)>)> {
+    /// The current version, by its block list (or fixed pieces without one).
+    fn current(&self, blob: &str, op: &str) -> BackendResult<Current> {
         let p = self.paths(blob)?;
         let (stat, list) = Blocks::block_list(self, blob)?.ok_or_else(|| p.missing(op))?;
         let listed: u64 = list.iter().map(|(_, len)| len).sum();
@@ -205,18 +216,30 @@ impl LocalBackend {
         let mut offset = 0;
         if !list.is_empty() && listed == stat.size {
             for (id, len) in &list {
-                pieces.push((hash_in_block_id(id), offset, *len));
+                pieces.push(Piece {
+                    hash: hash_in_block_id(id),
+                    offset,
+                    len: *len,
+                });
                 offset += len;
             }
         } else {
             let step = chunk_size_for(stat.size);
             while offset < stat.size {
                 let len = step.min(stat.size - offset);
-                pieces.push((None, offset, len));
+                pieces.push(Piece {
+                    hash: None,
+                    offset,
+                    len,
+                });
                 offset += len;
             }
         }
-        Ok((stat.etag, stat.size, pieces))
+        Ok(Current {
+            etag: stat.etag,
+            size: stat.size,
+            pieces,
+        })
     }
 }
 
@@ -225,7 +248,7 @@ impl History for LocalBackend {
         const OP: &str = "snapshot";
         let shelf = self.shelf(blob)?;
         let _lock = shelf.lock(OP)?;
-        let (etag, size, pieces) = self.pieces(blob, OP)?;
+        let Current { etag, size, pieces } = self.current(blob, OP)?;
         // Only the newest manifest is read: a snapshot costs the same with 10 versions
         // kept or 10,000.
         let newest = match shelf.ids(OP)?.pop() {
@@ -236,7 +259,7 @@ impl History for LocalBackend {
             return Ok(newest.id.clone());
         }
         let mut chunks = Vec::with_capacity(pieces.len());
-        for (hash, offset, len) in pieces {
+        for Piece { hash, offset, len } in pieces {
             if let Some(hash) = hash {
                 let name = chunk_name(hash, len);
                 if shelf.chunks().join(&name).exists() {
