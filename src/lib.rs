@@ -32,6 +32,7 @@ mod image;
 mod lease;
 pub mod localfile;
 pub mod ops;
+pub mod pinned;
 mod pragma;
 mod remote;
 pub mod sidecar;

@@ -101,7 +101,7 @@ pub fn export(target: &Target, pick: &Pick, out: &Path, force: bool, json: bool)
     transfer::refuse_existing(out, force)?;
     let backend = history_of(target)?;
     let h = history(backend.as_ref());
-    let chosen = pick.find(&h.versions(&target.blob)?, &target.blob)?;
+    let chosen = pick.find(&h.listing(&target.blob)?, &target.blob)?;
     transfer::write_copy(out, &target.blob, chosen.size, |sink| {
         h.download_version(&target.blob, &chosen.id, sink)?;
         Ok(())
@@ -137,7 +137,7 @@ pub fn restore(target: &Target, pick: &Pick, json: bool) -> Result<u8> {
         .ok_or_else(|| target.missing_blob())?;
     // The version being replaced stays in history (a no-op when it is kept already).
     let replaced = h.snapshot(&target.blob, None)?;
-    let chosen = pick.find(&h.versions(&target.blob)?, &target.blob)?;
+    let chosen = pick.find(&h.listing(&target.blob)?, &target.blob)?;
     let dir = tempfile::tempdir().context("creating a temp directory")?;
     let copy = dir.path().join("restore.db");
     transfer::write_copy(&copy, &target.blob, chosen.size, |sink| {

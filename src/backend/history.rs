@@ -42,6 +42,13 @@ pub trait History: Send + Sync {
     /// The kept versions of `blob`, oldest first (empty when none are kept).
     fn versions(&self, blob: &str) -> BackendResult<Vec<VersionInfo>>;
 
+    /// The kept versions like [`History::versions`], where `unique_bytes` may be 0: for
+    /// stores where counting them costs requests (one Get Block List per version on
+    /// Azure). What retention and `as_of` lookups use.
+    fn listing(&self, blob: &str) -> BackendResult<Vec<VersionInfo>> {
+        self.versions(blob)
+    }
+
     /// Write version `id` of `blob` into `sink`; returns its size.
     /// `NotFound` when no such version is kept.
     fn download_version(&self, blob: &str, id: &str, sink: &mut dyn Write) -> BackendResult<u64>;
@@ -58,7 +65,7 @@ pub trait History: Send + Sync {
         policy: HistoryPolicy,
         now: SystemTime,
     ) -> BackendResult<Vec<String>> {
-        let dropped = expired(&self.versions(blob)?, policy, now);
+        let dropped = expired(&self.listing(blob)?, policy, now);
         for id in &dropped {
             self.delete_version(blob, id)?;
         }

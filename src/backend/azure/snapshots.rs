@@ -13,7 +13,7 @@
 //!   (also a time). The current version is never deleted.
 //! * `versions` is one List Blobs (prefix = the blob, with snapshots or versions),
 //!   plus one Get Block List per version to count the bytes each holds alone;
-//!   `prune` needs only the listing. `download_version` reads the version in ranges
+//!   `listing` (what `prune` and `as_of` use) is the List Blobs alone. `download_version` reads the version in ranges
 //!   of [`super::AzureTuning::block_size`]; `delete_version` is one Delete Blob with
 //!   `snapshot=` or `versionid=` (never the base blob).
 
@@ -34,11 +34,10 @@ use parking_lot::Mutex;
 
 use super::errors::{http_status, Op};
 use super::AzureBackend;
-use crate::backend::history::{expired, parse_time, unique_bytes};
+use crate::backend::history::{parse_time, unique_bytes};
 use crate::backend::{
     BackendError, BackendErrorKind, BackendResult, BlockId, History, LeaseId, VersionInfo,
 };
-use crate::config::HistoryPolicy;
 
 /// The id prefix of a version kept by Azure's blob versioning.
 const VERSION_PREFIX: &str = "v";
@@ -219,6 +218,20 @@ impl History for AzureBackend {
         snapshot.ok_or_else(|| self.local_error(blob, op, "no snapshot time in the reply".into()))
     }
 
+    /// The listing alone: no block lists.
+    fn listing(&self, blob: &str) -> BackendResult<Vec<VersionInfo>> {
+        Ok(self
+            .listed(blob)?
+            .into_iter()
+            .map(|v| VersionInfo {
+                id: v.id,
+                time: v.time,
+                size: v.size,
+                unique_bytes: 0,
+            })
+            .collect())
+    }
+
     fn versions(&self, blob: &str) -> BackendResult<Vec<VersionInfo>> {
         let listed = self.listed(blob)?;
         let blocks = listed
@@ -308,30 +321,6 @@ impl History for AzureBackend {
             Err(e) if matches!(http_status(&e), Some((404, _))) => Ok(()),
             Err(e) => Err(self.error(blob, op, &e)),
         }
-    }
-
-    /// Retention from the listing alone (no block lists).
-    fn prune(
-        &self,
-        blob: &str,
-        policy: HistoryPolicy,
-        now: SystemTime,
-    ) -> BackendResult<Vec<String>> {
-        let listed: Vec<VersionInfo> = self
-            .listed(blob)?
-            .into_iter()
-            .map(|v| VersionInfo {
-                id: v.id,
-                time: v.time,
-                size: v.size,
-                unique_bytes: 0,
-            })
-            .collect();
-        let dropped = expired(&listed, policy, now);
-        for id in &dropped {
-            self.delete_version(blob, id)?;
-        }
-        Ok(dropped)
     }
 }
 
