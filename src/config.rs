@@ -488,7 +488,8 @@ mod tests {
             .retry_attempts(3)
             .retry_base_ms(9)
             .retry_total_ms(1234)
-            .sync(SyncMode::Full);
+            .sync(SyncMode::Full)
+            .history("7d");
         for key in Key::ALL {
             assert!(options.get(key).is_some(), "{key:?} cannot be defaulted");
         }
@@ -498,6 +499,7 @@ mod tests {
         assert_eq!(c.lease, Duration::from_secs(45));
         assert_eq!(c.staleness, Duration::from_millis(7));
         assert_eq!(c.retry.attempts, 3);
+        assert_eq!(c.history, HistoryPolicy::MaxAge(Duration::from_secs(7 * 86_400)));
         assert_eq!(c.retry.base, Duration::from_millis(9));
         assert_eq!(c.retry.total, Duration::from_millis(1234));
         assert_eq!(c.sync, SyncMode::Full);
