@@ -27,11 +27,16 @@ fn open(cache: &Path, remote: &str, extra: &str) -> Connection {
     let uri = format!(
         "file:{}?vfs=managedblob&remote={}&blob=big.db{extra}",
         cache.display(),
-        remote.replace('%', "%25").replace('&', "%26").replace('?', "%3F")
+        remote
+            .replace('%', "%25")
+            .replace('&', "%26")
+            .replace('?', "%3F")
     );
     Connection::open_with_flags(
         uri,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .unwrap()
 }
@@ -40,7 +45,11 @@ fn open(cache: &Path, remote: &str, extra: &str) -> Connection {
 /// mean commit time.
 fn commits(remote: &str, history: &str, commits: u32) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let c = open(&dir.path().join("big.db"), remote, &format!("&history={history}"));
+    let c = open(
+        &dir.path().join("big.db"),
+        remote,
+        &format!("&history={history}"),
+    );
     c.execute_batch(
         "PRAGMA managedblob_batch=begin;
          CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB);
@@ -87,13 +96,17 @@ fn restore_against_download(b: &dyn Backend, size: u64) -> (Duration, Duration) 
     let mut offset = 0;
     while offset < size {
         let len = chunk.min(size - offset);
-        let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len as usize).collect();
+        let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..))
+            .take(len as usize)
+            .collect();
         let id = ChunkId::new(ids.len() as u32, &data).as_bytes().to_vec();
         blocks.stage_block("r.db", &id, data, None).unwrap();
         ids.push(id);
         offset += len;
     }
-    blocks.commit_blocks("r.db", &ids, &Condition::Create, None).unwrap();
+    blocks
+        .commit_blocks("r.db", &ids, &Condition::Create, None)
+        .unwrap();
     let h = b.history().unwrap();
     let id = h.snapshot("r.db", None).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -114,7 +127,10 @@ fn restore_against_download(b: &dyn Backend, size: u64) -> (Duration, Duration) 
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let n = args.first().copied().unwrap_or(1000) as u32;
     let restore_mib = args.get(1).copied().unwrap_or(512);
 
@@ -122,7 +138,9 @@ fn main() {
     let off = commits(off_dir.path().to_str().unwrap(), "off", n);
     let on_dir = tempfile::tempdir().unwrap();
     let on = commits(on_dir.path().to_str().unwrap(), &n.to_string(), n);
-    let blob = std::fs::metadata(on_dir.path().join("big.db")).unwrap().len();
+    let blob = std::fs::metadata(on_dir.path().join("big.db"))
+        .unwrap()
+        .len();
     let (kept, files) = dir_bytes(&on_dir.path().join(".big.db.mb-versions"));
     let versions = LocalBackend::new(on_dir.path()).unwrap();
     let listed = managedblob::backend::History::versions(&versions, "big.db").unwrap();

@@ -499,7 +499,10 @@ mod tests {
         assert_eq!(c.lease, Duration::from_secs(45));
         assert_eq!(c.staleness, Duration::from_millis(7));
         assert_eq!(c.retry.attempts, 3);
-        assert_eq!(c.history, HistoryPolicy::MaxAge(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            c.history,
+            HistoryPolicy::MaxAge(Duration::from_secs(7 * 86_400))
+        );
         assert_eq!(c.retry.base, Duration::from_millis(9));
         assert_eq!(c.retry.total, Duration::from_millis(1234));
         assert_eq!(c.sync, SyncMode::Full);

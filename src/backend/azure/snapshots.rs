@@ -28,16 +28,14 @@ use azure_storage_blob::models::{
     BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
     BlobContainerClientListBlobsOptions, BlobItem, BlockListType, HttpRange, ListBlobsIncludeItem,
 };
-use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
+use azure_storage_blob::BlobClient;
 use futures::TryStreamExt;
 use parking_lot::Mutex;
 
 use super::errors::{http_status, Op};
 use super::AzureBackend;
 use crate::backend::history::{parse_time, unique_bytes};
-use crate::backend::{
-    BackendError, BackendErrorKind, BackendResult, BlockId, History, LeaseId, VersionInfo,
-};
+use crate::backend::{BackendErrorKind, BackendResult, BlockId, History, LeaseId, VersionInfo};
 
 /// The id prefix of a version kept by Azure's blob versioning.
 const VERSION_PREFIX: &str = "v";
@@ -105,24 +103,6 @@ fn versioning_known() -> &'static Mutex<HashMap<String, bool>> {
 }
 
 impl AzureBackend {
-    fn container_client(&self, op: Op) -> BackendResult<BlobContainerClient> {
-        let mut url = azure_core::http::Url::parse(&self.url.redacted()).map_err(|e| {
-            BackendError::new(
-                BackendErrorKind::Invalid,
-                format!("{}: {e}", self.subject("")),
-            )
-        })?;
-        if let Some(sas) = &self.sas {
-            url.set_query(Some(sas.expose()));
-        }
-        let options = BlobContainerClientOptions {
-            client_options: self.options.client_options.clone(),
-            ..Default::default()
-        };
-        BlobContainerClient::new(url, self.credential.clone(), Some(options))
-            .map_err(|e| self.error("", op, &e))
-    }
-
     /// The current version id of `blob` (`None` without versioning), in one Get Blob
     /// Properties; remembers whether the container has versioning.
     fn current_version(&self, blob: &str, op: Op) -> BackendResult<Option<String>> {
