@@ -17,6 +17,7 @@
 //! * `.<file>.mb-blocks`: the committed block list (ids and sizes) of the blob, with
 //!   the etag of the version it belongs to (see below).
 //! * `.<file>.mb-staged/<hex id>`: blocks staged for the next block commit.
+//! * `.<file>.mb-versions/`: kept versions (the history capability), `versions.rs`.
 //!
 //! **Blocks** ([`Blocks`], for delta sync) follow Azure's block blobs. A commit builds
 //! the new blob in a temp file outside the mutex: it first asks the file system for a
