@@ -184,9 +184,76 @@ fn history_writer(_uri: &str) {
     }
 }
 
+/// The child: one-row autocommits through the VFS with `history=4` in its URI,
+/// saying the row count after each acknowledged commit, until killed.
+fn vfs_writer(uri: &str) {
+    let c = common::open(uri);
+    c.execute_batch("CREATE TABLE IF NOT EXISTS t(x BLOB)")
+        .unwrap();
+    loop {
+        c.execute("INSERT INTO t VALUES (randomblob(3000))", [])
+            .unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        child::say(&format!("kept {n}"));
+    }
+}
+
 #[test]
 fn child_main() {
-    child::child_main(&[("history_writer", history_writer)]);
+    child::child_main(&[
+        ("history_writer", history_writer),
+        ("vfs_writer", vfs_writer),
+    ]);
+}
+
+/// `PRAGMA integrity_check` and the rows of `t` in a plain copy of `bytes`.
+fn check_and_count(bytes: &[u8]) -> (String, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.db");
+    std::fs::write(&path, bytes).unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let check = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    let rows = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    (check, rows)
+}
+
+#[test]
+fn local_kills_of_a_vfs_writer_leave_every_listed_version_restorable() {
+    let world = World::local();
+    let uri = world.uri("h1", "w.db", "&history=4");
+    let mut rng = fastrand::Rng::with_seed(11);
+    for round in 0..5 {
+        let mut proc = Proc::spawn(&format!("vfs{round}"), "vfs_writer", &uri, &[]);
+        let mut acknowledged = 0;
+        for _ in 0..rng.usize(1..8) {
+            let said = proc.expect("kept", Duration::from_secs(60));
+            acknowledged = said.trim_start_matches("kept ").trim().parse().unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(rng.u64(0..20_000)));
+        proc.signal(libc::SIGKILL);
+        let b = LocalBackend::new(world.remote()).unwrap();
+        let kept = b.versions("w.db").unwrap();
+        assert!(
+            !kept.is_empty() && kept.len() <= 5,
+            "round {round}: {kept:?}"
+        );
+        let mut newest_rows = 0;
+        for v in &kept {
+            let (check, rows) = check_and_count(&restore(&b, "w.db", v));
+            assert_eq!(check, "ok", "round {round}: version {}", v.id);
+            newest_rows = rows;
+        }
+        assert!(
+            newest_rows >= acknowledged,
+            "round {round}: acknowledged {acknowledged} rows, newest version has {newest_rows}"
+        );
+    }
 }
 
 #[test]
