@@ -19,10 +19,11 @@ pub enum Key {
     RetryBaseMs,
     RetryTotalMs,
     Sync,
+    History,
 }
 
 impl Key {
-    pub const ALL: [Key; 8] = [
+    pub const ALL: [Key; 9] = [
         Key::Remote,
         Key::Blob,
         Key::LeaseSecs,
@@ -31,6 +32,7 @@ impl Key {
         Key::RetryBaseMs,
         Key::RetryTotalMs,
         Key::Sync,
+        Key::History,
     ];
 
     /// The URI parameter name.
@@ -44,6 +46,7 @@ impl Key {
             Key::RetryBaseMs => "retry_base_ms",
             Key::RetryTotalMs => "retry_total_ms",
             Key::Sync => "sync",
+            Key::History => "history",
         }
     }
 
@@ -58,6 +61,7 @@ impl Key {
             Key::RetryBaseMs => "MANAGEDBLOB_RETRY_BASE_MS",
             Key::RetryTotalMs => "MANAGEDBLOB_RETRY_TOTAL_MS",
             Key::Sync => "MANAGEDBLOB_SYNC",
+            Key::History => "MANAGEDBLOB_HISTORY",
         }
     }
 }
@@ -138,6 +142,11 @@ impl Options {
         self.set(Key::Blob, blob.into())
     }
 
+    /// The `history` setting: `"off"`, a count (`"100"`) or an age (`"7d"`).
+    pub fn history(self, value: impl Into<String>) -> Self {
+        self.set(Key::History, value.into())
+    }
+
     pub fn sync(self, mode: SyncMode) -> Self {
         self.set(Key::Sync, mode.name())
     }
@@ -190,6 +199,52 @@ pub struct Config {
     pub staleness: Duration,
     pub retry: RetryPolicy,
     pub sync: SyncMode,
+    /// Which published versions the remote keeps ([`crate::backend::History`]).
+    pub history: HistoryPolicy,
+}
+
+/// The `history` setting: keep every published version until this drops it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryPolicy {
+    /// Keep no versions (the default: history costs a request per commit).
+    Off,
+    /// Keep the newest `n` versions (`history=100`).
+    Keep(u32),
+    /// Keep versions younger than this (`history=7d`, `12h`, `30m`); the newest
+    /// version is kept whatever its age.
+    MaxAge(Duration),
+}
+
+impl HistoryPolicy {
+    /// Parse `off`, a count (`100`) or an age (`7d`, `12h`, `30m`, `90s`).
+    pub fn parse(value: &str) -> std::result::Result<HistoryPolicy, String> {
+        let v = value.trim().to_ascii_lowercase();
+        if v == "off" || v == "0" {
+            return Ok(HistoryPolicy::Off);
+        }
+        if let Ok(n) = v.parse::<u32>() {
+            return Ok(HistoryPolicy::Keep(n));
+        }
+        let unit = match v.chars().last() {
+            Some('d') => 86_400,
+            Some('h') => 3600,
+            Some('m') => 60,
+            Some('s') => 1,
+            _ => 0,
+        };
+        match v[..v.len().saturating_sub(1)].parse::<u64>() {
+            Ok(n) if unit > 0 && n > 0 => Ok(HistoryPolicy::MaxAge(Duration::from_secs(
+                n.saturating_mul(unit),
+            ))),
+            _ => Err(format!(
+                "must be 'off', a count of versions like 100, or an age like 7d, 12h, 30m; got {value:?}"
+            )),
+        }
+    }
+
+    pub fn is_on(self) -> bool {
+        self != HistoryPolicy::Off
+    }
 }
 
 /// How the database moves between the cache and the remote.
@@ -296,7 +351,13 @@ impl Config {
                 }
             },
         };
+        let history = match get(Key::History) {
+            None => HistoryPolicy::Off,
+            Some((value, origin)) => HistoryPolicy::parse(&value)
+                .map_err(|why| Error::Config(format!("setting 'history' ({origin}) {why}")))?,
+        };
         Ok(Config {
+            history,
             remote,
             blob,
             lease: Duration::from_secs(lease_secs),
@@ -427,7 +488,8 @@ mod tests {
             .retry_attempts(3)
             .retry_base_ms(9)
             .retry_total_ms(1234)
-            .sync(SyncMode::Full);
+            .sync(SyncMode::Full)
+            .history("7d");
         for key in Key::ALL {
             assert!(options.get(key).is_some(), "{key:?} cannot be defaulted");
         }
@@ -437,6 +499,10 @@ mod tests {
         assert_eq!(c.lease, Duration::from_secs(45));
         assert_eq!(c.staleness, Duration::from_millis(7));
         assert_eq!(c.retry.attempts, 3);
+        assert_eq!(
+            c.history,
+            HistoryPolicy::MaxAge(Duration::from_secs(7 * 86_400))
+        );
         assert_eq!(c.retry.base, Duration::from_millis(9));
         assert_eq!(c.retry.total, Duration::from_millis(1234));
         assert_eq!(c.sync, SyncMode::Full);
@@ -461,7 +527,7 @@ mod tests {
     fn invalid_values_name_setting_and_origin() {
         type Pairs = &'static [(&'static str, &'static str)];
         // (URI parameters, environment, words the message must hold)
-        let cases: [(Pairs, Pairs, &[&str]); 5] = [
+        let cases: [(Pairs, Pairs, &[&str]); 6] = [
             (
                 &[("remote", "/r"), ("lease_secs", "5")],
                 &[],
@@ -479,6 +545,11 @@ mod tests {
                 &["'sync'", "'delta' or 'full'"],
             ),
             (
+                &[("remote", "/r")],
+                &[("MANAGEDBLOB_HISTORY", "forever")],
+                &["'history'", "MANAGEDBLOB_HISTORY", "7d"],
+            ),
+            (
                 &[("remote", "/r"), ("blob", "../escape.db")],
                 &[],
                 &["'blob'"],
@@ -487,6 +558,27 @@ mod tests {
         for (uri, env, words) in cases {
             let e = resolve(uri, env).unwrap_err().to_string();
             assert!(words.iter().all(|w| e.contains(w)), "{words:?} in {e}");
+        }
+    }
+
+    #[test]
+    fn history_is_off_by_default_and_takes_a_count_or_an_age() {
+        assert_eq!(
+            resolve(&[("remote", "/r")], &[]).unwrap().history,
+            HistoryPolicy::Off
+        );
+        let cases = [
+            ("off", HistoryPolicy::Off),
+            ("100", HistoryPolicy::Keep(100)),
+            ("7d", HistoryPolicy::MaxAge(Duration::from_secs(7 * 86_400))),
+            ("12H", HistoryPolicy::MaxAge(Duration::from_secs(12 * 3600))),
+        ];
+        for (value, want) in cases {
+            let c = resolve(&[("remote", "/r"), ("history", value)], &[]).unwrap();
+            assert_eq!(c.history, want, "{value}");
+        }
+        for bad in ["", "7w", "d", "-1", "0d"] {
+            assert!(HistoryPolicy::parse(bad).is_err(), "{bad:?}");
         }
     }
 

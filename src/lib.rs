@@ -34,6 +34,7 @@ pub mod localfile;
 #[cfg(feature = "log-subscriber")]
 pub mod logging;
 pub mod ops;
+pub mod pinned;
 mod pragma;
 mod remote;
 pub mod sidecar;

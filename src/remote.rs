@@ -59,6 +59,11 @@ impl Remote {
         }
     }
 
+    /// The backend itself, for capabilities called without retries (history).
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
     pub fn blob(&self) -> &str {
         &self.blob
     }

@@ -4,6 +4,7 @@
 
 mod address;
 mod blocks;
+mod history;
 mod output;
 mod repair;
 mod secrets;
@@ -42,10 +43,13 @@ enum Command {
     Verify(Address),
     /// Bring a cache up to date, through the VFS (the same code path as an open).
     Pull(Address),
-    /// Write a plain SQLite copy of the remote blob to OUT (no cache, no sidecar).
+    /// Write a plain SQLite copy of the remote blob (or, with --as-of or --version,
+    /// of a kept version) to OUT (no cache, no sidecar).
     Export {
         #[command(flatten)]
         address: Location,
+        #[command(flatten)]
+        pick: history::Pick,
         /// The file to write.
         out: PathBuf,
         /// Replace OUT if it exists.
@@ -64,6 +68,17 @@ enum Command {
         /// Replace the blob whatever its version.
         #[arg(long)]
         force: bool,
+    },
+    /// The kept versions of the blob (the history setting): id, time, size, and the
+    /// bytes held by no other version.
+    Versions(Address),
+    /// Publish a kept version as the newest version of the blob (under the lease,
+    /// conditional on the version it replaces, which stays in history).
+    Restore {
+        #[command(flatten)]
+        address: Address,
+        #[command(flatten)]
+        pick: history::Pick,
     },
     /// End the blob's lease, whoever holds it (for a dead writer's lease).
     BreakLease {
@@ -117,9 +132,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Pull(address) => transfer::pull(&address.resolve()?, json),
         Command::Export {
             address,
+            pick,
             out,
             force,
+        } if pick.given() => history::export(&address.resolve(None)?, &pick, &out, force, json),
+        Command::Export {
+            address,
+            out,
+            force,
+            ..
         } => transfer::export(&address.resolve(None)?, &out, force, json),
+        Command::Versions(address) => history::versions(&address.resolve()?, json),
+        Command::Restore { address, pick } => history::restore(&address.resolve()?, &pick, json),
         Command::Push {
             address,
             file,

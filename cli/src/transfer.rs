@@ -89,40 +89,17 @@ pub fn pull(target: &Target, json: bool) -> Result<u8> {
 }
 
 pub fn export(target: &Target, out: &Path, force: bool, json: bool) -> Result<u8> {
-    if out.exists() && !force {
-        bail!("{} exists: pass --force to replace it", out.display());
-    }
+    refuse_existing(out, force)?;
     let backend = target.backend()?;
     let Some(stat) = backend.stat(&target.blob)? else {
         return Err(target.missing_blob());
     };
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut part = tempfile::Builder::new()
-        .prefix(".managedblob-export-")
-        .tempfile_in(&dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    let bar = progress(stat.size, "export");
-    let got = {
-        let mut sink = bar.wrap_write(std::io::BufWriter::new(part.as_file_mut()));
-        let got = backend.download(&target.blob, &mut sink)?;
-        sink.flush()?;
-        got
-    };
-    bar.finish_and_clear();
-    let mut header = [0u8; 16];
-    let read = part.as_file().read_at(&mut header, 0)?;
-    if &header[..read] != b"SQLite format 3\0" {
-        bail!(
-            "blob {} is not a SQLite database (no SQLite header); nothing written",
-            target.blob
-        );
-    }
-    part.as_file().sync_all()?;
-    part.persist(out)
-        .map_err(|e| anyhow!("writing {}: {}", out.display(), e.error))?;
+    let mut got = None;
+    write_copy(out, &target.blob, stat.size, |sink| {
+        got = Some(backend.download(&target.blob, sink)?);
+        Ok(())
+    })?;
+    let got = got.expect("written");
     if json {
         print_json(&json!({
             "blob": target.blob,
@@ -142,7 +119,84 @@ pub fn export(target: &Target, out: &Path, force: bool, json: bool) -> Result<u8
     Ok(0)
 }
 
+/// Refuse to replace `out` unless `force`.
+pub fn refuse_existing(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        bail!("{} exists: pass --force to replace it", out.display());
+    }
+    Ok(())
+}
+
+/// Write a plain SQLite copy of `blob` (`size` bytes, written by `fill`) to `out`:
+/// a temp file beside it, checked for the SQLite header, fsynced, then renamed.
+pub fn write_copy(
+    out: &Path,
+    blob: &str,
+    size: u64,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut part = tempfile::Builder::new()
+        .prefix(".managedblob-export-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    let bar = progress(size, "export");
+    {
+        let mut sink = bar.wrap_write(std::io::BufWriter::new(part.as_file_mut()));
+        fill(&mut sink)?;
+        sink.flush()?;
+    }
+    bar.finish_and_clear();
+    let mut header = [0u8; 16];
+    let read = part.as_file().read_at(&mut header, 0)?;
+    if &header[..read] != b"SQLite format 3\0" {
+        bail!("blob {blob} is not a SQLite database (no SQLite header); nothing written");
+    }
+    part.as_file().sync_all()?;
+    part.persist(out)
+        .map_err(|e| anyhow!("writing {}: {}", out.display(), e.error))?;
+    Ok(())
+}
+
 pub fn push(target: &Target, file: &Path, rule: &Replace, json: bool) -> Result<u8> {
+    let pushed = publish_file(target, file, rule)?;
+    let (stat, staged, chunks) = (&pushed.stat, pushed.chunks_sent, pushed.chunks);
+    if json {
+        print_json(&json!({
+            "blob": target.blob,
+            "etag": stat.etag.0,
+            "previous_etag": pushed.previous.0,
+            "size": stat.size,
+            "chunks": chunks,
+            "chunks_sent": staged,
+        }));
+    } else {
+        println!(
+            "pushed {} as {} (etag {}, {}, {chunks} chunk(s), {staged} sent)",
+            file.display(),
+            target.blob,
+            stat.etag,
+            bytes(stat.size)
+        );
+    }
+    Ok(0)
+}
+
+/// What [`publish_file`] did.
+pub struct Pushed {
+    pub stat: managedblob::backend::BlobStat,
+    /// The version it replaced (the empty blob it created, for a new one).
+    pub previous: managedblob::backend::Etag,
+    pub chunks: usize,
+    pub chunks_sent: usize,
+}
+
+/// Publish the SQLite file `file` as the blob when `rule` allows, under the lease,
+/// conditional on the version the lease pinned.
+pub fn publish_file(target: &Target, file: &Path, rule: &Replace) -> Result<Pushed> {
     // Hold a read transaction on the source while reading it: no writer of it can
     // change it under us.
     let source = check_database(file)?;
@@ -195,26 +249,13 @@ pub fn push(target: &Target, file: &Path, rule: &Replace, json: bool) -> Result<
         upload_chunks(backend.as_ref(), &target.blob, file, len, &lease)
     })();
     let _ = backend.release_lease(&target.blob, &lease.id);
-    let (stat, staged, chunks) = result?;
-    if json {
-        print_json(&json!({
-            "blob": target.blob,
-            "etag": stat.etag.0,
-            "previous_etag": lease.stat.etag.0,
-            "size": stat.size,
-            "chunks": chunks,
-            "chunks_sent": staged,
-        }));
-    } else {
-        println!(
-            "pushed {} as {} (etag {}, {}, {chunks} chunk(s), {staged} sent)",
-            file.display(),
-            target.blob,
-            stat.etag,
-            bytes(stat.size)
-        );
-    }
-    Ok(0)
+    let (stat, chunks_sent, chunks) = result?;
+    Ok(Pushed {
+        stat,
+        previous: lease.stat.etag,
+        chunks,
+        chunks_sent,
+    })
 }
 
 /// Whether `rule` allows replacing the blob at version `etag` (`None`: no blob).

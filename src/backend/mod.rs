@@ -23,10 +23,12 @@ use std::time::Duration;
 #[cfg(feature = "azure")]
 pub mod azure;
 mod checks;
+pub mod history;
 pub mod local;
 pub mod memory;
 
 pub use checks::validate_blob_name;
+pub use history::{History, VersionInfo};
 
 /// An opaque version tag for one blob version (Azure's ETag; a token for `local`).
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -249,6 +251,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// discards uncommitted blocks itself) keep the default.
     fn sweep_leftovers(&self, _blob: &str, _held: Option<&LeaseId>) -> BackendResult<u64> {
         Ok(0)
+    }
+
+    /// The history capability (earlier versions kept by the store); `None` when the
+    /// store keeps none.
+    fn history(&self) -> Option<&dyn History> {
+        None
     }
 }
 

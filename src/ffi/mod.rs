@@ -50,6 +50,7 @@ mod extension;
 mod file_control;
 mod io;
 mod open;
+mod pinned;
 mod real_file;
 mod register;
 

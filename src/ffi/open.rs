@@ -97,6 +97,22 @@ unsafe fn open_main(
         (!v.is_null()).then(|| unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned())
     };
     let env = |key: &str| std::env::var(key).ok();
+    match crate::pinned::pin_from(&uri) {
+        Ok(None) => {}
+        Ok(Some(pin)) => {
+            let config = Config::resolve(Path::new(&path), &data.options, &uri, &env);
+            // SAFETY: called from xOpen of a main database, as open_pinned requires.
+            return match unsafe {
+                super::pinned::open_pinned(data, &path, config, &pin, file, flags, out_flags)
+            } {
+                Ok(rc) => rc,
+                // SAFETY: mb is our struct, set up above.
+                Err(e) => unsafe { install_failed(mb, &path, e) },
+            };
+        }
+        // SAFETY: mb is our struct, set up above.
+        Err(e) => return unsafe { install_failed(mb, &path, e) },
+    }
     // Settings and the remote's address are checked before the cache is touched, so
     // a bad URI leaves no empty cache file behind.
     let store = Config::resolve(Path::new(&path), &data.options, &uri, &env)

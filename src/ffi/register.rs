@@ -148,6 +148,10 @@ pub(super) unsafe extern "C" fn report_open_error(
             // In memory or temporary: no file was opened.
             return sql::SQLITE_OK;
         }
+        if super::pinned::is_pinned(methods) {
+            // A pinned version (as_of= / version=), opened read-only as a plain file.
+            return sql::SQLITE_OK;
+        }
         if !ptr::eq(methods, &IO_METHODS) {
             // SAFETY: db is the connection being opened; err is SQLite's out pointer.
             return unsafe { refuse_plain_main(db, err) };

@@ -27,6 +27,7 @@
 mod ambiguous;
 mod cache;
 mod fetch;
+mod history;
 mod lease;
 mod manifest;
 mod publish;

@@ -77,6 +77,7 @@ impl Store {
         st.sidecar.base = Some(stat.etag.clone());
         st.sidecar.dirty = false;
         st.sidecar.generation += 1;
+        self.keep_version(st, lease.as_ref());
         Ok(stat)
     }
 

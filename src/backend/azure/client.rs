@@ -113,18 +113,7 @@ impl AzureBackend {
     /// creates one). `Ok(false)` when it exists already.
     pub fn create_container(&self) -> BackendResult<bool> {
         let op = Op::CreateContainer;
-        let mut url = azure_core::http::Url::parse(&self.url.redacted()).map_err(|e| {
-            BackendError::new(BackendErrorKind::Invalid, format!("{}: {e}", self.remote()))
-        })?;
-        if let Some(sas) = &self.sas {
-            url.set_query(Some(sas.expose()));
-        }
-        let options = BlobContainerClientOptions {
-            client_options: self.options.client_options.clone(),
-            ..Default::default()
-        };
-        let client = BlobContainerClient::new(url, self.credential.clone(), Some(options))
-            .map_err(|e| self.error("", op, &e))?;
+        let client = self.container_client(op)?;
         let result = self.exec("", op, self.tuning.request_timeout, async move {
             client.create(None).await.map(|_| ())
         })?;
@@ -135,6 +124,22 @@ impl AzureBackend {
                 _ => Err(self.error("", op, &e)),
             },
         }
+    }
+
+    /// A client for the container itself (creating it, listing its blobs).
+    pub(super) fn container_client(&self, op: Op) -> BackendResult<BlobContainerClient> {
+        let mut url = azure_core::http::Url::parse(&self.url.redacted()).map_err(|e| {
+            BackendError::new(BackendErrorKind::Invalid, format!("{}: {e}", self.remote()))
+        })?;
+        if let Some(sas) = &self.sas {
+            url.set_query(Some(sas.expose()));
+        }
+        let options = BlobContainerClientOptions {
+            client_options: self.options.client_options.clone(),
+            ..Default::default()
+        };
+        BlobContainerClient::new(url, self.credential.clone(), Some(options))
+            .map_err(|e| self.error("", op, &e))
     }
 
     /// The container URL (without any SAS).

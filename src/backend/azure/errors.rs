@@ -48,6 +48,14 @@ pub enum Op {
     ReleaseLease,
     BreakLease,
     CreateContainer,
+    /// Snapshot Blob (history).
+    Snapshot,
+    /// List Blobs with snapshots or versions (history).
+    ListVersions,
+    /// A read of a kept snapshot or version (history).
+    ReadVersion,
+    /// Delete Blob of a snapshot or an old version (history).
+    DeleteVersion,
 }
 
 impl Op {
@@ -66,6 +74,10 @@ impl Op {
             Op::ReleaseLease => "release lease",
             Op::BreakLease => "break lease",
             Op::CreateContainer => "create container",
+            Op::Snapshot => "snapshot",
+            Op::ListVersions => "list versions",
+            Op::ReadVersion => "read version",
+            Op::DeleteVersion => "delete version",
         }
     }
 }

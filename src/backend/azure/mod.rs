@@ -70,6 +70,7 @@ mod lease;
 mod properties;
 mod runtime;
 mod shared_key;
+mod snapshots;
 mod upload;
 pub mod url;
 
@@ -256,6 +257,10 @@ impl Backend for AzureBackend {
     }
 
     fn blocks(&self) -> Option<&dyn Blocks> {
+        Some(self)
+    }
+
+    fn history(&self) -> Option<&dyn super::History> {
         Some(self)
     }
 }

@@ -19,6 +19,7 @@
 //! * `.<file>.mb-staged/<hex id>`: blocks staged for the next block commit.
 //! * `<file>-journal`: during a block commit written in place, SQLite's rollback
 //!   journal of the blob (named and formatted as SQLite's own, see `journal.rs`).
+//! * `.<file>.mb-versions/`: kept versions (the history capability), `versions.rs`.
 //!
 //! **Blocks** ([`Blocks`], for delta sync) follow Azure's block blobs. A commit into
 //! a blob that is a SQLite database (rollback mode) whose kept blocks stay in place
@@ -68,6 +69,7 @@ mod lease;
 pub(crate) use lease::boot_id;
 mod paths;
 mod upload;
+mod versions;
 
 use std::fs;
 use std::io::{self, Write};
@@ -260,6 +262,10 @@ impl Backend for LocalBackend {
             return Ok(());
         };
         p.remove_lease(OP)
+    }
+
+    fn history(&self) -> Option<&dyn super::History> {
+        Some(self)
     }
 
     fn blocks(&self) -> Option<&dyn Blocks> {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 mod faults;
+mod versions;
 
 pub use self::faults::Op;
 use self::faults::{Fault, OP_COUNT};
@@ -328,6 +329,10 @@ impl Backend for MemoryBackend {
     }
 
     fn blocks(&self) -> Option<&dyn Blocks> {
+        Some(self)
+    }
+
+    fn history(&self) -> Option<&dyn super::History> {
         Some(self)
     }
 }

@@ -1,0 +1,196 @@
+//! The version-history figures of docs/BENCHMARKS.md (issue 13, item 7):
+//!
+//! 1. a 64 MiB database, then N one-row autocommits with `history=N`: commit time
+//!    with history on against off, and the storage the versions use (local: the
+//!    chunk store beside the blob; Azurite: the snapshot count);
+//! 2. restore of a large version (`download_version`) against a raw download of the
+//!    same bytes.
+//!
+//! `cargo run --release --features azure --example history_figures -- [commits] [restore MiB]`
+//! (defaults 1000 and 512; Azurite from `AZURITE_BLOB` or target/azurite).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use managedblob::backend::local::LocalBackend;
+use managedblob::backend::{Backend, BlockId, Condition};
+use managedblob::delta::{chunk_size_for, ChunkId};
+use rusqlite::{Connection, OpenFlags};
+
+#[cfg(feature = "azure")]
+#[path = "../tests/common/azurite.rs"]
+#[allow(dead_code)]
+mod azurite;
+
+fn open(cache: &Path, remote: &str, extra: &str) -> Connection {
+    managedblob::register().unwrap();
+    let uri = format!(
+        "file:{}?vfs=managedblob&remote={}&blob=big.db{extra}",
+        cache.display(),
+        remote
+            .replace('%', "%25")
+            .replace('&', "%26")
+            .replace('?', "%3F")
+    );
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap()
+}
+
+/// A 64 MiB database in one batch, then `commits` one-row autocommits; returns the
+/// mean commit time.
+fn commits(remote: &str, history: &str, commits: u32) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(
+        &dir.path().join("big.db"),
+        remote,
+        &format!("&history={history}"),
+    );
+    c.execute_batch(
+        "PRAGMA managedblob_batch=begin;
+         CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 16000)
+         INSERT INTO t(body) SELECT randomblob(4000) FROM n;
+         PRAGMA managedblob_batch=end;",
+    )
+    .unwrap();
+    let started = Instant::now();
+    for _ in 0..commits {
+        c.execute("INSERT INTO t(body) VALUES (randomblob(100))", [])
+            .unwrap();
+    }
+    started.elapsed() / commits
+}
+
+fn dir_bytes(dir: &Path) -> (u64, usize) {
+    let mut total = (0, 0);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                let (b, n) = dir_bytes(&e.path());
+                total = (total.0 + b, total.1 + n);
+            } else {
+                total = (total.0 + meta.len(), total.1 + 1);
+            }
+        }
+    }
+    total
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// A blob of `size` random bytes in block-list form, then one snapshot; the time of a
+/// raw download and of a restore of that version (both into a file).
+fn restore_against_download(b: &dyn Backend, size: u64) -> (Duration, Duration) {
+    let blocks = b.blocks().unwrap();
+    let chunk = chunk_size_for(size);
+    let mut ids: Vec<BlockId> = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let mut offset = 0;
+    while offset < size {
+        let len = chunk.min(size - offset);
+        let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..))
+            .take(len as usize)
+            .collect();
+        let id = ChunkId::new(ids.len() as u32, &data).as_bytes().to_vec();
+        blocks.stage_block("r.db", &id, data, None).unwrap();
+        ids.push(id);
+        offset += len;
+    }
+    blocks
+        .commit_blocks("r.db", &ids, &Condition::Create, None)
+        .unwrap();
+    let h = b.history().unwrap();
+    let id = h.snapshot("r.db", None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let time = |f: &dyn Fn(&mut std::fs::File)| {
+        let mut file = std::fs::File::create(dir.path().join("out")).unwrap();
+        let started = Instant::now();
+        f(&mut file);
+        file.sync_all().unwrap();
+        started.elapsed()
+    };
+    let raw = time(&|f| {
+        b.download("r.db", f).unwrap();
+    });
+    let restore = time(&|f| {
+        h.download_version("r.db", &id, f).unwrap();
+    });
+    (raw, restore)
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let n = args.first().copied().unwrap_or(1000) as u32;
+    let restore_mib = args.get(1).copied().unwrap_or(512);
+
+    let off_dir = tempfile::tempdir().unwrap();
+    let off = commits(off_dir.path().to_str().unwrap(), "off", n);
+    let on_dir = tempfile::tempdir().unwrap();
+    let on = commits(on_dir.path().to_str().unwrap(), &n.to_string(), n);
+    let blob = std::fs::metadata(on_dir.path().join("big.db"))
+        .unwrap()
+        .len();
+    let (kept, files) = dir_bytes(&on_dir.path().join(".big.db.mb-versions"));
+    let versions = LocalBackend::new(on_dir.path()).unwrap();
+    let listed = managedblob::backend::History::versions(&versions, "big.db").unwrap();
+    println!(
+        "local: {n} one-row commits on a {} database: {:.2} ms/commit history off, {:.2} ms on; \
+         {} versions kept in {} ({files} files), {} per version beyond the first",
+        mib(blob),
+        off.as_secs_f64() * 1e3,
+        on.as_secs_f64() * 1e3,
+        listed.len(),
+        mib(kept),
+        mib(kept.saturating_sub(blob) / u64::from(n.max(1))),
+    );
+
+    let restore_dir = tempfile::tempdir().unwrap();
+    let local = LocalBackend::new(restore_dir.path()).unwrap();
+    let (raw, restore) = restore_against_download(&local, restore_mib << 20);
+    println!(
+        "local: {restore_mib} MiB version: raw download {:.2} s, restore {:.2} s ({:.2}x)",
+        raw.as_secs_f64(),
+        restore.as_secs_f64(),
+        restore.as_secs_f64() / raw.as_secs_f64()
+    );
+
+    #[cfg(feature = "azure")]
+    if let Some(az) = azurite::shared() {
+        let container = azurite::random_container();
+        let backend = az.backend_for(&container, Default::default());
+        backend.create_container().unwrap();
+        let url = az.container_url_with_sas(&container);
+        let off = commits(&url, "off", n);
+        let container2 = azurite::random_container();
+        let backend2 = az.backend_for(&container2, Default::default());
+        backend2.create_container().unwrap();
+        let url2 = az.container_url_with_sas(&container2);
+        let on = commits(&url2, &n.to_string(), n);
+        let h = backend2.history().unwrap();
+        println!(
+            "azurite: {n} one-row commits on a 64 MiB database: {:.2} ms/commit history off, \
+             {:.2} ms on; {} snapshots kept",
+            off.as_secs_f64() * 1e3,
+            on.as_secs_f64() * 1e3,
+            h.listing("big.db").unwrap().len()
+        );
+        let (raw, restore) = restore_against_download(&backend2, restore_mib << 20);
+        println!(
+            "azurite: {restore_mib} MiB version: raw download {:.2} s, restore {:.2} s ({:.2}x)",
+            raw.as_secs_f64(),
+            restore.as_secs_f64(),
+            restore.as_secs_f64() / raw.as_secs_f64()
+        );
+    }
+}

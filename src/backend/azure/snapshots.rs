@@ -1,0 +1,373 @@
+//! [`History`] on Azure: blob snapshots, or the versions Azure keeps itself where the
+//! storage account has blob versioning on.
+//!
+//! * **Which.** The first history call for a container asks the blob's properties:
+//!   a response with `x-ms-version-id` means versioning is on (remembered for the
+//!   process). Azurite has no versioning, so there the snapshot path runs.
+//! * **Snapshot path.** `snapshot` is one Snapshot Blob (with the lease id when one
+//!   is held), right after the publish: a read-only copy billed only for the blocks
+//!   it does not share with the base blob or other snapshots. Ids are the snapshot
+//!   times Azure gives (`2026-12-01T05:37:02.1234567Z`).
+//! * **Versioning path.** Every write already made a version; `snapshot` is one Get
+//!   Blob Properties to learn the current version id. Ids are `v` + the version id
+//!   (also a time). The current version is never deleted.
+//! * `versions` is one List Blobs (prefix = the blob, with snapshots or versions),
+//!   plus one Get Block List per version to count the bytes each holds alone;
+//!   `listing` (what `prune` and `as_of` use) is the List Blobs alone. `download_version` reads the version in ranges
+//!   of [`super::AzureTuning::block_size`]; `delete_version` is one Delete Blob with
+//!   `snapshot=` or `versionid=` (never the base blob).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::num::NonZero;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use azure_storage_blob::models::{
+    BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
+    BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobContainerClientListBlobsOptions, BlobItem, BlockListType, HttpRange, ListBlobsIncludeItem,
+};
+use azure_storage_blob::BlobClient;
+use futures::TryStreamExt;
+use parking_lot::Mutex;
+
+use super::errors::{http_status, Op};
+use super::AzureBackend;
+use crate::backend::history::{parse_time, unique_bytes};
+use crate::backend::{BackendErrorKind, BackendResult, BlockId, History, LeaseId, VersionInfo};
+
+/// The id prefix of a version kept by Azure's blob versioning.
+const VERSION_PREFIX: &str = "v";
+
+/// One kept version as List Blobs shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Listed {
+    pub id: String,
+    pub time: SystemTime,
+    pub size: u64,
+    /// The blob's current version (versioning path): never deleted.
+    pub current: bool,
+}
+
+/// Where a kept version lives: a snapshot or a version of the blob.
+enum Target<'a> {
+    Snapshot(&'a str),
+    Version(&'a str),
+}
+
+fn target(id: &str) -> Target<'_> {
+    match id.strip_prefix(VERSION_PREFIX) {
+        Some(version) => Target::Version(version),
+        None => Target::Snapshot(id),
+    }
+}
+
+/// The kept versions of `blob` among List Blobs `items`, oldest first: its snapshots,
+/// or (with `versioning`) its versions. Items of other blobs (the listing is by
+/// prefix), the base blob itself and items without a parsable time are skipped.
+pub(super) fn kept_versions(blob: &str, items: Vec<BlobItem>, versioning: bool) -> Vec<Listed> {
+    let mut kept: Vec<Listed> = items
+        .into_iter()
+        .filter(|item| item.name.as_deref() == Some(blob))
+        .filter_map(|item| {
+            let size = item
+                .properties
+                .as_ref()
+                .and_then(|p| p.content_length)
+                .unwrap_or(0);
+            let (id, stamp, current) = if versioning {
+                let version = item.version_id?;
+                let current = item.is_current_version.unwrap_or(false);
+                (format!("{VERSION_PREFIX}{version}"), version, current)
+            } else {
+                let snapshot = item.snapshot?;
+                (snapshot.clone(), snapshot, false)
+            };
+            Some(Listed {
+                id,
+                time: parse_time(&stamp)?,
+                size,
+                current,
+            })
+        })
+        .collect();
+    kept.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+    kept
+}
+
+/// Per container (by its secret-free URL): whether blob versioning is on.
+fn versioning_known() -> &'static Mutex<HashMap<String, bool>> {
+    static KNOWN: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
+    KNOWN.get_or_init(Default::default)
+}
+
+impl AzureBackend {
+    /// The current version id of `blob` (`None` without versioning), in one Get Blob
+    /// Properties; remembers whether the container has versioning.
+    fn current_version(&self, blob: &str, op: Op) -> BackendResult<Option<String>> {
+        let client = self.client(blob)?;
+        let version = self.call(blob, op, self.tuning.request_timeout, async move {
+            client.get_properties(None).await?.version_id()
+        })?;
+        versioning_known()
+            .lock()
+            .insert(self.url.redacted(), version.is_some());
+        Ok(version)
+    }
+
+    /// Whether the container has blob versioning (one request the first time).
+    fn versioning(&self, blob: &str, op: Op) -> BackendResult<bool> {
+        if let Some(known) = versioning_known().lock().get(&self.url.redacted()) {
+            return Ok(*known);
+        }
+        Ok(self.current_version(blob, op)?.is_some())
+    }
+
+    /// One List Blobs of `blob`'s snapshots or versions.
+    fn listed(&self, blob: &str) -> BackendResult<Vec<Listed>> {
+        let op = Op::ListVersions;
+        let versioning = self.versioning(blob, op)?;
+        let client = self.container_client(op)?;
+        let include = if versioning {
+            ListBlobsIncludeItem::Versions
+        } else {
+            ListBlobsIncludeItem::Snapshots
+        };
+        let options = BlobContainerClientListBlobsOptions {
+            include: Some(vec![include]),
+            prefix: Some(blob.to_string()),
+            ..Default::default()
+        };
+        let items = self.call(blob, op, self.tuning.request_timeout, async move {
+            client
+                .list_blobs(Some(options))?
+                .try_collect::<Vec<_>>()
+                .await
+        })?;
+        Ok(kept_versions(blob, items, versioning))
+    }
+
+    /// A client for the kept version `id` of `blob`.
+    fn version_client(&self, blob: &str, id: &str, op: Op) -> BackendResult<Arc<BlobClient>> {
+        let base = self.client(blob)?;
+        let client = match target(id) {
+            Target::Snapshot(s) => base.with_snapshot(s),
+            Target::Version(v) => base.with_version(v),
+        };
+        client.map(Arc::new).map_err(|e| self.error(blob, op, &e))
+    }
+
+    /// The committed block list of kept version `id`.
+    fn version_blocks(&self, blob: &str, id: &str) -> BackendResult<Vec<(BlockId, u64)>> {
+        let op = Op::ListVersions;
+        let client = self.version_client(blob, id, op)?;
+        let list = self.call(blob, op, self.tuning.request_timeout, async move {
+            client
+                .block_blob_client()
+                .get_block_list(BlockListType::Committed, None)
+                .await?
+                .into_model()
+        })?;
+        Ok(list
+            .committed_blocks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| Some((b.name?, u64::try_from(b.size?).ok()?)))
+            .collect())
+    }
+}
+
+impl History for AzureBackend {
+    fn snapshot(&self, blob: &str, lease: Option<&LeaseId>) -> BackendResult<String> {
+        let op = Op::Snapshot;
+        if self.versioning(blob, op)? {
+            let version = self.current_version(blob, op)?;
+            return version
+                .map(|v| format!("{VERSION_PREFIX}{v}"))
+                .ok_or_else(|| self.local_error(blob, op, "no version id in the reply".into()));
+        }
+        let client = self.client(blob)?;
+        let options = BlobClientCreateSnapshotOptions {
+            lease_id: lease.map(|l| l.0.clone()),
+            ..Default::default()
+        };
+        let snapshot = self.call(blob, op, self.tuning.request_timeout, async move {
+            client.create_snapshot(Some(options)).await?.snapshot()
+        })?;
+        snapshot.ok_or_else(|| self.local_error(blob, op, "no snapshot time in the reply".into()))
+    }
+
+    /// The listing alone: no block lists.
+    fn listing(&self, blob: &str) -> BackendResult<Vec<VersionInfo>> {
+        Ok(self
+            .listed(blob)?
+            .into_iter()
+            .map(|v| VersionInfo {
+                id: v.id,
+                time: v.time,
+                size: v.size,
+                unique_bytes: 0,
+            })
+            .collect())
+    }
+
+    fn versions(&self, blob: &str) -> BackendResult<Vec<VersionInfo>> {
+        let listed = self.listed(blob)?;
+        let blocks = listed
+            .iter()
+            .map(|v| self.version_blocks(blob, &v.id))
+            .collect::<BackendResult<Vec<_>>>()?;
+        Ok(listed
+            .into_iter()
+            .zip(unique_bytes(&blocks))
+            .map(|(v, unique)| VersionInfo {
+                id: v.id,
+                time: v.time,
+                size: v.size,
+                unique_bytes: unique,
+            })
+            .collect())
+    }
+
+    fn download_version(&self, blob: &str, id: &str, sink: &mut dyn Write) -> BackendResult<u64> {
+        let op = Op::ReadVersion;
+        let client = self.version_client(blob, id, op)?;
+        let props = client.clone();
+        let size = self
+            .exec(blob, op, self.tuning.request_timeout, async move {
+                props.get_properties(None).await?.content_length()
+            })?
+            .map_err(|e| match http_status(&e) {
+                Some((404, _)) => self.fail(
+                    BackendErrorKind::NotFound,
+                    blob,
+                    op,
+                    format!("no version {id}"),
+                ),
+                _ => self.error(blob, op, &e),
+            })?
+            .unwrap_or(0);
+        let step = self.tuning.block_size.max(1);
+        let mut offset = 0;
+        while offset < size {
+            let len = step.min(size - offset);
+            let capacity = usize::try_from(len).expect("a block fits in memory");
+            let options = BlobClientDownloadOptions {
+                range: Some(HttpRange::new(offset, len)),
+                parallel: NonZero::new(1),
+                partition_size: NonZero::new(capacity),
+                ..Default::default()
+            };
+            let client = client.clone();
+            let (data, got) = self.call(blob, op, self.tuning.limit_for(len), async move {
+                let mut data = vec![0u8; capacity];
+                let result = client.download_into(&mut data, Some(options)).await?;
+                Ok((data, result.len))
+            })?;
+            if got != capacity {
+                return Err(self.local_error(blob, op, format!("version {id} ended early")));
+            }
+            sink.write_all(&data)
+                .map_err(|e| self.local_error(blob, op, format!("writing: {e}")))?;
+            offset += len;
+        }
+        Ok(size)
+    }
+
+    fn delete_version(&self, blob: &str, id: &str) -> BackendResult<()> {
+        let op = Op::DeleteVersion;
+        let mut options = BlobClientDeleteOptions::default();
+        match target(id) {
+            Target::Snapshot(s) => options.snapshot = Some(s.to_string()),
+            Target::Version(v) => {
+                if self.current_version(blob, op)?.as_deref() == Some(v) {
+                    return Err(self.fail(
+                        BackendErrorKind::Invalid,
+                        blob,
+                        op,
+                        "the current version is the blob itself and is never deleted",
+                    ));
+                }
+                options.version_id = Some(v.to_string());
+            }
+        }
+        let client = self.client(blob)?;
+        let result = self.exec(blob, op, self.tuning.request_timeout, async move {
+            client.delete(Some(options)).await.map(|_| ())
+        })?;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(http_status(&e), Some((404, _))) => Ok(()),
+            Err(e) => Err(self.error(blob, op, &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azure_storage_blob::models::ListBlobsResponse;
+
+    /// A List Blobs reply of an account with versioning on (the shape Azure sends
+    /// with `include=versions`).
+    const VERSIONED: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<EnumerationResults ServiceEndpoint="https://acct.blob.core.windows.net/" ContainerName="data">
+  <Prefix>a.db</Prefix>
+  <Blobs>
+    <Blob>
+      <Name>a.db</Name>
+      <VersionId>2026-12-01T05:37:03.2000000Z</VersionId>
+      <IsCurrentVersion>true</IsCurrentVersion>
+      <Properties><Content-Length>8192</Content-Length><BlobType>BlockBlob</BlobType></Properties>
+    </Blob>
+    <Blob>
+      <Name>a.db</Name>
+      <VersionId>2026-12-01T05:37:02.1000000Z</VersionId>
+      <Properties><Content-Length>4096</Content-Length><BlobType>BlockBlob</BlobType></Properties>
+    </Blob>
+    <Blob>
+      <Name>a.db-other</Name>
+      <VersionId>2026-12-01T05:37:01.0000000Z</VersionId>
+      <Properties><Content-Length>1</Content-Length></Properties>
+    </Blob>
+  </Blobs>
+  <NextMarker />
+</EnumerationResults>"#;
+
+    #[test]
+    fn versioning_listing_gives_the_blobs_versions_oldest_first() {
+        let reply: ListBlobsResponse = azure_core::xml::from_xml(VERSIONED.as_bytes()).unwrap();
+        let kept = kept_versions("a.db", reply.blob_items, true);
+        let ids: Vec<&str> = kept.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "v2026-12-01T05:37:02.1000000Z",
+                "v2026-12-01T05:37:03.2000000Z"
+            ]
+        );
+        assert_eq!(kept[0].size, 4096);
+        assert!(!kept[0].current && kept[1].current);
+        assert!(kept[0].time < kept[1].time);
+        assert!(matches!(
+            target(&kept[0].id),
+            Target::Version("2026-12-01T05:37:02.1000000Z")
+        ));
+    }
+
+    #[test]
+    fn snapshot_listing_skips_the_base_blob() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?>
+<EnumerationResults ContainerName="data"><Blobs>
+  <Blob><Name>a.db</Name><Snapshot>2026-12-01T05:37:02.1000000Z</Snapshot>
+    <Properties><Content-Length>10</Content-Length></Properties></Blob>
+  <Blob><Name>a.db</Name><Properties><Content-Length>12</Content-Length></Properties></Blob>
+</Blobs></EnumerationResults>"#;
+        let reply: ListBlobsResponse = azure_core::xml::from_xml(xml.as_bytes()).unwrap();
+        let kept = kept_versions("a.db", reply.blob_items, false);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].id, "2026-12-01T05:37:02.1000000Z");
+        assert!(matches!(target(&kept[0].id), Target::Snapshot(_)));
+    }
+}
