@@ -134,6 +134,14 @@ impl Setup {
             .map(|s| s.etag)
     }
 
+    /// A fresh setup (4 MiB, rows [`SPREAD`]) whose commit died in a child process at
+    /// `step`.
+    fn crashed_at(step: &str) -> Setup {
+        let s = Setup::new(4, &SPREAD);
+        s.commit_in_child(step);
+        s
+    }
+
     /// Run the commit in a child process that aborts at `step`.
     fn commit_in_child(&self, step: &str) {
         let ids: Vec<String> = self
@@ -239,8 +247,7 @@ const SPREAD: [i64; 6] = [10, 900, 1900, 2900, 3900, 4000];
 #[test]
 fn a_crash_at_each_step_leaves_the_old_or_new_version_for_this_backend() {
     for (step, lands) in CRASH_STEPS {
-        let s = Setup::new(4, &SPREAD);
-        s.commit_in_child(step);
+        let s = Setup::crashed_at(step);
         let fresh = LocalBackend::new(s.remote()).unwrap();
         let stat = fresh.stat(BLOB).unwrap().unwrap();
         let mut bytes = Vec::new();
@@ -290,8 +297,7 @@ fn a_crash_at_each_step_leaves_the_old_or_new_version_for_this_backend() {
 #[test]
 fn a_crash_at_each_step_leaves_the_old_or_new_version_for_plain_sqlite() {
     for (step, lands) in CRASH_STEPS {
-        let s = Setup::new(4, &SPREAD);
-        s.commit_in_child(step);
+        let s = Setup::crashed_at(step);
         // A plain SQLite connection (read-write, so it can roll a hot journal back
         // itself), before this backend has looked at the blob.
         let c = Connection::open(s.blob()).unwrap();
