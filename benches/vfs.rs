@@ -95,10 +95,15 @@ fn insert_mix(c: &Connection, n: u64) {
     }
 }
 
-fn time(c: &Connection, work: Work, n: u64) -> Duration {
+/// How long `f` takes.
+fn timed(f: impl FnOnce()) -> Duration {
     let t = Instant::now();
-    work(c, n);
+    f();
     t.elapsed()
+}
+
+fn time(c: &Connection, work: Work, n: u64) -> Duration {
+    timed(|| work(c, n))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -146,19 +151,19 @@ fn main() {
             // Not in the row's timer: the batch's begin (lease) and end (upload).
             let mut edge = Duration::ZERO;
             if batch {
-                let t = Instant::now();
-                managed
-                    .execute_batch("PRAGMA managedblob_batch=begin")
-                    .unwrap();
-                edge += t.elapsed();
+                edge += timed(|| {
+                    managed
+                        .execute_batch("PRAGMA managedblob_batch=begin")
+                        .unwrap()
+                });
             }
             m.push(time(&managed, work, n).as_secs_f64());
             if batch {
-                let t = Instant::now();
-                managed
-                    .execute_batch("PRAGMA managedblob_batch=end")
-                    .unwrap();
-                edge += t.elapsed();
+                edge += timed(|| {
+                    managed
+                        .execute_batch("PRAGMA managedblob_batch=end")
+                        .unwrap()
+                });
                 edges.push(edge.as_secs_f64());
             }
         }

@@ -126,6 +126,25 @@ fn restore_against_download(b: &dyn Backend, size: u64) -> (Duration, Duration) 
     (raw, restore)
 }
 
+/// Print one restore figure: the raw download and restore times of [`restore_against_download`].
+fn print_restore(label: &str, restore_mib: u64, (raw, restore): (Duration, Duration)) {
+    println!(
+        "{label}: {restore_mib} MiB version: raw download {:.2} s, restore {:.2} s ({:.2}x)",
+        raw.as_secs_f64(),
+        restore.as_secs_f64(),
+        restore.as_secs_f64() / raw.as_secs_f64()
+    );
+}
+
+/// A fresh, empty Azurite container: its backend, and its URL with an account SAS.
+#[cfg(feature = "azure")]
+fn azurite_container(az: &azurite::Azurite) -> (managedblob::backend::azure::AzureBackend, String) {
+    let container = azurite::random_container();
+    let backend = az.backend_for(&container, Default::default());
+    backend.create_container().unwrap();
+    (backend, az.container_url_with_sas(&container))
+}
+
 fn main() {
     let args: Vec<u64> = std::env::args()
         .skip(1)
@@ -157,25 +176,14 @@ fn main() {
 
     let restore_dir = tempfile::tempdir().unwrap();
     let local = LocalBackend::new(restore_dir.path()).unwrap();
-    let (raw, restore) = restore_against_download(&local, restore_mib << 20);
-    println!(
-        "local: {restore_mib} MiB version: raw download {:.2} s, restore {:.2} s ({:.2}x)",
-        raw.as_secs_f64(),
-        restore.as_secs_f64(),
-        restore.as_secs_f64() / raw.as_secs_f64()
-    );
+    let timed = restore_against_download(&local, restore_mib << 20);
+    print_restore("local", restore_mib, timed);
 
     #[cfg(feature = "azure")]
     if let Some(az) = azurite::shared() {
-        let container = azurite::random_container();
-        let backend = az.backend_for(&container, Default::default());
-        backend.create_container().unwrap();
-        let url = az.container_url_with_sas(&container);
+        let (_, url) = azurite_container(&az);
         let off = commits(&url, "off", n);
-        let container2 = azurite::random_container();
-        let backend2 = az.backend_for(&container2, Default::default());
-        backend2.create_container().unwrap();
-        let url2 = az.container_url_with_sas(&container2);
+        let (backend2, url2) = azurite_container(&az);
         let on = commits(&url2, &n.to_string(), n);
         let h = backend2.history().unwrap();
         println!(
@@ -185,12 +193,7 @@ fn main() {
             on.as_secs_f64() * 1e3,
             h.listing("big.db").unwrap().len()
         );
-        let (raw, restore) = restore_against_download(&backend2, restore_mib << 20);
-        println!(
-            "azurite: {restore_mib} MiB version: raw download {:.2} s, restore {:.2} s ({:.2}x)",
-            raw.as_secs_f64(),
-            restore.as_secs_f64(),
-            restore.as_secs_f64() / raw.as_secs_f64()
-        );
+        let timed = restore_against_download(&backend2, restore_mib << 20);
+        print_restore("azurite", restore_mib, timed);
     }
 }

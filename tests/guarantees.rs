@@ -24,6 +24,11 @@ fn extended_code(e: &rusqlite::Error) -> Option<i32> {
     }
 }
 
+/// The values of `t.x`, in order.
+fn x_values(c: &rusqlite::Connection) -> Vec<i64> {
+    column(c, "SELECT x FROM t ORDER BY x")
+}
+
 fn table_exists(c: &rusqlite::Connection, name: &str) -> bool {
     c.query_row(
         "SELECT count(*) FROM sqlite_master WHERE name = ?1",
@@ -86,9 +91,7 @@ fn a_conflict_at_commit_is_busy_snapshot_and_rolls_back() {
 #[test]
 fn a_remote_moved_under_an_expired_lease_is_busy_snapshot_at_commit() {
     let m = MemWorld::with_defaults("g-moved", "&retry_base_ms=1&retry_attempts=2");
-    let a = m.open("h1", "");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = m.one_row("h1", "");
     let b = m.open("h2", "");
     a.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (2);")
         .unwrap();
@@ -97,7 +100,7 @@ fn a_remote_moved_under_an_expired_lease_is_busy_snapshot_at_commit() {
     let err = a.execute_batch("COMMIT").unwrap_err();
     assert!(a.is_autocommit(), "rolled back");
     assert_eq!(
-        column::<i64, Vec<_>>(&a, "SELECT x FROM t ORDER BY x"),
+        x_values(&a),
         vec![1, 3],
         "the cache holds nothing of it, and the lost race made the next read take \
          the new version"
@@ -115,9 +118,7 @@ fn a_remote_moved_under_an_expired_lease_is_busy_snapshot_at_commit() {
 #[test]
 fn a_stale_writer_gets_busy_at_its_first_write_and_retries_on_the_new_version() {
     let m = MemWorld::with_defaults("g-stale", "&retry_base_ms=1");
-    let a = m.open("h1", "");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = m.one_row("h1", "");
     let b = m.open("h2", "&staleness_ms=600000");
     assert_eq!(count(&b, "t"), 1);
     a.execute("INSERT INTO t VALUES (2)", []).unwrap();
@@ -146,10 +147,7 @@ fn a_stale_writer_gets_busy_at_its_first_write_and_retries_on_the_new_version() 
     );
     // The retry takes the new version (forced refresh) and writes on it.
     b.execute("INSERT INTO t VALUES (3)", []).unwrap();
-    assert_eq!(
-        column::<i64, Vec<_>>(&b, "SELECT x FROM t ORDER BY x"),
-        vec![1, 2, 3]
-    );
+    assert_eq!(x_values(&b), vec![1, 2, 3]);
     assert_eq!(m.remote_ids_of_x(), vec![1, 2, 3], "no lost update");
 }
 
@@ -160,9 +158,7 @@ fn a_stale_writer_gets_busy_at_its_first_write_and_retries_on_the_new_version() 
 #[test]
 fn a_read_transaction_that_later_writes_is_busy_without_waiting() {
     let m = MemWorld::with_defaults("g-readwrite", "&retry_base_ms=1");
-    let a = m.open("h1", "");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = m.one_row("h1", "");
     let mut b = m.open("h2", "&staleness_ms=600000");
     b.execute_batch("BEGIN").unwrap();
     assert_eq!(count(&b, "t"), 1);
@@ -188,9 +184,7 @@ fn a_read_transaction_that_later_writes_is_busy_without_waiting() {
 #[test]
 fn a_live_lease_is_renewed_past_its_duration_while_another_host_stays_busy() {
     let m = MemWorld::with_defaults("g-renew", "&lease_secs=15&retry_base_ms=1");
-    let a = m.open("h1", "");
-    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let a = m.one_row("h1", "");
     let b = m.open("h2", "");
     b.busy_timeout(Duration::ZERO).unwrap();
     pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
@@ -297,6 +291,12 @@ fn a_torn_sidecar_write_leaves_the_previous_sidecar_and_the_cache_recovers() {
     assert_eq!(s["dirty"], false, "{s}");
     assert_eq!(s["in_flight"], "none", "{s}");
     assert_eq!(s["conflicts"].as_array().unwrap().len(), 0, "{s}");
+    a_second_row_reaches_the_remote(&w, &c);
+}
+
+/// `c`, a connection of `w`'s blob `a.db` holding one row in `t`, still writes: a
+/// second row reaches the remote.
+fn a_second_row_reaches_the_remote(w: &World, c: &rusqlite::Connection) {
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
     assert_eq!(w.read_remote("a.db", |r| count(r, "t")), 2);
 }
@@ -310,9 +310,7 @@ fn a_torn_sidecar_write_leaves_the_previous_sidecar_and_the_cache_recovers() {
 fn a_conflict_copy_is_named_in_last_error_and_conflicts() {
     let m = MemWorld::with_defaults("g-conflict", "&retry_base_ms=1");
     {
-        let a = m.open("h1", "");
-        a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
+        let a = m.one_row("h1", "");
         pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
         a.execute("INSERT INTO t VALUES (2)", []).unwrap();
         // The batch's lease lapses and another host commits; the batch end fails.
@@ -322,11 +320,7 @@ fn a_conflict_copy_is_named_in_last_error_and_conflicts() {
         assert!(pragma(&a, "PRAGMA managedblob_batch=end").is_err());
     }
     let c = m.open("h1", "");
-    assert_eq!(
-        column::<i64, Vec<_>>(&c, "SELECT x FROM t ORDER BY x"),
-        vec![1, 3],
-        "the cache takes the remote"
-    );
+    assert_eq!(x_values(&c), vec![1, 3], "the cache takes the remote");
     let s = status(&c);
     let conflicts = s["conflicts"].as_array().unwrap();
     assert_eq!(conflicts.len(), 1, "{s}");
@@ -339,7 +333,7 @@ fn a_conflict_copy_is_named_in_last_error_and_conflicts() {
     );
     let kept = rusqlite::Connection::open(copy).unwrap();
     assert_eq!(
-        column::<i64, Vec<_>>(&kept, "SELECT x FROM t ORDER BY x"),
+        x_values(&kept),
         vec![1, 2],
         "the lost batch commit is in the copy"
     );
@@ -358,14 +352,7 @@ fn a_process_refuses_to_open_one_cache_for_two_remotes() {
     let other = w.dir.path().join("other-remote");
     std::fs::create_dir_all(&other).unwrap();
     let uri = common::uri(&w.cache("h1", "a.db"), &other, "");
-    let err = match rusqlite::Connection::open_with_flags(&uri, flags()) {
-        Ok(c) => {
-            // Some SQLite versions defer the open's error to the first statement.
-            c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-                .expect_err("the same cache opened for a second remote")
-        }
-        Err(e) => e,
-    };
+    let err = open_error(&uri, "the same cache opened for a second remote");
     let text = err.to_string();
     assert!(
         text.contains("already open in this process") && text.contains("another remote"),
@@ -376,8 +363,7 @@ fn a_process_refuses_to_open_one_cache_for_two_remotes() {
         "nothing was written to the second remote"
     );
     assert_eq!(count(&first, "t"), 1);
-    first.execute("INSERT INTO t VALUES (2)", []).unwrap();
-    assert_eq!(w.read_remote("a.db", |r| count(r, "t")), 2);
+    a_second_row_reaches_the_remote(&w, &first);
 }
 
 /// A cache that holds no version cannot open while the remote is unreachable: the
@@ -386,20 +372,12 @@ fn a_process_refuses_to_open_one_cache_for_two_remotes() {
 #[test]
 fn an_empty_cache_cannot_open_while_the_remote_is_unreachable() {
     let m = MemWorld::with_defaults("g-offline", "&retry_base_ms=1&retry_attempts=1");
-    {
-        let a = m.open("h1", "");
-        a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
-    m.backend
-        .fail_next(Op::Stat, BackendErrorKind::Transient, 1000);
+    m.one_row_then_offline();
     let uri = m.uri("h2", "");
-    let err = match rusqlite::Connection::open_with_flags(&uri, flags()) {
-        Ok(c) => c
-            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-            .expect_err("an empty cache served while the remote is unreachable"),
-        Err(e) => e,
-    };
+    let err = open_error(
+        &uri,
+        "an empty cache served while the remote is unreachable",
+    );
     assert!(err.to_string().contains("injected"), "the cause: {err}");
     assert!(
         !m.cache("h2").exists(),
@@ -421,9 +399,7 @@ fn an_empty_cache_cannot_open_while_the_remote_is_unreachable() {
 #[test]
 fn status_has_exactly_the_fields_the_readme_lists() {
     let m = MemWorld::new("g-status");
-    let c = m.open("h1", "");
-    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-        .unwrap();
+    let c = m.one_row("h1", "");
     let mut rows = 0;
     let text: String = {
         let mut stmt = c.prepare("PRAGMA managedblob_status").unwrap();
@@ -457,7 +433,8 @@ fn status_has_exactly_the_fields_the_readme_lists() {
     ];
     want.sort();
     assert_eq!(keys(&s), want, "{s}");
-    let mut want: Vec<&str> = vec![
+    // `requests` has the HTTP request counters (also under `http`) and more.
+    let mut http: Vec<&str> = vec![
         "stat",
         "download",
         "upload",
@@ -469,6 +446,9 @@ fn status_has_exactly_the_fields_the_readme_lists() {
         "commit_blocks",
         "read_range",
         "total",
+    ];
+    let mut want = http.clone();
+    want.extend([
         "retries",
         "bytes_up",
         "bytes_down",
@@ -477,22 +457,9 @@ fn status_has_exactly_the_fields_the_readme_lists() {
         "versions_up",
         "versions_down",
         "http",
-    ];
+    ]);
     want.sort();
     assert_eq!(keys(&s["requests"]), want, "{s}");
-    let mut http = vec![
-        "stat",
-        "download",
-        "upload",
-        "lease_acquire",
-        "lease_renew",
-        "lease_release",
-        "block_list",
-        "stage_block",
-        "commit_blocks",
-        "read_range",
-        "total",
-    ];
     http.sort();
     assert_eq!(keys(&s["requests"]["http"]), http, "{s}");
     assert_eq!(s["requests"]["versions_up"], 2, "CREATE and INSERT: {s}");
@@ -505,6 +472,6 @@ trait RemoteRows {
 impl RemoteRows for MemWorld {
     /// The remote's `t.x` values, in order.
     fn remote_ids_of_x(&self) -> Vec<i64> {
-        self.remote(|r| column(r, "SELECT x FROM t ORDER BY x"))
+        self.remote(x_values)
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::World;
+use common::{backend_tests, World};
 use managedblob::backend::history::format_time;
 use managedblob::backend::VersionInfo;
 use rusqlite::{Connection, OpenFlags};
@@ -105,20 +105,7 @@ fn pinned_open_errors_name_the_cause(world: &World) {
     assert!(e.contains("'as_of'"), "{e}");
 }
 
-#[test]
-fn local_pinned_opens_read_the_version() {
-    pinned_opens_read_the_version(&World::local());
-}
-
-#[test]
-fn local_pinned_open_errors_name_the_cause() {
-    pinned_open_errors_name_the_cause(&World::local());
-}
-
-#[cfg(feature = "azure")]
-#[test]
-fn azurite_pinned_opens_read_the_version() {
-    if let Some(world) = World::azurite() {
-        pinned_opens_read_the_version(&world);
-    }
-}
+backend_tests!(
+    pinned_opens_read_the_version,
+    pinned_open_errors_name_the_cause
+);

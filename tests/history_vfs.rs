@@ -7,7 +7,7 @@
 mod common;
 
 use common::memworld::MemWorld;
-use common::{status, World};
+use common::{backend_tests, status, World};
 use managedblob::backend::{Backend, VersionInfo};
 use rusqlite::Connection;
 
@@ -103,23 +103,10 @@ fn check_every_commit_kept(backend: &dyn Backend, blob: &str, acknowledged: &[Ve
     }
 }
 
-fn every_commit_kept_on(world: &World) {
+fn every_acknowledged_commit_is_kept_and_restorable(world: &World) {
     let c = world.open_with("h1", "r.db", "&history=1000");
     let acknowledged = randomized_run(&c, 24, &|| world.remote_bytes("r.db").unwrap());
     world.with_backend(|b| check_every_commit_kept(b, "r.db", &acknowledged));
-}
-
-#[test]
-fn local_every_acknowledged_commit_is_kept_and_restorable() {
-    every_commit_kept_on(&World::local());
-}
-
-#[cfg(feature = "azure")]
-#[test]
-fn azurite_every_acknowledged_commit_is_kept_and_restorable() {
-    if let Some(world) = World::azurite() {
-        every_commit_kept_on(&world);
-    }
 }
 
 #[test]
@@ -132,7 +119,9 @@ fn memory_every_acknowledged_commit_is_kept_in_both_sync_modes() {
     }
 }
 
-fn retention_by_count_on(world: &World) {
+/// The newest three versions are kept; on the local backend, the garbage collection
+/// left only chunks the kept manifests name.
+fn retention_by_count_keeps_the_newest(world: &World) {
     let c = world.open_with("h1", "k.db", "&history=3");
     c.execute_batch("CREATE TABLE t(x)").unwrap();
     let mut acknowledged = Vec::new();
@@ -145,13 +134,13 @@ fn retention_by_count_on(world: &World) {
         let contents: Vec<Vec<u8>> = kept.into_iter().map(|(_, bytes)| bytes).collect();
         assert_eq!(contents, acknowledged[3..], "the newest three are kept");
     });
+    if world.is_local() {
+        assert_only_named_chunks_stored(world);
+    }
 }
 
-#[test]
-fn local_retention_by_count_keeps_the_newest() {
-    let world = World::local();
-    retention_by_count_on(&world);
-    // The garbage collection left only chunks the kept manifests name.
+/// The local backend's version store holds exactly the chunks its kept manifests name.
+fn assert_only_named_chunks_stored(world: &World) {
     let root = world.remote().join(".k.db.mb-versions");
     let named: std::collections::HashSet<String> = std::fs::read_dir(root.join("manifests"))
         .unwrap()
@@ -173,13 +162,10 @@ fn local_retention_by_count_keeps_the_newest() {
     assert_eq!(stored, named);
 }
 
-#[cfg(feature = "azure")]
-#[test]
-fn azurite_retention_by_count_keeps_the_newest() {
-    if let Some(world) = World::azurite() {
-        retention_by_count_on(&world);
-    }
-}
+backend_tests!(
+    every_acknowledged_commit_is_kept_and_restorable,
+    retention_by_count_keeps_the_newest
+);
 
 #[test]
 fn history_off_keeps_nothing() {
@@ -195,9 +181,7 @@ fn history_off_keeps_nothing() {
 #[test]
 fn a_failed_snapshot_does_not_fail_the_commit() {
     let w = MemWorld::new("history-fails");
-    let c = w.open("h1", "&history=10");
-    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
-        .unwrap();
+    let c = w.one_row("h1", "&history=10");
     w.backend.fail_snapshots("m.db", true);
     c.execute("INSERT INTO t VALUES (2)", []).unwrap();
     let s = status(&c);

@@ -137,22 +137,16 @@ fn ambiguous_commit_through_the_proxy(mode: &str, landed: bool) {
     let c = common::open(&uri);
     c.execute("CREATE TABLE t(id)", []).unwrap();
     let full = mode == "full";
-    let publishes = move |r: &Request| {
-        r.method == "PUT"
-            && if full {
-                !r.target.contains("comp=")
-            } else {
-                r.query_has("comp=blocklist")
-            }
+    // The blob itself (full) or its block list (delta): a PUT publishes, a GET reads back.
+    let on_the_version = move |r: &Request| {
+        if full {
+            !r.target.contains("comp=")
+        } else {
+            r.query_has("comp=blocklist")
+        }
     };
-    let reads_back = move |r: &Request| {
-        r.method == "GET"
-            && if full {
-                !r.target.contains("comp=")
-            } else {
-                r.query_has("comp=blocklist")
-            }
-    };
+    let publishes = move |r: &Request| r.method == "PUT" && on_the_version(r);
+    let reads_back = move |r: &Request| r.method == "GET" && on_the_version(r);
     let mut first = true;
     p.proxy.set_rule(move |r| {
         if publishes(r) && (first || !landed) {

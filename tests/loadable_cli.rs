@@ -17,62 +17,24 @@
 //! set.
 
 mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
+use support::{extension, missing, spawn_piped};
 
 const SQLITE3: &str = "/usr/bin/sqlite3";
 const PYTHON3: &str = "/usr/bin/python3";
-const BUILD_HINT: &str =
-    "build it with `cargo build --release --manifest-path loadable/Cargo.toml` \
-                          (needs libclang-dev), or point MANAGEDBLOB_EXTENSION at it";
 /// No child may run longer than this; a hang (say, a lease never released) fails the test.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // Prerequisites
-
-/// Print why a test cannot run and return None; under CI, fail instead.
-fn missing<T>(what: &str) -> Option<T> {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what}; CI is set, so this is a failure, not a skip");
-    }
-    eprintln!("SKIPPED: {what}");
-    None
-}
-
-/// The built extension, by the documented search order.
-fn extension() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MANAGEDBLOB_EXTENSION") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Some(p)
-        } else {
-            missing(&format!(
-                "MANAGEDBLOB_EXTENSION={} is not a file; {BUILD_HINT}",
-                p.display()
-            ))
-        };
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadable/target");
-    for profile in ["release", "debug"] {
-        let p = root.join(profile).join("libmanagedblob.so");
-        if p.is_file() {
-            eprintln!("using the extension at {}", p.display());
-            return Some(p);
-        }
-    }
-    missing(&format!(
-        "the loadable extension is not built ({} has no release/ or debug/libmanagedblob.so); \
-         {BUILD_HINT}",
-        root.display()
-    ))
-}
 
 fn program(path: &str) -> Option<()> {
     if Path::new(path).is_file() {
@@ -193,12 +155,7 @@ impl Output {
 
 /// Run `command` with `stdin` as its standard input; kill it after CHILD_TIMEOUT.
 fn run(mut command: Command, stdin: &str) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let mut child = spawn_piped(&mut command);
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_string();
     let writer = std::thread::spawn(move || {

@@ -111,11 +111,35 @@ impl Setup {
         self.remote().join(format!("{BLOB}-journal"))
     }
 
+    /// A plain read-only SQLite connection to the remote file.
+    fn read_only(&self) -> Connection {
+        Connection::open_with_flags(self.blob(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+    }
+
+    /// [`Self::read_only`] in a read transaction that has read the file (so it holds
+    /// SQLite's shared lock until its COMMIT).
+    fn reader_in_a_transaction(&self) -> Connection {
+        let reader = self.read_only();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        reader
+    }
+
     fn commit(&self, b: &LocalBackend) -> managedblob::backend::BackendResult<Etag> {
         b.blocks()
             .unwrap()
             .commit_blocks(BLOB, &self.ids, &Condition::Match(self.etag.clone()), None)
             .map(|s| s.etag)
+    }
+
+    /// A fresh setup (4 MiB, rows [`SPREAD`]) whose commit died in a child process at
+    /// `step`.
+    fn crashed_at(step: &str) -> Setup {
+        let s = Setup::new(4, &SPREAD);
+        s.commit_in_child(step);
+        s
     }
 
     /// Run the commit in a child process that aborts at `step`.
@@ -204,7 +228,7 @@ fn a_one_row_commit_at_64_mib_writes_only_the_changed_pages_in_place() {
         listed.1.iter().map(|(id, _)| id).collect::<Vec<_>>(),
         s.ids.iter().collect::<Vec<_>>()
     );
-    let c = Connection::open_with_flags(s.blob(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let c = s.read_only();
     assert_eq!(integrity(&c), "ok");
 }
 
@@ -223,8 +247,7 @@ const SPREAD: [i64; 6] = [10, 900, 1900, 2900, 3900, 4000];
 #[test]
 fn a_crash_at_each_step_leaves_the_old_or_new_version_for_this_backend() {
     for (step, lands) in CRASH_STEPS {
-        let s = Setup::new(4, &SPREAD);
-        s.commit_in_child(step);
+        let s = Setup::crashed_at(step);
         let fresh = LocalBackend::new(s.remote()).unwrap();
         let stat = fresh.stat(BLOB).unwrap().unwrap();
         let mut bytes = Vec::new();
@@ -257,7 +280,7 @@ fn a_crash_at_each_step_leaves_the_old_or_new_version_for_this_backend() {
         }
         // A block list is either the version's own or empty (a whole download).
         assert!(listed.1.is_empty() || listed.0 == stat, "{step}");
-        let c = Connection::open_with_flags(s.blob(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let c = s.read_only();
         assert_eq!(integrity(&c), "ok", "{step}");
         drop(c);
         if !lands {
@@ -274,8 +297,7 @@ fn a_crash_at_each_step_leaves_the_old_or_new_version_for_this_backend() {
 #[test]
 fn a_crash_at_each_step_leaves_the_old_or_new_version_for_plain_sqlite() {
     for (step, lands) in CRASH_STEPS {
-        let s = Setup::new(4, &SPREAD);
-        s.commit_in_child(step);
+        let s = Setup::crashed_at(step);
         // A plain SQLite connection (read-write, so it can roll a hot journal back
         // itself), before this backend has looked at the blob.
         let c = Connection::open(s.blob()).unwrap();
@@ -344,7 +366,7 @@ fn which_sqlite3() -> Result<PathBuf, ()> {
 #[test]
 fn a_sqlite_reader_makes_the_commit_wait_and_is_never_torn() {
     let s = Setup::new(4, &SPREAD);
-    let reader = Connection::open_with_flags(s.blob(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let reader = s.read_only();
     let snapshot = |c: &Connection| -> (i64, String) {
         let sql = "SELECT count(*), group_concat(hex(substr(v, 1, 8)), '') FROM t";
         c.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -399,11 +421,7 @@ fn a_sqlite_reader_makes_the_commit_wait_and_is_never_torn() {
 #[test]
 fn a_reader_that_stays_makes_the_commit_fail_as_transient_with_nothing_changed() {
     let s = Setup::new(4, &SPREAD);
-    let reader = Connection::open_with_flags(s.blob(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    reader.execute_batch("BEGIN").unwrap();
-    let _: i64 = reader
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
+    let reader = s.reader_in_a_transaction();
     let err = s.commit(&s.backend).unwrap_err();
     assert_eq!(err.kind, BackendErrorKind::Transient, "{err}");
     assert!(err.message.contains("busy"), "{err}");
@@ -420,11 +438,7 @@ fn a_reader_that_stays_makes_the_commit_fail_as_transient_with_nothing_changed()
 #[test]
 fn a_cold_journal_is_left_alone() {
     let s = Setup::new(4, &SPREAD);
-    let reader = Connection::open_with_flags(s.blob(), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    reader.execute_batch("BEGIN").unwrap();
-    let _: i64 = reader
-        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap();
+    let reader = s.reader_in_a_transaction();
     for cold in [vec![], vec![0u8; 4096]] {
         fs::write(s.journal(), &cold).unwrap();
         assert_eq!(s.backend.stat(BLOB).unwrap().unwrap().etag, s.etag);

@@ -309,16 +309,8 @@ fn flush_inside_a_write_transaction_is_refused_and_publishes_nothing_uncommitted
 /// does a warm cache open while the remote is unreachable?
 #[test]
 fn a_warm_cache_opens_while_the_remote_is_unreachable() {
-    use managedblob::backend::memory::Op;
-    use managedblob::backend::BackendErrorKind;
     let m = MemWorld::with_defaults("r5", "&retry_base_ms=1");
-    {
-        let c = m.open("h1", "");
-        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-    }
-    m.backend
-        .fail_next(Op::Stat, BackendErrorKind::Transient, 1000);
+    m.one_row_then_offline();
     let c = rusqlite::Connection::open_with_flags(m.uri("h1", "&retry_attempts=1"), flags())
         .unwrap_or_else(|e| panic!("offline open of a warm cache fails: {e}"));
     assert_eq!(count(&c, "t"), 1, "reads are served from the cache");

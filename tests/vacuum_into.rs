@@ -7,11 +7,13 @@ mod support;
 use rusqlite::{Connection, OpenFlags};
 use support::{flags, plain_rows, Place};
 
-fn seeded(place: &Place) -> Connection {
+/// A fresh place whose `a.db` (cache `h1`) holds rows 1, 2 and 3, and its connection.
+fn seeded() -> (Place, Connection) {
+    let place = Place::new();
     let c = place.open("h1", "a.db");
     c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);")
         .unwrap();
-    c
+    (place, c)
 }
 
 fn remote_blobs(place: &Place) -> Vec<String> {
@@ -24,15 +26,23 @@ fn remote_blobs(place: &Place) -> Vec<String> {
     names
 }
 
+/// `VACUUM INTO target` on `c`.
+fn vacuum_into(c: &Connection, target: &dyn std::fmt::Display) -> rusqlite::Result<usize> {
+    c.execute(&format!("VACUUM INTO '{target}'"), [])
+}
+
+/// The remote holds the source database `a.db` and nothing else.
+fn assert_only_the_source_on_the_remote(place: &Place) {
+    assert_eq!(remote_blobs(place), vec!["a.db".to_string()]);
+}
+
 #[test]
 fn vacuum_into_a_plain_path_writes_a_plain_local_file() {
-    let place = Place::new();
-    let c = seeded(&place);
+    let (place, c) = seeded();
     let copy = place.path("copy.db");
-    c.execute(&format!("VACUUM INTO '{}'", copy.display()), [])
-        .unwrap();
+    vacuum_into(&c, &copy.display()).unwrap();
     assert_eq!(plain_rows(&copy), vec![1, 2, 3]);
-    assert_eq!(remote_blobs(&place), vec!["a.db".to_string()]);
+    assert_only_the_source_on_the_remote(&place);
     // A plain file has no sidecar of ours next to it.
     let beside: Vec<_> = std::fs::read_dir(place.dir.path())
         .unwrap()
@@ -44,23 +54,21 @@ fn vacuum_into_a_plain_path_writes_a_plain_local_file() {
 
 #[test]
 fn vacuum_into_a_plain_path_is_plain_even_with_a_remote_in_the_environment() {
-    let place = Place::new();
-    let c = seeded(&place);
+    let (place, c) = seeded();
     // Every other test here gives its remotes in URIs or expects plain files, so the
     // variable changes nothing for them.
     std::env::set_var("MANAGEDBLOB_REMOTE", place.remote());
     let copy = place.path("env-copy.db");
-    let done = c.execute(&format!("VACUUM INTO '{}'", copy.display()), []);
+    let done = vacuum_into(&c, &copy.display());
     std::env::remove_var("MANAGEDBLOB_REMOTE");
     done.unwrap();
     assert_eq!(plain_rows(&copy), vec![1, 2, 3]);
-    assert_eq!(remote_blobs(&place), vec!["a.db".to_string()]);
+    assert_only_the_source_on_the_remote(&place);
 }
 
 #[test]
 fn vacuum_into_a_managed_uri_publishes_to_its_own_remote() {
-    let place = Place::new();
-    let c = seeded(&place);
+    let (place, c) = seeded();
     let other_remote = place.path("other-remote");
     std::fs::create_dir(&other_remote).unwrap();
     let target = format!(
@@ -68,32 +76,26 @@ fn vacuum_into_a_managed_uri_publishes_to_its_own_remote() {
         place.path("managed-copy.db").display(),
         other_remote.display()
     );
-    c.execute(&format!("VACUUM INTO '{target}'"), []).unwrap();
+    vacuum_into(&c, &target).unwrap();
     assert_eq!(
         plain_rows(&other_remote.join("managed-copy.db")),
         vec![1, 2, 3]
     );
-    assert_eq!(remote_blobs(&place), vec!["a.db".to_string()]);
+    assert_only_the_source_on_the_remote(&place);
 }
 
 #[test]
 fn vacuum_into_an_existing_file_fails_as_sqlite_does() {
-    let place = Place::new();
-    let c = seeded(&place);
+    let (place, c) = seeded();
     let copy = place.path("copy.db");
-    c.execute(&format!("VACUUM INTO '{}'", copy.display()), [])
-        .unwrap();
-    let err = c
-        .execute(&format!("VACUUM INTO '{}'", copy.display()), [])
-        .unwrap_err()
-        .to_string();
+    vacuum_into(&c, &copy.display()).unwrap();
+    let err = vacuum_into(&c, &copy.display()).unwrap_err().to_string();
     assert!(err.contains("output file already exists"), "{err}");
 }
 
 #[test]
 fn attach_with_a_managed_uri_is_managed() {
-    let place = Place::new();
-    let c = seeded(&place);
+    let (place, c) = seeded();
     c.execute(&format!("ATTACH '{}' AS o", place.uri("h1", "b.db")), [])
         .unwrap();
     c.execute_batch("CREATE TABLE o.t(x); INSERT INTO o.t VALUES (7);")
@@ -108,8 +110,7 @@ fn attach_with_a_managed_uri_is_managed() {
 
 #[test]
 fn attach_of_a_plain_path_is_a_plain_local_file() {
-    let place = Place::new();
-    let c = seeded(&place);
+    let (place, c) = seeded();
     let plain = place.path("plain.db");
     c.execute(&format!("ATTACH '{}' AS p", plain.display()), [])
         .unwrap();
@@ -117,7 +118,7 @@ fn attach_of_a_plain_path_is_a_plain_local_file() {
         .unwrap();
     c.execute("DETACH p", []).unwrap();
     assert_eq!(plain_rows(&plain), vec![1, 2, 3]);
-    assert_eq!(remote_blobs(&place), vec!["a.db".to_string()]);
+    assert_only_the_source_on_the_remote(&place);
 }
 
 #[test]

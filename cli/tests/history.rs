@@ -8,25 +8,20 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{cli, json, stderr, Remote};
+use common::{cli, json, json_of, stderr, Remote};
 use managedblob::backend::history::{format_time, parse_time};
 use serde_json::Value;
 
 /// The `versions --json` listing of `blob`.
 fn versions(remote: &Remote, blob: &str) -> Vec<Value> {
-    let listed = json(
-        &cli()
-            .args([
-                "--json",
-                "versions",
-                "--remote",
-                &remote.setting,
-                "--blob",
-                blob,
-            ])
-            .output()
-            .unwrap(),
-    );
+    let listed = json_of(cli().args([
+        "--json",
+        "versions",
+        "--remote",
+        &remote.setting,
+        "--blob",
+        blob,
+    ]));
     listed["versions"].as_array().unwrap().clone()
 }
 
@@ -127,8 +122,8 @@ fn restore_then_open_on_another_host(remote: &Remote) {
     let (_dir, listed) = committed(remote, "r.db", 3);
     let first_row = listed[1]["id"].as_str().unwrap().to_string();
     let newest = listed[3]["id"].as_str().unwrap().to_string();
-    let restored = json(
-        &cli()
+    let restored = json_of(
+        cli()
             .args([
                 "--json",
                 "restore",
@@ -137,9 +132,7 @@ fn restore_then_open_on_another_host(remote: &Remote) {
                 "--blob",
                 "r.db",
             ])
-            .args(["--version", &first_row])
-            .output()
-            .unwrap(),
+            .args(["--version", &first_row]),
     );
     assert_eq!(restored["restored"]["id"], first_row.as_str(), "{restored}");
 

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use common::child::{self, Job};
-use common::{cli, json, stderr, stdout, Remote};
+use common::{cli, json, json_of, stderr, stdout, Remote};
 use rusqlite::ErrorCode;
 
 #[test]
@@ -106,12 +106,7 @@ fn azurite_break_lease_unblocks_writers_after_a_killed_writer() {
         Err(Some(ErrorCode::DatabaseBusy))
     );
     let r = remote.setting.as_str();
-    let status = json(
-        &cli()
-            .args(["--json", "status", "--remote", r, "--blob", "app.db"])
-            .output()
-            .unwrap(),
-    );
+    let status = json_of(cli().args(["--json", "status", "--remote", r, "--blob", "app.db"]));
     assert_eq!(status["lease"]["state"], "leased", "{status}");
     assert_eq!(status["lease"]["duration"], "fixed");
     let out = cli()

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cli, json, Remote};
+use common::{cli, json_of, Remote};
 
 fn status_before_and_after_a_commit(remote: &Remote) {
     let (_cache_dir, cache, conn) = remote.seeded_cache("app.db", 50);
@@ -18,13 +18,11 @@ fn status_before_and_after_a_commit(remote: &Remote) {
 
     conn.execute("INSERT INTO t(body) VALUES (randomblob(70000))", [])
         .unwrap();
-    let after = json(
-        &cli()
+    let after = json_of(
+        cli()
             .args(["--json", "status", "--cache"])
             .arg(&cache)
-            .args(["--remote", &remote.setting])
-            .output()
-            .unwrap(),
+            .args(["--remote", &remote.setting]),
     );
     assert_ne!(
         after["etag"], before["etag"],
@@ -64,12 +62,10 @@ fn status_shows_a_lease_holder_on_a_local_remote() {
     let conn = remote.open(&cache_dir.path().join("app.db"), "app.db");
     conn.execute_batch("PRAGMA managedblob_batch=begin")
         .unwrap();
-    let held = json(
-        &cli()
+    let held = json_of(
+        cli()
             .args(["--json", "status"])
-            .arg(format!("{}/app.db", remote.setting))
-            .output()
-            .unwrap(),
+            .arg(format!("{}/app.db", remote.setting)),
     );
     assert_eq!(held["lease"]["state"], "leased", "{held}");
     let holder = held["lease"]["holder"].as_str().unwrap();

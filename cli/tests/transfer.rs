@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{cli, json, stderr, Remote};
+use common::{cli, json_of, stderr, Remote};
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
@@ -29,24 +29,20 @@ fn pull_export_push_round_trip(remote: &Remote) {
     // pull (cold) then export: both are the remote's version, byte for byte.
     remote.seed("app.db", 200);
     let cache = work.path().join("cache.db");
-    let pulled = json(
-        &cli()
+    let pulled = json_of(
+        cli()
             .args([
                 "--json", "pull", "--remote", r, "--blob", "app.db", "--cache",
             ])
-            .arg(&cache)
-            .output()
-            .unwrap(),
+            .arg(&cache),
     );
     assert_eq!(pulled["previous_etag"], serde_json::Value::Null);
     assert!(pulled["bytes_down"].as_u64().unwrap() > 200_000, "{pulled}");
     let out = work.path().join("export.db");
-    let exported = json(
-        &cli()
+    let exported = json_of(
+        cli()
             .args(["--json", "export", "--remote", r, "--blob", "app.db"])
-            .arg(&out)
-            .output()
-            .unwrap(),
+            .arg(&out),
     );
     assert_eq!(exported["etag"], pulled["etag"]);
     assert_eq!(read(&out), read(&cache), "pulled cache == exported copy");
@@ -60,13 +56,11 @@ fn pull_export_push_round_trip(remote: &Remote) {
 
     // pull (warm) after another writer's commit.
     remote.seed("app.db", 5);
-    let warm = json(
-        &cli()
+    let warm = json_of(
+        cli()
             .args(["--json", "pull", "--cache"])
             .arg(&cache)
-            .args(["--remote", r])
-            .output()
-            .unwrap(),
+            .args(["--remote", r]),
     );
     assert_eq!(warm["previous_etag"], pulled["etag"]);
     assert_ne!(warm["etag"], pulled["etag"]);
@@ -80,12 +74,10 @@ fn pull_export_push_round_trip(remote: &Remote) {
     // push a plain file as a new blob, export it: the same bytes.
     let plain = work.path().join("plain.db");
     plain_database(&plain, 150);
-    let pushed = json(
-        &cli()
+    let pushed = json_of(
+        cli()
             .args(["--json", "push", "--remote", r, "--blob", "new.db"])
-            .arg(&plain)
-            .output()
-            .unwrap(),
+            .arg(&plain),
     );
     assert_eq!(pushed["chunks_sent"], pushed["chunks"]);
     let back = work.path().join("back.db");
@@ -125,8 +117,8 @@ fn pull_export_push_round_trip(remote: &Remote) {
         .assert()
         .failure()
         .stderr(predicates::str::contains("not stale; nothing pushed"));
-    let replaced = json(
-        &cli()
+    let replaced = json_of(
+        cli()
             .args([
                 "--json",
                 "push",
@@ -137,9 +129,7 @@ fn pull_export_push_round_trip(remote: &Remote) {
                 "--if-match",
                 etag,
             ])
-            .arg(&plain)
-            .output()
-            .unwrap(),
+            .arg(&plain),
     );
     assert_eq!(replaced["previous_etag"], etag);
     assert!(
@@ -154,12 +144,7 @@ fn pull_export_push_round_trip(remote: &Remote) {
     assert_eq!(read(&back), read(&plain));
 
     // The pushed blob is in block-list form and opens through the VFS.
-    let status = json(
-        &cli()
-            .args(["--json", "status", "--remote", r, "--blob", "new.db"])
-            .output()
-            .unwrap(),
-    );
+    let status = json_of(cli().args(["--json", "status", "--remote", r, "--blob", "new.db"]));
     assert_eq!(status["format"], "managedblob", "{status}");
     let conn = remote.open(&work.path().join("new.db"), "new.db");
     let n: i64 = conn

@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::{cli, json, stdout, Remote};
+use common::{cli, json, json_of, stdout, Remote};
 
 /// The exit code of a verify that found a problem.
 const VERIFY_FAILED: i32 = 3;
@@ -58,19 +58,22 @@ fn healthy_database_verifies(remote: &Remote, cache: &Path) -> serde_json::Value
     report
 }
 
+/// Run `verify`, which must fail with [`VERIFY_FAILED`] and a report naming `finding`.
+fn assert_verify_fails(verify: &mut assert_cmd::Command, finding: &str) {
+    let out = verify.output().unwrap();
+    assert_eq!(out.status.code(), Some(VERIFY_FAILED), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains(finding), "{text}");
+}
+
 fn a_flipped_cache_byte_is_caught(remote: &Remote, cache: &Path) {
     // Page 3, byte 100 of it.
     flip_byte(cache, 2 * 4096 + 100);
-    let out = cli()
-        .args(["verify", "--remote", &remote.setting, "--cache"])
-        .arg(cache)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(VERIFY_FAILED), "{}", stdout(&out));
-    let text = stdout(&out);
-    assert!(
-        text.contains("verify FAILED: cache: page 3 (byte 8292) of the cache differs"),
-        "{text}"
+    assert_verify_fails(
+        cli()
+            .args(["verify", "--remote", &remote.setting, "--cache"])
+            .arg(cache),
+        "verify FAILED: cache: page 3 (byte 8292) of the cache differs",
     );
 }
 
@@ -86,23 +89,14 @@ fn local_verify_catches_a_flipped_byte_in_the_remote_and_in_the_cache() {
 
     // One byte in the third 64 KiB chunk of the remote's blob.
     flip_byte(&remote.dir().join("app.db"), 2 * 65536 + 777);
-    let out = cli()
-        .arg("verify")
-        .arg(remote.shorthand("app.db"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(VERIFY_FAILED), "{}", stdout(&out));
-    let text = stdout(&out);
-    assert!(
-        text.contains("verify FAILED: chunk hashes: chunk 2 (bytes 131072..196608, pages 33..=48) does not match its block id"),
-        "{text}"
+    assert_verify_fails(
+        cli().arg("verify").arg(remote.shorthand("app.db")),
+        "verify FAILED: chunk hashes: chunk 2 (bytes 131072..196608, pages 33..=48) does not match its block id",
     );
-    let report = json(
-        &cli()
+    let report = json_of(
+        cli()
             .args(["--json", "verify"])
-            .arg(remote.shorthand("app.db"))
-            .output()
-            .unwrap(),
+            .arg(remote.shorthand("app.db")),
     );
     assert_eq!(report["ok"], false);
     assert_eq!(report["checks"][1]["result"], "failed");

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use managedblob::backend::memory::{MemoryBackend, Op};
+use managedblob::backend::BackendErrorKind;
 use rusqlite::Connection;
 
 use super::{column, init_logging, open};
@@ -79,6 +80,23 @@ impl MemWorld {
 
     pub fn open(&self, host: &str, extra: &str) -> Connection {
         open(&self.uri(host, extra))
+    }
+
+    /// Host `host`'s connection (with `extra` settings) after it created table `t(x)`
+    /// holding the one row 1.
+    pub fn one_row(&self, host: &str, extra: &str) -> Connection {
+        let c = self.open(host, extra);
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        c
+    }
+
+    /// Host `h1` commits table `t` with one row; then the remote is unreachable (every
+    /// stat fails as transient).
+    pub fn one_row_then_offline(&self) {
+        drop(self.one_row("h1", ""));
+        self.backend
+            .fail_next(Op::Stat, BackendErrorKind::Transient, 1000);
     }
 
     /// The bytes of host `host`'s cache file.

@@ -353,6 +353,17 @@ pub fn flags() -> OpenFlags {
     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
 }
 
+/// The error of opening `uri`, which must fail: at the open or, as some SQLite
+/// versions defer it, at the first statement. `what` says what must not have worked.
+pub fn open_error(uri: &str, what: &str) -> rusqlite::Error {
+    match Connection::open_with_flags(uri, flags()) {
+        Ok(c) => c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .expect_err(what),
+        Err(e) => e,
+    }
+}
+
 pub fn open(uri: &str) -> Connection {
     let c = Connection::open_with_flags(uri, flags()).unwrap_or_else(|e| panic!("open {uri}: {e}"));
     c

@@ -105,8 +105,8 @@ pub fn missing<T>(what: &str) -> Option<T> {
 /// The built loadable extension: `$MANAGEDBLOB_EXTENSION`, else
 /// `loadable/target/{release,debug}/libmanagedblob.so`.
 pub fn extension() -> Option<PathBuf> {
-    let hint = "build it with `cargo build --release --manifest-path loadable/Cargo.toml`, \
-                or point MANAGEDBLOB_EXTENSION at it";
+    let hint = "build it with `cargo build --release --manifest-path loadable/Cargo.toml` \
+                (needs libclang-dev), or point MANAGEDBLOB_EXTENSION at it";
     if let Some(p) = std::env::var_os("MANAGEDBLOB_EXTENSION") {
         let p = PathBuf::from(p);
         return if p.is_file() {
@@ -119,11 +119,21 @@ pub fn extension() -> Option<PathBuf> {
         };
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadable/target");
-    ["release", "debug"]
+    let built = ["release", "debug"]
         .iter()
         .map(|profile| root.join(profile).join("libmanagedblob.so"))
-        .find(|p| p.is_file())
-        .or_else(|| missing(&format!("the loadable extension is not built; {hint}")))
+        .find(|p| p.is_file());
+    match built {
+        Some(p) => {
+            eprintln!("using the extension at {}", p.display());
+            Some(p)
+        }
+        None => missing(&format!(
+            "the loadable extension is not built ({} has no release/ or debug/libmanagedblob.so); \
+             {hint}",
+            root.display()
+        )),
+    }
 }
 
 /// What a child process printed.
@@ -149,15 +159,19 @@ pub fn command_in(dir: &Path, program: &str) -> std::process::Command {
     cmd
 }
 
-/// Run `cmd` with `stdin` as its input.
-pub fn run(mut cmd: std::process::Command, stdin: &str) -> Output {
+/// Start `cmd` with its standard input, output and error piped.
+pub fn spawn_piped(cmd: &mut std::process::Command) -> std::process::Child {
     use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+/// Run `cmd` with `stdin` as its input.
+pub fn run(mut cmd: std::process::Command, stdin: &str) -> Output {
+    let mut child = spawn_piped(&mut cmd);
     child
         .stdin
         .take()

@@ -180,6 +180,11 @@ pub fn json(output: &std::process::Output) -> serde_json::Value {
     })
 }
 
+/// Run `cmd` and parse its stdout as JSON.
+pub fn json_of(cmd: &mut assert_cmd::Command) -> serde_json::Value {
+    json(&cmd.output().unwrap())
+}
+
 /// A command's stdout as text.
 pub fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
