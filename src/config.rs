@@ -20,10 +20,11 @@ pub enum Key {
     RetryTotalMs,
     Sync,
     History,
+    FlushMs,
 }
 
 impl Key {
-    pub const ALL: [Key; 9] = [
+    pub const ALL: [Key; 10] = [
         Key::Remote,
         Key::Blob,
         Key::LeaseSecs,
@@ -33,6 +34,7 @@ impl Key {
         Key::RetryTotalMs,
         Key::Sync,
         Key::History,
+        Key::FlushMs,
     ];
 
     /// The URI parameter name.
@@ -47,6 +49,7 @@ impl Key {
             Key::RetryTotalMs => "retry_total_ms",
             Key::Sync => "sync",
             Key::History => "history",
+            Key::FlushMs => "flush_ms",
         }
     }
 
@@ -62,6 +65,7 @@ impl Key {
             Key::RetryTotalMs => "MANAGEDBLOB_RETRY_TOTAL_MS",
             Key::Sync => "MANAGEDBLOB_SYNC",
             Key::History => "MANAGEDBLOB_HISTORY",
+            Key::FlushMs => "MANAGEDBLOB_FLUSH_MS",
         }
     }
 }
@@ -157,6 +161,9 @@ impl Options {
         retry_attempts: u32 => Key::RetryAttempts;
         retry_base_ms: u64 => Key::RetryBaseMs;
         retry_total_ms: u64 => Key::RetryTotalMs;
+        /// Defer uploads: a commit returns once durable in the cache, and the
+        /// commits of the next `flush_ms` milliseconds are uploaded together.
+        flush_ms: u64 => Key::FlushMs;
     }
 }
 
@@ -165,6 +172,8 @@ pub const DEFAULT_STALENESS_MS: u64 = 1000;
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 5;
 pub const DEFAULT_RETRY_BASE_MS: u64 = 100;
 pub const DEFAULT_RETRY_TOTAL_MS: u64 = 30_000;
+/// 0: COMMIT returns after the upload.
+pub const DEFAULT_FLUSH_MS: u64 = 0;
 
 /// How transient remote failures are retried: exponential backoff with jitter,
 /// bounded in attempts.
@@ -201,6 +210,9 @@ pub struct Config {
     pub sync: SyncMode,
     /// Which published versions the remote keeps ([`crate::backend::History`]).
     pub history: HistoryPolicy,
+    /// How long a commit may wait in the cache before it is uploaded (zero: COMMIT
+    /// uploads; see the README's durability window).
+    pub flush: Duration,
 }
 
 /// The `history` setting: keep every published version until this drops it.
@@ -356,7 +368,10 @@ impl Config {
             Some((value, origin)) => HistoryPolicy::parse(&value)
                 .map_err(|why| Error::Config(format!("setting 'history' ({origin}) {why}")))?,
         };
+        let flush_ms =
+            number(get(Key::FlushMs), Key::FlushMs, 0, 3_600_000)?.unwrap_or(DEFAULT_FLUSH_MS);
         Ok(Config {
+            flush: Duration::from_millis(flush_ms),
             history,
             remote,
             blob,
@@ -489,7 +504,8 @@ mod tests {
             .retry_base_ms(9)
             .retry_total_ms(1234)
             .sync(SyncMode::Full)
-            .history("7d");
+            .history("7d")
+            .flush_ms(250);
         for key in Key::ALL {
             assert!(options.get(key).is_some(), "{key:?} cannot be defaulted");
         }
@@ -506,6 +522,7 @@ mod tests {
         assert_eq!(c.retry.base, Duration::from_millis(9));
         assert_eq!(c.retry.total, Duration::from_millis(1234));
         assert_eq!(c.sync, SyncMode::Full);
+        assert_eq!(c.flush, Duration::from_millis(250));
         // A bad default is named as one.
         let bad = Options::new().remote("/r").retry_total_ms(0);
         let e = Config::resolve(Path::new("/c/x.db"), &bad, &|_| None, &|_| None).unwrap_err();
@@ -580,6 +597,18 @@ mod tests {
         for bad in ["", "7w", "d", "-1", "0d"] {
             assert!(HistoryPolicy::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn flush_ms_is_off_by_default_and_set_by_uri_or_env() {
+        let off = resolve(&[("remote", "/r")], &[]).unwrap();
+        assert_eq!(off.flush, Duration::ZERO);
+        let env = resolve(&[("remote", "/r")], &[("MANAGEDBLOB_FLUSH_MS", "100")]).unwrap();
+        assert_eq!(env.flush, Duration::from_millis(100));
+        let uri = resolve(&[("remote", "/r"), ("flush_ms", "5")], &[]).unwrap();
+        assert_eq!(uri.flush, Duration::from_millis(5));
+        let e = resolve(&[("remote", "/r"), ("flush_ms", "soon")], &[]).unwrap_err();
+        assert!(e.to_string().contains("'flush_ms'"), "{e}");
     }
 
     #[test]

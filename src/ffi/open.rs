@@ -10,7 +10,7 @@ use std::ptr;
 use libsqlite3_sys as sql;
 
 use super::io::IO_METHODS;
-use super::real_file::{close_real, RealFile};
+use super::real_file::{close_real, OwnedRealFile, RealFile};
 use super::{guard, vfs_data, MainDb, MbFile, OpenError, VfsData, REAL_OFFSET};
 use crate::cache_file::CacheFileOpen;
 use crate::config::Config;
@@ -155,6 +155,7 @@ unsafe fn open_main(
         unsafe { *out_flags = reported };
     }
 
+    offer_cache_opener(&store, data.real, &path);
     let connection = match Connection::open(store, Box::new(RealFile(real)), read_only) {
         Ok(connection) => connection,
         Err(e) => {
@@ -176,6 +177,21 @@ unsafe fn open_main(
         (*mb).base.pMethods = &IO_METHODS;
     }
     sql::SQLITE_OK
+}
+
+/// Let the store's flusher (`flush_ms`) open its own handle on the cache through
+/// the default VFS.
+fn offer_cache_opener(store: &crate::store::Store, real: *mut sql::sqlite3_vfs, path: &str) {
+    let vfs = real as usize;
+    let path = std::path::PathBuf::from(path);
+    store.offer_cache_opener(|| {
+        std::sync::Arc::new(move || {
+            // SAFETY: the default VFS stays registered for the life of the process
+            // (VfsData, which holds it, is leaked).
+            let file = unsafe { OwnedRealFile::open(vfs as *mut sql::sqlite3_vfs, &path) }?;
+            Ok(Box::new(file) as Box<dyn crate::localfile::LocalFile>)
+        })
+    });
 }
 
 /// Finish an open in the failed state: the file looks empty to SQLite and the

@@ -146,3 +146,98 @@ pub(super) unsafe fn close_real(real: *mut sql::sqlite3_file) -> c_int {
         rc
     }
 }
+
+/// A second handle on a cache file, opened through the default VFS (so its locks
+/// take part in SQLite's in-process lock table, and closing it drops no other
+/// connection's POSIX lock), for the store's flusher thread, which has no
+/// connection. Read-only: the flusher only reads and locks SHARED.
+pub(super) struct OwnedRealFile {
+    /// The default VFS's file, in memory of its `szOsFile` (u64s for alignment).
+    buf: Vec<u64>,
+    /// The filename the default VFS keeps a pointer to until the close.
+    name: sql::sqlite3_filename,
+}
+
+// SAFETY: the handle is used by one thread at a time (the flusher owns it); the
+// default VFS serialises what its files share (the inode's lock table) itself.
+unsafe impl Send for OwnedRealFile {}
+
+impl OwnedRealFile {
+    /// Open `path` read-only through `vfs`, the default VFS.
+    ///
+    /// # Safety
+    /// `vfs` must be a registered VFS that lives for the rest of the process.
+    pub(super) unsafe fn open(
+        vfs: *mut sql::sqlite3_vfs,
+        path: &std::path::Path,
+    ) -> std::io::Result<OwnedRealFile> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("the cache path contains a NUL byte"))?;
+        // SAFETY: guaranteed by the caller.
+        let size = unsafe { (*vfs).szOsFile } as usize;
+        let mut buf = vec![0u64; size.div_ceil(8).max(1)];
+        // SAFETY: three valid C strings and no parameters; SQLite copies them. The
+        // double-NUL form is what the default VFS expects of a main database's name.
+        let name = unsafe {
+            sql::sqlite3_create_filename(c.as_ptr(), c"".as_ptr(), c"".as_ptr(), 0, ptr::null_mut())
+        };
+        if name.is_null() {
+            return Err(std::io::Error::other("out of memory naming the cache"));
+        }
+        let file = buf.as_mut_ptr() as *mut sql::sqlite3_file;
+        let flags = sql::SQLITE_OPEN_READONLY | sql::SQLITE_OPEN_MAIN_DB;
+        let mut out: c_int = 0;
+        // SAFETY: file has room for szOsFile bytes, 8-byte aligned; name lives until
+        // the close (Drop frees it after closing).
+        let rc = unsafe { ((*vfs).xOpen.unwrap())(vfs, name, file, flags, &mut out) };
+        let opened = OwnedRealFile { buf, name };
+        if rc != sql::SQLITE_OK {
+            return Err(std::io::Error::other(format!(
+                "opening the cache failed with SQLite code {rc}"
+            )));
+        }
+        Ok(opened)
+    }
+
+    fn real(&mut self) -> RealFile {
+        RealFile(self.buf.as_mut_ptr() as *mut sql::sqlite3_file)
+    }
+}
+
+impl Drop for OwnedRealFile {
+    fn drop(&mut self) {
+        let file = self.buf.as_mut_ptr() as *mut sql::sqlite3_file;
+        // SAFETY: the file was opened (or its pMethods left null by a failed open,
+        // which close_real skips) and is closed exactly once, here; the name is
+        // freed after the close, once nothing points to it.
+        unsafe {
+            close_real(file);
+            sql::sqlite3_free_filename(self.name);
+        }
+    }
+}
+
+impl LocalFile for OwnedRealFile {
+    fn lock(&mut self, level: LockLevel) -> std::result::Result<(), LockFail> {
+        self.real().lock(level)
+    }
+    fn unlock(&mut self, level: LockLevel) -> std::result::Result<(), LockFail> {
+        self.real().unlock(level)
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.real().read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.real().write_at(buf, offset)
+    }
+    fn truncate(&mut self, size: u64) -> std::io::Result<()> {
+        self.real().truncate(size)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.real().sync()
+    }
+    fn size(&mut self) -> std::io::Result<u64> {
+        self.real().size()
+    }
+}

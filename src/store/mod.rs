@@ -7,10 +7,11 @@
 //! | xOpen (first connection)     | reload sidecar, recover, first freshness check ([`Store::attach`]) |
 //! | NONE -> SHARED               | freshness check when stale ([`Store::on_shared`])     |
 //! | SHARED -> RESERVED           | take the remote lease, check the snapshot ([`Store::begin_write`]) |
-//! | SQLITE_FCNTL_SYNC            | publish, unless a batch is open ([`Store::sync_point`]) |
+//! | SQLITE_FCNTL_SYNC            | publish, unless a batch is open or `flush_ms` defers it ([`Store::sync_point`]) |
 //! | SQLITE_FCNTL_COMMIT_PHASETWO | the local commit finished ([`Store::commit_phase_two`]) |
 //! | unlock below RESERVED        | release the lease unless a batch holds it ([`Store::end_write`]) |
 //! | xClose (last connection)     | flush a pending batch, release the lease ([`Store::detach`]) |
+//! | a deferral's deadline        | the flusher thread uploads ([`flusher`])               |
 //!
 //! The layers below: [`state`] (the write state and the lease slot as enums),
 //! `lease` (taking, adopting, parking and releasing the lease), `publish` (the
@@ -27,6 +28,7 @@
 mod ambiguous;
 mod cache;
 mod fetch;
+pub(crate) mod flusher;
 mod history;
 mod lease;
 mod manifest;
@@ -40,7 +42,7 @@ pub(crate) mod state;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -70,6 +72,8 @@ pub struct Store {
     /// Until when (nanoseconds on [`clock`]) a SHARED lock needs no freshness check:
     /// read without the mutex, so the read path of a fresh cache stays cheap.
     fresh_until: AtomicU64,
+    /// Uploads deferred commits at their deadline (`flush_ms` > 0 only).
+    flusher: Option<flusher::Flusher>,
 }
 
 /// Monotonic nanoseconds since the first call in this process.
@@ -89,6 +93,9 @@ enum SyncAction {
     MarkDirty,
     /// A commit outside a batch: upload it now (COMMIT means uploaded).
     Publish,
+    /// A commit outside a batch with `flush_ms` > 0: it stays local, keeps the lease,
+    /// and is uploaded with the commits that follow it within `flush_ms`.
+    Defer,
 }
 
 /// The status report of `PRAGMA managedblob_status`.
@@ -98,6 +105,10 @@ pub struct Status {
     pub blob: String,
     pub etag: Option<String>,
     pub dirty: bool,
+    /// Milliseconds until deferred commits (`flush_ms`) are uploaded (0: due or
+    /// being retried); absent when none wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flush_due_ms: Option<u64>,
     pub lease_held: bool,
     pub batch_depth: u32,
     pub generation: u64,
@@ -108,7 +119,7 @@ pub struct Status {
 }
 
 impl Store {
-    fn new(cache_path: &Path, config: Config, remote: Remote) -> Store {
+    fn new(cache_path: &Path, config: Config, remote: Remote, me: Weak<Store>) -> Store {
         let with_suffix = |suffix: &str| {
             let mut s = cache_path.as_os_str().to_owned();
             s.push(suffix);
@@ -128,10 +139,11 @@ impl Store {
                 fastrand::u32(..)
             )),
             identity,
-            config,
             remote: Arc::new(remote),
             state: Mutex::new(State::new(sidecar)),
             fresh_until: AtomicU64::new(0),
+            flusher: (!config.flush.is_zero()).then(|| flusher::Flusher::start(me)),
+            config,
         }
     }
 
@@ -321,11 +333,19 @@ impl Store {
         written: &BTreeSet<u64>,
     ) -> Result<()> {
         let mut st = self.lock_state();
-        let result = match Self::sync_action(&st.write, counter_moved) {
+        let deferred = !self.config.flush.is_zero();
+        let result = match Self::sync_action(&st.write, counter_moved, deferred) {
             SyncAction::Nothing => return Ok(()),
             SyncAction::MarkDirty => {
                 st.written.extend(written.iter().copied());
                 self.mark_dirty(&mut st)
+            }
+            SyncAction::Defer => {
+                st.written.extend(written.iter().copied());
+                self.mark_dirty(&mut st).map(|()| {
+                    st.write.defer(Instant::now() + self.config.flush);
+                    self.schedule_flush(&st);
+                })
             }
             SyncAction::Publish => {
                 st.written.extend(written.iter().copied());
@@ -350,11 +370,13 @@ impl Store {
         result
     }
 
-    /// The one place that decides whether a sync publishes.
-    fn sync_action(write: &WriteState, counter_moved: bool) -> SyncAction {
+    /// The one place that decides whether a sync publishes. `deferred`: `flush_ms`
+    /// is set, so a commit outside a batch starts (or joins) an automatic batch.
+    fn sync_action(write: &WriteState, counter_moved: bool, deferred: bool) -> SyncAction {
         match write {
             _ if !counter_moved || !write.in_txn() => SyncAction::Nothing,
-            WriteState::Batch { .. } => SyncAction::MarkDirty,
+            WriteState::Batch { .. } | WriteState::AutoBatch { .. } => SyncAction::MarkDirty,
+            WriteState::Writing { .. } if deferred => SyncAction::Defer,
             _ => SyncAction::Publish,
         }
     }
@@ -402,7 +424,7 @@ impl Store {
                 self.note_error(&mut st, &e);
             }
         }
-        if !st.write.in_batch() {
+        if st.write.lease_unneeded() {
             self.release_lease(&mut st);
         }
     }
@@ -445,11 +467,15 @@ impl Store {
         self.flush_with_lock(file, level)
     }
 
-    /// `PRAGMA managedblob_flush`: upload local commits now (inside a batch too).
+    /// `PRAGMA managedblob_flush`: upload local commits now (inside a batch too, and
+    /// deferred ones before their deadline).
     pub fn flush_with_lock(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
         self.with_lock(file, level, |st, file| {
             self.reload(st)?;
             let result = self.flush_locked(st, file);
+            if result.is_ok() && !st.sidecar.dirty {
+                st.write.end_deferral();
+            }
             if st.write.lease_unneeded() {
                 self.release_lease(st);
             }
@@ -478,6 +504,9 @@ impl Store {
             blob: self.config.blob.clone(),
             etag: st.sidecar.base.as_ref().map(|e| e.0.clone()),
             dirty: st.sidecar.dirty,
+            flush_due_ms: st.write.flush_due().map(|due| {
+                due.saturating_duration_since(Instant::now()).as_millis() as u64
+            }),
             lease_held: !st.lease.is_none(),
             batch_depth: st.write.batch_depth(),
             generation: st.sidecar.generation,
@@ -506,13 +535,34 @@ mod tests {
             create: false,
             writing: false,
         };
-        assert_eq!(Store::sync_action(&writing, true), SyncAction::Publish);
-        assert_eq!(Store::sync_action(&writing, false), SyncAction::Nothing);
-        assert_eq!(Store::sync_action(&batch, true), SyncAction::MarkDirty);
-        assert_eq!(Store::sync_action(&batch_idle, true), SyncAction::Nothing);
+        assert_eq!(Store::sync_action(&writing, true, false), SyncAction::Publish);
+        assert_eq!(Store::sync_action(&writing, false, false), SyncAction::Nothing);
+        assert_eq!(Store::sync_action(&batch, true, false), SyncAction::MarkDirty);
+        assert_eq!(Store::sync_action(&batch_idle, true, false), SyncAction::Nothing);
         assert_eq!(
-            Store::sync_action(&WriteState::Idle, true),
+            Store::sync_action(&WriteState::Idle, true, false),
             SyncAction::Nothing
         );
+    }
+
+    #[test]
+    fn with_flush_ms_a_commit_defers_and_later_ones_join_it() {
+        let writing = WriteState::Writing { create: false };
+        let auto = |writing| WriteState::AutoBatch {
+            deadline: Instant::now(),
+            create: false,
+            writing,
+            failures: 0,
+        };
+        let batch = WriteState::Batch {
+            depth: 1,
+            create: false,
+            writing: true,
+        };
+        assert_eq!(Store::sync_action(&writing, true, true), SyncAction::Defer);
+        assert_eq!(Store::sync_action(&writing, false, true), SyncAction::Nothing);
+        assert_eq!(Store::sync_action(&auto(true), true, true), SyncAction::MarkDirty);
+        assert_eq!(Store::sync_action(&auto(false), true, true), SyncAction::Nothing);
+        assert_eq!(Store::sync_action(&batch, true, true), SyncAction::MarkDirty);
     }
 }

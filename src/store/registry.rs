@@ -33,7 +33,7 @@ pub fn open_store(cache_path: &Path, config: Config) -> Result<Arc<Store>> {
     }
     let backend = crate::backend::connect(&config.remote)?;
     let remote = Remote::new(backend, config.blob.clone(), config.retry);
-    let store = Arc::new(Store::new(cache_path, config, remote));
+    let store = Arc::new_cyclic(|me| Store::new(cache_path, config, remote, me.clone()));
     stores.insert(cache_path.to_path_buf(), Arc::downgrade(&store));
     Ok(store)
 }

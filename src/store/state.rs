@@ -10,7 +10,12 @@
 //!    │       end_txn          ▲          batch_end    Batch{depth, create, writing}
 //!    │                        └───────────────────── (outermost, writing)
 //!    │     batch_begin / batch_end (outermost, not writing)  ▲ │ begin_txn / end_txn
-//!    └──────────────────────────────────────────────────────┘ └▶ (writing flips)
+//!    ├──────────────────────────────────────────────────────┘ └▶ (writing flips)
+//!    │                        │ defer (a commit, flush_ms > 0)   ▲ batch_begin
+//!    │  end_deferral          ▼                                   │
+//!    └─────────────────── AutoBatch{deadline, create, writing, failures}
+//!                           begin_txn / end_txn flip `writing`; upload_failed
+//!                           moves the deadline; end_deferral while writing: Writing
 //! ```
 
 use std::collections::BTreeSet;
@@ -38,6 +43,16 @@ pub(crate) enum WriteState {
         create: bool,
         writing: bool,
     },
+    /// Commits outside a batch whose upload is deferred (`flush_ms`): the cache is
+    /// dirty, the lease is held, and the flusher uploads them at `deadline` (a flush,
+    /// a batch end or the last close does sooner). `failures`: uploads that failed
+    /// since, for the backoff.
+    AutoBatch {
+        deadline: Instant,
+        create: bool,
+        writing: bool,
+        failures: u32,
+    },
 }
 
 impl WriteState {
@@ -56,6 +71,17 @@ impl WriteState {
                 create: create || create_blob,
                 writing: true,
             },
+            WriteState::AutoBatch {
+                deadline,
+                create,
+                writing: false,
+                failures,
+            } => WriteState::AutoBatch {
+                deadline,
+                create: create || create_blob,
+                writing: true,
+                failures,
+            },
             other => return Err(illegal("begin a write transaction", other)),
         };
         Ok(())
@@ -69,6 +95,17 @@ impl WriteState {
                 depth,
                 create,
                 writing: false,
+            },
+            WriteState::AutoBatch {
+                deadline,
+                create,
+                failures,
+                ..
+            } => WriteState::AutoBatch {
+                deadline,
+                create,
+                writing: false,
+                failures,
             },
             WriteState::Idle => WriteState::Idle,
         };
@@ -86,6 +123,14 @@ impl WriteState {
                 depth: 1,
                 create,
                 writing: true,
+            },
+            // An explicit batch takes over the deferred commits: its end uploads them.
+            WriteState::AutoBatch {
+                create, writing, ..
+            } => WriteState::Batch {
+                depth: 1,
+                create,
+                writing,
             },
             WriteState::Batch {
                 depth,
@@ -147,7 +192,9 @@ impl WriteState {
     /// The blob was created (or found to exist): later commits use If-Match.
     pub fn blob_exists(&mut self) {
         match self {
-            WriteState::Writing { create } | WriteState::Batch { create, .. } => *create = false,
+            WriteState::Writing { create }
+            | WriteState::Batch { create, .. }
+            | WriteState::AutoBatch { create, .. } => *create = false,
             WriteState::Idle => {}
         }
     }
@@ -167,7 +214,9 @@ impl WriteState {
     pub fn in_txn(&self) -> bool {
         matches!(
             self,
-            WriteState::Writing { .. } | WriteState::Batch { writing: true, .. }
+            WriteState::Writing { .. }
+                | WriteState::Batch { writing: true, .. }
+                | WriteState::AutoBatch { writing: true, .. }
         )
     }
 
@@ -175,13 +224,69 @@ impl WriteState {
     pub fn creates_blob(&self) -> bool {
         matches!(
             self,
-            WriteState::Writing { create: true } | WriteState::Batch { create: true, .. }
+            WriteState::Writing { create: true }
+                | WriteState::Batch { create: true, .. }
+                | WriteState::AutoBatch { create: true, .. }
         )
     }
 
     /// Nothing of this process needs the lease any more.
     pub fn lease_unneeded(&self) -> bool {
         *self == WriteState::Idle
+    }
+
+    /// A commit outside a batch stayed local (`flush_ms`): upload it by `deadline`.
+    /// A deferral already pending keeps its deadline (its commits go together).
+    pub fn defer(&mut self, deadline: Instant) {
+        if let WriteState::Writing { create } = *self {
+            *self = WriteState::AutoBatch {
+                deadline,
+                create,
+                writing: true,
+                failures: 0,
+            };
+        }
+    }
+
+    /// When the deferred commits are due for upload, if any are pending.
+    pub fn flush_due(&self) -> Option<Instant> {
+        match self {
+            WriteState::AutoBatch { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// Deferred uploads that failed in a row.
+    pub fn flush_failures(&self) -> u32 {
+        match self {
+            WriteState::AutoBatch { failures, .. } => *failures,
+            _ => 0,
+        }
+    }
+
+    /// The cache was uploaded: the deferral is over (a running transaction goes on).
+    pub fn end_deferral(&mut self) {
+        if let WriteState::AutoBatch {
+            create, writing, ..
+        } = *self
+        {
+            *self = if writing {
+                WriteState::Writing { create }
+            } else {
+                WriteState::Idle
+            };
+        }
+    }
+
+    /// A deferred upload failed: try again at `retry_at`.
+    pub fn upload_failed(&mut self, retry_at: Instant) {
+        if let WriteState::AutoBatch {
+            deadline, failures, ..
+        } = self
+        {
+            *deadline = retry_at;
+            *failures += 1;
+        }
     }
 }
 
@@ -323,6 +428,47 @@ mod tests {
         let mut idle = WriteState::Idle;
         assert!(idle.batch_end().is_err());
         assert_eq!(idle, Idle);
+    }
+
+    #[test]
+    fn a_deferred_commit_keeps_its_deadline_until_uploaded() {
+        let t0 = std::time::Instant::now();
+        let later = t0 + std::time::Duration::from_secs(1);
+        let mut w = Idle;
+        w.begin_txn(false).unwrap();
+        w.defer(t0);
+        w.end_txn();
+        assert_eq!(w.flush_due(), Some(t0));
+        assert!(!w.lease_unneeded() && !w.in_txn() && !w.in_batch());
+        w.begin_txn(false).unwrap();
+        w.defer(later);
+        assert_eq!(w.flush_due(), Some(t0), "a second commit joins the first");
+        w.upload_failed(later);
+        assert_eq!((w.flush_due(), w.flush_failures()), (Some(later), 1));
+        w.end_deferral();
+        assert_eq!(w, Writing { create: false });
+        w.end_txn();
+        assert_eq!(w, Idle);
+    }
+
+    #[test]
+    fn an_explicit_batch_takes_over_deferred_commits() {
+        let mut w = Idle;
+        w.begin_txn(true).unwrap();
+        w.defer(std::time::Instant::now());
+        w.end_txn();
+        w.batch_begin(false);
+        assert_eq!(
+            w,
+            Batch {
+                depth: 1,
+                create: true,
+                writing: false
+            }
+        );
+        assert_eq!(w.flush_due(), None);
+        assert!(w.batch_end().unwrap());
+        assert_eq!(w, Idle);
     }
 
     #[test]

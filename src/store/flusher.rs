@@ -1,0 +1,247 @@
+//! Deferred uploads (`flush_ms`): a commit outside a batch stays in the cache, keeps
+//! the lease, and sets a deadline in the write state
+//! ([`super::state::WriteState::AutoBatch`]); this module's thread uploads when it
+//! passes, together with every commit made meanwhile.
+//!
+//! The thread has no SQLite connection. Like a pragma without a lock, it holds a
+//! SHARED lock on the cache while it uploads (so no transaction is half-written
+//! into the file), through its own handle from the VFS layer ([`CacheOpener`]):
+//! a second `std::fs::File` would not keep this process's own writers out, and
+//! closing it would drop their POSIX locks. A busy lock is retried shortly; a
+//! failed upload keeps the cache dirty and the lease, is kept for the status
+//! report, and is retried with backoff. The deadline is decided under the store's
+//! mutex; the thread only mirrors it as a wake-up time, so a stale wake-up does
+//! nothing.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::state::{LeaseSlot, State};
+use super::Store;
+use crate::error::Error;
+use crate::localfile::{LocalFile, LockFail, LockLevel};
+
+/// Opens a second handle on the cache file, through SQLite's own VFS.
+pub(crate) type CacheOpener =
+    Arc<dyn Fn() -> std::io::Result<Box<dyn LocalFile>> + Send + Sync + 'static>;
+
+/// How soon the flusher tries again when a writer holds the cache's lock.
+const LOCK_RETRY: Duration = Duration::from_millis(5);
+
+/// The handle of the flusher thread: wakes it when the deadline changes, stops it
+/// when the store goes away.
+pub(crate) struct Flusher {
+    signal: Arc<Signal>,
+    /// Opens the flusher's handle on the cache, given by the VFS layer.
+    opener: Mutex<Option<CacheOpener>>,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher")
+            .field("due", &self.signal.wake.lock().due)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Signal {
+    wake: Mutex<Wake>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Wake {
+    /// When to look at the store's deadline next.
+    due: Option<Instant>,
+    stop: bool,
+}
+
+impl Flusher {
+    /// Start the thread for `store` (which may still be under construction: the
+    /// thread touches it only once woken by [`Flusher::schedule`]).
+    pub(super) fn start(store: Weak<Store>) -> Flusher {
+        let signal = Arc::new(Signal::default());
+        let theirs = signal.clone();
+        let spawned = std::thread::Builder::new()
+            .name("managedblob-flush".into())
+            .spawn(move || run(&theirs, &store));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the flusher thread; deferred \
+                commits are uploaded by PRAGMA managedblob_flush and at close only");
+        }
+        Flusher {
+            signal,
+            opener: Mutex::new(None),
+        }
+    }
+
+    /// Wake at `due` (or never, for `None`).
+    fn schedule(&self, due: Option<Instant>) {
+        self.signal.wake.lock().due = due;
+        self.signal.changed.notify_one();
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.signal.wake.lock().stop = true;
+        self.signal.changed.notify_one();
+    }
+}
+
+/// The thread: sleep until the mirrored deadline, then let the store decide.
+fn run(signal: &Signal, store: &Weak<Store>) {
+    let mut file: Option<Box<dyn LocalFile>> = None;
+    loop {
+        {
+            let mut wake = signal.wake.lock();
+            loop {
+                if wake.stop {
+                    return;
+                }
+                match wake.due {
+                    Some(due) if due <= Instant::now() => {
+                        wake.due = None;
+                        break;
+                    }
+                    Some(due) => {
+                        signal.changed.wait_until(&mut wake, due);
+                    }
+                    None => signal.changed.wait(&mut wake),
+                }
+            }
+        }
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        store.flush_deferred(&mut file);
+    }
+}
+
+impl Store {
+    /// Give the flusher a way to open the cache (the first connection's VFS does).
+    pub(crate) fn offer_cache_opener(&self, opener: impl FnOnce() -> CacheOpener) {
+        if let Some(flusher) = &self.flusher {
+            flusher.opener.lock().get_or_insert_with(opener);
+        }
+    }
+
+    /// Tell the flusher thread when the deferred commits are due.
+    pub(super) fn schedule_flush(&self, st: &State) {
+        if let Some(flusher) = &self.flusher {
+            flusher.schedule(st.write.flush_due());
+        }
+    }
+
+    /// The flusher woke: upload the deferred commits when they are due.
+    fn flush_deferred(&self, file: &mut Option<Box<dyn LocalFile>>) {
+        let due = self.lock_state().write.flush_due();
+        match due {
+            None => return,
+            Some(due) if due > Instant::now() => {
+                return self.schedule_flush(&self.lock_state());
+            }
+            Some(_) => {}
+        }
+        let file = match self.flusher_file(file) {
+            Ok(file) => file,
+            Err(e) => return self.deferred_upload_failed(&mut self.lock_state(), &e),
+        };
+        match file.lock(LockLevel::Shared) {
+            Ok(()) => {}
+            Err(LockFail::Busy) => {
+                // A writer is committing: look again in a moment.
+                let st = self.lock_state();
+                if let Some(flusher) = &self.flusher {
+                    flusher.schedule(st.write.flush_due().map(|_| Instant::now() + LOCK_RETRY));
+                }
+                return;
+            }
+            Err(LockFail::Io(code)) => {
+                let e = self.lock_failed(code);
+                return self.deferred_upload_failed(&mut self.lock_state(), &e);
+            }
+        }
+        {
+            let mut st = self.lock_state();
+            self.upload_deferred(&mut st, file.as_mut());
+            self.schedule_flush(&st);
+        }
+        let _ = file.unlock(LockLevel::None);
+    }
+
+    /// Under the cache's SHARED lock and the mutex: upload, unless a flush, a batch
+    /// or a close got there first.
+    fn upload_deferred(&self, st: &mut State, file: &mut dyn LocalFile) {
+        if st.write.flush_due().is_none_or(|due| due > Instant::now()) {
+            return;
+        }
+        let result = self
+            .reload(st)
+            .and_then(|()| self.flush_locked(st, file));
+        match result {
+            Ok(()) if !st.sidecar.dirty => self.end_deferral(st),
+            Ok(()) => {
+                // Still dirty: only read-only connections are left, which never
+                // upload; the next writable open does (recovery), as after a batch.
+                tracing::warn!(cache = %self.cache_path.display(),
+                    "deferred commits wait for a writable connection to upload them");
+                self.end_deferral(st);
+            }
+            Err(e) if e.is_busy() => {
+                // Another writer got the remote first (or holds the lease now): no
+                // retry can win. The cache stays dirty; the next check keeps it as a
+                // conflict copy, or uploads it if the remote did not move after all.
+                self.note_error(st, &e);
+                self.end_deferral(st);
+                self.force_check(st);
+            }
+            Err(e) => self.deferred_upload_failed(st, &e),
+        }
+    }
+
+    fn end_deferral(&self, st: &mut State) {
+        st.write.end_deferral();
+        if st.write.lease_unneeded() {
+            self.release_lease(st);
+        }
+    }
+
+    /// Keep the error for the status report and try again later; the cache stays
+    /// dirty and the lease held (a lost one is dropped, so the retry takes it again
+    /// if the remote is still this cache's base).
+    fn deferred_upload_failed(&self, st: &mut State, e: &Error) {
+        self.note_error(st, e);
+        if matches!(st.lease.observe(), LeaseSlot::Lost) {
+            self.release_lease(st);
+        }
+        let failures = st.write.flush_failures() + 1;
+        let backoff = self.config.retry.delay(failures).max(self.config.flush);
+        st.write.upload_failed(Instant::now() + backoff);
+        self.schedule_flush(st);
+    }
+
+    /// The flusher's handle on the cache, opened on first use.
+    fn flusher_file<'f>(
+        &self,
+        file: &'f mut Option<Box<dyn LocalFile>>,
+    ) -> Result<&'f mut Box<dyn LocalFile>, Error> {
+        if file.is_none() {
+            let opener = self.flusher.as_ref().and_then(|f| f.opener.lock().clone());
+            let opener = opener.ok_or_else(|| {
+                Error::Local(
+                    "the deferred upload has no handle on the cache (it waits for \
+                     PRAGMA managedblob_flush or the close)"
+                        .into(),
+                )
+            })?;
+            *file = Some(opener().map_err(|e| {
+                Error::local(format!("opening cache {}", self.cache_path.display()), e)
+            })?);
+        }
+        Ok(file.as_mut().expect("opened above"))
+    }
+}
