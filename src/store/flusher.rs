@@ -179,9 +179,7 @@ impl Store {
         if st.write.flush_due().is_none_or(|due| due > Instant::now()) {
             return;
         }
-        let result = self
-            .reload(st)
-            .and_then(|()| self.flush_locked(st, file));
+        let result = self.reload(st).and_then(|()| self.flush_locked(st, file));
         match result {
             Ok(()) if !st.sidecar.dirty => self.end_deferral(st),
             Ok(()) => {

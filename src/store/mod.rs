@@ -504,9 +504,10 @@ impl Store {
             blob: self.config.blob.clone(),
             etag: st.sidecar.base.as_ref().map(|e| e.0.clone()),
             dirty: st.sidecar.dirty,
-            flush_due_ms: st.write.flush_due().map(|due| {
-                due.saturating_duration_since(Instant::now()).as_millis() as u64
-            }),
+            flush_due_ms: st
+                .write
+                .flush_due()
+                .map(|due| due.saturating_duration_since(Instant::now()).as_millis() as u64),
             lease_held: !st.lease.is_none(),
             batch_depth: st.write.batch_depth(),
             generation: st.sidecar.generation,
@@ -535,10 +536,22 @@ mod tests {
             create: false,
             writing: false,
         };
-        assert_eq!(Store::sync_action(&writing, true, false), SyncAction::Publish);
-        assert_eq!(Store::sync_action(&writing, false, false), SyncAction::Nothing);
-        assert_eq!(Store::sync_action(&batch, true, false), SyncAction::MarkDirty);
-        assert_eq!(Store::sync_action(&batch_idle, true, false), SyncAction::Nothing);
+        assert_eq!(
+            Store::sync_action(&writing, true, false),
+            SyncAction::Publish
+        );
+        assert_eq!(
+            Store::sync_action(&writing, false, false),
+            SyncAction::Nothing
+        );
+        assert_eq!(
+            Store::sync_action(&batch, true, false),
+            SyncAction::MarkDirty
+        );
+        assert_eq!(
+            Store::sync_action(&batch_idle, true, false),
+            SyncAction::Nothing
+        );
         assert_eq!(
             Store::sync_action(&WriteState::Idle, true, false),
             SyncAction::Nothing
@@ -560,9 +573,21 @@ mod tests {
             writing: true,
         };
         assert_eq!(Store::sync_action(&writing, true, true), SyncAction::Defer);
-        assert_eq!(Store::sync_action(&writing, false, true), SyncAction::Nothing);
-        assert_eq!(Store::sync_action(&auto(true), true, true), SyncAction::MarkDirty);
-        assert_eq!(Store::sync_action(&auto(false), true, true), SyncAction::Nothing);
-        assert_eq!(Store::sync_action(&batch, true, true), SyncAction::MarkDirty);
+        assert_eq!(
+            Store::sync_action(&writing, false, true),
+            SyncAction::Nothing
+        );
+        assert_eq!(
+            Store::sync_action(&auto(true), true, true),
+            SyncAction::MarkDirty
+        );
+        assert_eq!(
+            Store::sync_action(&auto(false), true, true),
+            SyncAction::Nothing
+        );
+        assert_eq!(
+            Store::sync_action(&batch, true, true),
+            SyncAction::MarkDirty
+        );
     }
 }
