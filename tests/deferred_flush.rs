@@ -253,3 +253,45 @@ fn a_failed_deferred_upload_keeps_the_cache_dirty_and_is_retried() {
         status(&c)["lease_held"] == false
     });
 }
+
+/// Deferred commits whose lease lapsed while another host wrote are never forced
+/// over the remote: the background upload is refused, the deferral ends with the
+/// cache dirty and the lease given up, and the next check keeps the commits as a
+/// conflict copy and takes the remote.
+#[test]
+fn deferred_commits_that_lost_the_race_become_a_conflict_copy() {
+    let w = MemWorld::with_defaults("deferred-race", "&retry_base_ms=1&retry_attempts=1");
+    drop(w.one_row("h1", ""));
+    let a = w.open("h1", "&flush_ms=20");
+    w.backend
+        .fail_next(Op::CommitBlocks, BackendErrorKind::Transient, 1_000_000);
+    let before = w.backend.calls(Op::CommitBlocks);
+    a.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    until("a deferred upload failed", || {
+        w.backend.calls(Op::CommitBlocks) > before
+    });
+    // The lease lapses and another host (whole-file uploads: not failing) commits.
+    w.backend.expire_lease("m.db");
+    let b = w.open("h2", "&sync=full");
+    b.execute("INSERT INTO t VALUES (3)", []).unwrap();
+    w.backend
+        .fail_next(Op::CommitBlocks, BackendErrorKind::Transient, 0);
+
+    until("the deferral ended", || {
+        status(&a).get("flush_due_ms").is_none()
+    });
+    let s = status(&a);
+    assert_eq!(s["dirty"], true, "the commits stay in the cache: {s}");
+    assert_eq!(s["lease_held"], false, "{s}");
+    let remote: Vec<i64> = w.remote(|r| column(r, "SELECT x FROM t ORDER BY x"));
+    assert_eq!(remote, vec![1, 3], "the remote was never overwritten");
+
+    let here: Vec<i64> = column(&a, "SELECT x FROM t ORDER BY x");
+    assert_eq!(here, vec![1, 3], "the next check takes the remote");
+    let s = status(&a);
+    let conflicts = s["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{s}");
+    let kept = Connection::open(conflicts[0].as_str().unwrap()).unwrap();
+    let kept: Vec<i64> = column(&kept, "SELECT x FROM t ORDER BY x");
+    assert_eq!(kept, vec![1, 2], "the deferred commit is in the copy");
+}

@@ -189,14 +189,7 @@ impl Store {
                     "deferred commits wait for a writable connection to upload them");
                 self.end_deferral(st);
             }
-            Err(e) if e.is_busy() => {
-                // Another writer got the remote first (or holds the lease now): no
-                // retry can win. The cache stays dirty; the next check keeps it as a
-                // conflict copy, or uploads it if the remote did not move after all.
-                self.note_error(st, &e);
-                self.end_deferral(st);
-                self.force_check(st);
-            }
+            Err(e) if e.is_busy() => self.deferred_upload_refused(st, &e),
             Err(e) => self.deferred_upload_failed(st, &e),
         }
     }
@@ -205,6 +198,26 @@ impl Store {
         st.write.end_deferral();
         if st.write.lease_unneeded() {
             self.release_lease(st);
+        }
+    }
+
+    /// The upload was refused as a conflict: this process's lease lapsed (or was
+    /// taken) and the remote may have moved. The lease is given up. When the remote
+    /// did move, no retry can win: the deferral ends, the cache stays dirty, and the
+    /// next check keeps it as a conflict copy. Otherwise (nobody wrote, or the stat
+    /// failed) it is retried like any failure, taking the lease again.
+    fn deferred_upload_refused(&self, st: &mut State, e: &Error) {
+        self.release_lease(st);
+        let moved = match self.remote.stat() {
+            Ok(now) => now.map(|s| s.etag) != st.sidecar.base,
+            Err(_) => false,
+        };
+        if moved {
+            self.note_error(st, e);
+            self.end_deferral(st);
+            self.force_check(st);
+        } else {
+            self.deferred_upload_failed(st, e);
         }
     }
 
