@@ -9,7 +9,7 @@
 //! | SHARED -> RESERVED           | take the remote lease, check the snapshot ([`Store::begin_write`]) |
 //! | SQLITE_FCNTL_SYNC            | publish, unless a batch is open or `flush_ms` defers it ([`Store::sync_point`]) |
 //! | SQLITE_FCNTL_COMMIT_PHASETWO | the local commit finished ([`Store::commit_phase_two`]) |
-//! | unlock below RESERVED        | release the lease unless a batch holds it ([`Store::end_write`]) |
+//! | unlock below RESERVED        | release the lease unless a batch or deferred commits hold it ([`Store::end_write`]) |
 //! | xClose (last connection)     | flush a pending batch, release the lease ([`Store::detach`]) |
 //! | a deferral's deadline        | the flusher thread uploads ([`flusher`])               |
 //!
