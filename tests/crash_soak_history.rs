@@ -25,7 +25,6 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use managedblob::backend::local::LocalBackend;
 use managedblob::backend::VersionInfo;
 use rusqlite::Connection;
 
