@@ -17,7 +17,7 @@
 
 mod common;
 use common::child::{self, setting, Proc};
-use common::counter::{counter, create_counter};
+use common::counter::counter;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -291,11 +291,7 @@ fn local_kills_with_history_leave_every_listed_version_restorable() {
             &format!("&history={RETENTION}&lease_secs=30&sync={mode}"),
         )
     };
-    create_counter(&uri("delta"));
-    {
-        let c = open(&uri("delta"));
-        exec_setup(&c);
-    }
+    create_soak_db(&uri("delta"));
 
     let mut ledger = Ledger::default();
     let mut kills: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -427,12 +423,18 @@ fn local_kills_with_history_leave_every_listed_version_restorable() {
     );
 }
 
-/// The filler the writer rewrites a row of at each commit.
-fn exec_setup(c: &Connection) {
+/// The counter and the filler the writer rewrites a row of at each commit, in one
+/// transaction: every kept version holds the counter row.
+fn create_soak_db(uri: &str) {
+    let c = open(uri);
     c.execute_batch(&format!(
-        "CREATE TABLE filler(k INTEGER PRIMARY KEY, b BLOB);
+        "BEGIN;
+         CREATE TABLE c(id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+         INSERT INTO c VALUES (1, 0);
+         CREATE TABLE filler(k INTEGER PRIMARY KEY, b BLOB);
          WITH RECURSIVE s(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM s WHERE k < {FILLER_ROWS})
-         INSERT INTO filler SELECT k, randomblob(4096) FROM s;"
+         INSERT INTO filler SELECT k, randomblob(4096) FROM s;
+         COMMIT;"
     ))
     .unwrap();
 }
