@@ -2,9 +2,10 @@
 //!
 //! 1. a 64 MiB database, then N one-row autocommits with `history=N`: commit time
 //!    with history on against off, and the storage the versions use (local: the
-//!    chunk store beside the blob; Azurite: the snapshot count);
+//!    chunk store beside the blob; Azurite: the snapshot count); on Azurite also
+//!    `history=N/10`, where from the N/10-th commit on each commit drops a snapshot;
 //! 2. restore of a large version (`download_version`) against a raw download of the
-//!    same bytes.
+//!    same bytes (skipped with a size of 0).
 //!
 //! `cargo run --release --features azure --example history_figures -- [commits] [restore MiB]`
 //! (defaults 1000 and 512; Azurite from `AZURITE_BLOB` or target/azurite).
@@ -213,10 +214,12 @@ fn main() {
         mib(kept.saturating_sub(blob) / u64::from(n.max(1))),
     );
 
-    let restore_dir = tempfile::tempdir().unwrap();
-    let local = LocalBackend::new(restore_dir.path()).unwrap();
-    let timed = restore_against_download(&local, restore_mib << 20);
-    print_restore("local", restore_mib, timed);
+    if restore_mib > 0 {
+        let restore_dir = tempfile::tempdir().unwrap();
+        let local = LocalBackend::new(restore_dir.path()).unwrap();
+        let timed = restore_against_download(&local, restore_mib << 20);
+        print_restore("local", restore_mib, timed);
+    }
 
     #[cfg(feature = "azure")]
     if let Some(az) = azurite::shared() {
@@ -232,7 +235,18 @@ fn main() {
             on.show(),
             h.listing("big.db").unwrap().len()
         );
-        let timed = restore_against_download(&backend2, restore_mib << 20);
-        print_restore("azurite", restore_mib, timed);
+        let keep = (n / 10).max(1);
+        let (backend3, url3) = azurite_container(&az);
+        let pruning = commits(&url3, &keep.to_string(), n);
+        println!(
+            "azurite: {n} one-row commits with history={keep} (each commit from the \
+             {keep}th on drops a snapshot), per commit: {}; {} snapshots kept",
+            pruning.show(),
+            backend3.history().unwrap().listing("big.db").unwrap().len()
+        );
+        if restore_mib > 0 {
+            let timed = restore_against_download(&backend2, restore_mib << 20);
+            print_restore("azurite", restore_mib, timed);
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! `MANAGEDBLOB_SOAK_KILLS=200 cargo test --release --test crash_soak -- --nocapture`.
 //! On both backends (`local::` and `azurite::`). The figures are in
 //! docs/RELIABILITY.md. Children are this test binary re-executed
-//! (tests/common/child.rs).
+//! (tests/common/child.rs). The variant with history on, where after every kill each
+//! listed version must be restorable, is tests/crash_soak_history.rs.
 
 mod common;
 use common::child::{self, setting, Proc};

@@ -1,7 +1,8 @@
 //! The history capability of each backend (memory, local, Azurite), driven directly:
 //! retention by count and by age, an unknown version, the current blob never
-//! deleted; and on the local backend, kills during snapshots and prunes leave every
-//! listed version restorable.
+//! deleted; on Azurite, retention counts its snapshots (no listing per commit) and
+//! stays right when another process takes or deletes snapshots; and on the local
+//! backend, kills during snapshots and prunes leave every listed version restorable.
 
 mod common;
 
@@ -200,12 +201,125 @@ fn vfs_writer(uri: &str) {
     }
 }
 
+/// The child ("another host" on Azure): its own backend on the remote `uri`; takes
+/// `MB_SNAPSHOTS` snapshots of `n.db`, deletes version `MB_DELETE` when given, says
+/// `done`.
+fn other_host(uri: &str) {
+    let spec = managedblob::config::parse_remote(uri).unwrap();
+    let b = managedblob::backend::connect(&spec).unwrap();
+    let h = history(b.as_ref());
+    for _ in 0..child::env_num::<u32>("MB_SNAPSHOTS") {
+        h.snapshot("n.db", None).unwrap();
+    }
+    if let Ok(id) = std::env::var("MB_DELETE") {
+        h.delete_version("n.db", &id).unwrap();
+    }
+    child::say("done");
+}
+
 #[test]
 fn child_main() {
     child::child_main(&[
         ("history_writer", history_writer),
         ("vfs_writer", vfs_writer),
+        ("other_host", other_host),
     ]);
+}
+
+/// HTTP requests `b` sent so far.
+#[cfg(feature = "azure")]
+fn http_total(b: &dyn Backend) -> u64 {
+    b.http_requests().unwrap().iter().map(|(_, n)| n).sum()
+}
+
+/// Azure retention counts the snapshots this process took instead of listing them
+/// at every commit: after the first prune, a commit's history costs the snapshot
+/// plus one delete per version dropped. Another process's snapshots make it
+/// under-count (it drops later, never one the retention keeps); a delete that finds
+/// its snapshot gone makes it list again and prune to the exact count.
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_retention_counts_instead_of_listing() {
+    let Some(world) = World::azurite() else {
+        return;
+    };
+    let keep = HistoryPolicy::Keep(3);
+    world.with_backend(|b| {
+        let h = history(b);
+        let ids = |b: &dyn Backend| -> Vec<String> {
+            let kept = history(b).listing("n.db").unwrap();
+            kept.into_iter().map(|v| v.id).collect()
+        };
+        let mut taken = Vec::new();
+        for round in 0..6u64 {
+            publish_pieces(b, "n.db", &[1, 200 + round], None);
+            let before = http_total(b);
+            taken.push(h.snapshot("n.db", None).unwrap());
+            let dropped = h.prune("n.db", keep, SystemTime::now()).unwrap();
+            let requests = http_total(b) - before;
+            if round == 0 {
+                assert_eq!(
+                    requests, 3,
+                    "the first: whether versioning is on, the snapshot, one listing"
+                );
+            } else {
+                assert_eq!(
+                    requests,
+                    1 + dropped.len() as u64,
+                    "round {round}: the snapshot and its deletes, no listing"
+                );
+            }
+            let over = usize::from(taken.len() > 3);
+            assert_eq!(
+                dropped.len(),
+                over,
+                "round {round}: one dropped once over 3"
+            );
+        }
+        assert_eq!(ids(b), taken[3..], "the newest 3, by count alone");
+
+        // Another host takes two snapshots: this record misses them.
+        let mut other = Proc::spawn(
+            "other-1",
+            "other_host",
+            &world.remote_value(),
+            &[("MB_SNAPSHOTS", "2".into())],
+        );
+        other.expect("done", Duration::from_secs(60));
+        other.wait_success(Duration::from_secs(30));
+        let store = ids(b);
+        assert_eq!(store.len(), 5);
+        taken.push(h.snapshot("n.db", None).unwrap());
+        let dropped = h.prune("n.db", keep, SystemTime::now()).unwrap();
+        let after = ids(b);
+        let newest: Vec<String> = store[3..].iter().chain(&taken[6..]).cloned().collect();
+        assert!(
+            newest.iter().all(|id| after.contains(id))
+                && !dropped.iter().any(|id| newest.contains(id)),
+            "a stale record dropped {dropped:?}; the newest 3 are {newest:?}; left {after:?}"
+        );
+
+        // The listing above refreshed the record; the other host deletes the
+        // oldest, then this process's next prune finds it gone and lists again.
+        let oldest = after[0].clone();
+        let mut other = Proc::spawn(
+            "other-2",
+            "other_host",
+            &world.remote_value(),
+            &[("MB_SNAPSHOTS", "0".into()), ("MB_DELETE", oldest.clone())],
+        );
+        other.expect("done", Duration::from_secs(60));
+        other.wait_success(Duration::from_secs(30));
+        taken.push(h.snapshot("n.db", None).unwrap());
+        let dropped = h.prune("n.db", keep, SystemTime::now()).unwrap();
+        assert!(
+            !dropped.contains(&oldest),
+            "{oldest} was deleted by the other host"
+        );
+        let left = ids(b);
+        assert_eq!(left.len(), 3, "exact again after the relisting: {left:?}");
+        assert_eq!(left.last(), taken.last(), "the newest is kept");
+    });
 }
 
 /// `PRAGMA integrity_check` and the rows of `t` in a plain copy of `bytes`.

@@ -167,6 +167,46 @@ backend_tests!(
     retention_by_count_keeps_the_newest
 );
 
+/// HTTP requests the connection's database sent so far.
+#[cfg(feature = "azure")]
+fn http_total(c: &Connection) -> u64 {
+    status(c)["requests"]["http"]["total"].as_u64().unwrap()
+}
+
+/// On Azure the retention counts its snapshots instead of listing them: once the
+/// retention is full, a commit with `history=3` sends exactly two requests more
+/// than the same commit with history off (the snapshot, and the delete of the
+/// version it drops).
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_history_costs_a_snapshot_and_a_delete_per_commit() {
+    let Some(world) = World::azurite() else {
+        return;
+    };
+    let per_commit = |blob: &str, history: &str| {
+        let c = world.open_with("h1", blob, &format!("&history={history}"));
+        c.execute_batch("CREATE TABLE t(x)").unwrap();
+        for i in 0..5 {
+            c.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        let before = http_total(&c);
+        for i in 5..10 {
+            c.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        (http_total(&c) - before, c)
+    };
+    let (off, _c_off) = per_commit("off.db", "off");
+    let (on, _c_on) = per_commit("on.db", "3");
+    assert_eq!(
+        on,
+        off + 2 * 5,
+        "5 commits: history off {off} requests, on {on}"
+    );
+    world.with_backend(|b| {
+        assert_eq!(b.history().unwrap().listing("on.db").unwrap().len(), 3);
+    });
+}
+
 #[test]
 fn history_off_keeps_nothing() {
     let world = World::local();

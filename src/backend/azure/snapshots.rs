@@ -13,15 +13,20 @@
 //!   (also a time). The current version is never deleted.
 //! * `versions` is one List Blobs (prefix = the blob, with snapshots or versions),
 //!   plus one Get Block List per version to count the bytes each holds alone;
-//!   `listing` (what `prune` and `as_of` use) is the List Blobs alone. `download_version` reads the version in ranges
-//!   of [`super::AzureTuning::block_size`]; `delete_version` is one Delete Blob with
-//!   `snapshot=` or `versionid=` (never the base blob).
+//!   `listing` (what `as_of` uses) is the List Blobs alone. `download_version` reads
+//!   the version in ranges of [`super::AzureTuning::block_size`]; `delete_version` is
+//!   one Delete Blob with `snapshot=` or `versionid=` (never the base blob).
+//! * **Retention** (`prune`, after each commit) counts instead of listing: a
+//!   per-process record of each blob's kept versions (`snapshots/record.rs`, where
+//!   the rule that keeps a stale record safe is written), seeded by one listing and
+//!   relisted now and then. A commit with history on costs the snapshot, plus one
+//!   Delete Blob when the retention drops a version.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::num::NonZero;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use azure_storage_blob::models::{
     BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
@@ -36,6 +41,10 @@ use super::errors::{http_status, Op};
 use super::AzureBackend;
 use crate::backend::history::{parse_time, unique_bytes};
 use crate::backend::{BackendErrorKind, BackendResult, BlockId, History, LeaseId, VersionInfo};
+use crate::config::HistoryPolicy;
+
+mod record;
+use record::Record;
 
 /// The id prefix of a version kept by Azure's blob versioning.
 const VERSION_PREFIX: &str = "v";
@@ -102,7 +111,20 @@ fn versioning_known() -> &'static Mutex<HashMap<String, bool>> {
     KNOWN.get_or_init(Default::default)
 }
 
+/// Per blob (by its container's secret-free URL and its name): the retention's
+/// record of its kept versions, shared by every backend of the process.
+fn records() -> &'static Mutex<HashMap<String, Arc<Mutex<Record>>>> {
+    static RECORDS: OnceLock<Mutex<HashMap<String, Arc<Mutex<Record>>>>> = OnceLock::new();
+    RECORDS.get_or_init(Default::default)
+}
+
 impl AzureBackend {
+    /// The retention's record of `blob`'s kept versions.
+    fn record(&self, blob: &str) -> Arc<Mutex<Record>> {
+        let key = format!("{}/{blob}", self.url.redacted());
+        records().lock().entry(key).or_default().clone()
+    }
+
     /// The current version id of `blob` (`None` without versioning), in one Get Blob
     /// Properties; remembers whether the container has versioning.
     fn current_version(&self, blob: &str, op: Op) -> BackendResult<Option<String>> {
@@ -124,8 +146,16 @@ impl AzureBackend {
         Ok(self.current_version(blob, op)?.is_some())
     }
 
-    /// One List Blobs of `blob`'s snapshots or versions.
+    /// One List Blobs of `blob`'s snapshots or versions, which also refreshes the
+    /// retention's record.
     fn listed(&self, blob: &str) -> BackendResult<Vec<Listed>> {
+        let kept = self.list_kept(blob)?;
+        self.record(blob).lock().seed(kept.clone(), Instant::now());
+        Ok(kept)
+    }
+
+    /// One List Blobs of `blob`'s snapshots or versions.
+    fn list_kept(&self, blob: &str) -> BackendResult<Vec<Listed>> {
         let op = Op::ListVersions;
         let versioning = self.versioning(blob, op)?;
         let client = self.container_client(op)?;
@@ -183,9 +213,11 @@ impl History for AzureBackend {
         let op = Op::Snapshot;
         if self.versioning(blob, op)? {
             let version = self.current_version(blob, op)?;
-            return version
+            let id = version
                 .map(|v| format!("{VERSION_PREFIX}{v}"))
-                .ok_or_else(|| self.local_error(blob, op, "no version id in the reply".into()));
+                .ok_or_else(|| self.local_error(blob, op, "no version id in the reply".into()))?;
+            self.record_taken(blob, &id, true);
+            return Ok(id);
         }
         let client = self.client(blob)?;
         let options = BlobClientCreateSnapshotOptions {
@@ -195,7 +227,10 @@ impl History for AzureBackend {
         let snapshot = self.call(blob, op, self.tuning.request_timeout, async move {
             client.create_snapshot(Some(options)).await?.snapshot()
         })?;
-        snapshot.ok_or_else(|| self.local_error(blob, op, "no snapshot time in the reply".into()))
+        let id = snapshot
+            .ok_or_else(|| self.local_error(blob, op, "no snapshot time in the reply".into()))?;
+        self.record_taken(blob, &id, false);
+        Ok(id)
     }
 
     /// The listing alone: no block lists.
@@ -276,6 +311,73 @@ impl History for AzureBackend {
     }
 
     fn delete_version(&self, blob: &str, id: &str) -> BackendResult<()> {
+        self.delete_kept(blob, id)?;
+        self.record(blob).lock().forget(id);
+        Ok(())
+    }
+
+    /// Retention from the record (`snapshots/record.rs`): a listing only when the
+    /// record needs one; a delete that finds its version gone lists again.
+    fn prune(
+        &self,
+        blob: &str,
+        policy: HistoryPolicy,
+        now: SystemTime,
+    ) -> BackendResult<Vec<String>> {
+        if !policy.is_on() {
+            return Ok(Vec::new());
+        }
+        let record = self.record(blob);
+        let mut record = record.lock();
+        let mut dropped = Vec::new();
+        // A second pass only after a delete showed the record stale.
+        for _ in 0..2 {
+            if record.needs_listing(Instant::now()) {
+                record.seed(self.list_kept(blob)?, Instant::now());
+            }
+            let mut stale = false;
+            for id in record.expired(policy, now) {
+                let deleted = self.delete_kept(blob, &id)?;
+                record.forget(&id);
+                if !deleted {
+                    record.invalidate();
+                    stale = true;
+                    break;
+                }
+                dropped.push(id);
+            }
+            if !stale {
+                break;
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+impl AzureBackend {
+    /// A version this process just kept, into the retention's record.
+    fn record_taken(&self, blob: &str, id: &str, versioning: bool) {
+        let stamp = if versioning {
+            id.strip_prefix(VERSION_PREFIX).unwrap_or(id)
+        } else {
+            id
+        };
+        let record = self.record(blob);
+        let mut record = record.lock();
+        match parse_time(stamp) {
+            Some(time) => record.taken(Listed {
+                id: id.to_string(),
+                time,
+                size: 0,
+                current: versioning,
+            }),
+            None => record.invalidate(),
+        }
+    }
+
+    /// Delete kept version `id` (never the blob itself): `true` when this deleted
+    /// it, `false` when it was already gone.
+    fn delete_kept(&self, blob: &str, id: &str) -> BackendResult<bool> {
         let op = Op::DeleteVersion;
         let mut options = BlobClientDeleteOptions::default();
         match target(id) {
@@ -297,8 +399,8 @@ impl History for AzureBackend {
             client.delete(Some(options)).await.map(|_| ())
         })?;
         match result {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(http_status(&e), Some((404, _))) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if matches!(http_status(&e), Some((404, _))) => Ok(false),
             Err(e) => Err(self.error(blob, op, &e)),
         }
     }

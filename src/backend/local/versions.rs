@@ -16,6 +16,11 @@
 //! anywhere leaves each listed manifest with all its chunks; what it leaves behind
 //! (chunks without a manifest, temp files) goes at the next prune.
 //!
+//! For tests, `MANAGEDBLOB_TEST_HISTORY_PAUSE=<step>:<ms>` pauses inside a snapshot
+//! (`snapshot`: after each new chunk, before the manifest) or a prune (`prune`:
+//! between dropping manifests and collecting their chunks), so a kill from outside
+//! (the history crash soak) can land there.
+//!
 //! The blob is read through the backend's own [`Blocks`] calls (its block list and
 //! ranged reads pinned to the version's etag), never by its file layout. When the
 //! blob's block ids are managedblob chunk ids they carry the content hash, so a
@@ -151,6 +156,21 @@ impl Shelf {
     }
 }
 
+/// Pause here when the test hook names this step.
+fn test_pause(step: &str) {
+    let Ok(setting) = std::env::var("MANAGEDBLOB_TEST_HISTORY_PAUSE") else {
+        return;
+    };
+    let ms = setting
+        .split_once(':')
+        .filter(|(at, _)| *at == step)
+        .and_then(|(_, ms)| ms.parse().ok())
+        .unwrap_or(0);
+    if ms > 0 {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
 fn remove_if_present(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if !is_missing(&e) => Err(e),
@@ -280,6 +300,7 @@ impl History for LocalBackend {
             let path = shelf.chunks().join(&name);
             if !path.exists() {
                 write_atomic(&path, &data, false).map_err(shelf.io(OP))?;
+                test_pause("snapshot");
             }
             chunks.push((name, len));
         }
@@ -370,6 +391,7 @@ impl History for LocalBackend {
             remove_if_present(&shelf.manifest_path(id)).map_err(shelf.io(OP))?;
         }
         fsutil::sync_dir(&shelf.manifests()).map_err(shelf.io(OP))?;
+        test_pause("prune");
         shelf.collect_garbage(OP)?;
         Ok(dropped)
     }
