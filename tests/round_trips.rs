@@ -287,3 +287,46 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The measurement behind `lease_linger_ms`'s default (docs/BENCHMARKS.md), run by
+/// hand: `cargo test --features azure --test round_trips -- --ignored --nocapture`.
+/// 100 one-row autocommits into 4 MiB, with the lease released at once and kept
+/// warm, each with 0 and 5 ms added per request by the proxy. Prints; asserts no
+/// timing.
+#[test]
+#[ignore]
+fn measure_commits_with_and_without_linger() {
+    let Some(s) = Setup::new() else { return };
+    let c = s.open("m", "");
+    c.execute_batch(
+        "CREATE TABLE filler(b BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+           INSERT INTO filler SELECT randomblob(4000) FROM n;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .unwrap();
+    drop(c);
+    println!("| added per request | lease_linger_ms | ms per commit | HTTP per commit | in sequence |");
+    println!("|---|---|---|---|---|");
+    for delay_ms in [0u64, 5] {
+        for linger in [0u64, 1000] {
+            s.proxy.set_delay(Duration::ZERO);
+            let c = s.open("m", &format!("&lease_linger_ms={linger}"));
+            insert(&c, 0);
+            s.proxy.set_delay(Duration::from_millis(delay_ms));
+            let before = http_total(&c);
+            let mut worst = 0;
+            let started = std::time::Instant::now();
+            for i in 1..=COMMITS {
+                let mark = s.mark();
+                insert(&c, i);
+                worst = worst.max(rounds(&s.since(mark)));
+            }
+            let ms = started.elapsed().as_secs_f64() * 1000.0 / COMMITS as f64;
+            let http = (http_total(&c) - before) as f64 / COMMITS as f64;
+            println!("| {delay_ms} ms | {linger} | {ms:.1} | {http:.2} | {worst} |");
+            s.proxy.set_delay(Duration::ZERO);
+            drop(c);
+        }
+    }
+}
