@@ -251,11 +251,7 @@ fn status_counts_every_http_request_and_retry() {
     assert!(n(&http["put_block_list"]) >= 5, "{s}");
     // A lease acquire is one request (its reply carries the ETag): every Get
     // Properties is a stat the store asked for.
-    assert_eq!(
-        n(&http["get_blob_properties"]),
-        n(&requests["stat"]),
-        "{s}"
-    );
+    assert_eq!(n(&http["get_blob_properties"]), n(&requests["stat"]), "{s}");
     // Nor does any other call send a request its counter does not show.
     assert_eq!(n(&http["total"]), n(&requests["total"]), "{s}");
 }

@@ -337,7 +337,7 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
     );
     let h2 = m.open("h2", "");
     h2.execute("UPDATE t SET x = 'b'", []).unwrap(); // acknowledged on host 2
-    // c's write must meet the moved remote, not host 2's lease kept warm.
+                                                     // c's write must meet the moved remote, not host 2's lease kept warm.
     wait::until_lease_released(&h2);
     c.execute_batch("BEGIN").unwrap();
     let seen: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();

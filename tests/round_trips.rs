@@ -251,7 +251,7 @@ fn a_warm_lease_goes_back_when_idle_and_another_host_then_writes() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(count, 2);
-    wait_until("a's lease goes back", || status(&a)["lease_held"] == false);
+    wait::until_lease_released(&a);
     assert!(s.since(0).contains(&"lease_release"));
 }
 
@@ -276,18 +276,6 @@ fn counts(log: &[&'static str]) -> std::collections::BTreeMap<&'static str, usiz
     m
 }
 
-/// Wait until `done` holds; fail after a minute (a condition, not a timing).
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The measurement behind `lease_linger_ms`'s default (docs/BENCHMARKS.md), run by
 /// hand: `cargo test --features azure --test round_trips -- --ignored --nocapture`.
 /// 100 one-row autocommits into 4 MiB, with the lease released at once and kept
@@ -306,7 +294,9 @@ fn measure_commits_with_and_without_linger() {
     )
     .unwrap();
     drop(c);
-    println!("| added per request | lease_linger_ms | ms per commit | HTTP per commit | in sequence |");
+    println!(
+        "| added per request | lease_linger_ms | ms per commit | HTTP per commit | in sequence |"
+    );
     println!("|---|---|---|---|---|");
     for delay_ms in [0u64, 5] {
         for linger in [0u64, 1000] {
