@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use common::azurite::{self, random_container, Azurite, DEV_ACCOUNT};
 use common::http_proxy::{Fate, HttpProxy, Request};
+use common::memworld::MemWorld;
 use rusqlite::Connection;
 
 /// The database the commits go into.
@@ -319,4 +320,48 @@ fn measure_commits_with_and_without_linger() {
             drop(c);
         }
     }
+}
+
+/// The idle release races the next write: with a 1 ms linger the renewer's idle
+/// check fires between and during commits. It releases a lease only while still idle
+/// past its deadline, so no write ever finds the lease it woke gone (its publish
+/// would fail, fenced by the lease) and every commit lands.
+#[test]
+fn the_idle_release_never_takes_a_lease_a_write_woke() {
+    let m = MemWorld::with_defaults("linger-race", "&retry_base_ms=1&lease_linger_ms=1");
+    let c = m.open("h1", "");
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)", [])
+        .unwrap();
+    for i in 0..300 {
+        c.execute("INSERT INTO t VALUES (?1)", [i])
+            .unwrap_or_else(|e| panic!("commit {i}: {e}; {}", status(&c)));
+    }
+    assert_eq!(m.remote_ids(), (0..300).collect());
+    wait::until_lease_released(&c);
+    assert!(!m.backend.lease_holder_exists("m.db"));
+}
+
+/// A write that woke the warm lease keeps it past the linger's deadline: the idle
+/// check that fires during the transaction finds the lease in use and leaves it.
+#[test]
+fn a_transaction_keeps_the_lease_it_woke_past_the_linger() {
+    let m = MemWorld::with_defaults("linger-woken", "&retry_base_ms=1&lease_linger_ms=2000");
+    let c = m.open("h1", "");
+    c.execute_batch("CREATE TABLE t(id); INSERT INTO t VALUES (1);")
+        .unwrap();
+    assert_eq!(status(&c)["lease_held"], true, "warm after the commit");
+    c.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (2);")
+        .unwrap();
+    // Past the deadline the commit above set: its idle check has run.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(m.backend.lease_holder_exists("m.db"), "still leased");
+    assert_eq!(status(&c)["lease_held"], true);
+    c.execute_batch("COMMIT").unwrap();
+    assert_eq!(m.remote_ids(), [1, 2].into_iter().collect());
+    assert_eq!(
+        status(&c)["lease_held"],
+        true,
+        "warm again after this commit"
+    );
 }
