@@ -299,9 +299,10 @@ impl Store {
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
         st.published_in_write = false;
         // While this process holds a live lease (a batch, or one lingering after the
-        // last write), no other process can change the sidecar: its commits, flushes and recoveries need the lease, and an
-        // install needs the remote to move, which the lease prevents. Otherwise
-        // re-read it: another process sharing the cache may have changed it.
+        // last write), no other process can change the sidecar: its commits, flushes
+        // and recoveries need the lease, and an install needs the remote to move,
+        // which the lease prevents. Otherwise re-read it: another process sharing
+        // the cache may have changed it.
         if !st.lease.observe().is_live() {
             self.reload(st)?;
         }
