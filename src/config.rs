@@ -14,6 +14,7 @@ pub enum Key {
     Remote,
     Blob,
     LeaseSecs,
+    LeaseLingerMs,
     StalenessMs,
     RetryAttempts,
     RetryBaseMs,
@@ -24,10 +25,11 @@ pub enum Key {
 }
 
 impl Key {
-    pub const ALL: [Key; 10] = [
+    pub const ALL: [Key; 11] = [
         Key::Remote,
         Key::Blob,
         Key::LeaseSecs,
+        Key::LeaseLingerMs,
         Key::StalenessMs,
         Key::RetryAttempts,
         Key::RetryBaseMs,
@@ -43,6 +45,7 @@ impl Key {
             Key::Remote => "remote",
             Key::Blob => "blob",
             Key::LeaseSecs => "lease_secs",
+            Key::LeaseLingerMs => "lease_linger_ms",
             Key::StalenessMs => "staleness_ms",
             Key::RetryAttempts => "retry_attempts",
             Key::RetryBaseMs => "retry_base_ms",
@@ -59,6 +62,7 @@ impl Key {
             Key::Remote => "MANAGEDBLOB_REMOTE",
             Key::Blob => "MANAGEDBLOB_BLOB",
             Key::LeaseSecs => "MANAGEDBLOB_LEASE_SECS",
+            Key::LeaseLingerMs => "MANAGEDBLOB_LEASE_LINGER_MS",
             Key::StalenessMs => "MANAGEDBLOB_STALENESS_MS",
             Key::RetryAttempts => "MANAGEDBLOB_RETRY_ATTEMPTS",
             Key::RetryBaseMs => "MANAGEDBLOB_RETRY_BASE_MS",
@@ -157,6 +161,8 @@ impl Options {
 
     numeric_settings! {
         lease_secs: u64 => Key::LeaseSecs;
+        /// How long the lease is kept after a write transaction (0: released at once).
+        lease_linger_ms: u64 => Key::LeaseLingerMs;
         staleness_ms: u64 => Key::StalenessMs;
         retry_attempts: u32 => Key::RetryAttempts;
         retry_base_ms: u64 => Key::RetryBaseMs;
@@ -168,6 +174,10 @@ impl Options {
 }
 
 pub const DEFAULT_LEASE_SECS: u64 = 30;
+/// Measured (docs/BENCHMARKS.md): commits less than this apart reuse the lease.
+pub const DEFAULT_LEASE_LINGER_MS: u64 = 1000;
+/// The longest linger: other hosts' writers wait at most this through busy_timeout.
+pub const MAX_LEASE_LINGER_MS: u64 = 60_000;
 pub const DEFAULT_STALENESS_MS: u64 = 1000;
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 5;
 pub const DEFAULT_RETRY_BASE_MS: u64 = 100;
@@ -205,6 +215,9 @@ pub struct Config {
     /// The blob name in the remote.
     pub blob: String,
     pub lease: Duration,
+    /// How long the lease is kept after a write transaction outside a batch, for the
+    /// next one (renewed meanwhile); zero releases it at once.
+    pub lease_linger: Duration,
     pub staleness: Duration,
     pub retry: RetryPolicy,
     pub sync: SyncMode,
@@ -342,6 +355,13 @@ impl Config {
         };
         let lease_secs =
             number(get(Key::LeaseSecs), Key::LeaseSecs, 15, 60)?.unwrap_or(DEFAULT_LEASE_SECS);
+        let linger_ms = number(
+            get(Key::LeaseLingerMs),
+            Key::LeaseLingerMs,
+            0,
+            MAX_LEASE_LINGER_MS,
+        )?
+        .unwrap_or(DEFAULT_LEASE_LINGER_MS);
         let staleness_ms = number(get(Key::StalenessMs), Key::StalenessMs, 0, 86_400_000)?
             .unwrap_or(DEFAULT_STALENESS_MS);
         let attempts = number(get(Key::RetryAttempts), Key::RetryAttempts, 1, 20)?
@@ -376,6 +396,7 @@ impl Config {
             remote,
             blob,
             lease: Duration::from_secs(lease_secs),
+            lease_linger: Duration::from_millis(linger_ms),
             staleness: Duration::from_millis(staleness_ms),
             retry: RetryPolicy {
                 attempts,
@@ -475,6 +496,10 @@ mod tests {
         assert_eq!(c.blob, "corpus.db");
         assert_eq!(c.lease, Duration::from_secs(30));
         assert_eq!(c.staleness, Duration::from_millis(1000));
+        assert_eq!(
+            c.lease_linger,
+            Duration::from_millis(DEFAULT_LEASE_LINGER_MS)
+        );
     }
 
     #[test]
@@ -485,9 +510,11 @@ mod tests {
                 ("MANAGEDBLOB_REMOTE", "file:///env/dir"),
                 ("MANAGEDBLOB_LEASE_SECS", "40"),
                 ("MANAGEDBLOB_STALENESS_MS", "5"),
+                ("MANAGEDBLOB_LEASE_LINGER_MS", "0"),
             ],
         )
         .unwrap();
+        assert_eq!(c.lease_linger, Duration::ZERO);
         assert_eq!(c.remote, RemoteSpec::Local("/env/dir".into()));
         assert_eq!(c.lease, Duration::from_secs(20));
         assert_eq!(c.staleness, Duration::from_millis(5));
@@ -499,6 +526,7 @@ mod tests {
             .remote("file:///opt/remote")
             .blob("shared/app.db")
             .lease_secs(45)
+            .lease_linger_ms(250)
             .staleness_ms(7)
             .retry_attempts(3)
             .retry_base_ms(9)
@@ -513,6 +541,7 @@ mod tests {
         assert_eq!(c.remote, RemoteSpec::Local("/opt/remote".into()));
         assert_eq!(c.blob, "shared/app.db");
         assert_eq!(c.lease, Duration::from_secs(45));
+        assert_eq!(c.lease_linger, Duration::from_millis(250));
         assert_eq!(c.staleness, Duration::from_millis(7));
         assert_eq!(c.retry.attempts, 3);
         assert_eq!(
@@ -544,7 +573,12 @@ mod tests {
     fn invalid_values_name_setting_and_origin() {
         type Pairs = &'static [(&'static str, &'static str)];
         // (URI parameters, environment, words the message must hold)
-        let cases: [(Pairs, Pairs, &[&str]); 6] = [
+        let cases: [(Pairs, Pairs, &[&str]); 7] = [
+            (
+                &[("remote", "/r"), ("lease_linger_ms", "60001")],
+                &[],
+                &["'lease_linger_ms'", "between 0 and 60000"],
+            ),
             (
                 &[("remote", "/r"), ("lease_secs", "5")],
                 &[],

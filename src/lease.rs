@@ -4,21 +4,32 @@
 //! before the lease runs out. When a renewal says the lease is gone, the `lost`
 //! flag is raised; the next upload is refused by the backend anyway (it is fenced
 //! by the lease id), so a lost lease can never turn into a blind overwrite.
+//!
+//! The same thread is the timer of a lingering lease ([`HeldLease::release_when_idle`]):
+//! at the deadline it calls the store back, which releases the lease under its own
+//! mutex only if no write took it meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::{BackendErrorKind, LeaseId};
 use crate::remote::Remote;
+
+/// A deadline and what to call then (the store's idle check).
+struct IdleCheck {
+    at: Instant,
+    then: Box<dyn FnOnce() + Send>,
+}
 
 #[derive(Debug)]
 pub struct HeldLease {
     pub id: LeaseId,
     lost: Arc<AtomicBool>,
-    stop: Option<Sender<()>>,
+    /// Deadlines for the renewer; dropping it stops the renewer.
+    stop: Option<Sender<IdleCheck>>,
     renewer: Option<JoinHandle<()>>,
 }
 
@@ -26,25 +37,46 @@ impl HeldLease {
     /// Start renewing `id` every `duration / 3` until dropped.
     pub fn start(remote: Arc<Remote>, id: LeaseId, duration: Duration) -> HeldLease {
         let lost = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (stop, checks) = mpsc::channel::<IdleCheck>();
         let every = duration / 3;
         let renewer = {
             let lost = lost.clone();
             let id = id.clone();
             std::thread::Builder::new()
                 .name("managedblob-lease".into())
-                .spawn(move || loop {
-                    match stopped.recv_timeout(every) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    match remote.renew_lease(&id, duration) {
-                        Ok(()) => tracing::trace!(blob = remote.blob(), "lease renewed"),
-                        Err(e) => {
-                            tracing::warn!(blob = remote.blob(), error = %e, "lease renewal failed");
-                            if e.kind == BackendErrorKind::LeaseLost {
-                                lost.store(true, Ordering::SeqCst);
-                                return;
+                .spawn(move || {
+                    let mut renew_at = Instant::now() + every;
+                    let mut idle: Option<IdleCheck> = None;
+                    loop {
+                        let wake = idle.as_ref().map_or(renew_at, |c| c.at.min(renew_at));
+                        match checks.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                            // A later deadline replaces the earlier one.
+                            Ok(check) => {
+                                idle = Some(check);
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => return,
+                            Err(RecvTimeoutError::Timeout) => {}
+                        }
+                        let now = Instant::now();
+                        if let Some(check) = idle.take_if(|c| now >= c.at) {
+                            // May release the lease and stop this thread: the next
+                            // receive then finds the channel closed.
+                            (check.then)();
+                            continue;
+                        }
+                        if now < renew_at {
+                            continue;
+                        }
+                        renew_at = now + every;
+                        match remote.renew_lease(&id, duration) {
+                            Ok(()) => tracing::trace!(blob = remote.blob(), "lease renewed"),
+                            Err(e) => {
+                                tracing::warn!(blob = remote.blob(), error = %e, "lease renewal failed");
+                                if e.kind == BackendErrorKind::LeaseLost {
+                                    lost.store(true, Ordering::SeqCst);
+                                    return;
+                                }
                             }
                         }
                     }
@@ -57,6 +89,18 @@ impl HeldLease {
             stop: Some(stop),
             renewer,
         }
+    }
+
+    /// Call `then` on the renewer thread at `at` (replacing an earlier deadline),
+    /// while the lease is renewed. `false` when the renewer is gone (the lease was
+    /// lost, or its thread could not start): nobody would call.
+    pub fn release_when_idle(&self, at: Instant, then: impl FnOnce() + Send + 'static) -> bool {
+        let running = self.renewer.as_ref().is_some_and(|r| !r.is_finished());
+        let check = IdleCheck {
+            at,
+            then: Box::new(then),
+        };
+        running && self.stop.as_ref().is_some_and(|s| s.send(check).is_ok())
     }
 
     /// Whether a renewal found the lease gone.
@@ -153,6 +197,31 @@ mod tests {
             backend.lease_holder_exists("b"),
             "renewed after the failure"
         );
+    }
+
+    #[test]
+    fn the_idle_check_runs_at_the_latest_deadline_and_renewal_goes_on() {
+        let (backend, held) = leased();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let first = calls.clone();
+        let later = calls.clone();
+        let now = Instant::now();
+        assert!(
+            held.release_when_idle(now + Duration::from_secs(3600), move || {
+                first.fetch_add(100, Ordering::SeqCst);
+            })
+        );
+        assert!(held.release_when_idle(now, move || {
+            later.fetch_add(1, Ordering::SeqCst);
+        }));
+        until("the idle check", || calls.load(Ordering::SeqCst) > 0);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "only the latest deadline counts"
+        );
+        until("a renewal after it", || backend.calls(Op::RenewLease) >= 1);
+        assert!(!held.is_lost());
     }
 
     #[test]

@@ -122,7 +122,7 @@ fn local_reclaims_the_lease_of_a_dead_process() {
         &b,
         "d.db",
         b"y",
-        &Condition::Match(lease.stat.etag),
+        &Condition::Match(lease.etag),
         Some(&lease.id),
     )
     .unwrap();

@@ -214,6 +214,9 @@ fn sigkill_inside_batch_with_another_process_on_the_same_cache(w: &World) {
     let (lease_secs, uri, c) = crash_setup(w);
     let cache = w.cache("h1", "a.db");
     c.busy_timeout(Duration::from_secs(lease_secs * 5)).unwrap();
+    // The child's batch takes the lease at once (a batch begin does not wait):
+    // the one kept warm after the setup's write goes back first.
+    wait::until_lease_released(&c);
 
     let mut child = Proc::spawn(
         "batcher",

@@ -21,8 +21,10 @@ use rusqlite::Connection;
 /// Table `t` with id 1.
 const ONE_ID: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);";
 
-/// The lease tests' settings: two quick tries, Azure's shortest lease, whole files.
-const LEASE_TROUBLE: &str = "&retry_attempts=2&retry_base_ms=1&lease_secs=15&sync=full";
+/// The lease tests' settings: two quick tries, Azure's shortest lease, whole files,
+/// and the lease released right after each commit (the release is what fails).
+const LEASE_TROUBLE: &str =
+    "&retry_attempts=2&retry_base_ms=1&lease_secs=15&sync=full&lease_linger_ms=0";
 
 /// 256 KiB of filler, so a small commit changes a few chunks out of several and
 /// delta sync stages and reads ranges rather than whole files.

@@ -137,7 +137,8 @@ fn a_terminal_block_commit_failure_fails_the_commit_and_leaves_local_equal_to_re
 
 #[test]
 fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
-    let (w, mut c) = world_with_table("held", "");
+    // The write acquires the lease: none kept warm from the table's creation.
+    let (w, mut c) = world_with_table("held", "&lease_linger_ms=0");
     let lease = w
         .backend
         .acquire_lease("m.db", Duration::from_secs(30))
@@ -162,7 +163,8 @@ fn a_lease_held_elsewhere_is_busy_and_busy_timeout_applies() {
 
 #[test]
 fn lease_errors_other_than_busy_surface() {
-    let (w, c) = world_with_table("denied", "");
+    // The write acquires the lease: none kept warm from the table's creation.
+    let (w, c) = world_with_table("denied", "&lease_linger_ms=0");
     w.backend
         .fail_next(Op::AcquireLease, BackendErrorKind::Denied, 1);
     let err = c.execute("INSERT INTO t VALUES (1)", []).unwrap_err();

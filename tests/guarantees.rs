@@ -122,6 +122,8 @@ fn a_stale_writer_gets_busy_at_its_first_write_and_retries_on_the_new_version() 
     let b = m.open("h2", "&staleness_ms=600000");
     assert_eq!(count(&b, "t"), 1);
     a.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    // b's write must meet the moved remote, not a's lease kept warm after its commit.
+    wait::until_lease_released(&a);
     b.busy_timeout(Duration::ZERO).unwrap();
     let uploads_before = m.backend.calls(Op::CommitBlocks) + m.backend.calls(Op::Upload);
     let err = b.execute("INSERT INTO t VALUES (3)", []).unwrap_err();

@@ -151,8 +151,15 @@ fn two_processes_one_cache(w: &World) {
 /// before the retry.
 fn two_hosts_interleaved_writers_no_lost_update(w: &World) {
     const N: u32 = 50;
-    create_counter(&w.uri("h1", "a.db", ""));
-    let uris = [w.uri("h1", "a.db", ""), w.uri("h2", "a.db", "")].to_vec();
+    // Interleaving needs each commit to give the lease back (a warm lease keeps the
+    // turn while its writer pauses less than the linger).
+    const NO_LINGER: &str = "&lease_linger_ms=0";
+    create_counter(&w.uri("h1", "a.db", NO_LINGER));
+    let uris = [
+        w.uri("h1", "a.db", NO_LINGER),
+        w.uri("h2", "a.db", NO_LINGER),
+    ]
+    .to_vec();
     let results = run_increment_children(w, &uris, N, &Pace::INTERLEAVED);
     let statuses: Vec<&Value> = results.iter().map(|(_, s)| s).collect();
     for s in &statuses {
@@ -173,12 +180,14 @@ fn two_hosts_interleaved_writers_no_lost_update(w: &World) {
 /// The same with two caches in one process, on two threads.
 fn two_hosts_interleaved_writers_threads(w: &World) {
     const N: u32 = 50;
-    create_counter(&w.uri("h1", "a.db", ""));
+    // As above: each commit gives the lease back, so the writers can interleave.
+    const NO_LINGER: &str = "&lease_linger_ms=0";
+    create_counter(&w.uri("h1", "a.db", NO_LINGER));
     let barrier = Arc::new(std::sync::Barrier::new(2));
     let workers: Vec<_> = ["h1", "h2"]
         .into_iter()
         .map(|host| {
-            let uri = w.uri(host, "a.db", "");
+            let uri = w.uri(host, "a.db", NO_LINGER);
             let barrier = barrier.clone();
             thread::spawn(move || {
                 let c = open(&uri);

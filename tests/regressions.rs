@@ -46,6 +46,9 @@ fn world_where_h1_ran(tag: &str, extra: &str, sql: &str) -> (MemWorld, rusqlite:
     let m = MemWorld::with_defaults(tag, "&retry_base_ms=1");
     let c = m.open("h1", extra);
     c.execute_batch(sql).unwrap();
+    // What the tests do next (another process's commit on this cache, host 2's
+    // write) needs the lease: the one kept warm after this write goes back first.
+    wait::until_lease_released(&c);
     (m, c)
 }
 
@@ -334,6 +337,8 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
     );
     let h2 = m.open("h2", "");
     h2.execute("UPDATE t SET x = 'b'", []).unwrap(); // acknowledged on host 2
+                                                     // c's write must meet the moved remote, not host 2's lease kept warm.
+    wait::until_lease_released(&h2);
     c.execute_batch("BEGIN").unwrap();
     let seen: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
     assert_eq!(seen, "a", "stale read within staleness_ms, as documented");

@@ -22,7 +22,8 @@ fn first_write_in_one_transaction_uploads_once(w: &World) {
     assert_eq!(fetches(&s), 0, "{s}");
     assert_eq!(s["requests"]["bytes_down"], 0, "{s}");
     assert_eq!(s["dirty"], false);
-    assert_eq!(s["lease_held"], false);
+    assert_eq!(s["lease_held"], true, "kept warm for the next write");
+    wait::until_lease_released(&c);
     assert_eq!(remote_count(w, "a.db", "t"), 1);
 }
 

@@ -98,11 +98,25 @@ impl fmt::Debug for LeaseId {
     }
 }
 
-/// A lease just acquired, with the etag of the blob at that moment.
+/// A lease just acquired, with the version of the blob at that moment: its etag
+/// always (Azure's Acquire Lease reply carries it), its size where the store knows it
+/// without another request (the local and memory stores; Azure's reply has none).
 #[derive(Clone, Debug)]
 pub struct Lease {
     pub id: LeaseId,
-    pub stat: BlobStat,
+    pub etag: Etag,
+    pub size: Option<u64>,
+}
+
+impl Lease {
+    /// A lease on the version `stat`, size known.
+    pub fn on(id: LeaseId, stat: BlobStat) -> Lease {
+        Lease {
+            id,
+            etag: stat.etag,
+            size: Some(stat.size),
+        }
+    }
 }
 
 /// Why a backend call failed, as far as the state machine cares.
@@ -210,8 +224,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// implements; callers usually use [`Backend::upload`]).
     fn put_blob(&self, blob: &str, body: Body<'_>, terms: Terms<'_>) -> BackendResult<BlobStat>;
 
-    /// Take the lease on an existing blob for `duration`. `LeaseHeld` when another
-    /// owner holds it, `NotFound` when the blob does not exist.
+    /// Take the lease on an existing blob for `duration`, with the etag of the version
+    /// it starts from (and its size when known without another request: callers that
+    /// need it and get `None` ask [`Backend::stat`]). `LeaseHeld` when another owner
+    /// holds it, `NotFound` when the blob does not exist.
     fn acquire_lease(&self, blob: &str, duration: Duration) -> BackendResult<Lease>;
 
     /// Extend a lease we hold. `LeaseLost` when it is no longer ours.
@@ -319,6 +335,11 @@ pub trait Blocks: Send + Sync {
 
     /// Commit `ids` as the blob's content on `terms` (what each backend implements).
     fn commit(&self, blob: &str, ids: &[BlockId], terms: Terms<'_>) -> BackendResult<BlobStat>;
+
+    /// Sizes of committed blocks the caller knows (the chunk list a cache keeps beside
+    /// it), so that a commit naming blocks this process never staged nor listed needs
+    /// no request to learn the blob's size. Stores that need no help keep the default.
+    fn learn_sizes(&self, _blob: &str, _blocks: &[(BlockId, u64)]) {}
 
     /// `len` bytes at `offset` of the version `etag`; `ConditionFailed` when the blob
     /// is no longer that version.

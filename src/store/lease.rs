@@ -1,7 +1,10 @@
 //! The remote lease as the store uses it: taken in one place
 //! ([`Store::take_write_lease`]), kept only when the remote is still the cache's
-//! base, given back when the write ends, and parked (never forgotten) when a
-//! release fails.
+//! base, kept warm for `lease_linger_ms` when a write ends (then given back in the
+//! background), and parked (never forgotten) when a release fails.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use super::state::{LeaseSlot, State};
 use super::Store;
@@ -11,12 +14,15 @@ use crate::lease::HeldLease;
 use crate::sidecar::LeaseOwner;
 
 impl Store {
-    /// The lease for a write: revive a parked one, keep a live one, or take it.
-    /// `Ok(true)` when the blob does not exist and the first upload creates it.
+    /// The lease for a write: revive a parked one, wake a warm one, keep a live one,
+    /// or take it. `Ok(true)` when the blob does not exist and the first upload
+    /// creates it.
     pub(super) fn ensure_lease(&self, st: &mut State) -> Result<bool> {
         self.revive_parked_lease(st)?;
-        match st.lease.observe() {
+        st.lease.observe().wake();
+        match &st.lease {
             LeaseSlot::Live(_) => Ok(false),
+            LeaseSlot::Warm { .. } => unreachable!("woken above"),
             LeaseSlot::Lost => Err(Error::Backend(BackendError::new(
                 BackendErrorKind::LeaseLost,
                 format!("the lease on blob '{}' was lost", self.config.blob),
@@ -52,6 +58,7 @@ impl Store {
     /// blob is the same), so the writer that creates the database holds the lease
     /// too. `None` only when the blob vanished again in between.
     fn acquire_lease(&self, st: &mut State) -> Result<Option<Lease>> {
+        let mut created_etag = None;
         let busy = |e: &BackendError| {
             Error::Busy(format!(
                 "the lease on blob '{}' is held by another writer: {}",
@@ -62,6 +69,13 @@ impl Store {
         let mut reclaimed = false;
         loop {
             match self.remote.acquire_lease(self.config.lease) {
+                // The empty blob just created, still that version: its size is known.
+                Ok(lease) if created_etag.as_ref() == Some(&lease.etag) => {
+                    return Ok(Some(Lease {
+                        size: Some(0),
+                        ..lease
+                    }))
+                }
                 Ok(lease) => return Ok(Some(lease)),
                 Err(e) if e.kind == BackendErrorKind::LeaseHeld => {
                     if !reclaimed && self.reclaim_dead_writers_lease(st) {
@@ -80,7 +94,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
             match self.remote.create_empty() {
-                Ok(_) => {}
+                Ok(stat) => created_etag = Some(stat.etag),
                 Err(e) if e.kind == BackendErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e.into()),
             }
@@ -123,9 +137,11 @@ impl Store {
 
     /// Keep a lease just taken if the remote is still our base version (or empty,
     /// for a cache that has none); else give it back: the snapshot is stale.
+    /// The lease's etag says whether it matches; only a cache with no base asks the
+    /// size (a stat, when the acquire did not tell it).
     fn adopt_lease(&self, st: &mut State, lease: Lease) -> Result<()> {
-        let matches = st.sidecar.base.as_ref() == Some(&lease.stat.etag);
-        let adoptable_empty = st.sidecar.base.is_none() && lease.stat.size == 0;
+        let matches = st.sidecar.base.as_ref() == Some(&lease.etag);
+        let adoptable_empty = st.sidecar.base.is_none() && self.leased_size(&lease)? == Some(0);
         if !(matches || adoptable_empty) {
             self.give_back(st, lease.id);
             self.force_check(st);
@@ -142,12 +158,26 @@ impl Store {
             self.config.lease,
         ));
         if adoptable_empty {
-            st.sidecar.base = Some(lease.stat.etag);
+            st.sidecar.base = Some(lease.etag);
         }
         if record || adoptable_empty {
             self.save(st)?;
         }
         Ok(())
+    }
+
+    /// The size of the version a lease starts from: told by the acquire, or asked
+    /// (under the lease nobody else can move the blob, so a stat of another etag
+    /// means the lease is not in force: no size).
+    fn leased_size(&self, lease: &Lease) -> Result<Option<u64>> {
+        if lease.size.is_some() {
+            return Ok(lease.size);
+        }
+        Ok(self
+            .remote
+            .stat()?
+            .filter(|stat| stat.etag == lease.etag)
+            .map(|stat| stat.size))
     }
 
     pub(super) fn moved_since_snapshot(&self, advice: &str) -> Error {
@@ -158,12 +188,62 @@ impl Store {
         ))
     }
 
+    /// A write transaction outside a batch ended: when it published, keep the lease
+    /// warm for `lease_linger_ms` (the renewer calls [`Store::release_if_idle`]
+    /// then); else give it back at once: linger 0, a transaction that published
+    /// nothing (rolled back, failed), a check pending (the remote may have moved: a
+    /// failed publish, a commit that did not finish locally).
+    pub(super) fn linger_or_release(self: &Arc<Self>, st: &mut State) {
+        let linger = self.config.lease_linger;
+        let published = std::mem::take(&mut st.published_in_write);
+        if !linger.is_zero()
+            && published
+            && !st.must_check
+            && st.write.lease_unneeded()
+            && self.renewed_after_snapshot(st)
+        {
+            let store = Arc::downgrade(self);
+            let on_idle = move || {
+                if let Some(store) = store.upgrade() {
+                    store.release_if_idle();
+                }
+            };
+            if st.lease.observe().linger(Instant::now() + linger, on_idle) {
+                return;
+            }
+        }
+        self.release_lease(st);
+    }
+
+    /// With `history` on, the publish took a snapshot under the lease; Azurite then
+    /// refuses the lease on Put Block until it is renewed (Azure keeps it). One
+    /// renewal makes it usable for the next write; `false` when that failed.
+    fn renewed_after_snapshot(&self, st: &State) -> bool {
+        if !self.config.history.is_on() {
+            return true;
+        }
+        match st.lease.live_id() {
+            Some(id) => self.remote.renew_lease(id, self.config.lease).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The linger of a warm lease is over: give it back, under the store's mutex and
+    /// only when no write took it meanwhile (it is `Live` then, or warm until later).
+    pub(super) fn release_if_idle(&self) {
+        let mut st = self.lock_state();
+        if st.lease.idle_at(Instant::now()) && st.write.lease_unneeded() {
+            tracing::debug!(blob = %self.config.blob, "releasing the lease after its linger");
+            self.release_lease(&mut st);
+        }
+    }
+
     /// The write is over: give the lease back (a lost one is simply dropped).
     pub(super) fn release_lease(&self, st: &mut State) {
         match std::mem::take(&mut st.lease) {
             LeaseSlot::None | LeaseSlot::Lost => {}
-            LeaseSlot::Live(held) if held.is_lost() => {}
-            LeaseSlot::Live(held) => self.give_back(st, held.stop()),
+            LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } if held.is_lost() => {}
+            LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => self.give_back(st, held.stop()),
             LeaseSlot::Parked(id) => self.give_back(st, id),
         }
     }

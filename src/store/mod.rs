@@ -9,7 +9,7 @@
 //! | SHARED -> RESERVED           | take the remote lease, check the snapshot ([`Store::begin_write`]) |
 //! | SQLITE_FCNTL_SYNC            | publish, unless a batch is open or `flush_ms` defers it ([`Store::sync_point`]) |
 //! | SQLITE_FCNTL_COMMIT_PHASETWO | the local commit finished ([`Store::commit_phase_two`]) |
-//! | unlock below RESERVED        | release the lease unless a batch or deferred commits hold it ([`Store::end_write`]) |
+//! | unlock below RESERVED        | keep the lease warm for `lease_linger_ms` (or release it) unless a batch or deferred commits hold it ([`Store::end_write`]) |
 //! | xClose (last connection)     | flush a pending batch, release the lease ([`Store::detach`]) |
 //! | a deferral's deadline        | the flusher thread uploads ([`flusher`])               |
 //!
@@ -238,7 +238,8 @@ impl Store {
         let mut st = self.lock_state();
         st.writable = st.writable.saturating_sub(usize::from(!read_only));
         // The mutex was dropped for the flush: a connection that attached meanwhile
-        // may have taken the lease for its write or batch. It is theirs now.
+        // may have taken the lease for its write or batch. It is theirs now. A warm
+        // lease (lingering after the last write) goes back now.
         if st.connections == 0 && st.write.lease_unneeded() {
             self.release_lease(&mut st);
         }
@@ -266,13 +267,18 @@ impl Store {
     }
 
     fn on_shared_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        // While we are the writer, nobody else can move the remote.
-        let writing_here = st.lease.is_writing_here();
+        // While we are the writer (a lease live or warm), nobody else can move the
+        // remote: no freshness check.
+        let writing_here = st.lease.observe().is_writing_here();
         let fresh = st
             .last_check
             .is_some_and(|t| t.elapsed() < self.config.staleness);
         if (writing_here || fresh) && !st.must_check {
             return Ok(());
+        }
+        // A forced check may take a new version: an idle warm lease is of no use.
+        if st.lease.is_warm() && st.write.lease_unneeded() {
+            self.release_lease(st);
         }
         match self.sync(st, file, LockLevel::Shared) {
             Ok(()) => Ok(()),
@@ -303,10 +309,12 @@ impl Store {
     }
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
-        // While this process holds a live lease (a batch), no other process can change
-        // the sidecar: its commits, flushes and recoveries need the lease, and an
-        // install needs the remote to move, which the lease prevents. Otherwise
-        // re-read it: another process sharing the cache may have changed it.
+        st.published_in_write = false;
+        // While this process holds a live lease (a batch, or one lingering after the
+        // last write), no other process can change the sidecar: its commits, flushes
+        // and recoveries need the lease, and an install needs the remote to move,
+        // which the lease prevents. Otherwise re-read it: another process sharing
+        // the cache may have changed it.
         if !st.lease.observe().is_live() {
             self.reload(st)?;
         }
@@ -410,8 +418,9 @@ impl Store {
         self.force_check(st);
     }
 
-    /// Unlock below RESERVED: the write transaction ended.
-    pub fn end_write(&self) {
+    /// Unlock below RESERVED: the write transaction ended. Outside a batch the lease
+    /// lingers for the next write (`lease_linger_ms`), or goes back at once.
+    pub fn end_write(self: &Arc<Self>) {
         let mut st = self.lock_state();
         st.write.end_txn();
         if st.sidecar.in_flight == InFlight::Commit {
@@ -425,7 +434,7 @@ impl Store {
             }
         }
         if st.write.lease_unneeded() {
-            self.release_lease(&mut st);
+            self.linger_or_release(&mut st);
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::state::State;
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, BlobStat, BlockId, Condition, LeaseId};
+use crate::delta::Manifest;
 use crate::error::{Error, Result};
 use crate::localfile::LocalFile;
 use crate::remote::UploadError;
@@ -77,6 +78,7 @@ impl Store {
         st.sidecar.base = Some(stat.etag.clone());
         st.sidecar.dirty = false;
         st.sidecar.generation += 1;
+        st.published_in_write = true;
         self.keep_version(st, lease.as_ref());
         Ok(stat)
     }
@@ -127,11 +129,30 @@ impl Store {
             .iter()
             .map(|id| id.as_bytes().to_vec())
             .collect();
+        if !st.sizes_taught {
+            self.teach_sizes(&manifest, &raw);
+        }
         let committed = self.remote.commit_blocks(&raw, condition, lease);
         let stat = self.landed_or(committed, file, Attempt::Blocks(&raw))?;
         self.set_manifest(st, Some((stat.etag.clone(), manifest)));
         st.written.clear();
+        st.sizes_taught = true;
         Ok(stat)
+    }
+
+    /// Tell the backend the size of every chunk of `manifest` (a process that did
+    /// not stage or list them would otherwise ask the blob's size after the commit).
+    fn teach_sizes(&self, manifest: &Manifest, raw: &[BlockId]) {
+        let Some(blocks) = self.remote.backend().blocks() else {
+            return;
+        };
+        let chunk = manifest.chunk_size;
+        let sizes: Vec<(BlockId, u64)> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), chunk.min(manifest.len - i as u64 * chunk)))
+            .collect();
+        blocks.learn_sizes(&self.config.blob, &sizes);
     }
 
     fn publish_whole(

@@ -301,8 +301,13 @@ pub(crate) enum LeaseSlot {
     /// No lease.
     #[default]
     None,
-    /// Held and renewed in the background.
+    /// Held and renewed in the background, for a write transaction or a batch.
     Live(HeldLease),
+    /// Held and renewed after a write transaction ended (`lease_linger_ms`), so that
+    /// the next one needs neither an acquire nor a freshness check: nobody else can
+    /// publish meanwhile. Released in the background once idle at `until`, at close,
+    /// or when a check must look at the remote.
+    Warm { held: HeldLease, until: Instant },
     /// Held but not renewed, because its release failed: it lapses by itself within
     /// `lease_secs` unless this process's next writer renews it. Never forgotten, or
     /// every writer, this process included, would wait for it to lapse.
@@ -313,18 +318,21 @@ pub(crate) enum LeaseSlot {
 }
 
 impl LeaseSlot {
-    /// Turn a live lease whose renewal found it gone into [`LeaseSlot::Lost`].
+    /// Turn a lease whose renewal found it gone into [`LeaseSlot::Lost`] (a live one:
+    /// its write must fail) or [`LeaseSlot::None`] (a warm one: no write used it).
     pub fn observe(&mut self) -> &mut Self {
-        if matches!(self, LeaseSlot::Live(l) if l.is_lost()) {
-            *self = LeaseSlot::Lost;
+        match self {
+            LeaseSlot::Live(l) if l.is_lost() => *self = LeaseSlot::Lost,
+            LeaseSlot::Warm { held, .. } if held.is_lost() => *self = LeaseSlot::None,
+            _ => {}
         }
         self
     }
 
-    /// The id to fence uploads with, while the lease is live.
+    /// The id to fence uploads with, while the lease is held and renewed.
     pub fn live_id(&self) -> Option<&LeaseId> {
         match self {
-            LeaseSlot::Live(l) => Some(&l.id),
+            LeaseSlot::Live(l) | LeaseSlot::Warm { held: l, .. } => Some(&l.id),
             _ => None,
         }
     }
@@ -332,7 +340,10 @@ impl LeaseSlot {
     /// Held and renewed (or held and lost, which only an upload will tell for sure):
     /// this process is the writer, nobody else can move the remote.
     pub fn is_writing_here(&self) -> bool {
-        matches!(self, LeaseSlot::Live(_) | LeaseSlot::Lost)
+        matches!(
+            self,
+            LeaseSlot::Live(_) | LeaseSlot::Warm { .. } | LeaseSlot::Lost
+        )
     }
 
     pub fn is_none(&self) -> bool {
@@ -340,7 +351,43 @@ impl LeaseSlot {
     }
 
     pub fn is_live(&self) -> bool {
-        matches!(self, LeaseSlot::Live(l) if !l.is_lost())
+        matches!(self, LeaseSlot::Live(l) | LeaseSlot::Warm { held: l, .. } if !l.is_lost())
+    }
+
+    pub fn is_warm(&self) -> bool {
+        matches!(self, LeaseSlot::Warm { .. })
+    }
+
+    /// A write takes the lingering lease back: `Warm` becomes `Live`.
+    pub fn wake(&mut self) {
+        if let LeaseSlot::Warm { .. } = self {
+            if let LeaseSlot::Warm { held, .. } = std::mem::take(self) {
+                *self = LeaseSlot::Live(held);
+            }
+        }
+    }
+
+    /// Keep a live lease warm until `until`. The renewer releases it then, by
+    /// calling `on_idle`; `false` (nothing changed) when the slot is not a live lease
+    /// or its renewer is gone.
+    pub fn linger(&mut self, until: Instant, on_idle: impl FnOnce() + Send + 'static) -> bool {
+        let armed = match self {
+            LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => {
+                !held.is_lost() && held.release_when_idle(until, on_idle)
+            }
+            _ => false,
+        };
+        if armed {
+            if let LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } = std::mem::take(self) {
+                *self = LeaseSlot::Warm { held, until };
+            }
+        }
+        armed
+    }
+
+    /// A warm lease whose linger is over at `now` (a later write moves `until`).
+    pub fn idle_at(&self, now: Instant) -> bool {
+        matches!(self, LeaseSlot::Warm { until, .. } if now >= *until)
     }
 }
 
@@ -365,6 +412,12 @@ pub(crate) struct State {
     pub manifest: Option<(Etag, Manifest)>,
     /// 64 KiB granules of the cache written by commits since the base.
     pub written: BTreeSet<u64>,
+    /// The backend was told the sizes of the base's chunks (it learns them from its
+    /// own stages and lists too), so a commit needs no request for the blob's size.
+    pub sizes_taught: bool,
+    /// The current write transaction published a version: its lease is the one the
+    /// remote's newest version was written under, worth keeping warm.
+    pub published_in_write: bool,
 }
 
 impl State {
@@ -382,6 +435,8 @@ impl State {
             pending_download: None,
             manifest: None,
             written: BTreeSet::new(),
+            sizes_taught: false,
+            published_in_write: false,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod handoff;
 pub mod http_proxy;
 pub mod memworld;
 mod uri;
+pub mod wait;
 pub use uri::uri_escape;
 
 use std::path::{Path, PathBuf};

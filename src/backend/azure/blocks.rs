@@ -222,6 +222,10 @@ impl Blocks for AzureBackend {
         Ok(())
     }
 
+    fn learn_sizes(&self, blob: &str, blocks: &[(BlockId, u64)]) {
+        self.remember_sizes(blob, blocks);
+    }
+
     fn commit(&self, blob: &str, ids: &[BlockId], terms: Terms<'_>) -> BackendResult<BlobStat> {
         let Terms { condition, lease } = terms;
         let op = Op::CommitBlocks {

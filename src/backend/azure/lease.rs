@@ -1,9 +1,9 @@
 //! Azure blob leases. Azure only knows 15 to 60 s: shorter durations are rounded
 //! up to 15 s and longer ones capped at 60 s; a renewal keeps the duration the lease
 //! was acquired with. An acquire that failed transiently is retried with the same
-//! proposed lease id, so a lost reply does not lock us out; so is the acquire after
-//! one whose stat and then release failed (the lease is never forgotten). Releasing
-//! or breaking a lease that is already gone succeeds.
+//! proposed lease id, so a lost reply does not lock us out. The Acquire Lease reply
+//! carries the blob's ETag: no Get Properties follows it. Releasing or breaking a
+//! lease that is already gone succeeds.
 
 use std::time::Duration;
 
@@ -42,13 +42,12 @@ impl AzureBackend {
             proposed_lease_id: Some(proposed.clone()),
             ..Default::default()
         };
-        let acquire_client = client.clone();
         let result = self.call(blob, op, self.tuning.request_timeout, async move {
-            let response = acquire_client.acquire_lease(secs, Some(options)).await?;
-            response.lease_id()
+            let response = client.acquire_lease(secs, Some(options)).await?;
+            Ok((response.lease_id()?, response.etag()?))
         });
-        let id = match result {
-            Ok(id) => id.unwrap_or(proposed),
+        let (id, etag) = match result {
+            Ok(reply) => reply,
             Err(e) => {
                 if e.is_transient() {
                     self.pending_acquires
@@ -61,15 +60,28 @@ impl AzureBackend {
                 return Err(e);
             }
         };
-        let lease = LeaseId(id);
-        // The lease fences writers, so this stat is the version the lease starts from.
+        let id = LeaseId(id.unwrap_or(proposed));
+        // The lease fences writers, so the reply's ETag is the version the lease
+        // starts from. Its size is not in the reply: the caller asks when it needs it.
+        match etag {
+            Some(etag) => Ok(Lease {
+                etag: self.etag_of(blob, op, Some(etag))?,
+                id,
+                size: None,
+            }),
+            None => self.stat_for_lease(blob, id),
+        }
+    }
+
+    /// A reply without an ETag (never seen from Azure or Azurite): the version the
+    /// lease starts from, asked. A lease nobody will use is given back.
+    fn stat_for_lease(&self, blob: &str, lease: LeaseId) -> BackendResult<Lease> {
         match self.stat(blob) {
-            Ok(Some(stat)) => Ok(Lease { id: lease, stat }),
+            Ok(Some(stat)) => Ok(Lease::on(lease, stat)),
             failed => {
-                // Do not keep a lease nobody will use. When the release fails too, the
-                // id is kept as the next acquire's proposal: Azure accepts an acquire
-                // with the active lease's own id, so this process takes it back
-                // instead of waiting for it to lapse.
+                // When the release fails too, the id is kept as the next acquire's
+                // proposal: Azure accepts an acquire with the active lease's own id,
+                // so this process takes it back instead of waiting for it to lapse.
                 if let Err(e) = self.release_lease(blob, &lease) {
                     tracing::warn!(blob, lease = ?lease, error = %e,
                         "releasing a lease taken for a failed acquire failed; its id is \
@@ -82,7 +94,7 @@ impl AzureBackend {
                     self.fail(
                         BackendErrorKind::NotFound,
                         blob,
-                        op,
+                        Op::AcquireLease,
                         "the blob vanished after its lease was taken",
                     )
                 }))

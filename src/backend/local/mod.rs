@@ -213,10 +213,7 @@ impl Backend for LocalBackend {
         }
         let record = self.new_lease(duration);
         p.write_lease(&record, OP)?;
-        Ok(Lease {
-            id: LeaseId(record.token),
-            stat,
-        })
+        Ok(Lease::on(LeaseId(record.token), stat))
     }
 
     fn renew_lease(&self, blob: &str, lease: &LeaseId, duration: Duration) -> BackendResult<()> {

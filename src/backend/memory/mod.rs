@@ -293,10 +293,7 @@ impl Backend for MemoryBackend {
             expires: expiry_after(duration),
         };
         state.leases.insert(blob.to_owned(), lease);
-        Ok(Lease {
-            id: LeaseId(token),
-            stat,
-        })
+        Ok(Lease::on(LeaseId(token), stat))
     }
 
     fn renew_lease(&self, blob: &str, lease: &LeaseId, duration: Duration) -> BackendResult<()> {
@@ -467,7 +464,7 @@ mod tests {
         m.put("x.db", b"1");
         let lease = m.acquire_lease("x.db", Duration::from_secs(30)).unwrap();
         m.put("x.db", b"1");
-        assert_ne!(m.stat("x.db").unwrap().unwrap().etag, lease.stat.etag);
+        assert_ne!(m.stat("x.db").unwrap().unwrap().etag, lease.etag);
         assert!(m.lease_holder_exists("x.db"));
         m.expire_lease("x.db");
         assert!(!m.lease_holder_exists("x.db"));

@@ -256,7 +256,7 @@ pub fn check_blocks_respect_the_lease(store: &Store) {
     let Some(bl) = blocks_of(store) else { return };
     let (first, v1) = create_by_blocks(b, "lb.db", &[b"v1"]);
     let lease = b.acquire_lease("lb.db", LONG).unwrap();
-    assert_eq!(lease.stat, v1);
+    assert_lease_on(&lease, &v1);
     let wrong = LeaseId(WRONG_LEASE.into());
     let data = b"v2".to_vec();
     let id2 = id(0, &data);

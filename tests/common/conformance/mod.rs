@@ -9,7 +9,7 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use managedblob::backend::{
-    Backend, BackendErrorKind, BackendResult, BlobStat, Condition, Etag, LeaseId,
+    Backend, BackendErrorKind, BackendResult, BlobStat, Condition, Etag, Lease, LeaseId,
 };
 
 pub mod backend;
@@ -51,6 +51,16 @@ pub fn download(b: &dyn Backend, blob: &str) -> (Vec<u8>, BlobStat) {
 
 pub fn current(b: &dyn Backend, blob: &str) -> BlobStat {
     b.stat(blob).expect("stat").expect("blob exists")
+}
+
+/// A lease starts from the version `stat`: its etag, and its size where the store
+/// tells it with the acquire (Azure's reply has no size).
+#[track_caller]
+pub fn assert_lease_on(lease: &Lease, stat: &BlobStat) {
+    assert_eq!(lease.etag, stat.etag, "{lease:?} on {stat:?}");
+    if let Some(size) = lease.size {
+        assert_eq!(size, stat.size, "{lease:?} on {stat:?}");
+    }
 }
 
 #[track_caller]
