@@ -599,7 +599,10 @@ fn shell_on_azurite_writes_and_a_second_shell_on_another_cache_reads_it() {
     assert!(!lines[3].contains(&signature), "the SAS is shown: {status}");
     assert_eq!(status["blob"], "corpus.db", "{status}");
     assert_eq!(status["dirty"], false, "{status}");
-    assert_eq!(status["lease_held"], true, "kept warm for the next write: {status}");
+    assert_eq!(
+        status["lease_held"], true,
+        "kept warm for the next write: {status}"
+    );
     assert_eq!(status["last_error"], Value::Null, "{status}");
     // Two autocommit transactions, two new versions (whole or by blocks).
     assert_eq!(common::uploads(&status), 2, "{status}");

@@ -365,3 +365,54 @@ fn a_transaction_keeps_the_lease_it_woke_past_the_linger() {
         "warm again after this commit"
     );
 }
+
+/// A host that commits without a break keeps its warm lease for at most
+/// `WarmTurn::LIMIT` lingers, then gives another host's waiting writer its turn:
+/// the other writer gets in while the first is still committing.
+#[test]
+fn a_busy_writer_does_not_starve_another_host() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let Some(s) = Setup::new() else { return };
+    const LINGER: &str = "&lease_linger_ms=100";
+    let a = s.open("h1", LINGER);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, commits) = (stop.clone(), commits.clone());
+        std::thread::spawn(move || {
+            // Far more commits than the other host's busy_timeout lasts.
+            for i in 0..100_000u64 {
+                if stop.load(Ordering::SeqCst) {
+                    return true;
+                }
+                insert(&a, i);
+                commits.fetch_add(1, Ordering::SeqCst);
+            }
+            false
+        })
+    };
+    while commits.load(Ordering::SeqCst) < 5 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(status_of(&s, "h1")["lease_held"], true);
+    let b = s.open("h2", LINGER);
+    b.execute("INSERT INTO t(v) VALUES ('from h2')", [])
+        .expect("h2's writer got its turn within its busy_timeout");
+    let stopped_by_us = {
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap()
+    };
+    assert!(stopped_by_us, "h1 ran out of commits before h2 got in");
+    let n: i64 = b
+        .query_row("SELECT count(*) FROM t WHERE v = 'from h2'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+fn status_of(s: &Setup, host: &str) -> serde_json::Value {
+    status(&s.open(host, "&lease_linger_ms=100"))
+}

@@ -198,6 +198,7 @@ impl Store {
         let published = std::mem::take(&mut st.published_in_write);
         if !linger.is_zero()
             && published
+            && st.warm_turn.may_keep(Instant::now(), linger)
             && !st.must_check
             && st.write.lease_unneeded()
             && self.renewed_after_snapshot(st)
@@ -240,6 +241,7 @@ impl Store {
 
     /// The write is over: give the lease back (a lost one is simply dropped).
     pub(super) fn release_lease(&self, st: &mut State) {
+        st.warm_turn.released();
         match std::mem::take(&mut st.lease) {
             LeaseSlot::None | LeaseSlot::Lost => {}
             LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } if held.is_lost() => {}

@@ -298,6 +298,12 @@ impl Store {
     /// checks that the remote is still the version this snapshot read (BUSY and a
     /// forced refresh when it moved).
     pub fn begin_write(&self) -> Result<()> {
+        // A long warm turn just ended: other hosts' writers get the lease first
+        // (state::WarmTurn). Waited outside the mutex.
+        let pause = self.lock_state().warm_turn.pause_left(Instant::now());
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
         let mut st = self.lock_state();
         let result = self.begin_write_locked(&mut st);
         match &result {
