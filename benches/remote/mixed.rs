@@ -298,6 +298,15 @@ pub(super) fn mixed(azurite: &azurite::Azurite, plan: &Plan, start: Instant, out
     }
 }
 
+/// Own CPU beyond plain SQLite's, per writing transaction (empty for plain itself).
+fn extra_cpu_per_write(row: &MixedRow, plain: &MixedRow) -> String {
+    if row.delay_ms.is_none() {
+        return String::new();
+    }
+    let extra = row.cpu.own.as_secs_f64() - plain.cpu.own.as_secs_f64();
+    ms(extra * 1e3 / row.tally.writes.max(1) as f64)
+}
+
 /// The table of section F, with the ratios to plain SQLite and to the floor.
 pub(super) fn mixed_table(w: &mut String, rows: &[MixedRow]) {
     let Some(plain) = rows.iter().find(|r| r.delay_ms.is_none()) else {
@@ -311,7 +320,7 @@ pub(super) fn mixed_table(w: &mut String, rows: &[MixedRow]) {
         tally.writes,
         tally.reads
     );
-    header(w, "| variant | added delay | wall s | own CPU s | proxy CPU s | Azurite CPU s | requests in sequence | HTTP (proxy) | wall / plain | own CPU / plain | floor s | wall / floor |");
+    header(w, "| variant | added delay | wall s | own CPU s | proxy CPU s | Azurite CPU s | requests in sequence | HTTP (proxy) | wall / plain | own CPU / plain | own CPU over plain per write, ms | floor s | wall / floor |");
     let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
     let plain_wall = plain.wall.as_secs_f64();
     for row in rows {
@@ -328,7 +337,7 @@ pub(super) fn mixed_table(w: &mut String, rows: &[MixedRow]) {
         };
         let _ = writeln!(
             w,
-            "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} |",
             row.variant,
             delay,
             wall,
@@ -339,6 +348,7 @@ pub(super) fn mixed_table(w: &mut String, rows: &[MixedRow]) {
             row.http,
             wall / plain_wall,
             row.cpu.own.as_secs_f64() / plain.cpu.own.as_secs_f64(),
+            extra_cpu_per_write(row, plain),
             if floor.is_empty() { " | " } else { &floor },
         );
     }
