@@ -7,17 +7,28 @@
 //!     cargo test --features azure --bench remote                # the smoke run (quick)
 //!
 //! Without `--bench` among its arguments (as under `cargo test --benches`), or with
-//! `MANAGEDBLOB_BENCH_QUICK=1`, the run is the quick one. `--only=ABCD` picks sections,
-//! `--backend=local|azurite` one backend, `--mib=64,512` the sizes of A and B.
+//! `MANAGEDBLOB_BENCH_QUICK=1`, the run is the quick one. `--only=ABCDEF` picks
+//! sections, `--backend=local|azurite` one backend, `--mib=64,512` the sizes of A and
+//! B, `--flush-ms=100` adds F's deferred-upload variant (skipped, saying so, where the
+//! build has no `flush_ms` setting).
 //!
 //! - A. Delta sync: one-row commit, and the reader's reopen after another host's
 //!   one-row commit, `sync=delta` against `sync=full`, at 4, 64 and 512 MiB.
 //! - B. Open: warm (etag matches) against cold (whole download) at 1, 64 and 512 MiB,
-//!   and the raw transfer of the same blob (a file copy; one SDK download).
+//!   and the raw transfer of the same blob (a file copy; one SDK download), each
+//!   timed without and with an fsync of the written file.
 //! - C. Commit: one-row autocommit latency; 1,000 autocommits against one batch of
 //!   1,000 commits.
 //! - D. Freshness: point selects in autocommit with `staleness_ms=0`, the default
 //!   (1000), and inside a batch (lease held).
+//! - E. Round trips (Azurite only): one-row autocommits into a 64 MiB database
+//!   through a loopback proxy that delays each request by 0, 5 and 20 ms; per commit
+//!   the requests in sequence, HTTP requests, ms and CPU.
+//! - F. Mixed workload (Azurite only): a speedtest1-like mix of small transactions on
+//!   plain SQLite and on managedblob behind the proxy at 0 and 5 ms: wall, own CPU,
+//!   Azurite's CPU, requests, and the ratios to plain and to the floor.
+//!
+//! The quick form runs E and F at 0 and 5 ms only, on small sizes.
 //!
 //! `requests` are managedblob's counted remote calls (`PRAGMA managedblob_status`);
 //! `HTTP` are the HTTP requests the Azure SDK actually sent (counted from its
@@ -25,7 +36,6 @@
 //! requests. Progress goes to stderr, the markdown tables to stdout at the end.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,6 +50,20 @@ mod azurite;
 #[path = "../tests/common/uri.rs"]
 mod uri;
 use uri::uri_escape;
+#[path = "remote/area.rs"]
+mod area;
+use area::*;
+#[path = "remote/cpu.rs"]
+mod cpu;
+#[allow(dead_code)]
+#[path = "../tests/common/http_proxy.rs"]
+mod http_proxy;
+#[path = "remote/latency.rs"]
+mod latency;
+use latency::LatencyRow;
+#[path = "remote/mixed.rs"]
+mod mixed;
+use mixed::MixedRow;
 #[path = "remote/measure.rs"]
 mod measure;
 use measure::*;
@@ -50,168 +74,6 @@ use tables::*;
 const MIB: u64 = 1 << 20;
 /// Bytes of random payload per row (about four rows to a 4 KiB page).
 const ROW: u64 = 1000;
-
-// ---------------------------------------------------------------------------------
-// SQLite helpers.
-
-fn flags() -> OpenFlags {
-    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
-}
-
-fn open(uri: &str) -> Connection {
-    let c = Connection::open_with_flags(uri, flags()).unwrap_or_else(|e| panic!("open: {e}"));
-    c.busy_timeout(Duration::from_secs(30)).unwrap();
-    c
-}
-
-fn status(c: &Connection) -> serde_json::Value {
-    let text: String = c
-        .query_row("PRAGMA managedblob_status", [], |r| r.get(0))
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// Run a pragma that may or may not return a row.
-fn pragma(c: &Connection, text: &str) {
-    let mut stmt = c.prepare(text).unwrap();
-    let mut rows = stmt.query([]).unwrap();
-    while rows.next().unwrap().is_some() {}
-}
-
-/// One transaction of `bytes / 1 KiB` rows of 1000 random bytes.
-fn build(c: &Connection, bytes: u64) {
-    let rows = bytes / 1024;
-    c.execute_batch(&format!(
-        "PRAGMA cache_size = -65536;
-         BEGIN;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
-         INSERT INTO t(b) SELECT randomblob({ROW}) FROM n;
-         COMMIT;"
-    ))
-    .unwrap();
-}
-
-fn one_row(c: &Connection) {
-    c.execute(&format!("INSERT INTO t(b) VALUES (randomblob({ROW}))"), [])
-        .unwrap();
-}
-
-fn max_id(c: &Connection) -> i64 {
-    c.query_row("SELECT max(id) FROM t", [], |r| r.get(0))
-        .unwrap()
-}
-
-// ---------------------------------------------------------------------------------
-// Backends.
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Local,
-    Azurite,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Local => "local",
-            Kind::Azurite => "Azurite",
-        }
-    }
-}
-
-/// One backend's workspace for one database size: the caches of the "hosts" and a
-/// remote of its own (a directory, or a fresh Azurite container). Removed on drop.
-struct Area {
-    kind: Kind,
-    dir: tempfile::TempDir,
-    /// The `remote` setting, unescaped.
-    remote: String,
-    /// The same container, for the raw download.
-    azure: Option<AzureBackend>,
-}
-
-impl Area {
-    fn new(kind: Kind, azurite: Option<&azurite::Azurite>) -> Area {
-        let dir = tempfile::tempdir().unwrap();
-        match kind {
-            Kind::Local => {
-                let remote = dir.path().join("remote");
-                std::fs::create_dir_all(&remote).unwrap();
-                Area {
-                    kind,
-                    remote: remote.display().to_string(),
-                    dir,
-                    azure: None,
-                }
-            }
-            Kind::Azurite => {
-                let azurite = azurite.expect("Azurite is running");
-                let backend = azurite.fresh(Default::default());
-                let remote = azurite.container_url_with_sas(backend.url().container());
-                Area {
-                    kind,
-                    dir,
-                    remote,
-                    azure: Some(backend),
-                }
-            }
-        }
-    }
-
-    fn cache(&self, host: &str, blob: &str) -> PathBuf {
-        let dir = self.dir.path().join(host);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(blob)
-    }
-
-    fn uri(&self, host: &str, blob: &str, extra: &str) -> String {
-        format!(
-            "file:{}?vfs=managedblob&remote={}{extra}",
-            self.cache(host, blob).display(),
-            uri_escape(&self.remote)
-        )
-    }
-
-    /// Remove a host's cache of `blob` and everything managedblob keeps beside it.
-    fn wipe(&self, host: &str, blob: &str) {
-        let cache = self.cache(host, blob);
-        let with = |suffix: &str| {
-            let mut s = cache.as_os_str().to_owned();
-            s.push(suffix);
-            PathBuf::from(s)
-        };
-        for p in [
-            cache.clone(),
-            managedblob::sidecar::path_for(&cache),
-            with("-managedblob.manifest"),
-            with("-journal"),
-        ] {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-
-    /// The raw transfer of `blob` into `dest`: a plain file copy from the remote
-    /// directory, or one whole-blob download with managedblob's Azure backend (the
-    /// SDK's partitioned download) into a file. Returns the bytes moved, the time
-    /// of the transfer, and the time of the transfer and an fsync of `dest`.
-    fn raw_download(&self, blob: &str, dest: &Path) -> (u64, Duration, Duration) {
-        let t = Instant::now();
-        let n = match &self.azure {
-            None => std::fs::copy(Path::new(&self.remote).join(blob), dest).unwrap(),
-            Some(backend) => {
-                let file = std::fs::File::create(dest).unwrap();
-                let mut sink = std::io::BufWriter::with_capacity(1 << 20, file);
-                let stat = backend.download(blob, &mut sink).unwrap();
-                sink.flush().unwrap();
-                stat.size
-            }
-        };
-        let transfer = t.elapsed();
-        std::fs::File::open(dest).unwrap().sync_all().unwrap();
-        (n, transfer, t.elapsed())
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // The plan.
@@ -226,6 +88,14 @@ struct Plan {
     c: (u64, usize),
     /// Time per variant and round, and rounds, of section D.
     d: (Duration, usize),
+    /// Database size (MiB) and steady commits per delay of section E.
+    e: (u64, usize),
+    /// Transactions of section F.
+    f: usize,
+    /// The proxy's added delays (ms) of E; F runs those up to 5 ms.
+    delays: Vec<u64>,
+    /// F's deferred-upload variant (`--flush-ms=N`).
+    flush_ms: Option<u64>,
     sections: String,
     kinds: Vec<Kind>,
 }
@@ -239,7 +109,7 @@ impl Plan {
         let sections = args
             .iter()
             .find_map(|a| a.strip_prefix("--only="))
-            .unwrap_or("ABCD")
+            .unwrap_or("ABCDEF")
             .to_uppercase();
         let kinds = match args.iter().find_map(|a| a.strip_prefix("--backend=")) {
             Some("local") => vec![Kind::Local],
@@ -247,6 +117,10 @@ impl Plan {
             Some(other) => panic!("--backend={other}: expected local or azurite"),
             None => vec![Kind::Local, Kind::Azurite],
         };
+        let flush_ms = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--flush-ms="))
+            .map(|v| v.parse().expect("--flush-ms=N: a number of milliseconds"));
         let mut plan = if quick {
             Plan {
                 quick,
@@ -254,6 +128,10 @@ impl Plan {
                 b: vec![(1, 3), (4, 3)],
                 c: (4, 20),
                 d: (Duration::from_millis(200), 1),
+                e: (4, 10),
+                f: 60,
+                delays: vec![0, 5],
+                flush_ms,
                 sections,
                 kinds,
             }
@@ -264,6 +142,10 @@ impl Plan {
                 b: vec![(1, 15), (64, 9), (512, 7)],
                 c: (4, 1000),
                 d: (Duration::from_secs(1), 5),
+                e: (64, 50),
+                f: 1000,
+                delays: vec![0, 5, 20],
+                flush_ms,
                 sections,
                 kinds,
             }
@@ -369,6 +251,8 @@ struct Results {
     opens: Vec<OpenRow>,
     commits: Vec<CommitRow>,
     reads: Vec<ReadRow>,
+    latency: Vec<LatencyRow>,
+    mixed: Vec<MixedRow>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -610,8 +494,13 @@ fn reads(area: &Area, blob: &str, plan: &Plan, start: Instant, out: &mut Results
 }
 
 fn azurite_version() -> String {
-    let package = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/azurite/node_modules/azurite/package.json");
+    // node_modules/.bin/azurite-blob -> node_modules/azurite/package.json
+    let bin = azurite::bin();
+    let package = bin
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
+        .join("azurite/package.json");
     std::fs::read_to_string(package)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -679,6 +568,14 @@ fn main() {
             if plan.runs('D') {
                 reads(&area, &blob, &plan, start, &mut out);
             }
+        }
+    }
+    if let Some(a) = azurite.as_ref().filter(|_| kinds.contains(&Kind::Azurite)) {
+        if plan.runs('E') {
+            latency::latency(a, &plan, start, &mut out);
+        }
+        if plan.runs('F') {
+            mixed::mixed(a, &plan, start, &mut out);
         }
     }
     progress(start, "done");

@@ -139,7 +139,7 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
 
     if !r.opens.is_empty() {
         let _ = writeln!(w, "\n## B. Open: warm, cold, and the raw transfer\n");
-        header(w, "| backend | database | warm ms | warm requests (HTTP) | cold ms | cold requests (HTTP) | cold bytes down | raw ms | raw HTTP | cold/raw | raw + fsync ms | cold/(raw + fsync) |");
+        header(w, "| backend | database | warm ms | warm requests (HTTP) | cold ms | cold requests (HTTP) | cold bytes down | raw ms (no fsync) | raw HTTP | cold/raw | raw + fsync ms | cold/(raw + fsync) |");
         for row in &r.opens {
             let raw_http = match row.kind {
                 Kind::Local => "(file copy)".to_string(),
@@ -164,7 +164,7 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
         }
         let _ = writeln!(
             w,
-            "\nMedians of {} rounds (warm, cold, raw interleaved); open includes the first read (`SELECT max(id)`).",
+            "\nMedians of {} rounds (warm, cold, raw interleaved); open includes the first read (`SELECT max(id)`). raw: a file copy (local) or one SDK download into a file (Azurite); raw + fsync adds the fsync of that file, the reference for the cold open, which leaves its cache durable.",
             at_sizes(
                 r.opens
                     .iter()
@@ -265,6 +265,12 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
                 bytes(b.cost.up)
             );
         }
+    }
+    if !r.latency.is_empty() {
+        latency::latency_table(w, &r.latency);
+    }
+    if !r.mixed.is_empty() {
+        mixed::mixed_table(w, &r.mixed);
     }
     let retries: u64 = r
         .delta

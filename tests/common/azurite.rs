@@ -121,6 +121,11 @@ pub fn start(bin: &Path, extra: &[&std::ffi::OsStr]) -> Azurite {
 }
 
 impl Azurite {
+    /// The process id of the Azurite process (for its CPU time in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     /// The path-style URL of `container` on this Azurite, without credentials.
     pub fn container_url(&self, container: &str) -> String {
         format!("http://127.0.0.1:{}/{DEV_ACCOUNT}/{container}", self.port)

@@ -3,7 +3,8 @@
 //! delay), the connection closed before it is forwarded (the server never sees it),
 //! or forwarded and the reply dropped (the server applied it, the client never
 //! hears). A fixed per-request delay on top models a network round trip (the
-//! benchmarks reuse it for that).
+//! benchmarks reuse it for that, with [`ProxyCounts::rounds`] for the requests in
+//! sequence and [`ProxyCounts::cpu`] for the proxy's own CPU time).
 //!
 //! One upstream connection per client connection; requests on it are handled in
 //! order. Only what the Azure SDK sends is supported: bodies framed by
@@ -67,13 +68,51 @@ pub enum Fate {
 
 type Rule = Box<dyn FnMut(&Request) -> Fate + Send>;
 
-/// How many requests met each fate.
+/// How many requests met each fate, and how they overlapped.
 #[derive(Debug, Default)]
 pub struct ProxyCounts {
     pub forwarded: AtomicU64,
     pub resets: AtomicU64,
     pub lost_replies: AtomicU64,
     pub slowed: AtomicU64,
+    /// Requests read and not yet answered (or dropped).
+    in_flight: AtomicU64,
+    /// Requests in sequence: a request read while no other is in flight starts a new
+    /// round; requests sent in parallel (the staged chunks) share one.
+    rounds: AtomicU64,
+    /// CPU time the proxy's threads spent handling requests, in nanoseconds.
+    cpu_ns: AtomicU64,
+}
+
+impl ProxyCounts {
+    /// Rounds of requests so far (see the field's doc). Only meaningful with a delay
+    /// set: at zero delay one of several parallel requests may finish before the next
+    /// is read, and count as a round of its own.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::SeqCst)
+    }
+
+    /// The proxy's own CPU time so far (the process's CPU time includes it).
+    pub fn cpu(&self) -> Duration {
+        Duration::from_nanos(self.cpu_ns.load(Ordering::Relaxed))
+    }
+
+    /// Mark a request read: in flight until the returned guard drops.
+    fn begin(&self) -> InFlight<'_> {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.rounds.fetch_add(1, Ordering::SeqCst);
+        }
+        InFlight(self)
+    }
+}
+
+/// One request in flight (see [`ProxyCounts::begin`]).
+struct InFlight<'a>(&'a ProxyCounts);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Random faults at fixed rates (a rule made by [`random_faults`]).
@@ -186,9 +225,13 @@ fn serve(
     let mut client = client;
     let mut upstream: Option<(TcpStream, BufReader<TcpStream>)> = None;
     loop {
+        // Waiting for a request costs no CPU, so the clock can run across it.
+        let cpu = cpu_time::ThreadTime::now();
+        let _cpu = AddOnDrop(&counts.cpu_ns, cpu);
         let Some((req, raw)) = read_request(&mut reader)? else {
             return Ok(());
         };
+        let _in_flight = counts.begin();
         let fate = (rule.lock().unwrap())(&req);
         let pause = *delay.lock().unwrap();
         if !pause.is_zero() {
@@ -220,6 +263,16 @@ fn serve(
         }
         counts.forwarded.fetch_add(1, Ordering::Relaxed);
         client.write_all(&reply)?;
+    }
+}
+
+/// Adds the thread's CPU time since `.1` to the counter `.0` when dropped.
+struct AddOnDrop<'a>(&'a AtomicU64, cpu_time::ThreadTime);
+
+impl Drop for AddOnDrop<'_> {
+    fn drop(&mut self) {
+        let spent = self.1.elapsed().as_nanos() as u64;
+        self.0.fetch_add(spent, Ordering::Relaxed);
     }
 }
 
