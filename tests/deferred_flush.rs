@@ -157,9 +157,10 @@ fn an_explicit_batch_takes_over_deferred_commits(w: &World) {
     assert_eq!(seen_elsewhere(w), (1..=K).collect());
 }
 
-/// With `flush_ms=0` (the default) COMMIT means uploaded, one version per commit.
+/// With `flush_ms=0` (the default) COMMIT means uploaded, one version per commit;
+/// with no linger the lease goes back in each commit too, as before both settings.
 fn flush_ms_zero_uploads_every_commit(w: &World) {
-    let (_, c) = with_table(w, "&flush_ms=0");
+    let (_, c) = with_table(w, "&flush_ms=0&lease_linger_ms=0");
     let before = uploads(&status(&c));
     for id in 1..=5 {
         insert(&c, [id]);
