@@ -38,7 +38,7 @@ impl HeldLease {
                         Err(RecvTimeoutError::Timeout) => {}
                         _ => return,
                     }
-                    match remote.renew_lease(&id, duration) {
+                    match remote.renew_lease_in_background(&id, duration) {
                         Ok(()) => tracing::trace!(blob = remote.blob(), "lease renewed"),
                         Err(e) => {
                             tracing::warn!(blob = remote.blob(), error = %e, "lease renewal failed");
