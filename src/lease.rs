@@ -69,7 +69,7 @@ impl HeldLease {
                             continue;
                         }
                         renew_at = now + every;
-                        match remote.renew_lease(&id, duration) {
+                        match remote.renew_lease_in_background(&id, duration) {
                             Ok(()) => tracing::trace!(blob = remote.blob(), "lease renewed"),
                             Err(e) => {
                                 tracing::warn!(blob = remote.blob(), error = %e, "lease renewal failed");

@@ -1,8 +1,12 @@
 //! One blob in one backend, as the state machine uses it: every call retried on
-//! transient errors with bounded exponential backoff, and counted.
+//! transient errors with bounded exponential backoff, and counted. Calls made for
+//! the store (under its mutex) are also tracked while in progress, so other
+//! connections can tell "the mutex holder is in the network" ([`Remote::in_network`])
+//! and answer SQLITE_BUSY instead of queueing behind it.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +26,25 @@ pub struct Remote {
     blob: String,
     retry: RetryPolicy,
     pub counters: Arc<Counters>,
+    /// Calls of the store in progress (retry pauses included), per request kind;
+    /// background lease renewals are not among them.
+    active: [AtomicU32; Request::ALL.len()],
+}
+
+/// Counts one call as in progress while alive.
+struct InProgress<'a>(&'a AtomicU32);
+
+impl<'a> InProgress<'a> {
+    fn enter(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        InProgress(count)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Counts bytes flowing through a reader or writer.
@@ -56,7 +79,23 @@ impl Remote {
             blob,
             retry,
             counters: Arc::new(Counters::default()),
+            active: Default::default(),
         }
+    }
+
+    /// Whether a call of the store is in progress (waiting on the network, or
+    /// pausing before a retry).
+    pub fn in_network(&self) -> bool {
+        self.active.iter().any(|n| n.load(Ordering::SeqCst) > 0)
+    }
+
+    /// The kinds of request the store is waiting on now (e.g. `["upload"]`).
+    pub fn waiting_on(&self) -> Vec<&'static str> {
+        Request::ALL
+            .iter()
+            .filter(|r| self.active[**r as usize].load(Ordering::SeqCst) > 0)
+            .map(|r| r.name())
+            .collect()
     }
 
     /// The backend itself, for capabilities called without retries (history).
@@ -72,8 +111,18 @@ impl Remote {
         self.backend.identity()
     }
 
-    /// Run `op` until it succeeds, fails for good, or the attempts run out.
+    /// Run `op` for the store, counted as in progress ([`Remote::in_network`]).
     fn call<T>(
+        &self,
+        request: Request,
+        op: impl FnMut(u32) -> BackendResult<T>,
+    ) -> BackendResult<T> {
+        let _in_progress = InProgress::enter(&self.active[request as usize]);
+        self.attempts(request, op)
+    }
+
+    /// Run `op` until it succeeds, fails for good, or the attempts run out.
+    fn attempts<T>(
         &self,
         request: Request,
         mut op: impl FnMut(u32) -> BackendResult<T>,
@@ -307,6 +356,18 @@ impl Remote {
 
     pub fn renew_lease(&self, lease: &LeaseId, duration: Duration) -> BackendResult<()> {
         self.call(Request::RenewLease, |_| {
+            self.backend.renew_lease(&self.blob, lease, duration)
+        })
+    }
+
+    /// [`Remote::renew_lease`] for the background renewer, which never holds the
+    /// store's mutex: not counted as the store being in the network.
+    pub fn renew_lease_in_background(
+        &self,
+        lease: &LeaseId,
+        duration: Duration,
+    ) -> BackendResult<()> {
+        self.attempts(Request::RenewLease, |_| {
             self.backend.renew_lease(&self.blob, lease, duration)
         })
     }

@@ -429,6 +429,7 @@ fn status_has_exactly_the_fields_the_readme_lists() {
         "batch_depth",
         "generation",
         "in_flight",
+        "waiting_on",
         "conflicts",
         "last_error",
         "requests",

@@ -21,7 +21,9 @@
 //! sidecar and the cache lock).
 //!
 //! Lock order: a connection takes SQLite's file lock first and the store's mutex
-//! second; under the mutex, file locks are only ever tried, never waited for.
+//! second; under the mutex, file locks are only ever tried, never waited for. A
+//! lock call that finds the mutex held by a connection waiting on the remote
+//! answers BUSY instead of queueing (`guard`), and the status report never takes it.
 //! Every decision re-reads the sidecar under the file lock, so processes that share
 //! one cache agree.
 
@@ -29,6 +31,7 @@ mod ambiguous;
 mod cache;
 mod fetch;
 pub(crate) mod flusher;
+mod guard;
 mod history;
 mod lease;
 mod manifest;
@@ -45,13 +48,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::remote::Remote;
 use crate::sidecar::{self, InFlight, Sidecar};
+use guard::Published;
 use state::{State, WriteState};
 
 pub use registry::open_store;
@@ -69,6 +73,9 @@ pub struct Store {
     identity: String,
     remote: Arc<Remote>,
     state: Mutex<State>,
+    /// The status fields as of the last release of `state`, for a status report
+    /// that never waits behind the network.
+    published: Mutex<Published>,
     /// Until when (nanoseconds on [`clock`]) a SHARED lock needs no freshness check:
     /// read without the mutex, so the read path of a fresh cache stays cheap.
     fresh_until: AtomicU64,
@@ -113,6 +120,8 @@ pub struct Status {
     pub batch_depth: u32,
     pub generation: u64,
     pub in_flight: InFlight,
+    /// The kinds of remote request this process is waiting on now, e.g. `["upload"]`.
+    pub waiting_on: Vec<&'static str>,
     pub requests: crate::counters::CounterSnapshot,
     pub conflicts: Vec<String>,
     pub last_error: Option<String>,
@@ -126,7 +135,7 @@ impl Store {
             PathBuf::from(s)
         };
         let identity = remote.identity();
-        let sidecar = Sidecar::new(identity.clone(), config.blob.clone());
+        let state = State::new(Sidecar::new(identity.clone(), config.blob.clone()));
         Store {
             cache_path: cache_path.to_path_buf(),
             sidecar_path: sidecar::path_for(cache_path),
@@ -140,15 +149,12 @@ impl Store {
             )),
             identity,
             remote: Arc::new(remote),
-            state: Mutex::new(State::new(sidecar)),
+            published: Mutex::new(Published::of(&state)),
+            state: Mutex::new(state),
             fresh_until: AtomicU64::new(0),
             flusher: (!config.flush.is_zero()).then(|| flusher::Flusher::start(me)),
             config,
         }
-    }
-
-    fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock()
     }
 
     /// Make the next SHARED lock check the remote, whatever the staleness clock says.
@@ -247,12 +253,13 @@ impl Store {
 
     /// NONE -> SHARED: the connection holds SHARED on the cache. Brings the cache up
     /// to date when the staleness bound has passed; `Err(Busy)` when that needs the
-    /// cache to itself and another connection is reading.
+    /// cache to itself and another connection is reading, or another connection
+    /// holds the store while waiting on the remote.
     pub fn on_shared(&self, file: &mut dyn LocalFile) -> Result<()> {
         if clock() < self.fresh_until.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut st = self.lock_state();
+        let mut st = self.lock_state_unless_network()?;
         let result = self.on_shared_locked(&mut st, file);
         // Open the fast path until the staleness bound, unless a check is pending or
         // this process writes (then every SHARED must see the lease state).
@@ -296,15 +303,19 @@ impl Store {
     /// SHARED -> RESERVED: the connection holds RESERVED on the cache and starts a
     /// write transaction. Takes the remote lease (BUSY when another writer has it) and
     /// checks that the remote is still the version this snapshot read (BUSY and a
-    /// forced refresh when it moved).
+    /// forced refresh when it moved; BUSY too while another connection holds the
+    /// store waiting on the remote).
     pub fn begin_write(&self) -> Result<()> {
         // A long warm turn just ended: other hosts' writers get the lease first
         // (state::WarmTurn). Waited outside the mutex.
-        let pause = self.lock_state().warm_turn.pause_left(Instant::now());
+        let pause = self
+            .lock_state_unless_network()?
+            .warm_turn
+            .pause_left(Instant::now());
         if let Some(pause) = pause {
             std::thread::sleep(pause);
         }
-        let mut st = self.lock_state();
+        let mut st = self.lock_state_unless_network()?;
         let result = self.begin_write_locked(&mut st);
         match &result {
             Ok(()) => {}
@@ -511,25 +522,27 @@ impl Store {
         })
     }
 
-    /// `PRAGMA managedblob_status`.
+    /// `PRAGMA managedblob_status`: answers at once, also while another connection
+    /// uploads (the state as of the last release of the mutex, and what the
+    /// store is waiting on now).
     pub fn status(&self) -> Status {
-        let st = self.lock_state();
+        let p = self.published.lock().clone();
         Status {
             remote: self.identity.clone(),
             blob: self.config.blob.clone(),
-            etag: st.sidecar.base.as_ref().map(|e| e.0.clone()),
-            dirty: st.sidecar.dirty,
-            flush_due_ms: st
-                .write
-                .flush_due()
+            etag: p.etag.map(|e| e.0),
+            dirty: p.dirty,
+            flush_due_ms: p
+                .flush_due
                 .map(|due| due.saturating_duration_since(Instant::now()).as_millis() as u64),
-            lease_held: !st.lease.is_none(),
-            batch_depth: st.write.batch_depth(),
-            generation: st.sidecar.generation,
-            in_flight: st.sidecar.in_flight,
+            lease_held: p.lease_held,
+            batch_depth: p.batch_depth,
+            generation: p.generation,
+            in_flight: p.in_flight,
+            waiting_on: self.remote.waiting_on(),
             requests: self.remote.snapshot(),
-            conflicts: st.conflicts.clone(),
-            last_error: st.last_error.clone(),
+            conflicts: p.conflicts,
+            last_error: p.last_error,
         }
     }
 }

@@ -27,8 +27,8 @@ use parking_lot::Mutex;
 mod faults;
 mod versions;
 
-pub use self::faults::Op;
 use self::faults::{Fault, OP_COUNT};
+pub use self::faults::{Gate, Op};
 
 use super::checks::{
     check_block_id, check_condition, check_range, check_version, check_write_lease, read_exactly,
