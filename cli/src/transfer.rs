@@ -237,7 +237,7 @@ pub fn publish_file(target: &Target, file: &Path, rule: &Replace) -> Result<Push
         })?;
     let result = (|| {
         // The version we replace, pinned by the lease.
-        let pinned = lease.stat.etag.clone();
+        let pinned = lease.etag.clone();
         match &created {
             Some(ours) if *ours != pinned => bail!(
                 "blob {} changed while being created; nothing pushed",
@@ -252,7 +252,7 @@ pub fn publish_file(target: &Target, file: &Path, rule: &Replace) -> Result<Push
     let (stat, chunks_sent, chunks) = result?;
     Ok(Pushed {
         stat,
-        previous: lease.stat.etag,
+        previous: lease.etag,
         chunks,
         chunks_sent,
     })
@@ -287,7 +287,7 @@ fn upload_chunks(
     len: u64,
     lease: &Lease,
 ) -> Result<(managedblob::backend::BlobStat, usize, usize)> {
-    let condition = Condition::Match(lease.stat.etag.clone());
+    let condition = Condition::Match(lease.etag.clone());
     let Some(blocks) = backend.blocks() else {
         let mut source = File::open(file)?;
         let stat = backend.upload(blob, &mut source, len, &condition, Some(&lease.id))?;
