@@ -78,7 +78,9 @@ impl Remote {
 
     /// A connection to `cache` through the VFS on this remote.
     pub fn open(&self, cache: &Path, blob: &str) -> Connection {
-        self.open_with(cache, blob, "")
+        // No linger: the CLI runs (and other test writers) find the lease free as
+        // soon as a commit returns, as an operator would after the writer is done.
+        self.open_with(cache, blob, "&lease_linger_ms=0")
     }
 
     /// [`Remote::open`] with extra URI parameters (`&lease_secs=60`).
