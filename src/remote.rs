@@ -147,6 +147,32 @@ impl Remote {
         })
     }
 
+    /// Download the whole blob into `sink`, calling `restart` before every attempt
+    /// (a retry starts over from the first byte).
+    pub fn download_into<W: Write>(
+        &self,
+        sink: &mut W,
+        mut restart: impl FnMut(&mut W) -> io::Result<()>,
+    ) -> BackendResult<BlobStat> {
+        self.call(Request::Download, |_| {
+            restart(sink).map_err(|e| {
+                BackendError::new(
+                    crate::backend::BackendErrorKind::Permanent,
+                    format!("preparing the download's destination: {e}"),
+                )
+            })?;
+            let mut counted = Counted {
+                inner: &mut *sink,
+                bytes: 0,
+            };
+            let result = self.backend.download(&self.blob, &mut counted);
+            self.counters
+                .bytes_down
+                .fetch_add(counted.bytes, std::sync::atomic::Ordering::Relaxed);
+            result
+        })
+    }
+
     /// Upload the first `len` bytes of `file` under `condition` and `lease`. The
     /// error says whether an earlier attempt failed transiently: then a
     /// `ConditionFailed` may mean that attempt landed after all.
