@@ -64,12 +64,17 @@ fn in_pieces(
 
 fn io(rc: c_int, what: &str) -> std::io::Result<()> {
     if rc == sql::SQLITE_OK {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "{what} failed with SQLite code {rc}"
-        )))
+        return Ok(());
     }
+    // A full disk keeps its kind, so that it reaches SQLite as SQLITE_FULL again.
+    let kind = match rc & 0xff {
+        sql::SQLITE_FULL => std::io::ErrorKind::StorageFull,
+        _ => std::io::ErrorKind::Other,
+    };
+    Err(std::io::Error::new(
+        kind,
+        format!("{what} failed with SQLite code {rc}"),
+    ))
 }
 
 impl LocalFile for RealFile {
