@@ -399,3 +399,96 @@ impl std::io::Write for CacheSink<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::GRANULE;
+    use crate::localfile::fake::FakeFile;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    /// A database-looking image of `len` bytes (a rollback-mode header, change
+    /// counter 5) and its manifest in chunks of [`GRANULE`].
+    fn image(len: usize) -> (Vec<u8>, Manifest) {
+        let mut bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        bytes[..16].copy_from_slice(image::MAGIC);
+        bytes[18] = 1;
+        bytes[19] = 1;
+        bytes[24..28].copy_from_slice(&5u32.to_be_bytes());
+        bytes[92..96].copy_from_slice(&5u32.to_be_bytes());
+        let ids = bytes
+            .chunks(GRANULE as usize)
+            .enumerate()
+            .map(|(i, c)| ChunkId::new(i as u32, c))
+            .collect();
+        let m = Manifest {
+            chunk_size: GRANULE,
+            len: len as u64,
+            ids,
+        };
+        (bytes, m)
+    }
+
+    fn cache() -> (tempfile::TempDir, FakeFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = FakeFile::open(&dir.path().join("c.db"), Arc::default()).unwrap();
+        (dir, file)
+    }
+
+    /// Feed `bytes` in odd-sized pieces, as a network stream does.
+    fn feed(sink: &mut CacheSink<'_>, bytes: &[u8]) {
+        for piece in bytes.chunks(12_345) {
+            sink.write_all(piece).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_sink_writes_the_image_checks_every_chunk_and_moves_the_counter() {
+        let (bytes, m) = image(3 * 1024 * 1024 + 4096);
+        let (_dir, mut file) = cache();
+        let mut sink = CacheSink::new(&mut file, Some(9), Some(&m));
+        feed(&mut sink, &bytes);
+        let (header, matched) = sink.finish().unwrap();
+        assert!(matched);
+        assert_eq!(header, bytes[..100]);
+        let mut got = vec![0u8; bytes.len()];
+        assert_eq!(file.read_at(&mut got, 0).unwrap(), bytes.len());
+        assert_eq!(got[100..], bytes[100..]);
+        // The header moved past the cache's old change counter (9).
+        assert_eq!(image::change_counter(&got[..100]), 10);
+    }
+
+    #[test]
+    fn a_chunk_that_differs_from_the_block_list_is_noticed() {
+        let (mut bytes, m) = image(2 * 1024 * 1024);
+        bytes[GRANULE as usize * 3 + 17] ^= 1;
+        let (_dir, mut file) = cache();
+        let mut sink = CacheSink::new(&mut file, None, Some(&m));
+        feed(&mut sink, &bytes);
+        assert!(!sink.finish().unwrap().1);
+        // A stream shorter than the list is not a match either.
+        let (bytes, m) = image(2 * 1024 * 1024);
+        let mut sink = CacheSink::new(&mut file, None, Some(&m));
+        sink.restart().unwrap();
+        feed(&mut sink, &bytes[..bytes.len() - GRANULE as usize]);
+        assert!(!sink.finish().unwrap().1);
+    }
+
+    #[test]
+    fn a_restart_starts_over_from_an_empty_cache() {
+        let (bytes, _) = image(1024 * 1024 + 100);
+        let (_dir, mut file) = cache();
+        let mut sink = CacheSink::new(&mut file, None, None);
+        feed(&mut sink, &bytes[..bytes.len() / 2 + 3]);
+        sink.restart().unwrap();
+        feed(&mut sink, &bytes);
+        let (header, matched) = sink.finish().unwrap();
+        assert!(matched);
+        assert_eq!(header, bytes[..100]);
+        assert_eq!(file.size().unwrap(), bytes.len() as u64);
+        let mut got = vec![0u8; bytes.len()];
+        file.read_at(&mut got, 0).unwrap();
+        assert_eq!(got, bytes);
+    }
+}
