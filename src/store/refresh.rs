@@ -1,7 +1,8 @@
 //! Bringing the cache up to the remote: the freshness check (one `stat`) and the
 //! decisions it leads to, then fetch (by chunks or whole, into a side file) and
 //! install (written into the cache under an EXCLUSIVE lock, with the sidecar marking
-//! the transfer in flight so an interrupted install is resynced, never trusted).
+//! the transfer in flight so an interrupted install is resynced, never trusted). A
+//! cold cache skips the side file: the download goes straight in (src/store/fetch.rs).
 //!
 //! Decided from the sidecar and the `stat` (docs/ARCHITECTURE.md, "Recovery"):
 //! - a transfer was in flight (`in_flight` set): the cache is untrusted, take the
