@@ -131,17 +131,20 @@ impl Remote {
                 .bytes_down
                 .fetch_add(sink.bytes, std::sync::atomic::Ordering::Relaxed);
             let stat = result?;
+            // The io kind goes along, so that a full disk reaches SQLite as SQLITE_FULL.
             let file = sink.inner.into_inner().map_err(|e| {
                 BackendError::new(
                     crate::backend::BackendErrorKind::Permanent,
                     format!("writing download file {}: {e}", dest.display()),
                 )
+                .with_io(e.error().kind())
             })?;
             file.sync_all().map_err(|e| {
                 BackendError::new(
                     crate::backend::BackendErrorKind::Permanent,
                     format!("syncing download file {}: {e}", dest.display()),
                 )
+                .with_io(e.kind())
             })?;
             Ok(stat)
         })
@@ -160,6 +163,7 @@ impl Remote {
                     crate::backend::BackendErrorKind::Permanent,
                     format!("preparing the download's destination: {e}"),
                 )
+                .with_io(e.kind())
             })?;
             let mut counted = Counted {
                 inner: &mut *sink,
