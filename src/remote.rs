@@ -180,19 +180,49 @@ impl Remote {
                 .bytes_down
                 .fetch_add(sink.bytes, std::sync::atomic::Ordering::Relaxed);
             let stat = result?;
+            // The io kind goes along, so that a full disk reaches SQLite as SQLITE_FULL.
             let file = sink.inner.into_inner().map_err(|e| {
                 BackendError::new(
                     crate::backend::BackendErrorKind::Permanent,
                     format!("writing download file {}: {e}", dest.display()),
                 )
+                .with_io(e.error().kind())
             })?;
             file.sync_all().map_err(|e| {
                 BackendError::new(
                     crate::backend::BackendErrorKind::Permanent,
                     format!("syncing download file {}: {e}", dest.display()),
                 )
+                .with_io(e.kind())
             })?;
             Ok(stat)
+        })
+    }
+
+    /// Download the whole blob into `sink`, calling `restart` before every attempt
+    /// (a retry starts over from the first byte).
+    pub fn download_into<W: Write>(
+        &self,
+        sink: &mut W,
+        mut restart: impl FnMut(&mut W) -> io::Result<()>,
+    ) -> BackendResult<BlobStat> {
+        self.call(Request::Download, |_| {
+            restart(sink).map_err(|e| {
+                BackendError::new(
+                    crate::backend::BackendErrorKind::Permanent,
+                    format!("preparing the download's destination: {e}"),
+                )
+                .with_io(e.kind())
+            })?;
+            let mut counted = Counted {
+                inner: &mut *sink,
+                bytes: 0,
+            };
+            let result = self.backend.download(&self.blob, &mut counted);
+            self.counters
+                .bytes_down
+                .fetch_add(counted.bytes, std::sync::atomic::Ordering::Relaxed);
+            result
         })
     }
 

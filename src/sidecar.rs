@@ -24,7 +24,8 @@ pub const FORMAT: u32 = 1;
 pub enum InFlight {
     #[default]
     None,
-    /// A downloaded image was being written into the cache: the cache may be torn.
+    /// A downloaded image was being written into the cache (an install, or a cold
+    /// open's download straight into it): the cache may be torn.
     Download,
     /// A commit's upload landed but SQLite had not finished the local commit: if a
     /// hot journal is left, SQLite would roll the cache back behind the remote.

@@ -45,30 +45,54 @@ type XWrite =
     unsafe extern "C" fn(*mut sql::sqlite3_file, *const std::ffi::c_void, c_int, i64) -> c_int;
 
 /// Run one transfer of `len` bytes at `offset` as pieces of at most [`MAX_IO`]:
-/// `piece(start in the buffer, length, file offset)` returns a SQLite code.
+/// `piece(start in the buffer, length, file offset)` returns a SQLite code; the
+/// first that is not SQLITE_OK is the error.
 fn in_pieces(
     len: usize,
     offset: u64,
-    what: &str,
     mut piece: impl FnMut(usize, c_int, i64) -> c_int,
-) -> std::io::Result<()> {
+) -> Result<(), c_int> {
     for start in (0..len).step_by(MAX_IO) {
         let n = MAX_IO.min(len - start);
-        io(
-            piece(start, n as c_int, (offset + start as u64) as i64),
-            what,
-        )?;
+        match piece(start, n as c_int, (offset + start as u64) as i64) {
+            sql::SQLITE_OK => {}
+            rc => return Err(rc),
+        }
     }
     Ok(())
 }
 
-fn io(rc: c_int, what: &str) -> std::io::Result<()> {
-    if rc == sql::SQLITE_OK {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "{what} failed with SQLite code {rc}"
-        )))
+impl RealFile {
+    /// SQLite code `rc` as an io error, with the system's reason the real file
+    /// recorded (SQLITE_FCNTL_LAST_ERRNO: "File too large" says more than a code).
+    /// A full disk keeps its kind, so that it reaches SQLite as SQLITE_FULL again.
+    fn error(&self, rc: c_int, what: &str) -> std::io::Error {
+        let mut errno: c_int = 0;
+        // SAFETY: the real file is open; SQLITE_FCNTL_LAST_ERRNO writes one int
+        // through the pointer, which is valid for that.
+        let got = unsafe {
+            (self.methods().xFileControl.unwrap())(
+                self.0,
+                sql::SQLITE_FCNTL_LAST_ERRNO,
+                (&mut errno as *mut c_int).cast(),
+            )
+        };
+        let os =
+            (got == sql::SQLITE_OK && errno != 0).then(|| std::io::Error::from_raw_os_error(errno));
+        let kind = match (rc & 0xff, &os) {
+            (sql::SQLITE_FULL, _) => std::io::ErrorKind::StorageFull,
+            (_, Some(os)) => os.kind(),
+            _ => std::io::ErrorKind::Other,
+        };
+        let why = os.map_or(String::new(), |os| format!(": {os}"));
+        std::io::Error::new(kind, format!("{what} failed with SQLite code {rc}{why}"))
+    }
+
+    fn check(&self, rc: c_int, what: &str) -> std::io::Result<()> {
+        match rc {
+            sql::SQLITE_OK => Ok(()),
+            rc => Err(self.error(rc, what)),
+        }
     }
 }
 
@@ -97,35 +121,39 @@ impl LocalFile for RealFile {
         }
         let n = buf.len().min((size - offset) as usize);
         let read = self.read_method();
-        in_pieces(n, offset, "reading the cache", |start, len, at| {
+        let file = self.0;
+        in_pieces(n, offset, |start, len, at| {
             // SAFETY: buf[start..start + len] is valid (start + len <= n <= buf.len());
             // the real file is open.
-            unsafe { read(self.0, buf[start..].as_mut_ptr().cast(), len, at) }
-        })?;
+            unsafe { read(file, buf[start..].as_mut_ptr().cast(), len, at) }
+        })
+        .map_err(|rc| self.error(rc, "reading the cache"))?;
         Ok(n)
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         let write = self.write_method();
-        in_pieces(buf.len(), offset, "writing the cache", |start, len, at| {
+        let file = self.0;
+        in_pieces(buf.len(), offset, |start, len, at| {
             // SAFETY: buf[start..start + len] is valid; the real file is open.
-            unsafe { write(self.0, buf[start..].as_ptr().cast(), len, at) }
+            unsafe { write(file, buf[start..].as_ptr().cast(), len, at) }
         })
+        .map_err(|rc| self.error(rc, "writing the cache"))
     }
     fn truncate(&mut self, size: u64) -> std::io::Result<()> {
         // SAFETY: the real file is open.
         let rc = unsafe { (self.methods().xTruncate.unwrap())(self.0, size as i64) };
-        io(rc, "truncating the cache")
+        self.check(rc, "truncating the cache")
     }
     fn sync(&mut self) -> std::io::Result<()> {
         // SAFETY: the real file is open.
         let rc = unsafe { (self.methods().xSync.unwrap())(self.0, sql::SQLITE_SYNC_NORMAL) };
-        io(rc, "syncing the cache")
+        self.check(rc, "syncing the cache")
     }
     fn size(&mut self) -> std::io::Result<u64> {
         let mut size: i64 = 0;
         // SAFETY: the real file is open; size is a valid out pointer.
         let rc = unsafe { (self.methods().xFileSize.unwrap())(self.0, &mut size) };
-        io(rc, "sizing the cache")?;
+        self.check(rc, "sizing the cache")?;
         Ok(size as u64)
     }
 }

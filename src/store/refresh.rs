@@ -1,7 +1,8 @@
 //! Bringing the cache up to the remote: the freshness check (one `stat`) and the
 //! decisions it leads to, then fetch (by chunks or whole, into a side file) and
 //! install (written into the cache under an EXCLUSIVE lock, with the sidecar marking
-//! the transfer in flight so an interrupted install is resynced, never trusted).
+//! the transfer in flight so an interrupted install is resynced, never trusted). A
+//! cold cache skips the side file: the download goes straight in (src/store/fetch.rs).
 //!
 //! Decided from the sidecar and the `stat` (docs/ARCHITECTURE.md, "Recovery"):
 //! - a transfer was in flight (`in_flight` set): the cache is untrusted, take the
@@ -19,6 +20,7 @@ use super::manifest::Fetched;
 use super::state::{LeaseSlot, State};
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, BlobStat};
+use crate::delta::Manifest;
 use crate::error::{Error, Result};
 use crate::image;
 use crate::localfile::{LocalFile, LockFail, LockLevel};
@@ -100,9 +102,11 @@ impl Store {
         }
     }
 
-    /// Take the remote version whole into the cache. Downloads to a side file first
-    /// (the cache stays intact if the transfer fails), keeps local commits as a
-    /// conflict copy, then writes the cache in place under an EXCLUSIVE lock.
+    /// Take the remote version whole into the cache. A cold cache (nothing in it worth
+    /// keeping) takes the download straight in, each byte written once. Otherwise
+    /// the download goes to a side file first (the cache stays intact if the transfer
+    /// fails), local commits are kept as a conflict copy, then the cache is written
+    /// in place under an EXCLUSIVE lock.
     pub(super) fn replace(
         &self,
         st: &mut State,
@@ -117,6 +121,14 @@ impl Store {
             .pending_download
             .take()
             .filter(|f| f.stat == *current && self.download_path.exists());
+        if kept.is_none()
+            && self.cache_is_cold(st, file)?
+            && self.download_into_cache(st, file, held, discard_journal)?
+        {
+            // A side file kept for an older version is of no use now.
+            let _ = std::fs::remove_file(&self.download_path);
+            return Ok(());
+        }
         let fetched = match kept {
             Some(fetched) => fetched,
             None => self.fetch(st, file)?,
@@ -183,26 +195,19 @@ impl Store {
             self.keep_conflict_copy(st, file)?;
         }
 
-        let upgraded = held < LockLevel::Exclusive;
-        if upgraded {
-            let upgrade = file
-                .lock(LockLevel::Reserved)
-                .and_then(|()| file.lock(LockLevel::Exclusive));
-            if let Err(fail) = upgrade {
-                let _ = file.unlock(held);
+        let upgraded = match self.lock_exclusive(file, held) {
+            Ok(upgraded) => upgraded,
+            Err(fail) => {
                 self.force_check(st);
                 return Err(match fail {
                     LockFail::Busy => Error::Busy(format!(
                         "cache {} is in use by another connection; its refresh waits",
                         self.cache_path.display()
                     )),
-                    LockFail::Io(code) => Error::Local(format!(
-                        "locking cache {} failed (SQLite code {code})",
-                        self.cache_path.display()
-                    )),
+                    LockFail::Io(code) => self.lock_failed(code),
                 });
             }
-        }
+        };
         let result = self.write_into_cache(st, file, discard_journal, fetched);
         if upgraded {
             let _ = file.unlock(held);
@@ -221,12 +226,7 @@ impl Store {
         let cache_err = |what: &str, e: std::io::Error| {
             Error::local(format!("{what} cache {}", self.cache_path.display()), e)
         };
-        let mut old_header = [0u8; 100];
-        let old_len = file
-            .read_at(&mut old_header, 0)
-            .map_err(|e| cache_err("reading", e))?;
-        let old_counter = (old_len == 100 && &old_header[..16] == image::MAGIC)
-            .then(|| image::change_counter(&old_header));
+        let old_counter = self.cache_change_counter(file)?;
 
         st.sidecar.in_flight = InFlight::Download;
         self.save(st)?;
@@ -264,17 +264,23 @@ impl Store {
                 offset += n as u64;
             }
         }
-        let offset = stat.size;
-        file.truncate(offset)
+        file.truncate(stat.size)
             .map_err(|e| cache_err("truncating", e))?;
         file.sync().map_err(|e| cache_err("syncing", e))?;
         if discard_journal {
-            match std::fs::remove_file(&self.journal_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::local("removing the stale journal", e)),
-            }
+            self.remove_journal()?;
         }
+        self.took_version(st, stat, fetched.manifest.clone())
+    }
+
+    /// The cache holds version `stat` whole and synced: record it as the base and
+    /// clear the in-flight marker.
+    pub(super) fn took_version(
+        &self,
+        st: &mut State,
+        stat: &BlobStat,
+        manifest: Option<Manifest>,
+    ) -> Result<()> {
         st.sidecar.base = Some(stat.etag.clone());
         st.sidecar.dirty = false;
         st.sidecar.in_flight = InFlight::None;
@@ -283,15 +289,54 @@ impl Store {
         // The staleness clock starts when the new version is in, not when the
         // (possibly long) transfer began.
         st.last_check = Some(Instant::now());
-        let manifest = fetched.manifest.clone().map(|m| (stat.etag.clone(), m));
-        self.set_manifest(st, manifest);
+        self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
         self.save(st)?;
         self.remote
             .counters
             .versions_down
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(cache = %self.cache_path.display(), bytes = offset, "cache refreshed from the remote");
+        tracing::info!(cache = %self.cache_path.display(), bytes = stat.size, "cache refreshed from the remote");
         Ok(())
+    }
+
+    /// Take EXCLUSIVE on the cache from `held` (at least SHARED). Returns whether it
+    /// was taken here (the caller goes back to `held` after); on failure the
+    /// connection is back at `held`.
+    pub(super) fn lock_exclusive(
+        &self,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+    ) -> std::result::Result<bool, LockFail> {
+        if held >= LockLevel::Exclusive {
+            return Ok(false);
+        }
+        let upgrade = file
+            .lock(LockLevel::Reserved)
+            .and_then(|()| file.lock(LockLevel::Exclusive));
+        if let Err(fail) = upgrade {
+            let _ = file.unlock(held);
+            return Err(fail);
+        }
+        Ok(true)
+    }
+
+    /// The change counter of the database the cache holds (none when it holds no
+    /// database header): a new version's header must move past it.
+    pub(super) fn cache_change_counter(&self, file: &mut dyn LocalFile) -> Result<Option<u32>> {
+        let mut header = [0u8; 100];
+        let len = file
+            .read_at(&mut header, 0)
+            .map_err(|e| Error::local(format!("reading cache {}", self.cache_path.display()), e))?;
+        Ok((len == 100 && &header[..16] == image::MAGIC).then(|| image::change_counter(&header)))
+    }
+
+    /// Remove a journal that belongs to content the cache no longer holds.
+    pub(super) fn remove_journal(&self) -> Result<()> {
+        match std::fs::remove_file(&self.journal_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::local("removing the stale journal", e)),
+        }
     }
 }
 
