@@ -306,16 +306,14 @@ impl Store {
     /// forced refresh when it moved; BUSY too while another connection holds the
     /// store waiting on the remote).
     pub fn begin_write(&self) -> Result<()> {
+        let mut st = self.lock_state_unless_network()?;
         // A long warm turn just ended: other hosts' writers get the lease first
         // (state::WarmTurn). Waited outside the mutex.
-        let pause = self
-            .lock_state_unless_network()?
-            .warm_turn
-            .pause_left(Instant::now());
-        if let Some(pause) = pause {
+        if let Some(pause) = st.warm_turn.pause_left(Instant::now()) {
+            drop(st);
             std::thread::sleep(pause);
+            st = self.lock_state_unless_network()?;
         }
-        let mut st = self.lock_state_unless_network()?;
         let result = self.begin_write_locked(&mut st);
         match &result {
             Ok(()) => {}
