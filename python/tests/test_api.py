@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from urllib.parse import quote
@@ -9,6 +10,8 @@ from urllib.parse import quote
 import pytest
 
 import managedblob
+from managedblob import _connect as managedblob_connect
+from conftest import REPO, require
 
 
 def count(path: Path, table: str) -> int:
@@ -57,7 +60,8 @@ def test_connect_writes_through_and_a_second_host_reads(remote, cache):
     h1.execute("INSERT INTO t(body) VALUES ('one'), ('two')")
     status = managedblob.status(h1)
     assert status["requests"]["versions_up"] == 2, status
-    assert status["dirty"] is False and status["lease_held"] is False, status
+    # Uploaded; the lease lingers (lease_linger_ms, 1 s by default) for the next write.
+    assert status["dirty"] is False and status["lease_held"] is True, status
     assert status["remote"].endswith(str(remote)), status
     h1.close()
     assert count(remote / "corpus.db", "t") == 2
@@ -77,6 +81,28 @@ def test_settings_reach_the_vfs(remote, cache):
     assert managedblob.status(db)["blob"] == "shared/corpus.db"
     db.close()
     assert (remote / "shared" / "corpus.db").is_file()
+
+
+def test_lease_linger_zero_gives_the_lease_back_with_each_commit(remote, cache):
+    db = managedblob.connect(cache("h1"), remote=remote, lease_linger_ms=0, isolation_level=None)
+    db.execute("CREATE TABLE t(x)")
+    status = managedblob.status(db)
+    assert status["dirty"] is False and status["lease_held"] is False, status
+    assert status["requests"]["lease_release"] == 1, status
+    db.close()
+
+
+def test_connect_knows_every_setting_of_the_vfs():
+    # The VFS's settings are the URI names in src/config.rs (Key::uri_name) and the
+    # pinned-version parameters (src/pinned.rs); connect() must pass each of them on.
+    config = REPO / "src" / "config.rs"
+    require(config.is_file(), f"{config} (the VFS's settings) is not in this checkout")
+    text = config.read_text()
+    body = text[text.index("pub fn uri_name") : text.index("pub fn env_name")]
+    names = set(re.findall(r'=> "([a-z_]+)"', body)) | {"as_of", "version"}
+    names.discard("remote")  # connect()'s own argument
+    assert len(names) >= 10, names
+    assert names <= set(managedblob_connect.SETTINGS), names - set(managedblob_connect.SETTINGS)
 
 
 def test_read_only_mode_opens_without_a_lease(remote, cache):

@@ -105,6 +105,14 @@ enum SyncAction {
     Defer,
 }
 
+/// Whether `managedblob_batch=begin` joins what this process already holds: a batch,
+/// a write transaction or deferred commits take the batch in; a lease that only
+/// lingers after a commit does too, but not inside a read transaction, which is
+/// refused whether or not the lease happens to be warm (one answer, not a race).
+fn joins_held_lease(st: &State, level: LockLevel) -> bool {
+    !st.write.lease_unneeded() || (level == LockLevel::None && !st.lease.is_none())
+}
+
 /// The status report of `PRAGMA managedblob_status`.
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
@@ -459,7 +467,7 @@ impl Store {
         {
             let mut st = self.lock_state();
             self.revive_parked_lease(&mut st)?;
-            if st.write.in_batch() || !st.lease.is_none() {
+            if joins_held_lease(&st, level) {
                 st.write.batch_begin(false);
                 return Ok(());
             }
@@ -470,7 +478,7 @@ impl Store {
             ));
         }
         self.with_lock(file, level, |st, file| {
-            if st.write.in_batch() || !st.lease.is_none() {
+            if joins_held_lease(st, level) {
                 st.write.batch_begin(false);
                 return Ok(());
             }

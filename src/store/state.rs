@@ -206,10 +206,6 @@ impl WriteState {
         }
     }
 
-    pub fn in_batch(&self) -> bool {
-        matches!(self, WriteState::Batch { .. })
-    }
-
     /// A write transaction of this process is running.
     pub fn in_txn(&self) -> bool {
         matches!(
@@ -545,7 +541,7 @@ mod tests {
         let mut w = Idle;
         w.batch_begin(false);
         w.begin_txn(false).unwrap();
-        assert!(w.in_txn() && w.in_batch());
+        assert!(w.in_txn() && w.batch_depth() > 0);
         w.end_txn();
         assert_eq!(
             w,
@@ -589,7 +585,7 @@ mod tests {
         w.defer(t0);
         w.end_txn();
         assert_eq!(w.flush_due(), Some(t0));
-        assert!(!w.lease_unneeded() && !w.in_txn() && !w.in_batch());
+        assert!(!w.lease_unneeded() && !w.in_txn() && w.batch_depth() == 0);
         w.begin_txn(false).unwrap();
         w.defer(later);
         assert_eq!(w.flush_due(), Some(t0), "a second commit joins the first");

@@ -17,11 +17,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 SETTINGS = (
     "blob",
     "lease_secs",
+    "lease_linger_ms",
     "staleness_ms",
     "retry_attempts",
     "retry_base_ms",
     "retry_total_ms",
     "sync",
+    "history",
+    "flush_ms",
+    "as_of",
+    "version",
     "mode",
 )
 
@@ -97,9 +102,11 @@ def connect(cache_path: PathLike, remote: Optional[PathLike] = None, **options: 
         remote: a directory (``/srv/remote``, ``file:///srv/remote``) or an Azure container
             URL, with a SAS in its query string or credentials from the environment
             (README, Azure credentials). ``None``: ``MANAGEDBLOB_REMOTE``.
-        **options: managedblob settings (``blob``, ``lease_secs``, ``staleness_ms``,
-            ``retry_attempts``, ``retry_base_ms``, ``retry_total_ms``, ``sync``, and
-            SQLite's ``mode="ro"``), which go into the URI; and ``sqlite3.connect``'s own
+        **options: managedblob settings (``blob``, ``lease_secs``, ``lease_linger_ms``,
+            ``staleness_ms``, ``retry_attempts``, ``retry_base_ms``, ``retry_total_ms``,
+            ``sync``, ``history``, ``flush_ms``; ``as_of`` or ``version`` to open a past
+            version read-only; and SQLite's ``mode="ro"``), which go into the URI; and
+            ``sqlite3.connect``'s own
             keyword arguments (``timeout``, ``isolation_level``, ``check_same_thread``,
             ``factory``, ...), which are passed on. Anything else is a ``TypeError``.
 
