@@ -367,6 +367,39 @@ fn batch_begin_inside_a_read_transaction_never_rewrites_its_snapshot() {
     assert_eq!(s["dirty"], false, "{s}");
 }
 
+/// Bug: with the lease lingering after a commit (`lease_linger_ms`), `batch=begin`
+/// inside a read transaction joined the warm lease instead of being refused, so the
+/// same statement succeeded or failed depending on how long ago the last commit was.
+/// Now a read transaction refuses it either way; outside a transaction it still takes
+/// the warm lease without asking the remote again.
+#[test]
+fn batch_begin_in_a_read_transaction_is_refused_while_the_lease_lingers() {
+    let m = MemWorld::with_defaults("r6w", "&retry_base_ms=1");
+    let c = m.open("h1", "&lease_linger_ms=60000");
+    c.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('a');")
+        .unwrap();
+    assert_eq!(status(&c)["lease_held"], true, "the lease lingers");
+    c.execute_batch("BEGIN").unwrap();
+    let _: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+    let began = pragma(&c, "PRAGMA managedblob_batch=begin");
+    let err = began.expect_err("refused inside a read transaction");
+    assert!(err.to_string().contains("inside a transaction"), "{err}");
+    assert_eq!(status(&c)["batch_depth"], 0);
+    c.execute_batch("COMMIT").unwrap();
+
+    let acquires = status(&c)["requests"]["lease_acquire"].clone();
+    pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
+    c.execute("INSERT INTO t VALUES ('b')", []).unwrap();
+    pragma(&c, "PRAGMA managedblob_batch=end").unwrap();
+    let s = status(&c);
+    assert_eq!(
+        s["requests"]["lease_acquire"], acquires,
+        "the warm lease, {s}"
+    );
+    assert_eq!(s["batch_depth"], 0, "{s}");
+    assert_eq!(s["dirty"], false, "{s}");
+}
+
 /// Bug: the download side file was one fixed path for every process sharing the
 /// cache, so one process could install another's half-written download. Now each
 /// process has its own, and files left by dead processes are removed at open.

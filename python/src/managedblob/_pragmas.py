@@ -50,8 +50,9 @@ def batch(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def status(conn: sqlite3.Connection) -> Dict[str, Any]:
     """``PRAGMA managedblob_status`` as a dict: ``remote``, ``blob``, ``etag``, ``dirty``,
-    ``lease_held``, ``batch_depth``, ``generation``, ``in_flight``, ``conflicts``,
-    ``last_error`` and ``requests`` (per kind, bytes, and ``versions_up`` /
+    ``flush_due_ms`` (only while deferred commits wait, ``flush_ms``), ``lease_held``,
+    ``batch_depth``, ``generation``, ``in_flight``, ``waiting_on`` (the remote requests
+    under way, e.g. ``["upload"]``), ``conflicts``, ``last_error`` and ``requests`` (per kind, bytes, and ``versions_up`` /
     ``versions_down``: versions published and taken in). Secrets never appear in it.
 
     Raises ``ValueError`` when ``conn``'s main database is not a managed one.
