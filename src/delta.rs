@@ -13,6 +13,9 @@ use std::fmt;
 
 use crate::backend::BLOCK_ID_LEN;
 pub use crate::backend::MAX_BLOCKS;
+/// A remote's first chunk may keep an older change counter than its pages (see
+/// [`crate::backend::Blocks::counter_may_lag`]): compare images with this applied.
+pub use crate::image::ignore_change_counter;
 /// Smallest chunk: a multiple of every SQLite page size.
 pub const MIN_CHUNK: u64 = 64 * 1024;
 /// Largest chunk we choose (Azure allows 4000 MiB blocks; smaller keeps memory bounded).

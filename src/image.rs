@@ -89,6 +89,17 @@ pub fn adapt_header(header: &mut [u8], old_counter: Option<u32>) -> bool {
     changed
 }
 
+/// Copy the change counter and its "version-valid-for" copy (offsets 24 and 92) of
+/// the image starting `from` into the image starting `to`, so that comparing them
+/// compares the content SQLite reads, not how many commits each copy has seen.
+pub fn ignore_change_counter(from: &[u8], to: &mut [u8]) {
+    for field in [24..28, 92..96] {
+        if let (Some(src), Some(dst)) = (from.get(field.clone()), to.get_mut(field)) {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
 /// Whether a rollback journal at `path` is (possibly) hot: it exists and its header
 /// is not zeroed (PERSIST mode zeroes it, TRUNCATE empties it, DELETE removes it).
 pub fn journal_is_hot(path: &Path) -> bool {

@@ -82,3 +82,33 @@ backend_tests!(
     a_foreign_blob_is_downloaded_whole_and_converted_by_the_next_upload,
     a_whole_download_of_a_managed_blob_is_a_plain_sqlite_file,
 );
+
+/// On the local backend SQLite tools open the remote file in place and keep their
+/// page cache between transactions, trusting the change counter to say when it is
+/// stale. So a commit there always writes page 1 with its new counter (no
+/// `counter_may_lag`), and a plain connection kept open sees every commit.
+#[test]
+fn a_plain_connection_kept_open_on_the_local_remote_sees_every_commit() {
+    let w = World::local();
+    let a = w.open_with("h1", "d.db", "&staleness_ms=0");
+    fill(&a, 4000);
+    let plain = open(&format!("file:{}?mode=ro", w.remote_blob("d.db").display()));
+    let read = |c: &rusqlite::Connection| -> Vec<u8> {
+        c.query_row("SELECT v FROM t WHERE id = 3000", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(read(&plain).len(), 1000);
+    for round in 0u8..4 {
+        let value = vec![round; 1000];
+        a.execute("UPDATE t SET v = ?1 WHERE id = 3000", [&value])
+            .unwrap();
+        assert!(
+            read(&plain) == value,
+            "round {round}: the plain reader sees the commit"
+        );
+        assert!(
+            w.remote_bytes("d.db").unwrap() == std::fs::read(w.cache("h1", "d.db")).unwrap(),
+            "round {round}: the remote file is the writer's cache, counter included"
+        );
+    }
+}

@@ -344,6 +344,17 @@ pub trait Blocks: Send + Sync {
     /// `len` bytes at `offset` of the version `etag`; `ConditionFailed` when the blob
     /// is no longer that version.
     fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>>;
+
+    /// Whether a commit may keep the base's first block when the only bytes of it
+    /// that changed are SQLite's file change counter and its "version-valid-for" copy
+    /// (header offsets 24 and 92), which SQLite bumps on every commit. That saves one
+    /// staged block per small commit where readers take the blob whole (Azure): the
+    /// blob stays a valid SQLite file, and each cache moves its own counter when it
+    /// installs a version. Not where SQLite readers open the blob file in place (the
+    /// local backend): their page caches notice a new version only by that counter.
+    fn counter_may_lag(&self) -> bool {
+        false
+    }
 }
 
 /// Build the backend a `remote` setting names (the store and the `managedblob` CLI

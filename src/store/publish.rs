@@ -123,7 +123,7 @@ impl Store {
         condition: &Condition,
         lease: Option<&LeaseId>,
     ) -> std::result::Result<BlobStat, Failure> {
-        let manifest = self.stage_chunks(st, file, lease)?;
+        let (manifest, first_counter) = self.stage_chunks(st, file, lease)?;
         let raw: Vec<BlockId> = manifest
             .ids
             .iter()
@@ -135,6 +135,9 @@ impl Store {
         let committed = self.remote.commit_blocks(&raw, condition, lease);
         let stat = self.landed_or(committed, file, Attempt::Blocks(&raw))?;
         self.set_manifest(st, Some((stat.etag.clone(), manifest)));
+        if first_counter.is_some() {
+            st.remote_counter = first_counter;
+        }
         st.written.clear();
         st.sizes_taught = true;
         Ok(stat)

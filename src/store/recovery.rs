@@ -43,7 +43,9 @@ impl Store {
         }
     }
 
-    /// Whether the cache holds exactly the bytes of the downloaded copy.
+    /// Whether the cache holds exactly the bytes of the downloaded copy, the change
+    /// counter aside: a remote's first chunk may carry an older counter than the
+    /// cache that published it (src/store/stage.rs, `kept_first_chunk`).
     pub(super) fn same_as_download(&self, file: &mut dyn LocalFile) -> Result<bool> {
         let mut src = File::open(&self.download_path)
             .map_err(|e| Error::local("opening the downloaded copy", e))?;
@@ -69,6 +71,9 @@ impl Store {
             let m = file
                 .read_at(&mut b[..n], offset)
                 .map_err(|e| Error::local("reading the cache", e))?;
+            if offset == 0 {
+                image::ignore_change_counter(&a[..n], &mut b[..m]);
+            }
             if m != n || a[..n] != b[..n] {
                 return Ok(false);
             }

@@ -242,7 +242,7 @@ impl Store {
                 .collect(),
         };
         let mut buf = vec![0u8; COPY_CHUNK];
-        for (start, len) in pieces {
+        for &(start, len) in &pieces {
             let mut offset = start;
             while offset < start + len {
                 let want = (COPY_CHUNK as u64).min(start + len - offset) as usize;
@@ -263,6 +263,9 @@ impl Store {
                     .map_err(|e| cache_err("writing", e))?;
                 offset += n as u64;
             }
+        }
+        if !pieces.iter().any(|&(start, _)| start == 0) {
+            self.move_counter_past(file, old_counter)?;
         }
         file.truncate(stat.size)
             .map_err(|e| cache_err("truncating", e))?;
@@ -286,6 +289,7 @@ impl Store {
         st.sidecar.in_flight = InFlight::None;
         st.sidecar.generation += 1;
         st.written.clear();
+        st.remote_counter = None;
         // The staleness clock starts when the new version is in, not when the
         // (possibly long) transfer began.
         st.last_check = Some(Instant::now());
@@ -328,6 +332,26 @@ impl Store {
             .read_at(&mut header, 0)
             .map_err(|e| Error::local(format!("reading cache {}", self.cache_path.display()), e))?;
         Ok((len == 100 && &header[..16] == image::MAGIC).then(|| image::change_counter(&header)))
+    }
+
+    /// Bump the change counter of the header the cache kept (a delta install that
+    /// did not touch the first chunk): the new version's pages are in, and every
+    /// connection's page cache must notice, which SQLite decides by that counter
+    /// alone. The remote's first chunk may carry an older counter than its pages
+    /// (src/store/stage.rs, `kept_first_chunk`), so the cache keeps its own.
+    fn move_counter_past(&self, file: &mut dyn LocalFile, old_counter: Option<u32>) -> Result<()> {
+        let mut header = [0u8; 100];
+        let cache_err = |what: &str, e: std::io::Error| {
+            Error::local(format!("{what} cache {}", self.cache_path.display()), e)
+        };
+        let len = file
+            .read_at(&mut header, 0)
+            .map_err(|e| cache_err("reading", e))?;
+        if len == header.len() && image::adapt_header(&mut header, old_counter) {
+            file.write_at(&header, 0)
+                .map_err(|e| cache_err("writing", e))?;
+        }
+        Ok(())
     }
 
     /// Remove a journal that belongs to content the cache no longer holds.

@@ -18,13 +18,15 @@ pub(super) const PARALLEL: usize = 4;
 
 impl Store {
     /// Stage every chunk of the cache that the base's chunk list lacks; the chunk
-    /// list of what the cache holds now.
+    /// list of the new version, and the change-counter bytes its first chunk carries
+    /// when they are known to differ from the last ones published (see
+    /// [`kept_first_chunk`]).
     pub(super) fn stage_chunks(
         &self,
         st: &mut State,
         file: &mut dyn LocalFile,
         lease: Option<&LeaseId>,
-    ) -> Result<Manifest> {
+    ) -> Result<(Manifest, Option<[u8; COUNTER_BYTES]>)> {
         let size = file
             .size()
             .map_err(|e| Error::local("reading the cache", e))?;
@@ -39,6 +41,13 @@ impl Store {
             .as_ref()
             .filter(|_| self.written_is_complete(st))
             .map(|m| changed_chunks(m, &st.written, size, chunk));
+        let lagging_counter = st.remote_counter.filter(|_| {
+            self.remote
+                .backend()
+                .blocks()
+                .is_some_and(|b| b.counter_may_lag())
+        });
+        let mut first_counter = None;
 
         // Read and hash on this thread; stage on PARALLEL workers. A worker that
         // fails records the error and keeps draining, so the reader never blocks.
@@ -81,6 +90,15 @@ impl Store {
                     return Err(Error::Local("the cache shrank during an upload".into()));
                 }
                 let id = ChunkId::new(i as u32, &buf[..len]);
+                if i == 0 && known != Some(id) {
+                    if let Some(kept) =
+                        known.filter(|k| kept_first_chunk(&buf[..len], *k, lagging_counter))
+                    {
+                        ids.push(kept);
+                        continue;
+                    }
+                    first_counter = counter_bytes(&buf[..len]);
+                }
                 if known != Some(id) {
                     let _ = sender.send((id, buf[..len].to_vec()));
                 }
@@ -95,12 +113,50 @@ impl Store {
         if ids.len() as u64 != count {
             return Err(Error::Local("staging stopped early".into()));
         }
-        Ok(Manifest {
+        let manifest = Manifest {
             chunk_size: chunk,
             len: size,
             ids,
-        })
+        };
+        Ok((manifest, first_counter))
     }
+}
+
+/// Header offsets 24..28 (the file change counter) and 92..96 ("version-valid-for"),
+/// the two fields SQLite rewrites on every commit, as one 8-byte value.
+pub(super) const COUNTER_BYTES: usize = 8;
+
+/// The change-counter bytes of a first chunk (none when it is too short to hold them).
+fn counter_bytes(first: &[u8]) -> Option<[u8; COUNTER_BYTES]> {
+    let mut out = [0u8; COUNTER_BYTES];
+    out[..4].copy_from_slice(first.get(24..28)?);
+    out[4..].copy_from_slice(first.get(92..96)?);
+    Some(out)
+}
+
+/// Whether the base's first chunk `known` can stay in the new version: the cache's
+/// first chunk `first` equals it once the change counter the remote carries
+/// (`remote_counter`, a hint) is put back. SQLite bumps that counter on every commit,
+/// so without this every small commit would stage the first chunk (one more
+/// request); the hash comparison makes a stale hint cost a staged chunk, never a
+/// wrong version. Only where readers take the blob whole
+/// ([`crate::backend::Blocks::counter_may_lag`]): each cache moves its own counter
+/// past the old one when it installs a version (src/store/refresh.rs).
+fn kept_first_chunk(
+    first: &[u8],
+    known: ChunkId,
+    remote_counter: Option<[u8; COUNTER_BYTES]>,
+) -> bool {
+    let Some(counter) = remote_counter else {
+        return false;
+    };
+    if first.len() < 96 {
+        return false;
+    }
+    let mut probe = first.to_vec();
+    probe[24..28].copy_from_slice(&counter[..4]);
+    probe[92..96].copy_from_slice(&counter[4..]);
+    ChunkId::new(0, &probe) == known
 }
 
 /// The chunks that may differ from the base `old`: those holding a written granule,

@@ -411,6 +411,12 @@ pub(crate) struct State {
     /// The backend was told the sizes of the base's chunks (it learns them from its
     /// own stages and lists too), so a commit needs no request for the blob's size.
     pub sizes_taught: bool,
+    /// The change-counter bytes (header offsets 24..28 and 92..96) of the remote's
+    /// first chunk as this process last published it: a hint that lets a commit keep
+    /// that chunk when nothing else in it changed ([`crate::backend::Blocks::counter_may_lag`]).
+    /// Only used after the hash check confirms it, so a stale hint costs one staged
+    /// chunk, never a wrong version.
+    pub remote_counter: Option<[u8; 8]>,
     /// The current write transaction published a version: its lease is the one the
     /// remote's newest version was written under, worth keeping warm.
     pub published_in_write: bool,
@@ -434,6 +440,7 @@ impl State {
             manifest: None,
             written: BTreeSet::new(),
             sizes_taught: false,
+            remote_counter: None,
             published_in_write: false,
             warm_turn: WarmTurn::default(),
         }

@@ -16,6 +16,20 @@ pub fn n(s: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in {s}"))
 }
 
+/// Whether two database images hold the same content: equal byte for byte except
+/// the change counter (header offsets 24 and 92), which each cache keeps for itself
+/// where the remote's first chunk may lag (`Blocks::counter_may_lag`). The image `b`
+/// must still be self-consistent there (counter == version-valid-for), as SQLite
+/// needs to trust its page count.
+pub fn same_database(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() || (b.len() >= 100 && b[24..28] != b[92..96]) {
+        return false;
+    }
+    let mut a = a.to_vec();
+    managedblob::delta::ignore_change_counter(b, &mut a);
+    a == b
+}
+
 /// Create table `t(id, v)` with `rows` rows of 1000 random bytes.
 pub fn fill(c: &Connection, rows: u64) {
     c.execute_batch(&format!(

@@ -158,6 +158,11 @@ impl AzureBackend {
 }
 
 impl Blocks for AzureBackend {
+    /// Readers take the blob whole (a download, ranged reads into their own cache).
+    fn counter_may_lag(&self) -> bool {
+        true
+    }
+
     fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>> {
         let Some(listed) = self.get_block_list(blob)? else {
             return Ok(None);

@@ -335,6 +335,11 @@ impl Backend for MemoryBackend {
 }
 
 impl Blocks for MemoryBackend {
+    /// Readers take the blob whole (a download, ranged reads into their own cache).
+    fn counter_may_lag(&self) -> bool {
+        true
+    }
+
     fn block_list(&self, blob: &str) -> BackendResult<Option<(BlobStat, Vec<(BlockId, u64)>)>> {
         self.enter(Op::BlockList, blob, "get block list")?;
         let state = self.state.lock();
