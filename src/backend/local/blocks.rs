@@ -103,6 +103,7 @@ impl Blocks for LocalBackend {
         require_condition(&p, condition, p.current_stat(OP)?.as_ref(), OP)?;
         let tmp = built?;
         let stat = p.install(tmp, OP)?;
+        super::crash_point("installed");
         p.clear_blocks(Some(&BlockListRecord::of(&stat, &plan)), OP);
         p.sync_parent(OP)?;
         Ok(stat)
@@ -125,7 +126,7 @@ impl Blocks for LocalBackend {
 /// version `etag`.
 #[derive(Serialize, Deserialize)]
 pub(super) struct BlockListRecord {
-    etag: String,
+    pub(super) etag: String,
     pub(super) blocks: Vec<(String, u64)>,
 }
 
@@ -308,6 +309,15 @@ impl BlobPaths {
             ));
         }
         Ok(staged)
+    }
+
+    /// Remove the block list record before the blob's content is replaced (see
+    /// [`BlobPaths::install`]); a failure fails the write before anything changed.
+    pub fn forget_block_list(&self, op: &str) -> BackendResult<()> {
+        match fs::remove_file(self.block_list_record()) {
+            Err(e) if !is_missing(&e) => Err(self.io_error(op, e)),
+            _ => Ok(()),
+        }
     }
 
     /// After a write landed: record its block list (or none), discard staged blocks.

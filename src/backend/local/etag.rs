@@ -72,6 +72,16 @@ impl BlobPaths {
 }
 
 impl BlobPaths {
+    /// The etag (`mb-<token>`) of the version this backend last finished installing,
+    /// from the etag record whatever the blob file's fingerprint is now; `None`
+    /// without a record (an in-place commit deleted it and died before recording the
+    /// new one). A block list recorded for another etag is stale, not evidence of a
+    /// foreign write (call with the mutex held).
+    pub fn installed_etag(&self, op: &str) -> BackendResult<Option<Etag>> {
+        let recorded: Option<EtagRecord> = self.read_json(&self.etag_record(), op)?;
+        Ok(recorded.map(|r| Etag(format!("mb-{}", r.token))))
+    }
+
     /// Drop the etag record before the blob is written in place: until a new one is
     /// recorded the etag is `fs-<fingerprint>`, never the old version's token.
     pub fn forget_etag(&self, op: &str) -> BackendResult<()> {

@@ -26,11 +26,13 @@
 //!    old length.
 //! 4. Delete the journal and fsync the directory: the commit point (as for SQLite).
 //!    *Crash*: the new content, no etag record: the etag is `fs-<fingerprint>`, new
-//!    and unlike the old one, and the old block list no longer matches. The new
-//!    version, seen by a caller as a commit whose answer was lost.
-//! 5. Record the new etag (`mb-<token>`) and block list, fsync the directory, drop
-//!    the locks. *Crash between the two records*: the block list belongs to another
-//!    etag and reads as empty.
+//!    and unlike the old one, and the old block list no longer matches (nor counts
+//!    for `verify`: no etag record names its version). The new version, seen by a
+//!    caller as a commit whose answer was lost.
+//! 5. Record the new etag (`mb-<token>`), then (the caller) the block list, fsync the
+//!    directory, drop the locks. *Crash between the two records*: the block list
+//!    belongs to another etag than the record names and reads as empty, for the
+//!    VFS and for `verify` alike.
 //!
 //! The etag record is deleted in step 2 rather than kept until step 5 because the
 //! fingerprint may not move: an in-place write within one timestamp tick of the last
@@ -38,7 +40,8 @@
 //! the old etag. The lock page (at 1 GiB, never used by SQLite) is not journaled.
 //!
 //! For tests, `MANAGEDBLOB_TEST_CRASH_AT=<step>` aborts the process at a step
-//! (`journaled`, `half-written`, `blob-synced`, `journal-deleted`, `etag-recorded`),
+//! (`journaled`, `half-written`, `blob-synced`, `journal-deleted`, `etag-recorded`;
+//! `rollback-recorded` in a rollback, `renamed` and `installed` in a rebuilt commit),
 //! and `MANAGEDBLOB_TEST_IN_PLACE_PAUSE_MS` pauses in the middle of step 3, so a
 //! kill from outside can land there.
 
@@ -48,6 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::blocks::{PlannedBlock, Source};
+use super::crash_point;
 use super::download::Base;
 use super::journal::{lock_page, rollback_page_size, JournalWriter, SqliteLock};
 use super::paths::BlobPaths;
@@ -60,13 +64,6 @@ struct Write {
     len: u64,
     block: usize,
     at_in_block: u64,
-}
-
-/// Stop here when the test hook names this step.
-fn crash_point(step: &str) {
-    if std::env::var("MANAGEDBLOB_TEST_CRASH_AT").is_ok_and(|s| s == step) {
-        std::process::abort();
-    }
 }
 
 fn test_pause() {

@@ -54,8 +54,13 @@ impl LocalBackend {
         }))
     }
 
-    /// The block list recorded for `blob`, whatever version it was recorded for (see
-    /// [`crate::ops::recorded_blocks`]); empty when none is recorded or it is unreadable.
+    /// The block list recorded for `blob` (see [`crate::ops::recorded_blocks`]): the
+    /// list of the version this backend last finished installing, even when the blob
+    /// file changed since (bit rot, a foreign write), so that its chunk ids show what
+    /// the content should hash to. Empty when none is recorded, it is unreadable, or
+    /// it belongs to another version than the etag record names: a write that died
+    /// between its records (new content and etag, the old list) or after an in-place
+    /// commit point (no etag record yet) left it, and the content never was its.
     pub fn recorded_blocks(&self, blob: &str) -> BackendResult<Option<(BlobStat, BlockList)>> {
         const OP: &str = "read recorded block list";
         let p = self.paths(blob)?;
@@ -66,8 +71,10 @@ impl LocalBackend {
         let Some(stat) = p.current_stat(OP)? else {
             return Ok(None);
         };
-        let record: Option<BlockListRecord> = p.read_json(&p.side("blocks"), OP)?;
+        let installed = p.installed_etag(OP)?;
+        let record: Option<BlockListRecord> = p.read_json(&p.block_list_record(), OP)?;
         let list = record
+            .filter(|r| installed.as_ref().is_some_and(|e| r.etag == e.0))
             .and_then(|r| {
                 r.blocks
                     .iter()

@@ -312,13 +312,19 @@ impl BlobPaths {
         }
         lock.exclusive(self, op)?;
         let played = play_back(&journal, lock.file()).map_err(|e| self.io_error(op, e))?;
-        self.remove_journal(op)?;
+        // The old etag back before the journal goes: killed in between, the journal
+        // is still hot and the next accessor plays it back again (which moves the
+        // fingerprint) and records the token again. Removing the journal first would
+        // leave the old content without its etag (and its block list unused).
         if let Some(token) = played.flatten() {
             let meta = lock.file().metadata().map_err(|e| self.io_error(op, e))?;
             self.record_etag_token(&token, &meta, op)?;
+            self.sync_parent(op)?;
         }
+        super::crash_point("rollback-recorded");
+        self.remove_journal(op)?;
         tracing::info!(blob = %self.path.display(), "rolled back a hot journal of the remote file");
-        self.sync_parent(op)
+        Ok(())
     }
 
     /// Delete the journal (the commit point of an in-place write) and make that durable.

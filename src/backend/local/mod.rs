@@ -43,7 +43,10 @@
 //! A commit takes for each id the staged block when there is one, else the committed
 //! one. A block list whose etag is not the blob's current one (a whole upload, a
 //! foreign `cp`, a crash before the list was written) is reported as empty, so the
-//! caller falls back to a whole download.
+//! caller falls back to a whole download. The list record is removed before a rename
+//! over the blob and written after the new etag record, so at every crash point it is
+//! absent, or belongs to the version the etag record names (which `verify` checks the
+//! content against even when the content changed since: rot, a foreign write).
 //!
 //! The fingerprint uses inode, size and nanosecond mtime/ctime. A foreign in-place
 //! write of the same size within one file-system timestamp tick of our own upload
@@ -138,6 +141,15 @@ impl LocalBackend {
     /// The files of `blob`, after checking its name cannot escape the directory.
     fn paths(&self, blob: &str) -> BackendResult<BlobPaths> {
         BlobPaths::new(&self.dir, blob)
+    }
+}
+
+/// Abort the process here when the test hook `MANAGEDBLOB_TEST_CRASH_AT` names
+/// `step`: crash tests kill a write at an exact point (`in_place.rs` and
+/// [`BlobPaths::install`] list the points).
+fn crash_point(step: &str) {
+    if std::env::var("MANAGEDBLOB_TEST_CRASH_AT").is_ok_and(|s| s == step) {
+        std::process::abort();
     }
 }
 

@@ -57,10 +57,19 @@ impl Drop for TempFile {
 
 impl BlobPaths {
     /// Rename `tmp` over the blob and record its fresh etag (call with the mutex
-    /// held, after the checks).
+    /// held, after the checks); the caller then records the new block list (or none).
+    ///
+    /// The old block list record goes first: between the rename and the etag record
+    /// the etag record still names the old version, and a list recorded for that
+    /// version would be taken for the new content's (`verify` would report chunks
+    /// that do not match). Killed after the removal, the blob keeps its version and
+    /// etag and has no block list (the next delta sync downloads it whole); after the
+    /// rename, the new content has no list either.
     pub fn install(&self, tmp: TempFile, op: &str) -> BackendResult<BlobStat> {
+        self.forget_block_list(op)?;
         tmp.rename_to(&self.path)
             .map_err(|e| self.io_error(op, e))?;
+        super::crash_point("renamed");
         let meta = self.metadata(op)?.ok_or_else(|| self.missing(op))?;
         self.record_new_etag(&meta, op)
     }
