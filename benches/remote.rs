@@ -90,8 +90,9 @@ struct Plan {
     d: (Duration, usize),
     /// Database size (MiB) and steady commits per delay of section E.
     e: (u64, usize),
-    /// Transactions of section F.
-    f: usize,
+    /// Transactions of section F, and rounds of its quick variants (plain SQLite and
+    /// `flush_ms`, interleaved; medians reported).
+    f: (usize, usize),
     /// The proxy's added delays (ms) of E; F runs those up to 5 ms.
     delays: Vec<u64>,
     /// F's deferred-upload variant (`--flush-ms=N`).
@@ -129,7 +130,7 @@ impl Plan {
                 c: (4, 20),
                 d: (Duration::from_millis(200), 1),
                 e: (4, 10),
-                f: 60,
+                f: (60, 1),
                 delays: vec![0, 5],
                 flush_ms,
                 sections,
@@ -143,7 +144,7 @@ impl Plan {
                 c: (4, 1000),
                 d: (Duration::from_secs(1), 5),
                 e: (64, 50),
-                f: 1000,
+                f: (1000, 5),
                 delays: vec![0, 5, 20],
                 flush_ms,
                 sections,

@@ -24,6 +24,7 @@ mod cache_file;
 pub mod config;
 mod connection;
 mod counters;
+mod crash;
 pub mod delta;
 pub mod error;
 mod ffi;

@@ -36,6 +36,7 @@ fn child_main() {
     child::child_main(&[
         ("batch_then_sleep", batch_then_sleep),
         ("commit_loop", commit_loop),
+        ("commit_one", commit_one),
     ]);
 }
 
@@ -63,6 +64,16 @@ fn batch_then_sleep(uri: &str) {
     child::say(&format!("READY status={s}"));
     child::sleep_while_parent_alive(Duration::from_secs(60));
     panic!("batch_then_sleep was not killed");
+}
+
+/// `commit_one`: one autocommit insert of id `MB_ID` (the process is expected to
+/// abort inside it, at the step `MANAGEDBLOB_TEST_CRASH_AT` names).
+fn commit_one(uri: &str) {
+    let id: i64 = child::env_num("MB_ID");
+    let c = open(uri);
+    c.execute("INSERT INTO t(id, payload) VALUES (?1, 'crashed')", [id])
+        .unwrap_or_else(|e| panic!("insert {id}: {e}"));
+    child::say(&format!("ACK {id}"));
 }
 
 /// `commit_loop`: autocommit inserts of ids `MB_START`, `MB_START + 1`, ... forever,
@@ -342,7 +353,90 @@ fn sigkill_mid_commit_loop(w: &World) {
     }
 }
 
+/// A process that dies after the remote took its commit, before the cache records
+/// it (a clean commit saves its sidecar once, at COMMIT_PHASETWO): at
+/// `commit-published` SQLite has not finished the local commit (a hot journal is
+/// left), at `commit-phase-two` it has (the sidecar still names the old base).
+/// Either way the next open of the same cache has the row exactly once, is
+/// identical to the remote, and its next commit lands on top of the crashed one.
+fn a_crash_between_a_commits_upload_and_its_sidecar_save_loses_nothing(w: &World) {
+    for (host, step, hot) in [
+        ("h1", "commit-published", true),
+        ("h2", "commit-phase-two", false),
+    ] {
+        let lease_secs = crash_lease_secs(w);
+        let uri = w.uri(
+            host,
+            &format!("{host}.db"),
+            &format!("&lease_secs={lease_secs}"),
+        );
+        {
+            let c = open(&uri);
+            c.execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, payload TEXT);
+                 INSERT INTO t VALUES (1, 'before');",
+            )
+            .unwrap();
+        }
+        let before = sidecar_of(&w.cache(host, &format!("{host}.db"))).unwrap();
+        let mut child = Proc::spawn(
+            step,
+            "commit_one",
+            &uri,
+            &[
+                ("MB_ID", "2".to_string()),
+                ("MANAGEDBLOB_TEST_CRASH_AT", step.to_string()),
+            ],
+        );
+        let exit = child.wait_exit(Duration::from_secs(60));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&exit),
+            Some(libc::SIGABRT),
+            "{step}: the child should have died there\n{}",
+            child.output()
+        );
+        let cache = w.cache(host, &format!("{host}.db"));
+        let mut journal = cache.clone().into_os_string();
+        journal.push("-journal");
+        assert_eq!(
+            std::path::Path::new(&journal).exists(),
+            hot,
+            "{step}: the hot journal"
+        );
+        let after = sidecar_of(&cache).unwrap();
+        assert_eq!(
+            after["base"], before["base"],
+            "{step}: no save after the upload"
+        );
+        let remote: BTreeSet<i64> =
+            w.read_remote(&format!("{host}.db"), |r| column(r, "SELECT id FROM t"));
+        assert_eq!(
+            remote,
+            BTreeSet::from([1, 2]),
+            "{step}: the remote took the commit"
+        );
+
+        let c = open(&uri);
+        c.busy_timeout(Duration::from_secs(lease_secs * 4)).unwrap();
+        assert_eq!(ids(&c), BTreeSet::from([1, 2]), "{step}");
+        assert_eq!(integrity(&c), "ok", "{step}");
+        c.execute("INSERT INTO t VALUES (3, 'after')", [])
+            .unwrap_or_else(|e| panic!("{step}: the next commit: {e}"));
+        let remote: BTreeSet<i64> =
+            w.read_remote(&format!("{host}.db"), |r| column(r, "SELECT id FROM t"));
+        assert_eq!(remote, BTreeSet::from([1, 2, 3]), "{step}");
+        let s = status(&c);
+        assert_eq!(s["dirty"], false, "{step}: {s}");
+        assert_eq!(s["in_flight"], "none", "{step}: {s}");
+        drop(c);
+        let side = sidecar_of(&cache).unwrap();
+        assert_eq!(side["in_flight"], "none", "{step}: {side}");
+        assert_eq!(side["dirty"], false, "{step}: {side}");
+    }
+}
+
 backend_tests!(
+    a_crash_between_a_commits_upload_and_its_sidecar_save_loses_nothing,
     sigkill_inside_batch_commits_reach_remote_on_next_open,
     sigkill_inside_batch_with_another_process_on_the_same_cache,
     sigkill_mid_commit_loop,

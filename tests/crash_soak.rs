@@ -289,11 +289,14 @@ fn classify_writer_kill(
             "during the upload at a batch end"
         }
     } else if in_flight == "commit" {
-        "after the upload, before the local commit completed"
+        // Only a dirty cache's commit saves the sidecar before its phase two.
+        "after the upload of a dirty cache's commit, before the local commit completed"
     } else if hot && dirty {
         "inside a transaction inside a batch"
     } else if hot {
-        "inside a transaction (hot journal)"
+        // A clean commit's sidecar keeps the old base until its phase two, so this
+        // includes kills after the upload, before the local commit completed.
+        "inside a transaction or after its upload (hot journal)"
     } else if dirty {
         "inside a batch, between local commit and upload"
     } else {

@@ -9,7 +9,7 @@ use super::state::State;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LockFail, LockLevel};
-use crate::sidecar::{self, Sidecar};
+use crate::sidecar::{self, InFlight, Sidecar};
 
 /// How long a pragma waits for a SHARED lock on the cache before giving up.
 const PRAGMA_LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -72,6 +72,12 @@ impl Store {
     /// foreign sidecar means the cache corresponds to nothing we know: it is kept
     /// as local changes when it has content.
     pub(super) fn reload(&self, st: &mut State) -> Result<()> {
+        if st.sidecar.in_flight == InFlight::Commit {
+            // Between a commit's upload and COMMIT_PHASETWO the state in memory is
+            // ahead of the file (saved at phase two), and this connection holds the
+            // cache's EXCLUSIVE lock, so no other process can have changed it.
+            return Ok(());
+        }
         let cache_id = sidecar::file_identity(&self.cache_path);
         match sidecar::load(&self.sidecar_path)? {
             Some(s)

@@ -51,6 +51,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::config::Config;
+use crate::crash::crash_point;
 use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::remote::Remote;
@@ -381,17 +382,19 @@ impl Store {
             SyncAction::Publish => {
                 st.written.extend(written.iter().copied());
                 let create = st.write.creates_blob();
+                let was_dirty = st.sidecar.dirty;
                 self.publish(&mut st, file, create).map(|_| {
                     // Until COMMIT_PHASETWO: the remote holds a commit the cache has
-                    // not finished; a crash in between resyncs from the remote.
+                    // not finished (in memory; `reload` leaves it alone meanwhile).
                     st.sidecar.in_flight = InFlight::Commit;
-                    if let Err(e) = self.save(&mut st) {
-                        // The remote holds the transaction: failing the COMMIT now
-                        // would make the application apply it twice. The sidecar on
-                        // disk still names the old base, so a crash before the next
-                        // save resyncs from the remote (which holds this commit).
-                        self.note_committed_but(&mut st, &e);
+                    if was_dirty {
+                        self.save_after_publish(&mut st);
                     }
+                    // A clean cache saves once, at COMMIT_PHASETWO: until then the
+                    // sidecar on disk names the old base, which the remote has left,
+                    // so a crash in between resyncs from the remote (which holds this
+                    // commit) whether SQLite rolls the cache back or not.
+                    crash_point("commit-published");
                 })
             }
         };
@@ -412,14 +415,27 @@ impl Store {
         }
     }
 
+    /// The sidecar on disk said dirty: record at once that the remote took those
+    /// commits, or a crash before COMMIT_PHASETWO would keep them as a conflict copy.
+    fn save_after_publish(&self, st: &mut State) {
+        if let Err(e) = self.save(st) {
+            // The remote holds the transaction: failing the COMMIT now would make
+            // the application apply it twice. The sidecar on disk still names the
+            // old base, so a crash before the next save resyncs from the remote.
+            self.note_committed_but(st, &e);
+        }
+    }
+
     /// SQLITE_FCNTL_COMMIT_PHASETWO: the local commit is complete. SQLite sends it
     /// after the transaction is committed (locally, and uploaded): nothing here may
-    /// report the COMMIT failed, or the application would apply it twice. A failed
-    /// save leaves `in_flight: commit` on disk, so the cache resyncs from the remote
-    /// at the next check or open.
+    /// report the COMMIT failed, or the application would apply it twice. This is
+    /// a clean commit's one sidecar save; a failed one leaves the old base on disk
+    /// (or `in_flight: commit`, after a dirty cache's publish), so the cache resyncs
+    /// from the remote at the next check or open.
     pub fn commit_phase_two(&self) -> Result<()> {
         let mut st = self.lock_state();
         if st.sidecar.in_flight == InFlight::Commit {
+            crash_point("commit-phase-two");
             st.sidecar.in_flight = InFlight::None;
             if let Err(e) = self.save(&mut st) {
                 self.note_committed_but(&mut st, &e);

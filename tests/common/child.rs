@@ -280,6 +280,12 @@ impl Proc {
 
     /// Wait for the child to exit, and require success.
     pub fn wait_success(&mut self, timeout: Duration) {
+        let status = self.wait_exit(timeout);
+        assert!(status.success(), "{} failed\n{}", self.name, self.output());
+    }
+
+    /// Wait for the child to exit (killing it after `timeout`), and say how it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
@@ -297,7 +303,7 @@ impl Proc {
             thread::sleep(Duration::from_millis(10));
         };
         self.status = Some(status);
-        assert!(status.success(), "{} failed\n{}", self.name, self.output());
+        status
     }
 
     /// Wait for the child to exit and require success; then all it printed:

@@ -103,7 +103,7 @@ impl Blocks for LocalBackend {
         require_condition(&p, condition, p.current_stat(OP)?.as_ref(), OP)?;
         let tmp = built?;
         let stat = p.install(tmp, OP)?;
-        super::crash_point("installed");
+        crate::crash::crash_point("installed");
         p.clear_blocks(Some(&BlockListRecord::of(&stat, &plan)), OP);
         p.sync_parent(OP)?;
         Ok(stat)

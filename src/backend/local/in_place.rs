@@ -51,12 +51,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::blocks::{PlannedBlock, Source};
-use super::crash_point;
 use super::download::Base;
 use super::journal::{lock_page, rollback_page_size, JournalWriter, SqliteLock};
 use super::paths::BlobPaths;
 use super::upload::TempFile;
 use crate::backend::{BackendResult, BlobStat};
+use crate::crash::crash_point;
 
 /// A page to write: its offset in the blob, and where its new bytes come from.
 struct Write {

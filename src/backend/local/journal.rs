@@ -321,7 +321,7 @@ impl BlobPaths {
             self.record_etag_token(&token, &meta, op)?;
             self.sync_parent(op)?;
         }
-        super::crash_point("rollback-recorded");
+        crate::crash::crash_point("rollback-recorded");
         self.remove_journal(op)?;
         tracing::info!(blob = %self.path.display(), "rolled back a hot journal of the remote file");
         Ok(())

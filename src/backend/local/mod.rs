@@ -144,15 +144,6 @@ impl LocalBackend {
     }
 }
 
-/// Abort the process here when the test hook `MANAGEDBLOB_TEST_CRASH_AT` names
-/// `step`: crash tests kill a write at an exact point (`in_place.rs` and
-/// [`BlobPaths::install`] list the points).
-fn crash_point(step: &str) {
-    if std::env::var("MANAGEDBLOB_TEST_CRASH_AT").is_ok_and(|s| s == step) {
-        std::process::abort();
-    }
-}
-
 /// Fail unless `condition` holds for the blob's current version.
 fn require_condition(
     p: &BlobPaths,

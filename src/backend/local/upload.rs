@@ -69,7 +69,7 @@ impl BlobPaths {
         self.forget_block_list(op)?;
         tmp.rename_to(&self.path)
             .map_err(|e| self.io_error(op, e))?;
-        super::crash_point("renamed");
+        crate::crash::crash_point("renamed");
         let meta = self.metadata(op)?.ok_or_else(|| self.missing(op))?;
         self.record_new_etag(&meta, op)
     }

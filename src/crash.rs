@@ -1,0 +1,17 @@
+//! A test hook: `MANAGEDBLOB_TEST_CRASH_AT=<step>` aborts the process at the point
+//! named `step`, so the crash tests kill a write exactly there (tests/local_in_place.rs,
+//! tests/crash_kills.rs). The points: the local backend's write steps
+//! (`backend/local/in_place.rs`, `BlobPaths::install`) and the store's commit,
+//! `commit-published` (the remote took the commit, SQLite has not finished it
+//! locally) and `commit-phase-two` (SQLite finished it, the sidecar is not saved).
+
+use std::sync::OnceLock;
+
+/// Abort here when the hook names `step` (read once per process).
+pub(crate) fn crash_point(step: &str) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("MANAGEDBLOB_TEST_CRASH_AT").ok());
+    if at.as_deref() == Some(step) {
+        std::process::abort();
+    }
+}
