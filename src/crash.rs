@@ -3,7 +3,9 @@
 //! tests/crash_kills.rs). The points: the local backend's write steps
 //! (`backend/local/in_place.rs`, `BlobPaths::install`) and the store's commit,
 //! `commit-published` (the remote took the commit, SQLite has not finished it
-//! locally) and `commit-phase-two` (SQLite finished it, the sidecar is not saved).
+//! locally), `commit-phase-two` (SQLite finished it, the sidecar is not saved) and
+//! `background-upload-landed` (a `flush_ms` upload landed, the sidecar does not
+//! know yet).
 
 use std::sync::OnceLock;
 

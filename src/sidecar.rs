@@ -63,6 +63,12 @@ pub struct Sidecar {
     /// check (src/store/ambiguous.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_commit: Option<PendingCommit>,
+    /// A background upload (`flush_ms`) of an earlier state of this dirty cache,
+    /// in flight while later commits went on: when the remote holds that block list,
+    /// it is the base those later commits build on, not a conflict
+    /// (src/store/background.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploading: Option<PendingCommit>,
 }
 
 /// What an ambiguous commit tried to publish: over which base, and the block list
@@ -124,6 +130,7 @@ impl Sidecar {
             dirty_owner: None,
             lease: None,
             pending_commit: None,
+            uploading: None,
         }
     }
 

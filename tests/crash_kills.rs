@@ -435,7 +435,71 @@ fn a_crash_between_a_commits_upload_and_its_sidecar_save_loses_nothing(w: &World
     }
 }
 
+/// `flush_ms`: a process committing in a loop dies right after a background upload
+/// landed, before it recorded it; the commits it made meanwhile (durable in the
+/// cache, acknowledged) are uploaded on top of that upload by the next open on this
+/// machine, and none becomes a conflict copy.
+fn a_crash_after_a_background_upload_landed_keeps_the_later_commits(w: &World) {
+    let (lease_secs, _, c) = crash_setup(w);
+    drop(c);
+    let uri = w.uri(
+        "h1",
+        "a.db",
+        &format!("&lease_secs={lease_secs}&flush_ms=20"),
+    );
+    let mut child = Proc::spawn(
+        "deferring writer",
+        "commit_loop",
+        &uri,
+        &[
+            ("MB_START", "1".to_string()),
+            (
+                "MANAGEDBLOB_TEST_CRASH_AT",
+                "background-upload-landed".to_string(),
+            ),
+        ],
+    );
+    let exit = child.wait_exit(Duration::from_secs(120));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&exit),
+        Some(libc::SIGABRT),
+        "the child should have died after its first background upload\n{}",
+        child.output()
+    );
+    let acked: BTreeSet<i64> = child
+        .drain()
+        .iter()
+        .filter_map(|m| m.strip_prefix("ACK ")?.trim().parse().ok())
+        .collect();
+    assert!(!acked.is_empty(), "{}", child.output());
+    let landed: BTreeSet<i64> = w.read_remote("a.db", |r| column(r, "SELECT id FROM t"));
+    println!(
+        "{} acknowledged, {} in the landed upload",
+        acked.len(),
+        landed.len()
+    );
+    let side = sidecar_of(&w.cache("h1", "a.db")).unwrap();
+    assert!(side["uploading"]["blocks"].is_array(), "{side}");
+
+    let c = open(&uri);
+    c.busy_timeout(Duration::from_secs(lease_secs * 4)).unwrap();
+    let here = ids(&c);
+    assert!(acked.is_subset(&here), "acknowledged commits lost locally");
+    pragma(&c, "PRAGMA managedblob_flush").unwrap();
+    let s = status(&c);
+    assert_eq!(s["dirty"], false, "{s}");
+    assert!(s["conflicts"].as_array().unwrap().is_empty(), "{s}");
+    let remote: BTreeSet<i64> = w.read_remote("a.db", |r| column(r, "SELECT id FROM t"));
+    assert!(
+        acked.is_subset(&remote),
+        "acknowledged commits missing from the remote"
+    );
+    assert_eq!(remote, here);
+    assert_eq!(integrity(&c), "ok");
+}
+
 backend_tests!(
+    a_crash_after_a_background_upload_landed_keeps_the_later_commits,
     a_crash_between_a_commits_upload_and_its_sidecar_save_loses_nothing,
     sigkill_inside_batch_commits_reach_remote_on_next_open,
     sigkill_inside_batch_with_another_process_on_the_same_cache,

@@ -296,3 +296,79 @@ fn deferred_commits_that_lost_the_race_become_a_conflict_copy() {
     let kept: Vec<i64> = column(&kept, "SELECT x FROM t ORDER BY x");
     assert_eq!(kept, vec![1, 2], "the deferred commit is in the copy");
 }
+
+/// A table `t(id)` on host h1 of a new memory world, and a connection with
+/// `flush_ms=20` (transient failures are not retried inside a call).
+fn deferring(tag: &str) -> (MemWorld, Connection) {
+    let w = MemWorld::with_defaults(tag, "&retry_base_ms=1&retry_attempts=1");
+    drop({
+        let c = w.open("h1", "");
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+            .unwrap();
+        c
+    });
+    let c = w.open("h1", "&flush_ms=20");
+    (w, c)
+}
+
+/// The background upload runs without the cache's lock or the store's mutex: while
+/// its Put Block List hangs in the network, the application reads and commits with
+/// busy_timeout=0 and never sees SQLITE_BUSY. Its commits go with the next upload.
+#[test]
+fn a_writer_goes_on_committing_while_deferred_commits_upload() {
+    let (w, c) = deferring("deferred-bg");
+    c.busy_timeout(Duration::ZERO).unwrap();
+    let gate = w.backend.hold(Op::CommitBlocks);
+    insert(&c, 1..=5);
+    assert!(
+        gate.wait_for_call(BOUND),
+        "the background upload reached Put Block List"
+    );
+    insert(&c, 6..=10);
+    assert_eq!(ids(&c), (1..=10).collect(), "reads go on too");
+    let s = status(&c);
+    assert_eq!(s["dirty"], true, "{s}");
+    assert!(w.remote_ids().is_empty(), "the first upload is still held");
+    gate.open();
+    until("every commit was uploaded", || status(&c)["dirty"] == false);
+    assert_eq!(w.remote_ids(), (1..=10).collect());
+    let s = status(&c);
+    assert!(s["conflicts"].as_array().unwrap().is_empty(), "{s}");
+    assert!(s["requests"]["commit_blocks"].as_u64().unwrap() >= 2, "{s}");
+}
+
+/// A background upload that landed although its reply was lost (as after a crash
+/// between the two), while later commits went on: the remote is recognised as that
+/// upload (the sidecar recorded its block list), the later commits are uploaded on
+/// top of it, and nothing becomes a conflict copy.
+#[test]
+fn a_background_upload_whose_reply_was_lost_is_built_on_not_taken_as_a_conflict() {
+    let (w, c) = deferring("deferred-lost-reply");
+    c.busy_timeout(BOUND).unwrap();
+    let gate = w.backend.hold(Op::CommitBlocks);
+    insert(&c, 1..=5);
+    assert!(
+        gate.wait_for_call(BOUND),
+        "the background upload is in flight"
+    );
+    let recorded = sidecar_of(&w.cache("h1")).unwrap();
+    assert!(
+        recorded["uploading"]["blocks"].is_array(),
+        "the upload is recorded before it is sent: {recorded}"
+    );
+    insert(&c, 6..=10);
+    w.backend.land_then_fail_next_upload();
+    gate.open();
+    until("every commit was uploaded", || {
+        let s = status(&c);
+        s["dirty"] == false && w.remote_ids() == (1..=10).collect()
+    });
+    let s = status(&c);
+    assert!(s["conflicts"].as_array().unwrap().is_empty(), "{s}");
+    assert_eq!(ids(&c), (1..=10).collect());
+    let side = sidecar_of(&w.cache("h1")).unwrap();
+    assert!(
+        side.get("uploading").is_none(),
+        "the record is gone: {side}"
+    );
+}

@@ -28,7 +28,7 @@ impl Store {
             self.wait_for_shared(file)?;
         }
         let result = {
-            let mut st = self.lock_state();
+            let mut st = self.lock_state_settled();
             let r = f(&mut st, file);
             if let Err(e) = &r {
                 self.note_error(&mut st, e);

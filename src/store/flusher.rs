@@ -4,14 +4,17 @@
 //! passes, together with every commit made meanwhile.
 //!
 //! The thread has no SQLite connection. Like a pragma without a lock, it holds a
-//! SHARED lock on the cache while it uploads (so no transaction is half-written
-//! into the file), through its own handle from the VFS layer ([`CacheOpener`]):
+//! SHARED lock on the cache while it reads what to upload (so no transaction is
+//! half-written into the file), through its own handle from the VFS layer ([`CacheOpener`]):
 //! a second `std::fs::File` would not keep this process's own writers out, and
 //! closing it would drop their POSIX locks. A busy lock is retried shortly; a
 //! failed upload keeps the cache dirty and the lease, is kept for the status
 //! report, and is retried with backoff. The deadline is decided under the store's
 //! mutex; the thread only mirrors it as a wake-up time, so a stale wake-up does
-//! nothing.
+//! nothing. The upload itself usually runs with neither that lock nor the mutex
+//! held, so the application's commits go on meanwhile (src/store/background.rs);
+//! when it cannot (history kept, whole uploads, over 64 MiB changed, no live
+//! lease), the thread uploads under both, as a flush does.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -138,11 +141,11 @@ impl Store {
 
     /// The flusher woke: upload the deferred commits when they are due.
     fn flush_deferred(&self, file: &mut Option<Box<dyn LocalFile>>) {
-        let due = self.lock_state().write.flush_due();
+        let due = self.lock_state_settled().write.flush_due();
         match due {
             None => return,
             Some(due) if due > Instant::now() => {
-                return self.schedule_flush(&self.lock_state());
+                return self.schedule_flush(&self.lock_state_settled());
             }
             Some(_) => {}
         }
@@ -165,12 +168,25 @@ impl Store {
                 return self.deferred_upload_failed(&mut self.lock_state(), &e);
             }
         }
-        {
+        let background = {
+            let mut st = self.lock_state_settled();
+            let background = self.start_background_upload(&mut st, file.as_mut());
+            if background.is_none() {
+                self.upload_deferred(&mut st, file.as_mut());
+                self.schedule_flush(&st);
+            }
+            background
+        };
+        let _ = file.unlock(LockLevel::None);
+        if let Some(up) = background {
+            let result = self.run_background_upload(&up, file.as_mut());
+            if result.is_ok() {
+                crate::crash::crash_point("background-upload-landed");
+            }
             let mut st = self.lock_state();
-            self.upload_deferred(&mut st, file.as_mut());
+            self.finish_background_upload(&mut st, up, result);
             self.schedule_flush(&st);
         }
-        let _ = file.unlock(LockLevel::None);
     }
 
     /// Under the cache's SHARED lock and the mutex: upload, unless a flush, a batch
@@ -194,7 +210,7 @@ impl Store {
         }
     }
 
-    fn end_deferral(&self, st: &mut State) {
+    pub(super) fn end_deferral(&self, st: &mut State) {
         st.write.end_deferral();
         if st.write.lease_unneeded() {
             self.release_lease(st);
@@ -206,10 +222,17 @@ impl Store {
     /// did move, no retry can win: the deferral ends, the cache stays dirty, and the
     /// next check keeps it as a conflict copy. Otherwise (nobody wrote, or the stat
     /// failed) it is retried like any failure, taking the lease again.
-    fn deferred_upload_refused(&self, st: &mut State, e: &Error) {
+    pub(super) fn deferred_upload_refused(&self, st: &mut State, e: &Error) {
         self.release_lease(st);
         let moved = match self.remote.stat() {
-            Ok(now) => now.map(|s| s.etag) != st.sidecar.base,
+            Ok(now) => {
+                // The remote may be this cache's own background upload, landed
+                // although its reply was lost: then it is the base, not a conflict.
+                if let Err(e) = self.resolve_background_upload(st, now.as_ref()) {
+                    tracing::debug!(error = %e, "could not resolve a background upload yet");
+                }
+                now.map(|s| s.etag) != st.sidecar.base
+            }
             Err(_) => false,
         };
         if moved {
@@ -224,7 +247,7 @@ impl Store {
     /// Keep the error for the status report and try again later; the cache stays
     /// dirty and the lease held (a lost one is dropped, so the retry takes it again
     /// if the remote is still this cache's base).
-    fn deferred_upload_failed(&self, st: &mut State, e: &Error) {
+    pub(super) fn deferred_upload_failed(&self, st: &mut State, e: &Error) {
         self.note_error(st, e);
         if matches!(st.lease.observe(), LeaseSlot::Lost) {
             self.release_lease(st);

@@ -93,6 +93,19 @@ impl Store {
         }
     }
 
+    /// Take the mutex once no background upload is in flight
+    /// (src/store/background.rs): for whatever may publish, take a new version, or
+    /// change the write state under that upload (flushes, batches, refreshes, open
+    /// and close). A connection's own commit steps do not wait: they only keep
+    /// their commits local meanwhile.
+    pub(super) fn lock_state_settled(&self) -> StateGuard<'_> {
+        let mut guard = self.lock_state();
+        while guard.state.uploading {
+            self.upload_done.wait(&mut guard.state);
+        }
+        guard
+    }
+
     /// Take the mutex for a lock call that may answer SQLITE_BUSY: wait while the
     /// holder works locally, `Err(Busy)` as soon as it is seen in the network.
     pub(super) fn lock_state_unless_network(&self) -> Result<StateGuard<'_>> {

@@ -28,6 +28,7 @@
 //! one cache agree.
 
 mod ambiguous;
+mod background;
 mod cache;
 mod fetch;
 pub(crate) mod flusher;
@@ -82,6 +83,8 @@ pub struct Store {
     fresh_until: AtomicU64,
     /// Uploads deferred commits at their deadline (`flush_ms` > 0 only).
     flusher: Option<flusher::Flusher>,
+    /// Signalled when a background upload ends (`State::uploading`).
+    upload_done: parking_lot::Condvar,
 }
 
 /// Monotonic nanoseconds since the first call in this process.
@@ -162,6 +165,7 @@ impl Store {
             state: Mutex::new(state),
             fresh_until: AtomicU64::new(0),
             flusher: (!config.flush.is_zero()).then(|| flusher::Flusher::start(me)),
+            upload_done: parking_lot::Condvar::new(),
             config,
         }
     }
@@ -181,7 +185,7 @@ impl Store {
     /// xOpen: a new connection opened the cache; the first one recovers and checks
     /// freshness.
     pub fn attach(&self, file: &mut dyn LocalFile, read_only: bool) -> Result<()> {
-        let mut st = self.lock_state();
+        let mut st = self.lock_state_settled();
         st.connections += 1;
         st.writable += usize::from(!read_only);
         if st.connections > 1 {
@@ -234,7 +238,7 @@ impl Store {
     /// effort: the cache stays dirty on failure and the next open uploads it) and
     /// drops the lease.
     pub fn detach(&self, file: &mut dyn LocalFile, read_only: bool) {
-        let mut st = self.lock_state();
+        let mut st = self.lock_state_settled();
         st.connections = st.connections.saturating_sub(1);
         if st.connections > 0 {
             st.writable = st.writable.saturating_sub(usize::from(!read_only));
@@ -250,7 +254,7 @@ impl Store {
             tracing::warn!(cache = %self.cache_path.display(), error = %e,
                 "flush at close failed; the cache stays dirty and uploads at the next open");
         }
-        let mut st = self.lock_state();
+        let mut st = self.lock_state_settled();
         st.writable = st.writable.saturating_sub(usize::from(!read_only));
         // The mutex was dropped for the flush: a connection that attached meanwhile
         // may have taken the lease for its write or batch. It is theirs now. A warm
@@ -342,6 +346,14 @@ impl Store {
         if !st.lease.observe().is_live() {
             self.reload(st)?;
         }
+        if st.uploading && !st.lease.is_live() {
+            // The lease lapsed under a background upload: taking it again is network
+            // work that must wait for that upload's outcome.
+            return Err(Error::Busy(format!(
+                "cache {} is uploading deferred commits",
+                self.cache_path.display()
+            )));
+        }
         if st.sidecar.in_flight != InFlight::None || st.sidecar.pending_commit.is_some() {
             self.force_check(st);
             return Err(Error::Busy(format!(
@@ -370,10 +382,12 @@ impl Store {
             SyncAction::Nothing => return Ok(()),
             SyncAction::MarkDirty => {
                 st.written.extend(written.iter().copied());
+                st.local_commits += 1;
                 self.mark_dirty(&mut st)
             }
             SyncAction::Defer => {
                 st.written.extend(written.iter().copied());
+                st.local_commits += 1;
                 self.mark_dirty(&mut st).map(|()| {
                     st.write.defer(Instant::now() + self.config.flush);
                     self.schedule_flush(&st);
@@ -481,7 +495,7 @@ impl Store {
     /// commits in between stay local and the end uploads once.
     pub fn batch_begin(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
         {
-            let mut st = self.lock_state();
+            let mut st = self.lock_state_settled();
             self.revive_parked_lease(&mut st)?;
             if joins_held_lease(&st, level) {
                 st.write.batch_begin(false);
@@ -509,7 +523,7 @@ impl Store {
     /// `PRAGMA managedblob_batch=end`: the end that closes the outermost batch
     /// uploads once (when anything was committed) and releases the lease.
     pub fn batch_end(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
-        if !self.lock_state().write.batch_end()? {
+        if !self.lock_state_settled().write.batch_end()? {
             return Ok(());
         }
         self.flush_with_lock(file, level)

@@ -22,6 +22,14 @@ pub(super) struct Failure {
     ambiguous: Option<Option<Vec<BlockId>>>,
 }
 
+impl Failure {
+    /// The error alone (a flush's commits stay in the dirty cache, whatever the
+    /// outcome: nothing to record).
+    pub(super) fn into_error(self) -> Error {
+        self.error
+    }
+}
+
 impl From<Error> for Failure {
     fn from(error: Error) -> Failure {
         Failure {
@@ -32,7 +40,7 @@ impl From<Error> for Failure {
 }
 
 /// What an upload tried to make the blob, to recognise it if it landed.
-enum Attempt<'a> {
+pub(super) enum Attempt<'a> {
     /// This block list (delta sync).
     Blocks(&'a [BlockId]),
     /// The cache's bytes, uploaded whole.
@@ -77,6 +85,8 @@ impl Store {
         st.write.blob_exists();
         st.sidecar.base = Some(stat.etag.clone());
         st.sidecar.dirty = false;
+        // A background upload recorded as in flight is moot once the base moved on.
+        st.sidecar.uploading = None;
         st.sidecar.generation += 1;
         st.published_in_write = true;
         self.keep_version(st, lease.as_ref());
@@ -87,7 +97,7 @@ impl Store {
     /// a fault: the blob was created by someone else, or it moved on while our lease
     /// lapsed (expired, broken, taken). It is SQLITE_BUSY (BUSY_SNAPSHOT at COMMIT,
     /// so SQLite rolls the transaction back), and the next read takes the new version.
-    fn lost_race(&self, st: &mut State, e: Error) -> Error {
+    pub(super) fn lost_race(&self, st: &mut State, e: Error) -> Error {
         let Error::Backend(b) = &e else {
             return e;
         };
@@ -145,7 +155,7 @@ impl Store {
 
     /// Tell the backend the size of every chunk of `manifest` (a process that did
     /// not stage or list them would otherwise ask the blob's size after the commit).
-    fn teach_sizes(&self, manifest: &Manifest, raw: &[BlockId]) {
+    pub(super) fn teach_sizes(&self, manifest: &Manifest, raw: &[BlockId]) {
         let Some(blocks) = self.remote.backend().blocks() else {
             return;
         };
@@ -175,7 +185,7 @@ impl Store {
     /// its own condition may be refused because its first attempt landed (the reply
     /// was lost). Then the remote holds exactly what we sent, and it is our version,
     /// not a conflict.
-    fn landed_or(
+    pub(super) fn landed_or(
         &self,
         result: std::result::Result<BlobStat, UploadError>,
         file: &mut dyn LocalFile,

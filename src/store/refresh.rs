@@ -37,6 +37,12 @@ impl Store {
         file: &mut dyn LocalFile,
         held: LockLevel,
     ) -> Result<()> {
+        if st.uploading {
+            return Err(Error::Busy(format!(
+                "cache {} is uploading deferred commits",
+                self.cache_path.display()
+            )));
+        }
         self.reload(st)?;
         let journal_hot = image::journal_is_hot(&self.journal_path);
         let in_flight = st.sidecar.in_flight;
@@ -46,6 +52,9 @@ impl Store {
             return Ok(());
         }
         let remote = self.remote.stat()?;
+        if st.sidecar.uploading.is_some() {
+            self.resolve_background_upload(st, remote.as_ref())?;
+        }
         if st.sidecar.pending_commit.is_some() {
             // Before anything else: the remote may hold a commit we could not confirm.
             let outcome = self.resolve_ambiguous(st, remote.as_ref())?;

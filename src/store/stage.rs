@@ -16,6 +16,17 @@ use crate::localfile::LocalFile;
 /// Transfers in flight at once (stage or ranged read).
 pub(super) const PARALLEL: usize = 4;
 
+/// The changed chunks of the cache read into memory, for an upload that runs
+/// without the cache's lock or the store's mutex ([`Store::snapshot_chunks`]).
+pub(super) struct Snapshot {
+    /// The new version's chunk list.
+    pub manifest: Manifest,
+    /// As [`Store::stage_chunks`] returns it.
+    pub first_counter: Option<[u8; COUNTER_BYTES]>,
+    /// The chunks to stage, with their bytes.
+    pub chunks: Vec<(ChunkId, Vec<u8>)>,
+}
+
 impl Store {
     /// Stage every chunk of the cache that the base's chunk list lacks; the chunk
     /// list of the new version, and the change-counter bytes its first chunk carries
@@ -27,6 +38,71 @@ impl Store {
         file: &mut dyn LocalFile,
         lease: Option<&LeaseId>,
     ) -> Result<(Manifest, Option<[u8; COUNTER_BYTES]>)> {
+        // Read and hash on this thread; stage on PARALLEL workers. A worker that
+        // fails records the error and keeps draining, so the reader never blocks.
+        let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(PARALLEL * 2);
+        let receiver = Mutex::new(receiver);
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let planned = std::thread::scope(|scope| {
+            for _ in 0..PARALLEL {
+                scope.spawn(|| loop {
+                    let next = receiver.lock().expect("queue lock").recv();
+                    let Ok((id, data)) = next else { return };
+                    if failure.lock().expect("failure lock").is_some() {
+                        continue;
+                    }
+                    if let Err(e) = self.remote.stage_block(id.as_bytes(), &data, lease) {
+                        failure
+                            .lock()
+                            .expect("failure lock")
+                            .get_or_insert(e.into());
+                    }
+                });
+            }
+            let planned = self.plan_chunks(st, file, &mut |id, data| {
+                let _ = sender.send((id, data.to_vec()));
+                failure.lock().expect("failure lock").is_none()
+            });
+            drop(sender);
+            planned
+        })?;
+        if let Some(e) = failure.into_inner().expect("failure lock") {
+            return Err(e);
+        }
+        planned.ok_or_else(|| Error::Local("staging stopped early".into()))
+    }
+
+    /// The changed chunks read into memory, up to `max_bytes` of them (`None` when
+    /// there are more: the caller stages them as it reads instead).
+    pub(super) fn snapshot_chunks(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        max_bytes: usize,
+    ) -> Result<Option<Snapshot>> {
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        let planned = self.plan_chunks(st, file, &mut |id, data| {
+            bytes += data.len();
+            chunks.push((id, data.to_vec()));
+            bytes <= max_bytes
+        })?;
+        Ok(planned.map(|(manifest, first_counter)| Snapshot {
+            manifest,
+            first_counter,
+            chunks,
+        }))
+    }
+
+    /// Walk the cache's chunks against the base's chunk list: `emit` each chunk to
+    /// stage (it returns whether to go on); the new version's chunk list and first
+    /// counter, or `None` when `emit` stopped the walk.
+    fn plan_chunks(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        emit: &mut dyn FnMut(ChunkId, &[u8]) -> bool,
+    ) -> Result<Option<(Manifest, Option<[u8; COUNTER_BYTES]>)>> {
         let size = file
             .size()
             .map_err(|e| Error::local("reading the cache", e))?;
@@ -48,77 +124,43 @@ impl Store {
                 .is_some_and(|b| b.counter_may_lag())
         });
         let mut first_counter = None;
-
-        // Read and hash on this thread; stage on PARALLEL workers. A worker that
-        // fails records the error and keeps draining, so the reader never blocks.
-        let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(PARALLEL * 2);
-        let receiver = Mutex::new(receiver);
-        let failure: Mutex<Option<Error>> = Mutex::new(None);
-        let ids = std::thread::scope(|scope| -> Result<Vec<ChunkId>> {
-            for _ in 0..PARALLEL {
-                scope.spawn(|| loop {
-                    let next = receiver.lock().expect("queue lock").recv();
-                    let Ok((id, data)) = next else { return };
-                    if failure.lock().expect("failure lock").is_some() {
-                        continue;
-                    }
-                    if let Err(e) = self.remote.stage_block(id.as_bytes(), &data, lease) {
-                        failure
-                            .lock()
-                            .expect("failure lock")
-                            .get_or_insert(e.into());
-                    }
-                });
+        let mut ids = Vec::with_capacity(count as usize);
+        let mut buf = vec![0u8; chunk as usize];
+        for i in 0..count {
+            let known = old.as_ref().and_then(|m| m.ids.get(i as usize)).copied();
+            let maybe_changed = candidates.as_ref().is_none_or(|c| c.contains(&i));
+            if let (Some(id), false) = (known, maybe_changed) {
+                ids.push(id);
+                continue;
             }
-            let mut ids = Vec::with_capacity(count as usize);
-            let mut buf = vec![0u8; chunk as usize];
-            for i in 0..count {
-                if failure.lock().expect("failure lock").is_some() {
-                    break;
-                }
-                let known = old.as_ref().and_then(|m| m.ids.get(i as usize)).copied();
-                let maybe_changed = candidates.as_ref().is_none_or(|c| c.contains(&i));
-                if let (Some(id), false) = (known, maybe_changed) {
-                    ids.push(id);
+            let len = chunk.min(size - i * chunk) as usize;
+            let n = file
+                .read_at(&mut buf[..len], i * chunk)
+                .map_err(|e| Error::local("reading the cache", e))?;
+            if n != len {
+                return Err(Error::Local("the cache shrank during an upload".into()));
+            }
+            let id = ChunkId::new(i as u32, &buf[..len]);
+            if i == 0 && known != Some(id) {
+                if let Some(kept) =
+                    known.filter(|k| kept_first_chunk(&buf[..len], *k, lagging_counter))
+                {
+                    ids.push(kept);
                     continue;
                 }
-                let len = chunk.min(size - i * chunk) as usize;
-                let n = file
-                    .read_at(&mut buf[..len], i * chunk)
-                    .map_err(|e| Error::local("reading the cache", e))?;
-                if n != len {
-                    return Err(Error::Local("the cache shrank during an upload".into()));
-                }
-                let id = ChunkId::new(i as u32, &buf[..len]);
-                if i == 0 && known != Some(id) {
-                    if let Some(kept) =
-                        known.filter(|k| kept_first_chunk(&buf[..len], *k, lagging_counter))
-                    {
-                        ids.push(kept);
-                        continue;
-                    }
-                    first_counter = counter_bytes(&buf[..len]);
-                }
-                if known != Some(id) {
-                    let _ = sender.send((id, buf[..len].to_vec()));
-                }
-                ids.push(id);
+                first_counter = counter_bytes(&buf[..len]);
             }
-            drop(sender);
-            Ok(ids)
-        })?;
-        if let Some(e) = failure.into_inner().expect("failure lock") {
-            return Err(e);
-        }
-        if ids.len() as u64 != count {
-            return Err(Error::Local("staging stopped early".into()));
+            if known != Some(id) && !emit(id, &buf[..len]) {
+                return Ok(None);
+            }
+            ids.push(id);
         }
         let manifest = Manifest {
             chunk_size: chunk,
             len: size,
             ids,
         };
-        Ok((manifest, first_counter))
+        Ok(Some((manifest, first_counter)))
     }
 }
 

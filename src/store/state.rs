@@ -274,6 +274,17 @@ impl WriteState {
         }
     }
 
+    /// Commits came while the deferred ones were uploaded: upload those at `due`.
+    pub fn defer_again(&mut self, due: Instant) {
+        if let WriteState::AutoBatch {
+            deadline, failures, ..
+        } = self
+        {
+            *deadline = due;
+            *failures = 0;
+        }
+    }
+
     /// A deferred upload failed: try again at `retry_at`.
     pub fn upload_failed(&mut self, retry_at: Instant) {
         if let WriteState::AutoBatch {
@@ -422,6 +433,13 @@ pub(crate) struct State {
     pub published_in_write: bool,
     /// How long this process has kept the lease warm without a break.
     pub warm_turn: WarmTurn,
+    /// A background upload is in flight with the mutex released
+    /// (src/store/background.rs): whatever else would publish or take a new version
+    /// waits for it ([`crate::store::Store`]'s `lock_state_settled`) or is BUSY.
+    pub uploading: bool,
+    /// Commits this process kept local (batches, `flush_ms`): a background upload
+    /// compares it before and after to tell whether commits came meanwhile.
+    pub local_commits: u64,
 }
 
 impl State {
@@ -443,6 +461,8 @@ impl State {
             remote_counter: None,
             published_in_write: false,
             warm_turn: WarmTurn::default(),
+            uploading: false,
+            local_commits: 0,
         }
     }
 }

@@ -1,0 +1,254 @@
+//! `flush_ms`'s background upload, without the locks: the flusher reads the chunks
+//! that changed into memory under the cache's SHARED lock and the store's mutex,
+//! records the upload in the sidecar (`uploading`: the base and the block list),
+//! then releases both and uploads. Meanwhile the application's connections go on
+//! reading and committing (their commits stay local and dirty, and count in
+//! `State::local_commits`); what would publish, or take a new version, waits for
+//! the upload (`lock_state_settled`) or answers SQLITE_BUSY. Before, the writer's
+//! next transaction waited for the whole upload.
+//!
+//! A crash during the upload leaves the record: when the remote holds that block
+//! list, the next check takes it as the cache's base (the later commits are
+//! uploaded on top of it, not kept as a conflict copy); otherwise the record is
+//! dropped and the cache is dirty over its old base, as before the upload.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::publish::Attempt;
+use super::stage::{Snapshot, PARALLEL};
+use super::state::State;
+use super::Store;
+use crate::backend::{BlobStat, BlockId, Condition, Etag, LeaseId};
+use crate::delta::{ChunkId, Manifest};
+use crate::error::{Error, Result};
+use crate::localfile::LocalFile;
+use crate::sidecar::{InFlight, PendingCommit};
+
+/// The most changed bytes a background upload holds in memory; more are uploaded
+/// under the locks, streamed as they are read.
+const SNAPSHOT_MAX: usize = 64 << 20;
+
+/// A background upload between its start (under the locks) and its end.
+pub(super) struct BackgroundUpload {
+    snapshot: Snapshot,
+    base: Etag,
+    lease: LeaseId,
+    /// The granules the snapshot covers: written back if the upload fails.
+    written: BTreeSet<u64>,
+    /// `State::local_commits` when the snapshot was taken.
+    commits: u64,
+}
+
+impl Store {
+    /// Under the cache's SHARED lock and the mutex: when deferred commits are due
+    /// and can go without the locks (delta sync, the lease live, no history to
+    /// keep, at most [`SNAPSHOT_MAX`] changed), read them and mark the upload in
+    /// flight. `None`: upload under the locks instead, as a flush does.
+    pub(super) fn start_background_upload(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+    ) -> Option<BackgroundUpload> {
+        if st.write.flush_due().is_none_or(|due| due > Instant::now())
+            || !self.delta_enabled()
+            || self.config.history.is_on()
+            || st.writable == 0
+            || st.write.creates_blob()
+            || !st.lease.observe().is_live()
+        {
+            return None;
+        }
+        self.reload(st).ok()?;
+        let sc = &st.sidecar;
+        if !sc.dirty
+            || sc.in_flight != InFlight::None
+            || sc.pending_commit.is_some()
+            || sc.uploading.is_some()
+            || !self.written_is_complete(st)
+        {
+            return None;
+        }
+        let lease = st.lease.live_id()?.clone();
+        let base = st.sidecar.base.clone()?;
+        let snapshot = self.snapshot_chunks(st, file, SNAPSHOT_MAX).ok()??;
+        let raw = raw_ids(&snapshot.manifest);
+        st.sidecar.uploading = Some(PendingCommit {
+            base: Some(base.clone()),
+            blocks: Some(raw.iter().map(|id| hex(id)).collect()),
+            hash: None,
+        });
+        if let Err(e) = self.save(st) {
+            tracing::debug!(error = %e, "could not record a background upload; uploading under the locks");
+            st.sidecar.uploading = None;
+            return None;
+        }
+        if !st.sizes_taught {
+            self.teach_sizes(&snapshot.manifest, &raw);
+        }
+        st.uploading = true;
+        Some(BackgroundUpload {
+            snapshot,
+            base,
+            lease,
+            written: std::mem::take(&mut st.written),
+            commits: st.local_commits,
+        })
+    }
+
+    /// With neither lock held: stage the snapshot's chunks in parallel, then commit
+    /// the block list, If-Match the base, under the lease. `file` (the flusher's own
+    /// handle, unlocked) is not read: a block list is checked by listing.
+    pub(super) fn run_background_upload(
+        &self,
+        up: &BackgroundUpload,
+        file: &mut dyn LocalFile,
+    ) -> Result<BlobStat> {
+        let next = Mutex::new(up.snapshot.chunks.iter());
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLEL.min(up.snapshot.chunks.len()) {
+                scope.spawn(|| loop {
+                    let Some((id, data)) = next.lock().expect("queue lock").next() else {
+                        return;
+                    };
+                    if failure.lock().expect("failure lock").is_some() {
+                        return;
+                    }
+                    if let Err(e) = self
+                        .remote
+                        .stage_block(id.as_bytes(), data, Some(&up.lease))
+                    {
+                        failure
+                            .lock()
+                            .expect("failure lock")
+                            .get_or_insert(e.into());
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().expect("failure lock") {
+            return Err(e);
+        }
+        let raw = raw_ids(&up.snapshot.manifest);
+        let condition = Condition::Match(up.base.clone());
+        let committed = self.remote.commit_blocks(&raw, &condition, Some(&up.lease));
+        self.landed_or(committed, file, Attempt::Blocks(&raw))
+            .map_err(|f| f.into_error())
+    }
+
+    /// Under the mutex again: record the outcome. The commits made meanwhile stay
+    /// dirty and go with the next upload, `flush_ms` later.
+    pub(super) fn finish_background_upload(
+        &self,
+        st: &mut State,
+        up: BackgroundUpload,
+        result: Result<BlobStat>,
+    ) {
+        st.uploading = false;
+        self.upload_done.notify_all();
+        match result {
+            Ok(stat) => {
+                self.remote
+                    .counters
+                    .versions_up
+                    .fetch_add(1, Ordering::Relaxed);
+                st.last_check = Some(Instant::now());
+                st.write.blob_exists();
+                st.sidecar.base = Some(stat.etag.clone());
+                st.sidecar.uploading = None;
+                st.sidecar.generation += 1;
+                self.set_manifest(st, Some((stat.etag, up.snapshot.manifest)));
+                if up.snapshot.first_counter.is_some() {
+                    st.remote_counter = up.snapshot.first_counter;
+                }
+                st.sizes_taught = true;
+                let more = st.local_commits != up.commits;
+                st.sidecar.dirty = more;
+                if let Err(e) = self.save(st) {
+                    // On disk: dirty over the old base, with the upload recorded; the
+                    // next check finds it landed. Nothing is lost.
+                    self.note_error(st, &e);
+                }
+                if more {
+                    st.write.defer_again(Instant::now() + self.config.flush);
+                } else {
+                    self.end_deferral(st);
+                }
+            }
+            Err(e) => {
+                // It may have landed all the same (a lost reply): the record stays
+                // for the next check to resolve, which the next attempt forces.
+                st.written.extend(up.written);
+                let e = self.lost_race(st, e);
+                self.force_check(st);
+                if e.is_busy() {
+                    self.deferred_upload_refused(st, &e);
+                } else {
+                    self.deferred_upload_failed(st, &e);
+                }
+            }
+        }
+    }
+
+    /// A crash (or a failed reply) left a background upload recorded: when the
+    /// remote moved to exactly that block list, it is the cache's base now (the
+    /// cache stays dirty: later commits are uploaded on top). Either way the record
+    /// goes.
+    pub(super) fn resolve_background_upload(
+        &self,
+        st: &mut State,
+        remote: Option<&BlobStat>,
+    ) -> Result<()> {
+        let Some(pending) = st.sidecar.uploading.clone() else {
+            return Ok(());
+        };
+        let moved = remote.filter(|stat| pending.base.as_ref() != Some(&stat.etag));
+        if let (Some(stat), true) = (moved, st.sidecar.base == pending.base) {
+            if let Some((listed, list)) = self.remote.block_list()? {
+                let same =
+                    list.iter()
+                        .map(|(id, _)| hex(id))
+                        .eq(pending.blocks.iter().flatten().cloned());
+                if same && listed.etag == stat.etag {
+                    tracing::info!(cache = %self.cache_path.display(),
+                        "an interrupted background upload had landed: the cache's later \
+                         commits build on it");
+                    st.sidecar.base = Some(stat.etag.clone());
+                    let manifest = manifest_of(&list);
+                    self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
+                }
+            }
+        }
+        st.sidecar.uploading = None;
+        self.save(st)
+    }
+}
+
+/// The chunk list of a listed block list (`None` when an id is not a chunk id).
+fn manifest_of(list: &[(BlockId, u64)]) -> Option<Manifest> {
+    let ids = list
+        .iter()
+        .map(|(id, _)| ChunkId::from_bytes(id))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Manifest {
+        chunk_size: list.first().map_or(0, |(_, size)| *size),
+        len: list.iter().map(|(_, size)| size).sum(),
+        ids,
+    })
+}
+
+fn raw_ids(manifest: &Manifest) -> Vec<BlockId> {
+    manifest
+        .ids
+        .iter()
+        .map(|id| id.as_bytes().to_vec())
+        .collect()
+}
+
+/// Block ids are binary; the sidecar keeps them as hex.
+fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
