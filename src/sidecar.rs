@@ -78,6 +78,10 @@ pub struct PendingCommit {
     pub base: Option<Etag>,
     pub blocks: Option<Vec<String>>,
     pub hash: Option<String>,
+    /// The chunk size of `blocks` (a background upload's record): a remote that
+    /// lists no blocks can be cut into chunks and compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
 }
 
 /// A lease id and the process that holds it.

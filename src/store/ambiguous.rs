@@ -46,6 +46,7 @@ impl Store {
             base: st.sidecar.base.clone(),
             blocks: blocks.map(|ids| ids.iter().map(|id| hex(id)).collect()),
             hash,
+            chunk_size: None,
         });
         self.force_check(st);
         self.save(st)

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::publish::Attempt;
+use super::refresh::read_full;
 use super::stage::{Snapshot, PARALLEL};
 use super::state::State;
 use super::Store;
@@ -79,6 +80,7 @@ impl Store {
             base: Some(base.clone()),
             blocks: Some(raw.iter().map(|id| hex(id)).collect()),
             hash: None,
+            chunk_size: Some(snapshot.manifest.chunk_size),
         });
         if let Err(e) = self.save(st) {
             tracing::debug!(error = %e, "could not record a background upload; uploading under the locks");
@@ -207,23 +209,70 @@ impl Store {
         };
         let moved = remote.filter(|stat| pending.base.as_ref() != Some(&stat.etag));
         if let (Some(stat), true) = (moved, st.sidecar.base == pending.base) {
-            if let Some((listed, list)) = self.remote.block_list()? {
-                let same =
-                    list.iter()
-                        .map(|(id, _)| hex(id))
-                        .eq(pending.blocks.iter().flatten().cloned());
-                if same && listed.etag == stat.etag {
-                    tracing::info!(cache = %self.cache_path.display(),
-                        "an interrupted background upload had landed: the cache's later \
-                         commits build on it");
-                    st.sidecar.base = Some(stat.etag.clone());
-                    let manifest = manifest_of(&list);
-                    self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
-                }
+            let recorded: Vec<String> = pending.blocks.clone().unwrap_or_default();
+            let listed = self
+                .remote
+                .block_list()?
+                .filter(|(l, list)| l.etag == stat.etag && !list.is_empty());
+            let landed = match &listed {
+                Some((_, list)) => list
+                    .iter()
+                    .map(|(id, _)| hex(id))
+                    .eq(recorded.iter().cloned()),
+                // No block list to compare (a local remote killed before it recorded
+                // one): compare the content, cut as the upload cut it.
+                None => self.remote_has_chunks(stat, &recorded, pending.chunk_size)?,
+            };
+            if landed {
+                tracing::info!(cache = %self.cache_path.display(),
+                    "an interrupted background upload had landed: the cache's later \
+                     commits build on it");
+                st.sidecar.base = Some(stat.etag.clone());
+                let manifest = listed.and_then(|(_, list)| manifest_of(&list));
+                self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
             }
         }
         st.sidecar.uploading = None;
         self.save(st)
+    }
+
+    /// Whether the remote, downloaded and cut into `chunk_size` chunks, is exactly
+    /// the chunk list `recorded` (hex ids).
+    fn remote_has_chunks(
+        &self,
+        stat: &BlobStat,
+        recorded: &[String],
+        chunk_size: Option<u64>,
+    ) -> Result<bool> {
+        let Some(chunk) = chunk_size.filter(|c| *c > 0) else {
+            return Ok(false);
+        };
+        if Manifest::chunk_count(stat.size, chunk) != recorded.len() as u64 {
+            return Ok(false);
+        }
+        let got = self.remote.download_to(&self.download_path)?;
+        let same = got.etag == stat.etag && self.download_has_chunks(recorded, chunk);
+        let _ = std::fs::remove_file(&self.download_path);
+        Ok(same)
+    }
+
+    /// The downloaded copy, read chunk by chunk, against `recorded`.
+    fn download_has_chunks(&self, recorded: &[String], chunk: u64) -> bool {
+        let Ok(mut file) = std::fs::File::open(&self.download_path) else {
+            return false;
+        };
+        let mut buf = vec![0u8; chunk as usize];
+        for (i, want) in recorded.iter().enumerate() {
+            match read_full(&mut file, &mut buf) {
+                Ok(n) if n > 0 => {
+                    if hex(ChunkId::new(i as u32, &buf[..n]).as_bytes()) != *want {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        matches!(read_full(&mut file, &mut buf), Ok(0))
     }
 }
 
