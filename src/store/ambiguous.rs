@@ -108,6 +108,6 @@ fn hash_of(mut r: impl Read) -> Result<String> {
 }
 
 /// Block ids are binary; the sidecar keeps them as hex.
-fn hex(id: &[u8]) -> String {
+pub(super) fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -13,13 +13,12 @@
 //! dropped and the cache is dirty over its old base, as before the upload.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 use std::time::Instant;
 
-use super::publish::Attempt;
+use super::ambiguous::hex;
+use super::publish::{block_ids, Attempt};
 use super::refresh::read_full;
-use super::stage::{Snapshot, PARALLEL};
+use super::stage::Snapshot;
 use super::state::State;
 use super::Store;
 use crate::backend::{BlobStat, BlockId, Condition, Etag, LeaseId};
@@ -35,6 +34,8 @@ const SNAPSHOT_MAX: usize = 64 << 20;
 /// A background upload between its start (under the locks) and its end.
 pub(super) struct BackgroundUpload {
     snapshot: Snapshot,
+    /// The snapshot's block list.
+    raw: Vec<BlockId>,
     base: Etag,
     lease: LeaseId,
     /// The granules the snapshot covers: written back if the upload fails.
@@ -75,7 +76,7 @@ impl Store {
         let lease = st.lease.live_id()?.clone();
         let base = st.sidecar.base.clone()?;
         let snapshot = self.snapshot_chunks(st, file, SNAPSHOT_MAX).ok()??;
-        let raw = raw_ids(&snapshot.manifest);
+        let raw = block_ids(&snapshot.manifest);
         st.sidecar.uploading = Some(PendingCommit {
             base: Some(base.clone()),
             blocks: Some(raw.iter().map(|id| hex(id)).collect()),
@@ -93,6 +94,7 @@ impl Store {
         st.uploading = true;
         Some(BackgroundUpload {
             snapshot,
+            raw,
             base,
             lease,
             written: std::mem::take(&mut st.written),
@@ -100,45 +102,39 @@ impl Store {
         })
     }
 
-    /// With neither lock held: stage the snapshot's chunks in parallel, then commit
-    /// the block list, If-Match the base, under the lease. `file` (the flusher's own
-    /// handle, unlocked) is not read: a block list is checked by listing.
+    /// With neither lock held: stage the snapshot's chunks in parallel (handing
+    /// their bytes over), then commit the block list, If-Match the base, under the
+    /// lease. `file` (the flusher's own handle, unlocked) is not read: a block list
+    /// is checked by listing.
     pub(super) fn run_background_upload(
         &self,
-        up: &BackgroundUpload,
+        up: &mut BackgroundUpload,
         file: &mut dyn LocalFile,
     ) -> Result<BlobStat> {
-        let next = Mutex::new(up.snapshot.chunks.iter());
-        let failure: Mutex<Option<Error>> = Mutex::new(None);
-        std::thread::scope(|scope| {
-            for _ in 0..PARALLEL.min(up.snapshot.chunks.len()) {
-                scope.spawn(|| loop {
-                    let Some((id, data)) = next.lock().expect("queue lock").next() else {
-                        return;
-                    };
-                    if failure.lock().expect("failure lock").is_some() {
-                        return;
-                    }
-                    if let Err(e) = self
-                        .remote
-                        .stage_block(id.as_bytes(), data, Some(&up.lease))
-                    {
-                        failure
-                            .lock()
-                            .expect("failure lock")
-                            .get_or_insert(e.into());
-                    }
-                });
+        let chunks = std::mem::take(&mut up.snapshot.chunks);
+        self.stage_parallel(Some(&up.lease), |emit| {
+            for (id, data) in chunks {
+                if !emit(id, data) {
+                    break;
+                }
             }
-        });
-        if let Some(e) = failure.into_inner().expect("failure lock") {
-            return Err(e);
-        }
-        let raw = raw_ids(&up.snapshot.manifest);
+            Ok(())
+        })?;
         let condition = Condition::Match(up.base.clone());
-        let committed = self.remote.commit_blocks(&raw, &condition, Some(&up.lease));
-        self.landed_or(committed, file, Attempt::Blocks(&raw))
+        let committed = self
+            .remote
+            .commit_blocks(&up.raw, &condition, Some(&up.lease));
+        self.landed_or(committed, file, Attempt::Blocks(&up.raw))
             .map_err(|f| f.into_error())
+    }
+
+    /// What a freshness check or a lease taken again answers while a background
+    /// upload is in flight: they must wait for its outcome.
+    pub(super) fn busy_uploading(&self) -> Error {
+        Error::Busy(format!(
+            "cache {} is uploading deferred commits",
+            self.cache_path.display()
+        ))
     }
 
     /// Under the mutex again: record the outcome. The commits made meanwhile stay
@@ -153,20 +149,9 @@ impl Store {
         self.upload_done.notify_all();
         match result {
             Ok(stat) => {
-                self.remote
-                    .counters
-                    .versions_up
-                    .fetch_add(1, Ordering::Relaxed);
-                st.last_check = Some(Instant::now());
-                st.write.blob_exists();
-                st.sidecar.base = Some(stat.etag.clone());
-                st.sidecar.uploading = None;
-                st.sidecar.generation += 1;
-                self.set_manifest(st, Some((stat.etag, up.snapshot.manifest)));
-                if up.snapshot.first_counter.is_some() {
-                    st.remote_counter = up.snapshot.first_counter;
-                }
-                st.sizes_taught = true;
+                self.record_version(st, &stat);
+                let snapshot = up.snapshot;
+                self.record_chunks(st, stat.etag, snapshot.manifest, snapshot.first_counter);
                 let more = st.local_commits != up.commits;
                 st.sidecar.dirty = more;
                 if let Err(e) = self.save(st) {
@@ -228,7 +213,7 @@ impl Store {
                     "an interrupted background upload had landed: the cache's later \
                      commits build on it");
                 st.sidecar.base = Some(stat.etag.clone());
-                let manifest = listed.and_then(|(_, list)| manifest_of(&list));
+                let manifest = listed.and_then(|(_, list)| Manifest::from_block_list(&list));
                 self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
             }
         }
@@ -274,30 +259,4 @@ impl Store {
         }
         matches!(read_full(&mut file, &mut buf), Ok(0))
     }
-}
-
-/// The chunk list of a listed block list (`None` when an id is not a chunk id).
-fn manifest_of(list: &[(BlockId, u64)]) -> Option<Manifest> {
-    let ids = list
-        .iter()
-        .map(|(id, _)| ChunkId::from_bytes(id))
-        .collect::<Option<Vec<_>>>()?;
-    Some(Manifest {
-        chunk_size: list.first().map_or(0, |(_, size)| *size),
-        len: list.iter().map(|(_, size)| size).sum(),
-        ids,
-    })
-}
-
-fn raw_ids(manifest: &Manifest) -> Vec<BlockId> {
-    manifest
-        .ids
-        .iter()
-        .map(|id| id.as_bytes().to_vec())
-        .collect()
-}
-
-/// Block ids are binary; the sidecar keeps them as hex.
-fn hex(id: &[u8]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -178,8 +178,8 @@ impl Store {
             background
         };
         let _ = file.unlock(LockLevel::None);
-        if let Some(up) = background {
-            let result = self.run_background_upload(&up, file.as_mut());
+        if let Some(mut up) = background {
+            let result = self.run_background_upload(&mut up, file.as_mut());
             if result.is_ok() {
                 crate::crash::crash_point("background-upload-landed");
             }

@@ -349,10 +349,7 @@ impl Store {
         if st.uploading && !st.lease.is_live() {
             // The lease lapsed under a background upload: taking it again is network
             // work that must wait for that upload's outcome.
-            return Err(Error::Busy(format!(
-                "cache {} is uploading deferred commits",
-                self.cache_path.display()
-            )));
+            return Err(self.busy_uploading());
         }
         if st.sidecar.in_flight != InFlight::None || st.sidecar.pending_commit.is_some() {
             self.force_check(st);

@@ -6,9 +6,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::stage::COUNTER_BYTES;
 use super::state::State;
 use super::Store;
-use crate::backend::{BackendError, BackendErrorKind, BlobStat, BlockId, Condition, LeaseId};
+use crate::backend::{BackendError, BackendErrorKind, BlobStat, BlockId, Condition, Etag, LeaseId};
 use crate::delta::Manifest;
 use crate::error::{Error, Result};
 use crate::localfile::LocalFile;
@@ -69,10 +70,6 @@ impl Store {
         }
         .or_else(|failure| self.ambiguous_or(st, file, failure))
         .map_err(|e| self.lost_race(st, e))?;
-        self.remote
-            .counters
-            .versions_up
-            .fetch_add(1, Ordering::Relaxed);
         // Holding the lease after a commit: whatever upload files are left beside the
         // blob belong to writers that died (ours were installed or removed).
         if let Some(id) = &lease {
@@ -80,17 +77,42 @@ impl Store {
                 tracing::debug!(error = %e, "sweeping leftovers after a commit failed");
             }
         }
-        // The remote now holds what this cache holds: as good as a fresh check.
-        st.last_check = Some(Instant::now());
-        st.write.blob_exists();
-        st.sidecar.base = Some(stat.etag.clone());
+        self.record_version(st, &stat);
         st.sidecar.dirty = false;
-        // A background upload recorded as in flight is moot once the base moved on.
-        st.sidecar.uploading = None;
-        st.sidecar.generation += 1;
         st.published_in_write = true;
         self.keep_version(st, lease.as_ref());
         Ok(stat)
+    }
+
+    /// The remote took `stat`, this cache's content as of the upload: it is the
+    /// base now, and as good as a fresh check.
+    pub(super) fn record_version(&self, st: &mut State, stat: &BlobStat) {
+        self.remote
+            .counters
+            .versions_up
+            .fetch_add(1, Ordering::Relaxed);
+        st.last_check = Some(Instant::now());
+        st.write.blob_exists();
+        st.sidecar.base = Some(stat.etag.clone());
+        // A background upload recorded as in flight is moot once the base moved on.
+        st.sidecar.uploading = None;
+        st.sidecar.generation += 1;
+    }
+
+    /// The chunk list of the version `etag` just published, and what it tells
+    /// later commits (the first chunk's counter, that the backend knows the sizes).
+    pub(super) fn record_chunks(
+        &self,
+        st: &mut State,
+        etag: Etag,
+        manifest: Manifest,
+        first_counter: Option<[u8; COUNTER_BYTES]>,
+    ) {
+        self.set_manifest(st, Some((etag, manifest)));
+        if first_counter.is_some() {
+            st.remote_counter = first_counter;
+        }
+        st.sizes_taught = true;
     }
 
     /// A publish refused because another writer got there first is a conflict, not
@@ -134,22 +156,14 @@ impl Store {
         lease: Option<&LeaseId>,
     ) -> std::result::Result<BlobStat, Failure> {
         let (manifest, first_counter) = self.stage_chunks(st, file, lease)?;
-        let raw: Vec<BlockId> = manifest
-            .ids
-            .iter()
-            .map(|id| id.as_bytes().to_vec())
-            .collect();
+        let raw = block_ids(&manifest);
         if !st.sizes_taught {
             self.teach_sizes(&manifest, &raw);
         }
         let committed = self.remote.commit_blocks(&raw, condition, lease);
         let stat = self.landed_or(committed, file, Attempt::Blocks(&raw))?;
-        self.set_manifest(st, Some((stat.etag.clone(), manifest)));
-        if first_counter.is_some() {
-            st.remote_counter = first_counter;
-        }
+        self.record_chunks(st, stat.etag.clone(), manifest, first_counter);
         st.written.clear();
-        st.sizes_taught = true;
         Ok(stat)
     }
 
@@ -275,4 +289,13 @@ impl Store {
             ),
         )))
     }
+}
+
+/// The block ids of `manifest`'s chunks, as a block list names them.
+pub(super) fn block_ids(manifest: &Manifest) -> Vec<BlockId> {
+    manifest
+        .ids
+        .iter()
+        .map(|id| id.as_bytes().to_vec())
+        .collect()
 }

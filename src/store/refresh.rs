@@ -38,10 +38,7 @@ impl Store {
         held: LockLevel,
     ) -> Result<()> {
         if st.uploading {
-            return Err(Error::Busy(format!(
-                "cache {} is uploading deferred commits",
-                self.cache_path.display()
-            )));
+            return Err(self.busy_uploading());
         }
         self.reload(st)?;
         let journal_hot = image::journal_is_hot(&self.journal_path);

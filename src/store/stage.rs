@@ -38,12 +38,25 @@ impl Store {
         file: &mut dyn LocalFile,
         lease: Option<&LeaseId>,
     ) -> Result<(Manifest, Option<[u8; COUNTER_BYTES]>)> {
-        // Read and hash on this thread; stage on PARALLEL workers. A worker that
-        // fails records the error and keeps draining, so the reader never blocks.
+        // Read and hash on this thread; stage on PARALLEL workers.
+        let planned = self.stage_parallel(lease, |emit| {
+            self.plan_chunks(st, file, &mut |id, data| emit(id, data.to_vec()))
+        })?;
+        planned.ok_or_else(|| Error::Local("staging stopped early".into()))
+    }
+
+    /// Stage on [`PARALLEL`] workers what `produce` emits; `emit` answers whether
+    /// to go on (no stage failed yet). A worker that fails records the error and
+    /// keeps draining, so the producer never blocks; the first error wins.
+    pub(super) fn stage_parallel<T>(
+        &self,
+        lease: Option<&LeaseId>,
+        produce: impl FnOnce(&mut dyn FnMut(ChunkId, Vec<u8>) -> bool) -> Result<T>,
+    ) -> Result<T> {
         let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(PARALLEL * 2);
         let receiver = Mutex::new(receiver);
         let failure: Mutex<Option<Error>> = Mutex::new(None);
-        let planned = std::thread::scope(|scope| {
+        let produced = std::thread::scope(|scope| {
             for _ in 0..PARALLEL {
                 scope.spawn(|| loop {
                     let next = receiver.lock().expect("queue lock").recv();
@@ -59,17 +72,17 @@ impl Store {
                     }
                 });
             }
-            let planned = self.plan_chunks(st, file, &mut |id, data| {
-                let _ = sender.send((id, data.to_vec()));
+            let produced = produce(&mut |id, data| {
+                let _ = sender.send((id, data));
                 failure.lock().expect("failure lock").is_none()
             });
             drop(sender);
-            planned
+            produced
         })?;
-        if let Some(e) = failure.into_inner().expect("failure lock") {
-            return Err(e);
+        match failure.into_inner().expect("failure lock") {
+            Some(e) => Err(e),
+            None => Ok(produced),
         }
-        planned.ok_or_else(|| Error::Local("staging stopped early".into()))
     }
 
     /// The changed chunks read into memory, up to `max_bytes` of them (`None` when
