@@ -138,6 +138,34 @@ fn flush_once_the_lease_is_free(c: &Connection, limit: Duration) -> Duration {
     }
 }
 
+/// Run `commit_loop` from id `start` on `uri` until it acknowledged `acks` commits,
+/// let it go on for `pause`, SIGKILL it: every id it acknowledged.
+fn commit_then_sigkill(
+    name: &str,
+    uri: &str,
+    start: i64,
+    acks: usize,
+    pause: Duration,
+    lease_secs: u64,
+) -> BTreeSet<i64> {
+    let mut child = Proc::spawn(name, "commit_loop", uri, &[("MB_START", start.to_string())]);
+    let mut acked = BTreeSet::new();
+    for _ in 0..acks {
+        let m = child.expect("ACK", Duration::from_secs(lease_secs + 30));
+        acked.insert(m["ACK ".len()..].trim().parse().unwrap());
+    }
+    thread::sleep(pause);
+    child.sigkill();
+    for m in child.drain() {
+        if let Some(id) = m.strip_prefix("ACK ") {
+            acked.insert(id.trim().parse().unwrap());
+        } else {
+            panic!("unexpected message {m}\n{}", child.output());
+        }
+    }
+    acked
+}
+
 /// Commits inside a batch are local until the batch ends. A process killed inside
 /// the batch leaves a dirty cache; the next open uploads those commits at once:
 /// the dead process's lease is reclaimed, not waited out (on Azure through the lease
@@ -282,27 +310,14 @@ fn sigkill_mid_commit_loop(w: &World) {
     let mut acked: BTreeSet<i64> = BTreeSet::new();
     let mut next = 1i64;
     for round in 0..rounds {
-        let mut child = Proc::spawn(
+        acked.extend(commit_then_sigkill(
             &format!("committer-{round}"),
-            "commit_loop",
             &uri,
-            &[("MB_START", next.to_string())],
-        );
-        let mut this_round = 0;
-        while this_round < ACKS + round {
-            let m = child.expect("ACK", Duration::from_secs(lease_secs + 30));
-            acked.insert(m["ACK ".len()..].trim().parse().unwrap());
-            this_round += 1;
-        }
-        thread::sleep(Duration::from_micros(fastrand::u64(0..3000)));
-        child.sigkill();
-        for m in child.drain() {
-            if let Some(id) = m.strip_prefix("ACK ") {
-                acked.insert(id.trim().parse().unwrap());
-            } else {
-                panic!("unexpected message {m}\n{}", child.output());
-            }
-        }
+            next,
+            ACKS + round,
+            Duration::from_micros(fastrand::u64(0..3000)),
+            lease_secs,
+        ));
         let last_ack = *acked.last().unwrap();
 
         // Outside a batch a COMMIT returns only after its upload: every acknowledged
@@ -514,23 +529,14 @@ fn sigkill_while_deferring_loses_no_acknowledged_commit(w: &World) {
     let mut acked: BTreeSet<i64> = BTreeSet::new();
     let mut next = 1i64;
     for round in 0..rounds {
-        let mut child = Proc::spawn(
+        acked.extend(commit_then_sigkill(
             &format!("deferring-{round}"),
-            "commit_loop",
             &uri,
-            &[("MB_START", next.to_string())],
-        );
-        for _ in 0..fastrand::usize(5..40) {
-            let m = child.expect("ACK", Duration::from_secs(lease_secs + 30));
-            acked.insert(m["ACK ".len()..].trim().parse().unwrap());
-        }
-        thread::sleep(Duration::from_millis(fastrand::u64(0..30)));
-        child.sigkill();
-        for m in child.drain() {
-            if let Some(id) = m.strip_prefix("ACK ") {
-                acked.insert(id.trim().parse().unwrap());
-            }
-        }
+            next,
+            fastrand::usize(5..40),
+            Duration::from_millis(fastrand::u64(0..30)),
+            lease_secs,
+        ));
         let c = open(&uri);
         c.busy_timeout(Duration::from_secs(lease_secs * 4)).unwrap();
         let cached = ids(&c);
