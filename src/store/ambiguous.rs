@@ -19,7 +19,7 @@ use std::io::Read;
 
 use super::state::State;
 use super::Store;
-use crate::backend::{BlobStat, BlockId};
+use crate::backend::{hex, BlobStat, BlockId};
 use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LocalFileReader};
 use crate::sidecar::PendingCommit;
@@ -105,9 +105,4 @@ fn hash_of(mut r: impl Read) -> Result<String> {
             Err(e) => return Err(Error::local("hashing a version", e)),
         }
     }
-}
-
-/// Block ids are binary; the sidecar keeps them as hex.
-pub(super) fn hex(id: &[u8]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }

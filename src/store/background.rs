@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use super::ambiguous::hex;
+use crate::backend::hex;
 use super::publish::{block_ids, Attempt};
 use super::refresh::read_full;
 use super::stage::Snapshot;

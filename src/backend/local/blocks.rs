@@ -206,7 +206,7 @@ impl BlobPaths {
         let mut plan = Vec::with_capacity(ids.len());
         let mut offset = 0;
         for id in ids {
-            let (size, source) = match staged.get(&hex(id)) {
+            let (size, source) = match staged.get(id) {
                 Some(&size) => (size, Source::Staged(self.staged_block(id))),
                 None => match committed.get(id.as_slice()) {
                     Some(&(at, size)) => (size, Source::Committed(at)),
@@ -276,8 +276,9 @@ impl BlobPaths {
         Ok(tmp)
     }
 
-    /// The size of each staged block, by file name (hex id).
-    fn staged_sizes(&self, op: &str) -> BackendResult<HashMap<String, u64>> {
+    /// The size of each staged block, by id (its file name is the hex id; other
+    /// names, such as a temp file, are not blocks).
+    fn staged_sizes(&self, op: &str) -> BackendResult<HashMap<BlockId, u64>> {
         let entries = match fs::read_dir(self.staged_dir()) {
             Ok(entries) => entries,
             Err(e) if is_missing(&e) => return Ok(HashMap::new()),
@@ -286,8 +287,11 @@ impl BlobPaths {
         let mut sizes = HashMap::new();
         for entry in entries {
             let entry = entry.map_err(|e| self.io_error(op, e))?;
+            let Some(id) = entry.file_name().to_str().and_then(unhex) else {
+                continue;
+            };
             let meta = entry.metadata().map_err(|e| self.io_error(op, e))?;
-            sizes.insert(entry.file_name().to_string_lossy().into_owned(), meta.len());
+            sizes.insert(id, meta.len());
         }
         Ok(sizes)
     }
@@ -364,13 +368,7 @@ fn copy_range(
 }
 
 pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(text).ok()
 }
 
 #[cfg(test)]
