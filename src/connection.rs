@@ -51,8 +51,8 @@ impl Connection {
         if level <= self.level {
             return 0;
         }
-        if let Err(fail) = self.file.lock(level) {
-            return lock_fail_code(fail);
+        if let Err(code) = self.lock_file(level) {
+            return code;
         }
         let from = self.level;
         let hook = match (from, level) {
@@ -83,6 +83,21 @@ impl Connection {
                 let _ = self.file.unlock(from);
                 log_failure("xLock", &e);
                 sqlite_code(&e, Phase::Lock)
+            }
+        }
+    }
+
+    /// Take `level` on the cache file. An EXCLUSIVE refused because this process's
+    /// flusher reads the cache under SHARED for a moment is tried again once that
+    /// read is over (`store::hold`): a lone connection's COMMIT never fails on it.
+    fn lock_file(&mut self, level: LockLevel) -> std::result::Result<(), i32> {
+        loop {
+            let mark = self.store.lock_mark();
+            match self.file.lock(level) {
+                Ok(()) => return Ok(()),
+                Err(LockFail::Busy)
+                    if level == LockLevel::Exclusive && self.store.waited_out_flusher(mark) => {}
+                Err(fail) => return Err(lock_fail_code(fail)),
             }
         }
     }

@@ -214,7 +214,43 @@ backend_tests!(
     an_explicit_batch_takes_over_deferred_commits,
     flush_ms_zero_uploads_every_commit,
     a_killed_process_loses_no_deferred_commit_on_this_machine,
+    a_lone_connection_needs_no_busy_timeout,
 );
+
+/// One connection and no busy_timeout (the `sqlite3` shell, speedtest1): with
+/// `flush_ms`, the flusher's moments on the cache (reading what to upload) and the
+/// lease's comings and goings must never reach it as SQLITE_BUSY. Transactions of
+/// 200 rows of 1000 bytes, each followed by a read, while the flusher uploads every
+/// few of them.
+fn a_lone_connection_needs_no_busy_timeout(w: &World) {
+    let (_, c) = with_table(w, "&flush_ms=5");
+    c.execute_batch("ALTER TABLE t ADD COLUMN b BLOB").unwrap();
+    c.busy_timeout(Duration::ZERO).unwrap();
+    let mut failures = Vec::new();
+    for i in 0..100 {
+        let write = c.execute_batch(
+            "BEGIN;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+             INSERT INTO t(b) SELECT randomblob(1000) FROM n;
+             COMMIT;",
+        );
+        if let Err(e) = write {
+            failures.push(format!("write {i}: {e}"));
+            let _ = c.execute_batch("ROLLBACK");
+        }
+        if let Err(e) = c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)) {
+            failures.push(format!("read {i}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(ids(&c).len(), 100 * 200);
+    pragma(&c, "PRAGMA managedblob_flush").unwrap();
+    assert_eq!(seen_elsewhere(w).len(), 100 * 200);
+}
 
 /// A failed background upload keeps the cache dirty, the lease held and the error
 /// in the status; a later retry uploads, without any call from the application.

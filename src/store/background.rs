@@ -13,14 +13,15 @@
 //! dropped and the cache is dirty over its old base, as before the upload.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::hex;
 use super::publish::{block_ids, Attempt};
 use super::refresh::read_full;
 use super::stage::Snapshot;
 use super::state::State;
 use super::Store;
+use crate::backend::hex;
 use crate::backend::{BlobStat, BlockId, Condition, Etag, LeaseId};
 use crate::delta::{ChunkId, Manifest};
 use crate::error::{Error, Result};
@@ -140,7 +141,7 @@ impl Store {
     /// Under the mutex again: record the outcome. The commits made meanwhile stay
     /// dirty and go with the next upload, `flush_ms` later.
     pub(super) fn finish_background_upload(
-        &self,
+        self: &Arc<Self>,
         st: &mut State,
         up: BackgroundUpload,
         result: Result<BlobStat>,

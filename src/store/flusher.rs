@@ -140,7 +140,7 @@ impl Store {
     }
 
     /// The flusher woke: upload the deferred commits when they are due.
-    fn flush_deferred(&self, file: &mut Option<Box<dyn LocalFile>>) {
+    fn flush_deferred(self: &Arc<Self>, file: &mut Option<Box<dyn LocalFile>>) {
         let due = self.lock_state_settled().write.flush_due();
         match due {
             None => return,
@@ -154,7 +154,7 @@ impl Store {
             Err(e) => return self.deferred_upload_failed(&mut self.lock_state(), &e),
         };
         match file.lock(LockLevel::Shared) {
-            Ok(()) => {}
+            Ok(()) => self.flusher_hold.reading(),
             Err(LockFail::Busy) => {
                 // A writer is committing: look again in a moment.
                 let st = self.lock_state();
@@ -172,12 +172,15 @@ impl Store {
             let mut st = self.lock_state_settled();
             let background = self.start_background_upload(&mut st, file.as_mut());
             if background.is_none() {
+                // Network work under the lock: a COMMIT meeting it is BUSY.
+                self.flusher_hold.read_over();
                 self.upload_deferred(&mut st, file.as_mut());
                 self.schedule_flush(&st);
             }
             background
         };
         let _ = file.unlock(LockLevel::None);
+        self.flusher_hold.read_over();
         if let Some(mut up) = background {
             let result = self.run_background_upload(&mut up, file.as_mut());
             if result.is_ok() {
@@ -191,7 +194,7 @@ impl Store {
 
     /// Under the cache's SHARED lock and the mutex: upload, unless a flush, a batch
     /// or a close got there first.
-    fn upload_deferred(&self, st: &mut State, file: &mut dyn LocalFile) {
+    fn upload_deferred(self: &Arc<Self>, st: &mut State, file: &mut dyn LocalFile) {
         if st.write.flush_due().is_none_or(|due| due > Instant::now()) {
             return;
         }
@@ -210,10 +213,12 @@ impl Store {
         }
     }
 
-    pub(super) fn end_deferral(&self, st: &mut State) {
+    /// The deferred commits are uploaded: the lease lingers as after a commit that
+    /// uploaded (the next write needs no acquire), unless a write holds it.
+    pub(super) fn end_deferral(self: &Arc<Self>, st: &mut State) {
         st.write.end_deferral();
         if st.write.lease_unneeded() {
-            self.release_lease(st);
+            self.keep_warm_or_release(st);
         }
     }
 
@@ -222,7 +227,7 @@ impl Store {
     /// did move, no retry can win: the deferral ends, the cache stays dirty, and the
     /// next check keeps it as a conflict copy. Otherwise (nobody wrote, or the stat
     /// failed) it is retried like any failure, taking the lease again.
-    pub(super) fn deferred_upload_refused(&self, st: &mut State, e: &Error) {
+    pub(super) fn deferred_upload_refused(self: &Arc<Self>, st: &mut State, e: &Error) {
         self.release_lease(st);
         let moved = match self.remote.stat() {
             Ok(now) => {

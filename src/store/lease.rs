@@ -194,10 +194,20 @@ impl Store {
     /// nothing (rolled back, failed), a check pending (the remote may have moved: a
     /// failed publish, a commit that did not finish locally).
     pub(super) fn linger_or_release(self: &Arc<Self>, st: &mut State) {
-        let linger = self.config.lease_linger;
         let published = std::mem::take(&mut st.published_in_write);
+        if published {
+            self.keep_warm_or_release(st);
+        } else {
+            self.release_lease(st);
+        }
+    }
+
+    /// This process just published and needs the lease no more for now: keep it
+    /// warm for `lease_linger_ms` where that is allowed (a linger, a turn not over,
+    /// no check pending), else give it back.
+    pub(super) fn keep_warm_or_release(self: &Arc<Self>, st: &mut State) {
+        let linger = self.config.lease_linger;
         if !linger.is_zero()
-            && published
             && st.warm_turn.may_keep(Instant::now(), linger)
             && !st.must_check
             && st.write.lease_unneeded()

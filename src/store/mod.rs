@@ -18,7 +18,8 @@
 //! one upload path: condition, chunks or whole file, "did my retried write land?"),
 //! `refresh` (stat, fetch, install), `recovery` (conflict copies, WAL headers,
 //! leftovers, cache checks), `manifest` (chunk lists of versions), `cache` (the
-//! sidecar and the cache lock).
+//! sidecar and the cache lock), `hold` (the flusher's short read under SHARED, which
+//! a COMMIT waits out).
 //!
 //! Lock order: a connection takes SQLite's file lock first and the store's mutex
 //! second; under the mutex, file locks are only ever tried, never waited for. A
@@ -34,6 +35,7 @@ mod fetch;
 pub(crate) mod flusher;
 mod guard;
 mod history;
+mod hold;
 mod lease;
 mod manifest;
 mod publish;
@@ -60,6 +62,7 @@ use crate::sidecar::{self, InFlight, Sidecar};
 use guard::Published;
 use state::{State, WriteState};
 
+pub(crate) use hold::HoldMark;
 pub use registry::open_store;
 
 /// One managed database in this process.
@@ -85,6 +88,8 @@ pub struct Store {
     flusher: Option<flusher::Flusher>,
     /// Signalled when a background upload ends (`State::uploading`).
     upload_done: parking_lot::Condvar,
+    /// The flusher's short read under SHARED, which a COMMIT waits out.
+    flusher_hold: hold::FlusherHold,
 }
 
 /// Monotonic nanoseconds since the first call in this process.
@@ -165,6 +170,7 @@ impl Store {
             state: Mutex::new(state),
             fresh_until: AtomicU64::new(0),
             flusher: (!config.flush.is_zero()).then(|| flusher::Flusher::start(me)),
+            flusher_hold: hold::FlusherHold::default(),
             upload_done: parking_lot::Condvar::new(),
             config,
         }
@@ -553,6 +559,17 @@ impl Store {
             self.force_check(st);
             self.sync(st, file, LockLevel::Shared)
         })
+    }
+
+    /// Taken before a lock call that may meet the flusher's read (see `hold`).
+    pub(crate) fn lock_mark(&self) -> HoldMark {
+        self.flusher_hold.mark()
+    }
+
+    /// A lock call since `mark` was refused: `true` when it met the flusher's short
+    /// read, now over, so the call may be tried again.
+    pub(crate) fn waited_out_flusher(&self, mark: HoldMark) -> bool {
+        self.flusher.is_some() && self.flusher_hold.wait_out(mark)
     }
 
     /// `PRAGMA managedblob_status`: answers at once, also while another connection
