@@ -10,7 +10,8 @@
 //! `MANAGEDBLOB_BENCH_QUICK=1`, the run is the quick one. `--only=ABCDEF` picks
 //! sections, `--backend=local|azurite` one backend, `--mib=64,512` the sizes of A and
 //! B, `--flush-ms=100` adds F's deferred-upload variant (skipped, saying so, where the
-//! build has no `flush_ms` setting).
+//! build has no `flush_ms` setting), `--only=S` with `--speedtest1=` and `--extension=`
+//! runs S (`--speedtest1-rounds=N` rounds; 3, or 1 in the quick run).
 //!
 //! - A. Delta sync: one-row commit, and the reader's reopen after another host's
 //!   one-row commit, `sync=delta` against `sync=full`, at 4, 64 and 512 MiB.
@@ -27,6 +28,15 @@
 //! - F. Mixed workload (Azurite only): a speedtest1-like mix of small transactions on
 //!   plain SQLite and on managedblob behind the proxy at 0 and 5 ms: wall, own CPU,
 //!   Azurite's CPU, requests, and the ratios to plain and to the floor.
+//! - S. SQLite's own speedtest1 (Azurite only, never by default): a speedtest1 binary
+//!   built by the user, run as a child on plain SQLite and on managedblob (the
+//!   loadable extension preloaded) behind the proxy at 0 and 5 ms, uploading at each
+//!   COMMIT and with flush_ms=100; F's figures for a child process. Needs
+//!   `--only=S --speedtest1=PATH --extension=PATH` (see benches/remote/speedtest1.rs):
+//!
+//!       cargo bench --features azure --bench remote -- --only=S \
+//!           --speedtest1=/tmp/speedtest1/speedtest1 \
+//!           --extension=loadable/target/release/libmanagedblob.so
 //!
 //! The quick form runs E and F at 0 and 5 ms only, on small sizes.
 //!
@@ -67,6 +77,8 @@ use mixed::MixedRow;
 #[path = "remote/measure.rs"]
 mod measure;
 use measure::*;
+#[path = "remote/speedtest1.rs"]
+mod speedtest1;
 #[path = "remote/tables.rs"]
 mod tables;
 use tables::*;
@@ -97,6 +109,11 @@ struct Plan {
     delays: Vec<u64>,
     /// F's deferred-upload variant (`--flush-ms=N`).
     flush_ms: Option<u64>,
+    /// Section S: the speedtest1 binary and the loadable extension (`--speedtest1=`,
+    /// `--extension=`), and its rounds (`--speedtest1-rounds=N`).
+    speedtest1: Option<PathBuf>,
+    extension: Option<PathBuf>,
+    s_rounds: usize,
     sections: String,
     kinds: Vec<Kind>,
 }
@@ -122,6 +139,16 @@ impl Plan {
             .iter()
             .find_map(|a| a.strip_prefix("--flush-ms="))
             .map(|v| v.parse().expect("--flush-ms=N: a number of milliseconds"));
+        let path = |flag: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(flag))
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{flag}{p}: {e}")))
+        };
+        let (speedtest1, extension) = (path("--speedtest1="), path("--extension="));
+        let s_rounds = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--speedtest1-rounds="))
+            .map(|v| v.parse().expect("--speedtest1-rounds=N: a number"));
         let mut plan = if quick {
             Plan {
                 quick,
@@ -133,6 +160,9 @@ impl Plan {
                 f: (60, 1),
                 delays: vec![0, 5],
                 flush_ms,
+                speedtest1,
+                extension,
+                s_rounds: s_rounds.unwrap_or(1),
                 sections,
                 kinds,
             }
@@ -147,6 +177,9 @@ impl Plan {
                 f: (1000, 5),
                 delays: vec![0, 5, 20],
                 flush_ms,
+                speedtest1,
+                extension,
+                s_rounds: s_rounds.unwrap_or(3),
                 sections,
                 kinds,
             }
@@ -254,6 +287,7 @@ struct Results {
     reads: Vec<ReadRow>,
     latency: Vec<LatencyRow>,
     mixed: Vec<MixedRow>,
+    speedtest1: Option<speedtest1::Report>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -578,6 +612,12 @@ fn main() {
         if plan.runs('F') {
             mixed::mixed(a, &plan, start, &mut out);
         }
+        if speedtest1::not_running(&plan).is_none() {
+            speedtest1::speedtest1(a, &plan, start, &mut out);
+        }
+    }
+    if let Some(why) = speedtest1::not_running(&plan) {
+        progress(start, &why);
     }
     progress(start, "done");
     drop(azurite);

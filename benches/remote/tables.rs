@@ -272,6 +272,9 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
     if !r.mixed.is_empty() {
         mixed::mixed_table(w, &r.mixed);
     }
+    if let Some(report) = &r.speedtest1 {
+        speedtest1::speedtest1_table(w, report);
+    }
     let retries: u64 = r
         .delta
         .iter()
