@@ -215,6 +215,42 @@ fn steady_one_row_autocommits_are_two_rounds_each() {
     drop(s.proxy);
 }
 
+/// A commit that changes a dozen chunks stages them all in one round: Put Block
+/// List follows one round of parallel Put Blocks (2 in sequence), not one round per
+/// four chunks (speedtest1's writing transactions change about 22 chunks each).
+/// Rounds are the proxy's: with a delay on every request, overlapping requests are
+/// one round.
+#[test]
+fn a_commit_of_many_chunks_stages_them_in_one_round() {
+    let Some(s) = Setup::new() else { return };
+    let c = s.big_database("h1", "");
+    insert(&c, 0);
+    // One 4000-byte row per page, 16 pages per 64 KiB chunk: rows 1,000 apart are
+    // in different chunks.
+    let rows: Vec<String> = (1..=12).map(|i| (i * 1000).to_string()).collect();
+    s.proxy.set_delay(Duration::from_millis(30));
+    let rounds_before = s.proxy.counts.rounds();
+    let mark = s.mark();
+    c.execute(
+        &format!(
+            "UPDATE filler SET b = randomblob(4000) WHERE rowid IN ({})",
+            rows.join(",")
+        ),
+        [],
+    )
+    .unwrap();
+    let rounds = s.proxy.counts.rounds() - rounds_before;
+    let commit = s.since(mark);
+    let staged = commit.iter().filter(|k| **k == "put_block").count();
+    println!("a commit of {staged} chunks: {rounds} rounds, {commit:?}");
+    assert!(staged >= 12, "{commit:?}");
+    assert_eq!(
+        rounds, 2,
+        "{staged} chunks staged in one round, then the list: {commit:?}"
+    );
+    s.proxy.set_delay(Duration::ZERO);
+}
+
 /// A single commit from a fresh process (a new store over a cache already in step):
 /// the open's freshness check, then Acquire Lease (its reply carries the ETag: no Get
 /// Properties), the staged chunks, Put Block List: 3 in sequence before the

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use super::publish::{block_ids, Attempt};
 use super::refresh::read_full;
-use super::stage::Snapshot;
+use super::stage::{transfer_workers, Snapshot};
 use super::state::State;
 use super::Store;
 use crate::backend::hex;
@@ -113,7 +113,8 @@ impl Store {
         file: &mut dyn LocalFile,
     ) -> Result<BlobStat> {
         let chunks = std::mem::take(&mut up.snapshot.chunks);
-        self.stage_parallel(Some(&up.lease), |emit| {
+        let workers = transfer_workers(up.snapshot.manifest.chunk_size);
+        self.stage_parallel(Some(&up.lease), workers, |emit| {
             for (id, data) in chunks {
                 if !emit(id, data) {
                     break;

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use super::manifest::Fetched;
 use super::refresh::COPY_CHUNK;
-use super::stage::PARALLEL;
+use super::stage::transfer_workers;
 use super::state::State;
 use super::Store;
 use crate::backend::{BackendErrorKind, BlobStat};
@@ -60,7 +60,7 @@ impl Store {
             .map_err(|e| Error::local("creating the download side file", e))?;
         let queue = Mutex::new(wanted.clone().into_iter());
         std::thread::scope(|scope| -> Result<()> {
-            let workers: Vec<_> = (0..PARALLEL)
+            let workers: Vec<_> = (0..transfer_workers(remote.chunk_size))
                 .map(|_| {
                     scope.spawn(|| -> Result<()> {
                         loop {

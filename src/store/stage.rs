@@ -13,8 +13,17 @@ use crate::delta::{chunk_size_for, ChunkId, Manifest, GRANULE, MAX_BLOCKS};
 use crate::error::{Error, Result};
 use crate::localfile::LocalFile;
 
-/// Transfers in flight at once (stage or ranged read).
-pub(super) const PARALLEL: usize = 4;
+/// Chunk bytes a transfer keeps in flight at most, across its workers.
+const IN_FLIGHT_BYTES: u64 = 16 << 20;
+
+/// Transfers of `chunk`-byte chunks to run at once (stage or ranged read): 16, fewer
+/// for chunks over 1 MiB so that about [`IN_FLIGHT_BYTES`] are in memory, at least 4.
+/// A commit that changes many chunks (speedtest1: 22 per commit) then costs one or two
+/// round trips of staging instead of one per four chunks; each worker holds one
+/// chunk and the queue one more per worker.
+pub(super) fn transfer_workers(chunk: u64) -> usize {
+    (IN_FLIGHT_BYTES / chunk.max(1)).clamp(4, 16) as usize
+}
 
 /// The changed chunks of the cache read into memory, for an upload that runs
 /// without the cache's lock or the store's mutex ([`Store::snapshot_chunks`]).
@@ -38,26 +47,32 @@ impl Store {
         file: &mut dyn LocalFile,
         lease: Option<&LeaseId>,
     ) -> Result<(Manifest, Option<[u8; COUNTER_BYTES]>)> {
-        // Read and hash on this thread; stage on PARALLEL workers.
-        let planned = self.stage_parallel(lease, |emit| {
+        // Read and hash on this thread; stage on workers. Their number only bounds
+        // memory, so the chunk size a fresh plan would take is close enough.
+        let size = file
+            .size()
+            .map_err(|e| Error::local("reading the cache", e))?;
+        let workers = transfer_workers(chunk_size_for(size));
+        let planned = self.stage_parallel(lease, workers, |emit| {
             self.plan_chunks(st, file, &mut |id, data| emit(id, data.to_vec()))
         })?;
         planned.ok_or_else(|| Error::Local("staging stopped early".into()))
     }
 
-    /// Stage on [`PARALLEL`] workers what `produce` emits; `emit` answers whether
+    /// Stage on `workers` threads what `produce` emits; `emit` answers whether
     /// to go on (no stage failed yet). A worker that fails records the error and
     /// keeps draining, so the producer never blocks; the first error wins.
     pub(super) fn stage_parallel<T>(
         &self,
         lease: Option<&LeaseId>,
+        workers: usize,
         produce: impl FnOnce(&mut dyn FnMut(ChunkId, Vec<u8>) -> bool) -> Result<T>,
     ) -> Result<T> {
-        let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(PARALLEL * 2);
+        let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(workers);
         let receiver = Mutex::new(receiver);
         let failure: Mutex<Option<Error>> = Mutex::new(None);
         let produced = std::thread::scope(|scope| {
-            for _ in 0..PARALLEL {
+            for _ in 0..workers {
                 scope.spawn(|| loop {
                     let next = receiver.lock().expect("queue lock").recv();
                     let Ok((id, data)) = next else { return };
