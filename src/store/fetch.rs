@@ -60,7 +60,7 @@ impl Store {
             .map_err(|e| Error::local("creating the download side file", e))?;
         let queue = Mutex::new(wanted.clone().into_iter());
         std::thread::scope(|scope| -> Result<()> {
-            let workers: Vec<_> = (0..transfer_workers(remote.chunk_size))
+            let workers: Vec<_> = (0..transfer_workers(remote.chunk_size).min(wanted.len()))
                 .map(|_| {
                     scope.spawn(|| -> Result<()> {
                         loop {

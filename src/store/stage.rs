@@ -59,9 +59,11 @@ impl Store {
         planned.ok_or_else(|| Error::Local("staging stopped early".into()))
     }
 
-    /// Stage on `workers` threads what `produce` emits; `emit` answers whether
-    /// to go on (no stage failed yet). A worker that fails records the error and
-    /// keeps draining, so the producer never blocks; the first error wins.
+    /// Stage on up to `workers` threads what `produce` emits (a thread per chunk
+    /// emitted until there are `workers`: a one-chunk commit starts one); `emit`
+    /// answers whether to go on (no stage failed yet). A worker that fails records
+    /// the error and keeps draining, so the producer never blocks; the first error
+    /// wins.
     pub(super) fn stage_parallel<T>(
         &self,
         lease: Option<&LeaseId>,
@@ -71,23 +73,26 @@ impl Store {
         let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(workers);
         let receiver = Mutex::new(receiver);
         let failure: Mutex<Option<Error>> = Mutex::new(None);
-        let produced = std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    let next = receiver.lock().expect("queue lock").recv();
-                    let Ok((id, data)) = next else { return };
-                    if failure.lock().expect("failure lock").is_some() {
-                        continue;
-                    }
-                    if let Err(e) = self.remote.stage_block(id.as_bytes(), &data, lease) {
-                        failure
-                            .lock()
-                            .expect("failure lock")
-                            .get_or_insert(e.into());
-                    }
-                });
+        let worker = || loop {
+            let next = receiver.lock().expect("queue lock").recv();
+            let Ok((id, data)) = next else { return };
+            if failure.lock().expect("failure lock").is_some() {
+                continue;
             }
+            if let Err(e) = self.remote.stage_block(id.as_bytes(), &data, lease) {
+                failure
+                    .lock()
+                    .expect("failure lock")
+                    .get_or_insert(e.into());
+            }
+        };
+        let produced = std::thread::scope(|scope| {
+            let mut started = 0;
             let produced = produce(&mut |id, data| {
+                if started < workers {
+                    scope.spawn(worker);
+                    started += 1;
+                }
                 let _ = sender.send((id, data));
                 failure.lock().expect("failure lock").is_none()
             });
