@@ -55,9 +55,11 @@ fn median_ms(v: &mut [Duration]) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let commits: usize = args.get(1).map_or(40, |a| a.parse().expect("commits"));
-    let settle: u64 = args.get(2).map_or(0, |a| a.parse().expect("settle seconds"));
-    let tmp = tempfile::tempdir_in(args.get(3).map_or_else(std::env::temp_dir, Into::into))
-        .unwrap();
+    let settle: u64 = args
+        .get(2)
+        .map_or(0, |a| a.parse().expect("settle seconds"));
+    let tmp =
+        tempfile::tempdir_in(args.get(3).map_or_else(std::env::temp_dir, Into::into)).unwrap();
     managedblob::register().unwrap();
     let sizes = [4, 512];
     let dbs: Vec<Connection> = sizes
