@@ -47,13 +47,42 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// the directory so the rename survives a power cut. The temp file is removed when
 /// anything fails.
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let synced = if durable {
+        Sync::Durable
+    } else {
+        Sync::Content
+    };
+    replace(path, bytes, synced)
+}
+
+/// [`write_atomic`] without any fsync: while the machine runs, readers see the old or
+/// the new content; after a power cut the file may be old, empty or torn. Only for
+/// files whose reader checks them (a checksum) and can do without them, where the
+/// fsync would cost every commit a disk flush for nothing.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, Sync::None)
+}
+
+/// How much of a replacement [`replace`] makes durable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    None,
+    /// The new content, before the rename.
+    Content,
+    /// The content and the rename.
+    Durable,
+}
+
+fn replace(path: &Path, bytes: &[u8], sync: Sync) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = open_private(&tmp, IfExists::Fail)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if sync != Sync::None {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        if durable {
+        if sync == Sync::Durable {
             sync_parent(path)?;
         }
         Ok(())

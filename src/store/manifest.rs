@@ -7,7 +7,7 @@ use super::Store;
 use crate::backend::{BlobStat, Etag};
 use crate::config::SyncMode;
 use crate::delta::Manifest;
-use crate::sidecar;
+use crate::fsutil::replace_unsynced;
 
 /// What a refresh brought beside the cache, waiting to be installed.
 #[derive(Clone, Debug)]
@@ -51,9 +51,10 @@ impl Store {
     /// Record `manifest` as the chunk list of version `etag` (or forget it).
     pub(super) fn set_manifest(&self, st: &mut State, manifest: Option<(Etag, Manifest)>) {
         match &manifest {
-            // Not made durable: a lost manifest costs one pass of hashing, not data.
+            // Not synced: a lost or torn manifest (its checksum tells) costs one pass
+            // of hashing, not data, and a commit saves a disk flush.
             Some((etag, m)) => {
-                let _ = sidecar::write_atomic(&self.manifest_path, &manifest_bytes(etag, m), false);
+                let _ = replace_unsynced(&self.manifest_path, &manifest_bytes(etag, m));
             }
             None => {
                 let _ = std::fs::remove_file(&self.manifest_path);
@@ -69,17 +70,24 @@ impl Store {
     }
 }
 
-/// `<etag length u32><etag><manifest bytes>`.
+/// `<etag length u32><etag><manifest bytes><xxh3-64 of all before it>`: the file is
+/// written without fsync, so the checksum is what tells a torn one after a power cut.
 fn manifest_bytes(etag: &Etag, m: &Manifest) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(etag.0.len() as u32).to_be_bytes());
     out.extend_from_slice(etag.0.as_bytes());
     out.extend_from_slice(&m.to_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&sum.to_be_bytes());
     out
 }
 
 fn load_manifest(path: &std::path::Path) -> Option<(Etag, Manifest)> {
-    let raw = std::fs::read(path).ok()?;
+    let file = std::fs::read(path).ok()?;
+    let (raw, sum) = file.split_at_checked(file.len().checked_sub(8)?)?;
+    if xxhash_rust::xxh3::xxh3_64(raw).to_be_bytes() != sum {
+        return None;
+    }
     let n = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
     let etag = String::from_utf8(raw.get(4..4 + n)?.to_vec()).ok()?;
     let m = Manifest::from_bytes(raw.get(4 + n..)?)?;
@@ -101,8 +109,18 @@ mod tests {
             ids: vec![ChunkId::new(0, b"x")],
         };
         std::fs::write(&p, manifest_bytes(&Etag("e1".into()), &m)).unwrap();
-        assert_eq!(load_manifest(&p), Some((Etag("e1".into()), m)));
+        assert_eq!(load_manifest(&p), Some((Etag("e1".into()), m.clone())));
         std::fs::write(&p, b"\x00\x00\x00\x09short").unwrap();
+        assert_eq!(load_manifest(&p), None);
+        // Torn: any byte changed, or the end cut off, fails the checksum.
+        let good = manifest_bytes(&Etag("e1".into()), &m);
+        let mut torn = good.clone();
+        torn[7] ^= 1;
+        std::fs::write(&p, &torn).unwrap();
+        assert_eq!(load_manifest(&p), None);
+        std::fs::write(&p, &good[..good.len() - 1]).unwrap();
+        assert_eq!(load_manifest(&p), None);
+        std::fs::write(&p, vec![0u8; good.len()]).unwrap();
         assert_eq!(load_manifest(&p), None);
     }
 }
