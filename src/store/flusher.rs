@@ -169,7 +169,18 @@ impl Store {
             }
         }
         let background = {
-            let mut st = self.lock_state_settled();
+            // Never wait under SHARED for another connection's network work under the
+            // mutex: a COMMIT here waits out this read (`hold`), so it would wait on
+            // the network too. Let go and look again in a moment. (No background
+            // upload is in flight: this thread is the one that runs them.)
+            let Ok(mut st) = self.lock_state_unless_network() else {
+                let _ = file.unlock(LockLevel::None);
+                self.flusher_hold.read_over();
+                if let Some(flusher) = &self.flusher {
+                    flusher.schedule(Some(Instant::now() + LOCK_RETRY));
+                }
+                return;
+            };
             let background = self.start_background_upload(&mut st, file.as_mut());
             if background.is_none() {
                 // Network work under the lock: a COMMIT meeting it is BUSY.
