@@ -92,11 +92,14 @@ impl Connection {
     /// read is over (`store::hold`): a lone connection's COMMIT never fails on it.
     fn lock_file(&mut self, level: LockLevel) -> std::result::Result<(), i32> {
         loop {
-            let mark = self.store.lock_mark();
+            // Only EXCLUSIVE can be refused by the flusher's SHARED.
+            let mark = match level {
+                LockLevel::Exclusive => self.store.lock_mark(),
+                _ => None,
+            };
             match self.file.lock(level) {
                 Ok(()) => return Ok(()),
-                Err(LockFail::Busy)
-                    if level == LockLevel::Exclusive && self.store.waited_out_flusher(mark) => {}
+                Err(LockFail::Busy) if mark.is_some_and(|m| self.store.waited_out_flusher(m)) => {}
                 Err(fail) => return Err(lock_fail_code(fail)),
             }
         }

@@ -47,12 +47,12 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// the directory so the rename survives a power cut. The temp file is removed when
 /// anything fails.
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let synced = if durable {
-        Sync::Durable
+    let persist = if durable {
+        Persist::Rename
     } else {
-        Sync::Content
+        Persist::Content
     };
-    replace(path, bytes, synced)
+    replace(path, bytes, persist)
 }
 
 /// [`write_atomic`] without any fsync: while the machine runs, readers see the old or
@@ -60,29 +60,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> 
 /// files whose reader checks them (a checksum) and can do without them, where the
 /// fsync would cost every commit a disk flush for nothing.
 pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace(path, bytes, Sync::None)
+    replace(path, bytes, Persist::Nothing)
 }
 
-/// How much of a replacement [`replace`] makes durable.
+/// How much of a replacement [`replace`] makes durable (fsyncs).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Sync {
-    None,
+enum Persist {
+    Nothing,
     /// The new content, before the rename.
     Content,
     /// The content and the rename.
-    Durable,
+    Rename,
 }
 
-fn replace(path: &Path, bytes: &[u8], sync: Sync) -> io::Result<()> {
+fn replace(path: &Path, bytes: &[u8], persist: Persist) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = open_private(&tmp, IfExists::Fail)?;
         file.write_all(bytes)?;
-        if sync != Sync::None {
+        if persist != Persist::Nothing {
             file.sync_all()?;
         }
         fs::rename(&tmp, path)?;
-        if sync == Sync::Durable {
+        if persist == Persist::Rename {
             sync_parent(path)?;
         }
         Ok(())

@@ -1,8 +1,8 @@
 //! Downloads. The download half of delta sync: compare the remote's committed block
 //! list with what the cache holds (the base's manifest, or hashes of its chunks when
 //! that is not trusted) and fetch only the differing chunks, with ranged reads pinned
-//! to the version (If-Match), in parallel (`transfer_workers`), into a side file. Every chunk is checked
-//! against its block id before anything is installed.
+//! to the version (If-Match), in parallel (`transfer_workers`), into a side file.
+//! Every chunk is checked against its block id before anything is installed.
 //!
 //! And the cold download: a cache with nothing worth keeping takes the whole remote
 //! straight in (each byte written once), between an in-flight marker in the sidecar

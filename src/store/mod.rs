@@ -561,15 +561,16 @@ impl Store {
         })
     }
 
-    /// Taken before a lock call that may meet the flusher's read (see `hold`).
-    pub(crate) fn lock_mark(&self) -> HoldMark {
-        self.flusher_hold.mark()
+    /// Taken before a lock call that may meet the flusher's read (see `hold`);
+    /// `None` without a flusher (`flush_ms=0`), so that lock calls pay nothing.
+    pub(crate) fn lock_mark(&self) -> Option<HoldMark> {
+        self.flusher.as_ref().map(|_| self.flusher_hold.mark())
     }
 
     /// A lock call since `mark` was refused: `true` when it met the flusher's short
     /// read, now over, so the call may be tried again.
     pub(crate) fn waited_out_flusher(&self, mark: HoldMark) -> bool {
-        self.flusher.is_some() && self.flusher_hold.wait_out(mark)
+        self.flusher_hold.wait_out(mark)
     }
 
     /// `PRAGMA managedblob_status`: answers at once, also while another connection
