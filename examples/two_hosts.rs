@@ -33,9 +33,14 @@ fn encode(value: &str) -> String {
         .collect()
 }
 
+/// Open `cache` over `remote`. The two hosts take turns writing, each keeping its
+/// connection open: with the default `lease_linger_ms` (1 s) each would wait out the
+/// other's warm lease, and host A's batch would fail at `managedblob_batch=begin`
+/// while host B's lease is warm. `lease_linger_ms=0` is the README's setting for
+/// hosts that take turns: each commit gives the lease back at once.
 fn open(cache: &Path, remote: &str) -> rusqlite::Result<Connection> {
     let uri = format!(
-        "file:{}?vfs=managedblob&remote={}",
+        "file:{}?vfs=managedblob&remote={}&lease_linger_ms=0",
         cache.display(),
         encode(remote)
     );

@@ -34,6 +34,11 @@ export MANAGEDBLOB_EXTENSION="$PWD/loadable/target/release/libmanagedblob.so"
 echo "== running the tests"
 cargo test --features azure "$@"
 
+echo "== the README's main job (examples/two_hosts.rs on the embedded default)"
+# With the test build's features, so nothing is rebuilt; the remote is a local
+# directory either way, as with the README's plain `cargo run --example two_hosts`.
+cargo run --features azure --example two_hosts
+
 echo "== the log subscriber's unit tests (feature log-subscriber, which the extension and CLI enable)"
 cargo test --features log-subscriber --lib logging
 
