@@ -30,7 +30,6 @@ pub mod error;
 mod ffi;
 mod fsutil;
 mod image;
-mod lease;
 pub mod localfile;
 #[cfg(feature = "log-subscriber")]
 pub mod logging;

@@ -390,7 +390,7 @@ impl Remote {
         })
     }
 
-    /// [`Remote::renew_lease`] for the background renewer, which never holds the
+    /// [`Remote::renew_lease`] for the store's clock, which never holds the
     /// store's mutex: not counted as the store being in the network.
     pub fn renew_lease_in_background(
         &self,
@@ -404,6 +404,15 @@ impl Remote {
 
     pub fn release_lease(&self, lease: &LeaseId) -> BackendResult<()> {
         self.call(Request::ReleaseLease, |_| {
+            self.backend.release_lease(&self.blob, lease)
+        })
+    }
+
+    /// [`Remote::release_lease`] for the store's clock, which releases an idle
+    /// lease with the store's mutex released: not counted as the store being in
+    /// the network (a lock call that finds the mutex held by local work waits).
+    pub fn release_lease_in_background(&self, lease: &LeaseId) -> BackendResult<()> {
+        self.attempts(Request::ReleaseLease, |_| {
             self.backend.release_lease(&self.blob, lease)
         })
     }

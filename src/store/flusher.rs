@@ -1,25 +1,28 @@
 //! Deferred uploads (`flush_ms`): a commit outside a batch stays in the cache, keeps
 //! the lease, and sets a deadline in the write state
-//! ([`super::state::WriteState::AutoBatch`]); this module's thread uploads when it
-//! passes, together with every commit made meanwhile.
+//! ([`super::state::WriteState::AutoBatch`]); the store's clock hands it to this
+//! module's thread when it passes, which uploads it together with every commit
+//! made meanwhile.
 //!
-//! The thread has no SQLite connection. Like a pragma without a lock, it holds a
-//! SHARED lock on the cache while it reads what to upload (so no transaction is
-//! half-written into the file), through its own handle from the VFS layer ([`CacheOpener`]):
-//! a second `std::fs::File` would not keep this process's own writers out, and
-//! closing it would drop their POSIX locks. A busy lock is retried shortly; a
-//! failed upload keeps the cache dirty and the lease, is kept for the status
-//! report, and is retried with backoff. The deadline is decided under the store's
-//! mutex; the thread only mirrors it as a wake-up time, so a stale wake-up does
+//! The thread has no timer of its own (the clock owns the deadline, so renewal
+//! never waits behind an upload) and no SQLite connection. Like a pragma without a
+//! lock, it holds a SHARED lock on the cache while it reads what to upload (so no
+//! transaction is half-written into the file), through its own handle from the VFS
+//! layer ([`CacheOpener`]): a second `std::fs::File` would not keep this process's
+//! own writers out, and closing it would drop their POSIX locks. A busy lock is
+//! retried shortly (the clock is asked again); a failed upload keeps the cache
+//! dirty and the lease, is kept for the status report, and is retried with backoff.
+//! The deadline is decided under the store's mutex, so a stale hand-over does
 //! nothing. The upload itself usually runs with neither that lock nor the mutex
 //! held, so the application's commits go on meanwhile (src/store/background.rs);
 //! when it cannot (history kept, whole uploads, over 64 MiB changed, no live
 //! lease), the thread uploads under both, as a flush does.
 
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use super::state::{LeaseSlot, State};
 use super::Store;
@@ -30,97 +33,48 @@ use crate::localfile::{LocalFile, LockFail, LockLevel};
 pub(crate) type CacheOpener =
     Arc<dyn Fn() -> std::io::Result<Box<dyn LocalFile>> + Send + Sync + 'static>;
 
-/// How soon the flusher tries again when a writer holds the cache's lock.
+/// How soon the flusher tries again when a writer holds the cache's lock (a file
+/// lock, possibly another process's: nothing tells when it is let go).
 const LOCK_RETRY: Duration = Duration::from_millis(5);
 
-/// The handle of the flusher thread: wakes it when the deadline changes, stops it
-/// when the store goes away.
+/// The flusher thread's handle: how it opens the cache. The thread ends when the
+/// clock, which holds the only sender of its hand-overs, ends with the store.
 pub(crate) struct Flusher {
-    signal: Arc<Signal>,
     /// Opens the flusher's handle on the cache, given by the VFS layer.
     opener: Mutex<Option<CacheOpener>>,
 }
 
 impl std::fmt::Debug for Flusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flusher")
-            .field("due", &self.signal.wake.lock().due)
-            .finish()
+        f.debug_struct("Flusher").finish_non_exhaustive()
     }
-}
-
-#[derive(Default)]
-struct Signal {
-    wake: Mutex<Wake>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct Wake {
-    /// When to look at the store's deadline next.
-    due: Option<Instant>,
-    stop: bool,
 }
 
 impl Flusher {
     /// Start the thread for `store` (which may still be under construction: the
-    /// thread touches it only once woken by [`Flusher::schedule`]).
-    pub(super) fn start(store: Weak<Store>) -> Flusher {
-        let signal = Arc::new(Signal::default());
-        let theirs = signal.clone();
+    /// thread touches it only once handed a due deadline). Returns the handle and
+    /// the sender the clock hands due deadlines to.
+    pub(super) fn start(store: Weak<Store>) -> (Flusher, Sender<()>) {
+        let (due, handed) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("managedblob-flush".into())
-            .spawn(move || run(&theirs, &store));
+            .spawn(move || {
+                let mut file: Option<Box<dyn LocalFile>> = None;
+                for () in handed {
+                    let Some(store) = store.upgrade() else {
+                        return;
+                    };
+                    store.flush_deferred(&mut file);
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the flusher thread; deferred \
                 commits are uploaded by PRAGMA managedblob_flush and at close only");
         }
-        Flusher {
-            signal,
+        let flusher = Flusher {
             opener: Mutex::new(None),
-        }
-    }
-
-    /// Wake at `due` (or never, for `None`).
-    fn schedule(&self, due: Option<Instant>) {
-        self.signal.wake.lock().due = due;
-        self.signal.changed.notify_one();
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.signal.wake.lock().stop = true;
-        self.signal.changed.notify_one();
-    }
-}
-
-/// The thread: sleep until the mirrored deadline, then let the store decide.
-fn run(signal: &Signal, store: &Weak<Store>) {
-    let mut file: Option<Box<dyn LocalFile>> = None;
-    loop {
-        {
-            let mut wake = signal.wake.lock();
-            loop {
-                if wake.stop {
-                    return;
-                }
-                match wake.due {
-                    Some(due) if due <= Instant::now() => {
-                        wake.due = None;
-                        break;
-                    }
-                    Some(due) => {
-                        signal.changed.wait_until(&mut wake, due);
-                    }
-                    None => signal.changed.wait(&mut wake),
-                }
-            }
-        }
-        let Some(store) = store.upgrade() else {
-            return;
         };
-        store.flush_deferred(&mut file);
+        (flusher, due)
     }
 }
 
@@ -132,14 +86,22 @@ impl Store {
         }
     }
 
-    /// Tell the flusher thread when the deferred commits are due.
+    /// Tell the clock when the deferred commits are due.
     pub(super) fn schedule_flush(&self, st: &State) {
-        if let Some(flusher) = &self.flusher {
-            flusher.schedule(st.write.flush_due());
+        if self.flusher.is_some() {
+            self.clock.flush_at(st.write.flush_due());
         }
     }
 
-    /// The flusher woke: upload the deferred commits when they are due.
+    /// Ask the clock to hand the deferred commits over again in a moment (the
+    /// cache's lock or the store was busy), if any are still pending.
+    fn retry_flush_soon(&self, st: &State) {
+        if self.flusher.is_some() && st.write.flush_due().is_some() {
+            self.clock.flush_at(Some(Instant::now() + LOCK_RETRY));
+        }
+    }
+
+    /// The clock handed over a deadline: upload the deferred commits when due.
     fn flush_deferred(self: &Arc<Self>, file: &mut Option<Box<dyn LocalFile>>) {
         let due = self.lock_state_settled().write.flush_due();
         match due {
@@ -157,11 +119,7 @@ impl Store {
             Ok(()) => self.flusher_hold.reading(),
             Err(LockFail::Busy) => {
                 // A writer is committing: look again in a moment.
-                let st = self.lock_state();
-                if let Some(flusher) = &self.flusher {
-                    flusher.schedule(st.write.flush_due().map(|_| Instant::now() + LOCK_RETRY));
-                }
-                return;
+                return self.retry_flush_soon(&self.lock_state());
             }
             Err(LockFail::Io(code)) => {
                 let e = self.lock_failed(code);
@@ -176,8 +134,8 @@ impl Store {
             let Ok(mut st) = self.lock_state_unless_network() else {
                 let _ = file.unlock(LockLevel::None);
                 self.flusher_hold.read_over();
-                if let Some(flusher) = &self.flusher {
-                    flusher.schedule(Some(Instant::now() + LOCK_RETRY));
+                if self.flusher.is_some() {
+                    self.clock.flush_at(Some(Instant::now() + LOCK_RETRY));
                 }
                 return;
             };
@@ -205,7 +163,7 @@ impl Store {
 
     /// Under the cache's SHARED lock and the mutex: upload, unless a flush, a batch
     /// or a close got there first.
-    fn upload_deferred(self: &Arc<Self>, st: &mut State, file: &mut dyn LocalFile) {
+    fn upload_deferred(&self, st: &mut State, file: &mut dyn LocalFile) {
         if st.write.flush_due().is_none_or(|due| due > Instant::now()) {
             return;
         }
@@ -226,7 +184,7 @@ impl Store {
 
     /// The deferred commits are uploaded: the lease lingers as after a commit that
     /// uploaded (the next write needs no acquire), unless a write holds it.
-    pub(super) fn end_deferral(self: &Arc<Self>, st: &mut State) {
+    pub(super) fn end_deferral(&self, st: &mut State) {
         st.write.end_deferral();
         if st.write.lease_unneeded() {
             self.keep_warm_or_release(st);
@@ -238,7 +196,7 @@ impl Store {
     /// did move, no retry can win: the deferral ends, the cache stays dirty, and the
     /// next check keeps it as a conflict copy. Otherwise (nobody wrote, or the stat
     /// failed) it is retried like any failure, taking the lease again.
-    pub(super) fn deferred_upload_refused(self: &Arc<Self>, st: &mut State, e: &Error) {
+    pub(super) fn deferred_upload_refused(&self, st: &mut State, e: &Error) {
         self.release_lease(st);
         let moved = match self.remote.stat() {
             Ok(now) => {

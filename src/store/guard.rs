@@ -26,28 +26,47 @@ use crate::sidecar::InFlight;
 /// the holder works locally).
 const RECHECK: Duration = Duration::from_millis(1);
 
-/// The store's state, locked; publishes the status fields when released.
+/// The store's state, locked; publishes the status fields when released, then
+/// tells the store's clock the mutex is free (it may be waiting to try it).
 pub(super) struct StateGuard<'a> {
     store: &'a Store,
-    state: MutexGuard<'a, State>,
+    /// Always `Some` until the drop, which unlocks before it wakes the clock.
+    state: Option<MutexGuard<'a, State>>,
+}
+
+impl<'a> StateGuard<'a> {
+    fn new(store: &'a Store, state: MutexGuard<'a, State>) -> StateGuard<'a> {
+        StateGuard {
+            store,
+            state: Some(state),
+        }
+    }
+
+    fn guard(&mut self) -> &mut MutexGuard<'a, State> {
+        self.state.as_mut().expect("held until dropped")
+    }
 }
 
 impl Deref for StateGuard<'_> {
     type Target = State;
     fn deref(&self) -> &State {
-        &self.state
+        self.state.as_ref().expect("held until dropped")
     }
 }
 
 impl DerefMut for StateGuard<'_> {
     fn deref_mut(&mut self) -> &mut State {
-        &mut self.state
+        self.guard()
     }
 }
 
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
-        *self.store.published.lock() = Published::of(&self.state);
+        if let Some(state) = self.state.take() {
+            *self.store.published.lock() = Published::of(&state);
+            drop(state);
+        }
+        self.store.clock.state_released();
     }
 }
 
@@ -87,10 +106,15 @@ impl Store {
     /// own work that must not fail with BUSY (its commit, unlock, open and close,
     /// and the pragmas, which wait for the cache lock themselves).
     pub(super) fn lock_state(&self) -> StateGuard<'_> {
-        StateGuard {
-            store: self,
-            state: self.state.lock(),
-        }
+        StateGuard::new(self, self.state.lock())
+    }
+
+    /// Take the mutex if it is free: for the store's clock, which never waits for
+    /// it (it tries again when the holder lets go).
+    pub(super) fn try_lock_state(&self) -> Option<StateGuard<'_>> {
+        self.state
+            .try_lock()
+            .map(|state| StateGuard::new(self, state))
     }
 
     /// Take the mutex once no background upload is in flight
@@ -100,8 +124,8 @@ impl Store {
     /// their commits local meanwhile.
     pub(super) fn lock_state_settled(&self) -> StateGuard<'_> {
         let mut guard = self.lock_state();
-        while guard.state.uploading {
-            self.upload_done.wait(&mut guard.state);
+        while guard.uploading {
+            self.upload_done.wait(guard.guard());
         }
         guard
     }
@@ -120,9 +144,6 @@ impl Store {
             }
             state = self.state.try_lock_for(RECHECK);
         }
-        Ok(StateGuard {
-            store: self,
-            state: state.expect("locked"),
-        })
+        Ok(StateGuard::new(self, state.expect("locked")))
     }
 }

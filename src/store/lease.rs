@@ -1,16 +1,17 @@
 //! The remote lease as the store uses it: taken in one place
 //! ([`Store::take_write_lease`]), kept only when the remote is still the cache's
-//! base, kept warm for `lease_linger_ms` when a write ends (then given back in the
-//! background), and parked (never forgotten) when a release fails.
+//! base, kept warm for `lease_linger_ms` when a write ends (then given back by the
+//! store's clock, with the mutex released over the network), and parked (never
+//! forgotten) when a release fails.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::state::{LeaseSlot, State};
+use super::clock::Tried;
+use super::state::{LeaseSlot, Release, State};
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, Lease, LeaseId};
 use crate::error::{Error, Result};
-use crate::lease::HeldLease;
 use crate::sidecar::LeaseOwner;
 
 impl Store {
@@ -18,11 +19,13 @@ impl Store {
     /// or take it. `Ok(true)` when the blob does not exist and the first upload
     /// creates it.
     pub(super) fn ensure_lease(&self, st: &mut State) -> Result<bool> {
+        st.lease.observe();
         self.revive_parked_lease(st)?;
         st.lease.observe().wake();
         match &st.lease {
             LeaseSlot::Live(_) => Ok(false),
             LeaseSlot::Warm { .. } => unreachable!("woken above"),
+            LeaseSlot::Releasing(_) => Err(self.busy_releasing()),
             LeaseSlot::Lost => Err(Error::Backend(BackendError::new(
                 BackendErrorKind::LeaseLost,
                 format!("the lease on blob '{}' was lost", self.config.blob),
@@ -152,11 +155,7 @@ impl Store {
         if record {
             st.sidecar.lease = Some(LeaseOwner::this_process(lease.id.clone()));
         }
-        st.lease = LeaseSlot::Live(HeldLease::start(
-            self.remote.clone(),
-            lease.id,
-            self.config.lease,
-        ));
+        st.lease = LeaseSlot::Live(self.clock.hold(lease.id, self.config.lease));
         if adoptable_empty {
             st.sidecar.base = Some(lease.etag);
         }
@@ -189,11 +188,11 @@ impl Store {
     }
 
     /// A write transaction outside a batch ended: when it published, keep the lease
-    /// warm for `lease_linger_ms` (the renewer calls [`Store::release_if_idle`]
+    /// warm for `lease_linger_ms` (the clock calls [`Store::release_if_idle`]
     /// then); else give it back at once: linger 0, a transaction that published
     /// nothing (rolled back, failed), a check pending (the remote may have moved: a
     /// failed publish, a commit that did not finish locally).
-    pub(super) fn linger_or_release(self: &Arc<Self>, st: &mut State) {
+    pub(super) fn linger_or_release(&self, st: &mut State) {
         let published = std::mem::take(&mut st.published_in_write);
         if published {
             self.keep_warm_or_release(st);
@@ -205,23 +204,18 @@ impl Store {
     /// This process just published and needs the lease no more for now: keep it
     /// warm for `lease_linger_ms` where that is allowed (a linger, a turn not over,
     /// no check pending), else give it back.
-    pub(super) fn keep_warm_or_release(self: &Arc<Self>, st: &mut State) {
+    pub(super) fn keep_warm_or_release(&self, st: &mut State) {
         let linger = self.config.lease_linger;
         if !linger.is_zero()
             && st.warm_turn.may_keep(Instant::now(), linger)
             && !st.must_check
             && st.write.lease_unneeded()
             && self.renewed_after_snapshot(st)
+            && st.lease.observe().linger(Instant::now() + linger, |at| {
+                self.clock.release_when_idle(at)
+            })
         {
-            let store = Arc::downgrade(self);
-            let on_idle = move || {
-                if let Some(store) = store.upgrade() {
-                    store.release_if_idle();
-                }
-            };
-            if st.lease.observe().linger(Instant::now() + linger, on_idle) {
-                return;
-            }
+            return;
         }
         self.release_lease(st);
     }
@@ -239,21 +233,70 @@ impl Store {
         }
     }
 
-    /// The linger of a warm lease is over: give it back, under the store's mutex and
-    /// only when no write took it meanwhile (it is `Live` then, or warm until later).
-    pub(super) fn release_if_idle(&self) {
-        let mut st = self.lock_state();
-        if st.lease.idle_at(Instant::now()) && st.write.lease_unneeded() {
-            tracing::debug!(blob = %self.config.blob, "releasing the lease after its linger");
-            self.release_lease(&mut st);
+    /// On the store's clock, when a warm lease's linger is over: give it back if no
+    /// write took it meanwhile (it is `Live` then, or warm until later). Never
+    /// waits: `MutexHeld` when another thread holds the store (the clock tries
+    /// again when it lets go). The release runs with the mutex released, the slot
+    /// `Releasing` meanwhile, so no write can take back a lease on its way out.
+    pub(super) fn release_if_idle(&self) -> Tried {
+        let Some(mut st) = self.try_lock_state() else {
+            return Tried::MutexHeld;
+        };
+        if !(st.lease.idle_at(Instant::now()) && st.write.lease_unneeded()) {
+            return Tried::Done;
         }
+        let LeaseSlot::Warm { held, .. } = std::mem::take(&mut st.lease) else {
+            unreachable!("idle_at holds only for a warm lease");
+        };
+        tracing::debug!(blob = %self.config.blob, "releasing the lease after its linger");
+        st.warm_turn.released();
+        let release = Release::new(held.stop());
+        st.lease = LeaseSlot::Releasing(release.clone());
+        drop(st);
+        let released = match self.remote.release_lease_in_background(&release.id) {
+            Ok(()) => true,
+            Err(e)
+                if matches!(
+                    e.kind,
+                    BackendErrorKind::LeaseLost | BackendErrorKind::NotFound
+                ) =>
+            {
+                true
+            }
+            Err(e) => {
+                tracing::warn!(blob = %self.config.blob, error = %e,
+                    "releasing the lease failed; it is kept parked until released or lapsed");
+                false
+            }
+        };
+        release.settle(released);
+        // Settled now if the mutex is free, else by whoever takes it next.
+        if let Some(mut st) = self.try_lock_state() {
+            if matches!(&st.lease, LeaseSlot::Releasing(r) if Arc::ptr_eq(r, &release)) {
+                st.lease.observe();
+                if released {
+                    self.forget_lease_owner(&mut st, &release.id);
+                }
+            }
+        }
+        Tried::Done
     }
 
-    /// The write is over: give the lease back (a lost one is simply dropped).
+    /// What a write answers while an idle lease's release is in flight.
+    fn busy_releasing(&self) -> Error {
+        Error::Busy(format!(
+            "the lease on blob '{}' is being given back after its linger; retry",
+            self.config.blob
+        ))
+    }
+
+    /// The write is over: give the lease back (a lost one is simply dropped; one
+    /// being released already is left to the clock).
     pub(super) fn release_lease(&self, st: &mut State) {
         st.warm_turn.released();
         match std::mem::take(&mut st.lease) {
             LeaseSlot::None | LeaseSlot::Lost => {}
+            releasing @ LeaseSlot::Releasing(_) => st.lease = releasing,
             LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } if held.is_lost() => {}
             LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => self.give_back(st, held.stop()),
             LeaseSlot::Parked(id) => self.give_back(st, id),
@@ -278,9 +321,13 @@ impl Store {
                 return;
             }
         }
-        // The record (if any) goes to disk with the next save; a stale one is
-        // harmless: its renewal fails.
-        if st.sidecar.lease.as_ref().is_some_and(|o| o.id == id) {
+        self.forget_lease_owner(st, &id);
+    }
+
+    /// The lease `id` was given back: drop its owner record. It goes to disk with
+    /// the next save; a stale one is harmless: its renewal fails.
+    fn forget_lease_owner(&self, st: &mut State, id: &LeaseId) {
+        if st.sidecar.lease.as_ref().is_some_and(|o| o.id == *id) {
             st.sidecar.lease = None;
         }
     }
@@ -314,7 +361,7 @@ impl Store {
             self.force_check(st);
             return Err(self.moved_since_snapshot(""));
         }
-        st.lease = LeaseSlot::Live(HeldLease::start(self.remote.clone(), id, self.config.lease));
+        st.lease = LeaseSlot::Live(self.clock.hold(id, self.config.lease));
         Ok(())
     }
 }

@@ -31,6 +31,7 @@
 mod ambiguous;
 mod background;
 mod cache;
+mod clock;
 mod fetch;
 pub(crate) mod flusher;
 mod guard;
@@ -84,8 +85,11 @@ pub struct Store {
     /// Until when (nanoseconds on [`clock`]) a SHARED lock needs no freshness check:
     /// read without the mutex, so the read path of a fresh cache stays cheap.
     fresh_until: AtomicU64,
-    /// Uploads deferred commits at their deadline (`flush_ms` > 0 only).
+    /// Uploads deferred commits when the clock hands them over (`flush_ms` > 0 only).
     flusher: Option<flusher::Flusher>,
+    /// The one owner of this store's timers: lease renewal, the linger's end, the
+    /// `flush_ms` deadline, the sweep after a commit (src/store/clock.rs).
+    clock: clock::Clock,
     /// Signalled when a background upload ends (`State::uploading`).
     upload_done: parking_lot::Condvar,
     /// The flusher's short read under SHARED, which a COMMIT waits out.
@@ -119,7 +123,7 @@ enum SyncAction {
 /// lingers after a commit does too, but not inside a read transaction, which is
 /// refused whether or not the lease happens to be warm (one answer, not a race).
 fn joins_held_lease(st: &State, level: LockLevel) -> bool {
-    !st.write.lease_unneeded() || (level == LockLevel::None && !st.lease.is_none())
+    !st.write.lease_unneeded() || (level == LockLevel::None && st.lease.is_held())
 }
 
 /// The status report of `PRAGMA managedblob_status`.
@@ -153,6 +157,13 @@ impl Store {
         };
         let identity = remote.identity();
         let state = State::new(Sidecar::new(identity.clone(), config.blob.clone()));
+        let remote = Arc::new(remote);
+        let (flusher, flush_handover) = if config.flush.is_zero() {
+            (None, None)
+        } else {
+            let (flusher, handover) = flusher::Flusher::start(me.clone());
+            (Some(flusher), Some(handover))
+        };
         Store {
             cache_path: cache_path.to_path_buf(),
             sidecar_path: sidecar::path_for(cache_path),
@@ -165,11 +176,12 @@ impl Store {
                 fastrand::u32(..)
             )),
             identity,
-            remote: Arc::new(remote),
+            clock: clock::Clock::start(remote.clone(), me, flush_handover),
+            remote,
             published: Mutex::new(Published::of(&state)),
             state: Mutex::new(state),
             fresh_until: AtomicU64::new(0),
-            flusher: (!config.flush.is_zero()).then(|| flusher::Flusher::start(me)),
+            flusher,
             flusher_hold: hold::FlusherHold::default(),
             upload_done: parking_lot::Condvar::new(),
             config,
@@ -476,7 +488,7 @@ impl Store {
 
     /// Unlock below RESERVED: the write transaction ended. Outside a batch the lease
     /// lingers for the next write (`lease_linger_ms`), or goes back at once.
-    pub fn end_write(self: &Arc<Self>) {
+    pub fn end_write(&self) {
         let mut st = self.lock_state();
         st.write.end_txn();
         if st.sidecar.in_flight == InFlight::Commit {

@@ -19,13 +19,16 @@
 //! ```
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
+use super::clock::HeldLease;
 use super::manifest::Fetched;
 use crate::backend::{Etag, LeaseId};
 use crate::delta::Manifest;
 use crate::error::{Error, Result};
-use crate::lease::HeldLease;
 use crate::sidecar::Sidecar;
 
 /// What this process is writing to the database.
@@ -322,18 +325,60 @@ pub(crate) enum LeaseSlot {
     /// A renewal found it gone (expired, broken, taken): the next upload would be
     /// refused by the backend anyway, so this is never a blind overwrite.
     Lost,
+    /// An idle warm lease being given back by the store's clock, with the store's
+    /// mutex released over the network: no write may take it again meanwhile (they
+    /// answer SQLITE_BUSY). Settles into `None`, or `Parked` when the release
+    /// failed, at the next [`LeaseSlot::observe`].
+    Releasing(Arc<Release>),
+}
+
+/// A release in flight, and its outcome once known.
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub id: LeaseId,
+    /// `Some(true)`: released (or already gone); `Some(false)`: the release failed
+    /// and the lease may still be ours.
+    outcome: Mutex<Option<bool>>,
+}
+
+impl Release {
+    pub fn new(id: LeaseId) -> Arc<Release> {
+        Arc::new(Release {
+            id,
+            outcome: Mutex::new(None),
+        })
+    }
+
+    /// The release's answer came.
+    pub fn settle(&self, released: bool) {
+        *self.outcome.lock() = Some(released);
+    }
 }
 
 impl LeaseSlot {
     /// Turn a lease whose renewal found it gone into [`LeaseSlot::Lost`] (a live one:
     /// its write must fail) or [`LeaseSlot::None`] (a warm one: no write used it).
+    /// A release that has come back settles: `None`, or `Parked` when it failed.
     pub fn observe(&mut self) -> &mut Self {
         match self {
             LeaseSlot::Live(l) if l.is_lost() => *self = LeaseSlot::Lost,
             LeaseSlot::Warm { held, .. } if held.is_lost() => *self = LeaseSlot::None,
+            LeaseSlot::Releasing(r) => {
+                let outcome = *r.outcome.lock();
+                match outcome {
+                    Some(true) => *self = LeaseSlot::None,
+                    Some(false) => *self = LeaseSlot::Parked(r.id.clone()),
+                    None => {}
+                }
+            }
             _ => {}
         }
         self
+    }
+
+    /// This process holds a lease a batch can join (not one being given back).
+    pub fn is_held(&self) -> bool {
+        !matches!(self, LeaseSlot::None | LeaseSlot::Releasing(_))
     }
 
     /// The id to fence uploads with, while the lease is held and renewed.
@@ -374,14 +419,12 @@ impl LeaseSlot {
         }
     }
 
-    /// Keep a live lease warm until `until`. The renewer releases it then, by
-    /// calling `on_idle`; `false` (nothing changed) when the slot is not a live lease
-    /// or its renewer is gone.
-    pub fn linger(&mut self, until: Instant, on_idle: impl FnOnce() + Send + 'static) -> bool {
+    /// Keep a live lease warm until `until`, when `arm` (the store's clock, asked
+    /// to look at it then) agrees; `false` (nothing changed) when the slot is not a
+    /// live lease or nobody would look.
+    pub fn linger(&mut self, until: Instant, arm: impl FnOnce(Instant) -> bool) -> bool {
         let armed = match self {
-            LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => {
-                !held.is_lost() && held.release_when_idle(until, on_idle)
-            }
+            LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => !held.is_lost() && arm(until),
             _ => false,
         };
         if armed {
