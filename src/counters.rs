@@ -17,10 +17,13 @@ pub enum Request {
     StageBlock,
     CommitBlocks,
     ReadRange,
+    /// A waiter mark written (a writer found the lease held) or read (a holder
+    /// keeping the lease warm looks whether someone waits).
+    Waiter,
 }
 
 impl Request {
-    pub const ALL: [Request; 10] = [
+    pub const ALL: [Request; 11] = [
         Request::Stat,
         Request::Download,
         Request::Upload,
@@ -31,6 +34,7 @@ impl Request {
         Request::StageBlock,
         Request::CommitBlocks,
         Request::ReadRange,
+        Request::Waiter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,13 +49,14 @@ impl Request {
             Request::StageBlock => "stage_block",
             Request::CommitBlocks => "commit_blocks",
             Request::ReadRange => "read_range",
+            Request::Waiter => "waiter",
         }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct Counters {
-    requests: [AtomicU64; 10],
+    requests: [AtomicU64; Request::ALL.len()],
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub retries: AtomicU64,
@@ -78,6 +83,8 @@ pub struct CounterSnapshot {
     pub stage_block: u64,
     pub commit_blocks: u64,
     pub read_range: u64,
+    /// Waiter marks written and read (fair turns between hosts' writers).
+    pub waiter: u64,
     pub total: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -124,6 +131,7 @@ impl Counters {
             stage_block: g(Request::StageBlock),
             commit_blocks: g(Request::CommitBlocks),
             read_range: g(Request::ReadRange),
+            waiter: g(Request::Waiter),
             total: Request::ALL.iter().map(|r| g(*r)).sum(),
             bytes_up: self.bytes_up.load(Relaxed),
             bytes_down: self.bytes_down.load(Relaxed),

@@ -269,6 +269,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(0)
     }
 
+    /// A writer found the lease on `blob` held: say so, cheaply, so that a holder
+    /// that only keeps it warm after a commit gives it up at once (fair turns between
+    /// hosts). Returns the new waiter mark (what [`Backend::waiter_mark`] reads now),
+    /// so the announcer does not take its own announcement for another waiter.
+    /// Backends without a place for it keep the default (no mark: the holder's turn
+    /// is then bounded by time alone).
+    fn announce_waiter(&self, _blob: &str) -> BackendResult<Option<String>> {
+        Ok(None)
+    }
+
+    /// A token that changes each time a writer announces it waits for the lease on
+    /// `blob`; `None` when none ever did (or the backend keeps no mark).
+    fn waiter_mark(&self, _blob: &str) -> BackendResult<Option<String>> {
+        Ok(None)
+    }
+
     /// The history capability (earlier versions kept by the store); `None` when the
     /// store keeps none.
     fn history(&self) -> Option<&dyn History> {

@@ -73,6 +73,7 @@ mod shared_key;
 mod snapshots;
 mod upload;
 pub mod url;
+mod waiter;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -258,6 +259,14 @@ impl Backend for AzureBackend {
 
     fn blocks(&self) -> Option<&dyn Blocks> {
         Some(self)
+    }
+
+    fn announce_waiter(&self, blob: &str) -> BackendResult<Option<String>> {
+        self.put_waiter_mark(blob)
+    }
+
+    fn waiter_mark(&self, blob: &str) -> BackendResult<Option<String>> {
+        self.read_waiter_mark(blob)
     }
 
     fn history(&self) -> Option<&dyn super::History> {

@@ -17,6 +17,8 @@
 //! * `.<file>.mb-blocks`: the committed block list (ids and sizes) of the blob, with
 //!   the etag of the version it belongs to (see below).
 //! * `.<file>.mb-staged/<hex id>`: blocks staged for the next block commit.
+//! * `.<file>.mb-waiting`: a token a writer that found the lease held rewrites, so
+//!   that a holder keeping the lease warm gives it up (fair turns).
 //! * `<file>-journal`: during a block commit written in place, SQLite's rollback
 //!   journal of the blob (named and formatted as SQLite's own, see `journal.rs`).
 //! * `.<file>.mb-versions/`: kept versions (the history capability), `versions.rs`.
@@ -262,6 +264,27 @@ impl Backend for LocalBackend {
             return Ok(());
         };
         p.remove_lease(OP)
+    }
+
+    /// `.<blob>.mb-waiting`: a random token rewritten by each announcement (no
+    /// lock: a torn read is only another token, which costs the holder a turn).
+    fn announce_waiter(&self, blob: &str) -> BackendResult<Option<String>> {
+        const OP: &str = "announce waiter";
+        let p = self.paths(blob)?;
+        let token = etag::random_token();
+        crate::fsutil::replace_unsynced(&p.waiter_mark(), token.as_bytes())
+            .map_err(|e| p.io_error(OP, e))?;
+        Ok(Some(token))
+    }
+
+    fn waiter_mark(&self, blob: &str) -> BackendResult<Option<String>> {
+        const OP: &str = "read waiter mark";
+        let p = self.paths(blob)?;
+        match std::fs::read_to_string(p.waiter_mark()) {
+            Ok(token) => Ok(Some(token)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(p.io_error(OP, e)),
+        }
     }
 
     fn history(&self) -> Option<&dyn super::History> {

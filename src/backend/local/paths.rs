@@ -58,6 +58,11 @@ impl BlobPaths {
         self.side("lease")
     }
 
+    /// `.mb-waiting`: the mark a writer waiting for the lease rewrites.
+    pub fn waiter_mark(&self) -> PathBuf {
+        self.side("waiting")
+    }
+
     /// `.mb-blocks`: the committed block list.
     pub fn block_list_record(&self) -> PathBuf {
         self.side("blocks")

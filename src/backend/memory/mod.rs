@@ -58,6 +58,8 @@ struct State {
     faults: [Fault; OP_COUNT],
     latency: Duration,
     land_then_fail: bool,
+    /// Waiter announcements per blob (the mark is their count).
+    waiters: HashMap<String, u64>,
 }
 
 struct StoredBlob {
@@ -327,6 +329,19 @@ impl Backend for MemoryBackend {
 
     fn blocks(&self) -> Option<&dyn Blocks> {
         Some(self)
+    }
+
+    fn announce_waiter(&self, blob: &str) -> BackendResult<Option<String>> {
+        crate::backend::checks::validate_blob_name(blob)?;
+        let mut state = self.state.lock();
+        let n = state.waiters.entry(blob.to_owned()).or_default();
+        *n += 1;
+        Ok(Some(n.to_string()))
+    }
+
+    fn waiter_mark(&self, blob: &str) -> BackendResult<Option<String>> {
+        crate::backend::checks::validate_blob_name(blob)?;
+        Ok(self.state.lock().waiters.get(blob).map(u64::to_string))
     }
 
     fn history(&self) -> Option<&dyn super::History> {
