@@ -408,6 +408,19 @@ impl Remote {
         })
     }
 
+    /// Say this writer waits for the lease (it found it held); the new mark.
+    pub fn announce_waiter(&self) -> BackendResult<Option<String>> {
+        self.call(Request::Waiter, |_| {
+            self.backend.announce_waiter(&self.blob)
+        })
+    }
+
+    /// The waiter mark, for the store's clock (not counted as the store being in
+    /// the network).
+    pub fn waiter_mark_in_background(&self) -> BackendResult<Option<String>> {
+        self.attempts(Request::Waiter, |_| self.backend.waiter_mark(&self.blob))
+    }
+
     /// [`Remote::release_lease`] for the store's clock, which releases an idle
     /// lease with the store's mutex released: not counted as the store being in
     /// the network (a lock call that finds the mutex held by local work waits).

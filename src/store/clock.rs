@@ -1,6 +1,7 @@
 //! One owner of time per store: a single worker thread (`managedblob-clock`)
 //! drives every timer of a [`Store`]: the lease's renewal, the end of a warm
-//! lease's linger, and the `flush_ms` deadline and its retries. (The sweep after a
+//! lease's linger, the look at the waiter mark while the lease is kept warm (fair
+//! turns between hosts), and the `flush_ms` deadline and its retries. (The sweep after a
 //! commit is not a timer: it runs in the commit, under the lease the commit holds;
 //! on the clock it would race the lease's release when `lease_linger_ms=0`.)
 //!
@@ -41,6 +42,8 @@ struct Shared {
     /// the mutex ([`Clock::state_released`]) wakes it. An atomic, so that the
     /// guard's drop pays one load when nobody waits.
     wants_state: AtomicBool,
+    /// Another host's writer announced it waits for the lease this store keeps warm.
+    waiter_seen: AtomicBool,
 }
 
 /// Every deadline of the store, under the clock's own mutex.
@@ -52,11 +55,27 @@ struct Timers {
     release_at: Option<Instant>,
     /// When deferred commits are due (`flush_ms`): handed to the flusher thread.
     flush_at: Option<Instant>,
+    /// While the lease is kept warm: when to read the waiter mark next.
+    waiters: Option<WaiterWatch>,
+    /// The mark this process last left as a waiter: the baseline of its next turn.
+    announced: Option<Option<String>>,
     /// The worker found the store's mutex held and waits for its release.
     waiting_for_state: bool,
     /// The store's mutex was released since the worker last found it held.
     state_freed: bool,
     stop: bool,
+}
+
+/// Looking for other hosts' writers while this store keeps the lease warm: the
+/// mark as first read in this lease's turn, and when to read it again.
+#[derive(Debug)]
+struct WaiterWatch {
+    next: Instant,
+    every: Duration,
+    /// The mark at the first look of this turn (`Some(None)`: no mark yet), so a
+    /// writer that waited in an earlier turn, or this process's own announcement
+    /// before it got the lease, is not taken for a writer waiting now.
+    baseline: Option<Option<String>>,
 }
 
 /// The lease being renewed.
@@ -103,6 +122,8 @@ impl Drop for HeldLease {
             {
                 t.renewal = None;
                 t.release_at = None;
+                t.waiters = None;
+                shared.waiter_seen.store(false, Ordering::SeqCst);
             }
         }
     }
@@ -114,6 +135,8 @@ struct Due {
     renew: Option<(LeaseId, Duration, Arc<AtomicBool>)>,
     release: bool,
     flush: bool,
+    /// Read the waiter mark (the turn's baseline, if any, goes along).
+    look_for_waiters: Option<Option<Option<String>>>,
 }
 
 impl Timers {
@@ -125,6 +148,7 @@ impl Timers {
             self.renewal.as_ref().map(|r| r.next),
             release,
             self.flush_at,
+            self.waiters.as_ref().map(|w| w.next),
         ]
         .into_iter()
         .flatten()
@@ -148,6 +172,13 @@ impl Timers {
         if self.flush_at.is_some_and(|at| at <= now) {
             self.flush_at = None;
             due.flush = true;
+        }
+        if self.renewal.is_none() {
+            self.waiters = None;
+        }
+        if let Some(w) = self.waiters.as_mut().filter(|w| w.next <= now) {
+            w.next = now + w.every;
+            due.look_for_waiters = Some(w.baseline.clone());
         }
         due
     }
@@ -190,7 +221,9 @@ impl Clock {
             lost: lost.clone(),
         });
         t.release_at = None;
+        t.waiters = None;
         drop(t);
+        self.shared.waiter_seen.store(false, Ordering::SeqCst);
         self.shared.changed.notify_one();
         HeldLease {
             id,
@@ -208,6 +241,39 @@ impl Clock {
         self.shared.timers.lock().release_at = Some(at);
         self.shared.changed.notify_one();
         true
+    }
+
+    /// While the lease is kept warm, read the waiter mark from `first` on, every
+    /// `every` (once armed, later calls change nothing until the lease goes).
+    pub(super) fn watch_for_waiters(&self, first: Instant, every: Duration) {
+        let mut t = self.shared.timers.lock();
+        if t.waiters.is_none() && t.renewal.is_some() {
+            let baseline = t.announced.take();
+            t.waiters = Some(WaiterWatch {
+                next: first,
+                every,
+                baseline,
+            });
+            drop(t);
+            self.shared.changed.notify_one();
+        }
+    }
+
+    /// This process left the waiter mark `mark`: if it gets the lease next, that
+    /// mark is its own, not another waiter's.
+    pub(super) fn announced(&self, mark: Option<String>) {
+        self.shared.timers.lock().announced = Some(mark);
+    }
+
+    /// Whether another host's writer waits for the lease this store holds (seen
+    /// by the clock); taking it clears it.
+    pub(super) fn take_waiter(&self) -> bool {
+        self.shared.waiter_seen.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether another host's writer waits, without clearing it.
+    pub(super) fn waiter_waits(&self) -> bool {
+        self.shared.waiter_seen.load(Ordering::SeqCst)
     }
 
     /// Hand deferred commits to the flusher at `due` (or never, for `None`).
@@ -268,8 +334,42 @@ fn run(shared: &Shared, remote: &Remote, store: &Weak<Store>, flusher: Option<&S
                 let _ = flusher.send(());
             }
         }
+        if let Some(baseline) = due.look_for_waiters {
+            look_for_waiters(shared, remote, baseline);
+        }
         if due.release {
             release_if_idle(shared, store);
+        }
+    }
+}
+
+/// Read the waiter mark with no lock held. The first look of a turn sets its
+/// baseline; a mark that moved since says another host's writer waits: the store
+/// is asked at once to give a warm lease back (a write in progress gives it back
+/// at its end instead of keeping it warm).
+fn look_for_waiters(shared: &Shared, remote: &Remote, baseline: Option<Option<String>>) {
+    let mark = match remote.waiter_mark_in_background() {
+        Ok(mark) => mark,
+        Err(e) => {
+            tracing::debug!(blob = remote.blob(), error = %e, "reading the waiter mark failed");
+            return;
+        }
+    };
+    let mut t = shared.timers.lock();
+    let Some(watch) = t.waiters.as_mut() else {
+        return;
+    };
+    match baseline {
+        None => watch.baseline = Some(mark),
+        Some(seen) if seen == mark => {}
+        Some(_) => {
+            tracing::debug!(
+                blob = remote.blob(),
+                "another host's writer waits: giving the lease up"
+            );
+            t.waiters = None;
+            t.release_at = Some(Instant::now());
+            shared.waiter_seen.store(true, Ordering::SeqCst);
         }
     }
 }

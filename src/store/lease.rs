@@ -85,6 +85,12 @@ impl Store {
                         reclaimed = true;
                         continue;
                     }
+                    // The holder may only keep it warm: tell it a writer waits. It
+                    // commits meanwhile, so look at the remote at the next try: a
+                    // snapshot already current when the lease comes free adopts it
+                    // at once, instead of giving it back for a refresh.
+                    self.announce_waiting(st);
+                    self.force_check(st);
                     // Why the write waits, for the status report (SQLite says only
                     // "database is locked"); routine contention, so not a warning.
                     let refused = busy(&e);
@@ -206,18 +212,45 @@ impl Store {
     /// no check pending), else give it back.
     pub(super) fn keep_warm_or_release(&self, st: &mut State) {
         let linger = self.config.lease_linger;
-        if !linger.is_zero()
-            && st.warm_turn.may_keep(Instant::now(), linger)
+        let now = Instant::now();
+        if self.clock.take_waiter() {
+            // Another host's writer waits: its turn now, and this process's next
+            // write pauses long enough for it to take the lease.
+            st.warm_turn.yield_to_waiter(now, linger);
+        } else if !linger.is_zero()
+            && st.warm_turn.may_keep(now, linger)
             && !st.must_check
             && st.write.lease_unneeded()
             && self.renewed_after_snapshot(st)
-            && st.lease.observe().linger(Instant::now() + linger, |at| {
-                self.clock.release_when_idle(at)
-            })
+            && st
+                .lease
+                .observe()
+                .linger(now + linger, |at| self.clock.release_when_idle(at))
         {
+            let started = st.warm_turn.started().unwrap_or(now);
+            self.clock
+                .watch_for_waiters(started + linger / 2, waiter_look_every(linger));
             return;
         }
         self.release_lease(st);
+    }
+
+    /// A writer found the lease held: leave the waiter mark, so that a holder that
+    /// only keeps it warm gives it up (once per [`waiter_look_every`] at most: a
+    /// busy handler retries far more often).
+    fn announce_waiting(&self, st: &mut State) {
+        let every = waiter_look_every(self.config.lease_linger);
+        if st.announced_at.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        st.announced_at = Some(Instant::now());
+        match self.remote.announce_waiter() {
+            // When this process gets the lease, its own mark is no other waiter.
+            Ok(mark) => self.clock.announced(mark),
+            Err(e) => {
+                tracing::debug!(blob = %self.config.blob, error = %e, "could not leave the waiter mark")
+            }
+        }
     }
 
     /// With `history` on, the publish took a snapshot under the lease; Azurite then
@@ -242,14 +275,21 @@ impl Store {
         let Some(mut st) = self.try_lock_state() else {
             return Tried::MutexHeld;
         };
-        if !(st.lease.idle_at(Instant::now()) && st.write.lease_unneeded()) {
+        let now = Instant::now();
+        let waiter = self.clock.waiter_waits();
+        if !(st.lease.is_warm() && st.write.lease_unneeded() && (waiter || st.lease.idle_at(now))) {
             return Tried::Done;
         }
         let LeaseSlot::Warm { held, .. } = std::mem::take(&mut st.lease) else {
-            unreachable!("idle_at holds only for a warm lease");
+            unreachable!("checked warm above");
         };
-        tracing::debug!(blob = %self.config.blob, "releasing the lease after its linger");
         st.warm_turn.released();
+        if self.clock.take_waiter() {
+            tracing::debug!(blob = %self.config.blob, "giving the warm lease to a waiting writer");
+            st.warm_turn.yield_to_waiter(now, self.config.lease_linger);
+        } else {
+            tracing::debug!(blob = %self.config.blob, "releasing the lease after its linger");
+        }
         let release = Release::new(held.stop());
         st.lease = LeaseSlot::Releasing(release.clone());
         drop(st);
@@ -294,6 +334,8 @@ impl Store {
     /// being released already is left to the clock).
     pub(super) fn release_lease(&self, st: &mut State) {
         st.warm_turn.released();
+        // A waiter seen in this turn gets the lease now.
+        self.clock.take_waiter();
         match std::mem::take(&mut st.lease) {
             LeaseSlot::None | LeaseSlot::Lost => {}
             releasing @ LeaseSlot::Releasing(_) => st.lease = releasing,
@@ -364,4 +406,12 @@ impl Store {
         st.lease = LeaseSlot::Live(self.clock.hold(id, self.config.lease));
         Ok(())
     }
+}
+
+/// How often a holder keeping the lease warm reads the waiter mark (after the first
+/// half linger of its turn), and how often a waiting writer rewrites it: a quarter
+/// of the linger, so a writer waiting elsewhere gets the lease within about one
+/// linger. Never more often than every 50 ms.
+fn waiter_look_every(linger: std::time::Duration) -> std::time::Duration {
+    (linger / 4).max(std::time::Duration::from_millis(50))
 }

@@ -483,6 +483,8 @@ pub(crate) struct State {
     /// Commits this process kept local (batches, `flush_ms`): a background upload
     /// compares it before and after to tell whether commits came meanwhile.
     pub local_commits: u64,
+    /// When this process last announced it waits for the lease (rate-limited).
+    pub announced_at: Option<Instant>,
 }
 
 impl State {
@@ -506,6 +508,7 @@ impl State {
             warm_turn: WarmTurn::default(),
             uploading: false,
             local_commits: 0,
+            announced_at: None,
         }
     }
 }
@@ -540,6 +543,18 @@ impl WarmTurn {
             return false;
         }
         true
+    }
+
+    /// Another host's writer waits (its mark changed): this commit gives the lease
+    /// back and the next write of this process pauses, as at the end of a turn.
+    pub fn yield_to_waiter(&mut self, now: Instant, linger: Duration) {
+        self.since = None;
+        self.yield_until = Some(now + linger.min(Self::MAX_PAUSE));
+    }
+
+    /// When the current turn started (the first warm keep since the last release).
+    pub fn started(&self) -> Option<Instant> {
+        self.since
     }
 
     /// The lease was given back: the next warm keep starts a new turn.

@@ -47,6 +47,17 @@ impl Request {
         self.query_has("comp=lease") && self.header("x-ms-lease-action") == Some(action)
     }
 
+    /// A read or write of the waiter mark (`<blob>.mb-waiting`): the store's clock
+    /// reads it beside the commits while it keeps the lease warm, and a writer that
+    /// found the lease held writes it. Not counted in [`ProxyCounts::rounds`],
+    /// which measures the requests a commit waits for.
+    pub fn is_waiter_mark(&self) -> bool {
+        self.target
+            .split('?')
+            .next()
+            .is_some_and(|path| path.ends_with(".mb-waiting"))
+    }
+
     /// A request that changes the blob or its lease (anything but GET and HEAD).
     pub fn writes(&self) -> bool {
         !matches!(self.method.as_str(), "GET" | "HEAD")
@@ -231,7 +242,7 @@ fn serve(
         let Some((req, raw)) = read_request(&mut reader)? else {
             return Ok(());
         };
-        let _in_flight = counts.begin();
+        let _in_flight = (!req.is_waiter_mark()).then(|| counts.begin());
         let fate = (rule.lock().unwrap())(&req);
         let pause = *delay.lock().unwrap();
         if !pause.is_zero() {

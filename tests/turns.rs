@@ -1,0 +1,140 @@
+//! Writers on several hosts take fair turns on default settings (issue 25): each
+//! host inserts a row every 200 ms (offset from the others), with a 5 s busy
+//! timeout, as Python's sqlite3 sets by default. A holder that only keeps the lease
+//! warm gives it up once another host's writer leaves the waiter mark, so no insert
+//! waits out the 10-linger warm turn. Before the mark, host B's inserts failed after
+//! 5 s while host A kept the lease warm.
+//!
+//! Failures are asserted; latencies are printed (their goals are bench rows,
+//! `examples/turns.rs`, not timed assertions). `MANAGEDBLOB_TURNS_SECS` (default 8)
+//! sets how long the hosts write.
+
+mod common;
+use common::*;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How often each host inserts.
+const EVERY: Duration = Duration::from_millis(200);
+
+/// What the hosts saw: each insert's latency, and the failures with their errors.
+struct Outcome {
+    latencies: Vec<Duration>,
+    failures: Vec<String>,
+    /// The slowest inserts: (latency, host, insert, when it started).
+    slowest: Vec<(Duration, usize, usize, Duration)>,
+}
+
+/// `hosts` hosts of `w` insert every [`EVERY`] for `secs`, offset evenly.
+fn take_turns(w: &Arc<World>, hosts: usize, secs: u64) -> Outcome {
+    {
+        let c = w.open("setup", "t.db");
+        c.execute_batch("CREATE TABLE t(host, n)").unwrap();
+    }
+    let start = Instant::now() + Duration::from_millis(300);
+    let end = start + Duration::from_secs(secs);
+    let workers: Vec<_> = (0..hosts)
+        .map(|h| {
+            let w = w.clone();
+            thread::spawn(move || {
+                let c = w.open(&format!("h{h}"), "t.db");
+                c.busy_timeout(Duration::from_secs(5)).unwrap();
+                let mut next = start + EVERY * h as u32 / hosts as u32;
+                let (mut latencies, mut failures) = (Vec::new(), Vec::new());
+                let mut slowest = Vec::new();
+                let mut n: usize = 0;
+                while next < end {
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    let t0 = Instant::now();
+                    match c.execute("INSERT INTO t VALUES (?1, ?2)", (h as i64, n as i64)) {
+                        Ok(_) => {
+                            latencies.push(t0.elapsed());
+                            slowest.push((t0.elapsed(), h, n, t0 - start));
+                        }
+                        Err(e) => failures.push(format!(
+                            "host {h} insert {n} after {:?}: {e}; {}",
+                            t0.elapsed(),
+                            status(&c)["last_error"]
+                        )),
+                    }
+                    n += 1;
+                    next += EVERY;
+                }
+                Outcome {
+                    latencies,
+                    failures,
+                    slowest,
+                }
+            })
+        })
+        .collect();
+    let mut all = Outcome {
+        latencies: Vec::new(),
+        failures: Vec::new(),
+        slowest: Vec::new(),
+    };
+    for worker in workers {
+        let o = worker.join().unwrap();
+        all.latencies.extend(o.latencies);
+        all.failures.extend(o.failures);
+        all.slowest.extend(o.slowest);
+    }
+    all.latencies.sort();
+    all.slowest.sort_by(|a, b| b.cmp(a));
+    all.slowest.truncate(5);
+    all
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn check(w: World, hosts: usize) {
+    let secs: u64 = child::setting("MANAGEDBLOB_TURNS_SECS", 8);
+    let w = Arc::new(w);
+    let o = take_turns(&w, hosts, secs);
+    println!(
+        "{} {hosts} hosts, {secs} s: {} inserts, {} failed, p50 {:?}, p99 {:?}, max {:?}",
+        w.backend_name(),
+        o.latencies.len(),
+        o.failures.len(),
+        percentile(&o.latencies, 0.5),
+        percentile(&o.latencies, 0.99),
+        o.latencies.last().copied().unwrap_or_default()
+    );
+    println!(
+        "slowest (latency, host, insert, started at): {:?}",
+        o.slowest
+    );
+    assert!(o.failures.is_empty(), "{:#?}", o.failures);
+    // Every insert is in the remote, read by a host that never wrote.
+    let c = w.open("reader", "t.db");
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n as usize, o.latencies.len());
+}
+
+#[test]
+fn local_two_hosts_take_turns_on_defaults() {
+    check(World::local(), 2);
+}
+
+#[test]
+fn local_four_hosts_take_turns_on_defaults() {
+    check(World::local(), 4);
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_two_hosts_take_turns_on_defaults() {
+    let Some(w) = World::azurite() else { return };
+    check(w, 2);
+}
