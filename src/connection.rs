@@ -178,7 +178,14 @@ impl Connection {
     }
 
     /// Run one of our pragmas.
-    pub fn pragma(&mut self, command: Command) -> PragmaResult {
+    /// `busy_wait`: one call of the connection's busy handler (it sleeps as the
+    /// busy_timeout says; `false` once it is spent), for a pragma that waits for the
+    /// lease as a write does.
+    pub fn pragma(
+        &mut self,
+        command: Command,
+        busy_wait: &mut dyn FnMut() -> bool,
+    ) -> PragmaResult {
         let level = self.level;
         let store = self.store.clone();
         let file = self.file.as_mut();
@@ -198,7 +205,7 @@ impl Connection {
             Command::BatchEnd | Command::Flush if in_write => {
                 Err("managedblob: this pragma cannot run inside a write transaction".into())
             }
-            Command::BatchBegin => done(store.batch_begin(file, level), "begin"),
+            Command::BatchBegin => done(store.batch_begin_waiting(file, level, busy_wait), "begin"),
             Command::BatchEnd => done(store.batch_end(file, level), "end"),
             Command::Flush => done(store.flush_with_lock(file, level), "ok"),
             Command::Refresh => done(store.refresh(file, level), "ok"),

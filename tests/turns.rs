@@ -138,3 +138,98 @@ fn azurite_two_hosts_take_turns_on_defaults() {
     let Some(w) = World::azurite() else { return };
     check(w, 2);
 }
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_four_hosts_take_turns_on_defaults() {
+    let Some(w) = World::azurite() else { return };
+    check(w, 4);
+}
+
+/// `PRAGMA managedblob_batch=begin` waits for a lease another host keeps warm, as a
+/// write does (its busy timeout), while that host goes on autocommitting every
+/// 200 ms: every batch begins, none fails at once as before.
+fn batches_wait_for_a_warm_lease(w: World) {
+    let w = Arc::new(w);
+    {
+        let c = w.open("setup", "t.db");
+        c.execute_batch("CREATE TABLE t(host, n)").unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let autocommits = {
+        let (w, stop) = (w.clone(), stop.clone());
+        thread::spawn(move || {
+            let c = w.open("a", "t.db");
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.execute("INSERT INTO t VALUES ('a', ?1)", [n]).unwrap();
+                n += 1;
+                thread::sleep(EVERY);
+            }
+            n
+        })
+    };
+    let b = w.open("b", "t.db");
+    b.busy_timeout(Duration::from_secs(5)).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        let t0 = Instant::now();
+        pragma(&b, "PRAGMA managedblob_batch=begin")
+            .unwrap_or_else(|e| panic!("batch {i} did not begin after {:?}: {e}", t0.elapsed()));
+        waits.push(t0.elapsed());
+        b.execute_batch("INSERT INTO t VALUES ('b', 1); INSERT INTO t VALUES ('b', 2);")
+            .unwrap();
+        pragma(&b, "PRAGMA managedblob_batch=end").unwrap();
+        thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let a_rows = autocommits.join().unwrap();
+    println!("{}: batch begins waited {waits:?}", w.backend_name());
+    let c = w.open("reader", "t.db");
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, a_rows + 10);
+}
+
+#[test]
+fn local_batches_wait_for_a_warm_lease() {
+    batches_wait_for_a_warm_lease(World::local());
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_batches_wait_for_a_warm_lease() {
+    let Some(w) = World::azurite() else { return };
+    batches_wait_for_a_warm_lease(w);
+}
+
+/// A batch held by another host is not given up for a waiter: the begin waits out
+/// its busy timeout and says the holder is in a write or a batch; without a busy
+/// timeout it fails at once and says the holder may only keep the lease warm.
+#[test]
+fn a_batch_begin_that_cannot_wait_says_why() {
+    let w = World::local();
+    let a = w.open("a", "t.db");
+    a.execute_batch("CREATE TABLE t(x)").unwrap();
+    pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
+    let b = w.open("b", "t.db");
+    b.busy_timeout(Duration::from_secs(3)).unwrap();
+    let t0 = Instant::now();
+    let e = pragma(&b, "PRAGMA managedblob_batch=begin").unwrap_err();
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "waited only {waited:?}: {e}"
+    );
+    let e = e.to_string();
+    assert!(e.contains("in a write transaction or a batch"), "{e}");
+    b.busy_timeout(Duration::ZERO).unwrap();
+    let e = pragma(&b, "PRAGMA managedblob_batch=begin")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("may only keep it warm"), "{e}");
+    pragma(&a, "PRAGMA managedblob_batch=end").unwrap();
+}

@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 
 use libsqlite3_sys as sql;
 
-use super::{guard, main_db, sqlite_string};
+use super::{guard, main_db, sqlite_string, BusyHandler};
 use crate::pragma::unavailable_journal_mode;
 
 pub(super) unsafe extern "C" fn x_file_control(
@@ -19,6 +19,23 @@ pub(super) unsafe extern "C" fn x_file_control(
         let Some(main) = (unsafe { main_db(file) }) else {
             return sql::SQLITE_INTERNAL;
         };
+        if op == sql::SQLITE_FCNTL_BUSYHANDLER {
+            // SAFETY: for FCNTL_BUSYHANDLER, arg is a void*[2]: the busy callback (an
+            // `int (*)(void*)`, non-null: SQLite's btreeInvokeBusyHandler) and its
+            // argument, valid while the connection is open.
+            main.busy = unsafe {
+                let slots = arg as *const *mut c_void;
+                let callback = *slots;
+                (!callback.is_null()).then(|| BusyHandler {
+                    callback: std::mem::transmute::<
+                        *mut c_void,
+                        unsafe extern "C" fn(*mut c_void) -> c_int,
+                    >(callback),
+                    arg: *slots.add(1),
+                })
+            };
+        }
+        let busy = main.busy;
         let Some(connection) = main.connection.as_mut() else {
             return sql::SQLITE_NOTFOUND;
         };
@@ -49,7 +66,8 @@ pub(super) unsafe extern "C" fn x_file_control(
                 let Some(parsed) = crate::pragma::parse(&name, value.as_deref()) else {
                     return pass_on();
                 };
-                let outcome = parsed.and_then(|command| connection.pragma(command));
+                let mut wait = || busy.is_some_and(|b| b.wait());
+                let outcome = parsed.and_then(|command| connection.pragma(command, &mut wait));
                 let (rc, text) = match outcome {
                     Ok(row) => (sql::SQLITE_OK, row),
                     Err(message) => (sql::SQLITE_ERROR, Some(message)),

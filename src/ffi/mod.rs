@@ -75,6 +75,31 @@ struct MainDb {
     connection: Option<Connection>,
     open_error: Option<OpenError>,
     real: *mut sql::sqlite3_file,
+    /// The connection's busy handler, given by SQLITE_FCNTL_BUSYHANDLER right after
+    /// the open: what a pragma that must wait (a batch's begin) waits with, so the
+    /// application's busy_timeout bounds it as it bounds a write.
+    busy: Option<BusyHandler>,
+}
+
+/// SQLite's `int (*)(void*)` busy callback and its argument (the pager's
+/// `xBusyHandler` and `pBusyHandlerArg`).
+#[derive(Clone, Copy)]
+struct BusyHandler {
+    callback: unsafe extern "C" fn(*mut std::ffi::c_void) -> std::ffi::c_int,
+    arg: *mut std::ffi::c_void,
+}
+
+impl BusyHandler {
+    /// One call of the connection's busy handler: it sleeps as the connection's
+    /// busy_timeout says and answers whether to try again.
+    fn wait(&self) -> bool {
+        // SAFETY: SQLite gave this callback and argument for this file's connection
+        // (sqlite3PagerSetBusyHandler); it is called, as SQLite calls it, on the
+        // connection's thread with its mutex held: from xFileControl, during the
+        // pragma, before the file is closed. SQLite resets the handler's count before
+        // every SQLITE_FCNTL_PRAGMA.
+        unsafe { (self.callback)(self.arg) != 0 }
+    }
 }
 
 /// Why an open failed: the code the open returns (SQLITE_FULL for a full disk,

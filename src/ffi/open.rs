@@ -170,6 +170,7 @@ unsafe fn open_main(
         connection: Some(connection),
         open_error: None,
         real,
+        busy: None,
     };
     // SAFETY: mb is our struct; IO_METHODS is static.
     unsafe {
@@ -203,6 +204,7 @@ fn offer_cache_opener(store: &crate::store::Store, real: *mut sql::sqlite3_vfs, 
 unsafe fn install_failed(mb: *mut MbFile, path: &str, error: Error) -> c_int {
     tracing::warn!(path, error = %error, "managedblob: open failed");
     let main = MainDb {
+        busy: None,
         connection: None,
         open_error: Some(OpenError {
             // SQLITE_FULL for a full disk; otherwise SQLITE_ERROR, not SQLITE_CANTOPEN:

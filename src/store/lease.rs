@@ -12,6 +12,7 @@ use super::state::{LeaseSlot, Release, State};
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, Lease, LeaseId};
 use crate::error::{Error, Result};
+use crate::localfile::{LocalFile, LockLevel};
 use crate::sidecar::LeaseOwner;
 
 impl Store {
@@ -414,4 +415,59 @@ impl Store {
 /// linger. Never more often than every 50 ms.
 fn waiter_look_every(linger: std::time::Duration) -> std::time::Duration {
     (linger / 4).max(std::time::Duration::from_millis(50))
+}
+
+impl Store {
+    /// `PRAGMA managedblob_batch=begin` that waits for a lease held elsewhere as a
+    /// write does: `busy_wait` is one call of the connection's busy handler (it
+    /// sleeps as the busy_timeout says and answers `false` once that is spent). While
+    /// it waits, this process leaves the waiter mark, so a holder that only keeps the
+    /// lease warm gives it up within about a linger.
+    pub fn batch_begin_waiting(
+        &self,
+        file: &mut dyn LocalFile,
+        level: LockLevel,
+        busy_wait: &mut dyn FnMut() -> bool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            match self.batch_begin(file, level) {
+                Err(e) if e.is_busy() => {
+                    if !busy_wait() {
+                        return Err(self.batch_wait_over(&e, started.elapsed()));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Why a batch could not begin after `waited`: held elsewhere, and what that
+    /// says of its holder (a warm lease is given up within about a linger once a
+    /// writer waits; one held longer is in a write or a batch).
+    fn batch_wait_over(&self, e: &Error, waited: std::time::Duration) -> Error {
+        let linger = self.config.lease_linger;
+        let holder = if waited > linger + linger / 2 {
+            format!(
+                "it stayed held through {:.1} s of waiting, longer than a lease only kept \
+                 warm after a commit is kept once a writer waits (about {} ms): its holder is \
+                 in a write transaction or a batch, and it is free when that ends (within \
+                 {} s if its holder died)",
+                waited.as_secs_f64(),
+                linger.as_millis(),
+                self.config.lease.as_secs()
+            )
+        } else {
+            format!(
+                "its holder may only keep it warm after a commit: it gives it up within about \
+                 {} ms once a writer waits, so a busy_timeout of a few seconds waits for it",
+                linger.as_millis()
+            )
+        };
+        Error::Busy(format!(
+            "managedblob_batch=begin waited {:.1} s for the lease on blob '{}': {holder} ({e})",
+            waited.as_secs_f64(),
+            self.config.blob
+        ))
+    }
 }
