@@ -19,7 +19,7 @@ use std::time::Instant;
 use super::publish::{block_ids, Attempt};
 use super::refresh::read_full;
 use super::stage::{transfer_workers, Snapshot};
-use super::state::State;
+use super::state::{Activity, State};
 use super::Store;
 use crate::backend::hex;
 use crate::backend::{BlobStat, BlockId, Condition, Etag, LeaseId};
@@ -159,7 +159,7 @@ impl Store {
                 if let Err(e) = self.save(st) {
                     // On disk: dirty over the old base, with the upload recorded; the
                     // next check finds it landed. Nothing is lost.
-                    self.note_error(st, &e);
+                    self.note_error(st, Activity::Write, &e);
                 }
                 if more {
                     st.write.defer_again(Instant::now() + self.config.flush);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::manifest::process_token;
-use super::state::State;
+use super::state::{Activity, State};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LockFail, LockLevel};
@@ -21,6 +21,7 @@ impl Store {
         &self,
         file: &mut dyn LocalFile,
         level: LockLevel,
+        activity: Activity,
         f: impl FnOnce(&mut State, &mut dyn LocalFile) -> Result<T>,
     ) -> Result<T> {
         let took = level == LockLevel::None;
@@ -30,8 +31,12 @@ impl Store {
         let result = {
             let mut st = self.lock_state_settled();
             let r = f(&mut st, file);
-            if let Err(e) = &r {
-                self.note_error(&mut st, e);
+            match &r {
+                // A write's success is a version published (`record_version`); a
+                // flush with nothing to upload resolves nothing.
+                Ok(_) if activity != Activity::Write => st.succeeded(activity),
+                Ok(_) => {}
+                Err(e) => self.note_error(&mut st, activity, e),
             }
             r
         };

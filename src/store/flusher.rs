@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::state::{LeaseSlot, State};
+use super::state::{Activity, LeaseSlot, State};
 use super::Store;
 use crate::error::Error;
 use crate::localfile::{LocalFile, LockFail, LockLevel};
@@ -210,7 +210,7 @@ impl Store {
             Err(_) => false,
         };
         if moved {
-            self.note_error(st, e);
+            self.note_error(st, Activity::Write, e);
             self.end_deferral(st);
             self.force_check(st);
         } else {
@@ -222,7 +222,7 @@ impl Store {
     /// dirty and the lease held (a lost one is dropped, so the retry takes it again
     /// if the remote is still this cache's base).
     pub(super) fn deferred_upload_failed(&self, st: &mut State, e: &Error) {
-        self.note_error(st, e);
+        self.note_error(st, Activity::Write, e);
         if matches!(st.lease.observe(), LeaseSlot::Lost) {
             self.release_lease(st);
         }

@@ -83,6 +83,8 @@ pub(super) struct Published {
     pub in_flight: InFlight,
     pub conflicts: Vec<String>,
     pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub last_ok_at: Option<String>,
 }
 
 impl Published {
@@ -96,7 +98,9 @@ impl Published {
             generation: st.sidecar.generation,
             in_flight: st.sidecar.in_flight,
             conflicts: st.conflicts.clone(),
-            last_error: st.last_error.clone(),
+            last_error: st.last_error.as_ref().map(|e| e.message.clone()),
+            last_error_at: st.last_error.as_ref().map(|e| e.at.iso8601()),
+            last_ok_at: st.last_ok_at.map(|t| t.iso8601()),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use super::state::State;
+use super::state::{Activity, State};
 use super::Store;
 use crate::backend::LeaseId;
 
@@ -28,9 +28,10 @@ impl Store {
         if let Err(e) = kept {
             tracing::warn!(blob = %blob, error = %e,
                 "the commit is published but its version was not kept in history");
-            st.last_error = Some(format!(
-                "the commit is published but its version was not kept in history: {e}"
-            ));
+            st.note(
+                Activity::Report,
+                format!("the commit is published but its version was not kept in history: {e}"),
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::clock::Tried;
-use super::state::{LeaseSlot, Release, State};
+use super::state::{Activity, LeaseSlot, Release, State};
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, Lease, LeaseId};
 use crate::error::{Error, Result};
@@ -96,7 +96,7 @@ impl Store {
                     // "database is locked"); routine contention, so not a warning.
                     let refused = busy(&e);
                     tracing::debug!(error = %refused, "write refused: the lease is held");
-                    st.last_error = Some(refused.to_string());
+                    st.note(Activity::Lease, refused.to_string());
                     return Err(refused);
                 }
                 Err(e) if e.kind == BackendErrorKind::NotFound && created => return Ok(None),

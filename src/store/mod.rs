@@ -61,7 +61,7 @@ use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::remote::Remote;
 use crate::sidecar::{self, InFlight, Sidecar};
 use guard::Published;
-use state::{State, WriteState};
+use state::{Activity, State, WriteState};
 
 pub(crate) use hold::HoldMark;
 pub use registry::open_store;
@@ -145,7 +145,16 @@ pub struct Status {
     pub waiting_on: Vec<&'static str>,
     pub requests: crate::counters::CounterSnapshot,
     pub conflicts: Vec<String>,
+    /// The last error since the last success of its kind: a failed check or
+    /// download is resolved by a check that reaches the remote, a refused lease by a
+    /// lease taken, a failed commit or upload by a version published (which resolves
+    /// the other two as well). Reports no success resolves (a conflict copy, the
+    /// outcome of a commit whose reply was lost) stay until the next error.
     pub last_error: Option<String>,
+    /// When `last_error` happened (UTC, RFC 3339).
+    pub last_error_at: Option<String>,
+    /// When an operation last succeeded (UTC, RFC 3339).
+    pub last_ok_at: Option<String>,
 }
 
 impl Store {
@@ -194,10 +203,11 @@ impl Store {
         self.fresh_until.store(0, Ordering::SeqCst);
     }
 
-    /// Remember an error for the status report and log it.
-    fn note_error(&self, st: &mut State, err: &Error) {
+    /// Remember an error of `activity` for the status report (until a success of
+    /// its kind resolves it) and log it.
+    fn note_error(&self, st: &mut State, activity: Activity, err: &Error) {
         tracing::warn!(cache = %self.cache_path.display(), error = %err, "managedblob operation failed");
-        st.last_error = Some(err.to_string());
+        st.note(activity, err.to_string());
     }
 
     /// xOpen: a new connection opened the cache; the first one recovers and checks
@@ -216,6 +226,9 @@ impl Store {
                     .leave_wal_mode(file)
                     .and_then(|()| self.sync(&mut st, file, LockLevel::Shared));
                 let _ = file.unlock(LockLevel::None);
+                if r.is_ok() {
+                    st.succeeded(Activity::Read);
+                }
                 r
             }
             // Another process is writing the cache: check at the first SHARED lock.
@@ -231,7 +244,7 @@ impl Store {
             Err(e) => {
                 st.connections -= 1;
                 st.writable -= usize::from(!read_only);
-                self.note_error(&mut st, &e);
+                self.note_error(&mut st, Activity::Read, &e);
                 Err(e)
             }
             Ok(()) => Ok(()),
@@ -247,7 +260,7 @@ impl Store {
             st.sidecar.in_flight == InFlight::None && (!at_open || st.sidecar.base.is_some());
         if transient && whole {
             st.last_check = Some(Instant::now());
-            self.note_error(st, err);
+            self.note_error(st, Activity::Read, err);
         }
         transient && whole
     }
@@ -319,12 +332,15 @@ impl Store {
             self.release_lease(st);
         }
         match self.sync(st, file, LockLevel::Shared) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                st.succeeded(Activity::Read);
+                Ok(())
+            }
             Err(e) if self.serve_offline(st, &e, false) => Ok(()),
             Err(e) => {
                 self.force_check(st);
                 if !e.is_busy() {
-                    self.note_error(st, &e);
+                    self.note_error(st, Activity::Read, &e);
                 }
                 Err(e)
             }
@@ -347,9 +363,9 @@ impl Store {
         }
         let result = self.begin_write_locked(&mut st);
         match &result {
-            Ok(()) => {}
+            Ok(()) => st.succeeded(Activity::Lease),
             Err(e) if e.is_busy() => {}
-            Err(e) => self.note_error(&mut st, e),
+            Err(e) => self.note_error(&mut st, Activity::Lease, e),
         }
         result
     }
@@ -428,7 +444,7 @@ impl Store {
             }
         };
         if let Err(e) = &result {
-            self.note_error(&mut st, e);
+            self.note_error(&mut st, Activity::Write, e);
         }
         result
     }
@@ -482,7 +498,7 @@ impl Store {
             "the transaction was committed (locally and in the remote), but {err}; the \
              cache resyncs from the remote at the next check"
         ));
-        self.note_error(st, &err);
+        self.note_error(st, Activity::Report, &err);
         self.force_check(st);
     }
 
@@ -498,7 +514,7 @@ impl Store {
             st.sidecar.base = None;
             self.force_check(&mut st);
             if let Err(e) = self.save(&mut st) {
-                self.note_error(&mut st, &e);
+                self.note_error(&mut st, Activity::Report, &e);
             }
         }
         if st.write.lease_unneeded() {
@@ -522,7 +538,7 @@ impl Store {
                 "managedblob_batch=begin cannot start a batch inside a transaction".into(),
             ));
         }
-        self.with_lock(file, level, |st, file| {
+        self.with_lock(file, level, Activity::Lease, |st, file| {
             if joins_held_lease(st, level) {
                 st.write.batch_begin(false);
                 return Ok(());
@@ -547,7 +563,7 @@ impl Store {
     /// `PRAGMA managedblob_flush`: upload local commits now (inside a batch too, and
     /// deferred ones before their deadline).
     pub fn flush_with_lock(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
-        self.with_lock(file, level, |st, file| {
+        self.with_lock(file, level, Activity::Write, |st, file| {
             self.reload(st)?;
             let result = self.flush_locked(st, file);
             if result.is_ok() && !st.sidecar.dirty {
@@ -567,7 +583,7 @@ impl Store {
                 "managedblob_refresh cannot run inside a transaction".into(),
             ));
         }
-        self.with_lock(file, level, |st, file| {
+        self.with_lock(file, level, Activity::Read, |st, file| {
             self.force_check(st);
             self.sync(st, file, LockLevel::Shared)
         })
@@ -606,6 +622,8 @@ impl Store {
             requests: self.remote.snapshot(),
             conflicts: p.conflicts,
             last_error: p.last_error,
+            last_error_at: p.last_error_at,
+            last_ok_at: p.last_ok_at,
         }
     }
 }

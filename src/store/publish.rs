@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::stage::COUNTER_BYTES;
-use super::state::State;
+use super::state::{Activity, State};
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, BlobStat, BlockId, Condition, Etag, LeaseId};
 use crate::delta::Manifest;
@@ -97,6 +97,7 @@ impl Store {
         // A background upload recorded as in flight is moot once the base moved on.
         st.sidecar.uploading = None;
         st.sidecar.generation += 1;
+        st.succeeded(Activity::Write);
     }
 
     /// The chunk list of the version `etag` just published, and what it tells

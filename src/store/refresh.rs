@@ -17,7 +17,7 @@ use std::io::Read;
 use std::time::Instant;
 
 use super::manifest::Fetched;
-use super::state::{LeaseSlot, State};
+use super::state::{Activity, LeaseSlot, State};
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, BlobStat};
 use crate::delta::Manifest;
@@ -55,7 +55,7 @@ impl Store {
         if st.sidecar.pending_commit.is_some() {
             // Before anything else: the remote may hold a commit we could not confirm.
             let outcome = self.resolve_ambiguous(st, remote.as_ref())?;
-            st.last_error = Some(outcome);
+            st.note(Activity::Report, outcome);
             return self.sync(st, file, held);
         }
         st.last_check = Some(Instant::now());
