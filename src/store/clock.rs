@@ -244,13 +244,20 @@ impl Clock {
     }
 
     /// While the lease is kept warm, read the waiter mark from `first` on, every
-    /// `every` (once armed, later calls change nothing until the lease goes).
+    /// `every` (once armed, later calls change nothing until the lease goes). A
+    /// process that waited for this lease itself starts looking after `every`: other
+    /// writers likely waited beside it, and they should not wait out a free half
+    /// linger each.
     pub(super) fn watch_for_waiters(&self, first: Instant, every: Duration) {
         let mut t = self.shared.timers.lock();
         if t.waiters.is_none() && t.renewal.is_some() {
             let baseline = t.announced.take();
+            let next = match baseline {
+                Some(_) => first.min(Instant::now() + every),
+                None => first,
+            };
             t.waiters = Some(WaiterWatch {
-                next: first,
+                next,
                 every,
                 baseline,
             });
