@@ -212,7 +212,9 @@ impl Clock {
     /// Renew `id` every `duration / 3` from now on, until the returned handle is
     /// dropped or stopped (one lease at a time: a new one replaces the old).
     pub(super) fn hold(&self, id: LeaseId, duration: Duration) -> HeldLease {
-        let lost = Arc::new(AtomicBool::new(!self.running));
+        // Without a worker (it could not start) the lease is used unrenewed, as
+        // the renewer thread's failure to start left it before.
+        let lost = Arc::new(AtomicBool::new(false));
         let mut t = self.shared.timers.lock();
         t.renewal = Some(Renewal {
             id: id.clone(),
