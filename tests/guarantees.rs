@@ -432,6 +432,8 @@ fn status_has_exactly_the_fields_the_readme_lists() {
         "waiting_on",
         "conflicts",
         "last_error",
+        "last_error_at",
+        "last_ok_at",
         "requests",
     ];
     want.sort();
@@ -448,6 +450,7 @@ fn status_has_exactly_the_fields_the_readme_lists() {
         "stage_block",
         "commit_blocks",
         "read_range",
+        "waiter",
         "total",
     ];
     let mut want = http.clone();
