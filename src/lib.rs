@@ -37,6 +37,7 @@ pub mod logging;
 pub mod ops;
 pub mod pinned;
 mod pragma;
+pub mod redact;
 mod remote;
 pub mod sidecar;
 mod store;
