@@ -97,7 +97,7 @@ def connect(cache_path: PathLike, remote: Optional[PathLike] = None, **options: 
     local copy of the blob in ``remote``.
 
     Args:
-        cache_path: the cache file (created when missing; its directory must exist).
+        cache_path: the cache file (created when missing, with its directory: mode 0700).
             Each host (process, machine) that shares a database has its own cache.
         remote: a directory (``/srv/remote``, ``file:///srv/remote``) or an Azure container
             URL, with a SAS in its query string or credentials from the environment
