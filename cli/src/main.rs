@@ -30,6 +30,10 @@ struct Cli {
     /// Print machine-readable JSON on stdout (errors too: {"error": "..."}).
     #[arg(long, global = true)]
     json: bool,
+    /// How transfers (pull, export, push) show progress on stderr: `auto` (a bar on a
+    /// terminal), `lines` (a line every second and at the end, for logs), `off`.
+    #[arg(long, global = true, value_enum, default_value_t = output::ProgressMode::Auto)]
+    progress: output::ProgressMode,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Err(e) => return refuse_arguments(&e),
     };
     managedblob::logging::init_from_env();
+    output::set_progress_mode(cli.progress);
     let json = cli.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
