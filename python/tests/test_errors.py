@@ -67,6 +67,18 @@ def test_a_failed_upload_is_more_than_disk_io_error(table, remote, tmp_path):
     assert str(remote) in error.last_error or "Not a directory" in error.last_error, error.last_error
 
 
+def test_a_failed_commit_in_a_with_block_says_why(table, remote, tmp_path):
+    # The insert takes the lease (and keeps it); the commit's upload then fails.
+    table.execute("INSERT INTO t VALUES (0)")
+    shutil.move(str(remote), str(tmp_path / "moved-away"))
+    remote.write_text("not a directory")
+    with pytest.raises(managedblob.ManagedError) as caught:
+        with table:
+            table.execute("INSERT INTO t VALUES (1)")
+    assert caught.value.last_error, caught.value.status
+    assert caught.value.last_error in str(caught.value)
+
+
 def test_fetches_and_executemany_translate_too(table, remote, cache):
     other = managedblob.connect(cache("h2"), remote=remote, isolation_level=None, lease_linger_ms=0)
     other.execute("PRAGMA managedblob_batch=begin").fetchall()

@@ -166,6 +166,11 @@ class ManagedConnection(sqlite3.Connection):
         with translating(self):
             super().rollback()
 
+    def __exit__(self, *exc: Any) -> Any:
+        # Python 3.11's sqlite3 commits here without calling the commit method.
+        with translating(self):
+            return super().__exit__(*exc)
+
 
 def connection_class(factory: Any) -> Any:
     """The connection class for ``sqlite3.connect(factory=...)``: :class:`ManagedConnection`,
