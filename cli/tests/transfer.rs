@@ -167,8 +167,7 @@ fn pull_progress(out: &std::process::Output) -> (u64, u64) {
     let err = stderr(out);
     let last = err
         .lines()
-        .filter(|l| l.starts_with("pull: "))
-        .last()
+        .rfind(|l| l.starts_with("pull: "))
         .unwrap_or_else(|| panic!("no progress line: {err}"));
     let counts = last
         .rsplit_once('(')
