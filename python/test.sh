@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python package's tests: a venv from /usr/bin/python3 (Debian's, whose sqlite3 loads
 # extensions), `pip install ./python` (builds the loadable extension in release into the
-# wheel), pytest and sqlite-vec from PyPI, then pytest over python/tests.
+# wheel), pytest, sqlite-vec and datasette from PyPI, then pytest over python/tests.
 #
 # Usage: python/test.sh [pytest args]
 #
@@ -25,7 +25,7 @@ fi
 
 echo "== python: venv $VENV from $PYTHON"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet pytest sqlite-vec
+"$VENV/bin/python" -m pip install --quiet pytest sqlite-vec datasette
 echo "== python: pip install ./python (release build of the extension)"
 "$VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps ./python
 

@@ -36,6 +36,7 @@ pub mod logging;
 pub mod ops;
 pub mod pinned;
 mod pragma;
+pub mod redact;
 mod remote;
 pub mod sidecar;
 mod store;

@@ -30,6 +30,10 @@ struct Cli {
     /// Print machine-readable JSON on stdout (errors too: {"error": "..."}).
     #[arg(long, global = true)]
     json: bool,
+    /// How transfers (pull, export, push) show progress on stderr: `auto` (a bar on a
+    /// terminal), `lines` (a line every second and at the end, for logs), `off`.
+    #[arg(long, global = true, value_enum, default_value_t = output::ProgressMode::Auto)]
+    progress: output::ProgressMode,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,8 +111,12 @@ enum Command {
 pub const EXIT_VERIFY_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return refuse_arguments(&e),
+    };
     managedblob::logging::init_from_env();
+    output::set_progress_mode(cli.progress);
     let json = cli.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -164,6 +172,24 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             dry_run,
         } => repair::sweep(remote.as_deref(), &cache, dry_run, json),
     }
+}
+
+/// Help and version as clap prints them; an argument error (which may quote an
+/// argument, a SAS URL among them) redacted, as JSON with `--json`, clap's exit code.
+fn refuse_arguments(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = secrets::scrub(&e.render().to_string());
+    if std::env::args().any(|a| a == "--json") {
+        let first = text.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        println!("{}", serde_json::json!({ "error": message }));
+    } else {
+        eprint!("{text}");
+    }
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
 /// The error and those of its causes that its message does not repeat already (the

@@ -41,13 +41,17 @@ pub fn pull(target: &Target, json: bool) -> Result<u8> {
         return Err(target.missing_blob());
     };
     let before = target.sidecar.as_ref().and_then(|s| s.base.clone());
-    let bar = progress(stat.size, "pull");
-    let watching = Arc::new(AtomicBool::new(!bar.is_hidden()));
+    // An empty cache takes the blob straight into the cache file (no side file), so
+    // its length is the download's progress.
+    let cold = std::fs::metadata(cache).map_or(true, |m| m.len() == 0);
+    let bar = Arc::new(progress(stat.size, "pull"));
+    let watching = Arc::new(AtomicBool::new(bar.is_shown()));
     let watcher = {
         let (bar, watching, cache) = (bar.clone(), watching.clone(), cache.clone());
         std::thread::spawn(move || {
             while watching.load(Ordering::Relaxed) {
-                bar.set_position(download_progress(&cache));
+                let done = download_progress(&cache, cold).min(stat.size);
+                bar.set_position(bar.position().max(done));
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -62,7 +66,14 @@ pub fn pull(target: &Target, json: bool) -> Result<u8> {
     });
     watching.store(false, Ordering::Relaxed);
     let _ = watcher.join();
-    bar.finish_and_clear();
+    if opened.is_ok() {
+        // What the download wrote since the last look (all of a cold one).
+        let done = download_progress(cache, cold).min(stat.size);
+        bar.set_position(bar.position().max(done));
+    }
+    if let Ok(bar) = Arc::try_unwrap(bar) {
+        bar.finish();
+    }
     let status = opened?;
     let etag = status["etag"].as_str().unwrap_or_default().to_string();
     let down = status["requests"]["bytes_down"].as_u64().unwrap_or(0);
@@ -149,7 +160,7 @@ pub fn write_copy(
         fill(&mut sink)?;
         sink.flush()?;
     }
-    bar.finish_and_clear();
+    bar.finish();
     let mut header = [0u8; 16];
     let read = part.as_file().read_at(&mut header, 0)?;
     if &header[..read] != b"SQLite format 3\0" {
@@ -321,7 +332,7 @@ fn upload_chunks(
         offset += size;
         bar.set_position(offset);
     }
-    bar.finish_and_clear();
+    bar.finish();
     let stat = blocks.commit_blocks(blob, &ids, &condition, Some(&lease.id))?;
     Ok((stat, sent, ids.len()))
 }
@@ -380,8 +391,18 @@ fn managed_status(conn: &rusqlite::Connection) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-/// Bytes of this process's download side files beside `cache` (a running pull).
-fn download_progress(cache: &Path) -> u64 {
+/// Bytes a running pull has downloaded: this process's download side files beside
+/// `cache`, and for a `cold` pull (an empty cache) the cache file itself.
+fn download_progress(cache: &Path, cold: bool) -> u64 {
+    let streamed = match cold {
+        true => std::fs::metadata(cache).map_or(0, |m| m.len()),
+        false => 0,
+    };
+    streamed + side_file_bytes(cache)
+}
+
+/// Bytes of this process's download side files beside `cache`.
+fn side_file_bytes(cache: &Path) -> u64 {
     let (Some(dir), Some(name)) = (cache.parent(), cache.file_name()) else {
         return 0;
     };

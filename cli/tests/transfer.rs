@@ -162,7 +162,59 @@ fn pull_export_push_round_trip(remote: &Remote) {
         .success();
 }
 
-on_each_remote!(pull_export_push_round_trip);
+/// The last `--progress lines` line of `pull`: (bytes done, total).
+fn pull_progress(out: &std::process::Output) -> (u64, u64) {
+    let err = stderr(out);
+    let last = err
+        .lines()
+        .rfind(|l| l.starts_with("pull: "))
+        .unwrap_or_else(|| panic!("no progress line: {err}"));
+    let counts = last
+        .rsplit_once('(')
+        .and_then(|(_, c)| c.strip_suffix(" bytes)"))
+        .and_then(|c| c.split_once('/'))
+        .unwrap_or_else(|| panic!("not a progress line: {last}"));
+    (counts.0.parse().unwrap(), counts.1.parse().unwrap())
+}
+
+/// The first pull into an empty cache streams the blob into the cache file itself
+/// (no side file): its progress counts those bytes up to the total (it stayed at
+/// 0 B before). The cache's missing directories are made, mode 0700.
+fn a_cold_pull_counts_its_bytes_into_a_new_directory(remote: &Remote) {
+    use std::os::unix::fs::PermissionsExt;
+    remote.seed("big.db", 3000);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("new/dir/big.db");
+    let pull = || {
+        cli()
+            .args(["--progress", "lines", "pull", "--remote", &remote.setting])
+            .args(["--blob", "big.db", "--cache"])
+            .arg(&cache)
+            .output()
+            .unwrap()
+    };
+    let out = pull();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let size = std::fs::metadata(&cache).unwrap().len();
+    assert!(size > 3_000_000, "{size}");
+    assert_eq!(pull_progress(&out), (size, size), "{}", stderr(&out));
+    for dir in ["new", "new/dir"] {
+        let mode = std::fs::metadata(work.path().join(dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{dir}");
+    }
+    // A current cache downloads nothing, and its progress says so.
+    let again = pull();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(pull_progress(&again), (0, size));
+}
+
+on_each_remote!(
+    pull_export_push_round_trip,
+    a_cold_pull_counts_its_bytes_into_a_new_directory
+);
 
 #[test]
 fn push_refuses_a_file_that_is_not_sqlite() {

@@ -133,8 +133,10 @@ fn guard(body: impl FnOnce() -> c_int) -> c_int {
     }
 }
 
-/// A copy of `s` in memory from sqlite3_malloc (SQLite frees it).
+/// A copy of `s` in memory from sqlite3_malloc (SQLite frees it), redacted: every
+/// text the VFS hands SQLite (open errors, pragma answers) goes through here.
 fn sqlite_string(s: &str) -> *mut c_char {
+    let s = crate::redact::redact(s);
     let bytes = s.as_bytes();
     // SAFETY: sqlite3_malloc returns null or a block of the requested size.
     let p = unsafe { sql::sqlite3_malloc((bytes.len() + 1) as c_int) } as *mut c_char;

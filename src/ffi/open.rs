@@ -1,6 +1,7 @@
 //! xOpen: main databases become managed connections; everything else (journals, temp
 //! files) is the default VFS's, opened straight into our buffer. The file policy
-//! (a private cache, no cache left by a failed open) is [`crate::cache_file`]'s.
+//! (a missing cache directory created 0700, a private cache, nothing left by a failed
+//! open, an error that names the cache and never the URI) is [`crate::cache_file`]'s.
 
 use std::ffi::{c_int, CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -44,6 +45,48 @@ pub(super) unsafe extern "C" fn x_open(
         }
         // SAFETY: SQLite allocated szOsFile bytes at file, for an MbFile and the real file.
         unsafe { open_main(data, name, file, flags, out_flags) }
+    })
+}
+
+/// xFullPathname: the default VFS's, except that where it fails with SQLITE_CANTOPEN
+/// (a path it cannot resolve: a file where a directory should be, a directory it may
+/// not search) the path is made absolute without resolving it, so the failure comes
+/// from xOpen instead, where a managed cache gets managedblob's message naming the
+/// file (see [`CacheFileOpen::open_error`]). Drivers print SQLITE_CANTOPEN from here
+/// with the whole `file:` URI, which may carry a SAS (rusqlite does). For any other
+/// file, xOpen then fails with SQLITE_CANTOPEN as this would have.
+pub(super) unsafe extern "C" fn x_full_pathname(
+    vfs: *mut sql::sqlite3_vfs,
+    name: *const std::ffi::c_char,
+    n: c_int,
+    out: *mut std::ffi::c_char,
+) -> c_int {
+    guard(|| {
+        // SAFETY: vfs is ours; pAppData holds the default VFS, called with SQLite's arguments.
+        let rc = unsafe {
+            let real = vfs_data(vfs).real;
+            ((*real).xFullPathname.unwrap())(real, name, n, out)
+        };
+        if rc != sql::SQLITE_CANTOPEN || name.is_null() || out.is_null() {
+            return rc;
+        }
+        // SAFETY: name is the NUL-terminated filename SQLite passes to xFullPathname.
+        let given = Path::new(OsStr::from_bytes(
+            unsafe { CStr::from_ptr(name) }.to_bytes(),
+        ));
+        let Ok(full) = std::path::absolute(given) else {
+            return rc;
+        };
+        let bytes = full.as_os_str().as_bytes();
+        if bytes.len() >= usize::try_from(n).unwrap_or(0) {
+            return rc;
+        }
+        // SAFETY: SQLite gives out room for n bytes; bytes plus the NUL fit (checked).
+        unsafe {
+            ptr::copy_nonoverlapping(bytes.as_ptr().cast(), out, bytes.len());
+            *out.add(bytes.len()) = 0;
+        }
+        sql::SQLITE_OK
     })
 }
 
@@ -143,7 +186,16 @@ unsafe fn open_main(
         rc = unsafe { (real_vfs.xOpen.unwrap())(data.real, name, real, flags, &mut real_out) };
     }
     if rc != sql::SQLITE_OK {
-        return rc;
+        // errno of the failed open(2), read before anything else can change it.
+        let os = std::io::Error::last_os_error();
+        let os = (os.raw_os_error() != Some(0)).then_some(os);
+        let error = cache.open_error(os);
+        cache.discard_if_created();
+        // Our message instead of the real VFS's SQLITE_CANTOPEN, which drivers print
+        // with the `file:` URI (see install_failed); it names the cache file and a
+        // missing directory.
+        // SAFETY: mb is our struct, set up above; the real file is not open.
+        return unsafe { install_failed(mb, &path, error) };
     }
     if !out_flags.is_null() {
         let reported = if read_only {
@@ -202,7 +254,7 @@ fn offer_cache_opener(store: &crate::store::Store, real: *mut sql::sqlite3_vfs, 
 /// # Safety
 /// `mb` must be the MbFile being opened by [`open_main`].
 unsafe fn install_failed(mb: *mut MbFile, path: &str, error: Error) -> c_int {
-    tracing::warn!(path, error = %error, "managedblob: open failed");
+    tracing::warn!(path, error = %crate::redact::redact(&error.to_string()), "managedblob: open failed");
     let main = MainDb {
         busy: None,
         connection: None,

@@ -70,7 +70,7 @@ pub fn register(options: Options) -> Result<()> {
         xOpen: Some(x_open),
         xDelete: Some(x_delete),
         xAccess: Some(x_access),
-        xFullPathname: Some(x_full_pathname),
+        xFullPathname: Some(super::open::x_full_pathname),
         xDlOpen: Some(x_dl_open),
         xDlError: Some(x_dl_error),
         xDlSym: Some(x_dl_sym),
@@ -241,14 +241,6 @@ unsafe extern "C" fn x_access(
     out: *mut c_int,
 ) -> c_int {
     guard(|| real_vfs_call!(vfs, xAccess, name, flags, out))
-}
-unsafe extern "C" fn x_full_pathname(
-    vfs: *mut sql::sqlite3_vfs,
-    name: *const c_char,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
-    guard(|| real_vfs_call!(vfs, xFullPathname, name, n, out))
 }
 unsafe extern "C" fn x_dl_open(vfs: *mut sql::sqlite3_vfs, name: *const c_char) -> *mut c_void {
     real_vfs_call!(vfs, xDlOpen, name)

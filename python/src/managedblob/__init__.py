@@ -14,16 +14,24 @@ raise :class:`RegistrationError` saying why and what to use instead.
 >>> managedblob.status(db)["requests"]["versions_up"]
 1
 
+A statement that fails on a managed database raises :class:`ManagedError` (a subclass of
+``sqlite3.OperationalError``) with managedblob's cause, ``last_error``, in its message and as
+an attribute: a failed upload is more than ``disk I/O error``.
+
 Plain ``sqlite3`` works too once the package is imported:
 ``sqlite3.connect("file:h1/corpus.db?vfs=managedblob&remote=/srv/remote", uri=True)``.
 """
 
 from . import _extension
 from ._connect import SETTINGS, connect, uri
+from ._errors import ManagedConnection, ManagedCursor, ManagedError
 from ._extension import RegistrationError, load, loadable_path, register
 from ._pragmas import batch, status
 
 __all__ = [
+    "ManagedConnection",
+    "ManagedCursor",
+    "ManagedError",
     "RegistrationError",
     "SETTINGS",
     "batch",

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Optional, Union
 from urllib.parse import quote
 
+from ._errors import ManagedError, connection_class
 from ._extension import VFS_NAME, register
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -97,7 +98,7 @@ def connect(cache_path: PathLike, remote: Optional[PathLike] = None, **options: 
     local copy of the blob in ``remote``.
 
     Args:
-        cache_path: the cache file (created when missing; its directory must exist).
+        cache_path: the cache file (created when missing, with its directory: mode 0700).
             Each host (process, machine) that shares a database has its own cache.
         remote: a directory (``/srv/remote``, ``file:///srv/remote``) or an Azure container
             URL, with a SAS in its query string or credentials from the environment
@@ -111,11 +112,20 @@ def connect(cache_path: PathLike, remote: Optional[PathLike] = None, **options: 
             ``factory``, ...), which are passed on. Anything else is a ``TypeError``.
 
     The extension is registered first (see :func:`managedblob.register`). A missing or
-    invalid setting, or an unreachable remote, raises ``sqlite3.OperationalError`` with
-    managedblob's message naming the setting.
+    invalid setting, or an unreachable remote, raises :class:`managedblob.ManagedError` (an
+    ``sqlite3.OperationalError``) with managedblob's message naming the setting.
+
+    The connection is a :class:`managedblob.ManagedConnection` (or, with ``factory=``, that
+    class mixed into yours): a statement that fails on the managed database raises
+    :class:`managedblob.ManagedError`, whose message and ``last_error`` give managedblob's
+    cause (a failed upload reaches SQLite only as ``disk I/O error``).
     """
-    sqlite_args: Mapping[str, Any] = {k: v for k, v in options.items() if k in SQLITE_CONNECT_ARGS}
+    sqlite_args: Dict[str, Any] = {k: v for k, v in options.items() if k in SQLITE_CONNECT_ARGS}
     settings = {k: v for k, v in options.items() if k not in SQLITE_CONNECT_ARGS}
     target = uri(cache_path, remote, **settings)
+    sqlite_args["factory"] = connection_class(sqlite_args.get("factory"))
     register()
-    return sqlite3.connect(target, uri=True, **sqlite_args)
+    try:
+        return sqlite3.connect(target, uri=True, **sqlite_args)
+    except sqlite3.OperationalError as error:
+        raise ManagedError(str(error)) from error

@@ -282,28 +282,15 @@ fn looks_transient(text: &str) -> bool {
     .any(|w| text.contains(w))
 }
 
-/// `text` without any of `secrets`, and without the value of any `sig=` parameter
-/// (a transport error may quote the request URL, SAS included).
+/// `text` without any of `secrets` (this backend's credential values), then through
+/// [`crate::redact::redact`] (a transport error may quote the request URL, SAS
+/// included).
 pub fn scrub(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_string();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(secret.as_str(), "<redacted>");
+        out = out.replace(secret.as_str(), crate::redact::REDACTED);
     }
-    let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find("sig=") {
-        result.push_str(&rest[..i + 4]);
-        rest = &rest[i + 4..];
-        let end = rest
-            .find(|c: char| c == '&' || c == '"' || c == '\'' || c == ')' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        if end > 0 {
-            result.push_str("<redacted>");
-        }
-        rest = &rest[end..];
-    }
-    result.push_str(rest);
-    result
+    crate::redact::redact(&out)
 }
 
 #[cfg(test)]
