@@ -1,6 +1,7 @@
-//! The one public error type, and its mapping onto SQLite result codes.
-
-use crate::backend::{BackendError, BackendErrorKind};
+//! The one public error type, and its mapping onto SQLite result codes; and the
+//! backends' error, which it lifts. Both live here, at the bottom of the crate, so
+//! that every layer (the settings and the remote's address included) may name them
+//! without importing the backends.
 
 /// Everything that can go wrong in managedblob. Messages name the setting, file or
 /// blob involved and never contain a secret.
@@ -41,6 +42,79 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a backend call failed, as far as the state machine cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The blob (or its container / directory) does not exist.
+    NotFound,
+    /// If-Match failed: the blob moved to another version.
+    ConditionFailed,
+    /// If-None-Match:* failed: the blob exists already.
+    AlreadyExists,
+    /// Somebody else holds the lease (or the write carried no lease on a leased blob).
+    LeaseHeld,
+    /// Our lease expired, was broken, or was taken over.
+    LeaseLost,
+    /// A network hiccup, throttling, a timeout: retry with backoff.
+    Transient,
+    /// The caller is not allowed (credentials, permissions).
+    Denied,
+    /// A setting or name is invalid.
+    Invalid,
+    /// Anything else that retrying will not fix.
+    Permanent,
+}
+
+impl BackendErrorKind {
+    /// The kind of a failed file operation: interrupted calls are transient, a
+    /// missing file is `NotFound`, a refused one `Denied`, the rest permanent.
+    pub fn for_io(err: &std::io::Error) -> Self {
+        use std::io::ErrorKind as Io;
+        match err.kind() {
+            Io::NotFound => BackendErrorKind::NotFound,
+            Io::PermissionDenied => BackendErrorKind::Denied,
+            Io::Interrupted | Io::WouldBlock => BackendErrorKind::Transient,
+            _ => BackendErrorKind::Permanent,
+        }
+    }
+}
+
+/// An error from a backend, with a message that names the blob and the cause
+/// (and never a secret).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub kind: BackendErrorKind,
+    pub message: String,
+    /// The operating system's reason when a local file operation failed (the local
+    /// backend), so that a full disk reaches SQLite as SQLITE_FULL.
+    pub io_kind: Option<std::io::ErrorKind>,
+}
+
+impl BackendError {
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            message: message.into(),
+            io_kind: None,
+        }
+    }
+
+    /// The same error, remembering the operating system's reason.
+    pub fn with_io(mut self, kind: std::io::ErrorKind) -> Self {
+        self.io_kind = Some(kind);
+        self
+    }
+
+    /// Whether a retry with backoff may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind == BackendErrorKind::Transient
+    }
+}
+
+pub type BackendResult<T> = std::result::Result<T, BackendError>;
 
 impl Error {
     pub(crate) fn local(what: impl std::fmt::Display, err: std::io::Error) -> Self {

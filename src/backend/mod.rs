@@ -27,6 +27,9 @@ pub mod history;
 pub mod local;
 pub mod memory;
 
+/// Defined with the public error type, which lifts them, so that every layer may
+/// name them (here is where backends and their callers always found them).
+pub use crate::error::{BackendError, BackendErrorKind, BackendResult};
 pub use checks::validate_blob_name;
 pub use history::{History, VersionInfo};
 
@@ -118,79 +121,6 @@ impl Lease {
         }
     }
 }
-
-/// Why a backend call failed, as far as the state machine cares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BackendErrorKind {
-    /// The blob (or its container / directory) does not exist.
-    NotFound,
-    /// If-Match failed: the blob moved to another version.
-    ConditionFailed,
-    /// If-None-Match:* failed: the blob exists already.
-    AlreadyExists,
-    /// Somebody else holds the lease (or the write carried no lease on a leased blob).
-    LeaseHeld,
-    /// Our lease expired, was broken, or was taken over.
-    LeaseLost,
-    /// A network hiccup, throttling, a timeout: retry with backoff.
-    Transient,
-    /// The caller is not allowed (credentials, permissions).
-    Denied,
-    /// A setting or name is invalid.
-    Invalid,
-    /// Anything else that retrying will not fix.
-    Permanent,
-}
-
-impl BackendErrorKind {
-    /// The kind of a failed file operation: interrupted calls are transient, a
-    /// missing file is `NotFound`, a refused one `Denied`, the rest permanent.
-    pub fn for_io(err: &std::io::Error) -> Self {
-        use std::io::ErrorKind as Io;
-        match err.kind() {
-            Io::NotFound => BackendErrorKind::NotFound,
-            Io::PermissionDenied => BackendErrorKind::Denied,
-            Io::Interrupted | Io::WouldBlock => BackendErrorKind::Transient,
-            _ => BackendErrorKind::Permanent,
-        }
-    }
-}
-
-/// An error from a backend, with a message that names the blob and the cause
-/// (and never a secret).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct BackendError {
-    pub kind: BackendErrorKind,
-    pub message: String,
-    /// The operating system's reason when a local file operation failed (the local
-    /// backend), so that a full disk reaches SQLite as SQLITE_FULL.
-    pub io_kind: Option<std::io::ErrorKind>,
-}
-
-impl BackendError {
-    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
-        BackendError {
-            kind,
-            message: message.into(),
-            io_kind: None,
-        }
-    }
-
-    /// The same error, remembering the operating system's reason.
-    pub fn with_io(mut self, kind: std::io::ErrorKind) -> Self {
-        self.io_kind = Some(kind);
-        self
-    }
-
-    /// Whether a retry with backoff may succeed.
-    pub fn is_transient(&self) -> bool {
-        self.kind == BackendErrorKind::Transient
-    }
-}
-
-pub type BackendResult<T> = Result<T, BackendError>;
 
 /// One remote store of blobs. Calls are synchronous and may block on the network.
 pub trait Backend: Send + Sync + fmt::Debug {
