@@ -3,10 +3,13 @@
 //! then built-in defaults. Every error names the setting and where it came from.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+/// The remote's address is a plain value below the settings (src/remote_spec/), so
+/// that the settings and the backends need not import each other.
+pub use crate::remote_spec::{parse_remote, RemoteSpec};
 
 /// The settings a user can give, with their URI parameter names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,20 +75,6 @@ impl Key {
             Key::FlushMs => "MANAGEDBLOB_FLUSH_MS",
         }
     }
-}
-
-/// Where the remote lives, parsed from the `remote` setting.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RemoteSpec {
-    /// A directory plays the remote (`file:///dir`, `/dir` or `./dir`).
-    Local(PathBuf),
-    /// A process-wide in-memory store (`memory:<name>`), for tests.
-    Memory(String),
-    /// An Azure Blob Storage container: `https://<account>.blob.core.windows.net/<container>`
-    /// with an optional SAS token, or an emulator's `http://127.0.0.1:10000/<account>/<container>`
-    /// (the `azure` feature). Its `Debug` and `Display` never show the SAS token.
-    #[cfg(feature = "azure")]
-    Azure(crate::backend::azure::ContainerUrl),
 }
 
 /// Process-wide defaults, given to [`crate::register_with`]: one for any setting
@@ -329,7 +318,7 @@ impl Config {
         };
         let blob = match get(Key::Blob) {
             Some((value, origin)) => {
-                crate::backend::validate_blob_name(&value).map_err(|e| {
+                crate::remote_spec::validate_blob_name(&value).map_err(|e| {
                     Error::Config(format!("setting 'blob' ({origin}) is invalid: {e}"))
                 })?;
                 value
@@ -345,7 +334,7 @@ impl Config {
                         ))
                     })?
                     .to_string();
-                crate::backend::validate_blob_name(&base).map_err(|e| {
+                crate::remote_spec::validate_blob_name(&base).map_err(|e| {
                     Error::Config(format!(
                         "setting 'blob' defaults to the cache file's name, which is not usable: {e}"
                     ))
@@ -426,46 +415,6 @@ fn number(found: Option<(String, String)>, key: Key, min: u64, max: u64) -> Resu
         )));
     }
     Ok(Some(parsed))
-}
-
-/// Parse the `remote` setting. Never echoes anything after a `?` (a SAS token).
-pub fn parse_remote(value: &str) -> std::result::Result<RemoteSpec, String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err("it is empty".into());
-    }
-    if value.contains('\0') {
-        return Err("it contains a NUL byte".into());
-    }
-    if let Some(path) = value.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err("file:// URLs must be absolute, like file:///srv/remote".into());
-        }
-        return Ok(RemoteSpec::Local(PathBuf::from(path)));
-    }
-    if let Some(name) = value.strip_prefix("memory:") {
-        if name.is_empty() {
-            return Err("memory: needs a name, like memory:test".into());
-        }
-        return Ok(RemoteSpec::Memory(name.to_string()));
-    }
-    if let Some((scheme, _)) = value.split_once("://") {
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme == "https" || scheme == "http" {
-            #[cfg(feature = "azure")]
-            return crate::backend::azure::ContainerUrl::parse(value).map(RemoteSpec::Azure);
-            #[cfg(not(feature = "azure"))]
-            return Err(format!(
-                "{scheme}:// remotes (Azure Blob Storage) need managedblob built with the \
-                 `azure` cargo feature (features = [\"azure\"]); this build has only \
-                 directory remotes"
-            ));
-        }
-        return Err(format!(
-            "unknown scheme '{scheme}://' (expected a directory, file:///dir or https://)"
-        ));
-    }
-    Ok(RemoteSpec::Local(PathBuf::from(value)))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub mod pinned;
 mod pragma;
 pub mod redact;
 mod remote;
+pub mod remote_spec;
 pub mod sidecar;
 mod store;
 mod sys;

@@ -8,9 +8,7 @@
 use std::fmt;
 use std::io::Read;
 
-use super::{
-    BackendError, BackendErrorKind, BackendResult, Condition, Etag, LeaseId, BLOCK_ID_LEN,
-};
+use super::{BackendError, BackendErrorKind, Condition, Etag, LeaseId, BLOCK_ID_LEN};
 
 /// Why a backend refuses an operation, before it is told where.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,41 +72,9 @@ impl BackendError {
     }
 }
 
-/// Check a blob name the way every backend must: non-empty `/`-separated segments,
-/// none of them `.` or `..` or starting with `.` (reserved for our own files),
-/// no NUL, no backslash, at most 1024 bytes.
-pub fn validate_blob_name(name: &str) -> BackendResult<()> {
-    let bad = |why: &str| {
-        Err(BackendError::new(
-            BackendErrorKind::Invalid,
-            format!("invalid blob name {name:?}: {why}"),
-        ))
-    };
-    if name.is_empty() {
-        return bad("it is empty");
-    }
-    if name.len() > 1024 {
-        return bad("it is longer than 1024 bytes");
-    }
-    if name.contains('\0') {
-        return bad("it contains a NUL byte");
-    }
-    if name.contains('\\') {
-        return bad("it contains a backslash");
-    }
-    for segment in name.split('/') {
-        if segment.is_empty() {
-            return bad("it has an empty path segment (leading, trailing or double '/')");
-        }
-        if segment == "." || segment == ".." {
-            return bad("'.' and '..' segments are not allowed");
-        }
-        if segment.starts_with('.') {
-            return bad("segments may not start with '.' (reserved for managedblob's own files)");
-        }
-    }
-    Ok(())
-}
+/// Blob names are part of the remote's address, checked by the settings too, so the
+/// rule lives below both (src/remote_spec/).
+pub use crate::remote_spec::validate_blob_name;
 
 /// Whether `condition` holds for the blob whose current etag is `current` (`None`:
 /// the blob does not exist).

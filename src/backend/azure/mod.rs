@@ -57,7 +57,8 @@
 //! The code is split by job: `client.rs` (connecting, SDK calls, error context),
 //! `download.rs`, `upload.rs`, `lease.rs`, `blocks.rs` (delta sync), with
 //! `auth.rs`/`entra.rs`/`shared_key.rs` (credentials), `errors.rs` (status mapping),
-//! `runtime.rs` and `url.rs`.
+//! `runtime.rs`; the container URL it connects to is the remote's address
+//! (src/remote_spec/azure_url.rs), re-exported here as `url`.
 
 mod auth;
 mod blocks;
@@ -72,8 +73,10 @@ mod runtime;
 mod shared_key;
 mod snapshots;
 mod upload;
-pub mod url;
 mod waiter;
+/// The container URL is part of the remote's address (src/remote_spec/), which the
+/// settings parse without the backend; here under its old name.
+pub use crate::remote_spec::azure_url as url;
 
 use std::collections::HashMap;
 use std::fmt;
