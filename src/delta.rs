@@ -11,11 +11,16 @@
 
 use std::fmt;
 
-use crate::backend::BLOCK_ID_LEN;
-pub use crate::backend::MAX_BLOCKS;
 /// A remote's first chunk may keep an older change counter than its pages (see
 /// [`crate::backend::Blocks::counter_may_lag`]): compare images with this applied.
 pub use crate::image::ignore_change_counter;
+/// The length of every block id managedblob writes (delta chunks and staged
+/// whole-file uploads alike).
+pub const BLOCK_ID_LEN: usize = 32;
+
+/// The most blocks one blob may have (Azure's limit on block blobs; delta sync
+/// sizes its chunks to stay within it, and so do staged whole-file uploads).
+pub const MAX_BLOCKS: u64 = 50_000;
 /// Smallest chunk: a multiple of every SQLite page size.
 pub const MIN_CHUNK: u64 = 64 * 1024;
 /// Largest chunk we choose (Azure allows 4000 MiB blocks; smaller keeps memory bounded).

@@ -229,13 +229,9 @@ pub type BlockId = Vec<u8>;
 /// A committed block list: (id, size) in blob order.
 pub type BlockList = Vec<(BlockId, u64)>;
 
-/// The length of every block id managedblob writes (delta chunks and staged
-/// whole-file uploads alike).
-pub const BLOCK_ID_LEN: usize = 32;
-
-/// The most blocks one blob may have (Azure's limit on block blobs; delta sync
-/// sizes its chunks to stay within it, and so do staged whole-file uploads).
-pub const MAX_BLOCKS: u64 = 50_000;
+/// Block ids are delta sync's vocabulary first (src/delta.rs, at the bottom of the
+/// crate); the contract names them here too.
+pub use crate::delta::{BLOCK_ID_LEN, MAX_BLOCKS};
 
 /// A block id (or any bytes) in lower-case hex, for messages, file names and
 /// records. A commit hexes every block id of the blob, so this is on its hot path.
