@@ -61,6 +61,12 @@ impl Utc {
     }
 }
 
+/// RFC 3339 UTC of a Unix time in milliseconds, to the second (lease expiries and
+/// modification times, as the operator tools show them).
+pub(crate) fn rfc3339_ms(unix_ms: u64) -> String {
+    Utc::from_unix(unix_ms / 1000).iso8601()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

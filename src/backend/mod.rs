@@ -24,6 +24,7 @@ use std::time::Duration;
 pub mod azure;
 mod checks;
 pub mod history;
+pub mod inspect;
 pub mod local;
 pub mod memory;
 

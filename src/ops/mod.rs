@@ -7,75 +7,12 @@
 
 pub mod sweep;
 
+/// What the backends answer these questions with (src/backend/inspect.rs: the
+/// operator layer sits above the backends, so the shapes live with them).
+pub use crate::backend::inspect::{BlobDetails, LeaseInfo, LeaseState};
 use crate::backend::{BlobStat, BlockList};
 use crate::config::RemoteSpec;
 use crate::error::{Error, Result};
-
-/// The lease state of a blob, in Azure's words (the local backend uses a subset).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseState {
-    /// Nobody holds it (never taken, released, or expired).
-    Available,
-    /// Somebody holds it.
-    Leased,
-    /// Broken with a break period that has not ended yet.
-    Breaking,
-    /// Broken; the next acquire succeeds.
-    Broken,
-    /// Expired; the next acquire succeeds.
-    Expired,
-}
-
-impl LeaseState {
-    /// Lower case, as Azure and the CLI spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            LeaseState::Available => "available",
-            LeaseState::Leased => "leased",
-            LeaseState::Breaking => "breaking",
-            LeaseState::Broken => "broken",
-            LeaseState::Expired => "expired",
-        }
-    }
-}
-
-/// What the remote knows about a blob's lease. Never contains the lease id.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct LeaseInfo {
-    pub state: LeaseState,
-    /// When the lease ends unless renewed (RFC 3339 UTC), where the backend says.
-    pub expires: Option<String>,
-    /// Who holds it (`pid 42 on host-a`), where the backend records it.
-    pub holder: Option<String>,
-    /// Whether the holder is provably dead (a local process on this host that no
-    /// longer exists): such a lease is reclaimed by the next writer.
-    pub holder_dead: bool,
-    /// `fixed` or `infinite` (Azure), where known.
-    pub duration: Option<String>,
-}
-
-impl LeaseInfo {
-    /// A blob nobody leases.
-    pub fn available() -> LeaseInfo {
-        LeaseInfo {
-            state: LeaseState::Available,
-            expires: None,
-            holder: None,
-            holder_dead: false,
-            duration: None,
-        }
-    }
-}
-
-/// What `status` shows about a blob beyond its etag and size.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlobDetails {
-    pub stat: BlobStat,
-    /// RFC 3339 UTC, to the second.
-    pub last_modified: Option<String>,
-    pub lease: LeaseInfo,
-}
 
 /// The etag, size, modification time and lease of `blob`; `None` when it does not exist.
 pub fn blob_details(spec: &RemoteSpec, blob: &str) -> Result<Option<BlobDetails>> {
@@ -124,9 +61,4 @@ fn azure(url: &crate::backend::azure::ContainerUrl) -> Result<crate::backend::az
             "setting 'remote' names an unusable Azure container: {e}"
         ))
     })
-}
-
-/// RFC 3339 UTC of a Unix time in milliseconds.
-pub(crate) fn rfc3339_ms(unix_ms: u64) -> String {
-    crate::utc::Utc::from_unix(unix_ms / 1000).iso8601()
 }

@@ -15,38 +15,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// The report a sweep gives (src/backend/inspect.rs, beside the local backend's
+/// sweep that fills it in).
+pub use crate::backend::inspect::{Leftover, Skipped, SweepReport};
 use crate::config::RemoteSpec;
 use crate::error::{Error, Result};
-
-/// One leftover file (or staging directory) and its size.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Leftover {
-    pub path: PathBuf,
-    pub bytes: u64,
-    pub what: &'static str,
-}
-
-/// A leftover-looking file kept because its owner may be alive.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Skipped {
-    pub path: PathBuf,
-    pub why: String,
-}
-
-/// What a sweep removed (or, in a dry run, would remove) and what it kept.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SweepReport {
-    pub found: Vec<Leftover>,
-    pub skipped: Vec<Skipped>,
-    /// Remarks on what a sweep cannot do for this store.
-    pub notes: Vec<String>,
-}
-
-impl SweepReport {
-    pub fn bytes(&self) -> u64 {
-        self.found.iter().map(|l| l.bytes).sum()
-    }
-}
 
 /// Sweep the remote's leftovers.
 pub fn sweep_remote(spec: &RemoteSpec, dry_run: bool) -> Result<SweepReport> {

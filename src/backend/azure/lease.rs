@@ -191,7 +191,7 @@ impl AzureBackend {
 }
 
 /// "lease state leased, duration fixed: ..." for a refused acquire's message.
-fn lease_description(lease: &crate::ops::LeaseInfo) -> String {
+fn lease_description(lease: &crate::backend::inspect::LeaseInfo) -> String {
     let until = match lease.duration.as_deref() {
         Some("infinite") => "until it is released or broken".to_string(),
         _ => format!(

@@ -8,7 +8,7 @@ use azure_storage_blob::models::{
 
 use super::errors::{http_status, Op};
 use super::{AzureBackend, BackendResult, BlobStat};
-use crate::ops::{BlobDetails, LeaseInfo, LeaseState};
+use crate::backend::inspect::{BlobDetails, LeaseInfo, LeaseState};
 
 impl AzureBackend {
     /// Etag, size, modification time and lease of `blob`; `None` when it does not exist.
@@ -51,7 +51,7 @@ impl AzureBackend {
             },
             last_modified: modified
                 .and_then(|secs| u64::try_from(secs).ok())
-                .map(|secs| crate::ops::rfc3339_ms(secs * 1000)),
+                .map(|secs| crate::utc::rfc3339_ms(secs * 1000)),
             lease: LeaseInfo {
                 state,
                 duration: if state == LeaseState::Leased {

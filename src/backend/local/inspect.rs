@@ -8,9 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::blocks::{unhex, BlockListRecord};
 use super::{BlobPaths, LocalBackend};
+use crate::backend::inspect::{BlobDetails, LeaseInfo, LeaseState, Leftover, Skipped, SweepReport};
 use crate::backend::{Backend, BackendErrorKind, BackendResult, BlobStat, BlockList, LeaseId};
-use crate::ops::sweep::{Leftover, Skipped, SweepReport};
-use crate::ops::{rfc3339_ms, BlobDetails, LeaseInfo, LeaseState};
+use crate::utc::rfc3339_ms;
 
 /// How long the sweep holds the lease it takes to prove no writer is active.
 const SWEEP_LEASE: Duration = Duration::from_secs(15);
