@@ -30,6 +30,7 @@ pub mod error;
 mod ffi;
 mod fsutil;
 mod image;
+mod leftovers;
 pub mod localfile;
 #[cfg(feature = "log-subscriber")]
 pub mod logging;

@@ -188,12 +188,12 @@ impl Store {
     }
 
     /// At open: remove what killed processes left, with the CLI's sweep
-    /// (src/ops/sweep.rs): beside the cache, download side files of dead pids and
+    /// (src/leftovers.rs): beside the cache, download side files of dead pids and
     /// sidecar or manifest temps nobody has open; in the remote, upload temps and
     /// staged blocks, proved abandoned by taking the blob's lease (skipped while a
     /// live writer holds it). Best effort: a failure is only logged.
     pub(super) fn sweep_leftovers_at_open(&self) {
-        match crate::ops::sweep::sweep_cache(&self.cache_path, false) {
+        match crate::leftovers::sweep_cache(&self.cache_path, false) {
             Ok(report) if !report.found.is_empty() => {
                 tracing::info!(cache = %self.cache_path.display(), files = report.found.len(),
                     bytes = report.bytes(), "removed what killed processes left beside the cache")
