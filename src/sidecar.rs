@@ -106,7 +106,7 @@ impl LeaseOwner {
             id,
             pid: std::process::id(),
             host: crate::sys::hostname(),
-            boot_id: crate::backend::local::boot_id(),
+            boot_id: crate::sys::boot_id(),
         }
     }
 
@@ -114,7 +114,7 @@ impl LeaseOwner {
     /// provably dead (as for the local backend's leases).
     pub fn is_dead(&self) -> bool {
         self.host == crate::sys::hostname()
-            && self.boot_id == crate::backend::local::boot_id()
+            && self.boot_id == crate::sys::boot_id()
             && !crate::sys::process_exists(self.pid)
     }
 }

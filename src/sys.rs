@@ -1,5 +1,5 @@
 //! The operating-system calls the local backend needs (flock, byte-range locks,
-//! FICLONE, kill(0), gethostname), as safe functions: with the VFS shim (`src/ffi/`), the crate's only
+//! FICLONE, kill(0), gethostname, the boot id), as safe functions: with the VFS shim (`src/ffi/`), the crate's only
 //! unsafe code.
 
 #![allow(unsafe_code)]
@@ -124,6 +124,14 @@ pub(crate) fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Changes on every boot, so a pid recorded before a reboot is never trusted (the
+/// local backend's lease records and the sidecar's owner both carry it).
+pub(crate) fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The address of the function `symbol` in the library loaded after this one (the

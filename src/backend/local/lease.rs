@@ -106,13 +106,6 @@ impl BlobPaths {
     }
 }
 
-/// Changes on every boot, so a pid recorded before a reboot is never trusted.
-pub(crate) fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
 fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

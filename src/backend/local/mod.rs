@@ -71,7 +71,6 @@ mod in_place;
 mod inspect;
 mod journal;
 mod lease;
-pub(crate) use lease::boot_id;
 mod paths;
 mod upload;
 mod versions;
@@ -128,7 +127,7 @@ impl LocalBackend {
         Ok(LocalBackend {
             dir: canonical,
             host: hostname(),
-            boot_id: lease::boot_id(),
+            boot_id: crate::sys::boot_id(),
             written: AtomicU64::new(0),
         })
     }
