@@ -6,6 +6,8 @@
 
 use std::io;
 
+use crate::remote::{SourceReader, UploadSource};
+
 /// SQLite's lock levels, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LockLevel {
@@ -51,37 +53,16 @@ pub trait LocalFile: Send {
     fn size(&mut self) -> io::Result<u64>;
 }
 
-/// Reads a whole `LocalFile` front to back (the body of an upload).
-pub struct LocalFileReader<'a> {
-    file: &'a mut dyn LocalFile,
-    pos: u64,
-    len: u64,
-}
-
-impl<'a> LocalFileReader<'a> {
-    pub fn new(file: &'a mut dyn LocalFile, len: u64) -> Self {
-        LocalFileReader { file, pos: 0, len }
+/// Every cache file is something an upload can read (the remote reads its source by
+/// offset, and knows nothing else of the file: it sits below this layer).
+impl<F: LocalFile + ?Sized> UploadSource for F {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        LocalFile::read_at(self, buf, offset)
     }
 }
 
-impl io::Read for LocalFileReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len - self.pos;
-        if left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(left as usize);
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "cache file shrank while it was being uploaded",
-            ));
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
+/// Reads a whole `LocalFile` front to back (the body of an upload, or of a hash).
+pub type LocalFileReader<'a> = SourceReader<'a, dyn LocalFile + 'a>;
 
 /// A `LocalFile` over a plain file with in-process lock bookkeeping, for tests of the
 /// state machine without SQLite. Locks conflict only through a shared [`fake::FakeLocks`].

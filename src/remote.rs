@@ -18,7 +18,48 @@ use crate::config::RetryPolicy;
 use crate::counters::{Counters, Request};
 /// Kept here for the store's call sites; the helper lives in [`crate::fsutil`].
 pub(crate) use crate::fsutil::create_private;
-use crate::localfile::{LocalFile, LocalFileReader};
+
+/// What an upload reads: a file's bytes by offset, so that every retry reads from
+/// the first byte again. The store's cache file is one (src/localfile.rs implements
+/// this for every `LocalFile`); the remote needs nothing else of it.
+pub trait UploadSource {
+    /// Read up to `buf.len()` bytes at `offset`; returns how many were read (fewer
+    /// only at the end of the file).
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+/// Reads the first `len` bytes of an [`UploadSource`] front to back (the body of
+/// an upload).
+pub struct SourceReader<'a, F: ?Sized> {
+    file: &'a mut F,
+    pos: u64,
+    len: u64,
+}
+
+impl<'a, F: UploadSource + ?Sized> SourceReader<'a, F> {
+    pub fn new(file: &'a mut F, len: u64) -> Self {
+        SourceReader { file, pos: 0, len }
+    }
+}
+
+impl<F: UploadSource + ?Sized> Read for SourceReader<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len - self.pos;
+        if left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(left as usize);
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "cache file shrank while it was being uploaded",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
 
 #[derive(Debug)]
 pub struct Remote {
@@ -229,9 +270,9 @@ impl Remote {
     /// Upload the first `len` bytes of `file` under `condition` and `lease`. The
     /// error says whether an earlier attempt failed transiently: then a
     /// `ConditionFailed` may mean that attempt landed after all.
-    pub fn upload(
+    pub fn upload<F: UploadSource + ?Sized>(
         &self,
-        file: &mut dyn LocalFile,
+        file: &mut F,
         len: u64,
         condition: &Condition,
         lease: Option<&LeaseId>,
@@ -240,7 +281,7 @@ impl Remote {
         self.call(Request::Upload, |attempt| {
             attempts = attempt;
             let mut body = Counted {
-                inner: LocalFileReader::new(&mut *file, len),
+                inner: SourceReader::new(&mut *file, len),
                 bytes: 0,
             };
             let result = self
