@@ -34,6 +34,7 @@ mod leftovers;
 pub mod localfile;
 #[cfg(feature = "log-subscriber")]
 pub mod logging;
+mod open;
 pub mod ops;
 pub mod pinned;
 mod pragma;

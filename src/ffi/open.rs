@@ -1,7 +1,9 @@
 //! xOpen: main databases become managed connections; everything else (journals, temp
 //! files) is the default VFS's, opened straight into our buffer. The file policy
 //! (a missing cache directory created 0700, a private cache, nothing left by a failed
-//! open, an error that names the cache and never the URI) is [`crate::cache_file`]'s.
+//! open, an error that names the cache and never the URI) is [`crate::cache_file`]'s;
+//! the store and the connection come from [`crate::open`] (the shim never names the
+//! store).
 
 use std::ffi::{c_int, CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -15,9 +17,8 @@ use super::real_file::{close_real, OwnedRealFile, RealFile};
 use super::{guard, vfs_data, MainDb, MbFile, OpenError, VfsData, REAL_OFFSET};
 use crate::cache_file::CacheFileOpen;
 use crate::config::Config;
-use crate::connection::Connection;
 use crate::error::Error;
-use crate::store::open_store;
+use crate::open::Opening;
 
 pub(super) unsafe extern "C" fn x_open(
     vfs: *mut sql::sqlite3_vfs,
@@ -158,10 +159,10 @@ unsafe fn open_main(
     }
     // Settings and the remote's address are checked before the cache is touched, so
     // a bad URI leaves no empty cache file behind.
-    let store = Config::resolve(Path::new(&path), &data.options, &uri, &env)
-        .and_then(|config| open_store(Path::new(&path), config));
-    let store = match store {
-        Ok(store) => store,
+    let opening = Config::resolve(Path::new(&path), &data.options, &uri, &env)
+        .and_then(|config| Opening::store(Path::new(&path), config));
+    let opening = match opening {
+        Ok(opening) => opening,
         // SAFETY: mb is our struct, set up above.
         Err(e) => return unsafe { install_failed(mb, &path, e) },
     };
@@ -207,8 +208,8 @@ unsafe fn open_main(
         unsafe { *out_flags = reported };
     }
 
-    offer_cache_opener(&store, data.real, &path);
-    let connection = match Connection::open(store, Box::new(RealFile(real)), read_only) {
+    offer_cache_opener(&opening, data.real, &path);
+    let connection = match opening.connect(Box::new(RealFile(real)), read_only) {
         Ok(connection) => connection,
         Err(e) => {
             // SAFETY: the real file was opened above and is closed exactly once here.
@@ -234,10 +235,10 @@ unsafe fn open_main(
 
 /// Let the store's flusher (`flush_ms`) open its own handle on the cache through
 /// the default VFS.
-fn offer_cache_opener(store: &crate::store::Store, real: *mut sql::sqlite3_vfs, path: &str) {
+fn offer_cache_opener(opening: &Opening, real: *mut sql::sqlite3_vfs, path: &str) {
     let vfs = real as usize;
     let path = std::path::PathBuf::from(path);
-    store.offer_cache_opener(|| {
+    opening.offer_cache_opener(|| {
         std::sync::Arc::new(move || {
             // SAFETY: the default VFS stays registered for the life of the process
             // (VfsData, which holds it, is leaked).
