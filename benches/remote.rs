@@ -54,20 +54,12 @@ use managedblob::backend::azure::AzureBackend;
 use managedblob::backend::Backend;
 use rusqlite::{Connection, OpenFlags};
 
-#[allow(dead_code)]
-#[path = "../tests/common/azurite.rs"]
-mod azurite;
-#[path = "../tests/common/uri.rs"]
-mod uri;
-use uri::uri_escape;
+use common::{azurite, http_proxy, uri_escape};
 #[path = "remote/area.rs"]
 mod area;
 use area::*;
 #[path = "remote/cpu.rs"]
 mod cpu;
-#[allow(dead_code)]
-#[path = "../tests/common/http_proxy.rs"]
-mod http_proxy;
 #[path = "remote/latency.rs"]
 mod latency;
 use latency::LatencyRow;

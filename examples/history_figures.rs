@@ -19,9 +19,7 @@ use managedblob::delta::{chunk_size_for, ChunkId};
 use rusqlite::{Connection, OpenFlags};
 
 #[cfg(feature = "azure")]
-#[path = "../tests/common/azurite.rs"]
-#[allow(dead_code)]
-mod azurite;
+use common::azurite;
 
 fn open(cache: &Path, remote: &str, extra: &str) -> Connection {
     managedblob::register().unwrap();

@@ -16,8 +16,6 @@
 //! backend's own behaviour are in tests/backend_azurite.rs.
 #![cfg(feature = "azure")]
 
-mod common;
-
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -9,8 +9,6 @@
 //! is set: then they fail.
 #![cfg(feature = "azure")]
 
-mod common;
-
 use std::sync::Arc;
 use std::thread;
 

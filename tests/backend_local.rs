@@ -2,8 +2,6 @@
 //! directory shows (foreign files, lease files of dead or live processes, file modes,
 //! the hidden block files).
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::thread;

@@ -1,8 +1,6 @@
 //! The memory backend (the test double behind `remote=memory:<name>`): the
 //! conformance suite, then its fault-injection and test helpers.
 
-mod common;
-
 use std::time::Duration;
 
 use common::conformance::blocks::{blocks, id, ids_of, listed, stage_all};

@@ -3,7 +3,6 @@
 //! leaves a cache marked in flight, which the next open downloads again whole: it is
 //! never served half written, never uploaded as local commits.
 
-mod common;
 use common::child::{self, Proc};
 use common::*;
 

@@ -3,7 +3,6 @@
 //! SQLITE_FCNTL_COMMIT_PHASETWO) are logged and kept in `last_error`, COMMIT returns
 //! OK, and the cache resyncs from the remote.
 
-mod common;
 use common::*;
 
 use std::collections::BTreeSet;

@@ -5,7 +5,6 @@
 //! reclaims a dead local owner's lease at once; an Azure lease of a dead process is
 //! waited out), the test says so. The random crash soak is tests/crash_soak.rs.
 
-mod common;
 use common::child::{self, Proc};
 use common::*;
 

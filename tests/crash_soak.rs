@@ -9,7 +9,6 @@
 //! (tests/common/child.rs). The variant with history on, where after every kill each
 //! listed version must be restorable, is tests/crash_soak_history.rs.
 
-mod common;
 use common::child::{self, setting, Proc};
 use common::*;
 

@@ -15,7 +15,6 @@
 //! Figures in docs/RELIABILITY.md. Children are this test binary re-executed
 //! (tests/common/child.rs).
 
-mod common;
 use common::child::{self, setting, Proc};
 use common::counter::counter;
 use common::*;

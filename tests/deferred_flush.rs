@@ -5,7 +5,6 @@
 //! killed with deferred commits loses nothing the next open on its cache can upload.
 //! Counting and ordering only: every wait polls with a generous bound.
 
-mod common;
 use common::child::{self, Proc};
 use common::memworld::MemWorld;
 use common::*;

@@ -2,7 +2,6 @@
 //! injection): transfers proportional to the change, plain SQLite remotes,
 //! foreign blobs, crash-safe installs, and a randomized soak.
 
-mod common;
 use common::*;
 
 use common::delta::*;

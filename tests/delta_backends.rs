@@ -2,7 +2,6 @@
 //! proportional to the change, a randomized run checked byte for byte on a cold
 //! cache, foreign blobs, and whole downloads that are plain SQLite files.
 
-mod common;
 use common::*;
 
 use common::delta::*;

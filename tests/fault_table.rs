@@ -4,7 +4,6 @@
 //! time. Then the races and lost replies the soak found, and lease trouble (a parked
 //! lease, a release that fails). The figures are in docs/RELIABILITY.md.
 
-mod common;
 use common::child::setting;
 use common::memworld::*;
 use common::*;

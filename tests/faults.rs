@@ -1,7 +1,6 @@
 //! The state machine driven through an in-memory backend that injects faults:
 //! retries, terminal failures, lease trouble, and uploads whose reply was lost.
 
-mod common;
 use common::*;
 
 use std::collections::BTreeSet;

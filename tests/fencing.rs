@@ -7,7 +7,6 @@
 //! docs/RELIABILITY.md. Children are this test binary re-executed
 //! (tests/common/child.rs).
 
-mod common;
 use common::child::{self, Proc};
 use common::*;
 

@@ -2,7 +2,6 @@
 //! promised code or state directly. docs/GUARANTEES.md maps every README sentence to
 //! its test.
 
-mod common;
 use common::child::{self, Proc};
 use common::memworld::MemWorld;
 use common::*;

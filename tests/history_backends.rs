@@ -4,8 +4,6 @@
 //! stays right when another process takes or deletes snapshots; and on the local
 //! backend, kills during snapshots and prunes leave every listed version restorable.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
 use common::child::{self, Proc};

@@ -2,8 +2,6 @@
 //! opens that version read-only, from its own file beside the cache, while the
 //! cache itself goes on as before. On the local backend and Azurite.
 
-mod common;
-
 use std::time::Duration;
 
 use common::{backend_tests, World};

@@ -4,8 +4,6 @@
 //! by count drops the oldest; a failed snapshot does not fail the commit. On the
 //! memory, local and Azurite backends.
 
-mod common;
-
 use common::memworld::MemWorld;
 use common::{backend_tests, status, World};
 use managedblob::backend::{Backend, VersionInfo};

@@ -19,7 +19,6 @@
 //! skipped otherwise) or set RLIMIT_FSIZE in the child with SIGXFSZ ignored.
 //! The mechanism used is printed with the table (`--nocapture`).
 
-mod common;
 use common::*;
 
 #[path = "hostile/setups.rs"]

@@ -3,8 +3,6 @@
 //! request is forwarded, replies dropped after the server applied the request).
 #![cfg(feature = "azure")]
 
-mod common;
-
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

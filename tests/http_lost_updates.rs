@@ -13,7 +13,6 @@
 //! default.
 #![cfg(feature = "azure")]
 
-mod common;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,7 +2,6 @@
 //! connection's close (which drops the store's mutex while it flushes) against a
 //! connection that attaches in that window and starts a write or a batch.
 
-mod common;
 use common::*;
 
 use std::time::Duration;

@@ -5,7 +5,6 @@
 //! (The local backend's leases name their owner; tests/crash_kills.rs covers it.)
 #![cfg(feature = "azure")]
 
-mod common;
 use common::*;
 
 use std::collections::BTreeSet;

@@ -2,7 +2,6 @@
 //! `last_error`: who holds it and until when, as far as the backend knows (the local
 //! backend: pid, host and time left; Azure: the lease's state and duration).
 
-mod common;
 use common::*;
 
 fn a_refused_write_names_the_lease_holder(w: &World) {

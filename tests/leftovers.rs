@@ -3,7 +3,6 @@
 //! and download side files beside the cache (nobody has them open; their pid is
 //! gone), at open and, for the remote, after every commit.
 
-mod common;
 use common::*;
 
 use std::path::{Path, PathBuf};

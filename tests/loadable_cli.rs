@@ -16,17 +16,14 @@
 //! in the `remote` URI parameter; skipped when Azurite is not installed, unless CI is
 //! set.
 
-mod common;
-mod support;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{extension, missing, spawn_piped};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
-use support::{extension, missing, spawn_piped};
 
 const SQLITE3: &str = "/usr/bin/sqlite3";
 const PYTHON3: &str = "/usr/bin/python3";

@@ -8,18 +8,9 @@
 //! unless `CI` is set: then it fails.
 #![cfg(feature = "azure")]
 
-#[allow(dead_code)]
-#[path = "common/azurite.rs"]
-mod azurite;
-#[path = "support/leaks.rs"]
-mod leaks;
-mod support;
-#[path = "common/uri.rs"]
-mod uri;
-
 use std::path::{Path, PathBuf};
 
-use support::{command_in, extension, missing, run, Output};
+use common::{azurite, command_in, extension, leaks, missing, run, Output};
 
 const SQLITE3: &str = "/usr/bin/sqlite3";
 
@@ -39,7 +30,7 @@ fn shell(dir: &Path, ext: &Path, remote: &str, env: &[(&str, &str)]) -> Output {
         .arg("-cmd")
         .arg(format!(
             ".open 'file:corpus.db?vfs=managedblob&remote={}'",
-            uri::uri_escape(remote)
+            common::uri_escape(remote)
         ))
         .arg(":memory:");
     run(cmd, WRITE)

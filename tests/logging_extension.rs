@@ -6,20 +6,18 @@
 //! Skipped (printing why) when the extension or /usr/bin/sqlite3 is missing, unless
 //! `CI` is set: then it fails.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
-use support::{command_in, extension, missing, run, Output, Place};
+use common::{command_in, extension, missing, run, Output, World};
 
 const SQLITE3: &str = "/usr/bin/sqlite3";
 
 /// A line the debug filter lets through on every commit: the local backend's upload.
 const DEBUG_LINE: &str = " DEBUG managedblob::backend::local";
 
-/// A temp dir with a remote directory ([`Place`]) and the extension, for shell runs.
+/// A temp dir with a remote directory ([`World`]) and the extension, for shell runs.
 struct Shell {
-    place: Place,
+    world: World,
     extension: PathBuf,
 }
 
@@ -30,19 +28,19 @@ impl Shell {
             return missing(&format!("{SQLITE3} is not installed"));
         }
         Some(Shell {
-            place: Place::new(),
+            world: World::with_remote_dir(),
             extension,
         })
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.place.path(name)
+        self.world.path(name)
     }
 
     /// `sqlite3` with `.load` and `.open` of the managed database, running `sql`, with
     /// the extra environment `env`.
     fn loaded(&self, env: &[(&str, &Path)], sql: &str) -> Output {
-        let mut cmd = command_in(self.place.dir.path(), SQLITE3);
+        let mut cmd = command_in(self.world.dir.path(), SQLITE3);
         cmd.arg("-cmd")
             .arg(format!(".load {}", self.extension.display()))
             .arg("-cmd")
@@ -54,10 +52,10 @@ impl Shell {
 
     /// `sqlite3 'file:corpus.db?vfs=managedblob'` with the library preloaded.
     fn preloaded(&self, env: &[(&str, &Path)], sql: &str) -> Output {
-        let mut cmd = command_in(self.place.dir.path(), SQLITE3);
+        let mut cmd = command_in(self.world.dir.path(), SQLITE3);
         cmd.arg("file:corpus.db?vfs=managedblob")
             .env("LD_PRELOAD", &self.extension)
-            .env("MANAGEDBLOB_REMOTE", self.place.remote())
+            .env("MANAGEDBLOB_REMOTE", self.world.remote())
             .envs(env.iter().copied());
         run(cmd, sql)
     }

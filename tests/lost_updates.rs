@@ -8,7 +8,6 @@
 //! `MANAGEDBLOB_SOAK_INCREMENTS` sets the increments per process of the soak-style
 //! runs. Children are this test binary re-executed (tests/common/child.rs).
 
-mod common;
 use common::child::setting;
 use common::counter::*;
 use common::*;

@@ -5,7 +5,6 @@
 //! a gate on the memory backend, opened by the test: outcomes and orderings, never
 //! timings.
 
-mod common;
 use common::memworld::{MemWorld, SYNC_MODES};
 use common::*;
 

@@ -6,11 +6,9 @@
 //! Skipped (printing why) when the extension or /usr/bin/sqlite3 is missing, unless
 //! `CI` is set: then it fails. Never calls `managedblob::register()`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
-use support::{command_in, extension, missing, plain_rows, run, Output};
+use common::{command_in, extension, missing, plain_rows, run, Output};
 
 const SQLITE3: &str = "/usr/bin/sqlite3";
 

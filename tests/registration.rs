@@ -1,6 +1,5 @@
 //! `register()` and `register_with(Options)`.
 
-mod common;
 use common::*;
 
 /// A second `register()` succeeds and changes nothing: connections opened before it

@@ -1,7 +1,6 @@
 //! Regression tests for bugs found in review: each test failed before its fix and
 //! is named after what it protects.
 
-mod common;
 use common::memworld::MemWorld;
 use common::*;
 

@@ -11,7 +11,6 @@
 //! is 1 Put Block and 1 Put Block List: 2 rounds and 2 HTTP requests per commit.
 #![cfg(feature = "azure")]
 
-mod common;
 use common::*;
 
 use std::sync::{Arc, Mutex};

@@ -12,7 +12,6 @@
 //! wrong-key rows of tests/hostile.rs (errors). Bearer tokens (Entra ID) are not
 //! covered: Azurite does not issue them.
 
-mod common;
 use common::child::{self, Proc};
 use common::*;
 

@@ -2,7 +2,6 @@
 //! For the local backend a call is the request; the Azure counts (at the HTTP level)
 //! are checked through a proxy in tests/http_faults.rs.
 
-mod common;
 use common::*;
 
 #[test]

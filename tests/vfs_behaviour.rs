@@ -4,7 +4,6 @@
 //! skipped when Azurite is not installed, unless CI is set); see `backend_tests!` at the
 //! end and tests/common/mod.rs.
 
-mod common;
 use common::*;
 
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! force comes back (as SQLite does when a mode cannot be set), and an info log says
 //! why.
 
-mod support;
-
-use support::{with_log, Place};
+use common::{with_log, World};
 
 fn journal_mode(c: &rusqlite::Connection, sql: &str) -> String {
     c.query_row(sql, [], |r| r.get(0))
@@ -13,8 +11,8 @@ fn journal_mode(c: &rusqlite::Connection, sql: &str) -> String {
 
 #[test]
 fn wal_and_off_answer_the_mode_in_force_and_log_why() {
-    let place = Place::new();
-    let c = place.open("h1", "a.db");
+    let world = World::with_remote_dir();
+    let c = world.open("h1", "a.db");
     let (mode, log) = with_log(|| journal_mode(&c, "PRAGMA journal_mode=WAL"));
     assert_eq!(mode, "delete");
     assert!(log.contains("INFO"), "{log}");
@@ -32,8 +30,8 @@ fn wal_and_off_answer_the_mode_in_force_and_log_why() {
 
 #[test]
 fn the_mode_in_force_is_the_one_set_before() {
-    let place = Place::new();
-    let c = place.open("h1", "a.db");
+    let world = World::with_remote_dir();
+    let c = world.open("h1", "a.db");
     assert_eq!(journal_mode(&c, "PRAGMA journal_mode=TRUNCATE"), "truncate");
     for asked in ["WAL", "'wal'", "w", "OFF", "o", "main.journal_mode=wal"] {
         let sql = if asked.contains('.') {
@@ -54,26 +52,26 @@ fn the_mode_in_force_is_the_one_set_before() {
 
 #[test]
 fn after_asking_for_wal_commits_still_reach_the_remote() {
-    let place = Place::new();
-    let a = place.open("h1", "a.db");
+    let world = World::with_remote_dir();
+    let a = world.open("h1", "a.db");
     assert_eq!(journal_mode(&a, "PRAGMA journal_mode=WAL"), "delete");
     a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);")
         .unwrap();
-    assert!(!place.path("h1/a.db-wal").exists(), "no WAL file");
-    let b = place.open("h2", "a.db");
+    assert!(!world.path("h1/a.db-wal").exists(), "no WAL file");
+    let b = world.open("h2", "a.db");
     let n: i64 = b
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 2);
     // The remote blob is a rollback-journal database (file format bytes 18 and 19 are 1).
-    let blob = std::fs::read(place.remote().join("a.db")).unwrap();
+    let blob = std::fs::read(world.remote().join("a.db")).unwrap();
     assert_eq!(&blob[18..20], &[1, 1]);
 }
 
 #[test]
 fn other_modes_still_change() {
-    let place = Place::new();
-    let c = place.open("h1", "a.db");
+    let world = World::with_remote_dir();
+    let c = world.open("h1", "a.db");
     for mode in ["persist", "memory", "truncate", "delete"] {
         assert_eq!(
             journal_mode(&c, &format!("PRAGMA journal_mode={mode}")),

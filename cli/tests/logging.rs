@@ -3,12 +3,11 @@
 //! for a bad setting, and no SAS signature or account key at trace level on Azurite.
 
 mod common;
-#[path = "../../tests/support/leaks.rs"]
-mod leaks;
 
 use std::process::Output;
 
 use common::{azurite, cli, Remote};
+use harness::leaks;
 
 /// A line the debug filter lets through for `status` on a local remote.
 const DEBUG_LINE: &str = " DEBUG managedblob::backend::local";

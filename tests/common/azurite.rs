@@ -41,8 +41,7 @@ impl Drop for Azurite {
 pub fn bin() -> PathBuf {
     match std::env::var_os("AZURITE_BLOB") {
         Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/azurite/node_modules/.bin/azurite-blob"),
+        None => crate::repo_root().join("target/azurite/node_modules/.bin/azurite-blob"),
     }
 }
 

@@ -1,9 +1,9 @@
-//! Helpers for the end-to-end tests: the built `managedblob` binary, managed
-//! databases written through the VFS, and Azurite (the root crate's helper).
+//! Helpers for the end-to-end tests: the built `managedblob` binary and managed
+//! databases written through the VFS, on top of the test harness the root crate's
+//! tests share (tests/common/: Azurite, here as `common::azurite`).
 #![allow(dead_code)]
 
-#[path = "../../../tests/common/azurite.rs"]
-pub mod azurite;
+pub use harness::azurite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -181,15 +181,16 @@ pub mod store {
     }
 }
 
-/// Every conformance check, as tests `<store>::<check>` for each store named.
-#[allow(unused_macros)]
+/// Every conformance check, as tests `<store>::<check>` for each store named
+/// (`common::conformance::suite!(memory)`).
+#[macro_export]
 macro_rules! suite {
     ($($store:ident),+ $(,)?) => {
         mod conformance {
-            use $crate::common::conformance::backend::*;
-            use $crate::common::conformance::blocks::*;
+            use $crate::conformance::backend::*;
+            use $crate::conformance::blocks::*;
 
-            $crate::common::backend_tests!(store: [$($store),+] => [
+            $crate::backend_tests!(store: [$($store),+] => [
                 check_missing_blob,
                 check_create_then_create_again,
                 check_stale_match_fails_and_changes_nothing,
@@ -210,5 +211,4 @@ macro_rules! suite {
         }
     };
 }
-#[allow(unused_imports)]
-pub(crate) use suite;
+pub use crate::suite;

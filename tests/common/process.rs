@@ -1,55 +1,12 @@
-//! Helpers for the FFI-facing tests (journal mode, VACUUM INTO, LD_PRELOAD): log
-//! capture and a managed world of caches and one remote directory.
-#![allow(dead_code)]
+//! Helpers for the FFI-facing tests (journal mode, VACUUM INTO, LD_PRELOAD, the
+//! loadable extension in a shell): log capture, plain reads of a database file, the
+//! built extension, and child processes with a clean environment.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
-
-/// Caches and one remote directory in a temp dir.
-pub struct Place {
-    pub dir: tempfile::TempDir,
-}
-
-impl Place {
-    pub fn new() -> Place {
-        managedblob::register().expect("register");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("remote")).unwrap();
-        Place { dir }
-    }
-
-    pub fn remote(&self) -> PathBuf {
-        self.dir.path().join("remote")
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The URI of database `db` in cache directory `host` on this remote.
-    pub fn uri(&self, host: &str, db: &str) -> String {
-        let cache = self.dir.path().join(host);
-        std::fs::create_dir_all(&cache).unwrap();
-        format!(
-            "file:{}?vfs=managedblob&remote={}",
-            cache.join(db).display(),
-            self.remote().display()
-        )
-    }
-
-    /// Open database `db` managed, with cache directory `host`.
-    pub fn open(&self, host: &str, db: &str) -> Connection {
-        let uri = self.uri(host, db);
-        Connection::open_with_flags(&uri, flags()).unwrap_or_else(|e| panic!("open {uri}: {e}"))
-    }
-}
-
-pub fn flags() -> OpenFlags {
-    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI
-}
 
 /// A plain SQLite file's rows of `SELECT x FROM t ORDER BY x`.
 pub fn plain_rows(path: &Path) -> Vec<i64> {
@@ -118,7 +75,7 @@ pub fn extension() -> Option<PathBuf> {
             ))
         };
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadable/target");
+    let root = crate::repo_root().join("loadable/target");
     let built = ["release", "debug"]
         .iter()
         .map(|profile| root.join(profile).join("libmanagedblob.so"))

@@ -1,5 +1,9 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)]
+//! The one test harness, shared by the root crate's tests (as `common`), its benches
+//! and examples, and the `managedblob` CLI's tests: worlds of caches and one remote
+//! ([`World`], on a directory or an Azurite container), Azurite itself, child
+//! processes, fault-injecting proxies, the backend conformance suite, and the helpers
+//! of the tests that drive SQLite from outside (a shell, the loadable extension, log
+//! capture).
 
 #[cfg(feature = "azure")]
 pub mod azurite;
@@ -9,9 +13,12 @@ pub mod counter;
 pub mod delta;
 pub mod handoff;
 pub mod http_proxy;
+pub mod leaks;
 pub mod memworld;
+mod process;
 mod uri;
 pub mod wait;
+pub use process::{command_in, extension, missing, plain_rows, run, spawn_piped, with_log, Output};
 pub use uri::uri_escape;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +32,7 @@ use serde_json::Value;
 pub struct World {
     pub dir: tempfile::TempDir,
     remote: Remote,
+    #[cfg_attr(not(feature = "azure"), allow(dead_code))]
     copies: AtomicUsize,
 }
 
@@ -42,6 +50,12 @@ struct Azure {
     url: String,
     /// The same container for the test's own look (downloads, foreign writes).
     backend: managedblob::backend::azure::AzureBackend,
+}
+
+/// The repository's root (the harness lives in tests/common/): where `target/` and
+/// `loadable/` are.
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// Log through the test harness when RUST_LOG is set.
@@ -78,6 +92,26 @@ impl World {
         c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
             .unwrap();
         c
+    }
+
+    /// A local world whose remote directory (`remote`) exists from the start, and
+    /// which installs no log subscriber: for the tests that drive SQLite from outside
+    /// (a shell opens `remote=remote` relative to [`World::path`]`("")`) or capture the
+    /// log themselves.
+    pub fn with_remote_dir() -> World {
+        managedblob::register().expect("register");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("remote")).unwrap();
+        World {
+            dir,
+            remote: Remote::Local,
+            copies: AtomicUsize::new(0),
+        }
+    }
+
+    /// The path of `name` in the world's directory (beside the hosts and the remote).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// [`World::local`], the name the older tests use.
@@ -298,24 +332,24 @@ pub fn uri_with_remote(cache: &Path, remote: &str, extra: &str) -> String {
 ///   feature) `azurite`, the shorthand of `backend_tests!(world: [local, azurite] => [a, b])`.
 /// - `backend_tests!(store: [memory, local] => [check_x, ...])`: raw backends with
 ///   their capabilities ([`conformance::Store`]).
-#[allow(unused_macros)]
+#[macro_export]
 macro_rules! backend_tests {
     ($kind:ident: [$($backend:ident),+ $(,)?] => $names:tt) => {
-        $( $crate::common::backend_tests!(@module $kind $backend $names); )+
+        $( $crate::backend_tests!(@module $kind $backend $names); )+
     };
     (@module $kind:ident azurite $names:tt) => {
         #[cfg(feature = "azure")]
-        $crate::common::backend_tests!(@tests $kind azurite $names);
+        $crate::backend_tests!(@tests $kind azurite $names);
     };
     (@module $kind:ident $backend:ident $names:tt) => {
-        $crate::common::backend_tests!(@tests $kind $backend $names);
+        $crate::backend_tests!(@tests $kind $backend $names);
     };
     (@tests $kind:ident $backend:ident [$($name:ident),* $(,)?]) => {
         mod $backend {
             $(
                 #[test]
                 fn $name() {
-                    let Some(fixture) = $crate::common::fixture::$kind::$backend() else {
+                    let Some(fixture) = $crate::fixture::$kind::$backend() else {
                         return;
                     };
                     super::$name(&fixture);
@@ -324,11 +358,9 @@ macro_rules! backend_tests {
         }
     };
     ($($name:ident),* $(,)?) => {
-        $crate::common::backend_tests!(world: [local, azurite] => [$($name),*]);
+        $crate::backend_tests!(world: [local, azurite] => [$($name),*]);
     };
 }
-#[allow(unused_imports)]
-pub(crate) use backend_tests;
 
 /// The fixtures [`backend_tests!`] hands to a check, by kind and backend.
 pub mod fixture {
