@@ -2,7 +2,7 @@
 //! configuration errors and crash recovery. Every test runs on the local backend
 //! (`local::*`) and, with the `azure` feature, on an Azurite container (`azurite::*`,
 //! skipped when Azurite is not installed, unless CI is set); see `backend_tests!` at the
-//! end and tests/common/mod.rs.
+//! end and tests/common/lib.rs.
 
 use common::*;
 
