@@ -1,7 +1,7 @@
 //! Where the remote lives: the `remote` setting parsed ([`RemoteSpec`]), an Azure
-//! container's URL ([`azure_url`]), and the rule every blob name follows. Plain
-//! values at the bottom of the crate: the settings parse them and the backends
-//! connect to them, so neither has to import the other.
+//! container's URL (`azure_url`, with the `azure` feature), and the rule every blob
+//! name follows. Plain values at the bottom of the crate: the settings parse them and
+//! the backends connect to them, so neither has to import the other.
 
 #[cfg(feature = "azure")]
 pub mod azure_url;
