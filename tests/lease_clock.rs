@@ -10,7 +10,6 @@
 //! lease (15 s) and the default linger, holding the upload 18 s. The scenarios of one
 //! backend run side by side, so each backend's test takes about one hold.
 
-mod common;
 use common::memworld::MemWorld;
 use common::*;
 
