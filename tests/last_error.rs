@@ -2,7 +2,6 @@
 //! monitoring that alerts on it must not fire for a failure a later success
 //! resolved. `last_error_at` and `last_ok_at` say when.
 
-mod common;
 use common::memworld::MemWorld;
 use common::*;
 

@@ -9,7 +9,6 @@
 //! `examples/turns.rs`, not timed assertions). `MANAGEDBLOB_TURNS_SECS` (default 8)
 //! sets how long the hosts write.
 
-mod common;
 use common::*;
 
 use std::sync::Arc;
