@@ -4,7 +4,6 @@
 //! directory; and an unopenable cache gives managedblob's message, naming the cache
 //! file and never the `file:` URI (which may carry a SAS).
 
-mod common;
 use common::*;
 
 use std::os::unix::fs::PermissionsExt;
