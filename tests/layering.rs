@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 /// root, src/lib.rs, with the public API it declares). Every module is in exactly one.
 const LAYERS: &[(&str, &[&str])] = &[
     // Facts and vocabulary with no policy: errors, the remote's address, SQLite's file
-    // format, delta's chunk ids, time, file and OS helpers, counters, test hooks.
+    // format, delta's chunk ids, time, file and OS helpers, counters, test hooks, the
+    // redaction every message goes through.
     (
         "foundation",
         &[
@@ -33,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "counters",
             "crash",
             "logging",
+            "redact",
         ],
     ),
     // Settings: URI, then MANAGEDBLOB_*, then Options, then defaults.
