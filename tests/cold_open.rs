@@ -3,10 +3,10 @@
 //! leaves a cache marked in flight, which the next open downloads again whole: it is
 //! never served half written, never uploaded as local commits.
 
-use common::child::{self, Proc};
+use common::child;
 use common::*;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Entry point of every child process; returns at once in a normal test run.
 #[test]
@@ -116,7 +116,9 @@ fn range_start(r: &common::http_proxy::Request) -> Option<u64> {
 #[cfg(feature = "azure")]
 #[test]
 fn a_process_killed_during_the_cold_download_leaves_a_cache_the_next_open_downloads_again() {
+    use common::child::Proc;
     use common::http_proxy::{Fate, HttpProxy};
+    use std::time::Instant;
     let Some(w) = World::azurite() else { return };
     let size = build(&w);
     let etag = remote_etag(&w);
