@@ -13,8 +13,6 @@
 use common::memworld::MemWorld;
 use common::*;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -240,6 +238,8 @@ mod azure_rig {
     use super::*;
     use common::azurite::{self, random_container, Azurite, DEV_ACCOUNT};
     use common::http_proxy::{Fate, HttpProxy};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     /// A container on Azurite reached through a proxy that can hold requests.
     pub struct AzureRig {
