@@ -37,7 +37,9 @@ pub(crate) mod flusher;
 mod guard;
 mod history;
 mod hold;
+mod last_error;
 mod lease;
+mod lease_slot;
 mod manifest;
 mod publish;
 mod recovery;
@@ -45,6 +47,7 @@ mod refresh;
 mod registry;
 mod stage;
 pub(crate) mod state;
+mod turn;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -19,17 +19,17 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use parking_lot::Mutex;
-
-use super::clock::HeldLease;
 use super::manifest::Fetched;
-use crate::backend::{Etag, LeaseId};
+use crate::backend::Etag;
 use crate::delta::Manifest;
 use crate::error::{Error, Result};
 use crate::sidecar::Sidecar;
+
+pub(crate) use super::last_error::{Activity, LastError};
+pub(crate) use super::lease_slot::{LeaseSlot, Release};
+pub(crate) use super::turn::WarmTurn;
 
 /// What this process is writing to the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,142 +305,6 @@ fn illegal(what: &str, state: WriteState) -> Error {
     Error::Misuse(format!("internal: cannot {what} in write state {state:?}"))
 }
 
-/// What this process holds of the remote lease.
-#[derive(Debug, Default)]
-pub(crate) enum LeaseSlot {
-    /// No lease.
-    #[default]
-    None,
-    /// Held and renewed in the background, for a write transaction or a batch.
-    Live(HeldLease),
-    /// Held and renewed after a write transaction ended (`lease_linger_ms`), so that
-    /// the next one needs neither an acquire nor a freshness check: nobody else can
-    /// publish meanwhile. Released in the background once idle at `until`, at close,
-    /// or when a check must look at the remote.
-    Warm { held: HeldLease, until: Instant },
-    /// Held but not renewed, because its release failed: it lapses by itself within
-    /// `lease_secs` unless this process's next writer renews it. Never forgotten, or
-    /// every writer, this process included, would wait for it to lapse.
-    Parked(LeaseId),
-    /// A renewal found it gone (expired, broken, taken): the next upload would be
-    /// refused by the backend anyway, so this is never a blind overwrite.
-    Lost,
-    /// An idle warm lease being given back by the store's clock, with the store's
-    /// mutex released over the network: no write may take it again meanwhile (they
-    /// answer SQLITE_BUSY). Settles into `None`, or `Parked` when the release
-    /// failed, at the next [`LeaseSlot::observe`].
-    Releasing(Arc<Release>),
-}
-
-/// A release in flight, and its outcome once known.
-#[derive(Debug)]
-pub(crate) struct Release {
-    pub id: LeaseId,
-    /// `Some(true)`: released (or already gone); `Some(false)`: the release failed
-    /// and the lease may still be ours.
-    outcome: Mutex<Option<bool>>,
-}
-
-impl Release {
-    pub fn new(id: LeaseId) -> Arc<Release> {
-        Arc::new(Release {
-            id,
-            outcome: Mutex::new(None),
-        })
-    }
-
-    /// The release's answer came.
-    pub fn settle(&self, released: bool) {
-        *self.outcome.lock() = Some(released);
-    }
-}
-
-impl LeaseSlot {
-    /// Turn a lease whose renewal found it gone into [`LeaseSlot::Lost`] (a live one:
-    /// its write must fail) or [`LeaseSlot::None`] (a warm one: no write used it).
-    /// A release that has come back settles: `None`, or `Parked` when it failed.
-    pub fn observe(&mut self) -> &mut Self {
-        match self {
-            LeaseSlot::Live(l) if l.is_lost() => *self = LeaseSlot::Lost,
-            LeaseSlot::Warm { held, .. } if held.is_lost() => *self = LeaseSlot::None,
-            LeaseSlot::Releasing(r) => {
-                let outcome = *r.outcome.lock();
-                match outcome {
-                    Some(true) => *self = LeaseSlot::None,
-                    Some(false) => *self = LeaseSlot::Parked(r.id.clone()),
-                    None => {}
-                }
-            }
-            _ => {}
-        }
-        self
-    }
-
-    /// This process holds a lease a batch can join (not one being given back).
-    pub fn is_held(&self) -> bool {
-        !matches!(self, LeaseSlot::None | LeaseSlot::Releasing(_))
-    }
-
-    /// The id to fence uploads with, while the lease is held and renewed.
-    pub fn live_id(&self) -> Option<&LeaseId> {
-        match self {
-            LeaseSlot::Live(l) | LeaseSlot::Warm { held: l, .. } => Some(&l.id),
-            _ => None,
-        }
-    }
-
-    /// Held and renewed (or held and lost, which only an upload will tell for sure):
-    /// this process is the writer, nobody else can move the remote.
-    pub fn is_writing_here(&self) -> bool {
-        matches!(
-            self,
-            LeaseSlot::Live(_) | LeaseSlot::Warm { .. } | LeaseSlot::Lost
-        )
-    }
-
-    pub fn is_none(&self) -> bool {
-        matches!(self, LeaseSlot::None)
-    }
-
-    pub fn is_live(&self) -> bool {
-        matches!(self, LeaseSlot::Live(l) | LeaseSlot::Warm { held: l, .. } if !l.is_lost())
-    }
-
-    pub fn is_warm(&self) -> bool {
-        matches!(self, LeaseSlot::Warm { .. })
-    }
-
-    /// A write takes the lingering lease back: `Warm` becomes `Live`.
-    pub fn wake(&mut self) {
-        if let LeaseSlot::Warm { .. } = self {
-            if let LeaseSlot::Warm { held, .. } = std::mem::take(self) {
-                *self = LeaseSlot::Live(held);
-            }
-        }
-    }
-
-    /// Keep a live lease warm until `until`, when `arm` (the store's clock, asked
-    /// to look at it then) agrees; `false` (nothing changed) when the slot is not a
-    /// live lease or nobody would look.
-    pub fn linger(&mut self, until: Instant, arm: impl FnOnce(Instant) -> bool) -> bool {
-        let armed = match self {
-            LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => !held.is_lost() && arm(until),
-            _ => false,
-        };
-        if armed {
-            if let LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } = std::mem::take(self) {
-                *self = LeaseSlot::Warm { held, until };
-            }
-        }
-        armed
-    }
-
-    /// A warm lease whose linger is over at `now` (a later write moves `until`).
-    pub fn idle_at(&self, now: Instant) -> bool {
-        matches!(self, LeaseSlot::Warm { until, .. } if now >= *until)
-    }
-}
-
 /// Everything the store's mutex protects.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -514,166 +378,6 @@ impl State {
             local_commits: 0,
             announced_at: None,
         }
-    }
-}
-
-/// What an error in `last_error` came from: a later success of the same kind
-/// resolves it, so monitoring that alerts on `last_error` does not fire for ever.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Activity {
-    /// Freshness checks and downloads: resolved by a check that reaches the remote.
-    Read,
-    /// Taking the lease: resolved by a lease taken (or a version published).
-    Lease,
-    /// Commits, flushes, batch ends, background uploads: resolved by a version
-    /// published, which also resolves `Read` and `Lease` (the remote answered, the
-    /// lease was ours).
-    Write,
-    /// A report no success resolves (a conflict copy kept, the outcome of a commit
-    /// whose reply was lost, a version not kept in history, a commit whose local half
-    /// failed): kept until the next error.
-    Report,
-}
-
-/// An error kept for the status report.
-#[derive(Clone, Debug)]
-pub(crate) struct LastError {
-    pub activity: Activity,
-    pub message: String,
-    pub at: crate::utc::Utc,
-}
-
-impl State {
-    /// Keep `message` as the last error, of `activity`.
-    pub fn note(&mut self, activity: Activity, message: String) {
-        self.last_error = Some(LastError {
-            activity,
-            message,
-            at: crate::utc::Utc::now(),
-        });
-    }
-
-    /// An operation of `activity` succeeded: an error it resolves goes.
-    pub fn succeeded(&mut self, activity: Activity) {
-        self.last_ok_at = Some(crate::utc::Utc::now());
-        let resolved = self.last_error.as_ref().is_some_and(|e| {
-            matches!(
-                (activity, e.activity),
-                (Activity::Read, Activity::Read)
-                    | (Activity::Lease, Activity::Lease)
-                    | (
-                        Activity::Write,
-                        Activity::Read | Activity::Lease | Activity::Write
-                    )
-            )
-        });
-        if resolved {
-            self.last_error = None;
-        }
-    }
-}
-
-/// Fairness of the warm lease: a process that commits more often than once per
-/// linger would keep the lease forever and starve other hosts' writers (they only
-/// poll, through their busy handlers). After [`WarmTurn::LIMIT`] lingers of keeping
-/// it without a break, the next commit gives it back and this process's next write
-/// waits out a short pause before taking it again (a delay, not SQLITE_BUSY), so a
-/// writer waiting elsewhere gets its turn.
-#[derive(Debug, Default)]
-pub(crate) struct WarmTurn {
-    /// When the lease was first kept warm since it was last given back.
-    since: Option<Instant>,
-    /// Until when this process's next write waits before taking the lease.
-    yield_until: Option<Instant>,
-}
-
-impl WarmTurn {
-    /// The longest run of warm keeps, in lingers (10 s at the default linger).
-    pub const LIMIT: u32 = 10;
-    /// The pause after a turn: at most this, and at most one linger. Other writers'
-    /// busy handlers retry every 100 ms at most, so they see the lease free.
-    pub const MAX_PAUSE: Duration = Duration::from_millis(250);
-
-    /// May the lease be kept warm after a commit at `now`? `false` ends the turn.
-    pub fn may_keep(&mut self, now: Instant, linger: Duration) -> bool {
-        let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) >= linger * Self::LIMIT {
-            self.since = None;
-            self.yield_until = Some(now + linger.min(Self::MAX_PAUSE));
-            return false;
-        }
-        true
-    }
-
-    /// Another host's writer waits (its mark changed): this commit gives the lease
-    /// back and the next write of this process pauses, as at the end of a turn.
-    pub fn yield_to_waiter(&mut self, now: Instant, linger: Duration) {
-        self.since = None;
-        self.yield_until = Some(now + linger.min(Self::MAX_PAUSE));
-    }
-
-    /// When the current turn started (the first warm keep since the last release).
-    pub fn started(&self) -> Option<Instant> {
-        self.since
-    }
-
-    /// The lease was given back: the next warm keep starts a new turn.
-    pub fn released(&mut self) {
-        self.since = None;
-    }
-
-    /// How long a write starting at `now` waits before taking the lease.
-    pub fn pause_left(&self, now: Instant) -> Option<Duration> {
-        self.yield_until
-            .filter(|t| *t > now)
-            .map(|t| t.duration_since(now))
-    }
-}
-
-#[cfg(test)]
-mod turn_tests {
-    use super::*;
-
-    #[test]
-    fn a_long_warm_turn_ends_with_a_pause() {
-        let linger = Duration::from_millis(100);
-        let t0 = Instant::now();
-        let mut turn = WarmTurn::default();
-        assert!(turn.may_keep(t0, linger));
-        assert_eq!(turn.pause_left(t0), None);
-        assert!(turn.may_keep(t0 + linger * 9, linger));
-        // The limit: this commit gives the lease back, the next write pauses.
-        let end = t0 + linger * 10;
-        assert!(!turn.may_keep(end, linger));
-        turn.released();
-        assert_eq!(turn.pause_left(end), Some(linger));
-        assert_eq!(turn.pause_left(end + linger / 2), Some(linger / 2));
-        assert_eq!(turn.pause_left(end + linger), None);
-        // Then a new turn.
-        assert!(turn.may_keep(end + linger, linger));
-        assert!(turn.may_keep(end + linger * 10, linger));
-        assert!(!turn.may_keep(end + linger * 11, linger));
-    }
-
-    #[test]
-    fn the_pause_is_short_for_a_long_linger() {
-        let linger = Duration::from_secs(5);
-        let t0 = Instant::now();
-        let mut turn = WarmTurn::default();
-        assert!(turn.may_keep(t0, linger));
-        assert!(!turn.may_keep(t0 + linger * 10, linger));
-        assert_eq!(turn.pause_left(t0 + linger * 10), Some(WarmTurn::MAX_PAUSE));
-    }
-
-    #[test]
-    fn a_release_starts_a_new_turn() {
-        let linger = Duration::from_millis(100);
-        let t0 = Instant::now();
-        let mut turn = WarmTurn::default();
-        assert!(turn.may_keep(t0, linger));
-        turn.released();
-        assert!(turn.may_keep(t0 + linger * 15, linger));
-        assert!(turn.may_keep(t0 + linger * 24, linger));
     }
 }
 
@@ -769,43 +473,5 @@ mod tests {
         assert!(w.creates_blob());
         w.blob_exists();
         assert!(!w.creates_blob());
-    }
-}
-
-#[cfg(test)]
-mod last_error_tests {
-    use super::*;
-
-    #[test]
-    fn a_success_resolves_errors_of_its_kind_and_never_a_report() {
-        let mut st = State::new(Sidecar::new("local:/r".into(), "b".into()));
-        st.note(Activity::Read, "connection refused".into());
-        st.succeeded(Activity::Lease);
-        assert!(
-            st.last_error.is_some(),
-            "a lease taken says nothing of reads"
-        );
-        st.succeeded(Activity::Read);
-        assert!(st.last_error.is_none());
-        assert!(st.last_ok_at.is_some());
-        st.note(Activity::Lease, "held by another writer".into());
-        st.succeeded(Activity::Write);
-        assert!(st.last_error.is_none(), "a publish resolves a lease error");
-        st.note(Activity::Write, "upload failed".into());
-        st.succeeded(Activity::Read);
-        assert!(
-            st.last_error.is_some(),
-            "a read does not resolve a failed upload"
-        );
-        st.succeeded(Activity::Write);
-        assert!(st.last_error.is_none());
-        st.note(Activity::Report, "conflict copy kept".into());
-        for a in [Activity::Read, Activity::Lease, Activity::Write] {
-            st.succeeded(a);
-        }
-        assert!(
-            st.last_error.is_some(),
-            "a report stays until the next error"
-        );
     }
 }

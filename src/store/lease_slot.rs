@@ -1,0 +1,146 @@
+//! What this process holds of the remote lease ([`LeaseSlot`]), and an idle
+//! release in flight ([`Release`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::clock::HeldLease;
+use crate::backend::LeaseId;
+
+/// What this process holds of the remote lease.
+#[derive(Debug, Default)]
+pub(crate) enum LeaseSlot {
+    /// No lease.
+    #[default]
+    None,
+    /// Held and renewed in the background, for a write transaction or a batch.
+    Live(HeldLease),
+    /// Held and renewed after a write transaction ended (`lease_linger_ms`), so that
+    /// the next one needs neither an acquire nor a freshness check: nobody else can
+    /// publish meanwhile. Released in the background once idle at `until`, at close,
+    /// or when a check must look at the remote.
+    Warm { held: HeldLease, until: Instant },
+    /// Held but not renewed, because its release failed: it lapses by itself within
+    /// `lease_secs` unless this process's next writer renews it. Never forgotten, or
+    /// every writer, this process included, would wait for it to lapse.
+    Parked(LeaseId),
+    /// A renewal found it gone (expired, broken, taken): the next upload would be
+    /// refused by the backend anyway, so this is never a blind overwrite.
+    Lost,
+    /// An idle warm lease being given back by the store's clock, with the store's
+    /// mutex released over the network: no write may take it again meanwhile (they
+    /// answer SQLITE_BUSY). Settles into `None`, or `Parked` when the release
+    /// failed, at the next [`LeaseSlot::observe`].
+    Releasing(Arc<Release>),
+}
+
+/// A release in flight, and its outcome once known.
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub id: LeaseId,
+    /// `Some(true)`: released (or already gone); `Some(false)`: the release failed
+    /// and the lease may still be ours.
+    outcome: Mutex<Option<bool>>,
+}
+
+impl Release {
+    pub fn new(id: LeaseId) -> Arc<Release> {
+        Arc::new(Release {
+            id,
+            outcome: Mutex::new(None),
+        })
+    }
+
+    /// The release's answer came.
+    pub fn settle(&self, released: bool) {
+        *self.outcome.lock() = Some(released);
+    }
+}
+
+impl LeaseSlot {
+    /// Turn a lease whose renewal found it gone into [`LeaseSlot::Lost`] (a live one:
+    /// its write must fail) or [`LeaseSlot::None`] (a warm one: no write used it).
+    /// A release that has come back settles: `None`, or `Parked` when it failed.
+    pub fn observe(&mut self) -> &mut Self {
+        match self {
+            LeaseSlot::Live(l) if l.is_lost() => *self = LeaseSlot::Lost,
+            LeaseSlot::Warm { held, .. } if held.is_lost() => *self = LeaseSlot::None,
+            LeaseSlot::Releasing(r) => {
+                let outcome = *r.outcome.lock();
+                match outcome {
+                    Some(true) => *self = LeaseSlot::None,
+                    Some(false) => *self = LeaseSlot::Parked(r.id.clone()),
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+        self
+    }
+
+    /// This process holds a lease a batch can join (not one being given back).
+    pub fn is_held(&self) -> bool {
+        !matches!(self, LeaseSlot::None | LeaseSlot::Releasing(_))
+    }
+
+    /// The id to fence uploads with, while the lease is held and renewed.
+    pub fn live_id(&self) -> Option<&LeaseId> {
+        match self {
+            LeaseSlot::Live(l) | LeaseSlot::Warm { held: l, .. } => Some(&l.id),
+            _ => None,
+        }
+    }
+
+    /// Held and renewed (or held and lost, which only an upload will tell for sure):
+    /// this process is the writer, nobody else can move the remote.
+    pub fn is_writing_here(&self) -> bool {
+        matches!(
+            self,
+            LeaseSlot::Live(_) | LeaseSlot::Warm { .. } | LeaseSlot::Lost
+        )
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, LeaseSlot::None)
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self, LeaseSlot::Live(l) | LeaseSlot::Warm { held: l, .. } if !l.is_lost())
+    }
+
+    pub fn is_warm(&self) -> bool {
+        matches!(self, LeaseSlot::Warm { .. })
+    }
+
+    /// A write takes the lingering lease back: `Warm` becomes `Live`.
+    pub fn wake(&mut self) {
+        if let LeaseSlot::Warm { .. } = self {
+            if let LeaseSlot::Warm { held, .. } = std::mem::take(self) {
+                *self = LeaseSlot::Live(held);
+            }
+        }
+    }
+
+    /// Keep a live lease warm until `until`, when `arm` (the store's clock, asked
+    /// to look at it then) agrees; `false` (nothing changed) when the slot is not a
+    /// live lease or nobody would look.
+    pub fn linger(&mut self, until: Instant, arm: impl FnOnce(Instant) -> bool) -> bool {
+        let armed = match self {
+            LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => !held.is_lost() && arm(until),
+            _ => false,
+        };
+        if armed {
+            if let LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } = std::mem::take(self) {
+                *self = LeaseSlot::Warm { held, until };
+            }
+        }
+        armed
+    }
+
+    /// A warm lease whose linger is over at `now` (a later write moves `until`).
+    pub fn idle_at(&self, now: Instant) -> bool {
+        matches!(self, LeaseSlot::Warm { until, .. } if now >= *until)
+    }
+}
