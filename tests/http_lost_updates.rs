@@ -19,9 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use common::azurite::{self, random_container, DEV_ACCOUNT};
+use common::azurite;
 use common::child::{self, Proc};
-use common::http_proxy::{random_faults, HttpProxy, Rates};
+use common::http_proxy::{random_faults, Rates};
 use managedblob::backend::Backend;
 
 const WRITERS: usize = 4;
@@ -94,15 +94,7 @@ fn azurite_four_writers_through_resets_and_lost_replies() {
     let Some(az) = azurite::shared() else { return };
     init_logging();
     managedblob::register().unwrap();
-    let direct = az.backend_for(&random_container(), Default::default());
-    assert!(direct.create_container().unwrap());
-    let container = direct.url().container().to_string();
-    let proxy = HttpProxy::start(([127, 0, 0, 1], az.port).into());
-    let remote = format!(
-        "http://{}/{DEV_ACCOUNT}/{container}?{}",
-        proxy.addr,
-        azurite::account_sas("rwdlac")
-    );
+    let (direct, proxy, remote) = azurite::container_behind_proxy(&az);
     let dir = tempfile::tempdir().unwrap();
     let uri = |host: &str| {
         let cache = dir.path().join(host).join("a.db");

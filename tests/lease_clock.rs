@@ -236,7 +236,7 @@ fn releasing_an_idle_lease_holds_nothing_over_the_network() {
 #[cfg(feature = "azure")]
 mod azure_rig {
     use super::*;
-    use common::azurite::{self, random_container, Azurite, DEV_ACCOUNT};
+    use common::azurite::{self, Azurite};
     use common::http_proxy::{Fate, HttpProxy};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -252,15 +252,7 @@ mod azure_rig {
         pub fn new(az: &Azurite) -> AzureRig {
             init_logging();
             managedblob::register().unwrap();
-            let direct = az.backend_for(&random_container(), Default::default());
-            assert!(direct.create_container().unwrap());
-            let container = direct.url().container().to_string();
-            let proxy = HttpProxy::start(([127, 0, 0, 1], az.port).into());
-            let remote = format!(
-                "http://{}/{DEV_ACCOUNT}/{container}?{}",
-                proxy.addr,
-                azurite::account_sas("rwdlac")
-            );
+            let (_, proxy, remote) = azurite::container_behind_proxy(az);
             AzureRig {
                 proxy: Arc::new(proxy),
                 remote,

@@ -16,7 +16,7 @@ use common::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::azurite::{self, random_container, Azurite, DEV_ACCOUNT};
+use common::azurite::{self, Azurite};
 use common::http_proxy::{Fate, HttpProxy, Request};
 use common::memworld::MemWorld;
 use rusqlite::Connection;
@@ -81,21 +81,13 @@ impl Setup {
         init_logging();
         managedblob::register().expect("register");
         let az = azurite::shared()?;
-        let direct = az.backend_for(&random_container(), Default::default());
-        assert!(direct.create_container().unwrap());
-        let container = direct.url().container().to_string();
-        let proxy = HttpProxy::start(([127, 0, 0, 1], az.port).into());
+        let (_, proxy, remote) = azurite::container_behind_proxy(&az);
         let log: Log = Arc::default();
         let seen = log.clone();
         proxy.set_rule(move |r| {
             seen.lock().unwrap().push(kind(r));
             Fate::Forward
         });
-        let remote = format!(
-            "http://{}/{DEV_ACCOUNT}/{container}?{}",
-            proxy.addr,
-            azurite::account_sas("rwdlac")
-        );
         Some(Setup {
             _az: az,
             proxy,

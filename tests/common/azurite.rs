@@ -187,3 +187,21 @@ pub fn account_sas_expiring(permissions: &str, se: &str) -> String {
     let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
     format!("sv={sv}&ss={ss}&srt={srt}&sp={permissions}&se={se}&spr={spr}&sig={sig}")
 }
+
+/// A fresh container on `az`, reached through a new loopback proxy: the container
+/// for the test's own look (not through the proxy), the proxy, and the `remote`
+/// setting for it (the container's URL through the proxy, with an account SAS).
+pub fn container_behind_proxy(
+    az: &Azurite,
+) -> (AzureBackend, crate::http_proxy::HttpProxy, String) {
+    let direct = az.backend_for(&random_container(), AzureTuning::default());
+    assert!(direct.create_container().unwrap());
+    let container = direct.url().container().to_string();
+    let proxy = crate::http_proxy::HttpProxy::start(([127, 0, 0, 1], az.port).into());
+    let remote = format!(
+        "http://{}/{DEV_ACCOUNT}/{container}?{}",
+        proxy.addr,
+        account_sas("rwdlac")
+    );
+    (direct, proxy, remote)
+}
