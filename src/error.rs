@@ -5,7 +5,7 @@
 
 /// Everything that can go wrong in managedblob. Messages name the setting, file or
 /// blob involved and never contain a secret.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A setting is missing or invalid; the message names it.
@@ -22,13 +22,13 @@ pub enum Error {
     #[error("managedblob: {0}")]
     Local(String),
     /// A local file (the cache, its sidecar, a side file) could not be read or
-    /// written; `kind` keeps the operating system's reason, so a full disk is
-    /// SQLITE_FULL wherever it happens.
-    #[error("managedblob: {what}: {message}")]
+    /// written; `source` is the operating system's error, whose kind makes a full
+    /// disk SQLITE_FULL wherever it happens.
+    #[error("managedblob: {what}: {source}")]
     LocalIo {
         what: String,
-        kind: std::io::ErrorKind,
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The remote blob or the local cache is not a usable SQLite database.
     #[error("managedblob: {0}")]
@@ -120,8 +120,7 @@ impl Error {
     pub(crate) fn local(what: impl std::fmt::Display, err: std::io::Error) -> Self {
         Error::LocalIo {
             what: what.to_string(),
-            kind: err.kind(),
-            message: err.to_string(),
+            source: err,
         }
     }
 
@@ -129,7 +128,7 @@ impl Error {
     /// in the local backend).
     pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
         match self {
-            Error::LocalIo { kind, .. } => Some(*kind),
+            Error::LocalIo { source, .. } => Some(source.kind()),
             Error::Backend(e) => e.io_kind,
             _ => None,
         }
@@ -211,6 +210,27 @@ pub fn sqlite_code(err: &Error, phase: Phase) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_carry_their_source() {
+        use std::error::Error as _;
+        let local = Error::local(
+            "writing cache x",
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no"),
+        );
+        let io = local
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+        assert_eq!(local.to_string(), "managedblob: writing cache x: no");
+        let backend = Error::from(BackendError::new(BackendErrorKind::Transient, "timeout"));
+        assert!(backend
+            .source()
+            .is_some_and(|s| s.downcast_ref::<BackendError>().is_some()));
+    }
 
     #[test]
     fn lease_held_is_busy_so_busy_timeout_applies() {
