@@ -66,6 +66,8 @@ pub type LocalFileReader<'a> = SourceReader<'a, dyn LocalFile + 'a>;
 
 /// A `LocalFile` over a plain file with in-process lock bookkeeping, for tests of the
 /// state machine without SQLite. Locks conflict only through a shared [`fake::FakeLocks`].
+/// Unit tests only.
+#[cfg(test)]
 pub mod fake {
     use super::*;
     use parking_lot::Mutex;

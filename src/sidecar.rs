@@ -196,6 +196,7 @@ pub fn load(path: &Path) -> Result<Option<Sidecar>> {
 
 /// Write the sidecar atomically and durably.
 pub fn store(path: &Path, sidecar: &Sidecar) -> Result<()> {
+    #[cfg(any(test, feature = "testing"))]
     if injected_failure(path) {
         return Err(Error::Local(format!(
             "writing {}: injected fault",
@@ -214,16 +215,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
 }
 
 /// Saves to fail, for tests: `(sidecar path, saves to let through first)`.
+#[cfg(any(test, feature = "testing"))]
 static FAIL_SAVES: parking_lot::Mutex<Vec<(PathBuf, usize)>> = parking_lot::Mutex::new(Vec::new());
 
 /// Fault injection for tests: let the next `skip` saves of the sidecar at `path`
 /// through, then fail the one after (once). Lets a test fail the save a commit makes
 /// at a precise point (the commit point, or SQLITE_FCNTL_COMMIT_PHASETWO).
 #[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub fn fail_one_save_after(path: &Path, skip: usize) {
     FAIL_SAVES.lock().push((path.to_path_buf(), skip));
 }
 
+#[cfg(any(test, feature = "testing"))]
 fn injected_failure(path: &Path) -> bool {
     let mut armed = FAIL_SAVES.lock();
     let Some(i) = armed.iter().position(|(p, _)| p == path) else {
