@@ -40,7 +40,7 @@ struct Shared {
     changed: Condvar,
     /// The worker tried the store's mutex and found it held: the next release of
     /// the mutex ([`Clock::state_released`]) wakes it. An atomic, so that the
-    /// guard's drop pays one load when nobody waits.
+    /// guard's drop pays one load when nobody waits; only the worker writes it.
     wants_state: AtomicBool,
     /// Another host's writer announced it waits for the lease this store keeps warm.
     waiter_seen: AtomicBool,
@@ -58,24 +58,33 @@ struct Timers {
     /// While the lease is kept warm: when to read the waiter mark next.
     waiters: Option<WaiterWatch>,
     /// The mark this process last left as a waiter: the baseline of its next turn.
-    announced: Option<Option<String>>,
-    /// The worker found the store's mutex held and waits for its release.
-    waiting_for_state: bool,
+    announced: Option<Mark>,
     /// The store's mutex was released since the worker last found it held.
     state_freed: bool,
     stop: bool,
 }
 
+/// A waiter mark as read (`None`: no writer ever left one).
+type Mark = Option<String>;
+
+/// What a turn compares the waiter mark with.
+#[derive(Clone, Debug)]
+enum Baseline {
+    /// Not looked at yet: the first look sets it.
+    NotYet,
+    /// The mark at the first look of this turn, or the one this process left itself
+    /// while it waited, so that a writer that waited in an earlier turn, or this
+    /// process's own announcement, is not taken for a writer waiting now.
+    Seen(Mark),
+}
+
 /// Looking for other hosts' writers while this store keeps the lease warm: the
-/// mark as first read in this lease's turn, and when to read it again.
+/// turn's baseline, and when to read the mark again.
 #[derive(Debug)]
 struct WaiterWatch {
     next: Instant,
     every: Duration,
-    /// The mark at the first look of this turn (`Some(None)`: no mark yet), so a
-    /// writer that waited in an earlier turn, or this process's own announcement
-    /// before it got the lease, is not taken for a writer waiting now.
-    baseline: Option<Option<String>>,
+    baseline: Baseline,
 }
 
 /// The lease being renewed.
@@ -116,10 +125,7 @@ impl Drop for HeldLease {
     fn drop(&mut self) {
         if let Some(shared) = self.clock.upgrade() {
             let mut t = shared.timers.lock();
-            if t.renewal
-                .as_ref()
-                .is_some_and(|r| Arc::ptr_eq(&r.lost, &self.lost))
-            {
+            if t.renews(&self.lost) {
                 t.renewal = None;
                 t.release_at = None;
                 t.waiters = None;
@@ -135,15 +141,24 @@ struct Due {
     renew: Option<(LeaseId, Duration, Arc<AtomicBool>)>,
     release: bool,
     flush: bool,
-    /// Read the waiter mark (the turn's baseline, if any, goes along).
-    look_for_waiters: Option<Option<Option<String>>>,
+    /// Read the waiter mark, to compare with this baseline.
+    look_for_waiters: Option<Baseline>,
 }
 
 impl Timers {
-    /// The earliest deadline; a release waiting for the store's mutex counts only
-    /// once the mutex was released.
-    fn next(&self) -> Option<Instant> {
-        let release = self.release_at.filter(|_| self.state_freed_or_unwanted());
+    /// Whether the lease being renewed is the one whose loss `lost` reports.
+    fn renews(&self, lost: &Arc<AtomicBool>) -> bool {
+        self.renewal
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(&r.lost, lost))
+    }
+
+    /// The earliest deadline; a release waiting for the store's mutex
+    /// (`wants_state`) counts only once the mutex was released.
+    fn next(&self, wants_state: bool) -> Option<Instant> {
+        let release = self
+            .release_at
+            .filter(|_| self.state_freed_or_unwanted(wants_state));
         [
             self.renewal.as_ref().map(|r| r.next),
             release,
@@ -155,17 +170,18 @@ impl Timers {
         .min()
     }
 
-    fn state_freed_or_unwanted(&self) -> bool {
-        self.state_freed || !self.waiting_for_state
+    fn state_freed_or_unwanted(&self, wants_state: bool) -> bool {
+        self.state_freed || !wants_state
     }
 
-    fn take_due(&mut self, now: Instant) -> Due {
+    fn take_due(&mut self, now: Instant, wants_state: bool) -> Due {
         let mut due = Due::default();
         if let Some(r) = self.renewal.as_mut().filter(|r| r.next <= now) {
             r.next = now + r.duration / 3;
             due.renew = Some((r.id.clone(), r.duration, r.lost.clone()));
         }
-        if self.release_at.is_some_and(|at| at <= now) && self.state_freed_or_unwanted() {
+        if self.release_at.is_some_and(|at| at <= now) && self.state_freed_or_unwanted(wants_state)
+        {
             self.state_freed = false;
             due.release = true;
         }
@@ -253,10 +269,9 @@ impl Clock {
     pub(super) fn watch_for_waiters(&self, first: Instant, every: Duration) {
         let mut t = self.shared.timers.lock();
         if t.waiters.is_none() && t.renewal.is_some() {
-            let baseline = t.announced.take();
-            let next = match baseline {
-                Some(_) => first.min(Instant::now() + every),
-                None => first,
+            let (baseline, next) = match t.announced.take() {
+                Some(mark) => (Baseline::Seen(mark), first.min(Instant::now() + every)),
+                None => (Baseline::NotYet, first),
             };
             t.waiters = Some(WaiterWatch {
                 next,
@@ -270,7 +285,7 @@ impl Clock {
 
     /// This process left the waiter mark `mark`: if it gets the lease next, that
     /// mark is its own, not another waiter's.
-    pub(super) fn announced(&self, mark: Option<String>) {
+    pub(super) fn announced(&self, mark: Mark) {
         self.shared.timers.lock().announced = Some(mark);
     }
 
@@ -325,8 +340,10 @@ fn run(shared: &Shared, remote: &Remote, store: &Weak<Store>, flusher: Option<&S
                     return;
                 }
                 let now = Instant::now();
-                match t.next() {
-                    Some(at) if at <= now => break t.take_due(now),
+                // Written only by this thread (`release_if_idle`), so it is current.
+                let wants_state = shared.wants_state.load(Ordering::SeqCst);
+                match t.next(wants_state) {
+                    Some(at) if at <= now => break t.take_due(now, wants_state),
                     Some(at) => {
                         shared.changed.wait_until(&mut t, at);
                     }
@@ -356,7 +373,7 @@ fn run(shared: &Shared, remote: &Remote, store: &Weak<Store>, flusher: Option<&S
 /// baseline; a mark that moved since says another host's writer waits: the store
 /// is asked at once to give a warm lease back (a write in progress gives it back
 /// at its end instead of keeping it warm).
-fn look_for_waiters(shared: &Shared, remote: &Remote, baseline: Option<Option<String>>) {
+fn look_for_waiters(shared: &Shared, remote: &Remote, baseline: Baseline) {
     let mark = match remote.waiter_mark_in_background() {
         Ok(mark) => mark,
         Err(e) => {
@@ -369,9 +386,9 @@ fn look_for_waiters(shared: &Shared, remote: &Remote, baseline: Option<Option<St
         return;
     };
     match baseline {
-        None => watch.baseline = Some(mark),
-        Some(seen) if seen == mark => {}
-        Some(_) => {
+        Baseline::NotYet => watch.baseline = Baseline::Seen(mark),
+        Baseline::Seen(seen) if seen == mark => {}
+        Baseline::Seen(_) => {
             tracing::debug!(
                 blob = remote.blob(),
                 "another host's writer waits: giving the lease up"
@@ -399,10 +416,7 @@ fn renew(
             if e.kind == BackendErrorKind::LeaseLost {
                 lost.store(true, Ordering::SeqCst);
                 let mut t = shared.timers.lock();
-                if t.renewal
-                    .as_ref()
-                    .is_some_and(|r| Arc::ptr_eq(&r.lost, lost))
-                {
+                if t.renews(lost) {
                     t.renewal = None;
                 }
             }
@@ -421,7 +435,6 @@ fn release_if_idle(shared: &Shared, store: &Weak<Store>) {
     // try is not missed.
     {
         let mut t = shared.timers.lock();
-        t.waiting_for_state = true;
         t.state_freed = false;
         shared.wants_state.store(true, Ordering::SeqCst);
     }
@@ -429,7 +442,6 @@ fn release_if_idle(shared: &Shared, store: &Weak<Store>) {
         Tried::Done => {
             shared.wants_state.store(false, Ordering::SeqCst);
             let mut t = shared.timers.lock();
-            t.waiting_for_state = false;
             t.state_freed = false;
             if t.release_at.is_some_and(|at| at <= Instant::now()) {
                 t.release_at = None;

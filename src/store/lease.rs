@@ -294,22 +294,7 @@ impl Store {
         let release = Release::new(held.stop());
         st.lease = LeaseSlot::Releasing(release.clone());
         drop(st);
-        let released = match self.remote.release_lease_in_background(&release.id) {
-            Ok(()) => true,
-            Err(e)
-                if matches!(
-                    e.kind,
-                    BackendErrorKind::LeaseLost | BackendErrorKind::NotFound
-                ) =>
-            {
-                true
-            }
-            Err(e) => {
-                tracing::warn!(blob = %self.config.blob, error = %e,
-                    "releasing the lease failed; it is kept parked until released or lapsed");
-                false
-            }
-        };
+        let released = self.released(self.remote.release_lease_in_background(&release.id));
         release.settle(released);
         // Settled now if the mutex is free, else by whoever takes it next.
         if let Some(mut st) = self.try_lock_state() {
@@ -350,21 +335,33 @@ impl Store {
     /// (kept, not renewed), never forgotten, or every writer, this process
     /// included, would wait for it to lapse.
     pub(super) fn give_back(&self, st: &mut State, id: LeaseId) {
-        match self.remote.release_lease(&id) {
-            Ok(()) => {}
+        if self.released(self.remote.release_lease(&id)) {
+            self.forget_lease_owner(st, &id);
+        } else {
+            st.lease = LeaseSlot::Parked(id);
+        }
+    }
+
+    /// Whether a Release Lease's answer means the lease is no longer ours: released,
+    /// or already gone (lapsed, broken, the blob deleted). A failure is logged: the
+    /// lease may still be ours, and the caller parks it.
+    fn released(&self, answer: crate::backend::BackendResult<()>) -> bool {
+        match answer {
+            Ok(()) => true,
             Err(e)
                 if matches!(
                     e.kind,
                     BackendErrorKind::LeaseLost | BackendErrorKind::NotFound
-                ) => {}
+                ) =>
+            {
+                true
+            }
             Err(e) => {
                 tracing::warn!(blob = %self.config.blob, error = %e,
                     "releasing the lease failed; it is kept parked until released or lapsed");
-                st.lease = LeaseSlot::Parked(id);
-                return;
+                false
             }
         }
-        self.forget_lease_owner(st, &id);
     }
 
     /// The lease `id` was given back: drop its owner record. It goes to disk with
