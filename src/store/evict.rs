@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::lazy::LazyCache;
 use super::Store;
 use crate::error::{Error, Result};
+use crate::sys::RangeLock;
 
 /// Eviction stops at this share of `cache_max` (so that it does not run at every
 /// fetch once the cache is full).
@@ -54,6 +55,30 @@ impl Epochs {
     /// Chunks last touched before this epoch are under no open read transaction.
     fn oldest_open(&self) -> u64 {
         self.open.lock().keys().next().copied().unwrap_or(u64::MAX)
+    }
+}
+
+/// Where every process with the lazy cache open holds its read lock (past any byte
+/// the record has).
+const SHARERS_BYTE: u64 = 1 << 40;
+
+/// This process alone has the cache open: its read lock turned into a write lock,
+/// turned back on drop.
+struct Alone<'a>(&'a File);
+
+impl<'a> Alone<'a> {
+    fn try_take(lazy: &'a LazyCache) -> Option<Alone<'a>> {
+        let file = lazy.sharers.get()?;
+        crate::sys::try_lock_range(file, SHARERS_BYTE, 1, RangeLock::Write)
+            .ok()
+            .filter(|taken| *taken)
+            .map(|_| Alone(file))
+    }
+}
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        let _ = crate::sys::try_lock_range(self.0, SHARERS_BYTE, 1, RangeLock::Read);
     }
 }
 
@@ -134,6 +159,11 @@ impl Store {
         if drop.is_empty() {
             return Ok(());
         }
+        // Another process sharing the cache may be reading a chunk this would drop:
+        // drop chunks only while no other process has the cache open.
+        let Some(_alone) = Alone::try_take(lazy) else {
+            return Ok(());
+        };
         let hole_maker = self.hole_maker(lazy)?;
         // Record first (durably), then the holes: a crash between costs re-fetches.
         base.record
@@ -149,6 +179,35 @@ impl Store {
         }
         lazy.evicted.fetch_add(drop.len() as u64, Ordering::Relaxed);
         tracing::debug!(cache = %self.cache_path.display(), chunks = drop.len(), "dropped least recently used chunks");
+        Ok(())
+    }
+
+    /// Say that this process has the lazy cache open (an open-file-description read
+    /// lock on the record, held for the store's life): another process drops chunks
+    /// only while it is alone. Waits out another process's eviction (local work).
+    pub(super) fn join_sharers(&self, lazy: &LazyCache) -> Result<()> {
+        if lazy.sharers.get().is_some() {
+            return Ok(());
+        }
+        let path = crate::residency::path_for(&self.cache_path);
+        let file = crate::fsutil::open_private(&path, crate::fsutil::IfExists::Keep)
+            .map_err(|e| Error::local("opening the residency record", e))?;
+        let started = std::time::Instant::now();
+        loop {
+            let taken = crate::sys::try_lock_range(&file, SHARERS_BYTE, 1, RangeLock::Read)
+                .map_err(|e| Error::local("locking the residency record", e))?;
+            if taken {
+                break;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(Error::Busy(format!(
+                    "lazy cache {}: another process has been dropping chunks for 10 s",
+                    self.cache_path.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = lazy.sharers.set(file);
         Ok(())
     }
 

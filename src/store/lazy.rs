@@ -44,6 +44,9 @@ pub(crate) struct LazyCache {
     unsynced_dirty: AtomicBool,
     /// With `cache_max`: whether the file system punches holes (checked at open).
     pub(super) holes: std::sync::OnceLock<bool>,
+    /// The record opened once more, holding this process's "I have it open" lock
+    /// (src/store/evict.rs, `join_sharers`).
+    pub(super) sharers: std::sync::OnceLock<std::fs::File>,
     /// The last failed read, for the status report until the next SHARED lock takes
     /// it into `last_error` (a read holds no store mutex to note it there).
     failed: parking_lot::Mutex<Option<LastError>>,
@@ -479,6 +482,7 @@ impl Store {
         let record = Residency::open(&self.cache_path, &etag.0, &manifest)
             .map_err(|e| Error::local("opening the residency record", e))?;
         self.check_holes(lazy, &record);
+        self.join_sharers(lazy)?;
         *lazy.base.write() = Known::Base(LazyBase::new(etag, manifest, record, lazy.epochs.now()));
         Ok(())
     }
@@ -569,6 +573,7 @@ impl Store {
                 .map_err(|e| Error::local("opening the residency record", e))?,
         };
         self.check_holes(lazy, &record);
+        self.join_sharers(lazy)?;
         let keep_all = trusted && record.etag() == stat.etag.0;
         let old_ids = old
             .filter(|(_, etag)| record.etag() == etag.0)
