@@ -35,16 +35,14 @@ impl Store {
     /// The manifest of the base version, when one is known for it.
     pub(super) fn manifest_for_base(&self, st: &mut State) -> Option<Manifest> {
         let base = st.sidecar.base.clone()?;
-        if let Some((etag, m)) = &st.manifest {
-            if *etag == base {
-                return Some(m.clone());
-            }
+        if let Some(m) = st.publishing.manifest_of(&base) {
+            return Some(m.clone());
         }
         let (etag, m) = load_manifest(&self.manifest_path)?;
         if etag != base {
             return None;
         }
-        st.manifest = Some((etag, m.clone()));
+        st.publishing.set_manifest(Some((etag, m.clone())));
         Some(m)
     }
 
@@ -60,10 +58,10 @@ impl Store {
                 let _ = std::fs::remove_file(&self.manifest_path);
             }
         }
-        st.manifest = manifest;
+        st.publishing.set_manifest(manifest);
     }
 
-    /// Whether `st.written` names every chunk changed since the base: this process
+    /// Whether the granules written (`Publishing::written`) name every chunk changed since the base: this process
     /// made every local commit since then.
     pub(super) fn written_is_complete(&self, st: &State) -> bool {
         !st.sidecar.dirty || st.sidecar.dirty_owner.as_deref() == Some(process_token())
