@@ -170,9 +170,9 @@ impl Store {
                 let e = self.lost_race(st, e);
                 self.force_check(st);
                 if e.is_busy() {
-                    self.deferred_upload_refused(st, &e);
+                    self.deferred_flush_refused(st, &e);
                 } else {
-                    self.deferred_upload_failed(st, &e);
+                    self.deferred_flush_failed(st, &e);
                 }
             }
         }

@@ -5,7 +5,7 @@
 use super::state::State;
 use super::Store;
 use crate::backend::{BlobStat, Etag};
-use crate::config::SyncMode;
+use crate::config::TransferMode;
 use crate::delta::Manifest;
 use crate::fsutil::replace_unsynced;
 
@@ -29,7 +29,7 @@ pub(super) fn process_token() -> &'static str {
 impl Store {
     /// Whether transfers go by chunks.
     pub(super) fn delta_enabled(&self) -> bool {
-        self.config.sync == SyncMode::Delta && self.remote.has_blocks()
+        self.config.sync == TransferMode::Delta && self.remote.has_blocks()
     }
 
     /// The manifest of the base version, when one is known for it.

@@ -23,6 +23,14 @@
 //! `hold` (the flusher's short read under SHARED, which a COMMIT waits out),
 //! `report` (the status report).
 //!
+//! Words, one per idea: a *refresh* brings the cache up to the remote
+//! (`refresh_locked`); the *commit point* is SQLITE_FCNTL_SYNC ([`Store::commit_point`]);
+//! to *publish* is to upload the cache as a new version; to *flush* is to publish
+//! local commits now ([`Store::flush`], `flush_locked`, the flusher's
+//! `flush_deferred`), to *schedule* a flush is to set its deadline
+//! (`schedule_flush`); *sync* is left to SQLite (fsync, FCNTL_SYNC) and to the
+//! `sync` setting ([`crate::config::TransferMode`]).
+//!
 //! Lock order: a connection takes SQLite's file lock first and the store's mutex
 //! second; under the mutex, file locks are only ever tried, never waited for. A
 //! lock call that finds the mutex held by a connection waiting on the remote

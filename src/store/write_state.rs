@@ -13,7 +13,7 @@
 //!    │                        │ defer (a commit, flush_ms > 0)   ▲ batch_begin
 //!    │  end_deferral          ▼                                   │
 //!    └─────────────────── AutoBatch{deadline, create, writing, failures}
-//!                           begin_txn / end_txn flip `writing`; upload_failed
+//!                           begin_txn / end_txn flip `writing`; flush_failed
 //!                           moves the deadline; end_deferral while writing: Writing
 //! ```
 
@@ -308,7 +308,7 @@ impl WriteState {
     }
 
     /// A deferred upload failed: try again at `retry_at`.
-    pub fn upload_failed(&mut self, retry_at: Instant) {
+    pub fn flush_failed(&mut self, retry_at: Instant) {
         if let WriteState::AutoBatch {
             deadline, failures, ..
         } = self
@@ -382,7 +382,7 @@ mod tests {
         w.begin_txn(false).unwrap();
         w.defer(later);
         assert_eq!(w.flush_due(), Some(t0), "a second commit joins the first");
-        w.upload_failed(later);
+        w.flush_failed(later);
         assert_eq!((w.flush_due(), w.flush_failures()), (Some(later), 1));
         w.end_deferral();
         assert_eq!(w, Writing { create: false });
