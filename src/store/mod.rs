@@ -106,7 +106,7 @@ pub struct Store {
     /// The one owner of this store's timers: lease renewal, the linger's end, the
     /// `flush_ms` deadline, the sweep after a commit (src/store/clock.rs).
     clock: clock::Clock,
-    /// Signalled when a background upload ends (`State::uploading`).
+    /// Signalled when a background upload ends (`Publishing::upload_ended`).
     upload_done: parking_lot::Condvar,
     /// The flusher's short read under SHARED, which a COMMIT waits out.
     flusher_hold: hold::FlusherHold,
