@@ -48,6 +48,7 @@ mod freshness;
 mod guard;
 mod history;
 mod hold;
+mod lazy;
 mod lease;
 mod lease_slot;
 mod manifest;
@@ -110,6 +111,8 @@ pub struct Store {
     upload_done: parking_lot::Condvar,
     /// The flusher's short read under SHARED, which a COMMIT waits out.
     flusher_hold: hold::FlusherHold,
+    /// `fetch=lazy`: which chunks the cache holds (src/store/lazy.rs).
+    lazy: Option<lazy::LazyCache>,
 }
 
 /// Monotonic nanoseconds since the first call in this process.
@@ -162,8 +165,14 @@ impl Store {
             flusher,
             flusher_hold: hold::FlusherHold::default(),
             upload_done: parking_lot::Condvar::new(),
+            lazy: (config.fetch == crate::config::FetchMode::Lazy).then(lazy::LazyCache::default),
             config,
         }
+    }
+
+    /// `fetch=lazy`: reads may fetch (src/store/lazy.rs).
+    pub fn is_lazy(&self) -> bool {
+        self.lazy.is_some()
     }
 
     /// Make the next SHARED lock check the remote, whatever the staleness clock says.
@@ -215,11 +224,16 @@ impl Store {
     /// after the staleness bound. At open, only a cache that holds a known version.
     fn serve_offline(&self, st: &mut State, err: &Error, at_open: bool) -> bool {
         let transient = matches!(err, Error::Backend(b) if b.is_transient());
-        let whole =
-            st.sidecar.in_flight == InFlight::None && (!at_open || st.sidecar.base.is_some());
+        let whole = st.sidecar.in_flight == InFlight::None
+            && (!at_open || st.sidecar.base.is_some())
+            && !self.holds_lazy_leftover();
         if transient && whole {
             st.refresh.restart_staleness(Instant::now());
             self.note_error(st, Activity::Read, err);
+            // A lazy cache serves the chunks it holds (its chunk list is beside it).
+            if let Err(e) = self.lazy_track_base(st, false) {
+                self.note_error(st, Activity::Read, &e);
+            }
         }
         transient && whole
     }
@@ -274,6 +288,10 @@ impl Store {
     }
 
     fn on_shared_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
+        if self.lazy_saw_move(st) {
+            // A lazy read found the remote moved on: take the new version now.
+            self.force_check(st);
+        }
         // While we are the writer (a lease live or warm), nobody else can move the
         // remote: no freshness check.
         let writing_here = st.lease.observe().is_writing_here();
@@ -324,6 +342,13 @@ impl Store {
     }
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
+        if self.lazy.is_some() {
+            return Err(Error::Misuse(format!(
+                "cache {} is lazy (fetch=lazy), which is read-only in this version: open it \
+                 with fetch=full to write",
+                self.cache_path.display()
+            )));
+        }
         st.lease.write_began();
         // While this process holds a live lease (a batch, or one lingering after the
         // last write), no other process can change the sidecar: its commits, flushes

@@ -76,6 +76,11 @@ impl Report {
         }
     }
 
+    /// An error noted where the mutex was not held (a lazy read) becomes the last.
+    pub fn keep(&mut self, error: LastError) {
+        self.last_error = Some(error);
+    }
+
     /// Local commits that lost a race were kept in the conflict copy `path`.
     pub fn conflict_kept(&mut self, path: String) {
         self.note(
@@ -127,6 +132,12 @@ pub struct Status {
     pub last_error_at: Option<String>,
     /// When an operation last succeeded (UTC, RFC 3339).
     pub last_ok_at: Option<String>,
+    /// `full` or `lazy`.
+    pub fetch: &'static str,
+    /// A lazy cache's chunks present and in all (absent in full mode, and while a
+    /// lazy cache is being changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residence: Option<super::lazy::Residence>,
 }
 
 impl Store {
@@ -141,7 +152,10 @@ impl Store {
     /// uploads (the state as of the last release of the mutex, and what the
     /// store is waiting on now).
     pub fn status(&self) -> Status {
-        let p = self.published.lock().clone();
+        let mut p = self.published.lock().clone();
+        if let Some((message, at)) = self.lazy_failure() {
+            (p.last_error, p.last_error_at) = (Some(message), Some(at));
+        }
         Status {
             remote: self.identity.clone(),
             blob: self.config.blob.clone(),
@@ -160,6 +174,8 @@ impl Store {
             last_error: p.last_error,
             last_error_at: p.last_error_at,
             last_ok_at: p.last_ok_at,
+            fetch: self.config.fetch.name(),
+            residence: self.residence(),
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::sidecar::Sidecar;
 pub(crate) use super::freshness::Refresh;
 pub(crate) use super::lease_slot::{AfterWrite, LeaseSlot, LeaseState, Release};
 pub(crate) use super::publishing::Publishing;
-pub(crate) use super::report::{Activity, Report};
+pub(crate) use super::report::{Activity, LastError, Report};
 pub(crate) use super::write_state::{CommitAction, WriteState};
 
 /// Everything the store's mutex protects.
