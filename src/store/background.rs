@@ -2,10 +2,11 @@
 //! that changed into memory under the cache's SHARED lock and the store's mutex,
 //! records the upload in the sidecar (`uploading`: the base and the block list),
 //! then releases both and uploads. Meanwhile the application's connections go on
-//! reading and committing (their commits stay local and dirty, and the
-//! publishing part notes they came meanwhile, `Background::Uploading`); what would publish, or take a new version, waits for
-//! the upload (`lock_state_settled`) or answers SQLITE_BUSY. Before, the writer's
-//! next transaction waited for the whole upload.
+//! reading and committing (their commits stay local and dirty, and the publishing
+//! part notes that they came meanwhile, `Background::Uploading`); what would
+//! publish, or take a new version, waits for the upload (`lock_state_settled`) or
+//! answers SQLITE_BUSY. Before, the writer's next transaction waited for the whole
+//! upload.
 //!
 //! A crash during the upload leaves the record: when the remote holds that block
 //! list, the next check takes it as the cache's base (the later commits are
