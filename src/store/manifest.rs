@@ -58,11 +58,12 @@ impl Store {
                 let _ = std::fs::remove_file(&self.manifest_path);
             }
         }
+        self.lazy_rebase(manifest.as_ref());
         st.publishing.set_manifest(manifest);
     }
 
-    /// Whether the granules written (`Publishing::written`) name every chunk changed since the base: this process
-    /// made every local commit since then.
+    /// Whether the granules written (`Publishing::written`) name every chunk changed
+    /// since the base: this process made every local commit since then.
     pub(super) fn written_is_complete(&self, st: &State) -> bool {
         !st.sidecar.dirty || st.sidecar.dirty_owner.as_deref() == Some(process_token())
     }

@@ -42,6 +42,7 @@ mod ambiguous;
 mod background;
 mod cache;
 mod clock;
+mod evict;
 mod fetch;
 pub(crate) mod flusher;
 mod freshness;
@@ -342,13 +343,6 @@ impl Store {
     }
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
-        if self.lazy.is_some() {
-            return Err(Error::Misuse(format!(
-                "cache {} is lazy (fetch=lazy), which is read-only in this version: open it \
-                 with fetch=full to write",
-                self.cache_path.display()
-            )));
-        }
         st.lease.write_began();
         // While this process holds a live lease (a batch, or one lingering after the
         // last write), no other process can change the sidecar: its commits, flushes
@@ -386,6 +380,10 @@ impl Store {
         written: &BTreeSet<u64>,
     ) -> Result<()> {
         let mut st = self.lock_state();
+        if let Err(e) = self.lazy_sync_record() {
+            self.note_error(&mut st, Activity::Write, &e);
+            return Err(e);
+        }
         let deferred = !self.config.flush.is_zero();
         let result = match st.write.commit_action(counter_moved, deferred) {
             CommitAction::Nothing => return Ok(()),
