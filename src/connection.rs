@@ -206,9 +206,9 @@ impl Connection {
     ///
     /// SQLite also syncs after rolling a transaction back (pager_playback); the file
     /// then carries the change counter it had when the transaction started. The
-    /// store decides what a sync means ([`Store::sync_point`]); this connection
+    /// store decides what a sync means ([`Store::commit_point`]); this connection
     /// only tells it whether the counter moved and which granules were written.
-    pub fn sync_point(&mut self) -> i32 {
+    pub fn commit_point(&mut self) -> i32 {
         let counter_moved = self.writing && self.version() != self.start_version;
         let written = if counter_moved {
             std::mem::take(&mut self.written)
@@ -217,7 +217,7 @@ impl Connection {
         };
         match self
             .store
-            .sync_point(self.file.as_mut(), counter_moved, &written)
+            .commit_point(self.file.as_mut(), counter_moved, &written)
         {
             Ok(()) => 0,
             Err(e) => {
@@ -268,7 +268,7 @@ impl Connection {
             }
             Command::BatchBegin => done(store.batch_begin_waiting(file, level, busy_wait), "begin"),
             Command::BatchEnd => done(store.batch_end(file, level), "end"),
-            Command::Flush => done(store.flush_with_lock(file, level), "ok"),
+            Command::Flush => done(store.flush(file, level), "ok"),
             Command::Refresh => done(store.refresh(file, level), "ok"),
             Command::Status => Ok(Some(
                 serde_json::to_string(&store.status())

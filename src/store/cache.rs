@@ -34,7 +34,7 @@ impl Store {
             match &r {
                 // A write's success is a version published (`record_version`); a
                 // flush with nothing to upload resolves nothing.
-                Ok(_) if activity != Activity::Write => st.succeeded(activity),
+                Ok(_) if activity != Activity::Write => st.report.succeeded(activity),
                 Ok(_) => {}
                 Err(e) => self.note_error(&mut st, activity, e),
             }

@@ -417,7 +417,7 @@ impl Store {
             return false;
         };
         if let Some(failed) = lazy.failed.lock().take() {
-            st.last_error = Some(failed);
+            st.report.keep(failed);
         }
         lazy.moved.swap(false, Ordering::SeqCst)
     }

@@ -151,8 +151,8 @@ impl Store {
         let candidates = old
             .as_ref()
             .filter(|_| self.written_is_complete(st))
-            .map(|m| changed_chunks(m, &st.written, size, chunk));
-        let lagging_counter = st.remote_counter.filter(|_| {
+            .map(|m| changed_chunks(m, st.publishing.written(), size, chunk));
+        let lagging_counter = st.publishing.remote_counter().filter(|_| {
             self.remote
                 .backend()
                 .blocks()
