@@ -50,6 +50,7 @@ mod guard;
 mod history;
 mod hold;
 mod lazy;
+mod lazy_install;
 mod lease;
 mod lease_slot;
 mod manifest;
