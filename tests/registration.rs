@@ -94,9 +94,10 @@ fn a_failed_open_says_managedblob_without_sqlites_prefix() {
         ),
         "{text}"
     );
+    // SQLITE_ERROR, not SQLITE_CANTOPEN, whose message drivers extend with the URI.
     assert_eq!(
         e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::CannotOpen),
+        Some(rusqlite::ErrorCode::Unknown),
         "{e:?}"
     );
     assert!(

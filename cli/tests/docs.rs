@@ -288,19 +288,33 @@ fn matches(expected: &[&str], actual: &[&str]) -> bool {
     }
 }
 
-/// A transcript's commands (continuation lines joined) and the lines each prints.
+/// A transcript's commands (with their `\` continuations and here-documents) and the
+/// lines each prints.
 fn transcript(text: &str) -> Vec<(String, Vec<String>)> {
     let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    // What the current command still takes: continuation lines, or a here-document's
+    // lines up to its delimiter.
     let mut continuing = false;
+    let mut here_doc: Option<String> = None;
     for line in text.lines() {
-        if continuing {
+        if continuing || here_doc.is_some() {
             let step = steps.last_mut().unwrap();
             step.0.push('\n');
             step.0.push_str(line);
-            continuing = line.ends_with('\\');
+            if here_doc.as_deref() == Some(line) {
+                here_doc = None;
+            } else if continuing {
+                continuing = line.ends_with('\\');
+            }
         } else if let Some(command) = line.strip_prefix("$ ") {
             steps.push((command.to_string(), Vec::new()));
             continuing = command.ends_with('\\');
+            here_doc = command.split_once("<<").map(|(_, rest)| {
+                rest.trim_start_matches('-')
+                    .trim()
+                    .trim_matches(['\'', '"'])
+                    .to_string()
+            });
         } else if let Some(step) = steps.last_mut() {
             step.1.push(line.to_string());
         }
@@ -461,14 +475,16 @@ fn every_code_block_runs_as_written() {
 
 #[test]
 fn the_block_reader_sees_fences_directives_and_transcripts() {
-    let md = "text\n\n<!-- docs-test: skip (a server) -->\n```sh\nserve\n```\n\n- item\n\n  ```console\n  $ echo a \\\n      b\n  a b\n  ...\n  ```\n";
+    let md = "text\n\n<!-- docs-test: skip (a server) -->\n```sh\nserve\n```\n\n- item\n\n  ```console\n  $ echo a \\\n      b\n  a b\n  ...\n  $ cat <<'EOF'\n  x\n  EOF\n  x\n  ```\n";
     let found = blocks("x.md", md);
     assert_eq!(found.len(), 2);
     assert_eq!(found[0].directive.skip.as_deref(), Some("a server"));
     assert_eq!(found[1].lang, "console");
     let steps = transcript(&found[1].text);
-    assert_eq!(steps.len(), 1);
+    assert_eq!(steps.len(), 2);
     assert_eq!(steps[0].0, "echo a \\\n    b");
+    assert_eq!(steps[0].1, ["a b", "..."]);
+    assert_eq!(steps[1], ("cat <<'EOF'\nx\nEOF".to_string(), vec!["x".to_string()]));
     assert!(matches(&["a b", "..."], &["a b", "c", "d"]));
     assert!(!matches(&["a b"], &["a b", "c"]));
     assert_eq!(
