@@ -484,7 +484,10 @@ fn the_block_reader_sees_fences_directives_and_transcripts() {
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[0].0, "echo a \\\n    b");
     assert_eq!(steps[0].1, ["a b", "..."]);
-    assert_eq!(steps[1], ("cat <<'EOF'\nx\nEOF".to_string(), vec!["x".to_string()]));
+    assert_eq!(
+        steps[1],
+        ("cat <<'EOF'\nx\nEOF".to_string(), vec!["x".to_string()])
+    );
     assert!(matches(&["a b", "..."], &["a b", "c", "d"]));
     assert!(!matches(&["a b"], &["a b", "c"]));
     assert_eq!(
