@@ -41,6 +41,7 @@ mod pragma;
 pub mod redact;
 mod remote;
 pub mod remote_spec;
+mod residency;
 pub mod sidecar;
 mod store;
 mod sys;
