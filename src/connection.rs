@@ -23,6 +23,9 @@ pub struct Connection {
     written: BTreeSet<u64>,
     /// `fetch=lazy`: a read may first fetch the chunks under it.
     lazy: bool,
+    /// `fetch=lazy`: the epoch of the read transaction this connection is in (from
+    /// SHARED to NONE): the bounded cache keeps the chunks it touched.
+    read_epoch: Option<u64>,
 }
 
 /// What a pragma produced: a result row, or an error message for the user.
@@ -39,6 +42,7 @@ impl Connection {
         store.attach(file.as_mut(), read_only)?;
         Ok(Connection {
             lazy: store.is_lazy(),
+            read_epoch: None,
             store,
             file,
             read_only,
@@ -79,6 +83,9 @@ impl Connection {
         });
         match hook {
             Ok(()) => {
+                if from == LockLevel::None && self.lazy {
+                    self.read_epoch = self.store.lazy_begin_read();
+                }
                 self.level = level;
                 if starts_write {
                     self.writing = true;
@@ -124,6 +131,11 @@ impl Connection {
             Err(fail) => lock_fail_code(fail),
         };
         self.level = level;
+        if level == LockLevel::None {
+            if let Some(epoch) = self.read_epoch.take() {
+                self.store.lazy_end_read(epoch);
+            }
+        }
         if was_writing && level < LockLevel::Reserved {
             self.writing = false;
             self.written.clear();
@@ -148,6 +160,27 @@ impl Connection {
                     crate::error::code::BUSY | (2 << 8)
                 } else {
                     sqlite_code(&e, Phase::Read)
+                }
+            })
+    }
+
+    /// xWrite of `len` bytes at `offset`, before the real write and
+    /// [`Connection::note_write`]: a lazy cache completes a chunk it lacks before
+    /// SQLite writes into it (a page SQLite never read, such as a reused free page),
+    /// so that a chunk is always whole or absent.
+    pub fn before_write(&mut self, offset: u64, len: u64) -> std::result::Result<(), i32> {
+        if !self.lazy {
+            return Ok(());
+        }
+        self.store
+            .ensure_present(self.file.as_mut(), offset, len)
+            .and_then(|()| self.store.lazy_mark_dirty(offset, len))
+            .map_err(|e| {
+                self.store.note_read_failure(&e);
+                if e.is_busy() {
+                    crate::error::code::BUSY | (2 << 8)
+                } else {
+                    sqlite_code(&e, Phase::Commit)
                 }
             })
     }

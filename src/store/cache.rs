@@ -112,7 +112,11 @@ impl Store {
             st.sidecar.dirty_owner = None;
         }
         st.sidecar.cache_id = sidecar::file_identity(&self.cache_path);
-        sidecar::store(&self.sidecar_path, &st.sidecar)
+        sidecar::store(&self.sidecar_path, &st.sidecar)?;
+        if !st.sidecar.dirty {
+            self.lazy_clean_dirty();
+        }
+        Ok(())
     }
 
     /// A commit stayed local (inside a batch): the cache is ahead of the remote, and

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
+use super::evict::{Epochs, Stamps};
 use super::state::{Activity, LastError, State};
 use super::Store;
 use crate::backend::{BackendErrorKind, BlobStat, Etag};
@@ -30,9 +31,22 @@ const BATCH_BYTES: u64 = 64 << 20;
 #[derive(Debug, Default)]
 pub(crate) struct LazyCache {
     /// The base version the cache is a sparse copy of.
-    base: RwLock<Known>,
+    pub(super) base: RwLock<Known>,
     /// A pinned read found the remote moved on: the next SHARED lock checks it.
     moved: AtomicBool,
+    /// Read transactions open in this process (src/store/evict.rs).
+    pub(super) epochs: Epochs,
+    /// The cache file opened to punch holes through, kept until the store goes.
+    pub(super) hole_maker: std::sync::OnceLock<std::fs::File>,
+    /// Chunks dropped to stay under `cache_max`.
+    pub(super) evicted: std::sync::atomic::AtomicU64,
+    /// Chunks were marked dirty since the record was last synced.
+    unsynced_dirty: AtomicBool,
+    /// With `cache_max`: whether the file system punches holes (checked at open).
+    pub(super) holes: std::sync::OnceLock<bool>,
+    /// The record opened once more, holding this process's "I have it open" lock
+    /// (src/store/evict.rs, `join_sharers`).
+    pub(super) sharers: std::sync::OnceLock<std::fs::File>,
     /// The last failed read, for the status report until the next SHARED lock takes
     /// it into `last_error` (a read holds no store mutex to note it there).
     failed: parking_lot::Mutex<Option<LastError>>,
@@ -40,7 +54,7 @@ pub(crate) struct LazyCache {
 
 /// What the lazy part knows of the cache's base.
 #[derive(Debug, Default)]
-enum Known {
+pub(super) enum Known {
     /// Not yet loaded (before the first check, or another process installed a
     /// version since): a read that would need it fails rather than read a hole.
     #[default]
@@ -57,13 +71,33 @@ impl Known {
             _ => None,
         }
     }
+
+    pub(super) fn base_mut(&mut self) -> Option<&mut LazyBase> {
+        match self {
+            Known::Base(b) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
-struct LazyBase {
+pub(super) struct LazyBase {
     etag: Etag,
-    manifest: Manifest,
-    record: Residency,
+    pub(super) manifest: Manifest,
+    pub(super) record: Residency,
+    /// The read transaction that last touched each chunk (eviction's recency).
+    pub(super) stamps: Stamps,
+}
+
+impl LazyBase {
+    fn new(etag: Etag, manifest: Manifest, record: Residency, epoch: u64) -> LazyBase {
+        LazyBase {
+            etag,
+            stamps: Stamps::new(manifest.ids.len() as u64, epoch),
+            manifest,
+            record,
+        }
+    }
 }
 
 impl LazyBase {
@@ -84,6 +118,13 @@ pub struct Residence {
     pub chunks_present: u64,
     /// Chunks the base version has.
     pub chunks_total: u64,
+    /// Bytes of one chunk.
+    pub chunk_size: u64,
+    /// Chunks dropped by this process to stay under `cache_max`.
+    pub chunks_evicted: u64,
+    /// With `cache_max`: whether the file system gives dropped chunks' space back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holes: Option<bool>,
 }
 
 impl Store {
@@ -106,6 +147,10 @@ impl Store {
             }
         };
         let range = base.chunks_of(offset, len);
+        let epoch = lazy.epochs.now();
+        for i in range.clone() {
+            base.stamps.touch(i, epoch);
+        }
         if range.clone().all(|i| base.record.is_present(i)) {
             return Ok(());
         }
@@ -117,7 +162,62 @@ impl Store {
         if missing.is_empty() {
             return Ok(());
         }
-        self.bring_in(lazy, base, file, &missing)
+        self.bring_in(lazy, base, file, &missing)?;
+        drop(guard);
+        self.evict_if_over(lazy)
+    }
+
+    /// Before SQLite writes `len` bytes at `offset` (the chunks under them made
+    /// present first): they hold local commits until the next clean save, and the
+    /// bounded cache must not drop them. The record is synced at the commit point.
+    pub fn lazy_mark_dirty(&self, offset: u64, len: u64) -> Result<()> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        let guard = lazy.base.read();
+        let Some(base) = guard.base() else {
+            return Ok(());
+        };
+        let newly = base
+            .record
+            .mark_dirty(base.chunks_of(offset, len))
+            .map_err(|e| Error::local("writing the residency record", e))?;
+        if newly {
+            lazy.unsynced_dirty.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// At the commit point: the dirty marks of the chunks it wrote are durable
+    /// before the commit's bytes are (SQLite syncs the cache after this).
+    pub(super) fn lazy_sync_record(&self) -> Result<()> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        if !lazy.unsynced_dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let guard = lazy.base.read();
+        match guard.base() {
+            Some(base) => base
+                .record
+                .sync()
+                .map_err(|e| Error::local("syncing the residency record", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The sidecar was saved clean: the remote has every local commit.
+    pub(super) fn lazy_clean_dirty(&self) {
+        let Some(lazy) = &self.lazy else {
+            return;
+        };
+        if let Some(base) = lazy.base.read().base() {
+            if let Err(e) = base.record.clean_dirty() {
+                tracing::warn!(cache = %self.cache_path.display(), error = %e,
+                    "could not mark uploaded chunks clean; they stay until the next upload");
+            }
+        }
     }
 
     /// Make `missing` present, at most [`BATCH_BYTES`] of chunks in memory at once.
@@ -381,11 +481,9 @@ impl Store {
         };
         let record = Residency::open(&self.cache_path, &etag.0, &manifest)
             .map_err(|e| Error::local("opening the residency record", e))?;
-        *lazy.base.write() = Known::Base(LazyBase {
-            etag,
-            manifest,
-            record,
-        });
+        self.check_holes(lazy, &record);
+        self.join_sharers(lazy)?;
+        *lazy.base.write() = Known::Base(LazyBase::new(etag, manifest, record, lazy.epochs.now()));
         Ok(())
     }
 
@@ -453,7 +551,19 @@ impl Store {
             Error::local(format!("{what} cache {}", self.cache_path.display()), e)
         };
         let old_counter = self.cache_change_counter(file)?;
-        let old = self.manifest_for_base(st).zip(st.sidecar.base.clone());
+        // After an interrupted transfer or commit the record may name chunks whose
+        // bytes never became durable: trust none (a miss re-checks the cache's bytes).
+        let trusted = st.sidecar.in_flight == InFlight::None;
+        let old = self
+            .manifest_for_base(st)
+            .zip(st.sidecar.base.clone())
+            .filter(|_| trusted);
+        // The first chunk before anything changes: SQLite reads the header at once,
+        // and a remote that moved on meanwhile leaves the cache as it was.
+        let first = match manifest.ids.is_empty() {
+            true => None,
+            false => Some(self.first_chunk(&manifest, stat, old_counter)?),
+        };
         st.sidecar.in_flight = InFlight::Download;
         self.save(st)?;
         let mut guard = lazy.base.write();
@@ -462,7 +572,9 @@ impl Store {
             _ => Residency::open(&self.cache_path, &stat.etag.0, &manifest)
                 .map_err(|e| Error::local("opening the residency record", e))?,
         };
-        let keep_all = record.etag() == stat.etag.0;
+        self.check_holes(lazy, &record);
+        self.join_sharers(lazy)?;
+        let keep_all = trusted && record.etag() == stat.etag.0;
         let old_ids = old
             .filter(|(_, etag)| record.etag() == etag.0)
             .map(|(m, _)| m);
@@ -478,27 +590,14 @@ impl Store {
             .map_err(|e| Error::local("writing the residency record", e))?;
         file.truncate(manifest.len)
             .map_err(|e| cache_err("sizing", e))?;
-        let base = LazyBase {
-            etag: stat.etag.clone(),
-            manifest: manifest.clone(),
+        let base = LazyBase::new(
+            stat.etag.clone(),
+            manifest.clone(),
             record,
-        };
-        if base.manifest.ids.is_empty() {
-            // An empty database: nothing to fetch.
-        } else if base.record.is_present(0) {
-            self.move_counter_past(file, old_counter)?;
-        } else {
-            let mut first = self.fetch_chunks(lazy, &base, &[0])?;
-            let (_, mut data) = first.pop().expect("one chunk asked, one fetched");
-            image::check_database(&data[..data.len().min(100)], stat.size).map_err(|why| {
-                Error::NotADatabase(format!(
-                    "remote blob '{}' in {} is not a SQLite database: {why}; the cache was \
-                     left as it is",
-                    self.config.blob, self.identity
-                ))
-            })?;
-            image::adapt_header(&mut data, old_counter);
-            file.write_at(&data, 0)
+            lazy.epochs.now(),
+        );
+        if let Some(data) = &first {
+            file.write_at(data, 0)
                 .map_err(|e| cache_err("writing", e))?;
         }
         file.sync().map_err(|e| cache_err("syncing", e))?;
@@ -515,6 +614,125 @@ impl Store {
         tracing::info!(cache = %self.cache_path.display(), chunks = manifest.ids.len(),
             "took the remote's version lazily (its chunk list and first chunk)");
         self.took_version(st, stat, Some(manifest))
+    }
+
+    /// The first chunk of version `stat` (checked against its block id, and a
+    /// SQLite header), its change counter moved past the cache's `old_counter`. A
+    /// remote that moved on meanwhile: SQLITE_BUSY, and the retry takes the newer one.
+    fn first_chunk(
+        &self,
+        manifest: &Manifest,
+        stat: &BlobStat,
+        old_counter: Option<u32>,
+    ) -> Result<Vec<u8>> {
+        let (mut got, moved) = self.fetch_pinned(manifest, &stat.etag, &[0])?;
+        let Some((_, mut data)) = got.pop().filter(|_| moved.is_empty()) else {
+            return Err(Error::Busy(format!(
+                "remote blob '{}' changed while its first chunk was being fetched; the \
+                 retry takes the new version",
+                self.config.blob
+            )));
+        };
+        image::check_database(&data[..data.len().min(100)], stat.size).map_err(|why| {
+            Error::NotADatabase(format!(
+                "remote blob '{}' in {} is not a SQLite database: {why}; the cache was left \
+                 as it is",
+                self.config.blob, self.identity
+            ))
+        })?;
+        image::adapt_header(&mut data, old_counter);
+        Ok(data)
+    }
+
+    /// Before an upload plans its chunks (`chunk` bytes each, the cache `size`
+    /// bytes): complete the absent chunks the new version cannot take from the base
+    /// as they are (a new chunk size; a chunk the new length cuts), and return which
+    /// chunks are still absent (the base's, unchanged: their block ids stay). Empty
+    /// for a full cache.
+    pub(super) fn lazy_prepare_upload(
+        &self,
+        file: &mut dyn LocalFile,
+        size: u64,
+        chunk: u64,
+    ) -> Result<Vec<bool>> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(Vec::new());
+        };
+        let guard = lazy.base.read();
+        let base = match &*guard {
+            Known::Base(base) => base,
+            Known::NoBlob => return Ok(Vec::new()),
+            Known::Unknown => {
+                return Err(Error::Local(format!(
+                    "lazy cache {}: its chunk list is not known, so an upload cannot tell \
+                     its absent chunks; it is retried after the next check",
+                    self.cache_path.display()
+                )))
+            }
+        };
+        let count = base.record.chunk_count();
+        let relaid = base.manifest.chunk_size != chunk;
+        let must: Vec<u64> = (0..count)
+            .filter(|&i| !base.record.is_present(i))
+            .filter(|&i| {
+                let (offset, len) = base.manifest.chunk_range(i);
+                relaid || offset + len > size || (offset + len < size && len < chunk)
+            })
+            .collect();
+        if !must.is_empty() {
+            tracing::info!(cache = %self.cache_path.display(), chunks = must.len(),
+                "completing chunks of a lazy cache before an upload");
+            self.bring_in(lazy, base, file, &must)?;
+        }
+        Ok((0..count).map(|i| !base.record.is_present(i)).collect())
+    }
+
+    /// The store recorded `manifest` as the base's chunk list (a publish, or a
+    /// version taken in): the record follows. Chunks keep their presence where the
+    /// layout is the same (a publish uploads from the cache, so what it holds is
+    /// the new version's); chunks past the old end are the cache's own, present.
+    /// `None` (the list is not known): reads of absent chunks wait for the next check.
+    pub(super) fn lazy_rebase(&self, manifest: Option<&(Etag, Manifest)>) {
+        let Some(lazy) = &self.lazy else {
+            return;
+        };
+        // A reader in the network holds the read side (never during a commit: that
+        // holds EXCLUSIVE on the cache). Then the next SHARED lock looks again.
+        let Some(mut guard) = lazy.base.try_write() else {
+            lazy.moved.store(true, Ordering::SeqCst);
+            self.fresh_until.store(0, Ordering::SeqCst);
+            return;
+        };
+        let rebased = match (std::mem::take(&mut *guard), manifest) {
+            (Known::Base(b), Some((etag, _))) if b.etag == *etag => Ok(Known::Base(b)),
+            (Known::Base(mut b), Some((etag, m))) => {
+                let old_count = b.record.chunk_count();
+                b.record
+                    .adopt(&etag.0, m, &|_| true)
+                    .and_then(|()| {
+                        let grown: Vec<u64> = (old_count..m.ids.len() as u64).collect();
+                        b.record.mark_present(&grown)
+                    })
+                    .map(|()| {
+                        Known::Base(LazyBase::new(
+                            etag.clone(),
+                            m.clone(),
+                            b.record,
+                            lazy.epochs.now(),
+                        ))
+                    })
+            }
+            (_, _) => Ok(Known::Unknown),
+        };
+        *guard = rebased.unwrap_or_else(|e| {
+            tracing::warn!(cache = %self.cache_path.display(), error = %e,
+                "could not update the residency record; the next check reloads it");
+            Known::Unknown
+        });
+        if matches!(*guard, Known::Unknown) {
+            lazy.moved.store(true, Ordering::SeqCst);
+            self.fresh_until.store(0, Ordering::SeqCst);
+        }
     }
 
     /// A full store whose cache was lazy and is not completed yet: it must not be
@@ -548,11 +766,7 @@ impl Store {
         let record = Residency::open(&self.cache_path, &etag.0, &manifest)
             .map_err(|e| Error::local("opening the residency record", e))?;
         let lazy = LazyCache::default();
-        let base = LazyBase {
-            etag,
-            manifest,
-            record,
-        };
+        let base = LazyBase::new(etag, manifest, record, 0);
         let missing: Vec<u64> = (0..base.record.chunk_count())
             .filter(|&i| !base.record.is_present(i))
             .collect();
@@ -566,9 +780,13 @@ impl Store {
     pub(super) fn residence(&self) -> Option<Residence> {
         let lazy = self.lazy.as_ref()?;
         let guard = lazy.base.try_read()?;
+        let evicted = lazy.evicted.load(Ordering::Relaxed);
         Some(guard.base().map_or(Residence::default(), |b| Residence {
             chunks_present: b.record.present_count(),
             chunks_total: b.record.chunk_count(),
+            chunk_size: b.manifest.chunk_size,
+            chunks_evicted: evicted,
+            holes: lazy.holes.get().copied(),
         }))
     }
 }

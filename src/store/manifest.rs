@@ -60,6 +60,7 @@ impl Store {
                 let _ = std::fs::remove_file(&self.manifest_path);
             }
         }
+        self.lazy_rebase(manifest.as_ref());
         st.manifest = manifest;
     }
 

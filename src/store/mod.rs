@@ -32,6 +32,7 @@ mod ambiguous;
 mod background;
 mod cache;
 mod clock;
+mod evict;
 mod fetch;
 pub(crate) mod flusher;
 mod guard;
@@ -398,13 +399,6 @@ impl Store {
     }
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
-        if self.lazy.is_some() {
-            return Err(Error::Misuse(format!(
-                "cache {} is lazy (fetch=lazy), which is read-only in this version: open it \
-                 with fetch=full to write",
-                self.cache_path.display()
-            )));
-        }
         st.published_in_write = false;
         // While this process holds a live lease (a batch, or one lingering after the
         // last write), no other process can change the sidecar: its commits, flushes
@@ -442,6 +436,10 @@ impl Store {
         written: &BTreeSet<u64>,
     ) -> Result<()> {
         let mut st = self.lock_state();
+        if let Err(e) = self.lazy_sync_record() {
+            self.note_error(&mut st, Activity::Write, &e);
+            return Err(e);
+        }
         let deferred = !self.config.flush.is_zero();
         let result = match Self::sync_action(&st.write, counter_moved, deferred) {
             SyncAction::Nothing => return Ok(()),
