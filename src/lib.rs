@@ -72,3 +72,14 @@ pub fn register_with(options: Options) -> Result<()> {
 pub use ffi::{
     extension_init, real_sqlite_function, register_before_first_open, register_in_process,
 };
+
+/// The `rust` code blocks of the README and docs/LOADABLE.md, compiled by `cargo test`
+/// as doctests (cli/tests/docs.rs checks that every document with one is listed here).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// See [`ReadmeDoctests`].
+#[cfg(doctest)]
+#[doc = include_str!("../docs/LOADABLE.md")]
+pub struct LoadableDoctests;
