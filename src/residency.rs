@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! offset 0     header (HEADER_LEN bytes): magic, epoch, chunk size, length, chunk
-//!              count, the base etag, xxh3-64 of what precedes it
+//!              count, the base etag, the cache file's identity (inode and birth
+//!              time: a record beside a replaced cache describes nothing), xxh3-64
+//!              of what precedes it
 //! offset 4096  one state byte per chunk: 0 absent, 1 present, 2 present and
 //!              written by local commits not uploaded yet (never dropped)
 //! ```
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::delta::Manifest;
 
-const MAGIC: &[u8; 8] = b"mbres001";
+const MAGIC: &[u8; 8] = b"mbres002";
 /// Where the state bytes start: the header has a page of its own (one write).
 pub const HEADER_LEN: u64 = 4096;
 /// The longest etag the header holds (Azure's are about 20 bytes).
@@ -51,6 +53,8 @@ struct Header {
     len: u64,
     count: u64,
     etag: String,
+    /// [`crate::sidecar::file_identity`] of the cache file the states describe.
+    cache: String,
 }
 
 impl Header {
@@ -62,6 +66,8 @@ impl Header {
         }
         out.extend_from_slice(&(self.etag.len() as u16).to_le_bytes());
         out.extend_from_slice(self.etag.as_bytes());
+        out.extend_from_slice(&(self.cache.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.cache.as_bytes());
         let sum = xxhash_rust::xxh3::xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
         out.resize(HEADER_LEN as usize, 0);
@@ -79,7 +85,13 @@ impl Header {
         if etag_len > MAX_ETAG {
             return None;
         }
-        let end = 42 + etag_len;
+        let cache_at = 42 + etag_len;
+        let cache_len =
+            u16::from_le_bytes(raw.get(cache_at..cache_at + 2)?.try_into().ok()?) as usize;
+        if cache_len > MAX_ETAG {
+            return None;
+        }
+        let end = cache_at + 2 + cache_len;
         let sum = word(end)?;
         if xxhash_rust::xxh3::xxh3_64(&raw[..end]) != sum {
             return None;
@@ -89,12 +101,14 @@ impl Header {
             chunk_size: word(16)?,
             len: word(24)?,
             count: word(32)?,
-            etag: String::from_utf8(raw[42..end].to_vec()).ok()?,
+            etag: String::from_utf8(raw[42..cache_at].to_vec()).ok()?,
+            cache: String::from_utf8(raw[cache_at + 2..end].to_vec()).ok()?,
         })
     }
 
-    fn describes(&self, etag: &str, m: &Manifest) -> bool {
+    fn describes(&self, etag: &str, m: &Manifest, cache: &str) -> bool {
         self.etag == etag
+            && self.cache == cache
             && self.chunk_size == m.chunk_size
             && self.len == m.len
             && self.count == m.ids.len() as u64
@@ -107,6 +121,8 @@ impl Header {
 #[derive(Debug)]
 pub struct Residency {
     file: File,
+    /// The identity of the cache file now.
+    cache: String,
     header: Header,
     states: Vec<AtomicU8>,
 }
@@ -119,19 +135,22 @@ impl Residency {
         let path = path_for(cache);
         let file = crate::fsutil::open_private(&path, crate::fsutil::IfExists::Keep)?;
         let header = read_header(&file)?;
+        let identity = crate::sidecar::file_identity(cache).unwrap_or_default();
         let mut record = Residency {
             file,
+            cache: identity.clone(),
             header: header.clone().unwrap_or(Header {
                 epoch: 0,
                 chunk_size: manifest.chunk_size,
                 len: manifest.len,
                 count: 0,
                 etag: String::new(),
+                cache: String::new(),
             }),
             states: Vec::new(),
         };
         match header {
-            Some(h) if h.describes(etag, manifest) => record.load_states()?,
+            Some(h) if h.describes(etag, manifest, &identity) => record.load_states()?,
             _ => record.adopt(etag, manifest, &|_| false)?,
         }
         Ok(record)
@@ -292,7 +311,8 @@ impl Residency {
             ));
         }
         let count = manifest.ids.len() as u64;
-        let same_layout = self.header.chunk_size == manifest.chunk_size;
+        let same_layout =
+            self.header.chunk_size == manifest.chunk_size && self.header.cache == self.cache;
         let keep: Vec<u8> = (0..count)
             .map(|i| {
                 let kept = same_layout && self.is_present(i) && unchanged(i);
@@ -313,6 +333,7 @@ impl Residency {
             len: manifest.len,
             count,
             etag: etag.to_string(),
+            cache: self.cache.clone(),
         };
         self.file.write_all_at(&self.header.encode(), 0)?;
         self.file.sync_data()?;
@@ -400,6 +421,21 @@ mod tests {
         let r = Residency::open(&db, "v2", &m).unwrap();
         assert_eq!(r.present_count(), 0, "another base describes nothing");
         assert_eq!(r.etag(), "v2");
+    }
+
+    #[test]
+    fn a_record_beside_a_replaced_cache_describes_nothing() {
+        let (_dir, db) = cache();
+        std::fs::write(&db, b"first cache").unwrap();
+        let m = manifest(3);
+        Residency::open(&db, "v1", &m)
+            .unwrap()
+            .mark_present(&[0, 1, 2])
+            .unwrap();
+        assert_eq!(Residency::open(&db, "v1", &m).unwrap().present_count(), 3);
+        std::fs::remove_file(&db).unwrap();
+        std::fs::write(&db, b"a new, empty cache").unwrap();
+        assert_eq!(Residency::open(&db, "v1", &m).unwrap().present_count(), 0);
     }
 
     #[test]

@@ -570,3 +570,26 @@ fn processes_sharing_a_lazy_cache() {
         "{s}"
     );
 }
+
+/// A lazy cache removed with its record left behind (`rm a.db a.db-managedblob.json`,
+/// or only `rm a.db`): the record describes nothing, and the new cache fetches
+/// what it reads instead of trusting holes.
+#[test]
+fn a_record_left_beside_a_removed_cache_is_not_trusted() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    let cache = w.cache("h2", "a.db");
+    let sidecar = format!("{}-managedblob.json", cache.display());
+    for remove_sidecar in [true, false] {
+        let c = lazy(&w, "h2", "");
+        assert_eq!(integrity(&c), "ok");
+        drop(c);
+        std::fs::remove_file(&cache).unwrap();
+        if remove_sidecar {
+            std::fs::remove_file(&sidecar).unwrap();
+        }
+        let c = lazy(&w, "h2", "");
+        assert_eq!(integrity(&c), "ok", "sidecar removed: {remove_sidecar}");
+        assert_eq!(head(&c, 777).unwrap(), head(&h1, 777).unwrap());
+    }
+}

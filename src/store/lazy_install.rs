@@ -115,7 +115,7 @@ impl Store {
         let old_counter = self.cache_change_counter(file)?;
         // After an interrupted transfer or commit the record may name chunks whose
         // bytes never became durable: trust none (a miss re-checks the cache's bytes).
-        let trusted = st.sidecar.in_flight == InFlight::None;
+        let trusted = st.sidecar.in_flight == InFlight::None && st.sidecar.base.is_some();
         let old = self
             .manifest_for_base(st)
             .zip(st.sidecar.base.clone())
