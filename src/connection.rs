@@ -26,6 +26,8 @@ pub struct Connection {
     /// `fetch=lazy`: the epoch of the read transaction this connection is in (from
     /// SHARED to NONE): the bounded cache keeps the chunks it touched.
     read_epoch: Option<u64>,
+    /// `fetch=lazy`: this connection's sequential-read detector.
+    readahead: crate::store::Readahead,
 }
 
 /// What a pragma produced: a result row, or an error message for the user.
@@ -43,6 +45,7 @@ impl Connection {
         Ok(Connection {
             lazy: store.is_lazy(),
             read_epoch: None,
+            readahead: Default::default(),
             store,
             file,
             read_only,
@@ -153,7 +156,7 @@ impl Connection {
             return Ok(());
         }
         self.store
-            .ensure_present(self.file.as_mut(), offset, len)
+            .ensure_present(self.file.as_mut(), offset, len, &mut self.readahead)
             .map_err(|e| {
                 self.store.note_read_failure(&e);
                 if e.is_busy() {
@@ -173,7 +176,12 @@ impl Connection {
             return Ok(());
         }
         self.store
-            .ensure_present(self.file.as_mut(), offset, len)
+            .ensure_present(
+                self.file.as_mut(),
+                offset,
+                len,
+                &mut crate::store::Readahead::default(),
+            )
             .and_then(|()| self.store.lazy_mark_dirty(offset, len))
             .map_err(|e| {
                 self.store.note_read_failure(&e);

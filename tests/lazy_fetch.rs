@@ -593,3 +593,37 @@ fn a_record_left_beside_a_removed_cache_is_not_trusted() {
         assert_eq!(head(&c, 777).unwrap(), head(&h1, 777).unwrap());
     }
 }
+
+/// A scan reads the file in order: readahead fetches a growing window, so the round
+/// trips in sequence are a fraction of the chunks (each round fetches in parallel).
+fn scan_reads_ahead(w: &World) {
+    let (h1, _) = build(w);
+    drop(h1);
+    let c = lazy(w, "h2", "");
+    let hexed: i64 = c
+        .query_row("SELECT sum(length(hex(b))) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(hexed, 2 * ROWS * ROW);
+    let s = status(&c);
+    let (present, total) = residence(&s);
+    let rounds = s["residence"]["fetch_rounds"].as_u64().unwrap();
+    assert!(present * 10 >= total * 9, "{s}");
+    assert!(
+        rounds * 4 < present,
+        "{rounds} rounds in sequence for {present} chunks: {s}"
+    );
+    eprintln!("a scan of {present} chunks took {rounds} rounds of fetches");
+}
+
+#[test]
+fn local_a_scan_reads_ahead() {
+    scan_reads_ahead(&World::local());
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_a_scan_reads_ahead() {
+    if let Some(w) = World::azurite() {
+        scan_reads_ahead(&w);
+    }
+}

@@ -25,6 +25,33 @@ use crate::residency::Residency;
 
 /// The most chunk bytes one round of fetches holds in memory.
 const BATCH_BYTES: u64 = 64 << 20;
+/// The largest readahead window, in bytes and in chunks.
+const READAHEAD_BYTES: u64 = 8 << 20;
+const READAHEAD_CHUNKS: u64 = 32;
+
+/// One connection's sequential-read detector, by chunks (the kernel's readahead):
+/// a miss on the chunk right after the last window doubles the window (1, 2, 4 ...
+/// up to the cap), a miss elsewhere starts again at one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Readahead {
+    /// The chunk a sequential reader misses next.
+    next: u64,
+    window: u64,
+}
+
+impl Readahead {
+    /// A read of chunks `..end` missed chunk `first`: fetch up to this chunk.
+    fn plan(&mut self, first: u64, end: u64, max: u64) -> u64 {
+        self.window = if self.window > 0 && first == self.next {
+            (self.window * 2).min(max)
+        } else {
+            1
+        };
+        let upto = end.max(first + self.window);
+        self.next = upto;
+        upto
+    }
+}
 
 /// The lazy part of a store (`fetch=lazy` only).
 #[derive(Debug, Default)]
@@ -39,6 +66,8 @@ pub(crate) struct LazyCache {
     pub(super) hole_maker: std::sync::OnceLock<std::fs::File>,
     /// Chunks dropped to stay under `cache_max`.
     pub(super) evicted: std::sync::atomic::AtomicU64,
+    /// Rounds of fetches that went to the network (each one round trip, in sequence).
+    rounds: std::sync::atomic::AtomicU64,
     /// Chunks were marked dirty since the record was last synced.
     unsynced_dirty: AtomicBool,
     /// With `cache_max`: whether the file system punches holes (checked at open).
@@ -121,6 +150,9 @@ pub struct Residence {
     pub chunk_size: u64,
     /// Chunks dropped by this process to stay under `cache_max`.
     pub chunks_evicted: u64,
+    /// Rounds of fetches this process made (a round fetches its chunks in parallel:
+    /// one round trip in sequence each).
+    pub fetch_rounds: u64,
     /// With `cache_max`: whether the file system gives dropped chunks' space back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holes: Option<bool>,
@@ -129,7 +161,15 @@ pub struct Residence {
 impl Store {
     /// Before SQLite reads (or writes) `len` bytes at `offset` of the cache: make the
     /// chunks under them present. Costs one atomic load per chunk when they are.
-    pub fn ensure_present(&self, file: &mut dyn LocalFile, offset: u64, len: u64) -> Result<()> {
+    /// `ahead`: the connection's sequential-read detector; a run of misses on
+    /// consecutive chunks fetches a growing window past the read.
+    pub fn ensure_present(
+        &self,
+        file: &mut dyn LocalFile,
+        offset: u64,
+        len: u64,
+        ahead: &mut Readahead,
+    ) -> Result<()> {
         let Some(lazy) = &self.lazy else {
             return Ok(());
         };
@@ -157,9 +197,22 @@ impl Store {
         base.record
             .look_again(range.clone())
             .map_err(|e| Error::local("reading the residency record", e))?;
-        let missing: Vec<u64> = range.filter(|&i| !base.record.is_present(i)).collect();
-        if missing.is_empty() {
+        let mut missing: Vec<u64> = range
+            .clone()
+            .filter(|&i| !base.record.is_present(i))
+            .collect();
+        let Some(&first) = missing.first() else {
             return Ok(());
+        };
+        let max = (READAHEAD_BYTES / base.manifest.chunk_size.max(1)).clamp(1, READAHEAD_CHUNKS);
+        let upto = ahead
+            .plan(first, range.end, max)
+            .min(base.record.chunk_count());
+        if upto > range.end {
+            base.record
+                .look_again(range.end..upto)
+                .map_err(|e| Error::local("reading the residency record", e))?;
+            missing.extend((range.end..upto).filter(|&i| !base.record.is_present(i)));
         }
         self.bring_in(lazy, base, file, &missing)?;
         drop(guard);
@@ -262,6 +315,9 @@ impl Store {
             } else {
                 absent.push(i);
             }
+        }
+        if !absent.is_empty() {
+            lazy.rounds.fetch_add(1, Ordering::Relaxed);
         }
         let fetched = self.fetch_chunks(lazy, base, &absent)?;
         for (i, mut data) in fetched {
@@ -553,7 +609,29 @@ impl Store {
             chunks_total: b.record.chunk_count(),
             chunk_size: b.manifest.chunk_size,
             chunks_evicted: evicted,
+            fetch_rounds: lazy.rounds.load(Ordering::Relaxed),
             holes: lazy.holes.get().copied(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readahead;
+
+    #[test]
+    fn a_sequential_reader_gets_a_growing_window_and_a_jump_starts_over() {
+        let mut ahead = Readahead::default();
+        assert_eq!(ahead.plan(10, 11, 8), 11, "a first miss: the chunk read");
+        assert_eq!(ahead.plan(11, 12, 8), 13, "the next chunk: two");
+        assert_eq!(ahead.plan(13, 14, 8), 17, "four");
+        assert_eq!(ahead.plan(17, 18, 8), 25, "eight");
+        assert_eq!(ahead.plan(25, 26, 8), 33, "capped at eight");
+        assert_eq!(ahead.plan(3, 4, 8), 4, "a jump: one again");
+        assert_eq!(
+            ahead.plan(4, 9, 8),
+            9,
+            "a read wider than the window takes its span"
+        );
     }
 }

@@ -83,6 +83,7 @@ use guard::Published;
 use state::{Activity, CommitAction, State};
 
 pub(crate) use hold::HoldMark;
+pub use lazy::Readahead;
 pub use registry::open_store;
 
 /// One managed database in this process.
