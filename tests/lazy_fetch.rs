@@ -664,3 +664,33 @@ fn moved_during_a_read_with_history(w: &World) {
 fn local_a_remote_that_moves_during_a_read_with_history() {
     moved_during_a_read_with_history(&World::local());
 }
+
+/// Deferred uploads (`flush_ms`) work on a lazy cache as on a full one: the commits
+/// return at once, the background upload reads only chunks the cache holds, and a
+/// full host then reads them.
+#[test]
+fn deferred_uploads_from_a_lazy_cache() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    drop(h1);
+    let c = lazy(&w, "h2", "&flush_ms=50");
+    for i in 0..20 {
+        c.execute(
+            "UPDATE t SET b = zeroblob(?1) WHERE id = ?2",
+            [ROW, 1 + i * 45],
+        )
+        .unwrap();
+    }
+    common::wait::wait_until("the deferred commits are uploaded", || {
+        status(&c)["dirty"] == false
+    });
+    let (present, total) = residence(&status(&c));
+    assert!(
+        present * 2 < total,
+        "{present} of {total}: the upload fetched nothing it did not need"
+    );
+    let full = w.open("h3", "a.db");
+    assert_eq!(integrity(&full), "ok");
+    assert_eq!(head(&full, 1 + 19 * 45).unwrap(), "0000000000000000");
+    assert_eq!(rows(&full), rows(&c));
+}
