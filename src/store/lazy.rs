@@ -89,7 +89,7 @@ pub(super) enum Known {
     Unknown,
     /// The remote has no blob: the cache is all local (nothing to fetch).
     NoBlob,
-    Base(LazyBase),
+    Base(Box<LazyBase>),
 }
 
 impl Known {
@@ -596,12 +596,12 @@ impl Store {
                         b.record.mark_present(&grown)
                     })
                     .map(|()| {
-                        Known::Base(LazyBase::new(
+                        Known::Base(Box::new(LazyBase::new(
                             etag.clone(),
                             m.clone(),
                             b.record,
                             lazy.epochs.now(),
-                        ))
+                        )))
                     })
             }
             (_, _) => Ok(Known::Unknown),
