@@ -287,6 +287,7 @@ fn writer_in_a_loop(w: &World) {
                 );
             }
             unread += 1;
+            assert!(busy + unread < 200, "no check completes");
             continue;
         }
         let scanned = c.query_row("SELECT count(*), sum(length(b)) FROM t", [], |r| {
