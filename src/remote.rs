@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::backend::{
     Backend, BackendError, BackendResult, BlobStat, BlockId, BlockList, Blocks, Condition, Etag,
-    Lease, LeaseId,
+    Lease, LeaseId, WaiterQueue,
 };
 use crate::config::RetryPolicy;
 use crate::counters::{Counters, Request};
@@ -449,10 +449,20 @@ impl Remote {
         })
     }
 
-    /// Say this writer waits for the lease (it found it held); the new mark.
-    pub fn announce_waiter(&self) -> BackendResult<Option<String>> {
+    /// The waiter queue, for a writer waiting for the lease.
+    pub fn waiter_queue(&self) -> BackendResult<Option<WaiterQueue>> {
+        self.call(Request::Waiter, |_| self.backend.waiter_queue(&self.blob))
+    }
+
+    /// Replace the waiter queue if it is still at `expected`; its new version.
+    pub fn replace_waiter_queue(
+        &self,
+        text: &str,
+        expected: Option<&str>,
+    ) -> BackendResult<Option<String>> {
         self.call(Request::Waiter, |_| {
-            self.backend.announce_waiter(&self.blob)
+            self.backend
+                .replace_waiter_queue(&self.blob, text, expected)
         })
     }
 

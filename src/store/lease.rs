@@ -41,7 +41,11 @@ impl Store {
     /// cache was synced with it is an error, never a silent re-creation.
     pub(super) fn take_write_lease(&self, st: &mut State) -> Result<bool> {
         match self.acquire_lease(st)? {
-            Some(lease) => self.adopt_lease(st, lease).map(|()| false),
+            Some(lease) => {
+                self.adopt_lease(st, lease)?;
+                self.leave_line(st);
+                Ok(false)
+            }
             None if st.sidecar.base.is_none() => Ok(true),
             None => {
                 self.force_check(st);
@@ -71,6 +75,7 @@ impl Store {
         };
         let mut created = false;
         let mut reclaimed = false;
+        self.wait_in_line(st)?;
         loop {
             match self.remote.acquire_lease(self.config.lease) {
                 // The empty blob just created, still that version: its size is known.
@@ -86,11 +91,12 @@ impl Store {
                         reclaimed = true;
                         continue;
                     }
-                    // The holder may only keep it warm: tell it a writer waits. It
-                    // commits meanwhile, so look at the remote at the next try: a
-                    // snapshot already current when the lease comes free adopts it
-                    // at once, instead of giving it back for a refresh.
-                    self.announce_waiting(st);
+                    // The holder may only keep it warm: take a place in the waiter
+                    // queue, which tells it a writer waits. It commits meanwhile, so
+                    // look at the remote at the next try: a snapshot already current
+                    // when the lease comes free adopts it at once, instead of giving
+                    // it back for a refresh.
+                    self.join_line(st);
                     self.force_check(st);
                     // Why the write waits, for the status report (SQLite says only
                     // "database is locked"); routine contention, so not a warning.
@@ -232,23 +238,6 @@ impl Store {
             return;
         }
         self.release_lease(st);
-    }
-
-    /// A writer found the lease held: leave the waiter mark, so that a holder that
-    /// only keeps it warm gives it up (once per [`waiter_look_every`] at most: a
-    /// busy handler retries far more often).
-    fn announce_waiting(&self, st: &mut State) {
-        let every = waiter_look_every(self.config.lease_linger);
-        if !st.lease.announce_due(every) {
-            return;
-        }
-        match self.remote.announce_waiter() {
-            // When this process gets the lease, its own mark is no other waiter.
-            Ok(mark) => self.clock.announced(mark),
-            Err(e) => {
-                tracing::debug!(blob = %self.config.blob, error = %e, "could not leave the waiter mark")
-            }
-        }
     }
 
     /// With `history` on, the publish took a snapshot under the lease; Azurite then
