@@ -43,6 +43,7 @@ impl Store {
         match self.acquire_lease(st)? {
             Some(lease) => {
                 self.adopt_lease(st, lease)?;
+                tracing::debug!(me = %st.lease.line().me(), "TMP took lease");
                 self.leave_line(st);
                 Ok(false)
             }
@@ -217,6 +218,8 @@ impl Store {
     /// no check pending), else give it back.
     pub(super) fn keep_warm_or_release(&self, st: &mut State) {
         let linger = self.config.lease_linger;
+        // Shorter when writers wait in line behind this turn.
+        let keep = st.lease.turn_linger(linger);
         let now = Instant::now();
         if self.clock.take_waiter() {
             // Another host's writer waits: its turn now, and this process's next
@@ -230,7 +233,7 @@ impl Store {
             && st
                 .lease
                 .observe()
-                .linger(now + linger, |at| self.clock.release_when_idle(at))
+                .linger(now + keep, |at| self.clock.release_when_idle(at))
         {
             let started = st.lease.turn_started().unwrap_or(now);
             self.clock
@@ -268,10 +271,11 @@ impl Store {
         if !(slot.is_warm() && st.write.lease_unneeded() && (waiter || slot.idle_at(now))) {
             return Tried::Done;
         }
+        let behind = st.lease.has_waiters_behind();
         let LeaseSlot::Warm { held, .. } = st.lease.give_up() else {
             unreachable!("checked warm above");
         };
-        if self.clock.take_waiter() {
+        if self.clock.take_waiter() || behind {
             tracing::debug!(blob = %self.config.blob, "giving the warm lease to a waiting writer");
             st.lease.yield_to_waiter(now, self.config.lease_linger);
         } else {

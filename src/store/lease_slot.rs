@@ -105,6 +105,23 @@ impl LeaseState {
     /// Another host's writer waits ([`WarmTurn::yield_to_waiter`]).
     pub fn yield_to_waiter(&mut self, now: Instant, linger: Duration) {
         self.turn.yield_to_waiter(now, linger);
+        self.line.gave_way(now);
+    }
+
+    /// This process took the lease from the line with writers behind it
+    /// ([`WarmTurn::waiters_behind`]).
+    pub fn waiters_behind(&mut self) {
+        self.turn.waiters_behind();
+    }
+
+    /// Whether writers wait behind this turn.
+    pub fn has_waiters_behind(&self) -> bool {
+        self.turn.has_waiters_behind()
+    }
+
+    /// How long to keep the lease warm after a write ([`WarmTurn::linger`]).
+    pub fn turn_linger(&self, linger: Duration) -> Duration {
+        self.turn.linger(linger)
     }
 
     /// When the current warm turn started.

@@ -48,6 +48,10 @@ enum Waiting {
     No,
     /// It waits, and last wrote (or tried to write) its place at `refreshed`.
     Since { refreshed: Instant },
+    /// It gave the lease up to waiting writers at `at`: its next write, if soon,
+    /// takes a place at the end of the line instead of taking a lease that is free
+    /// only because the head of the line has not retried yet.
+    Rejoin { at: Instant },
 }
 
 /// This store's place among the writers waiting for the lease.
@@ -95,14 +99,24 @@ impl Line {
     /// longer ago (its write gave up) is over, so the next write tries the lease
     /// at once, with no request for the queue.
     pub fn is_waiting(&self, now: Instant) -> bool {
-        matches!(self.waiting, Waiting::Since { refreshed } if now.duration_since(refreshed) < STALE)
+        match self.waiting {
+            Waiting::No => false,
+            Waiting::Since { refreshed: at } | Waiting::Rejoin { at } => {
+                now.duration_since(at) < STALE
+            }
+        }
+    }
+
+    /// This process gives the lease up to waiting writers ([`Waiting::Rejoin`]).
+    pub fn gave_way(&mut self, now: Instant) {
+        self.waiting = Waiting::Rejoin { at: now };
     }
 
     /// Whether this store should write its place now: it does not wait yet, or its
     /// last refresh is [`REFRESH`] old.
     pub fn refresh_due(&self, now: Instant) -> bool {
         match self.waiting {
-            Waiting::No => true,
+            Waiting::No | Waiting::Rejoin { .. } => true,
             Waiting::Since { refreshed } => now.duration_since(refreshed) >= REFRESH,
         }
     }
@@ -110,6 +124,10 @@ impl Line {
     /// A refresh is being written (or tried): the next one is due in [`REFRESH`].
     fn refreshing(&mut self, now: Instant) {
         self.waiting = Waiting::Since { refreshed: now };
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me[..4]
     }
 
     fn known(&self) -> bool {
@@ -232,10 +250,14 @@ impl Store {
             }
         }
         let ahead = st.lease.line().ahead(Instant::now());
+        tracing::debug!(me = %st.lease.line().me(), ahead, "TMP in line");
         if ahead == 0 {
             return Ok(());
         }
-        self.force_check(st);
+        if ahead == 1 {
+            // Next in line: have the holder's last version by the time it is free.
+            self.force_check(st);
+        }
         let refused = Error::Busy(format!(
             "the lease on blob '{}' is held by another writer, and {ahead} writer(s) \
              waiting for it longer than this one go first",
@@ -255,7 +277,10 @@ impl Store {
         }
         st.lease.line().refreshing(now);
         match self.rewrite_line(st, |line, now| Some(line.with_me(now))) {
-            Ok(Some(version)) => self.clock.announced(Some(version)),
+            Ok(Some(version)) => {
+                { let l = st.lease.line(); tracing::debug!(me = %l.me(), q = ?l.entries().iter().map(|e| e.id[..4].to_string()).collect::<Vec<_>>(), "TMP joined"); }
+                self.clock.announced(Some(version))
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(blob = %self.config.blob, error = %e, "could not take a place in the waiter queue")
@@ -272,7 +297,13 @@ impl Store {
         }
         st.lease.line().waiting = Waiting::No;
         match self.rewrite_line(st, Line::without_me) {
-            Ok(Some(version)) => self.clock.announced(Some(version)),
+            Ok(Some(version)) => {
+                self.clock.announced(Some(version));
+                { let l = st.lease.line(); tracing::debug!(me = %l.me(), behind = l.ahead(Instant::now()), "TMP left line"); }
+                if st.lease.line().ahead(Instant::now()) > 0 {
+                    st.lease.waiters_behind();
+                }
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(blob = %self.config.blob, error = %e, "could not leave the waiter queue")
