@@ -238,3 +238,55 @@ fn a_batch_begin_that_cannot_wait_says_why() {
     assert!(e.contains("may only keep it warm"), "{e}");
     pragma(&a, "PRAGMA managedblob_batch=end").unwrap();
 }
+
+/// Writers waiting for the lease get it in the order they began to wait (the waiter
+/// queue), not in the order their busy handlers happen to retry: host A holds a
+/// batch while B, C and D begin an insert each, 300 ms apart; once A ends it, the
+/// rows land as B, C, D. (Before the queue, the last to begin retried most often
+/// and usually won.)
+fn waiters_go_in_the_order_they_came(w: World) {
+    let w = Arc::new(w);
+    let a = w.open("a", "t.db");
+    a.execute_batch("CREATE TABLE t(host)").unwrap();
+    pragma(&a, "PRAGMA managedblob_batch=begin").unwrap();
+    a.execute("INSERT INTO t VALUES ('a')", []).unwrap();
+    let waiters: Vec<_> = ["b", "c", "d"]
+        .into_iter()
+        .map(|name| {
+            let w = w.clone();
+            let c = w.open(name, "t.db");
+            c.busy_timeout(Duration::from_secs(20)).unwrap();
+            let waiter = thread::spawn(move || {
+                c.execute("INSERT INTO t VALUES (?1)", [name]).unwrap();
+            });
+            thread::sleep(Duration::from_millis(300));
+            waiter
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    pragma(&a, "PRAGMA managedblob_batch=end").unwrap();
+    for waiter in waiters {
+        waiter.join().unwrap();
+    }
+    let reader = w.open("reader", "t.db");
+    let order: Vec<String> = reader
+        .prepare("SELECT host FROM t ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    assert_eq!(order, ["a", "b", "c", "d"]);
+}
+
+#[test]
+fn local_waiters_go_in_the_order_they_came() {
+    waiters_go_in_the_order_they_came(World::local());
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_waiters_go_in_the_order_they_came() {
+    let Some(w) = World::azurite() else { return };
+    waiters_go_in_the_order_they_came(w);
+}

@@ -43,7 +43,6 @@ impl Store {
         match self.acquire_lease(st)? {
             Some(lease) => {
                 self.adopt_lease(st, lease)?;
-                tracing::debug!(me = %st.lease.line().me(), "TMP took lease");
                 self.leave_line(st);
                 Ok(false)
             }

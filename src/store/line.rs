@@ -126,10 +126,6 @@ impl Line {
         self.waiting = Waiting::Since { refreshed: now };
     }
 
-    pub fn me(&self) -> &str {
-        &self.me[..4]
-    }
-
     fn known(&self) -> bool {
         self.view.is_some()
     }
@@ -151,7 +147,8 @@ impl Line {
             },
             None => View::default(),
         };
-        self.seen.retain(|id, _| view.entries.iter().any(|e| &e.id == id));
+        self.seen
+            .retain(|id, _| view.entries.iter().any(|e| &e.id == id));
         for e in &view.entries {
             match self.seen.get(&e.id) {
                 Some((token, _)) if *token == e.token => {}
@@ -166,9 +163,10 @@ impl Line {
     /// Another writer's entry whose token has not moved for [`STALE`].
     fn is_stale(&self, e: &Entry, now: Instant) -> bool {
         e.id != self.me
-            && self.seen.get(&e.id).is_some_and(|(token, at)| {
-                *token == e.token && now.duration_since(*at) >= STALE
-            })
+            && self
+                .seen
+                .get(&e.id)
+                .is_some_and(|(token, at)| *token == e.token && now.duration_since(*at) >= STALE)
     }
 
     /// How many live waiters are ahead of this store (all of them while it has
@@ -250,7 +248,6 @@ impl Store {
             }
         }
         let ahead = st.lease.line().ahead(Instant::now());
-        tracing::debug!(me = %st.lease.line().me(), ahead, "TMP in line");
         if ahead == 0 {
             return Ok(());
         }
@@ -277,10 +274,7 @@ impl Store {
         }
         st.lease.line().refreshing(now);
         match self.rewrite_line(st, |line, now| Some(line.with_me(now))) {
-            Ok(Some(version)) => {
-                { let l = st.lease.line(); tracing::debug!(me = %l.me(), q = ?l.entries().iter().map(|e| e.id[..4].to_string()).collect::<Vec<_>>(), "TMP joined"); }
-                self.clock.announced(Some(version))
-            }
+            Ok(Some(version)) => self.clock.announced(Some(version)),
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(blob = %self.config.blob, error = %e, "could not take a place in the waiter queue")
@@ -299,7 +293,7 @@ impl Store {
         match self.rewrite_line(st, Line::without_me) {
             Ok(Some(version)) => {
                 self.clock.announced(Some(version));
-                { let l = st.lease.line(); tracing::debug!(me = %l.me(), behind = l.ahead(Instant::now()), "TMP left line"); }
+
                 if st.lease.line().ahead(Instant::now()) > 0 {
                     st.lease.waiters_behind();
                 }
@@ -426,7 +420,10 @@ mod tests {
         assert!(a.is_waiting(t0 + REFRESH));
         assert!(!a.refresh_due(t0 + REFRESH / 2));
         assert!(a.refresh_due(t0 + REFRESH));
-        assert!(!a.is_waiting(t0 + STALE), "the next write tries the lease at once");
+        assert!(
+            !a.is_waiting(t0 + STALE),
+            "the next write tries the lease at once"
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ impl BlobPaths {
         expected: Option<&str>,
     ) -> BackendResult<String> {
         const OP: &str = "replace waiter queue";
-        let _lock = FileLock::acquire(&self.side("waiting-lock")).map_err(|e| self.io_error(OP, e))?;
+        let _lock =
+            FileLock::acquire(&self.side("waiting-lock")).map_err(|e| self.io_error(OP, e))?;
         let current = self.read_waiter_queue()?;
         let current = current.as_ref().map(|q| q.version.as_str());
         if current != expected {
@@ -43,12 +44,18 @@ impl BlobPaths {
             };
             return Err(BackendError::new(
                 kind,
-                format!("the waiter queue of {} changed meanwhile", self.path.display()),
+                format!(
+                    "the waiter queue of {} changed meanwhile",
+                    self.path.display()
+                ),
             ));
         }
         let version = random_token();
-        crate::fsutil::replace_unsynced(&self.waiter_mark(), format!("{version}\n{text}").as_bytes())
-            .map_err(|e| self.io_error(OP, e))?;
+        crate::fsutil::replace_unsynced(
+            &self.waiter_mark(),
+            format!("{version}\n{text}").as_bytes(),
+        )
+        .map_err(|e| self.io_error(OP, e))?;
         Ok(version)
     }
 }

@@ -354,17 +354,27 @@ impl Backend for MemoryBackend {
                 None => BackendErrorKind::AlreadyExists,
                 Some(_) => BackendErrorKind::ConditionFailed,
             };
-            return Err(BackendError::new(kind, "the waiter queue changed meanwhile"));
+            return Err(BackendError::new(
+                kind,
+                "the waiter queue changed meanwhile",
+            ));
         }
         state.versions += 1;
         let version = state.versions;
-        state.waiters.insert(blob.to_owned(), (version, text.to_owned()));
+        state
+            .waiters
+            .insert(blob.to_owned(), (version, text.to_owned()));
         Ok(Some(version.to_string()))
     }
 
     fn waiter_mark(&self, blob: &str) -> BackendResult<Option<String>> {
         crate::backend::checks::validate_blob_name(blob)?;
-        Ok(self.state.lock().waiters.get(blob).map(|(v, _)| v.to_string()))
+        Ok(self
+            .state
+            .lock()
+            .waiters
+            .get(blob)
+            .map(|(v, _)| v.to_string()))
     }
 
     fn history(&self) -> Option<&dyn super::History> {
