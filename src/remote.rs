@@ -466,7 +466,7 @@ impl Remote {
         })
     }
 
-    /// The waiter mark, for the store's clock (not counted as the store being in
+    /// The waiter mark (the waiter queue's version), for the store's clock (not counted as the store being in
     /// the network).
     pub fn waiter_mark_in_background(&self) -> BackendResult<Option<String>> {
         self.attempts(Request::Waiter, |_| self.backend.waiter_mark(&self.blob))

@@ -396,9 +396,8 @@ impl Store {
 }
 
 /// How often a holder keeping the lease warm reads the waiter mark (after the first
-/// half linger of its turn), and how often a waiting writer rewrites it: a quarter
-/// of the linger, so a writer waiting elsewhere gets the lease within about one
-/// linger. Never more often than every 50 ms.
+/// half linger of its turn): a quarter of the linger, so a writer waiting elsewhere
+/// gets the lease within about one linger. Never more often than every 50 ms.
 fn waiter_look_every(linger: std::time::Duration) -> std::time::Duration {
     (linger / 4).max(std::time::Duration::from_millis(50))
 }
@@ -407,7 +406,7 @@ impl Store {
     /// `PRAGMA managedblob_batch=begin` that waits for a lease held elsewhere as a
     /// write does: `busy_wait` is one call of the connection's busy handler (it
     /// sleeps as the busy_timeout says and answers `false` once that is spent). While
-    /// it waits, this process leaves the waiter mark, so a holder that only keeps the
+    /// it waits, this process takes a place in the waiter queue, so a holder that only keeps the
     /// lease warm gives it up within about a linger.
     pub fn batch_begin_waiting(
         &self,
