@@ -367,7 +367,14 @@ impl Residency {
     }
 }
 
+/// The header: its first 256 bytes hold it whole in practice (read at every SHARED
+/// lock of a lazy connection, so kept small); longer etags cost a second read.
 fn read_header(file: &File) -> io::Result<Option<Header>> {
+    let mut raw = [0u8; 256];
+    let n = read_up_to(file, &mut raw, 0)?;
+    if let Some(header) = Header::decode(&raw[..n]) {
+        return Ok(Some(header));
+    }
     let mut raw = vec![0u8; HEADER_LEN as usize];
     let n = read_up_to(file, &mut raw, 0)?;
     Ok(Header::decode(&raw[..n]))

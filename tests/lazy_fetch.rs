@@ -627,3 +627,70 @@ fn azurite_a_scan_reads_ahead() {
         scan_reads_ahead(&w);
     }
 }
+
+/// With `history` on (writer and reader), a chunk the remote changed while a read
+/// transaction ran comes from the kept version of the reader's base: the read goes
+/// on, on its snapshot, instead of ending with SQLITE_BUSY_SNAPSHOT.
+fn moved_during_a_read_with_history(w: &World) {
+    let writer = w.open_with("h1", "a.db", "&history=10");
+    writer
+        .execute_batch(&format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS})
+             INSERT INTO t SELECT i, randomblob({ROW}) FROM n;"
+        ))
+        .unwrap();
+    let old_950 = head(&writer, 950).unwrap();
+    let c = lazy(w, "h2", "&history=10");
+    c.execute_batch("BEGIN").unwrap();
+    head(&c, 1).unwrap();
+    writer
+        .execute(
+            "UPDATE t SET b = zeroblob(?1) WHERE id BETWEEN 900 AND 1000",
+            [ROW],
+        )
+        .unwrap();
+    assert_eq!(
+        head(&c, 950).unwrap(),
+        old_950,
+        "the snapshot's bytes, from history"
+    );
+    c.execute_batch("COMMIT").unwrap();
+    assert_eq!(head(&c, 950).unwrap(), "0000000000000000");
+    assert_eq!(integrity(&c), "ok");
+}
+
+#[test]
+fn local_a_remote_that_moves_during_a_read_with_history() {
+    moved_during_a_read_with_history(&World::local());
+}
+
+/// Deferred uploads (`flush_ms`) work on a lazy cache as on a full one: the commits
+/// return at once, the background upload reads only chunks the cache holds, and a
+/// full host then reads them.
+#[test]
+fn deferred_uploads_from_a_lazy_cache() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    drop(h1);
+    let c = lazy(&w, "h2", "&flush_ms=50");
+    for i in 0..20 {
+        c.execute(
+            "UPDATE t SET b = zeroblob(?1) WHERE id = ?2",
+            [ROW, 1 + i * 45],
+        )
+        .unwrap();
+    }
+    common::wait::wait_until("the deferred commits are uploaded", || {
+        status(&c)["dirty"] == false
+    });
+    let (present, total) = residence(&status(&c));
+    assert!(
+        present * 2 < total,
+        "{present} of {total}: the upload fetched nothing it did not need"
+    );
+    let full = w.open("h3", "a.db");
+    assert_eq!(integrity(&full), "ok");
+    assert_eq!(head(&full, 1 + 19 * 45).unwrap(), "0000000000000000");
+    assert_eq!(rows(&full), rows(&c));
+}

@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use super::evict::{Epochs, Stamps};
 use super::state::{Activity, LastError, State};
 use super::Store;
-use crate::backend::{BackendErrorKind, BlobStat, Etag};
+use crate::backend::{BackendErrorKind, Etag};
 use crate::delta::{ChunkId, Manifest};
 use crate::error::{Error, Result};
 use crate::image;
@@ -89,7 +89,7 @@ pub(super) enum Known {
     Unknown,
     /// The remote has no blob: the cache is all local (nothing to fetch).
     NoBlob,
-    Base(LazyBase),
+    Base(Box<LazyBase>),
 }
 
 impl Known {
@@ -365,22 +365,40 @@ impl Store {
                 .filter(|m| m.len == stat.size)
                 .map(|m| (stat, m))
         });
-        let unchanged = |(stat, m): &(BlobStat, Manifest)| {
-            let same = m.chunk_size == base.manifest.chunk_size
-                && moved
-                    .iter()
-                    .all(|&i| m.ids.get(i as usize) == base.manifest.ids.get(i as usize));
-            same.then(|| stat.etag.clone())
+        // Chunks the newer version has unchanged (same block id: same bytes) come
+        // from it; the others only from history.
+        let (same, mut changed): (Vec<u64>, Vec<u64>) = match &newer {
+            Some((_, m)) if m.chunk_size == base.manifest.chunk_size => moved
+                .iter()
+                .partition(|&&i| m.ids.get(i as usize) == base.manifest.ids.get(i as usize)),
+            _ => (Vec::new(), moved),
         };
-        let Some(etag) = newer.as_ref().and_then(unchanged) else {
-            return Err(self.snapshot_gone());
-        };
-        let (again, still_moved) = self.fetch_pinned(&base.manifest, &etag, &moved)?;
-        if !still_moved.is_empty() {
-            return Err(self.snapshot_gone());
+        if let (Some((stat, _)), false) = (&newer, same.is_empty()) {
+            let (again, still_moved) = self.fetch_pinned(&base.manifest, &stat.etag, &same)?;
+            got.extend(again);
+            changed.extend(still_moved);
         }
-        got.extend(again);
+        // Changed in the newer version: the bytes of the base are only in history.
+        for i in changed {
+            match self.kept_chunk(base, i)? {
+                Some(data) => got.push((i, data)),
+                None => return Err(self.snapshot_gone()),
+            }
+        }
         Ok(got)
+    }
+
+    /// Chunk `i` of the base from the versions `history` keeps, when it keeps it.
+    fn kept_chunk(&self, base: &LazyBase, i: u64) -> Result<Option<Vec<u8>>> {
+        if !self.config.history.is_on() {
+            return Ok(None);
+        }
+        let (offset, len) = base.manifest.chunk_range(i);
+        let Some(data) = self.remote.read_kept_range(offset, len, &base.etag)? else {
+            return Ok(None);
+        };
+        self.check_chunk(&base.manifest, i, &data)?;
+        Ok(Some(data))
     }
 
     /// Ranged reads of `wanted` chunks of `manifest` pinned to `etag`, on up to
@@ -578,12 +596,12 @@ impl Store {
                         b.record.mark_present(&grown)
                     })
                     .map(|()| {
-                        Known::Base(LazyBase::new(
+                        Known::Base(Box::new(LazyBase::new(
                             etag.clone(),
                             m.clone(),
                             b.record,
                             lazy.epochs.now(),
-                        ))
+                        )))
                     })
             }
             (_, _) => Ok(Known::Unknown),

@@ -45,7 +45,12 @@ impl Store {
             .map_err(|e| Error::local("opening the residency record", e))?;
         self.check_holes(lazy, &record);
         self.join_sharers(lazy)?;
-        *lazy.base.write() = Known::Base(LazyBase::new(etag, manifest, record, lazy.epochs.now()));
+        *lazy.base.write() = Known::Base(Box::new(LazyBase::new(
+            etag,
+            manifest,
+            record,
+            lazy.epochs.now(),
+        )));
         Ok(())
     }
 
@@ -171,7 +176,7 @@ impl Store {
         if discard_journal {
             self.remove_journal()?;
         }
-        *guard = Known::Base(base);
+        *guard = Known::Base(Box::new(base));
         drop(guard);
         tracing::info!(cache = %self.cache_path.display(), chunks = manifest.ids.len(),
             "took the remote's version lazily (its chunk list and first chunk)");
