@@ -406,8 +406,8 @@ impl Store {
     /// `PRAGMA managedblob_batch=begin` that waits for a lease held elsewhere as a
     /// write does: `busy_wait` is one call of the connection's busy handler (it
     /// sleeps as the busy_timeout says and answers `false` once that is spent). While
-    /// it waits, this process takes a place in the waiter queue, so a holder that only keeps the
-    /// lease warm gives it up within about a linger.
+    /// it waits, this process takes a place in the waiter queue, so a holder that
+    /// only keeps the lease warm gives it up within about a linger.
     pub fn batch_begin_waiting(
         &self,
         file: &mut dyn LocalFile,

@@ -125,6 +125,23 @@ mod turn_tests {
     }
 
     #[test]
+    fn a_turn_with_waiters_behind_lingers_only_the_handover() {
+        let linger = Duration::from_secs(1);
+        let mut turn = WarmTurn::default();
+        assert_eq!(turn.linger(linger), linger);
+        turn.waiters_behind();
+        assert_eq!(turn.linger(linger), WarmTurn::HANDOVER);
+        assert_eq!(
+            turn.linger(Duration::from_millis(20)),
+            Duration::from_millis(20)
+        );
+        // The next turn starts without them.
+        turn.released();
+        assert!(!turn.has_waiters_behind());
+        assert_eq!(turn.linger(linger), linger);
+    }
+
+    #[test]
     fn a_release_starts_a_new_turn() {
         let linger = Duration::from_millis(100);
         let t0 = Instant::now();
