@@ -17,8 +17,8 @@ pub enum Request {
     StageBlock,
     CommitBlocks,
     ReadRange,
-    /// A waiter mark written (a writer found the lease held) or read (a holder
-    /// keeping the lease warm looks whether someone waits).
+    /// The waiter queue read or replaced (a writer waits for the lease), or its
+    /// version read (a holder keeping the lease warm looks whether someone waits).
     Waiter,
 }
 
@@ -83,7 +83,7 @@ pub struct CounterSnapshot {
     pub stage_block: u64,
     pub commit_blocks: u64,
     pub read_range: u64,
-    /// Waiter marks written and read (fair turns between hosts' writers).
+    /// Waiter-queue reads and replaces (fair turns between hosts' writers).
     pub waiter: u64,
     pub total: u64,
     pub bytes_up: u64,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::backend::{
     Backend, BackendError, BackendResult, BlobStat, BlockId, BlockList, Blocks, Condition, Etag,
-    Lease, LeaseId,
+    Lease, LeaseId, WaiterQueue,
 };
 use crate::config::RetryPolicy;
 use crate::counters::{Counters, Request};
@@ -474,14 +474,24 @@ impl Remote {
         })
     }
 
-    /// Say this writer waits for the lease (it found it held); the new mark.
-    pub fn announce_waiter(&self) -> BackendResult<Option<String>> {
+    /// The waiter queue, for a writer waiting for the lease.
+    pub fn waiter_queue(&self) -> BackendResult<Option<WaiterQueue>> {
+        self.call(Request::Waiter, |_| self.backend.waiter_queue(&self.blob))
+    }
+
+    /// Replace the waiter queue if it is still at `expected`; its new version.
+    pub fn replace_waiter_queue(
+        &self,
+        text: &str,
+        expected: Option<&str>,
+    ) -> BackendResult<Option<String>> {
         self.call(Request::Waiter, |_| {
-            self.backend.announce_waiter(&self.blob)
+            self.backend
+                .replace_waiter_queue(&self.blob, text, expected)
         })
     }
 
-    /// The waiter mark, for the store's clock (not counted as the store being in
+    /// The waiter mark (the waiter queue's version), for the store's clock (not counted as the store being in
     /// the network).
     pub fn waiter_mark_in_background(&self) -> BackendResult<Option<String>> {
         self.attempts(Request::Waiter, |_| self.backend.waiter_mark(&self.blob))

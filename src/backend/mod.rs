@@ -58,6 +58,15 @@ pub struct BlobStat {
     pub size: u64,
 }
 
+/// The waiter queue beside a blob as read ([`Backend::waiter_queue`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaiterQueue {
+    /// What the store wrote (its format is the store's).
+    pub text: String,
+    /// Changes with every replace; what the next replace names.
+    pub version: String,
+}
+
 /// The precondition of an upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
@@ -200,18 +209,30 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(0)
     }
 
-    /// A writer found the lease on `blob` held: say so, cheaply, so that a holder
-    /// that only keeps it warm after a commit gives it up at once (fair turns between
-    /// hosts). Returns the new waiter mark (what [`Backend::waiter_mark`] reads now),
-    /// so the announcer does not take its own announcement for another waiter.
-    /// Backends without a place for it keep the default (no mark: the holder's turn
-    /// is then bounded by time alone).
-    fn announce_waiter(&self, _blob: &str) -> BackendResult<Option<String>> {
+    /// The waiter queue beside `blob` (fair turns between hosts' writers): the
+    /// writers waiting for its lease, oldest first, as text the store writes, with
+    /// the version a replace names. `None` when no writer ever waited (or the backend
+    /// keeps no queue: every waiter then races for each release).
+    fn waiter_queue(&self, _blob: &str) -> BackendResult<Option<WaiterQueue>> {
         Ok(None)
     }
 
-    /// A token that changes each time a writer announces it waits for the lease on
-    /// `blob`; `None` when none ever did (or the backend keeps no mark).
+    /// Replace the waiter queue of `blob` with `text` if it is still at version
+    /// `expected` (`None`: there is none yet), without a lease. Returns the new
+    /// version; `ConditionFailed` or `AlreadyExists` when another writer changed it
+    /// first. Backends without a queue keep the default (`Ok(None)`, nothing kept).
+    fn replace_waiter_queue(
+        &self,
+        _blob: &str,
+        _text: &str,
+        _expected: Option<&str>,
+    ) -> BackendResult<Option<String>> {
+        Ok(None)
+    }
+
+    /// The waiter queue's version alone, read cheaply by a holder keeping the lease
+    /// warm: it changes with every replace, so a new version means a writer waits.
+    /// `None` when there is no queue.
     fn waiter_mark(&self, _blob: &str) -> BackendResult<Option<String>> {
         Ok(None)
     }

@@ -64,7 +64,8 @@ struct Timers {
     stop: bool,
 }
 
-/// A waiter mark as read (`None`: no writer ever left one).
+/// A waiter mark, the waiter queue's version, as read (`None`: no writer ever
+/// waited).
 type Mark = Option<String>;
 
 /// What a turn compares the waiter mark with.
@@ -283,8 +284,9 @@ impl Clock {
         }
     }
 
-    /// This process left the waiter mark `mark`: if it gets the lease next, that
-    /// mark is its own, not another waiter's.
+    /// This process replaced the waiter queue (joining or leaving it), making
+    /// `mark`: if it holds the lease next, that mark is its own, not another
+    /// waiter's.
     pub(super) fn announced(&self, mark: Mark) {
         self.shared.timers.lock().announced = Some(mark);
     }

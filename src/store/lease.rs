@@ -41,7 +41,11 @@ impl Store {
     /// cache was synced with it is an error, never a silent re-creation.
     pub(super) fn take_write_lease(&self, st: &mut State) -> Result<bool> {
         match self.acquire_lease(st)? {
-            Some(lease) => self.adopt_lease(st, lease).map(|()| false),
+            Some(lease) => {
+                self.adopt_lease(st, lease)?;
+                self.leave_line(st);
+                Ok(false)
+            }
             None if st.sidecar.base.is_none() => Ok(true),
             None => {
                 self.force_check(st);
@@ -71,6 +75,7 @@ impl Store {
         };
         let mut created = false;
         let mut reclaimed = false;
+        self.wait_in_line(st)?;
         loop {
             match self.remote.acquire_lease(self.config.lease) {
                 // The empty blob just created, still that version: its size is known.
@@ -86,11 +91,12 @@ impl Store {
                         reclaimed = true;
                         continue;
                     }
-                    // The holder may only keep it warm: tell it a writer waits. It
-                    // commits meanwhile, so look at the remote at the next try: a
-                    // snapshot already current when the lease comes free adopts it
-                    // at once, instead of giving it back for a refresh.
-                    self.announce_waiting(st);
+                    // The holder may only keep it warm: take a place in the waiter
+                    // queue, which tells it a writer waits. It commits meanwhile, so
+                    // look at the remote at the next try: a snapshot already current
+                    // when the lease comes free adopts it at once, instead of giving
+                    // it back for a refresh.
+                    self.join_line(st);
                     self.force_check(st);
                     // Why the write waits, for the status report (SQLite says only
                     // "database is locked"); routine contention, so not a warning.
@@ -211,6 +217,8 @@ impl Store {
     /// no check pending), else give it back.
     pub(super) fn keep_warm_or_release(&self, st: &mut State) {
         let linger = self.config.lease_linger;
+        // Shorter when writers wait in line behind this turn.
+        let keep = st.lease.turn_linger(linger);
         let now = Instant::now();
         if self.clock.take_waiter() {
             // Another host's writer waits: its turn now, and this process's next
@@ -224,7 +232,7 @@ impl Store {
             && st
                 .lease
                 .observe()
-                .linger(now + linger, |at| self.clock.release_when_idle(at))
+                .linger(now + keep, |at| self.clock.release_when_idle(at))
         {
             let started = st.lease.turn_started().unwrap_or(now);
             self.clock
@@ -232,23 +240,6 @@ impl Store {
             return;
         }
         self.release_lease(st);
-    }
-
-    /// A writer found the lease held: leave the waiter mark, so that a holder that
-    /// only keeps it warm gives it up (once per [`waiter_look_every`] at most: a
-    /// busy handler retries far more often).
-    fn announce_waiting(&self, st: &mut State) {
-        let every = waiter_look_every(self.config.lease_linger);
-        if !st.lease.announce_due(every) {
-            return;
-        }
-        match self.remote.announce_waiter() {
-            // When this process gets the lease, its own mark is no other waiter.
-            Ok(mark) => self.clock.announced(mark),
-            Err(e) => {
-                tracing::debug!(blob = %self.config.blob, error = %e, "could not leave the waiter mark")
-            }
-        }
     }
 
     /// With `history` on, the publish took a snapshot under the lease; Azurite then
@@ -279,10 +270,11 @@ impl Store {
         if !(slot.is_warm() && st.write.lease_unneeded() && (waiter || slot.idle_at(now))) {
             return Tried::Done;
         }
+        let behind = st.lease.has_waiters_behind();
         let LeaseSlot::Warm { held, .. } = st.lease.give_up() else {
             unreachable!("checked warm above");
         };
-        if self.clock.take_waiter() {
+        if self.clock.take_waiter() || behind {
             tracing::debug!(blob = %self.config.blob, "giving the warm lease to a waiting writer");
             st.lease.yield_to_waiter(now, self.config.lease_linger);
         } else {
@@ -404,9 +396,8 @@ impl Store {
 }
 
 /// How often a holder keeping the lease warm reads the waiter mark (after the first
-/// half linger of its turn), and how often a waiting writer rewrites it: a quarter
-/// of the linger, so a writer waiting elsewhere gets the lease within about one
-/// linger. Never more often than every 50 ms.
+/// half linger of its turn): a quarter of the linger, so a writer waiting elsewhere
+/// gets the lease within about one linger. Never more often than every 50 ms.
 fn waiter_look_every(linger: std::time::Duration) -> std::time::Duration {
     (linger / 4).max(std::time::Duration::from_millis(50))
 }
@@ -415,8 +406,8 @@ impl Store {
     /// `PRAGMA managedblob_batch=begin` that waits for a lease held elsewhere as a
     /// write does: `busy_wait` is one call of the connection's busy handler (it
     /// sleeps as the busy_timeout says and answers `false` once that is spent). While
-    /// it waits, this process leaves the waiter mark, so a holder that only keeps the
-    /// lease warm gives it up within about a linger.
+    /// it waits, this process takes a place in the waiter queue, so a holder that
+    /// only keeps the lease warm gives it up within about a linger.
     pub fn batch_begin_waiting(
         &self,
         file: &mut dyn LocalFile,

@@ -1,7 +1,7 @@
 //! The lease part of the store's state ([`LeaseState`]): what this process holds of
 //! the remote lease ([`LeaseSlot`]), an idle release in flight ([`Release`]), its
 //! turn keeping the lease warm ([`WarmTurn`]), what the end of the write does with
-//! it ([`AfterWrite`]), and when it last told the holder it waits.
+//! it ([`AfterWrite`]), and its place among other hosts' waiting writers ([`Line`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::clock::HeldLease;
+use super::line::Line;
 use super::turn::WarmTurn;
 use crate::backend::LeaseId;
 
@@ -19,8 +20,8 @@ pub(crate) struct LeaseState {
     /// How long this process has kept the lease warm without a break.
     turn: WarmTurn,
     after_write: AfterWrite,
-    /// When this process last announced it waits for the lease (rate-limited).
-    announced_at: Option<Instant>,
+    /// This process's place in the waiter queue, while it waits for the lease.
+    line: Line,
 }
 
 /// What the end of the current write transaction does with the lease.
@@ -104,6 +105,23 @@ impl LeaseState {
     /// Another host's writer waits ([`WarmTurn::yield_to_waiter`]).
     pub fn yield_to_waiter(&mut self, now: Instant, linger: Duration) {
         self.turn.yield_to_waiter(now, linger);
+        self.line.gave_way(now);
+    }
+
+    /// This process took the lease from the line with writers behind it
+    /// ([`WarmTurn::waiters_behind`]).
+    pub fn waiters_behind(&mut self) {
+        self.turn.waiters_behind();
+    }
+
+    /// Whether writers wait behind this turn.
+    pub fn has_waiters_behind(&self) -> bool {
+        self.turn.has_waiters_behind()
+    }
+
+    /// How long to keep the lease warm after a write ([`WarmTurn::linger`]).
+    pub fn turn_linger(&self, linger: Duration) -> Duration {
+        self.turn.linger(linger)
     }
 
     /// When the current warm turn started.
@@ -111,14 +129,9 @@ impl LeaseState {
         self.turn.started()
     }
 
-    /// A writer finds the lease held: whether to leave the waiter mark now (at most
-    /// once per `every`, however often the busy handler retries).
-    pub fn announce_due(&mut self, every: Duration) -> bool {
-        if self.announced_at.is_some_and(|at| at.elapsed() < every) {
-            return false;
-        }
-        self.announced_at = Some(Instant::now());
-        true
+    /// This process's place among the writers waiting for the lease.
+    pub fn line(&mut self) -> &mut Line {
+        &mut self.line
     }
 }
 

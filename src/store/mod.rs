@@ -53,6 +53,7 @@ mod lazy;
 mod lazy_install;
 mod lease;
 mod lease_slot;
+mod line;
 mod manifest;
 mod publish;
 mod publishing;

@@ -15,6 +15,10 @@ pub(crate) struct WarmTurn {
     since: Option<Instant>,
     /// Until when this process's next write waits before taking the lease.
     yield_until: Option<Instant>,
+    /// Other writers were waiting in line behind this process when it took the
+    /// lease from the line: it keeps the lease warm only [`WarmTurn::HANDOVER`], and
+    /// gives it back as to a waiter.
+    waiters_behind: bool,
 }
 
 impl WarmTurn {
@@ -23,6 +27,30 @@ impl WarmTurn {
     /// The pause after a turn: at most this, and at most one linger. Other writers'
     /// busy handlers retry every 100 ms at most, so they see the lease free.
     pub const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+    /// The linger of a turn taken from the line with writers behind: long enough for
+    /// writes that follow at once (a backlog), short beside a busy handler's retry.
+    pub const HANDOVER: Duration = Duration::from_millis(50);
+
+    /// This process took the lease from the line, with writers still waiting behind.
+    pub fn waiters_behind(&mut self) {
+        self.waiters_behind = true;
+    }
+
+    /// Whether writers wait behind this turn ([`WarmTurn::waiters_behind`]).
+    pub fn has_waiters_behind(&self) -> bool {
+        self.waiters_behind
+    }
+
+    /// How long this turn keeps the lease warm after a write: the linger, or
+    /// [`WarmTurn::HANDOVER`] when writers wait behind it.
+    pub fn linger(&self, linger: Duration) -> Duration {
+        if self.waiters_behind {
+            linger.min(Self::HANDOVER)
+        } else {
+            linger
+        }
+    }
 
     /// May the lease be kept warm after a commit at `now`? `false` ends the turn.
     pub fn may_keep(&mut self, now: Instant, linger: Duration) -> bool {
@@ -50,6 +78,7 @@ impl WarmTurn {
     /// The lease was given back: the next warm keep starts a new turn.
     pub fn released(&mut self) {
         self.since = None;
+        self.waiters_behind = false;
     }
 
     /// How long a write starting at `now` waits before taking the lease.
@@ -93,6 +122,23 @@ mod turn_tests {
         assert!(turn.may_keep(t0, linger));
         assert!(!turn.may_keep(t0 + linger * 10, linger));
         assert_eq!(turn.pause_left(t0 + linger * 10), Some(WarmTurn::MAX_PAUSE));
+    }
+
+    #[test]
+    fn a_turn_with_waiters_behind_lingers_only_the_handover() {
+        let linger = Duration::from_secs(1);
+        let mut turn = WarmTurn::default();
+        assert_eq!(turn.linger(linger), linger);
+        turn.waiters_behind();
+        assert_eq!(turn.linger(linger), WarmTurn::HANDOVER);
+        assert_eq!(
+            turn.linger(Duration::from_millis(20)),
+            Duration::from_millis(20)
+        );
+        // The next turn starts without them.
+        turn.released();
+        assert!(!turn.has_waiters_behind());
+        assert_eq!(turn.linger(linger), linger);
     }
 
     #[test]

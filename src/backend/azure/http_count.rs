@@ -10,8 +10,8 @@ use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Method, Request};
 
 /// Azure's operation names, as the status report spells them, and `waiter_mark`:
-/// the reads and writes of the mark a writer waiting for the lease leaves
-/// (`<blob>.mb-waiting`, a Get Blob Properties or Put Blob as Azure bills them),
+/// the reads and writes of the waiter queue (`<blob>.mb-waiting`, a Get Blob
+/// Properties, Get Blob or Put Blob as Azure bills them),
 /// apart so that they are not taken for the database's own stats and uploads.
 const KINDS: [&str; 10] = [
     "get_blob_properties",

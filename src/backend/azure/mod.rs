@@ -95,7 +95,7 @@ pub use self::url::{ContainerUrl, SasToken};
 #[cfg(doc)]
 use super::BackendErrorKind;
 use super::{Backend, BackendResult, BlobStat, Blocks, Lease, LeaseId};
-use crate::backend::{Body, Terms};
+use crate::backend::{Body, Terms, WaiterQueue};
 
 /// Sizes and limits of the transfers. The defaults suit production; tests shrink them
 /// to exercise the staged path with small bodies.
@@ -264,8 +264,17 @@ impl Backend for AzureBackend {
         Some(self)
     }
 
-    fn announce_waiter(&self, blob: &str) -> BackendResult<Option<String>> {
-        self.put_waiter_mark(blob)
+    fn waiter_queue(&self, blob: &str) -> BackendResult<Option<WaiterQueue>> {
+        self.get_waiter_queue(blob)
+    }
+
+    fn replace_waiter_queue(
+        &self,
+        blob: &str,
+        text: &str,
+        expected: Option<&str>,
+    ) -> BackendResult<Option<String>> {
+        self.put_waiter_queue(blob, text, expected)
     }
 
     fn waiter_mark(&self, blob: &str) -> BackendResult<Option<String>> {

@@ -17,8 +17,9 @@
 //! * `.<file>.mb-blocks`: the committed block list (ids and sizes) of the blob, with
 //!   the etag of the version it belongs to (see below).
 //! * `.<file>.mb-staged/<hex id>`: blocks staged for the next block commit.
-//! * `.<file>.mb-waiting`: a token a writer that found the lease held rewrites, so
-//!   that a holder keeping the lease warm gives it up (fair turns).
+//! * `.<file>.mb-waiting`: the waiter queue (fair turns, `waiter.rs`): the writers
+//!   waiting for the lease, under a version token a holder keeping the lease warm
+//!   watches; `.<file>.mb-waiting-lock` is `flock`ed around its replace.
 //! * `<file>-journal`: during a block commit written in place, SQLite's rollback
 //!   journal of the blob (named and formatted as SQLite's own, see `journal.rs`).
 //! * `.<file>.mb-versions/`: kept versions (the history capability), `versions.rs`.
@@ -74,6 +75,7 @@ mod lease;
 mod paths;
 mod upload;
 mod versions;
+mod waiter;
 
 use std::fs;
 use std::io::{self, Write};
@@ -89,7 +91,7 @@ use super::{
     Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, Blocks, Condition, Lease,
     LeaseId,
 };
-use super::{Body, Terms};
+use super::{Body, Terms, WaiterQueue};
 use crate::sys::hostname;
 
 /// A directory used as the remote store.
@@ -265,25 +267,23 @@ impl Backend for LocalBackend {
         p.remove_lease(OP)
     }
 
-    /// `.<blob>.mb-waiting`: a random token rewritten by each announcement (no
-    /// lock: a torn read is only another token, which costs the holder a turn).
-    fn announce_waiter(&self, blob: &str) -> BackendResult<Option<String>> {
-        const OP: &str = "announce waiter";
-        let p = self.paths(blob)?;
-        let token = etag::random_token();
-        crate::fsutil::replace_unsynced(&p.waiter_mark(), token.as_bytes())
-            .map_err(|e| p.io_error(OP, e))?;
-        Ok(Some(token))
+    fn waiter_queue(&self, blob: &str) -> BackendResult<Option<WaiterQueue>> {
+        self.paths(blob)?.read_waiter_queue()
+    }
+
+    fn replace_waiter_queue(
+        &self,
+        blob: &str,
+        text: &str,
+        expected: Option<&str>,
+    ) -> BackendResult<Option<String>> {
+        self.paths(blob)?
+            .replace_waiter_queue(text, expected)
+            .map(Some)
     }
 
     fn waiter_mark(&self, blob: &str) -> BackendResult<Option<String>> {
-        const OP: &str = "read waiter mark";
-        let p = self.paths(blob)?;
-        match std::fs::read_to_string(p.waiter_mark()) {
-            Ok(token) => Ok(Some(token)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(p.io_error(OP, e)),
-        }
+        Ok(self.paths(blob)?.read_waiter_queue()?.map(|q| q.version))
     }
 
     fn history(&self) -> Option<&dyn super::History> {

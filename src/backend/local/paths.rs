@@ -58,7 +58,7 @@ impl BlobPaths {
         self.side("lease")
     }
 
-    /// `.mb-waiting`: the mark a writer waiting for the lease rewrites.
+    /// `.mb-waiting`: the waiter queue (its version, then the writers waiting).
     pub fn waiter_mark(&self) -> PathBuf {
         self.side("waiting")
     }
@@ -202,7 +202,7 @@ pub(super) struct FileLock {
 }
 
 impl FileLock {
-    fn acquire(path: &Path) -> io::Result<Self> {
+    pub(super) fn acquire(path: &Path) -> io::Result<Self> {
         let file = open_private(path, IfExists::Keep)?;
         flock_exclusive(&file)?;
         Ok(FileLock { _file: file })

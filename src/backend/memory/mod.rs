@@ -38,7 +38,7 @@ use super::{
     hex, Backend, BackendError, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks,
     Condition, Etag, Lease, LeaseId,
 };
-use super::{Block, Body, Terms};
+use super::{Block, Body, Terms, WaiterQueue};
 
 /// Blobs held in memory, with knobs to make the store misbehave.
 pub struct MemoryBackend {
@@ -58,8 +58,8 @@ struct State {
     faults: [Fault; OP_COUNT],
     latency: Duration,
     land_then_fail: bool,
-    /// Waiter announcements per blob (the mark is their count).
-    waiters: HashMap<String, u64>,
+    /// The waiter queue per blob: its version (from `versions`) and text.
+    waiters: HashMap<String, (u64, String)>,
 }
 
 struct StoredBlob {
@@ -331,17 +331,50 @@ impl Backend for MemoryBackend {
         Some(self)
     }
 
-    fn announce_waiter(&self, blob: &str) -> BackendResult<Option<String>> {
+    fn waiter_queue(&self, blob: &str) -> BackendResult<Option<WaiterQueue>> {
+        crate::backend::checks::validate_blob_name(blob)?;
+        let state = self.state.lock();
+        Ok(state.waiters.get(blob).map(|(version, text)| WaiterQueue {
+            text: text.clone(),
+            version: version.to_string(),
+        }))
+    }
+
+    fn replace_waiter_queue(
+        &self,
+        blob: &str,
+        text: &str,
+        expected: Option<&str>,
+    ) -> BackendResult<Option<String>> {
         crate::backend::checks::validate_blob_name(blob)?;
         let mut state = self.state.lock();
-        let n = state.waiters.entry(blob.to_owned()).or_default();
-        *n += 1;
-        Ok(Some(n.to_string()))
+        let current = state.waiters.get(blob).map(|(v, _)| v.to_string());
+        if current.as_deref() != expected {
+            let kind = match expected {
+                None => BackendErrorKind::AlreadyExists,
+                Some(_) => BackendErrorKind::ConditionFailed,
+            };
+            return Err(BackendError::new(
+                kind,
+                "the waiter queue changed meanwhile",
+            ));
+        }
+        state.versions += 1;
+        let version = state.versions;
+        state
+            .waiters
+            .insert(blob.to_owned(), (version, text.to_owned()));
+        Ok(Some(version.to_string()))
     }
 
     fn waiter_mark(&self, blob: &str) -> BackendResult<Option<String>> {
         crate::backend::checks::validate_blob_name(blob)?;
-        Ok(self.state.lock().waiters.get(blob).map(u64::to_string))
+        Ok(self
+            .state
+            .lock()
+            .waiters
+            .get(blob)
+            .map(|(v, _)| v.to_string()))
     }
 
     fn history(&self) -> Option<&dyn super::History> {

@@ -246,3 +246,40 @@ pub fn check_concurrent_matches_have_one_winner(store: &Store) {
         |data, won| assert_eq!(download(b, "race.db"), (data.to_vec(), won.clone())),
     );
 }
+
+/// The waiter queue beside a blob (fair turns between hosts' writers): absent until
+/// first written, replaced only from the version the writer read, each replace a
+/// new version that `waiter_mark` reads too; never a version of the blob itself.
+pub fn check_waiter_queue_replaces_conditionally(store: &Store) {
+    let b = &**store;
+    assert_eq!(b.waiter_queue("q.db").unwrap(), None);
+    assert_eq!(b.waiter_mark("q.db").unwrap(), None);
+    let v1 = b
+        .replace_waiter_queue("q.db", "a 1\n", None)
+        .unwrap()
+        .expect("the store keeps a queue");
+    let q = b.waiter_queue("q.db").unwrap().expect("written");
+    assert_eq!((q.text.as_str(), &q.version), ("a 1\n", &v1));
+    assert_eq!(b.waiter_mark("q.db").unwrap().as_ref(), Some(&v1));
+    // A second writer that read no queue lost the race to create it.
+    assert_eq!(
+        kind_of(b.replace_waiter_queue("q.db", "b 1\n", None)),
+        BackendErrorKind::AlreadyExists
+    );
+    let v2 = b
+        .replace_waiter_queue("q.db", "a 1\nb 1\n", Some(&v1))
+        .unwrap()
+        .unwrap();
+    assert_ne!(v2, v1);
+    // A replace from the old version changes nothing.
+    assert_eq!(
+        kind_of(b.replace_waiter_queue("q.db", "c 1\n", Some(&v1))),
+        BackendErrorKind::ConditionFailed
+    );
+    let q = b.waiter_queue("q.db").unwrap().unwrap();
+    assert_eq!((q.text.as_str(), &q.version), ("a 1\nb 1\n", &v2));
+    assert_eq!(b.waiter_mark("q.db").unwrap(), Some(v2));
+    // The queue is no blob of its own name's database.
+    assert_eq!(b.stat("q.db").unwrap(), None);
+    assert_eq!(b.waiter_queue("other.db").unwrap(), None);
+}

@@ -201,6 +201,7 @@ macro_rules! suite {
                 check_lease_expiry,
                 check_invalid_names_rejected_everywhere,
                 check_concurrent_matches_have_one_winner,
+                check_waiter_queue_replaces_conditionally,
                 check_blocks_commit_list_and_read,
                 check_blocks_create_and_missing,
                 check_blocks_respect_the_lease,
