@@ -410,13 +410,18 @@ impl Remote {
         let data = self.call(Request::ReadRange, |_| {
             blocks.read_range(&self.blob, offset, len, etag)
         })?;
+        self.count_chunk_down(&data);
+        Ok(data)
+    }
+
+    /// A chunk came down: counted as one, with its bytes.
+    fn count_chunk_down(&self, data: &[u8]) {
         self.counters
             .bytes_down
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.counters
             .chunks_down
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(data)
     }
 
     /// Read `len` bytes at `offset` of the kept version that was version `etag`
@@ -434,12 +439,7 @@ impl Remote {
             history.read_kept_range(&self.blob, etag, offset, len)
         })?;
         if let Some(data) = &data {
-            self.counters
-                .bytes_down
-                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            self.counters
-                .chunks_down
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.count_chunk_down(data);
         }
         Ok(data)
     }

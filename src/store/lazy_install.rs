@@ -10,7 +10,7 @@ use crate::backend::BlobStat;
 use crate::delta::Manifest;
 use crate::error::{Error, Result};
 use crate::image;
-use crate::localfile::{LocalFile, LockFail, LockLevel};
+use crate::localfile::{LocalFile, LockLevel};
 use crate::residency::{self, Residency};
 use crate::sidecar::InFlight;
 
@@ -85,19 +85,7 @@ impl Store {
                 "the remote blob has no chunk list of ours (another tool wrote it): fetching it whole");
             return Ok(false);
         };
-        let upgraded = match self.lock_exclusive(file, held) {
-            Ok(upgraded) => upgraded,
-            Err(fail) => {
-                self.force_check(st);
-                return Err(match fail {
-                    LockFail::Busy => Error::Busy(format!(
-                        "cache {} is in use by another connection; its refresh waits",
-                        self.cache_path.display()
-                    )),
-                    LockFail::Io(code) => self.lock_failed(code),
-                });
-            }
-        };
+        let upgraded = self.lock_exclusive_to_install(st, file, held)?;
         let result = self.install_lazily_locked(st, file, lazy, &stat, manifest, discard_journal);
         if upgraded {
             let _ = file.unlock(held);

@@ -207,19 +207,7 @@ impl Store {
             self.keep_conflict_copy(st, file)?;
         }
 
-        let upgraded = match self.lock_exclusive(file, held) {
-            Ok(upgraded) => upgraded,
-            Err(fail) => {
-                self.force_check(st);
-                return Err(match fail {
-                    LockFail::Busy => Error::Busy(format!(
-                        "cache {} is in use by another connection; its refresh waits",
-                        self.cache_path.display()
-                    )),
-                    LockFail::Io(code) => self.lock_failed(code),
-                });
-            }
-        };
+        let upgraded = self.lock_exclusive_to_install(st, file, held)?;
         let result = self.write_into_cache(st, file, discard_journal, fetched);
         if upgraded {
             let _ = file.unlock(held);
@@ -312,6 +300,27 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(cache = %self.cache_path.display(), bytes = stat.size, "cache refreshed from the remote");
         Ok(())
+    }
+
+    /// EXCLUSIVE for an install: another connection reading the cache makes it
+    /// SQLITE_BUSY (and the next SHARED lock checks again). `Ok(true)` when taken
+    /// here (the caller goes back to `held` after).
+    pub(super) fn lock_exclusive_to_install(
+        &self,
+        st: &mut State,
+        file: &mut dyn LocalFile,
+        held: LockLevel,
+    ) -> Result<bool> {
+        self.lock_exclusive(file, held).map_err(|fail| {
+            self.force_check(st);
+            match fail {
+                LockFail::Busy => Error::Busy(format!(
+                    "cache {} is in use by another connection; its refresh waits",
+                    self.cache_path.display()
+                )),
+                LockFail::Io(code) => self.lock_failed(code),
+            }
+        })
     }
 
     /// Take EXCLUSIVE on the cache from `held` (at least SHARED). Returns whether it
