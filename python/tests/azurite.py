@@ -66,9 +66,12 @@ class Azurite:
         )
         deadline = time.monotonic() + 30
         while True:
+            # A connect to a free ephemeral port can succeed by connecting to itself
+            # (TCP simultaneous open); that is not Azurite listening.
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                    if probe.getsockname() != probe.getpeername():
+                        return
             except OSError:
                 pass
             if self._process.poll() is not None:

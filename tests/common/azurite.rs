@@ -96,7 +96,7 @@ pub fn start(bin: &Path, extra: &[&std::ffi::OsStr]) -> Azurite {
         .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listens(port) {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -116,6 +116,17 @@ pub fn start(bin: &Path, extra: &[&std::ffi::OsStr]) -> Azurite {
         child: Mutex::new(child),
         port,
         _data: data,
+    }
+}
+
+/// Whether something other than ourselves accepts connections on `port`. A connect
+/// to a loopback port in the ephemeral range that nothing listens on can succeed by
+/// connecting to itself (TCP simultaneous open: the kernel picked the same port as the
+/// source); a wait that took that for Azurite went on before it listened (a CI failure).
+fn listens(port: u16) -> bool {
+    match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(stream) => stream.local_addr().ok() != stream.peer_addr().ok(),
+        Err(_) => false,
     }
 }
 
