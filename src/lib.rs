@@ -19,36 +19,46 @@
 
 #![deny(unsafe_code)]
 
-pub mod backend;
+// The public API is what this file declares `pub`: `register`, `register_with`,
+// `VFS_NAME`, `Options` (with `Key` and `SyncMode`, which its methods take), `Error`
+// and `Result` (with `BackendError` and `BackendErrorKind`, which a variant carries),
+// and `Status` (the `PRAGMA managedblob_status` answer, with `InFlight` and
+// `CounterSnapshot`, its fields' types). The modules are private; managedblob's own
+// programs reach further through `internal`.
+mod backend;
 mod cache_file;
-pub mod config;
+mod config;
 mod connection;
 mod counters;
 mod crash;
-pub mod delta;
-pub mod error;
+mod delta;
+mod error;
 mod ffi;
 mod fsutil;
 mod image;
+#[doc(hidden)]
+pub mod internal;
 mod leftovers;
-pub mod localfile;
+mod localfile;
 #[cfg(feature = "log-subscriber")]
-pub mod logging;
+mod logging;
 mod open;
-pub mod ops;
-pub mod pinned;
+mod ops;
+mod pinned;
 mod pragma;
-pub mod redact;
+mod redact;
 mod remote;
-pub mod remote_spec;
-pub mod sidecar;
+mod remote_spec;
+mod sidecar;
 mod store;
 mod sys;
 mod utc;
 
-pub use config::Options;
+pub use config::{Key, Options, SyncMode};
+pub use connection::Status;
 pub use counters::CounterSnapshot;
-pub use error::{Error, Result};
+pub use error::{BackendError, BackendErrorKind, Error, Result};
+pub use sidecar::InFlight;
 
 /// The name the VFS is registered under.
 pub const VFS_NAME: &str = "managedblob";
@@ -66,8 +76,3 @@ pub fn register() -> Result<()> {
 pub fn register_with(options: Options) -> Result<()> {
     ffi::register(options)
 }
-
-#[cfg(feature = "loadable_extension")]
-pub use ffi::{
-    extension_init, real_sqlite_function, register_before_first_open, register_in_process,
-};

@@ -559,7 +559,7 @@ fn rusqlite_app_with_bundled_sqlite_loads_the_extension() {
 #[cfg(feature = "azure")]
 #[test]
 fn shell_on_azurite_writes_and_a_second_shell_on_another_cache_reads_it() {
-    use managedblob::backend::Backend;
+    use managedblob::internal::backend::Backend;
     let place = prerequisites!(SQLITE3);
     let Some(azurite) = common::azurite::shared() else {
         return;
