@@ -318,8 +318,11 @@ impl Config {
         };
         let blob = match get(Key::Blob) {
             Some((value, origin)) => {
-                crate::remote_spec::validate_blob_name(&value).map_err(|e| {
-                    Error::Config(format!("setting 'blob' ({origin}) is invalid: {e}"))
+                crate::remote_spec::validate_blob_name(&value).map_err(|source| {
+                    Error::Setting {
+                        what: format!("setting 'blob' ({origin}) is invalid"),
+                        source,
+                    }
                 })?;
                 value
             }
@@ -334,10 +337,11 @@ impl Config {
                         ))
                     })?
                     .to_string();
-                crate::remote_spec::validate_blob_name(&base).map_err(|e| {
-                    Error::Config(format!(
-                        "setting 'blob' defaults to the cache file's name, which is not usable: {e}"
-                    ))
+                crate::remote_spec::validate_blob_name(&base).map_err(|source| Error::Setting {
+                    what: "setting 'blob' defaults to the cache file's name, which is not \
+                               usable"
+                        .into(),
+                    source,
                 })?;
                 base
             }

@@ -377,6 +377,26 @@ fn shell_reports_a_wrong_remote_by_name() {
     );
 }
 
+/// The memory backend is a test double compiled only with the `testing` feature; the
+/// extension, a release artifact, is built without it and says so.
+#[test]
+fn shell_refuses_a_memory_remote_the_release_build_does_not_have() {
+    let place = prerequisites!(SQLITE3);
+    let out = place.shell(
+        "file:h1/corpus.db?vfs=managedblob&remote=memory:shared",
+        "SELECT 1;\n",
+    );
+    assert!(
+        out.stderr.contains(
+            "managedblob: setting 'remote' (URI parameter 'remote') is invalid: memory: \
+             remotes are managedblob's in-memory test double, built only for its own tests \
+             (the `testing` cargo feature)"
+        ),
+        "{out:#?}"
+    );
+    assert!(!place.path().join("h1/corpus.db").exists(), "{out:#?}");
+}
+
 #[test]
 fn shell_cannot_open_the_database_argument_before_load() {
     // The shell opens its FILENAME argument before it runs -cmd, so the VFS does not
