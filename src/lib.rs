@@ -16,15 +16,19 @@
 //! (`PRAGMA managedblob_batch=begin|end`) uploads once at its end. See the README for
 //! the guarantees, and docs/ARCHITECTURE.md for how SQLite's lock levels map onto
 //! all this.
+//!
+//! The API is [`register`], [`register_with`] with its [`Options`], [`VFS_NAME`],
+//! [`Error`], and [`Status`] (what `PRAGMA managedblob_status` answers, as JSON), with
+//! the types they name. `managedblob::internal`, left out of these pages, serves
+//! managedblob's own command, loadable extension and tests: it is not for
+//! applications and may change in any release.
 
 #![deny(unsafe_code)]
 
-// The public API is what this file declares `pub`: `register`, `register_with`,
-// `VFS_NAME`, `Options` (with `Key` and `SyncMode`, which its methods take), `Error`
-// and `Result` (with `BackendError` and `BackendErrorKind`, which a variant carries),
-// and `Status` (the `PRAGMA managedblob_status` answer, with `InFlight` and
-// `CounterSnapshot`, its fields' types). The modules are private; managedblob's own
-// programs reach further through `internal`.
+// Every module is private: the public API is what this file declares `pub`, and a
+// type a public item names (`Key` and `SyncMode` for `Options`, `BackendError` and
+// `BackendErrorKind` for `Error`, `InFlight` and `CounterSnapshot` for `Status`) is
+// re-exported below.
 mod backend;
 mod cache_file;
 mod config;

@@ -268,7 +268,10 @@ mod tests {
         fs::write(&p, b"{not json").unwrap();
         let err = load(&p).unwrap_err();
         let parser = std::error::Error::source(&err);
-        assert!(parser.is_some_and(|s| s.is::<serde_json::Error>()), "{err:?}");
+        assert!(
+            parser.is_some_and(|s| s.is::<serde_json::Error>()),
+            "{err:?}"
+        );
         let e = err.to_string();
         assert!(
             e.contains("corrupt") && e.contains("x-managedblob.json"),
