@@ -25,6 +25,8 @@ pub struct Connection {
     start_version: Option<[u8; 4]>,
     /// 64 KiB granules this transaction wrote (delta sync uploads only their chunks).
     written: BTreeSet<u64>,
+    /// `fetch=lazy`: a read may first fetch the chunks under it.
+    lazy: bool,
 }
 
 /// What a pragma produced: a result row, or an error message for the user.
@@ -40,6 +42,7 @@ impl Connection {
     ) -> Result<Connection> {
         store.attach(file.as_mut(), read_only)?;
         Ok(Connection {
+            lazy: store.is_lazy(),
             store,
             file,
             read_only,
@@ -60,7 +63,12 @@ impl Connection {
         }
         let from = self.level;
         let hook = match (from, level) {
-            (LockLevel::None, _) => self.store.on_shared(self.file.as_mut()),
+            // A lazy cache first looks whether another process sharing it moved its
+            // base (then the freshness check below takes the new one).
+            (LockLevel::None, _) => self
+                .store
+                .lazy_on_shared()
+                .and_then(|()| self.store.on_shared(self.file.as_mut())),
             _ => Ok(()),
         };
         // A write transaction asks for RESERVED; SHARED -> EXCLUSIVE directly is a
@@ -126,6 +134,26 @@ impl Connection {
             self.store.end_write();
         }
         rc
+    }
+
+    /// xRead of `len` bytes at `offset`, before the real read: a lazy cache fetches
+    /// the chunks it lacks. A remote that moved on under this read transaction
+    /// answers SQLITE_BUSY_SNAPSHOT (retry the transaction); other failures
+    /// SQLITE_IOERR_READ (the cause is in the status's `last_error`).
+    pub fn before_read(&mut self, offset: u64, len: u64) -> std::result::Result<(), i32> {
+        if !self.lazy {
+            return Ok(());
+        }
+        self.store
+            .ensure_present(self.file.as_mut(), offset, len)
+            .map_err(|e| {
+                self.store.note_read_failure(&e);
+                if e.is_busy() {
+                    crate::error::code::BUSY | (2 << 8)
+                } else {
+                    sqlite_code(&e, Phase::Read)
+                }
+            })
     }
 
     /// xWrite of `len` bytes at `offset` (called before the real write).

@@ -53,6 +53,7 @@ mod pragma;
 mod redact;
 mod remote;
 mod remote_spec;
+mod residency;
 mod sidecar;
 mod store;
 mod sys;

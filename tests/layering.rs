@@ -45,7 +45,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("remote", &["remote"]),
     // The cache's side of the house: the cache file as SQLite opened it, the
     // sidecar, what killed processes leave beside them.
-    ("cache", &["localfile", "sidecar", "leftovers"]),
+    ("cache", &["localfile", "sidecar", "residency", "leftovers"]),
     // The state machine (its clock, src/store/clock.rs, keeps the lease and timers).
     ("store", &["store"]),
     // One SQLite connection: its lock level, pragmas, and every open the shim asks for.

@@ -66,6 +66,12 @@ unsafe extern "C" fn x_read(
     off: i64,
 ) -> c_int {
     guard(|| {
+        // SAFETY: file is ours (SQLite calls io methods only on files x_open set up).
+        if let Some(connection) = unsafe { main_db(file) }.and_then(|m| m.connection.as_mut()) {
+            if let Err(code) = connection.before_read(off as u64, amt.max(0) as u64) {
+                return code;
+            }
+        }
         real_call!(
             file,
             {

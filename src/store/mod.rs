@@ -38,6 +38,7 @@ mod guard;
 mod history;
 mod hold;
 mod last_error;
+mod lazy;
 mod lease;
 mod lease_slot;
 mod manifest;
@@ -97,6 +98,8 @@ pub struct Store {
     upload_done: parking_lot::Condvar,
     /// The flusher's short read under SHARED, which a COMMIT waits out.
     flusher_hold: hold::FlusherHold,
+    /// `fetch=lazy`: which chunks the cache holds (src/store/lazy.rs).
+    lazy: Option<lazy::LazyCache>,
 }
 
 /// Monotonic nanoseconds since the first call in this process.
@@ -158,6 +161,12 @@ pub struct Status {
     pub last_error_at: Option<String>,
     /// When an operation last succeeded (UTC, RFC 3339).
     pub last_ok_at: Option<String>,
+    /// `full` or `lazy`.
+    pub fetch: &'static str,
+    /// A lazy cache's chunks present and in all (absent in full mode, and while a
+    /// lazy cache is being changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residence: Option<lazy::Residence>,
 }
 
 impl Store {
@@ -196,8 +205,14 @@ impl Store {
             flusher,
             flusher_hold: hold::FlusherHold::default(),
             upload_done: parking_lot::Condvar::new(),
+            lazy: (config.fetch == crate::config::FetchMode::Lazy).then(lazy::LazyCache::default),
             config,
         }
+    }
+
+    /// `fetch=lazy`: reads may fetch (src/store/lazy.rs).
+    pub fn is_lazy(&self) -> bool {
+        self.lazy.is_some()
     }
 
     /// Make the next SHARED lock check the remote, whatever the staleness clock says.
@@ -259,11 +274,16 @@ impl Store {
     /// after the staleness bound. At open, only a cache that holds a known version.
     fn serve_offline(&self, st: &mut State, err: &Error, at_open: bool) -> bool {
         let transient = matches!(err, Error::Backend(b) if b.is_transient());
-        let whole =
-            st.sidecar.in_flight == InFlight::None && (!at_open || st.sidecar.base.is_some());
+        let whole = st.sidecar.in_flight == InFlight::None
+            && (!at_open || st.sidecar.base.is_some())
+            && !self.holds_lazy_leftover();
         if transient && whole {
             st.last_check = Some(Instant::now());
             self.note_error(st, Activity::Read, err);
+            // A lazy cache serves the chunks it holds (its chunk list is beside it).
+            if let Err(e) = self.lazy_track_base(st, false) {
+                self.note_error(st, Activity::Read, &e);
+            }
         }
         transient && whole
     }
@@ -321,6 +341,10 @@ impl Store {
     }
 
     fn on_shared_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
+        if self.lazy_saw_move(st) {
+            // A lazy read found the remote moved on: take the new version now.
+            self.force_check(st);
+        }
         // While we are the writer (a lease live or warm), nobody else can move the
         // remote: no freshness check.
         let writing_here = st.lease.observe().is_writing_here();
@@ -374,6 +398,13 @@ impl Store {
     }
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
+        if self.lazy.is_some() {
+            return Err(Error::Misuse(format!(
+                "cache {} is lazy (fetch=lazy), which is read-only in this version: open it \
+                 with fetch=full to write",
+                self.cache_path.display()
+            )));
+        }
         st.published_in_write = false;
         // While this process holds a live lease (a batch, or one lingering after the
         // last write), no other process can change the sidecar: its commits, flushes
@@ -608,7 +639,10 @@ impl Store {
     /// uploads (the state as of the last release of the mutex, and what the
     /// store is waiting on now).
     pub fn status(&self) -> Status {
-        let p = self.published.lock().clone();
+        let mut p = self.published.lock().clone();
+        if let Some((message, at)) = self.lazy_failure() {
+            (p.last_error, p.last_error_at) = (Some(message), Some(at));
+        }
         Status {
             remote: self.identity.clone(),
             blob: self.config.blob.clone(),
@@ -627,6 +661,8 @@ impl Store {
             last_error: p.last_error,
             last_error_at: p.last_error_at,
             last_ok_at: p.last_ok_at,
+            fetch: self.config.fetch.name(),
+            residence: self.residence(),
         }
     }
 }

@@ -83,12 +83,13 @@ impl Store {
                 ),
             ))),
             // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
-            None => Ok(()),
+            None => self.lazy_track_base(st, true),
             Some(stat) if st.sidecar.base.as_ref() == Some(&stat.etag) => {
                 if st.sidecar.dirty && st.lease.is_none() && st.writable > 0 {
                     self.recover_upload(st, file, &stat)?;
                 }
-                Ok(())
+                self.complete_lazy_leftover(st, file)?;
+                self.lazy_track_base(st, true)
             }
             Some(_) if st.lease.is_writing_here() => Err(Error::Backend(BackendError::new(
                 BackendErrorKind::LeaseLost,
@@ -121,6 +122,10 @@ impl Store {
         discard_journal: bool,
         current: &BlobStat,
     ) -> Result<()> {
+        if self.install_lazily(st, file, held, discard_journal)? {
+            let _ = std::fs::remove_file(&self.download_path);
+            return Ok(());
+        }
         // A download that could not be installed because the cache was busy is kept
         // for the retry, as long as the remote still has that version.
         let kept = st
@@ -345,7 +350,11 @@ impl Store {
     /// connection's page cache must notice, which SQLite decides by that counter
     /// alone. The remote's first chunk may carry an older counter than its pages
     /// (src/store/stage.rs, `kept_first_chunk`), so the cache keeps its own.
-    fn move_counter_past(&self, file: &mut dyn LocalFile, old_counter: Option<u32>) -> Result<()> {
+    pub(super) fn move_counter_past(
+        &self,
+        file: &mut dyn LocalFile,
+        old_counter: Option<u32>,
+    ) -> Result<()> {
         let mut header = [0u8; 100];
         let cache_err = |what: &str, e: std::io::Error| {
             Error::local(format!("{what} cache {}", self.cache_path.display()), e)

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+mod fetch;
+
 use crate::error::{Error, Result};
 /// The remote's address is a plain value below the settings (src/remote_spec/), so
 /// that the settings and the backends need not import each other.
 pub use crate::remote_spec::{parse_remote, RemoteSpec};
+pub use fetch::{parse_size, FetchMode, MIN_CACHE_MAX};
 
 /// The settings a user can give, with their URI parameter names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,10 +28,12 @@ pub enum Key {
     Sync,
     History,
     FlushMs,
+    Fetch,
+    CacheMax,
 }
 
 impl Key {
-    pub const ALL: [Key; 11] = [
+    pub const ALL: [Key; 13] = [
         Key::Remote,
         Key::Blob,
         Key::LeaseSecs,
@@ -40,6 +45,8 @@ impl Key {
         Key::Sync,
         Key::History,
         Key::FlushMs,
+        Key::Fetch,
+        Key::CacheMax,
     ];
 
     /// The URI parameter name.
@@ -56,6 +63,8 @@ impl Key {
             Key::Sync => "sync",
             Key::History => "history",
             Key::FlushMs => "flush_ms",
+            Key::Fetch => "fetch",
+            Key::CacheMax => "cache_max",
         }
     }
 
@@ -73,6 +82,8 @@ impl Key {
             Key::Sync => "MANAGEDBLOB_SYNC",
             Key::History => "MANAGEDBLOB_HISTORY",
             Key::FlushMs => "MANAGEDBLOB_FLUSH_MS",
+            Key::Fetch => "MANAGEDBLOB_FETCH",
+            Key::CacheMax => "MANAGEDBLOB_CACHE_MAX",
         }
     }
 }
@@ -148,6 +159,17 @@ impl Options {
         self.set(Key::Sync, mode.name())
     }
 
+    /// `fetch=lazy`: keep a sparse cache that fetches chunks as reads need them.
+    pub fn fetch(self, mode: FetchMode) -> Self {
+        self.set(Key::Fetch, mode.name())
+    }
+
+    /// `cache_max`: the bytes a lazy cache keeps before it drops the least recently
+    /// used chunks, as a size (`"512MiB"`, `"4GiB"`) or bytes.
+    pub fn cache_max(self, size: impl Into<String>) -> Self {
+        self.set(Key::CacheMax, size.into())
+    }
+
     numeric_settings! {
         lease_secs: u64 => Key::LeaseSecs;
         /// How long the lease is kept after a write transaction (0: released at once).
@@ -215,6 +237,11 @@ pub struct Config {
     /// How long a commit may wait in the cache before it is uploaded (zero: COMMIT
     /// uploads; see the README's durability window).
     pub flush: Duration,
+    /// A whole copy, or chunks fetched as reads need them.
+    pub fetch: FetchMode,
+    /// Lazy only: the bytes of chunks kept before the least recently used go
+    /// (`None`: unbounded).
+    pub cache_max: Option<u64>,
 }
 
 /// The `history` setting: keep every published version until this drops it.
@@ -383,7 +410,21 @@ impl Config {
         };
         let flush_ms =
             number(get(Key::FlushMs), Key::FlushMs, 0, 3_600_000)?.unwrap_or(DEFAULT_FLUSH_MS);
+        let fetch = match get(Key::Fetch) {
+            None => FetchMode::default(),
+            Some((value, origin)) => FetchMode::parse(&value).ok_or_else(|| {
+                Error::Config(format!(
+                    "setting 'fetch' ({origin}) must be 'full' or 'lazy', got {value:?}"
+                ))
+            })?,
+        };
+        let cache_max = match get(Key::CacheMax) {
+            None => None,
+            Some((value, origin)) => Some(cache_max_setting(&value, &origin, fetch)?),
+        };
         Ok(Config {
+            fetch,
+            cache_max,
             flush: Duration::from_millis(flush_ms),
             history,
             remote,
@@ -400,6 +441,25 @@ impl Config {
             sync,
         })
     }
+}
+
+/// `cache_max` is a size of at least [`MIN_CACHE_MAX`], and only for a lazy cache (a
+/// full cache holds the whole database by definition).
+fn cache_max_setting(value: &str, origin: &str, fetch: FetchMode) -> Result<u64> {
+    let bytes = parse_size(value)
+        .map_err(|why| Error::Config(format!("setting 'cache_max' ({origin}) {why}")))?;
+    if bytes < MIN_CACHE_MAX {
+        return Err(Error::Config(format!(
+            "setting 'cache_max' ({origin}) must be at least 1MiB, got {value:?}"
+        )));
+    }
+    if fetch != FetchMode::Lazy {
+        return Err(Error::Config(format!(
+            "setting 'cache_max' ({origin}) needs fetch=lazy: a full cache keeps the whole \
+             database"
+        )));
+    }
+    Ok(bytes)
 }
 
 fn number(found: Option<(String, String)>, key: Key, min: u64, max: u64) -> Result<Option<u64>> {
@@ -486,7 +546,9 @@ mod tests {
             .retry_total_ms(1234)
             .sync(SyncMode::Full)
             .history("7d")
-            .flush_ms(250);
+            .flush_ms(250)
+            .fetch(FetchMode::Lazy)
+            .cache_max("64MiB");
         for key in Key::ALL {
             assert!(options.get(key).is_some(), "{key:?} cannot be defaulted");
         }
@@ -505,6 +567,7 @@ mod tests {
         assert_eq!(c.retry.total, Duration::from_millis(1234));
         assert_eq!(c.sync, SyncMode::Full);
         assert_eq!(c.flush, Duration::from_millis(250));
+        assert_eq!((c.fetch, c.cache_max), (FetchMode::Lazy, Some(64 << 20)));
         // A bad default is named as one.
         let bad = Options::new().remote("/r").retry_total_ms(0);
         let e = Config::resolve(Path::new("/c/x.db"), &bad, &|_| None, &|_| None).unwrap_err();
@@ -596,6 +659,54 @@ mod tests {
         assert_eq!(uri.flush, Duration::from_millis(5));
         let e = resolve(&[("remote", "/r"), ("flush_ms", "soon")], &[]).unwrap_err();
         assert!(e.to_string().contains("'flush_ms'"), "{e}");
+    }
+
+    #[test]
+    fn fetch_is_full_by_default_and_cache_max_needs_lazy() {
+        let default = resolve(&[("remote", "/r")], &[]).unwrap();
+        assert_eq!((default.fetch, default.cache_max), (FetchMode::Full, None));
+        let lazy = resolve(
+            &[("remote", "/r"), ("fetch", "lazy"), ("cache_max", "512MiB")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (lazy.fetch, lazy.cache_max),
+            (FetchMode::Lazy, Some(512 << 20))
+        );
+        let env = resolve(
+            &[("remote", "/r")],
+            &[
+                ("MANAGEDBLOB_FETCH", "lazy"),
+                ("MANAGEDBLOB_CACHE_MAX", "4GiB"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((env.fetch, env.cache_max), (FetchMode::Lazy, Some(4 << 30)));
+        let e = resolve(&[("remote", "/r"), ("fetch", "some")], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("'fetch'") && e.to_string().contains("'lazy'"),
+            "{e}"
+        );
+        let e = resolve(&[("remote", "/r"), ("cache_max", "1GiB")], &[]).unwrap_err();
+        assert!(e.to_string().contains("needs fetch=lazy"), "{e}");
+        let e = resolve(
+            &[("remote", "/r"), ("fetch", "lazy"), ("cache_max", "4k")],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at least 1MiB"), "{e}");
+        let e = resolve(
+            &[("remote", "/r"), ("fetch", "lazy"), ("cache_max", "lots")],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("'cache_max'"), "{e}");
+        let o = Options::new().fetch(FetchMode::Lazy).cache_max("2GiB");
+        assert_eq!(
+            (o.get(Key::Fetch), o.get(Key::CacheMax)),
+            (Some("lazy"), Some("2GiB"))
+        );
     }
 
     #[test]

@@ -1,0 +1,384 @@
+//! The residency record of a lazy cache: which chunks of the base version the cache
+//! holds (docs/ARCHITECTURE.md, "Lazy fetch"). `<db>-managedblob.resident`:
+//!
+//! ```text
+//! offset 0     header (HEADER_LEN bytes): magic, epoch, chunk size, length, chunk
+//!              count, the base etag, xxh3-64 of what precedes it
+//! offset 4096  one state byte per chunk: 0 absent, 1 present
+//! ```
+//!
+//! Crash rules: a chunk is marked present only after its bytes are durable in the
+//! cache (the caller fsyncs first), and one byte cannot tear. Presence is taken away
+//! (a new base, a dropped chunk) by zeroing bytes and fsyncing *before* anything else
+//! changes. A header that fails its checksum, or names another base than the
+//! sidecar's, describes nothing: every chunk is absent. The epoch moves whenever
+//! presence is taken away, so that another process sharing the cache re-reads the
+//! states before it trusts its own copy.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::delta::Manifest;
+
+const MAGIC: &[u8; 8] = b"mbres001";
+/// Where the state bytes start: the header has a page of its own (one write).
+pub const HEADER_LEN: u64 = 4096;
+/// The longest etag the header holds (Azure's are about 20 bytes).
+const MAX_ETAG: usize = 1024;
+const ABSENT: u8 = 0;
+const PRESENT: u8 = 1;
+
+/// The record's path for a cache file.
+pub fn path_for(cache: &Path) -> PathBuf {
+    let mut s = cache.as_os_str().to_owned();
+    s.push("-managedblob.resident");
+    PathBuf::from(s)
+}
+
+/// What the header says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Header {
+    /// Moves whenever presence is taken away.
+    epoch: u64,
+    chunk_size: u64,
+    len: u64,
+    count: u64,
+    etag: String,
+}
+
+impl Header {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN as usize);
+        out.extend_from_slice(MAGIC);
+        for n in [self.epoch, self.chunk_size, self.len, self.count] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.etag.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.etag.as_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out.resize(HEADER_LEN as usize, 0);
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Option<Header> {
+        let word = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?))
+        };
+        if raw.get(..8)? != MAGIC {
+            return None;
+        }
+        let etag_len = u16::from_le_bytes(raw.get(40..42)?.try_into().ok()?) as usize;
+        if etag_len > MAX_ETAG {
+            return None;
+        }
+        let end = 42 + etag_len;
+        let sum = word(end)?;
+        if xxhash_rust::xxh3::xxh3_64(&raw[..end]) != sum {
+            return None;
+        }
+        Some(Header {
+            epoch: word(8)?,
+            chunk_size: word(16)?,
+            len: word(24)?,
+            count: word(32)?,
+            etag: String::from_utf8(raw[42..end].to_vec()).ok()?,
+        })
+    }
+
+    fn describes(&self, etag: &str, m: &Manifest) -> bool {
+        self.etag == etag
+            && self.chunk_size == m.chunk_size
+            && self.len == m.len
+            && self.count == m.ids.len() as u64
+    }
+}
+
+/// The record, open, with its states in memory. Presence is added through `&self`
+/// (atomics and positioned writes: readers fetch in parallel); taking it away needs
+/// `&mut self`, which the store's lazy part gives only with no read in progress.
+#[derive(Debug)]
+pub struct Residency {
+    file: File,
+    header: Header,
+    states: Vec<AtomicU8>,
+}
+
+impl Residency {
+    /// Open (or create) the record of the cache at `cache` for base `etag` with chunk
+    /// list `manifest`. A record for anything else (another base, a torn header, none
+    /// at all) is reset: every chunk absent.
+    pub fn open(cache: &Path, etag: &str, manifest: &Manifest) -> io::Result<Residency> {
+        let path = path_for(cache);
+        let file = crate::fsutil::open_private(&path, crate::fsutil::IfExists::Keep)?;
+        let header = read_header(&file)?;
+        let mut record = Residency {
+            file,
+            header: header.clone().unwrap_or(Header {
+                epoch: 0,
+                chunk_size: manifest.chunk_size,
+                len: manifest.len,
+                count: 0,
+                etag: String::new(),
+            }),
+            states: Vec::new(),
+        };
+        match header {
+            Some(h) if h.describes(etag, manifest) => record.load_states()?,
+            _ => record.adopt(etag, manifest, &|_| false)?,
+        }
+        Ok(record)
+    }
+
+    /// The base etag this record describes.
+    pub fn etag(&self) -> &str {
+        &self.header.etag
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.states.len() as u64
+    }
+
+    /// Whether chunk `index` holds the base's bytes (an index past the end is not).
+    pub fn is_present(&self, index: u64) -> bool {
+        self.states
+            .get(index as usize)
+            .is_some_and(|s| s.load(Ordering::Acquire) == PRESENT)
+    }
+
+    /// How many chunks are present.
+    pub fn present_count(&self) -> u64 {
+        self.states
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) == PRESENT)
+            .count() as u64
+    }
+
+    /// Mark `chunks` present. The caller made their bytes durable in the cache first.
+    pub fn mark_present(&self, chunks: &[u64]) -> io::Result<()> {
+        for &i in chunks {
+            if let Some(s) = self.states.get(i as usize) {
+                self.file.write_all_at(&[PRESENT], HEADER_LEN + i)?;
+                s.store(PRESENT, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the state bytes of `chunks` from disk: another process sharing the cache
+    /// may have fetched them. Only adds presence (taking it away moves the epoch,
+    /// which [`Residency::reload_if_moved`] sees).
+    pub fn look_again(&self, chunks: std::ops::Range<u64>) -> io::Result<()> {
+        let end = chunks.end.min(self.chunk_count());
+        if chunks.start >= end {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; (end - chunks.start) as usize];
+        let n = read_up_to(&self.file, &mut buf, HEADER_LEN + chunks.start)?;
+        for (k, byte) in buf[..n].iter().enumerate() {
+            if *byte == PRESENT {
+                self.states[chunks.start as usize + k].store(PRESENT, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Another process took presence away (its epoch moved) or changed the base:
+    /// re-read everything. `Ok(false)` when nothing moved.
+    pub fn reload_if_moved(&mut self) -> io::Result<bool> {
+        match read_header(&self.file)? {
+            Some(h) if h == self.header => Ok(false),
+            Some(h) => {
+                self.header = h;
+                self.load_states()?;
+                Ok(true)
+            }
+            None => {
+                // Torn by a crash elsewhere: nothing is known to be present.
+                let (etag, m) = (self.header.etag.clone(), self.header_manifest());
+                self.adopt(&etag, &m, &|_| false)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Describe base `etag` with chunk list `manifest`, keeping present the chunks
+    /// for which `unchanged(index)` says the new version has the same bytes as the
+    /// old one (same block id at the same chunk size). Crash-safe in two steps: the
+    /// states that go are zeroed and fsynced, then the header is written and fsynced.
+    pub fn adopt(
+        &mut self,
+        etag: &str,
+        manifest: &Manifest,
+        unchanged: &dyn Fn(u64) -> bool,
+    ) -> io::Result<()> {
+        if etag.len() > MAX_ETAG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "etag too long for the residency record",
+            ));
+        }
+        let count = manifest.ids.len() as u64;
+        let same_layout = self.header.chunk_size == manifest.chunk_size;
+        let keep: Vec<u8> = (0..count)
+            .map(|i| {
+                let kept = same_layout && self.is_present(i) && unchanged(i);
+                if kept {
+                    PRESENT
+                } else {
+                    ABSENT
+                }
+            })
+            .collect();
+        // Step 1: what goes, goes durably (and any old tail past the new count).
+        self.file.set_len(HEADER_LEN + count)?;
+        self.file.write_all_at(&keep, HEADER_LEN)?;
+        self.file.sync_data()?;
+        // Step 2: the header names the new base.
+        self.header = Header {
+            epoch: self.header.epoch.wrapping_add(1),
+            chunk_size: manifest.chunk_size,
+            len: manifest.len,
+            count,
+            etag: etag.to_string(),
+        };
+        self.file.write_all_at(&self.header.encode(), 0)?;
+        self.file.sync_data()?;
+        self.states = keep.into_iter().map(AtomicU8::new).collect();
+        Ok(())
+    }
+
+    fn load_states(&mut self) -> io::Result<()> {
+        let mut buf = vec![0u8; self.header.count as usize];
+        let n = read_up_to(&self.file, &mut buf, HEADER_LEN)?;
+        buf[n..].fill(ABSENT);
+        self.states = buf
+            .into_iter()
+            .map(|b| AtomicU8::new(if b == PRESENT { PRESENT } else { ABSENT }))
+            .collect();
+        Ok(())
+    }
+
+    /// A manifest of the header's shape (ids unknown): for a reset.
+    fn header_manifest(&self) -> Manifest {
+        let mut m = Manifest::empty(self.header.chunk_size);
+        m.len = self.header.len;
+        m.ids = vec![crate::delta::ChunkId::new(0, &[]); self.header.count as usize];
+        m
+    }
+}
+
+fn read_header(file: &File) -> io::Result<Option<Header>> {
+    let mut raw = vec![0u8; HEADER_LEN as usize];
+    let n = read_up_to(file, &mut raw, 0)?;
+    Ok(Header::decode(&raw[..n]))
+}
+
+/// Read at `offset` until `buf` is full or the file ends; the bytes read.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::ChunkId;
+
+    fn manifest(chunks: u32) -> Manifest {
+        Manifest {
+            chunk_size: 65536,
+            len: u64::from(chunks) * 65536,
+            ids: (0..chunks).map(|i| ChunkId::new(i, &[i as u8])).collect(),
+        }
+    }
+
+    fn cache() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        (dir, path)
+    }
+
+    #[test]
+    fn presence_survives_a_reopen_for_the_same_base_only() {
+        let (_dir, db) = cache();
+        let m = manifest(10);
+        let r = Residency::open(&db, "v1", &m).unwrap();
+        assert_eq!(r.present_count(), 0);
+        r.mark_present(&[0, 3, 9]).unwrap();
+        drop(r);
+        let r = Residency::open(&db, "v1", &m).unwrap();
+        assert!(r.is_present(0) && r.is_present(3) && r.is_present(9) && !r.is_present(1));
+        assert!(!r.is_present(10), "past the end");
+        drop(r);
+        let r = Residency::open(&db, "v2", &m).unwrap();
+        assert_eq!(r.present_count(), 0, "another base describes nothing");
+        assert_eq!(r.etag(), "v2");
+    }
+
+    #[test]
+    fn a_torn_header_means_nothing_is_present() {
+        let (_dir, db) = cache();
+        let m = manifest(4);
+        Residency::open(&db, "v1", &m)
+            .unwrap()
+            .mark_present(&[0, 1, 2, 3])
+            .unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path_for(&db))
+            .unwrap();
+        f.write_all_at(b"XX", 20).unwrap();
+        let r = Residency::open(&db, "v1", &m).unwrap();
+        assert_eq!(r.present_count(), 0);
+    }
+
+    #[test]
+    fn a_new_base_keeps_only_unchanged_chunks_and_moves_the_epoch() {
+        let (_dir, db) = cache();
+        let m1 = manifest(6);
+        let mut r = Residency::open(&db, "v1", &m1).unwrap();
+        r.mark_present(&[0, 1, 2, 5]).unwrap();
+        let mut m2 = manifest(8);
+        m2.ids[1] = ChunkId::new(1, b"changed");
+        let epoch = r.header.epoch;
+        r.adopt("v2", &m2, &|i| {
+            m1.ids.get(i as usize) == m2.ids.get(i as usize)
+        })
+        .unwrap();
+        assert_eq!(r.header.epoch, epoch + 1);
+        let kept: Vec<u64> = (0..8).filter(|&i| r.is_present(i)).collect();
+        assert_eq!(kept, vec![0, 2, 5]);
+        drop(r);
+        let r = Residency::open(&db, "v2", &m2).unwrap();
+        let kept: Vec<u64> = (0..8).filter(|&i| r.is_present(i)).collect();
+        assert_eq!(kept, vec![0, 2, 5], "durable");
+    }
+
+    #[test]
+    fn a_second_process_sees_fetches_on_a_look_and_losses_by_the_epoch() {
+        let (_dir, db) = cache();
+        let m = manifest(5);
+        let mut mine = Residency::open(&db, "v1", &m).unwrap();
+        let mut theirs = Residency::open(&db, "v1", &m).unwrap();
+        theirs.mark_present(&[2, 4]).unwrap();
+        assert!(!mine.is_present(2));
+        mine.look_again(0..5).unwrap();
+        assert!(mine.is_present(2) && mine.is_present(4));
+        assert!(!mine.reload_if_moved().unwrap(), "adding moves no epoch");
+        theirs.adopt("v1", &m, &|i| i != 4).unwrap();
+        assert!(mine.reload_if_moved().unwrap());
+        assert!(mine.is_present(2) && !mine.is_present(4));
+    }
+}
