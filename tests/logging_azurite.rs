@@ -40,7 +40,7 @@ fn shell(dir: &Path, ext: &Path, remote: &str, env: &[(&str, &str)]) -> Output {
 /// looked at something).
 fn assert_traced_azure_requests(log: &str) {
     assert!(
-        log.contains("managedblob::internal::backend::azure"),
+        log.contains("managedblob::backend::azure"),
         "{log}"
     );
     assert!(log.contains(" TRACE "), "{log}");

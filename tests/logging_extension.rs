@@ -13,7 +13,7 @@ use common::{command_in, extension, missing, run, Output, World};
 const SQLITE3: &str = "/usr/bin/sqlite3";
 
 /// A line the debug filter lets through on every commit: the local backend's upload.
-const DEBUG_LINE: &str = " DEBUG managedblob::internal::backend::local";
+const DEBUG_LINE: &str = " DEBUG managedblob::backend::local";
 
 /// A temp dir with a remote directory ([`World`]) and the extension, for shell runs.
 struct Shell {

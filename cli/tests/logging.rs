@@ -10,7 +10,7 @@ use common::{azurite, cli, Remote};
 use harness::leaks;
 
 /// A line the debug filter lets through for `status` on a local remote.
-const DEBUG_LINE: &str = " DEBUG managedblob::internal::backend::local";
+const DEBUG_LINE: &str = " DEBUG managedblob::backend::local";
 
 /// `managedblob <args>` with only the given logging variables set.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -144,7 +144,7 @@ fn trace_logs_on_azurite_hold_no_sas_signature_or_key() {
 
     // The requests were traced, so there was something to look at.
     assert!(
-        log.contains("managedblob::internal::backend::azure"),
+        log.contains("managedblob::backend::azure"),
         "{log}"
     );
     assert!(log.contains(" TRACE "), "{log}");
