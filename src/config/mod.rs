@@ -92,7 +92,7 @@ impl Key {
 /// of the README's table. URI parameters and environment variables override them.
 ///
 /// ```
-/// use managedblob::config::{Key, SyncMode};
+/// use managedblob::{Key, SyncMode};
 /// let options = managedblob::Options::new()
 ///     .remote("/srv/remote")
 ///     .blob("corpus.db")
