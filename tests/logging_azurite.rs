@@ -39,10 +39,7 @@ fn shell(dir: &Path, ext: &Path, remote: &str, env: &[(&str, &str)]) -> Output {
 /// The log proves the Azure requests ran at trace level (so the checks that follow
 /// looked at something).
 fn assert_traced_azure_requests(log: &str) {
-    assert!(
-        log.contains("managedblob::backend::azure"),
-        "{log}"
-    );
+    assert!(log.contains("managedblob::backend::azure"), "{log}");
     assert!(log.contains(" TRACE "), "{log}");
     assert!(log.contains("Request"), "the SDK's request lines: {log}");
 }

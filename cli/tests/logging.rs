@@ -143,10 +143,7 @@ fn trace_logs_on_azurite_hold_no_sas_signature_or_key() {
     log.push_str(&text(&out.stderr));
 
     // The requests were traced, so there was something to look at.
-    assert!(
-        log.contains("managedblob::backend::azure"),
-        "{log}"
-    );
+    assert!(log.contains("managedblob::backend::azure"), "{log}");
     assert!(log.contains(" TRACE "), "{log}");
     assert!(log.contains("Request"), "the SDK's request lines: {log}");
     let found = std::panic::catch_unwind(|| leaks::assert_not_in(&remote.setting, "sig", &sig));
