@@ -246,6 +246,9 @@ struct OpenRow {
     size: u64,
     warm: Samples,
     cold: Samples,
+    /// A cold lazy open (`fetch=lazy`): the block list, the first chunk, and the
+    /// chunks the first read needs.
+    lazy: Samples,
     raw: Samples,
     raw_synced: Samples,
 }
@@ -373,9 +376,11 @@ fn opens(area: &Area, mib: u64, rounds: usize, start: Instant, out: &mut Results
         &format!("B {} {mib} MiB: {rounds} rounds", area.kind.name()),
     );
     let (warm_uri, cold_uri) = (area.uri("bw", &blob, ""), area.uri("bc", &blob, ""));
+    let lazy_uri = area.uri("bl", &blob, "&fetch=lazy");
     let expected = max_id(&open(&warm_uri));
     let raw_dest = area.dir.path().join("raw-copy");
-    let (mut warm, mut cold) = (Samples::default(), Samples::default());
+    let (mut warm, mut cold, mut lazy) =
+        (Samples::default(), Samples::default(), Samples::default());
     let (mut raw, mut raw_synced) = (Samples::default(), Samples::default());
     let open_and_read = |uri: &str, samples: &mut Samples| {
         let before = Cost::fresh();
@@ -390,6 +395,8 @@ fn opens(area: &Area, mib: u64, rounds: usize, start: Instant, out: &mut Results
         open_and_read(&warm_uri, &mut warm);
         area.wipe("bc", &blob);
         open_and_read(&cold_uri, &mut cold);
+        area.wipe("bl", &blob);
+        open_and_read(&lazy_uri, &mut lazy);
         let _ = std::fs::remove_file(&raw_dest);
         let http = http_now();
         let (n, transfer, synced) = area.raw_download(&blob, &raw_dest);
@@ -408,6 +415,7 @@ fn opens(area: &Area, mib: u64, rounds: usize, start: Instant, out: &mut Results
         size: size_of(&area.cache("bw", &blob)),
         warm,
         cold,
+        lazy,
         raw,
         raw_synced,
     });

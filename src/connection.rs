@@ -11,7 +11,7 @@ use crate::store::Store;
 
 /// What `PRAGMA managedblob_status` answers, re-exported at the crate root (the
 /// store's layer is sealed: the crate root names it through this layer).
-pub use crate::store::Status;
+pub use crate::store::{Residence, Status};
 
 pub struct Connection {
     store: Arc<Store>,
@@ -27,6 +27,11 @@ pub struct Connection {
     written: BTreeSet<u64>,
     /// `fetch=lazy`: a read may first fetch the chunks under it.
     lazy: bool,
+    /// `fetch=lazy`: the epoch of the read transaction this connection is in (from
+    /// SHARED to NONE): the bounded cache keeps the chunks it touched.
+    read_epoch: Option<u64>,
+    /// `fetch=lazy`: this connection's sequential-read detector.
+    readahead: crate::store::Readahead,
 }
 
 /// What a pragma produced: a result row, or an error message for the user.
@@ -43,6 +48,8 @@ impl Connection {
         store.attach(file.as_mut(), read_only)?;
         Ok(Connection {
             lazy: store.is_lazy(),
+            read_epoch: None,
+            readahead: Default::default(),
             store,
             file,
             read_only,
@@ -83,6 +90,9 @@ impl Connection {
         });
         match hook {
             Ok(()) => {
+                if from == LockLevel::None && self.lazy {
+                    self.read_epoch = self.store.lazy_begin_read();
+                }
                 self.level = level;
                 if starts_write {
                     self.writing = true;
@@ -128,6 +138,11 @@ impl Connection {
             Err(fail) => lock_fail_code(fail),
         };
         self.level = level;
+        if level == LockLevel::None {
+            if let Some(epoch) = self.read_epoch.take() {
+                self.store.lazy_end_read(epoch);
+            }
+        }
         if was_writing && level < LockLevel::Reserved {
             self.writing = false;
             self.written.clear();
@@ -145,13 +160,39 @@ impl Connection {
             return Ok(());
         }
         self.store
-            .ensure_present(self.file.as_mut(), offset, len)
+            .ensure_present(self.file.as_mut(), offset, len, &mut self.readahead)
             .map_err(|e| {
                 self.store.note_read_failure(&e);
                 if e.is_busy() {
                     crate::error::code::BUSY | (2 << 8)
                 } else {
                     sqlite_code(&e, Phase::Read)
+                }
+            })
+    }
+
+    /// xWrite of `len` bytes at `offset`, before the real write and
+    /// [`Connection::note_write`]: a lazy cache completes a chunk it lacks before
+    /// SQLite writes into it (a page SQLite never read, such as a reused free page),
+    /// so that a chunk is always whole or absent.
+    pub fn before_write(&mut self, offset: u64, len: u64) -> std::result::Result<(), i32> {
+        if !self.lazy {
+            return Ok(());
+        }
+        self.store
+            .ensure_present(
+                self.file.as_mut(),
+                offset,
+                len,
+                &mut crate::store::Readahead::default(),
+            )
+            .and_then(|()| self.store.lazy_mark_dirty(offset, len))
+            .map_err(|e| {
+                self.store.note_read_failure(&e);
+                if e.is_busy() {
+                    crate::error::code::BUSY | (2 << 8)
+                } else {
+                    sqlite_code(&e, Phase::Commit)
                 }
             })
     }
@@ -177,9 +218,9 @@ impl Connection {
     ///
     /// SQLite also syncs after rolling a transaction back (pager_playback); the file
     /// then carries the change counter it had when the transaction started. The
-    /// store decides what a sync means ([`Store::sync_point`]); this connection
+    /// store decides what a sync means ([`Store::commit_point`]); this connection
     /// only tells it whether the counter moved and which granules were written.
-    pub fn sync_point(&mut self) -> i32 {
+    pub fn commit_point(&mut self) -> i32 {
         let counter_moved = self.writing && self.version() != self.start_version;
         let written = if counter_moved {
             std::mem::take(&mut self.written)
@@ -188,7 +229,7 @@ impl Connection {
         };
         match self
             .store
-            .sync_point(self.file.as_mut(), counter_moved, &written)
+            .commit_point(self.file.as_mut(), counter_moved, &written)
         {
             Ok(()) => 0,
             Err(e) => {
@@ -239,7 +280,7 @@ impl Connection {
             }
             Command::BatchBegin => done(store.batch_begin_waiting(file, level, busy_wait), "begin"),
             Command::BatchEnd => done(store.batch_end(file, level), "end"),
-            Command::Flush => done(store.flush_with_lock(file, level), "ok"),
+            Command::Flush => done(store.flush(file, level), "ok"),
             Command::Refresh => done(store.refresh(file, level), "ok"),
             Command::Status => Ok(Some(
                 serde_json::to_string(&store.status())

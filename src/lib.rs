@@ -26,8 +26,8 @@
 #![deny(unsafe_code)]
 
 // Every module is private: the public API is what this file declares `pub`, and a
-// type a public item names (`Key` and `SyncMode` for `Options`, `BackendError` and
-// `BackendErrorKind` for `Error`, `InFlight` and `CounterSnapshot` for `Status`) is
+// type a public item names (`Key` and `TransferMode` for `Options`, `BackendError` and
+// `BackendErrorKind` for `Error`, `InFlight`, `CounterSnapshot` and `Residence` for `Status`) is
 // re-exported below.
 mod backend;
 mod cache_file;
@@ -59,8 +59,8 @@ mod store;
 mod sys;
 mod utc;
 
-pub use config::{Key, Options, SyncMode};
-pub use connection::Status;
+pub use config::{Key, Options, TransferMode};
+pub use connection::{Residence, Status};
 pub use counters::CounterSnapshot;
 pub use error::{BackendError, BackendErrorKind, Error, Result};
 pub use sidecar::InFlight;
@@ -81,3 +81,14 @@ pub fn register() -> Result<()> {
 pub fn register_with(options: Options) -> Result<()> {
     ffi::register(options)
 }
+
+/// The `rust` code blocks of the README and docs/LOADABLE.md, compiled by `cargo test`
+/// as doctests (cli/tests/docs.rs checks that every document with one is listed here).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// See [`ReadmeDoctests`].
+#[cfg(doctest)]
+#[doc = include_str!("../docs/LOADABLE.md")]
+pub struct LoadableDoctests;

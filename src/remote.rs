@@ -419,6 +419,31 @@ impl Remote {
         Ok(data)
     }
 
+    /// Read `len` bytes at `offset` of the kept version that was version `etag`
+    /// (`None`: none kept, or no history here). Counted as a ranged read.
+    pub fn read_kept_range(
+        &self,
+        offset: u64,
+        len: u64,
+        etag: &Etag,
+    ) -> BackendResult<Option<Vec<u8>>> {
+        let Some(history) = self.backend.history() else {
+            return Ok(None);
+        };
+        let data = self.call(Request::ReadRange, |_| {
+            history.read_kept_range(&self.blob, etag, offset, len)
+        })?;
+        if let Some(data) = &data {
+            self.counters
+                .bytes_down
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .chunks_down
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(data)
+    }
+
     pub fn acquire_lease(&self, duration: Duration) -> BackendResult<Lease> {
         self.call(Request::AcquireLease, |_| {
             self.backend.acquire_lease(&self.blob, duration)

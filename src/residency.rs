@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! offset 0     header (HEADER_LEN bytes): magic, epoch, chunk size, length, chunk
-//!              count, the base etag, xxh3-64 of what precedes it
-//! offset 4096  one state byte per chunk: 0 absent, 1 present
+//!              count, the base etag, the cache file's identity (inode and birth
+//!              time: a record beside a replaced cache describes nothing), xxh3-64
+//!              of what precedes it
+//! offset 4096  one state byte per chunk: 0 absent, 1 present, 2 present and
+//!              written by local commits not uploaded yet (never dropped)
 //! ```
 //!
 //! Crash rules: a chunk is marked present only after its bytes are durable in the
@@ -23,13 +26,16 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::delta::Manifest;
 
-const MAGIC: &[u8; 8] = b"mbres001";
+const MAGIC: &[u8; 8] = b"mbres002";
 /// Where the state bytes start: the header has a page of its own (one write).
 pub const HEADER_LEN: u64 = 4096;
 /// The longest etag the header holds (Azure's are about 20 bytes).
 const MAX_ETAG: usize = 1024;
 const ABSENT: u8 = 0;
 const PRESENT: u8 = 1;
+/// Present, and holding local commits the remote lacks: a chunk the bounded cache
+/// must never drop. The next base (the upload of those commits) makes it PRESENT.
+const DIRTY: u8 = 2;
 
 /// The record's path for a cache file.
 pub fn path_for(cache: &Path) -> PathBuf {
@@ -47,6 +53,8 @@ struct Header {
     len: u64,
     count: u64,
     etag: String,
+    /// [`crate::sidecar::file_identity`] of the cache file the states describe.
+    cache: String,
 }
 
 impl Header {
@@ -58,6 +66,8 @@ impl Header {
         }
         out.extend_from_slice(&(self.etag.len() as u16).to_le_bytes());
         out.extend_from_slice(self.etag.as_bytes());
+        out.extend_from_slice(&(self.cache.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.cache.as_bytes());
         let sum = xxhash_rust::xxh3::xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
         out.resize(HEADER_LEN as usize, 0);
@@ -75,7 +85,13 @@ impl Header {
         if etag_len > MAX_ETAG {
             return None;
         }
-        let end = 42 + etag_len;
+        let cache_at = 42 + etag_len;
+        let cache_len =
+            u16::from_le_bytes(raw.get(cache_at..cache_at + 2)?.try_into().ok()?) as usize;
+        if cache_len > MAX_ETAG {
+            return None;
+        }
+        let end = cache_at + 2 + cache_len;
         let sum = word(end)?;
         if xxhash_rust::xxh3::xxh3_64(&raw[..end]) != sum {
             return None;
@@ -85,12 +101,14 @@ impl Header {
             chunk_size: word(16)?,
             len: word(24)?,
             count: word(32)?,
-            etag: String::from_utf8(raw[42..end].to_vec()).ok()?,
+            etag: String::from_utf8(raw[42..cache_at].to_vec()).ok()?,
+            cache: String::from_utf8(raw[cache_at + 2..end].to_vec()).ok()?,
         })
     }
 
-    fn describes(&self, etag: &str, m: &Manifest) -> bool {
+    fn describes(&self, etag: &str, m: &Manifest, cache: &str) -> bool {
         self.etag == etag
+            && self.cache == cache
             && self.chunk_size == m.chunk_size
             && self.len == m.len
             && self.count == m.ids.len() as u64
@@ -103,6 +121,8 @@ impl Header {
 #[derive(Debug)]
 pub struct Residency {
     file: File,
+    /// The identity of the cache file now.
+    cache: String,
     header: Header,
     states: Vec<AtomicU8>,
 }
@@ -115,19 +135,22 @@ impl Residency {
         let path = path_for(cache);
         let file = crate::fsutil::open_private(&path, crate::fsutil::IfExists::Keep)?;
         let header = read_header(&file)?;
+        let identity = crate::sidecar::file_identity(cache).unwrap_or_default();
         let mut record = Residency {
             file,
+            cache: identity.clone(),
             header: header.clone().unwrap_or(Header {
                 epoch: 0,
                 chunk_size: manifest.chunk_size,
                 len: manifest.len,
                 count: 0,
                 etag: String::new(),
+                cache: String::new(),
             }),
             states: Vec::new(),
         };
         match header {
-            Some(h) if h.describes(etag, manifest) => record.load_states()?,
+            Some(h) if h.describes(etag, manifest, &identity) => record.load_states()?,
             _ => record.adopt(etag, manifest, &|_| false)?,
         }
         Ok(record)
@@ -142,8 +165,16 @@ impl Residency {
         self.states.len() as u64
     }
 
-    /// Whether chunk `index` holds the base's bytes (an index past the end is not).
+    /// Whether chunk `index` holds the base's bytes, or local commits on top of
+    /// them (an index past the end does not).
     pub fn is_present(&self, index: u64) -> bool {
+        self.states
+            .get(index as usize)
+            .is_some_and(|s| s.load(Ordering::Acquire) != ABSENT)
+    }
+
+    /// Present and holding nothing the remote lacks: it may be dropped.
+    pub fn is_clean(&self, index: u64) -> bool {
         self.states
             .get(index as usize)
             .is_some_and(|s| s.load(Ordering::Acquire) == PRESENT)
@@ -153,8 +184,65 @@ impl Residency {
     pub fn present_count(&self) -> u64 {
         self.states
             .iter()
-            .filter(|s| s.load(Ordering::Relaxed) == PRESENT)
+            .filter(|s| s.load(Ordering::Relaxed) != ABSENT)
             .count() as u64
+    }
+
+    /// Local writes go into `chunks` (present already): never drop them until the
+    /// next base. Returns whether any was not marked yet (then the caller syncs the
+    /// record with the commit, [`Residency::sync`]).
+    pub fn mark_dirty(&self, chunks: std::ops::Range<u64>) -> io::Result<bool> {
+        let mut marked = false;
+        for i in chunks {
+            if let Some(s) = self.states.get(i as usize) {
+                if s.load(Ordering::Acquire) != DIRTY {
+                    self.file.write_all_at(&[DIRTY], HEADER_LEN + i)?;
+                    s.store(DIRTY, Ordering::Release);
+                    marked = true;
+                }
+            }
+        }
+        Ok(marked)
+    }
+
+    /// The cache holds nothing the remote lacks any more (its sidecar was saved
+    /// clean): dirty chunks become clean.
+    pub fn clean_dirty(&self) -> io::Result<()> {
+        for (i, s) in self.states.iter().enumerate() {
+            if s.load(Ordering::Acquire) == DIRTY {
+                self.file.write_all_at(&[PRESENT], HEADER_LEN + i as u64)?;
+                s.store(PRESENT, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file system under the record (and the cache beside it) gives
+    /// the space of a punched hole back: tried on the header's unused tail, which
+    /// is zeros either way.
+    pub fn holes_supported(&self) -> bool {
+        let tail = 2048;
+        crate::sys::punch_hole(&self.file, tail, HEADER_LEN - tail).is_ok()
+    }
+
+    /// Make the state bytes written so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Drop `chunks` (clean ones): their bytes zeroed and fsynced, and the epoch
+    /// moved so that other processes re-read, before the caller punches the holes.
+    pub fn mark_absent(&mut self, chunks: &[u64]) -> io::Result<()> {
+        for &i in chunks {
+            if let Some(s) = self.states.get(i as usize) {
+                self.file.write_all_at(&[ABSENT], HEADER_LEN + i)?;
+                s.store(ABSENT, Ordering::Release);
+            }
+        }
+        self.file.sync_data()?;
+        self.header.epoch = self.header.epoch.wrapping_add(1);
+        self.file.write_all_at(&self.header.encode(), 0)?;
+        self.file.sync_data()
     }
 
     /// Mark `chunks` present. The caller made their bytes durable in the cache first.
@@ -179,8 +267,9 @@ impl Residency {
         let mut buf = vec![0u8; (end - chunks.start) as usize];
         let n = read_up_to(&self.file, &mut buf, HEADER_LEN + chunks.start)?;
         for (k, byte) in buf[..n].iter().enumerate() {
-            if *byte == PRESENT {
-                self.states[chunks.start as usize + k].store(PRESENT, Ordering::Release);
+            let state = &self.states[chunks.start as usize + k];
+            if *byte != ABSENT && state.load(Ordering::Acquire) == ABSENT {
+                state.store(PRESENT, Ordering::Release);
             }
         }
         Ok(())
@@ -222,14 +311,14 @@ impl Residency {
             ));
         }
         let count = manifest.ids.len() as u64;
-        let same_layout = self.header.chunk_size == manifest.chunk_size;
+        let same_layout =
+            self.header.chunk_size == manifest.chunk_size && self.header.cache == self.cache;
         let keep: Vec<u8> = (0..count)
             .map(|i| {
                 let kept = same_layout && self.is_present(i) && unchanged(i);
-                if kept {
-                    PRESENT
-                } else {
-                    ABSENT
+                match self.states.get(i as usize) {
+                    Some(s) if kept => s.load(Ordering::Acquire),
+                    _ => ABSENT,
                 }
             })
             .collect();
@@ -244,6 +333,7 @@ impl Residency {
             len: manifest.len,
             count,
             etag: etag.to_string(),
+            cache: self.cache.clone(),
         };
         self.file.write_all_at(&self.header.encode(), 0)?;
         self.file.sync_data()?;
@@ -257,7 +347,13 @@ impl Residency {
         buf[n..].fill(ABSENT);
         self.states = buf
             .into_iter()
-            .map(|b| AtomicU8::new(if b == PRESENT { PRESENT } else { ABSENT }))
+            .map(|b| {
+                AtomicU8::new(if b == PRESENT || b == DIRTY {
+                    b
+                } else {
+                    ABSENT
+                })
+            })
             .collect();
         Ok(())
     }
@@ -271,7 +367,14 @@ impl Residency {
     }
 }
 
+/// The header: its first 256 bytes hold it whole in practice (read at every SHARED
+/// lock of a lazy connection, so kept small); longer etags cost a second read.
 fn read_header(file: &File) -> io::Result<Option<Header>> {
+    let mut raw = [0u8; 256];
+    let n = read_up_to(file, &mut raw, 0)?;
+    if let Some(header) = Header::decode(&raw[..n]) {
+        return Ok(Some(header));
+    }
     let mut raw = vec![0u8; HEADER_LEN as usize];
     let n = read_up_to(file, &mut raw, 0)?;
     Ok(Header::decode(&raw[..n]))
@@ -328,6 +431,21 @@ mod tests {
     }
 
     #[test]
+    fn a_record_beside_a_replaced_cache_describes_nothing() {
+        let (_dir, db) = cache();
+        std::fs::write(&db, b"first cache").unwrap();
+        let m = manifest(3);
+        Residency::open(&db, "v1", &m)
+            .unwrap()
+            .mark_present(&[0, 1, 2])
+            .unwrap();
+        assert_eq!(Residency::open(&db, "v1", &m).unwrap().present_count(), 3);
+        std::fs::remove_file(&db).unwrap();
+        std::fs::write(&db, b"a new, empty cache").unwrap();
+        assert_eq!(Residency::open(&db, "v1", &m).unwrap().present_count(), 0);
+    }
+
+    #[test]
     fn a_torn_header_means_nothing_is_present() {
         let (_dir, db) = cache();
         let m = manifest(4);
@@ -364,6 +482,33 @@ mod tests {
         let r = Residency::open(&db, "v2", &m2).unwrap();
         let kept: Vec<u64> = (0..8).filter(|&i| r.is_present(i)).collect();
         assert_eq!(kept, vec![0, 2, 5], "durable");
+    }
+
+    #[test]
+    fn dirty_chunks_are_present_not_clean_and_a_new_base_cleans_them() {
+        let (_dir, db) = cache();
+        let m = manifest(4);
+        let r = Residency::open(&db, "v1", &m).unwrap();
+        r.mark_present(&[0, 1, 2]).unwrap();
+        assert!(r.mark_dirty(1..2).unwrap());
+        assert!(!r.mark_dirty(1..2).unwrap(), "marked once");
+        r.sync().unwrap();
+        assert!(r.is_present(1) && !r.is_clean(1) && r.is_clean(2));
+        drop(r);
+        let mut r = Residency::open(&db, "v1", &m).unwrap();
+        assert!(r.is_present(1) && !r.is_clean(1), "dirty survives a reopen");
+        r.mark_absent(&[2]).unwrap();
+        assert!(!r.is_present(2));
+        r.adopt("v2", &m, &|_| true).unwrap();
+        assert!(
+            !r.is_clean(1),
+            "a new base alone does not say the commits are in it"
+        );
+        r.clean_dirty().unwrap();
+        assert!(
+            r.is_clean(1),
+            "the cache was saved clean: the remote has them"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The operating-system calls the local backend needs (flock, byte-range locks,
-//! FICLONE, kill(0), gethostname, the boot id), as safe functions: with the VFS shim (`src/ffi/`), the crate's only
+//! The operating-system calls the local backend and the cache need (flock,
+//! byte-range locks, FICLONE, hole punching, kill(0), gethostname, the boot id), as
+//! safe functions: with the VFS shim (`src/ffi/`), the crate's only
 //! unsafe code.
 
 #![allow(unsafe_code)]
@@ -26,6 +27,41 @@ pub(crate) fn reflink(dest: &File, src: &File) -> bool {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub(crate) fn reflink(_dest: &File, _src: &File) -> bool {
     false
+}
+
+/// Give the disk space of `len` bytes at `offset` of `file` back to the file system,
+/// keeping the file's length (`fallocate(PUNCH_HOLE | KEEP_SIZE)`): the range reads
+/// as zeros after. `Unsupported` where the file system cannot (then nothing changed).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: the descriptor is valid while `file` is borrowed; fallocate reads or
+    // writes no memory of this process.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            io::Error::new(io::ErrorKind::Unsupported, e)
+        }
+        _ => e,
+    })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn punch_hole(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "hole punching is implemented for Linux only",
+    ))
 }
 
 /// Block until we hold `LOCK_EX` on `file`. Each `File` is its own open file

@@ -438,6 +438,7 @@ fn status_has_exactly_the_fields_the_readme_lists() {
         "last_error_at",
         "last_ok_at",
         "requests",
+        "fetch",
     ];
     want.sort();
     assert_eq!(keys(&s), want, "{s}");

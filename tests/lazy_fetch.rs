@@ -2,8 +2,26 @@
 //! fetches the chunks it needs (docs/ARCHITECTURE.md, "Lazy fetch"). Every scenario
 //! runs on the local remote and on Azurite, counting requests (never timing them).
 
+use common::child::{self, Proc};
 use common::*;
 use rusqlite::Connection;
+use std::time::Duration;
+
+/// Entry point of every child process; returns at once in a normal test run.
+#[test]
+fn child_main() {
+    child::child_main(&[("lazy_reader", lazy_reader)]);
+}
+
+/// `lazy_reader`: open the lazy cache, check it whole, say so, and keep it open
+/// until told to go (the file `<uri's cache>.go` appears).
+fn lazy_reader(uri: &str) {
+    let c = open(uri);
+    child::say(&format!("CHECKED {}", integrity(&c)));
+    child::wait_for_file(&child::env("GO_FILE"), Duration::from_secs(60));
+    child::say(&format!("CHECKED {}", integrity(&c)));
+}
+
 use serde_json::Value;
 
 /// Rows of [`ROW`] random bytes: about 16.5 MiB, some 260 chunks of 64 KiB.
@@ -241,6 +259,10 @@ fn writer_in_a_loop(w: &World) {
                 c.execute("UPDATE t SET b = randomblob(?1) WHERE id = ?2", [ROW, id])
                     .unwrap();
                 commits += 1;
+                // An application's pace, not a stress loop: about ten commits a
+                // second. (Faster, and every whole check would meet a chunk changed
+                // twice since it began: without `history` the older bytes are gone.)
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
             commits
         })
@@ -258,6 +280,12 @@ fn writer_in_a_loop(w: &World) {
                     || l.contains("never used")
             });
             assert!(moved && only_unread, "{checked}\n{s}");
+            if unread == 0 || std::env::var_os("LAZY_DEBUG").is_some() {
+                eprintln!(
+                    "a check met a move: {}",
+                    checked.lines().nth(1).unwrap_or("")
+                );
+            }
             unread += 1;
             continue;
         }
@@ -296,23 +324,99 @@ fn azurite_a_lazy_reader_beside_a_writer_in_a_loop() {
     }
 }
 
-/// Writing is refused with an error that names the setting (until lazy writes land).
-#[test]
-fn a_lazy_cache_refuses_writes_with_a_clear_error() {
-    let w = World::local();
-    build(&w);
-    let c = lazy(&w, "h2", "");
-    let e = c
-        .execute("INSERT INTO t(b) VALUES (x'00')", [])
-        .unwrap_err();
-    let s = status(&c);
+/// Every row, for comparing copies.
+fn rows(c: &Connection) -> Vec<(i64, Vec<u8>)> {
+    let mut q = c.prepare("SELECT id, b FROM t ORDER BY id").unwrap();
+    let rows = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    rows
+}
+
+/// A lazy cache writes: a new row, an update of rows it never read, a delete and an
+/// insert that reuse free pages it never read, a batch; each commit uploads what
+/// changed (absent chunks keep their block ids) and a full host reads the same
+/// database.
+fn lazy_writes(w: &World) {
+    let (h1, _) = build(w);
+    drop(h1);
+    let c = lazy(w, "h2", "");
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let up = |c: &Connection| status(c)["requests"]["bytes_up"].as_u64().unwrap();
+    let before = up(&c);
+    c.execute("INSERT INTO t(id, b) VALUES (2000, x'0102')", [])
+        .unwrap();
+    let one_row = up(&c) - before;
+    assert!(one_row < 512 * 1024, "{one_row} bytes up for one row");
+    let (present, total) = residence(&status(&c));
     assert!(
-        s["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("fetch=lazy"),
-        "{e}: {s}"
+        present * 4 < total,
+        "{present} of {total} chunks present after a row"
     );
+
+    c.execute(
+        "UPDATE t SET b = zeroblob(?1) WHERE id BETWEEN 700 AND 710",
+        [ROW],
+    )
+    .unwrap();
+    c.execute("DELETE FROM t WHERE id BETWEEN 100 AND 300", [])
+        .unwrap();
+    c.execute(
+        "INSERT INTO t(id, b) SELECT 5000 + id, randomblob(?1) FROM t WHERE id BETWEEN 400 AND 500",
+        [ROW],
+    )
+    .unwrap();
+    pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
+    for i in 0..5 {
+        c.execute(
+            "INSERT INTO t(id, b) VALUES (?1, randomblob(300))",
+            [9000 + i],
+        )
+        .unwrap();
+    }
+    pragma(&c, "PRAGMA managedblob_batch=end").unwrap();
+    assert_eq!(integrity(&c), "ok");
+
+    let full = w.open("h3", "a.db");
+    assert_eq!(integrity(&full), "ok");
+    assert_eq!(
+        rows(&full),
+        rows(&c),
+        "the full host reads what the lazy one wrote"
+    );
+    let back = w.open("h1", "a.db");
+    assert_eq!(count(&back, "t"), count(&c, "t"));
+}
+
+#[test]
+fn local_a_lazy_cache_writes_and_commits() {
+    lazy_writes(&World::local());
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_a_lazy_cache_writes_and_commits() {
+    if let Some(w) = World::azurite() {
+        lazy_writes(&w);
+    }
+}
+
+/// VACUUM on a lazy cache reads every page and rewrites the file shorter: the
+/// upload re-lays the chunks; nothing absent is staged as a hole.
+#[test]
+fn vacuum_on_a_lazy_cache() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    h1.execute("DELETE FROM t WHERE id % 2 = 0", []).unwrap();
+    drop(h1);
+    let c = lazy(&w, "h2", "");
+    c.execute_batch("VACUUM").unwrap();
+    assert_eq!(integrity(&c), "ok");
+    let full = w.open("h3", "a.db");
+    assert_eq!(integrity(&full), "ok");
+    assert_eq!(rows(&full), rows(&c));
 }
 
 /// A lazy cache opened with the default `fetch=full` is completed first: SQLite
@@ -354,4 +458,239 @@ fn a_lost_record_is_rebuilt_from_the_cache_without_fetching() {
     assert_eq!(head(&c, 640).unwrap(), head(&h1, 640).unwrap());
     let (present, total) = residence(&status(&c));
     assert_eq!(present, total);
+}
+
+/// `cache_max`: after each statement over a database four times the bound the cache
+/// is back under it (space given back: the file's allocated size), a chunk a read
+/// transaction still uses is not dropped (one statement may pass the bound by what
+/// it reads), and the answers are right.
+#[test]
+fn a_bounded_cache_stays_under_cache_max() {
+    let w = World::local();
+    let (h1, size) = build(&w);
+    let c = lazy(&w, "h2", "&cache_max=4MiB");
+    let s = status(&c);
+    assert_eq!(s["residence"]["holes"], true, "{s}");
+    let all: (i64, i64) = c
+        .query_row("SELECT count(*), sum(length(b)) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(all, (ROWS, ROWS * ROW));
+    for _ in 0..3 {
+        // Each check reads every page, a read transaction at a time.
+        assert_eq!(integrity(&c), "ok");
+    }
+    let cache = w.cache("h2", "a.db");
+    let s = status(&c);
+    let (present, total) = residence(&s);
+    let chunk = s["residence"]["chunk_size"].as_u64().unwrap();
+    assert!(
+        present * chunk <= (4 << 20) + chunk * 64,
+        "{present} of {total} chunks present: {s}"
+    );
+    assert!(
+        s["residence"]["chunks_evicted"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    assert!(
+        allocated(&cache) < size / 2,
+        "the cache of {size} bytes takes {} on disk",
+        allocated(&cache)
+    );
+    assert_eq!(head(&c, 123).unwrap(), head(&h1, 123).unwrap());
+    assert_eq!(head(&c, 999).unwrap(), head(&h1, 999).unwrap());
+}
+
+/// Local commits kept in the cache (a batch) are never dropped, whatever the bound.
+#[test]
+fn a_bounded_cache_never_drops_local_commits() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    drop(h1);
+    let c = lazy(&w, "h2", "&cache_max=1MiB");
+    pragma(&c, "PRAGMA managedblob_batch=begin").unwrap();
+    c.execute(
+        "UPDATE t SET b = zeroblob(?1) WHERE id BETWEEN 10 AND 200",
+        [ROW],
+    )
+    .unwrap();
+    // Reads far away fill the cache past the bound many times over.
+    for _ in 0..2 {
+        assert_eq!(integrity(&c), "ok");
+    }
+    pragma(&c, "PRAGMA managedblob_batch=end").unwrap();
+    let full = w.open("h3", "a.db");
+    assert_eq!(head(&full, 150).unwrap(), "0000000000000000");
+    assert_eq!(rows(&full), rows(&c));
+}
+
+/// Two processes share one lazy cache: chunks one fetched are not fetched again by
+/// the other, and the bounded one drops nothing while the other has the cache open
+/// (it could be reading a chunk being dropped); once alone, it does.
+#[test]
+fn processes_sharing_a_lazy_cache() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    drop(h1);
+    let c = lazy(&w, "h2", "&cache_max=1MiB");
+    let go = w.path("go");
+    let mut other = Proc::spawn(
+        "other",
+        "lazy_reader",
+        &w.uri("h2", "a.db", "&fetch=lazy"),
+        &[("GO_FILE", go.display().to_string())],
+    );
+    assert_eq!(
+        other.expect("CHECKED", Duration::from_secs(60)),
+        "CHECKED ok"
+    );
+    let before = reads(&c);
+    assert_eq!(integrity(&c), "ok");
+    assert!(
+        reads(&c) - before <= 2,
+        "{} chunks fetched again after the other process fetched them all",
+        reads(&c) - before
+    );
+    for _ in 0..2 {
+        assert_eq!(integrity(&c), "ok");
+    }
+    let s = status(&c);
+    assert_eq!(s["residence"]["chunks_evicted"], 0, "{s}");
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(
+        other.expect("CHECKED", Duration::from_secs(60)),
+        "CHECKED ok"
+    );
+    other.wait_success(Duration::from_secs(30));
+    assert_eq!(integrity(&c), "ok");
+    let s = status(&c);
+    assert!(
+        s["residence"]["chunks_evicted"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+}
+
+/// A lazy cache removed with its record left behind (`rm a.db a.db-managedblob.json`,
+/// or only `rm a.db`): the record describes nothing, and the new cache fetches
+/// what it reads instead of trusting holes.
+#[test]
+fn a_record_left_beside_a_removed_cache_is_not_trusted() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    let cache = w.cache("h2", "a.db");
+    let sidecar = format!("{}-managedblob.json", cache.display());
+    for remove_sidecar in [true, false] {
+        let c = lazy(&w, "h2", "");
+        assert_eq!(integrity(&c), "ok");
+        drop(c);
+        std::fs::remove_file(&cache).unwrap();
+        if remove_sidecar {
+            std::fs::remove_file(&sidecar).unwrap();
+        }
+        let c = lazy(&w, "h2", "");
+        assert_eq!(integrity(&c), "ok", "sidecar removed: {remove_sidecar}");
+        assert_eq!(head(&c, 777).unwrap(), head(&h1, 777).unwrap());
+    }
+}
+
+/// A scan reads the file in order: readahead fetches a growing window, so the round
+/// trips in sequence are a fraction of the chunks (each round fetches in parallel).
+fn scan_reads_ahead(w: &World) {
+    let (h1, _) = build(w);
+    drop(h1);
+    let c = lazy(w, "h2", "");
+    let hexed: i64 = c
+        .query_row("SELECT sum(length(hex(b))) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(hexed, 2 * ROWS * ROW);
+    let s = status(&c);
+    let (present, total) = residence(&s);
+    let rounds = s["residence"]["fetch_rounds"].as_u64().unwrap();
+    assert!(present * 10 >= total * 9, "{s}");
+    assert!(
+        rounds * 4 < present,
+        "{rounds} rounds in sequence for {present} chunks: {s}"
+    );
+    eprintln!("a scan of {present} chunks took {rounds} rounds of fetches");
+}
+
+#[test]
+fn local_a_scan_reads_ahead() {
+    scan_reads_ahead(&World::local());
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_a_scan_reads_ahead() {
+    if let Some(w) = World::azurite() {
+        scan_reads_ahead(&w);
+    }
+}
+
+/// With `history` on (writer and reader), a chunk the remote changed while a read
+/// transaction ran comes from the kept version of the reader's base: the read goes
+/// on, on its snapshot, instead of ending with SQLITE_BUSY_SNAPSHOT.
+fn moved_during_a_read_with_history(w: &World) {
+    let writer = w.open_with("h1", "a.db", "&history=10");
+    writer
+        .execute_batch(&format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS})
+             INSERT INTO t SELECT i, randomblob({ROW}) FROM n;"
+        ))
+        .unwrap();
+    let old_950 = head(&writer, 950).unwrap();
+    let c = lazy(w, "h2", "&history=10");
+    c.execute_batch("BEGIN").unwrap();
+    head(&c, 1).unwrap();
+    writer
+        .execute(
+            "UPDATE t SET b = zeroblob(?1) WHERE id BETWEEN 900 AND 1000",
+            [ROW],
+        )
+        .unwrap();
+    assert_eq!(
+        head(&c, 950).unwrap(),
+        old_950,
+        "the snapshot's bytes, from history"
+    );
+    c.execute_batch("COMMIT").unwrap();
+    assert_eq!(head(&c, 950).unwrap(), "0000000000000000");
+    assert_eq!(integrity(&c), "ok");
+}
+
+#[test]
+fn local_a_remote_that_moves_during_a_read_with_history() {
+    moved_during_a_read_with_history(&World::local());
+}
+
+/// Deferred uploads (`flush_ms`) work on a lazy cache as on a full one: the commits
+/// return at once, the background upload reads only chunks the cache holds, and a
+/// full host then reads them.
+#[test]
+fn deferred_uploads_from_a_lazy_cache() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    drop(h1);
+    let c = lazy(&w, "h2", "&flush_ms=50");
+    for i in 0..20 {
+        c.execute(
+            "UPDATE t SET b = zeroblob(?1) WHERE id = ?2",
+            [ROW, 1 + i * 45],
+        )
+        .unwrap();
+    }
+    common::wait::wait_until("the deferred commits are uploaded", || {
+        status(&c)["dirty"] == false
+    });
+    let (present, total) = residence(&status(&c));
+    assert!(
+        present * 2 < total,
+        "{present} of {total}: the upload fetched nothing it did not need"
+    );
+    let full = w.open("h3", "a.db");
+    assert_eq!(integrity(&full), "ok");
+    assert_eq!(head(&full, 1 + 19 * 45).unwrap(), "0000000000000000");
+    assert_eq!(rows(&full), rows(&c));
 }

@@ -69,3 +69,56 @@ fn registering_a_name_again_with_other_options_is_an_error() {
     .unwrap_err();
     assert!(err.to_string().contains("already registered"), "{err}");
 }
+
+/// A failed open reads as the open's own error in a Rust application: `managedblob:
+/// ...` with the open's code, without the "automatic extension loading failed: "
+/// SQLite puts before an auto-extension's error (issue 25, item 8). The loadable
+/// extension keeps that prefix (tests/loadable_cli.rs): it has no sqlite3_set_errmsg.
+#[test]
+fn a_failed_open_says_managedblob_without_sqlites_prefix() {
+    managedblob::register().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let uri = format!(
+        "file:{}?vfs=managedblob&remote=s3://bucket/dir",
+        dir.path().join("a.db").display()
+    );
+    let e = rusqlite::Connection::open_with_flags(&uri, flags).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(
+            "managedblob: setting 'remote' (URI parameter 'remote') is invalid: unknown \
+             scheme 's3://'"
+        ),
+        "{text}"
+    );
+    // SQLITE_ERROR, not SQLITE_CANTOPEN, whose message drivers extend with the URI.
+    assert_eq!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::Unknown),
+        "{e:?}"
+    );
+    assert!(
+        !dir.path().join("a.db").exists(),
+        "a failed open leaves no cache"
+    );
+
+    // The VFS given by name with a plain filename: refused, with the same form.
+    let plain = dir.path().join("plain.db");
+    let e = rusqlite::Connection::open_with_flags_and_vfs(&plain, flags, managedblob::VFS_NAME)
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(
+            "managedblob: the database was opened with the managedblob VFS given by name"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::Unknown),
+        "{e:?}"
+    );
+}

@@ -135,6 +135,7 @@ impl Area {
             cache.clone(),
             managedblob::internal::sidecar::path_for(&cache),
             with("-managedblob.manifest"),
+            with("-managedblob.resident"),
             with("-journal"),
         ] {
             let _ = std::fs::remove_file(p);

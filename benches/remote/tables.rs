@@ -139,7 +139,7 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
 
     if !r.opens.is_empty() {
         let _ = writeln!(w, "\n## B. Open: warm, cold, and the raw transfer\n");
-        header(w, "| backend | database | warm ms | warm requests (HTTP) | cold ms | cold requests (HTTP) | cold bytes down | raw ms (no fsync) | raw HTTP | cold/raw | raw + fsync ms | cold/(raw + fsync) |");
+        header(w, "| backend | database | warm ms | warm requests (HTTP) | cold ms | cold requests (HTTP) | cold bytes down | lazy ms | lazy requests (HTTP) | lazy bytes down | raw ms (no fsync) | raw HTTP | cold/raw | raw + fsync ms | cold/(raw + fsync) |");
         for row in &r.opens {
             let raw_http = match row.kind {
                 Kind::Local => "(file copy)".to_string(),
@@ -147,7 +147,7 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} |",
                 row.kind.name(),
                 bytes(row.size),
                 ms(row.warm.median_ms()),
@@ -155,6 +155,9 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
                 ms(row.cold.median_ms()),
                 reqs(row.kind, row.cold.requests_per(), row.cold.http_per()),
                 bytes(row.cold.per().down),
+                ms(row.lazy.median_ms()),
+                reqs(row.kind, row.lazy.requests_per(), row.lazy.http_per()),
+                bytes(row.lazy.per().down),
                 ms(row.raw.median_ms()),
                 raw_http,
                 row.cold.median_ms() / row.raw.median_ms(),
@@ -164,7 +167,7 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
         }
         let _ = writeln!(
             w,
-            "\nMedians of {} rounds (warm, cold, raw interleaved); open includes the first read (`SELECT max(id)`). raw: a file copy (local) or one SDK download into a file (Azurite); raw + fsync adds the fsync of that file, the reference for the cold open, which leaves its cache durable.",
+            "\nMedians of {} rounds (warm, cold, lazy, raw interleaved); open includes the first read (`SELECT max(id)`); lazy: a cold open with `fetch=lazy` (the block list, the first chunk, the chunks `max(id)` reads). raw: a file copy (local) or one SDK download into a file (Azurite); raw + fsync adds the fsync of that file, the reference for the cold open, which leaves its cache durable.",
             at_sizes(
                 r.opens
                     .iter()

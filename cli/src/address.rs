@@ -43,6 +43,48 @@ impl Address {
     }
 }
 
+/// Where the database is, by flags or a `REMOTE/BLOB` shorthand, and the local file a
+/// command reads or writes: `[REMOTE/BLOB] FILE` (`export`, `push`).
+#[derive(Args, Debug)]
+pub struct WithFile {
+    /// The local file (export: the copy to write; push: the database to publish),
+    /// after the blob's REMOTE/BLOB shorthand when that is given instead of --remote
+    /// and --blob.
+    #[arg(value_name = "[REMOTE/BLOB] FILE", num_args = 1..=2, required = true)]
+    paths: Vec<String>,
+    #[command(flatten)]
+    location: Location,
+}
+
+impl WithFile {
+    /// The target and the local file.
+    pub fn resolve(&self) -> Result<(Target, PathBuf)> {
+        match self.paths.as_slice() {
+            [file] => Ok((self.location.resolve(None)?, PathBuf::from(file))),
+            [shorthand, file] => Ok((self.location.resolve(Some(shorthand))?, PathBuf::from(file))),
+            _ => bail!("expected [REMOTE/BLOB] FILE"),
+        }
+    }
+}
+
+/// A whole remote, not one blob (`sweep`, `create-container`): `REMOTE` or --remote.
+#[derive(Args, Debug)]
+pub struct RemoteOnly {
+    /// The remote, as --remote: a directory or an Azure container URL.
+    #[arg(value_name = "REMOTE")]
+    target: Option<String>,
+    /// The remote: a directory, or an Azure container URL (`https://<account>.blob.core.windows.net/<container>[?<SAS>]`).
+    #[arg(long, env = "MANAGEDBLOB_REMOTE", hide_env_values = true)]
+    remote: Option<String>,
+}
+
+impl RemoteOnly {
+    /// The remote given (the positional one first), if any.
+    pub fn given(&self) -> Option<&str> {
+        self.target.as_deref().or(self.remote.as_deref())
+    }
+}
+
 /// A resolved remote, blob and (optionally) cache.
 pub struct Target {
     pub spec: RemoteSpec,

@@ -4,6 +4,7 @@
 
 mod address;
 mod blocks;
+mod container;
 mod history;
 mod output;
 mod repair;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::address::{Address, Location};
+use crate::address::{Address, RemoteOnly, WithFile};
 
 /// See, verify, move and repair a managedblob database.
 ///
@@ -51,11 +52,9 @@ enum Command {
     /// of a kept version) to OUT (no cache, no sidecar).
     Export {
         #[command(flatten)]
-        address: Location,
+        address: WithFile,
         #[command(flatten)]
         pick: history::Pick,
-        /// The file to write.
-        out: PathBuf,
         /// Replace OUT if it exists.
         #[arg(long)]
         force: bool,
@@ -63,9 +62,7 @@ enum Command {
     /// Publish a plain SQLite file as the blob (block-list form, under the lease).
     Push {
         #[command(flatten)]
-        address: Location,
-        /// The SQLite database to publish.
-        file: PathBuf,
+        address: WithFile,
         /// Replace the blob only if it is still at this version.
         #[arg(long, value_name = "ETAG", conflicts_with = "force")]
         if_match: Option<String>,
@@ -96,8 +93,8 @@ enum Command {
     /// sidecar temp files, download side files) when their owners are provably gone.
     Sweep {
         /// The remote to sweep (a directory or a container URL).
-        #[arg(long, env = "MANAGEDBLOB_REMOTE", hide_env_values = true)]
-        remote: Option<String>,
+        #[command(flatten)]
+        remote: RemoteOnly,
         /// A cache file whose directory to sweep (repeatable).
         #[arg(long)]
         cache: Vec<PathBuf>,
@@ -105,6 +102,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Create the remote: an Azure container (the VFS never creates one), or a local
+    /// remote's directory. One that exists already is left as it is (success).
+    CreateContainer(RemoteOnly),
 }
 
 /// The exit code of a `verify` that found a problem (errors exit with 1).
@@ -141,36 +141,43 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Export {
             address,
             pick,
-            out,
             force,
-        } if pick.given() => history::export(&address.resolve(None)?, &pick, &out, force, json),
-        Command::Export {
-            address,
-            out,
-            force,
-            ..
-        } => transfer::export(&address.resolve(None)?, &out, force, json),
+        } if pick.given() => {
+            let (target, out) = address.resolve()?;
+            history::export(&target, &pick, &out, force, json)
+        }
+        Command::Export { address, force, .. } => {
+            let (target, out) = address.resolve()?;
+            transfer::export(&target, &out, force, json)
+        }
         Command::Versions(address) => history::versions(&address.resolve()?, json),
         Command::Restore { address, pick } => history::restore(&address.resolve()?, &pick, json),
         Command::Push {
             address,
-            file,
             if_match,
             force,
         } => {
+            let (target, file) = address.resolve()?;
             let rule = match (if_match, force) {
                 (Some(etag), _) => transfer::Replace::IfMatch(etag),
                 (None, true) => transfer::Replace::Always,
                 (None, false) => transfer::Replace::Never,
             };
-            transfer::push(&address.resolve(None)?, &file, &rule, json)
+            transfer::push(&target, &file, &rule, json)
         }
         Command::BreakLease { address, yes } => repair::break_lease(&address.resolve()?, yes, json),
         Command::Sweep {
             remote,
             cache,
             dry_run,
-        } => repair::sweep(remote.as_deref(), &cache, dry_run, json),
+        } => repair::sweep(remote.given(), &cache, dry_run, json),
+        Command::CreateContainer(remote) => match remote.given() {
+            Some(remote) => container::create(remote, json),
+            None => anyhow::bail!(
+                "no remote given: pass REMOTE (a directory or container URL), --remote, or set \
+                 MANAGEDBLOB_REMOTE"
+            ),
+        },
     }
 }
 

@@ -198,10 +198,21 @@ fn every_command(sas: &Sas, blob: &str, meets: Meets, work: &Path) {
                 "verify REMOTE/BLOB",
                 vec!["verify".into(), sas.shorthand(blob)],
             ),
+            (
+                "export REMOTE/BLOB",
+                with(args(&["export", "--force", &sas.shorthand(blob)]), &out),
+            ),
         ]);
     }
     if meets == Meets::NoService {
-        cases.push(("push", with(at(&["push"]), &plain)));
+        cases.extend([
+            ("push", with(at(&["push"]), &plain)),
+            (
+                "create-container",
+                args(&["create-container", "--remote", r]),
+            ),
+            ("create-container REMOTE", args(&["create-container", r])),
+        ]);
     }
     if meets == Meets::ExistingBlob {
         // The cache cannot be opened: a directory in its place, or a file where its
@@ -233,6 +244,29 @@ fn every_command(sas: &Sas, blob: &str, meets: Meets, work: &Path) {
     }
     // sweep has nothing to do on Azure: it succeeds, and shows no signature either.
     run(sas, "sweep", &args(&["sweep", "--remote", r]), &[], false);
+    run(sas, "sweep REMOTE", &args(&["sweep", r]), &[], false);
+    if meets != Meets::NoService {
+        // The container exists: create-container succeeds, and says so without the SAS.
+        for list in [
+            args(&["create-container", r]),
+            args(&["create-container", "--remote", r]),
+        ] {
+            run(
+                sas,
+                "create-container of an existing container",
+                &list,
+                &[],
+                false,
+            );
+        }
+        run(
+            sas,
+            "create-container, remote from MANAGEDBLOB_REMOTE",
+            &args(&["create-container"]),
+            &[("MANAGEDBLOB_REMOTE", r)],
+            false,
+        );
+    }
 }
 
 /// A cache of another blob, given with --cache and a SAS remote: refused by name.

@@ -126,7 +126,8 @@ fn sweep_removes_dead_owners_leftovers_and_keeps_live_ones() {
     busy.execute_batch("PRAGMA managedblob_batch=end").unwrap();
     drop(busy);
     std::fs::remove_file(&live).unwrap();
-    let again = sweep_json(&["--remote", r], &[&cache]);
+    // REMOTE as the positional argument, as --remote.
+    let again = sweep_json(&[r], &[&cache]);
     assert_eq!(
         again["bytes"], 500,
         "the temp of a writer that is gone now: {again}"

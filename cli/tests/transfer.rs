@@ -46,6 +46,19 @@ fn pull_export_push_round_trip(remote: &Remote) {
     );
     assert_eq!(exported["etag"], pulled["etag"]);
     assert_eq!(read(&out), read(&cache), "pulled cache == exported copy");
+    // The same with the REMOTE/BLOB shorthand before OUT.
+    let short = work.path().join("short.db");
+    let by_shorthand = json_of(
+        cli()
+            .args(["--json", "export", &remote.shorthand("app.db")])
+            .arg(&short),
+    );
+    assert_eq!(by_shorthand["etag"], pulled["etag"]);
+    assert_eq!(
+        read(&short),
+        read(&cache),
+        "REMOTE/BLOB OUT == --remote --blob OUT"
+    );
     assert!(!work.path().join("export.db-managedblob.json").exists());
     cli()
         .args(["export", "--remote", r, "--blob", "app.db"])

@@ -14,7 +14,7 @@ use std::hash::Hash;
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{BackendResult, LeaseId};
+use super::{BackendResult, Etag, LeaseId};
 use crate::config::HistoryPolicy;
 
 /// One kept version of a blob.
@@ -52,6 +52,20 @@ pub trait History: Send + Sync {
     /// Write version `id` of `blob` into `sink`; returns its size.
     /// `NotFound` when no such version is kept.
     fn download_version(&self, blob: &str, id: &str, sink: &mut dyn Write) -> BackendResult<u64>;
+
+    /// `len` bytes at `offset` of the kept version that was the blob's version `etag`,
+    /// or `None` when none is kept for it, or the store cannot tell versions by etag
+    /// (the default). A lazy cache reads a chunk the remote has changed since its
+    /// read transaction began from here.
+    fn read_kept_range(
+        &self,
+        _blob: &str,
+        _etag: &Etag,
+        _offset: u64,
+        _len: u64,
+    ) -> BackendResult<Option<Vec<u8>>> {
+        Ok(None)
+    }
 
     /// Drop version `id` (never the current blob). Dropping a version that is already
     /// gone is not an error.

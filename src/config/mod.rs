@@ -92,12 +92,12 @@ impl Key {
 /// of the README's table. URI parameters and environment variables override them.
 ///
 /// ```
-/// use managedblob::{Key, SyncMode};
+/// use managedblob::{Key, TransferMode};
 /// let options = managedblob::Options::new()
 ///     .remote("/srv/remote")
 ///     .blob("corpus.db")
 ///     .retry_total_ms(10_000)
-///     .sync(SyncMode::Full);
+///     .sync(TransferMode::Full);
 /// assert_eq!(options.get(Key::Sync), Some("full"));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl Options {
         self.set(Key::History, value.into())
     }
 
-    pub fn sync(self, mode: SyncMode) -> Self {
+    pub fn sync(self, mode: TransferMode) -> Self {
         self.set(Key::Sync, mode.name())
     }
 
@@ -231,7 +231,7 @@ pub struct Config {
     pub lease_linger: Duration,
     pub staleness: Duration,
     pub retry: RetryPolicy,
-    pub sync: SyncMode,
+    pub sync: TransferMode,
     /// Which published versions the remote keeps ([`crate::backend::History`]).
     pub history: HistoryPolicy,
     /// How long a commit may wait in the cache before it is uploaded (zero: COMMIT
@@ -288,21 +288,21 @@ impl HistoryPolicy {
     }
 }
 
-/// How the database moves between the cache and the remote.
+/// How the database moves between the cache and the remote: the `sync` setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncMode {
+pub enum TransferMode {
     /// Only the chunks that changed (when the store has block operations).
     Delta,
     /// The whole file every time.
     Full,
 }
 
-impl SyncMode {
+impl TransferMode {
     /// The setting's value for this mode.
     pub fn name(self) -> &'static str {
         match self {
-            SyncMode::Delta => "delta",
-            SyncMode::Full => "full",
+            TransferMode::Delta => "delta",
+            TransferMode::Full => "full",
         }
     }
 }
@@ -392,10 +392,10 @@ impl Config {
         let total_ms = number(get(Key::RetryTotalMs), Key::RetryTotalMs, 1, 600_000)?
             .unwrap_or(DEFAULT_RETRY_TOTAL_MS);
         let sync = match get(Key::Sync) {
-            None => SyncMode::Delta,
+            None => TransferMode::Delta,
             Some((value, origin)) => match value.trim().to_ascii_lowercase().as_str() {
-                "delta" => SyncMode::Delta,
-                "full" => SyncMode::Full,
+                "delta" => TransferMode::Delta,
+                "full" => TransferMode::Full,
                 _ => {
                     return Err(Error::Config(format!(
                         "setting 'sync' ({origin}) must be 'delta' or 'full', got {value:?}"
@@ -544,7 +544,7 @@ mod tests {
             .retry_attempts(3)
             .retry_base_ms(9)
             .retry_total_ms(1234)
-            .sync(SyncMode::Full)
+            .sync(TransferMode::Full)
             .history("7d")
             .flush_ms(250)
             .fetch(FetchMode::Lazy)
@@ -565,7 +565,7 @@ mod tests {
         );
         assert_eq!(c.retry.base, Duration::from_millis(9));
         assert_eq!(c.retry.total, Duration::from_millis(1234));
-        assert_eq!(c.sync, SyncMode::Full);
+        assert_eq!(c.sync, TransferMode::Full);
         assert_eq!(c.flush, Duration::from_millis(250));
         assert_eq!((c.fetch, c.cache_max), (FetchMode::Lazy, Some(64 << 20)));
         // A bad default is named as one.

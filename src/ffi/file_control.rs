@@ -80,7 +80,7 @@ pub(super) unsafe extern "C" fn x_file_control(
             }
             sql::SQLITE_FCNTL_SYNC | sql::SQLITE_FCNTL_COMMIT_PHASETWO => {
                 let rc = if op == sql::SQLITE_FCNTL_SYNC {
-                    connection.sync_point()
+                    connection.commit_point()
                 } else {
                     connection.commit_phase_two()
                 };

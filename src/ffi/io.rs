@@ -97,6 +97,9 @@ unsafe extern "C" fn x_write(
     guard(|| {
         // SAFETY: file is ours (SQLite calls io methods only on files x_open set up).
         if let Some(connection) = unsafe { main_db(file) }.and_then(|m| m.connection.as_mut()) {
+            if let Err(code) = connection.before_write(off as u64, amt.max(0) as u64) {
+                return code;
+            }
             connection.note_write(off as u64, amt as u64);
         }
         real_call!(file, sql::SQLITE_CANTOPEN, xWrite, buf, amt, off)

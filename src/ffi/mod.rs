@@ -12,7 +12,9 @@
 //!   methods report an empty file, and the auto-extension
 //!   [`register::report_open_error`], which SQLite runs at the end of every open,
 //!   fails the open with our message. That is how "setting 'remote' is missing"
-//!   reaches `sqlite3_errmsg`.
+//!   reaches `sqlite3_errmsg` (as the open's own error with the bundled SQLite; with
+//!   SQLite's "automatic extension loading failed: " before it in the loadable
+//!   extension).
 //!
 //! By job: [`register`] (the VFS table, its pass-throughs and the auto-extension),
 //! [`open`] (xOpen), [`io`] (the io methods), [`file_control`] (our pragmas and the

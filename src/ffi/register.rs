@@ -159,11 +159,8 @@ pub(super) unsafe extern "C" fn report_open_error(
         // SAFETY: files with our methods table are MbFile with a live MainDb.
         let main = unsafe { &*(*(file as *mut MbFile)).main };
         match &main.open_error {
-            Some(OpenError { code, message }) => {
-                // SAFETY: err is SQLite's out pointer for the message.
-                unsafe { *err = sqlite_string(message) };
-                *code
-            }
+            // SAFETY: db is the connection being opened; err is SQLite's out pointer.
+            Some(OpenError { code, message }) => unsafe { fail_open(db, err, *code, message) },
             None => sql::SQLITE_OK,
         }
     })
@@ -208,9 +205,41 @@ unsafe fn refuse_plain_main(db: *mut sql::sqlite3, err: *mut *mut c_char) -> c_i
                    name and a filename that names neither vfs=managedblob nor remote=, which \
                    is how a plain ATTACH or VACUUM INTO target opens (as a plain local file); \
                    to manage it, open 'file:<cache path>?vfs=managedblob' with SQLITE_OPEN_URI";
+    // SAFETY: guaranteed by the caller.
+    unsafe { fail_open(db, err, sql::SQLITE_ERROR, message) }
+}
+
+/// Fail the open being run with `code` and `message`, as the open's own error.
+///
+/// What the auto-extension returns in `err`, SQLite reports as "automatic extension
+/// loading failed: <message>". So where it can, it sets the connection's error itself
+/// (`sqlite3_set_errmsg`, SQLite 3.51) and returns SQLITE_OK: `sqlite3_open_v2` then
+/// fails with that error as it stands, and a Rust application (rusqlite) sees
+/// `managedblob: ...`. The bundled SQLite has it; the loadable extension calls the
+/// host's SQLite through the api routines of the sqlite3ext.h it was built against
+/// (3.40.1 on Debian 12, without it), so there the message keeps SQLite's prefix
+/// (docs/LOADABLE.md, "Errors name the setting").
+///
+/// # Safety
+/// `db` is the connection being opened and `err` SQLite's out pointer for the message.
+unsafe fn fail_open(
+    db: *mut sql::sqlite3,
+    err: *mut *mut c_char,
+    code: c_int,
+    message: &str,
+) -> c_int {
+    #[cfg(all(feature = "bundled", not(feature = "loadable_extension")))]
+    if let Ok(text) = CString::new(crate::redact::redact(message)) {
+        // SAFETY: db is open (SQLite runs auto-extensions once it is); SQLite copies text.
+        if unsafe { sql::sqlite3_set_errmsg(db, code, text.as_ptr()) } == sql::SQLITE_OK {
+            return sql::SQLITE_OK;
+        }
+    }
+    #[cfg(not(all(feature = "bundled", not(feature = "loadable_extension"))))]
+    let _ = db;
     // SAFETY: err is SQLite's out pointer for the message.
     unsafe { *err = sqlite_string(message) };
-    sql::SQLITE_ERROR
+    code
 }
 
 // ---------------------------------------------------------------------------

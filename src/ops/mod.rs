@@ -58,6 +58,49 @@ fn committed_blocks(spec: &RemoteSpec, blob: &str) -> Result<Option<(BlobStat, B
     }
 }
 
+/// What [`create_container`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// It did not exist; now it does.
+    Created,
+    /// It existed already (not an error: creating a container is idempotent).
+    AlreadyExisted,
+}
+
+/// Create the remote itself, so a first open can create its blob: an Azure
+/// container (the VFS never creates one: a typo in a URL should fail, not make a
+/// new container), or a local remote's directory with its parents. Returns the
+/// remote's secret-free name with the outcome.
+pub fn create_container(spec: &RemoteSpec) -> Result<(String, Created)> {
+    match spec {
+        RemoteSpec::Local(dir) => {
+            let name = format!("local:{}", dir.display());
+            if dir.is_dir() {
+                return Ok((name, Created::AlreadyExisted));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Config(format!(
+                    "creating the remote directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            Ok((name, Created::Created))
+        }
+        #[cfg(feature = "azure")]
+        RemoteSpec::Azure(url) => {
+            let backend = azure(url)?;
+            let created = match backend.create_container()? {
+                true => Created::Created,
+                false => Created::AlreadyExisted,
+            };
+            Ok((crate::backend::Backend::identity(&backend), created))
+        }
+        RemoteSpec::Memory(name) => Err(Error::Config(format!(
+            "memory:{name} lives inside one process: there is no container to create"
+        ))),
+    }
+}
+
 pub(crate) fn local(dir: &std::path::Path) -> Result<crate::backend::local::LocalBackend> {
     crate::backend::local::LocalBackend::new(dir.to_path_buf()).map_err(|source| Error::Setting {
         what: "setting 'remote' names an unusable directory".into(),

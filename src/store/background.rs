@@ -2,10 +2,11 @@
 //! that changed into memory under the cache's SHARED lock and the store's mutex,
 //! records the upload in the sidecar (`uploading`: the base and the block list),
 //! then releases both and uploads. Meanwhile the application's connections go on
-//! reading and committing (their commits stay local and dirty, and count in
-//! `State::local_commits`); what would publish, or take a new version, waits for
-//! the upload (`lock_state_settled`) or answers SQLITE_BUSY. Before, the writer's
-//! next transaction waited for the whole upload.
+//! reading and committing (their commits stay local and dirty, and the publishing
+//! part notes that they came meanwhile, `Background::Uploading`); what would
+//! publish, or take a new version, waits for the upload (`lock_state_settled`) or
+//! answers SQLITE_BUSY. Before, the writer's next transaction waited for the whole
+//! upload.
 //!
 //! A crash during the upload leaves the record: when the remote holds that block
 //! list, the next check takes it as the cache's base (the later commits are
@@ -41,8 +42,6 @@ pub(super) struct BackgroundUpload {
     lease: LeaseId,
     /// The granules the snapshot covers: written back if the upload fails.
     written: BTreeSet<u64>,
-    /// `State::local_commits` when the snapshot was taken.
-    commits: u64,
 }
 
 impl Store {
@@ -58,7 +57,7 @@ impl Store {
         if st.write.flush_due().is_none_or(|due| due > Instant::now())
             || !self.delta_enabled()
             || self.config.history.is_on()
-            || st.writable == 0
+            || !st.connections.any_writable()
             || st.write.creates_blob()
             || !st.lease.observe().is_live()
         {
@@ -74,7 +73,7 @@ impl Store {
         {
             return None;
         }
-        let lease = st.lease.live_id()?.clone();
+        let lease = st.lease.slot().live_id()?.clone();
         let base = st.sidecar.base.clone()?;
         let snapshot = self.snapshot_chunks(st, file, SNAPSHOT_MAX).ok()??;
         let raw = block_ids(&snapshot.manifest);
@@ -89,17 +88,16 @@ impl Store {
             st.sidecar.uploading = None;
             return None;
         }
-        if !st.sizes_taught {
+        if !st.publishing.sizes_known() {
             self.teach_sizes(&snapshot.manifest, &raw);
         }
-        st.uploading = true;
+        st.publishing.upload_started();
         Some(BackgroundUpload {
             snapshot,
             raw,
             base,
             lease,
-            written: std::mem::take(&mut st.written),
-            commits: st.local_commits,
+            written: st.publishing.take_written(),
         })
     }
 
@@ -147,14 +145,13 @@ impl Store {
         up: BackgroundUpload,
         result: Result<BlobStat>,
     ) {
-        st.uploading = false;
+        let more = st.publishing.upload_ended();
         self.upload_done.notify_all();
         match result {
             Ok(stat) => {
                 self.record_version(st, &stat);
                 let snapshot = up.snapshot;
                 self.record_chunks(st, stat.etag, snapshot.manifest, snapshot.first_counter);
-                let more = st.local_commits != up.commits;
                 st.sidecar.dirty = more;
                 if let Err(e) = self.save(st) {
                     // On disk: dirty over the old base, with the upload recorded; the
@@ -170,13 +167,13 @@ impl Store {
             Err(e) => {
                 // It may have landed all the same (a lost reply): the record stays
                 // for the next check to resolve, which the next attempt forces.
-                st.written.extend(up.written);
+                st.publishing.wrote(&up.written);
                 let e = self.lost_race(st, e);
                 self.force_check(st);
                 if e.is_busy() {
-                    self.deferred_upload_refused(st, &e);
+                    self.deferred_flush_refused(st, &e);
                 } else {
-                    self.deferred_upload_failed(st, &e);
+                    self.deferred_flush_failed(st, &e);
                 }
             }
         }

@@ -34,7 +34,7 @@ impl Store {
             match &r {
                 // A write's success is a version published (`record_version`); a
                 // flush with nothing to upload resolves nothing.
-                Ok(_) if activity != Activity::Write => st.succeeded(activity),
+                Ok(_) if activity != Activity::Write => st.report.succeeded(activity),
                 Ok(_) => {}
                 Err(e) => self.note_error(&mut st, activity, e),
             }
@@ -112,7 +112,11 @@ impl Store {
             st.sidecar.dirty_owner = None;
         }
         st.sidecar.cache_id = sidecar::file_identity(&self.cache_path);
-        sidecar::store(&self.sidecar_path, &st.sidecar)
+        sidecar::store(&self.sidecar_path, &st.sidecar)?;
+        if !st.sidecar.dirty {
+            self.lazy_clean_dirty();
+        }
+        Ok(())
     }
 
     /// A commit stayed local (inside a batch): the cache is ahead of the remote, and

@@ -95,7 +95,7 @@ impl Store {
 
     /// Ask the clock to hand the deferred commits over again in a moment (the
     /// cache's lock or the store was busy), if any are still pending.
-    fn retry_flush_soon(&self, st: &State) {
+    fn schedule_flush_soon(&self, st: &State) {
         if self.flusher.is_some() && st.write.flush_due().is_some() {
             self.clock.flush_at(Some(Instant::now() + LOCK_RETRY));
         }
@@ -113,17 +113,17 @@ impl Store {
         }
         let file = match self.flusher_file(file) {
             Ok(file) => file,
-            Err(e) => return self.deferred_upload_failed(&mut self.lock_state(), &e),
+            Err(e) => return self.deferred_flush_failed(&mut self.lock_state(), &e),
         };
         match file.lock(LockLevel::Shared) {
             Ok(()) => self.flusher_hold.reading(),
             Err(LockFail::Busy) => {
                 // A writer is committing: look again in a moment.
-                return self.retry_flush_soon(&self.lock_state());
+                return self.schedule_flush_soon(&self.lock_state());
             }
             Err(LockFail::Io(code)) => {
                 let e = self.lock_failed(code);
-                return self.deferred_upload_failed(&mut self.lock_state(), &e);
+                return self.deferred_flush_failed(&mut self.lock_state(), &e);
             }
         }
         let background = {
@@ -143,7 +143,7 @@ impl Store {
             if background.is_none() {
                 // Network work under the lock: a COMMIT meeting it is BUSY.
                 self.flusher_hold.read_over();
-                self.upload_deferred(&mut st, file.as_mut());
+                self.flush_deferred_locked(&mut st, file.as_mut());
                 self.schedule_flush(&st);
             }
             background
@@ -163,7 +163,7 @@ impl Store {
 
     /// Under the cache's SHARED lock and the mutex: upload, unless a flush, a batch
     /// or a close got there first.
-    fn upload_deferred(&self, st: &mut State, file: &mut dyn LocalFile) {
+    fn flush_deferred_locked(&self, st: &mut State, file: &mut dyn LocalFile) {
         if st.write.flush_due().is_none_or(|due| due > Instant::now()) {
             return;
         }
@@ -177,8 +177,8 @@ impl Store {
                     "deferred commits wait for a writable connection to upload them");
                 self.end_deferral(st);
             }
-            Err(e) if e.is_busy() => self.deferred_upload_refused(st, &e),
-            Err(e) => self.deferred_upload_failed(st, &e),
+            Err(e) if e.is_busy() => self.deferred_flush_refused(st, &e),
+            Err(e) => self.deferred_flush_failed(st, &e),
         }
     }
 
@@ -196,7 +196,7 @@ impl Store {
     /// did move, no retry can win: the deferral ends, the cache stays dirty, and the
     /// next check keeps it as a conflict copy. Otherwise (nobody wrote, or the stat
     /// failed) it is retried like any failure, taking the lease again.
-    pub(super) fn deferred_upload_refused(&self, st: &mut State, e: &Error) {
+    pub(super) fn deferred_flush_refused(&self, st: &mut State, e: &Error) {
         self.release_lease(st);
         let moved = match self.remote.stat() {
             Ok(now) => {
@@ -214,21 +214,21 @@ impl Store {
             self.end_deferral(st);
             self.force_check(st);
         } else {
-            self.deferred_upload_failed(st, e);
+            self.deferred_flush_failed(st, e);
         }
     }
 
     /// Keep the error for the status report and try again later; the cache stays
     /// dirty and the lease held (a lost one is dropped, so the retry takes it again
     /// if the remote is still this cache's base).
-    pub(super) fn deferred_upload_failed(&self, st: &mut State, e: &Error) {
+    pub(super) fn deferred_flush_failed(&self, st: &mut State, e: &Error) {
         self.note_error(st, Activity::Write, e);
         if matches!(st.lease.observe(), LeaseSlot::Lost) {
             self.release_lease(st);
         }
         let failures = st.write.flush_failures() + 1;
         let backoff = self.config.retry.delay(failures).max(self.config.flush);
-        st.write.upload_failed(Instant::now() + backoff);
+        st.write.flush_failed(Instant::now() + backoff);
         self.schedule_flush(st);
     }
 

@@ -93,14 +93,14 @@ impl Published {
             etag: st.sidecar.base.clone(),
             dirty: st.sidecar.dirty,
             flush_due: st.write.flush_due(),
-            lease_held: !st.lease.is_none(),
+            lease_held: !st.lease.slot().is_none(),
             batch_depth: st.write.batch_depth(),
             generation: st.sidecar.generation,
             in_flight: st.sidecar.in_flight,
-            conflicts: st.conflicts.clone(),
-            last_error: st.last_error.as_ref().map(|e| e.message.clone()),
-            last_error_at: st.last_error.as_ref().map(|e| e.at.iso8601()),
-            last_ok_at: st.last_ok_at.map(|t| t.iso8601()),
+            conflicts: st.report.conflicts().to_vec(),
+            last_error: st.report.last_error().map(|e| e.message.clone()),
+            last_error_at: st.report.last_error().map(|e| e.at.iso8601()),
+            last_ok_at: st.report.last_ok_at().map(|t| t.iso8601()),
         }
     }
 }
@@ -128,7 +128,7 @@ impl Store {
     /// their commits local meanwhile.
     pub(super) fn lock_state_settled(&self) -> StateGuard<'_> {
         let mut guard = self.lock_state();
-        while guard.uploading {
+        while guard.publishing.is_uploading() {
             self.upload_done.wait(guard.guard());
         }
         guard

@@ -28,7 +28,7 @@ impl Store {
         if let Err(e) = kept {
             tracing::warn!(blob = %blob, error = %e,
                 "the commit is published but its version was not kept in history");
-            st.note(
+            st.report.note(
                 Activity::Report,
                 format!("the commit is published but its version was not kept in history: {e}"),
             );

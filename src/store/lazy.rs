@@ -13,26 +13,68 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
+use super::evict::{Epochs, Stamps};
 use super::state::{Activity, LastError, State};
 use super::Store;
-use crate::backend::{BackendErrorKind, BlobStat, Etag};
+use crate::backend::{BackendErrorKind, Etag};
 use crate::delta::{ChunkId, Manifest};
 use crate::error::{Error, Result};
 use crate::image;
-use crate::localfile::{LocalFile, LockFail, LockLevel};
-use crate::residency::{self, Residency};
-use crate::sidecar::InFlight;
+use crate::localfile::LocalFile;
+use crate::residency::Residency;
 
 /// The most chunk bytes one round of fetches holds in memory.
 const BATCH_BYTES: u64 = 64 << 20;
+/// The largest readahead window, in bytes and in chunks.
+const READAHEAD_BYTES: u64 = 8 << 20;
+const READAHEAD_CHUNKS: u64 = 32;
+
+/// One connection's sequential-read detector, by chunks (the kernel's readahead):
+/// a miss on the chunk right after the last window doubles the window (1, 2, 4 ...
+/// up to the cap), a miss elsewhere starts again at one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Readahead {
+    /// The chunk a sequential reader misses next.
+    next: u64,
+    window: u64,
+}
+
+impl Readahead {
+    /// A read of chunks `..end` missed chunk `first`: fetch up to this chunk.
+    fn plan(&mut self, first: u64, end: u64, max: u64) -> u64 {
+        self.window = if self.window > 0 && first == self.next {
+            (self.window * 2).min(max)
+        } else {
+            1
+        };
+        let upto = end.max(first + self.window);
+        self.next = upto;
+        upto
+    }
+}
 
 /// The lazy part of a store (`fetch=lazy` only).
 #[derive(Debug, Default)]
 pub(crate) struct LazyCache {
     /// The base version the cache is a sparse copy of.
-    base: RwLock<Known>,
+    pub(super) base: RwLock<Known>,
     /// A pinned read found the remote moved on: the next SHARED lock checks it.
     moved: AtomicBool,
+    /// Read transactions open in this process (src/store/evict.rs).
+    pub(super) epochs: Epochs,
+    /// The cache file opened to punch holes through, kept until the store goes.
+    pub(super) hole_maker: std::sync::OnceLock<std::fs::File>,
+    /// Chunks dropped to stay under `cache_max`.
+    pub(super) evicted: std::sync::atomic::AtomicU64,
+    /// Rounds of fetches that went to the network (each one round trip, in sequence).
+    rounds: std::sync::atomic::AtomicU64,
+    /// Chunks were marked dirty since the record was last synced.
+    unsynced_dirty: AtomicBool,
+    /// With `cache_max`: whether the file system punches holes (checked at open).
+    pub(super) holes: std::sync::OnceLock<bool>,
+    /// The record opened once more, holding this process's "I have it open" lock
+    /// (src/store/evict.rs, `join_sharers`).
+    pub(super) sharers: std::sync::OnceLock<std::fs::File>,
     /// The last failed read, for the status report until the next SHARED lock takes
     /// it into `last_error` (a read holds no store mutex to note it there).
     failed: parking_lot::Mutex<Option<LastError>>,
@@ -40,18 +82,25 @@ pub(crate) struct LazyCache {
 
 /// What the lazy part knows of the cache's base.
 #[derive(Debug, Default)]
-enum Known {
+pub(super) enum Known {
     /// Not yet loaded (before the first check, or another process installed a
     /// version since): a read that would need it fails rather than read a hole.
     #[default]
     Unknown,
     /// The remote has no blob: the cache is all local (nothing to fetch).
     NoBlob,
-    Base(LazyBase),
+    Base(Box<LazyBase>),
 }
 
 impl Known {
-    fn base(&self) -> Option<&LazyBase> {
+    pub(super) fn base(&self) -> Option<&LazyBase> {
+        match self {
+            Known::Base(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub(super) fn base_mut(&mut self) -> Option<&mut LazyBase> {
         match self {
             Known::Base(b) => Some(b),
             _ => None,
@@ -60,10 +109,23 @@ impl Known {
 }
 
 #[derive(Debug)]
-struct LazyBase {
-    etag: Etag,
-    manifest: Manifest,
-    record: Residency,
+pub(super) struct LazyBase {
+    pub(super) etag: Etag,
+    pub(super) manifest: Manifest,
+    pub(super) record: Residency,
+    /// The read transaction that last touched each chunk (eviction's recency).
+    pub(super) stamps: Stamps,
+}
+
+impl LazyBase {
+    pub(super) fn new(etag: Etag, manifest: Manifest, record: Residency, epoch: u64) -> LazyBase {
+        LazyBase {
+            etag,
+            stamps: Stamps::new(manifest.ids.len() as u64, epoch),
+            manifest,
+            record,
+        }
+    }
 }
 
 impl LazyBase {
@@ -84,12 +146,30 @@ pub struct Residence {
     pub chunks_present: u64,
     /// Chunks the base version has.
     pub chunks_total: u64,
+    /// Bytes of one chunk.
+    pub chunk_size: u64,
+    /// Chunks dropped by this process to stay under `cache_max`.
+    pub chunks_evicted: u64,
+    /// Rounds of fetches this process made (a round fetches its chunks in parallel:
+    /// one round trip in sequence each).
+    pub fetch_rounds: u64,
+    /// With `cache_max`: whether the file system gives dropped chunks' space back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holes: Option<bool>,
 }
 
 impl Store {
     /// Before SQLite reads (or writes) `len` bytes at `offset` of the cache: make the
     /// chunks under them present. Costs one atomic load per chunk when they are.
-    pub fn ensure_present(&self, file: &mut dyn LocalFile, offset: u64, len: u64) -> Result<()> {
+    /// `ahead`: the connection's sequential-read detector; a run of misses on
+    /// consecutive chunks fetches a growing window past the read.
+    pub fn ensure_present(
+        &self,
+        file: &mut dyn LocalFile,
+        offset: u64,
+        len: u64,
+        ahead: &mut Readahead,
+    ) -> Result<()> {
         let Some(lazy) = &self.lazy else {
             return Ok(());
         };
@@ -106,6 +186,10 @@ impl Store {
             }
         };
         let range = base.chunks_of(offset, len);
+        let epoch = lazy.epochs.now();
+        for i in range.clone() {
+            base.stamps.touch(i, epoch);
+        }
         if range.clone().all(|i| base.record.is_present(i)) {
             return Ok(());
         }
@@ -113,15 +197,83 @@ impl Store {
         base.record
             .look_again(range.clone())
             .map_err(|e| Error::local("reading the residency record", e))?;
-        let missing: Vec<u64> = range.filter(|&i| !base.record.is_present(i)).collect();
-        if missing.is_empty() {
+        let mut missing: Vec<u64> = range
+            .clone()
+            .filter(|&i| !base.record.is_present(i))
+            .collect();
+        let Some(&first) = missing.first() else {
+            return Ok(());
+        };
+        let max = (READAHEAD_BYTES / base.manifest.chunk_size.max(1)).clamp(1, READAHEAD_CHUNKS);
+        let upto = ahead
+            .plan(first, range.end, max)
+            .min(base.record.chunk_count());
+        if upto > range.end {
+            base.record
+                .look_again(range.end..upto)
+                .map_err(|e| Error::local("reading the residency record", e))?;
+            missing.extend((range.end..upto).filter(|&i| !base.record.is_present(i)));
+        }
+        self.bring_in(lazy, base, file, &missing)?;
+        drop(guard);
+        self.evict_if_over(lazy)
+    }
+
+    /// Before SQLite writes `len` bytes at `offset` (the chunks under them made
+    /// present first): they hold local commits until the next clean save, and the
+    /// bounded cache must not drop them. The record is synced at the commit point.
+    pub fn lazy_mark_dirty(&self, offset: u64, len: u64) -> Result<()> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        let guard = lazy.base.read();
+        let Some(base) = guard.base() else {
+            return Ok(());
+        };
+        let newly = base
+            .record
+            .mark_dirty(base.chunks_of(offset, len))
+            .map_err(|e| Error::local("writing the residency record", e))?;
+        if newly {
+            lazy.unsynced_dirty.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// At the commit point: the dirty marks of the chunks it wrote are durable
+    /// before the commit's bytes are (SQLite syncs the cache after this).
+    pub(super) fn lazy_sync_record(&self) -> Result<()> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        if !lazy.unsynced_dirty.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        self.bring_in(lazy, base, file, &missing)
+        let guard = lazy.base.read();
+        match guard.base() {
+            Some(base) => base
+                .record
+                .sync()
+                .map_err(|e| Error::local("syncing the residency record", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The sidecar was saved clean: the remote has every local commit.
+    pub(super) fn lazy_clean_dirty(&self) {
+        let Some(lazy) = &self.lazy else {
+            return;
+        };
+        if let Some(base) = lazy.base.read().base() {
+            if let Err(e) = base.record.clean_dirty() {
+                tracing::warn!(cache = %self.cache_path.display(), error = %e,
+                    "could not mark uploaded chunks clean; they stay until the next upload");
+            }
+        }
     }
 
     /// Make `missing` present, at most [`BATCH_BYTES`] of chunks in memory at once.
-    fn bring_in(
+    pub(super) fn bring_in(
         &self,
         lazy: &LazyCache,
         base: &LazyBase,
@@ -163,6 +315,9 @@ impl Store {
             } else {
                 absent.push(i);
             }
+        }
+        if !absent.is_empty() {
+            lazy.rounds.fetch_add(1, Ordering::Relaxed);
         }
         let fetched = self.fetch_chunks(lazy, base, &absent)?;
         for (i, mut data) in fetched {
@@ -210,29 +365,47 @@ impl Store {
                 .filter(|m| m.len == stat.size)
                 .map(|m| (stat, m))
         });
-        let unchanged = |(stat, m): &(BlobStat, Manifest)| {
-            let same = m.chunk_size == base.manifest.chunk_size
-                && moved
-                    .iter()
-                    .all(|&i| m.ids.get(i as usize) == base.manifest.ids.get(i as usize));
-            same.then(|| stat.etag.clone())
+        // Chunks the newer version has unchanged (same block id: same bytes) come
+        // from it; the others only from history.
+        let (same, mut changed): (Vec<u64>, Vec<u64>) = match &newer {
+            Some((_, m)) if m.chunk_size == base.manifest.chunk_size => moved
+                .iter()
+                .partition(|&&i| m.ids.get(i as usize) == base.manifest.ids.get(i as usize)),
+            _ => (Vec::new(), moved),
         };
-        let Some(etag) = newer.as_ref().and_then(unchanged) else {
-            return Err(self.snapshot_gone());
-        };
-        let (again, still_moved) = self.fetch_pinned(&base.manifest, &etag, &moved)?;
-        if !still_moved.is_empty() {
-            return Err(self.snapshot_gone());
+        if let (Some((stat, _)), false) = (&newer, same.is_empty()) {
+            let (again, still_moved) = self.fetch_pinned(&base.manifest, &stat.etag, &same)?;
+            got.extend(again);
+            changed.extend(still_moved);
         }
-        got.extend(again);
+        // Changed in the newer version: the bytes of the base are only in history.
+        for i in changed {
+            match self.kept_chunk(base, i)? {
+                Some(data) => got.push((i, data)),
+                None => return Err(self.snapshot_gone()),
+            }
+        }
         Ok(got)
+    }
+
+    /// Chunk `i` of the base from the versions `history` keeps, when it keeps it.
+    fn kept_chunk(&self, base: &LazyBase, i: u64) -> Result<Option<Vec<u8>>> {
+        if !self.config.history.is_on() {
+            return Ok(None);
+        }
+        let (offset, len) = base.manifest.chunk_range(i);
+        let Some(data) = self.remote.read_kept_range(offset, len, &base.etag)? else {
+            return Ok(None);
+        };
+        self.check_chunk(&base.manifest, i, &data)?;
+        Ok(Some(data))
     }
 
     /// Ranged reads of `wanted` chunks of `manifest` pinned to `etag`, on up to
     /// `transfer_workers` threads: the chunks read, and those the remote answered
     /// "moved on" for.
     #[allow(clippy::type_complexity)]
-    fn fetch_pinned(
+    pub(super) fn fetch_pinned(
         &self,
         manifest: &Manifest,
         etag: &Etag,
@@ -317,7 +490,7 @@ impl Store {
             return false;
         };
         if let Some(failed) = lazy.failed.lock().take() {
-            st.last_error = Some(failed);
+            st.report.keep(failed);
         }
         lazy.moved.swap(false, Ordering::SeqCst)
     }
@@ -353,222 +526,130 @@ impl Store {
         Ok(())
     }
 
-    /// Track the sidecar's base, under the store's mutex (a check found the remote
-    /// at the base, or could not reach it and the cache is served offline): load
-    /// its chunk list (kept beside the sidecar; else, when `online`, the remote's)
-    /// and the record describing it. The remote has no blob: nothing to fetch.
-    pub(super) fn lazy_track_base(&self, st: &mut State, online: bool) -> Result<()> {
-        let Some(lazy) = &self.lazy else {
-            return Ok(());
-        };
-        let Some(etag) = st.sidecar.base.clone() else {
-            if online {
-                *lazy.base.write() = Known::NoBlob;
-            }
-            return Ok(());
-        };
-        if lazy.base.read().base().is_some_and(|b| b.etag == etag) {
-            return Ok(());
-        }
-        let manifest = match self.manifest_for_base(st) {
-            Some(m) => m,
-            None if online => match self.listed_manifest()? {
-                Some((stat, m)) if stat.etag == etag => m,
-                // The remote moved or is not ours: the next check installs it.
-                _ => return Ok(()),
-            },
-            None => return Ok(()),
-        };
-        let record = Residency::open(&self.cache_path, &etag.0, &manifest)
-            .map_err(|e| Error::local("opening the residency record", e))?;
-        *lazy.base.write() = Known::Base(LazyBase {
-            etag,
-            manifest,
-            record,
-        });
-        Ok(())
-    }
-
-    /// The remote's block list as a manifest, when the blob is ours.
-    fn listed_manifest(&self) -> Result<Option<(BlobStat, Manifest)>> {
-        Ok(self.remote.block_list()?.and_then(|(stat, list)| {
-            Manifest::from_block_list(&list)
-                .filter(|m| m.len == stat.size)
-                .map(|m| (stat, m))
-        }))
-    }
-
-    /// Take the remote's current version lazily: its block list, the cache file at
-    /// its length (sparse), its first chunk; the chunks that changed since the base
-    /// go absent. `Ok(false)` when it cannot be taken lazily (not a lazy store, a
-    /// blob without our block list, local commits to keep): the caller fetches.
-    pub(super) fn install_lazily(
+    /// Before an upload plans its chunks (`chunk` bytes each, the cache `size`
+    /// bytes): complete the absent chunks the new version cannot take from the base
+    /// as they are (a new chunk size; a chunk the new length cuts), and return which
+    /// chunks are still absent (the base's, unchanged: their block ids stay). Empty
+    /// for a full cache.
+    pub(super) fn lazy_prepare_upload(
         &self,
-        st: &mut State,
         file: &mut dyn LocalFile,
-        held: LockLevel,
-        discard_journal: bool,
-    ) -> Result<bool> {
+        size: u64,
+        chunk: u64,
+    ) -> Result<Vec<bool>> {
         let Some(lazy) = &self.lazy else {
-            return Ok(false);
+            return Ok(Vec::new());
         };
-        if st.sidecar.dirty || !self.delta_enabled() {
-            return Ok(false);
-        }
-        let Some((stat, manifest)) = self.listed_manifest()? else {
-            tracing::warn!(cache = %self.cache_path.display(), blob = %self.config.blob,
-                "the remote blob has no chunk list of ours (another tool wrote it): fetching it whole");
-            return Ok(false);
-        };
-        let upgraded = match self.lock_exclusive(file, held) {
-            Ok(upgraded) => upgraded,
-            Err(fail) => {
-                self.force_check(st);
-                return Err(match fail {
-                    LockFail::Busy => Error::Busy(format!(
-                        "cache {} is in use by another connection; its refresh waits",
-                        self.cache_path.display()
-                    )),
-                    LockFail::Io(code) => self.lock_failed(code),
-                });
+        let guard = lazy.base.read();
+        let base = match &*guard {
+            Known::Base(base) => base,
+            Known::NoBlob => return Ok(Vec::new()),
+            Known::Unknown => {
+                return Err(Error::Local(format!(
+                    "lazy cache {}: its chunk list is not known, so an upload cannot tell \
+                     its absent chunks; it is retried after the next check",
+                    self.cache_path.display()
+                )))
             }
         };
-        let result = self.install_lazily_locked(st, file, lazy, &stat, manifest, discard_journal);
-        if upgraded {
-            let _ = file.unlock(held);
-        }
-        result.map(|()| true)
-    }
-
-    fn install_lazily_locked(
-        &self,
-        st: &mut State,
-        file: &mut dyn LocalFile,
-        lazy: &LazyCache,
-        stat: &BlobStat,
-        manifest: Manifest,
-        discard_journal: bool,
-    ) -> Result<()> {
-        let cache_err = |what: &str, e: std::io::Error| {
-            Error::local(format!("{what} cache {}", self.cache_path.display()), e)
-        };
-        let old_counter = self.cache_change_counter(file)?;
-        let old = self.manifest_for_base(st).zip(st.sidecar.base.clone());
-        st.sidecar.in_flight = InFlight::Download;
-        self.save(st)?;
-        let mut guard = lazy.base.write();
-        let mut record = match std::mem::take(&mut *guard) {
-            Known::Base(b) => b.record,
-            _ => Residency::open(&self.cache_path, &stat.etag.0, &manifest)
-                .map_err(|e| Error::local("opening the residency record", e))?,
-        };
-        let keep_all = record.etag() == stat.etag.0;
-        let old_ids = old
-            .filter(|(_, etag)| record.etag() == etag.0)
-            .map(|(m, _)| m);
-        let unchanged = |i: u64| {
-            keep_all
-                || old_ids.as_ref().is_some_and(|o| {
-                    o.chunk_size == manifest.chunk_size
-                        && o.ids.get(i as usize) == manifest.ids.get(i as usize)
-                })
-        };
-        record
-            .adopt(&stat.etag.0, &manifest, &unchanged)
-            .map_err(|e| Error::local("writing the residency record", e))?;
-        file.truncate(manifest.len)
-            .map_err(|e| cache_err("sizing", e))?;
-        let base = LazyBase {
-            etag: stat.etag.clone(),
-            manifest: manifest.clone(),
-            record,
-        };
-        if base.manifest.ids.is_empty() {
-            // An empty database: nothing to fetch.
-        } else if base.record.is_present(0) {
-            self.move_counter_past(file, old_counter)?;
-        } else {
-            let mut first = self.fetch_chunks(lazy, &base, &[0])?;
-            let (_, mut data) = first.pop().expect("one chunk asked, one fetched");
-            image::check_database(&data[..data.len().min(100)], stat.size).map_err(|why| {
-                Error::NotADatabase(format!(
-                    "remote blob '{}' in {} is not a SQLite database: {why}; the cache was \
-                     left as it is",
-                    self.config.blob, self.identity
-                ))
-            })?;
-            image::adapt_header(&mut data, old_counter);
-            file.write_at(&data, 0)
-                .map_err(|e| cache_err("writing", e))?;
-        }
-        file.sync().map_err(|e| cache_err("syncing", e))?;
-        if !base.manifest.ids.is_empty() {
-            base.record
-                .mark_present(&[0])
-                .map_err(|e| Error::local("writing the residency record", e))?;
-        }
-        if discard_journal {
-            self.remove_journal()?;
-        }
-        *guard = Known::Base(base);
-        drop(guard);
-        tracing::info!(cache = %self.cache_path.display(), chunks = manifest.ids.len(),
-            "took the remote's version lazily (its chunk list and first chunk)");
-        self.took_version(st, stat, Some(manifest))
-    }
-
-    /// A full store whose cache was lazy and is not completed yet: it must not be
-    /// served (it has holes).
-    pub(super) fn holds_lazy_leftover(&self) -> bool {
-        self.lazy.is_none() && residency::path_for(&self.cache_path).exists()
-    }
-
-    /// A full store opening a cache that was lazy: fetch every chunk it lacks, so
-    /// that SQLite never reads a hole, then drop the record.
-    pub(super) fn complete_lazy_leftover(
-        &self,
-        st: &mut State,
-        file: &mut dyn LocalFile,
-    ) -> Result<()> {
-        let path = residency::path_for(&self.cache_path);
-        if self.lazy.is_some() || !path.exists() {
-            return Ok(());
-        }
-        let Some(etag) = st.sidecar.base.clone() else {
-            let _ = std::fs::remove_file(&path);
-            return Ok(());
-        };
-        let Some(manifest) = self.manifest_for_base(st) else {
-            return Err(Error::Local(format!(
-                "cache {} was a lazy cache (fetch=lazy) and its chunk list is lost; open it \
-                 with fetch=lazy, or move it away to download the database whole",
-                self.cache_path.display()
-            )));
-        };
-        let record = Residency::open(&self.cache_path, &etag.0, &manifest)
-            .map_err(|e| Error::local("opening the residency record", e))?;
-        let lazy = LazyCache::default();
-        let base = LazyBase {
-            etag,
-            manifest,
-            record,
-        };
-        let missing: Vec<u64> = (0..base.record.chunk_count())
+        let count = base.record.chunk_count();
+        let relaid = base.manifest.chunk_size != chunk;
+        let must: Vec<u64> = (0..count)
             .filter(|&i| !base.record.is_present(i))
+            .filter(|&i| {
+                let (offset, len) = base.manifest.chunk_range(i);
+                relaid || offset + len > size || (offset + len < size && len < chunk)
+            })
             .collect();
-        tracing::info!(cache = %self.cache_path.display(), chunks = missing.len(),
-            "completing a lazy cache opened with fetch=full");
-        self.bring_in(&lazy, &base, file, &missing)?;
-        std::fs::remove_file(&path).map_err(|e| Error::local("removing the residency record", e))
+        if !must.is_empty() {
+            tracing::info!(cache = %self.cache_path.display(), chunks = must.len(),
+                "completing chunks of a lazy cache before an upload");
+            self.bring_in(lazy, base, file, &must)?;
+        }
+        Ok((0..count).map(|i| !base.record.is_present(i)).collect())
+    }
+
+    /// The store recorded `manifest` as the base's chunk list (a publish, or a
+    /// version taken in): the record follows. Chunks keep their presence where the
+    /// layout is the same (a publish uploads from the cache, so what it holds is
+    /// the new version's); chunks past the old end are the cache's own, present.
+    /// `None` (the list is not known): reads of absent chunks wait for the next check.
+    pub(super) fn lazy_rebase(&self, manifest: Option<&(Etag, Manifest)>) {
+        let Some(lazy) = &self.lazy else {
+            return;
+        };
+        // A reader in the network holds the read side (never during a commit: that
+        // holds EXCLUSIVE on the cache). Then the next SHARED lock looks again.
+        let Some(mut guard) = lazy.base.try_write() else {
+            lazy.moved.store(true, Ordering::SeqCst);
+            self.fresh_until.store(0, Ordering::SeqCst);
+            return;
+        };
+        let rebased = match (std::mem::take(&mut *guard), manifest) {
+            (Known::Base(b), Some((etag, _))) if b.etag == *etag => Ok(Known::Base(b)),
+            (Known::Base(mut b), Some((etag, m))) => {
+                let old_count = b.record.chunk_count();
+                b.record
+                    .adopt(&etag.0, m, &|_| true)
+                    .and_then(|()| {
+                        let grown: Vec<u64> = (old_count..m.ids.len() as u64).collect();
+                        b.record.mark_present(&grown)
+                    })
+                    .map(|()| {
+                        Known::Base(Box::new(LazyBase::new(
+                            etag.clone(),
+                            m.clone(),
+                            b.record,
+                            lazy.epochs.now(),
+                        )))
+                    })
+            }
+            (_, _) => Ok(Known::Unknown),
+        };
+        *guard = rebased.unwrap_or_else(|e| {
+            tracing::warn!(cache = %self.cache_path.display(), error = %e,
+                "could not update the residency record; the next check reloads it");
+            Known::Unknown
+        });
+        if matches!(*guard, Known::Unknown) {
+            lazy.moved.store(true, Ordering::SeqCst);
+            self.fresh_until.store(0, Ordering::SeqCst);
+        }
     }
 
     /// The lazy part's figures for the status report (`None` in full mode).
     pub(super) fn residence(&self) -> Option<Residence> {
         let lazy = self.lazy.as_ref()?;
         let guard = lazy.base.try_read()?;
+        let evicted = lazy.evicted.load(Ordering::Relaxed);
         Some(guard.base().map_or(Residence::default(), |b| Residence {
             chunks_present: b.record.present_count(),
             chunks_total: b.record.chunk_count(),
+            chunk_size: b.manifest.chunk_size,
+            chunks_evicted: evicted,
+            fetch_rounds: lazy.rounds.load(Ordering::Relaxed),
+            holes: lazy.holes.get().copied(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readahead;
+
+    #[test]
+    fn a_sequential_reader_gets_a_growing_window_and_a_jump_starts_over() {
+        let mut ahead = Readahead::default();
+        assert_eq!(ahead.plan(10, 11, 8), 11, "a first miss: the chunk read");
+        assert_eq!(ahead.plan(11, 12, 8), 13, "the next chunk: two");
+        assert_eq!(ahead.plan(13, 14, 8), 17, "four");
+        assert_eq!(ahead.plan(17, 18, 8), 25, "eight");
+        assert_eq!(ahead.plan(25, 26, 8), 33, "capped at eight");
+        assert_eq!(ahead.plan(3, 4, 8), 4, "a jump: one again");
+        assert_eq!(
+            ahead.plan(4, 9, 8),
+            9,
+            "a read wider than the window takes its span"
+        );
     }
 }

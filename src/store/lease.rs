@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::clock::Tried;
-use super::state::{Activity, LeaseSlot, Release, State};
+use super::state::{Activity, AfterWrite, LeaseSlot, Release, State};
 use super::Store;
 use crate::backend::{BackendError, BackendErrorKind, Lease, LeaseId};
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ impl Store {
         st.lease.observe();
         self.revive_parked_lease(st)?;
         st.lease.observe().wake();
-        match &st.lease {
+        match st.lease.slot() {
             LeaseSlot::Live(_) => Ok(false),
             LeaseSlot::Warm { .. } => unreachable!("woken above"),
             LeaseSlot::Releasing(_) => Err(self.busy_releasing()),
@@ -94,7 +94,7 @@ impl Store {
                     // "database is locked"); routine contention, so not a warning.
                     let refused = busy(e);
                     tracing::debug!(error = %refused, "write refused: the lease is held");
-                    st.note(Activity::Lease, refused.to_string());
+                    st.report.note(Activity::Lease, refused.to_string());
                     return Err(refused);
                 }
                 Err(e) if e.kind == BackendErrorKind::NotFound && created => return Ok(None),
@@ -137,7 +137,7 @@ impl Store {
             Err(e) => {
                 tracing::warn!(blob = %self.config.blob, error = %e,
                     "releasing a dead writer's lease failed; it is kept parked");
-                st.lease = LeaseSlot::Parked(owner.id);
+                st.lease.park(owner.id);
                 false
             }
         }
@@ -160,7 +160,7 @@ impl Store {
         if record {
             st.sidecar.lease = Some(LeaseOwner::this_process(lease.id.clone()));
         }
-        st.lease = LeaseSlot::Live(self.clock.hold(lease.id, self.config.lease));
+        st.lease.hold(self.clock.hold(lease.id, self.config.lease));
         if adoptable_empty {
             st.sidecar.base = Some(lease.etag);
         }
@@ -198,11 +198,9 @@ impl Store {
     /// nothing (rolled back, failed), a check pending (the remote may have moved: a
     /// failed publish, a commit that did not finish locally).
     pub(super) fn linger_or_release(&self, st: &mut State) {
-        let published = std::mem::take(&mut st.published_in_write);
-        if published {
-            self.keep_warm_or_release(st);
-        } else {
-            self.release_lease(st);
+        match st.lease.after_write() {
+            AfterWrite::KeepWarm => self.keep_warm_or_release(st),
+            AfterWrite::Release => self.release_lease(st),
         }
     }
 
@@ -215,10 +213,10 @@ impl Store {
         if self.clock.take_waiter() {
             // Another host's writer waits: its turn now, and this process's next
             // write pauses long enough for it to take the lease.
-            st.warm_turn.yield_to_waiter(now, linger);
+            st.lease.yield_to_waiter(now, linger);
         } else if !linger.is_zero()
-            && st.warm_turn.may_keep(now, linger)
-            && !st.must_check
+            && st.lease.may_keep_warm(now, linger)
+            && !st.refresh.is_forced()
             && st.write.lease_unneeded()
             && self.renewed_after_snapshot(st)
             && st
@@ -226,7 +224,7 @@ impl Store {
                 .observe()
                 .linger(now + linger, |at| self.clock.release_when_idle(at))
         {
-            let started = st.warm_turn.started().unwrap_or(now);
+            let started = st.lease.turn_started().unwrap_or(now);
             self.clock
                 .watch_for_waiters(started + linger / 2, waiter_look_every(linger));
             return;
@@ -239,10 +237,9 @@ impl Store {
     /// busy handler retries far more often).
     fn announce_waiting(&self, st: &mut State) {
         let every = waiter_look_every(self.config.lease_linger);
-        if st.announced_at.is_some_and(|at| at.elapsed() < every) {
+        if !st.lease.announce_due(every) {
             return;
         }
-        st.announced_at = Some(Instant::now());
         match self.remote.announce_waiter() {
             // When this process gets the lease, its own mark is no other waiter.
             Ok(mark) => self.clock.announced(mark),
@@ -259,7 +256,7 @@ impl Store {
         if !self.config.history.is_on() {
             return true;
         }
-        match st.lease.live_id() {
+        match st.lease.slot().live_id() {
             Some(id) => self.remote.renew_lease(id, self.config.lease).is_ok(),
             None => false,
         }
@@ -276,27 +273,27 @@ impl Store {
         };
         let now = Instant::now();
         let waiter = self.clock.waiter_waits();
-        if !(st.lease.is_warm() && st.write.lease_unneeded() && (waiter || st.lease.idle_at(now))) {
+        let slot = st.lease.slot();
+        if !(slot.is_warm() && st.write.lease_unneeded() && (waiter || slot.idle_at(now))) {
             return Tried::Done;
         }
-        let LeaseSlot::Warm { held, .. } = std::mem::take(&mut st.lease) else {
+        let LeaseSlot::Warm { held, .. } = st.lease.give_up() else {
             unreachable!("checked warm above");
         };
-        st.warm_turn.released();
         if self.clock.take_waiter() {
             tracing::debug!(blob = %self.config.blob, "giving the warm lease to a waiting writer");
-            st.warm_turn.yield_to_waiter(now, self.config.lease_linger);
+            st.lease.yield_to_waiter(now, self.config.lease_linger);
         } else {
             tracing::debug!(blob = %self.config.blob, "releasing the lease after its linger");
         }
         let release = Release::new(held.stop());
-        st.lease = LeaseSlot::Releasing(release.clone());
+        st.lease.releasing(release.clone());
         drop(st);
         let released = self.released(self.remote.release_lease_in_background(&release.id));
         release.settle(released);
         // Settled now if the mutex is free, else by whoever takes it next.
         if let Some(mut st) = self.try_lock_state() {
-            if matches!(&st.lease, LeaseSlot::Releasing(r) if Arc::ptr_eq(r, &release)) {
+            if matches!(st.lease.slot(), LeaseSlot::Releasing(r) if Arc::ptr_eq(r, &release)) {
                 st.lease.observe();
                 if released {
                     self.forget_lease_owner(&mut st, &release.id);
@@ -317,12 +314,12 @@ impl Store {
     /// The write is over: give the lease back (a lost one is simply dropped; one
     /// being released already is left to the clock).
     pub(super) fn release_lease(&self, st: &mut State) {
-        st.warm_turn.released();
+        let slot = st.lease.give_up();
         // A waiter seen in this turn gets the lease now.
         self.clock.take_waiter();
-        match std::mem::take(&mut st.lease) {
+        match slot {
             LeaseSlot::None | LeaseSlot::Lost => {}
-            releasing @ LeaseSlot::Releasing(_) => st.lease = releasing,
+            LeaseSlot::Releasing(release) => st.lease.releasing(release),
             LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } if held.is_lost() => {}
             LeaseSlot::Live(held) | LeaseSlot::Warm { held, .. } => self.give_back(st, held.stop()),
             LeaseSlot::Parked(id) => self.give_back(st, id),
@@ -336,7 +333,7 @@ impl Store {
         if self.released(self.remote.release_lease(&id)) {
             self.forget_lease_owner(st, &id);
         } else {
-            st.lease = LeaseSlot::Parked(id);
+            st.lease.park(id);
         }
     }
 
@@ -375,7 +372,7 @@ impl Store {
     /// fails the caller. A revived lease is only kept when the remote is still this
     /// cache's base (it may have been parked after seeing a moved remote).
     pub(super) fn revive_parked_lease(&self, st: &mut State) -> Result<()> {
-        let LeaseSlot::Parked(id) = &st.lease else {
+        let LeaseSlot::Parked(id) = st.lease.slot() else {
             return Ok(());
         };
         let id = id.clone();
@@ -383,7 +380,7 @@ impl Store {
             Ok(()) => {}
             Err(e) if e.is_transient() => return Err(e.into()),
             Err(_) => {
-                st.lease = LeaseSlot::None;
+                st.lease.clear();
                 return Ok(());
             }
         }
@@ -394,12 +391,12 @@ impl Store {
             (None, _) => false,
         };
         if !matches {
-            st.lease = LeaseSlot::None;
+            st.lease.clear();
             self.give_back(st, id);
             self.force_check(st);
             return Err(self.moved_since_snapshot(""));
         }
-        st.lease = LeaseSlot::Live(self.clock.hold(id, self.config.lease));
+        st.lease.hold(self.clock.hold(id, self.config.lease));
         Ok(())
     }
 }

@@ -1,13 +1,126 @@
-//! What this process holds of the remote lease ([`LeaseSlot`]), and an idle
-//! release in flight ([`Release`]).
+//! The lease part of the store's state ([`LeaseState`]): what this process holds of
+//! the remote lease ([`LeaseSlot`]), an idle release in flight ([`Release`]), its
+//! turn keeping the lease warm ([`WarmTurn`]), what the end of the write does with
+//! it ([`AfterWrite`]), and when it last told the holder it waits.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::clock::HeldLease;
+use super::turn::WarmTurn;
 use crate::backend::LeaseId;
+
+/// Everything the store keeps about the remote lease.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseState {
+    slot: LeaseSlot,
+    /// How long this process has kept the lease warm without a break.
+    turn: WarmTurn,
+    after_write: AfterWrite,
+    /// When this process last announced it waits for the lease (rate-limited).
+    announced_at: Option<Instant>,
+}
+
+/// What the end of the current write transaction does with the lease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum AfterWrite {
+    /// Nothing was published: give the lease back.
+    #[default]
+    Release,
+    /// The write published a version: its lease is the one the remote's newest
+    /// version was written under, worth keeping warm for the next write.
+    KeepWarm,
+}
+
+impl LeaseState {
+    pub fn slot(&self) -> &LeaseSlot {
+        &self.slot
+    }
+
+    /// The slot, with a lost lease or a settled release seen ([`LeaseSlot::observe`]).
+    pub fn observe(&mut self) -> &mut LeaseSlot {
+        self.slot.observe()
+    }
+
+    /// The lease is taken (or revived): held and renewed.
+    pub fn hold(&mut self, held: HeldLease) {
+        self.slot = LeaseSlot::Live(held);
+    }
+
+    /// A release failed: the lease may still be ours, kept unrenewed.
+    pub fn park(&mut self, id: LeaseId) {
+        self.slot = LeaseSlot::Parked(id);
+    }
+
+    /// The lease is gone, or no longer this process's to give back.
+    pub fn clear(&mut self) {
+        self.slot = LeaseSlot::None;
+    }
+
+    /// The clock gives an idle warm lease back with the mutex released.
+    pub fn releasing(&mut self, release: Arc<Release>) {
+        self.slot = LeaseSlot::Releasing(release);
+    }
+
+    /// The slot, emptied.
+    pub fn take(&mut self) -> LeaseSlot {
+        std::mem::take(&mut self.slot)
+    }
+
+    /// The lease is being given back: the slot, emptied, and the warm turn over.
+    pub fn give_up(&mut self) -> LeaseSlot {
+        self.turn.released();
+        self.take()
+    }
+
+    /// A write transaction starts: it has published nothing yet.
+    pub fn write_began(&mut self) {
+        self.after_write = AfterWrite::Release;
+    }
+
+    /// This process published a version under the lease.
+    pub fn published(&mut self) {
+        self.after_write = AfterWrite::KeepWarm;
+    }
+
+    /// What the write that ends does with the lease (the next one starts afresh).
+    pub fn after_write(&mut self) -> AfterWrite {
+        std::mem::take(&mut self.after_write)
+    }
+
+    /// How long a write starting at `now` waits before taking the lease
+    /// ([`WarmTurn::pause_left`]).
+    pub fn pause_left(&self, now: Instant) -> Option<Duration> {
+        self.turn.pause_left(now)
+    }
+
+    /// May the lease be kept warm after a commit at `now` ([`WarmTurn::may_keep`]).
+    pub fn may_keep_warm(&mut self, now: Instant, linger: Duration) -> bool {
+        self.turn.may_keep(now, linger)
+    }
+
+    /// Another host's writer waits ([`WarmTurn::yield_to_waiter`]).
+    pub fn yield_to_waiter(&mut self, now: Instant, linger: Duration) {
+        self.turn.yield_to_waiter(now, linger);
+    }
+
+    /// When the current warm turn started.
+    pub fn turn_started(&self) -> Option<Instant> {
+        self.turn.started()
+    }
+
+    /// A writer finds the lease held: whether to leave the waiter mark now (at most
+    /// once per `every`, however often the busy handler retries).
+    pub fn announce_due(&mut self, every: Duration) -> bool {
+        if self.announced_at.is_some_and(|at| at.elapsed() < every) {
+            return false;
+        }
+        self.announced_at = Some(Instant::now());
+        true
+    }
+}
 
 /// What this process holds of the remote lease.
 #[derive(Debug, Default)]

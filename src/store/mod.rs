@@ -7,19 +7,29 @@
 //! | xOpen (first connection)     | reload sidecar, recover, first freshness check ([`Store::attach`]) |
 //! | NONE -> SHARED               | freshness check when stale ([`Store::on_shared`])     |
 //! | SHARED -> RESERVED           | take the remote lease, check the snapshot ([`Store::begin_write`]) |
-//! | SQLITE_FCNTL_SYNC            | publish, unless a batch is open or `flush_ms` defers it ([`Store::sync_point`]) |
+//! | SQLITE_FCNTL_SYNC            | publish, unless a batch is open or `flush_ms` defers it ([`Store::commit_point`]) |
 //! | SQLITE_FCNTL_COMMIT_PHASETWO | the local commit finished ([`Store::commit_phase_two`]) |
 //! | unlock below RESERVED        | keep the lease warm for `lease_linger_ms` (or release it) unless a batch or deferred commits hold it ([`Store::end_write`]) |
 //! | xClose (last connection)     | flush a pending batch, release the lease ([`Store::detach`]) |
 //! | a deferral's deadline        | the flusher thread uploads ([`flusher`])               |
 //!
-//! The layers below: [`state`] (the write state and the lease slot as enums),
-//! `lease` (taking, adopting, parking and releasing the lease), `publish` (the
-//! one upload path: condition, chunks or whole file, "did my retried write land?"),
-//! `refresh` (stat, fetch, install), `recovery` (conflict copies, WAL headers,
-//! leftovers, cache checks), `manifest` (chunk lists of versions), `cache` (the
-//! sidecar and the cache lock), `hold` (the flusher's short read under SHARED, which
-//! a COMMIT waits out).
+//! The layers below: [`state`] (the parts of the state the mutex protects, each
+//! owning its fields: the write state, the lease, the freshness check, what the next
+//! publish builds on, the connections, the report), `lease` (taking, adopting,
+//! parking and releasing the lease), `publish` (the one upload path: condition,
+//! chunks or whole file, "did my retried write land?"), `refresh` (stat, fetch,
+//! install), `recovery` (conflict copies, WAL headers, leftovers, cache checks),
+//! `manifest` (chunk lists of versions), `cache` (the sidecar and the cache lock),
+//! `hold` (the flusher's short read under SHARED, which a COMMIT waits out),
+//! `report` (the status report).
+//!
+//! Words, one per idea: a *refresh* brings the cache up to the remote
+//! (`refresh_locked`); the *commit point* is SQLITE_FCNTL_SYNC ([`Store::commit_point`]);
+//! to *publish* is to upload the cache as a new version; to *flush* is to publish
+//! local commits now ([`Store::flush`], `flush_locked`, the flusher's
+//! `flush_deferred`), to *schedule* a flush is to set its deadline
+//! (`schedule_flush`); *sync* is left to SQLite (fsync, FCNTL_SYNC) and to the
+//! `sync` setting ([`crate::config::TransferMode`]).
 //!
 //! Lock order: a connection takes SQLite's file lock first and the store's mutex
 //! second; under the mutex, file locks are only ever tried, never waited for. A
@@ -32,23 +42,28 @@ mod ambiguous;
 mod background;
 mod cache;
 mod clock;
+mod evict;
 mod fetch;
 pub(crate) mod flusher;
+mod freshness;
 mod guard;
 mod history;
 mod hold;
-mod last_error;
 mod lazy;
+mod lazy_install;
 mod lease;
 mod lease_slot;
 mod manifest;
 mod publish;
+mod publishing;
 mod recovery;
 mod refresh;
 mod registry;
+mod report;
 mod stage;
 pub(crate) mod state;
 mod turn;
+mod write_state;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -65,10 +80,15 @@ use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::remote::Remote;
 use crate::sidecar::{self, InFlight, Sidecar};
 use guard::Published;
-use state::{Activity, State, WriteState};
+use state::{Activity, CommitAction, State};
 
 pub(crate) use hold::HoldMark;
+pub use lazy::Readahead;
+// The status report, and its field type defined in this module: public API (the
+// crate root re-exports them through the connection layer).
+pub use lazy::Residence;
 pub use registry::open_store;
+pub use report::Status;
 
 /// One managed database in this process.
 #[derive(Debug)]
@@ -94,7 +114,7 @@ pub struct Store {
     /// The one owner of this store's timers: lease renewal, the linger's end, the
     /// `flush_ms` deadline, the sweep after a commit (src/store/clock.rs).
     clock: clock::Clock,
-    /// Signalled when a background upload ends (`State::uploading`).
+    /// Signalled when a background upload ends (`Publishing::upload_ended`).
     upload_done: parking_lot::Condvar,
     /// The flusher's short read under SHARED, which a COMMIT waits out.
     flusher_hold: hold::FlusherHold,
@@ -108,65 +128,12 @@ fn clock() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// What SQLITE_FCNTL_SYNC asks of the remote; decided in one place,
-/// [`Store::sync_action`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SyncAction {
-    /// Not a commit of this process's write transaction (a rollback's sync, or a
-    /// hot-journal rollback by a connection that never took the lease).
-    Nothing,
-    /// A commit inside a batch: it stays local, the batch's end uploads it.
-    MarkDirty,
-    /// A commit outside a batch: upload it now (COMMIT means uploaded).
-    Publish,
-    /// A commit outside a batch with `flush_ms` > 0: it stays local, keeps the lease,
-    /// and is uploaded with the commits that follow it within `flush_ms`.
-    Defer,
-}
-
 /// Whether `managedblob_batch=begin` joins what this process already holds: a batch,
 /// a write transaction or deferred commits take the batch in; a lease that only
 /// lingers after a commit does too, but not inside a read transaction, which is
 /// refused whether or not the lease happens to be warm (one answer, not a race).
 fn joins_held_lease(st: &State, level: LockLevel) -> bool {
-    !st.write.lease_unneeded() || (level == LockLevel::None && st.lease.is_held())
-}
-
-/// The status report of `PRAGMA managedblob_status`.
-#[derive(Debug, serde::Serialize)]
-pub struct Status {
-    pub remote: String,
-    pub blob: String,
-    pub etag: Option<String>,
-    pub dirty: bool,
-    /// Milliseconds until deferred commits (`flush_ms`) are uploaded (0: due or
-    /// being retried); absent when none wait.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub flush_due_ms: Option<u64>,
-    pub lease_held: bool,
-    pub batch_depth: u32,
-    pub generation: u64,
-    pub in_flight: InFlight,
-    /// The kinds of remote request this process is waiting on now, e.g. `["upload"]`.
-    pub waiting_on: Vec<&'static str>,
-    pub requests: crate::counters::CounterSnapshot,
-    pub conflicts: Vec<String>,
-    /// The last error since the last success of its kind: a failed check or
-    /// download is resolved by a check that reaches the remote, a refused lease by a
-    /// lease taken, a failed commit or upload by a version published (which resolves
-    /// the other two as well). Reports no success resolves (a conflict copy, the
-    /// outcome of a commit whose reply was lost) stay until the next error.
-    pub last_error: Option<String>,
-    /// When `last_error` happened (UTC, RFC 3339).
-    pub last_error_at: Option<String>,
-    /// When an operation last succeeded (UTC, RFC 3339).
-    pub last_ok_at: Option<String>,
-    /// `full` or `lazy`.
-    pub fetch: &'static str,
-    /// A lazy cache's chunks present and in all (absent in full mode, and while a
-    /// lazy cache is being changed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub residence: Option<lazy::Residence>,
+    !st.write.lease_unneeded() || (level == LockLevel::None && st.lease.slot().is_held())
 }
 
 impl Store {
@@ -217,24 +184,15 @@ impl Store {
 
     /// Make the next SHARED lock check the remote, whatever the staleness clock says.
     fn force_check(&self, st: &mut State) {
-        st.must_check = true;
+        st.refresh.force();
         self.fresh_until.store(0, Ordering::SeqCst);
-    }
-
-    /// Remember an error of `activity` for the status report (until a success of
-    /// its kind resolves it) and log it.
-    fn note_error(&self, st: &mut State, activity: Activity, err: &Error) {
-        tracing::warn!(cache = %self.cache_path.display(), error = %err, "managedblob operation failed");
-        st.note(activity, err.to_string());
     }
 
     /// xOpen: a new connection opened the cache; the first one recovers and checks
     /// freshness.
     pub fn attach(&self, file: &mut dyn LocalFile, read_only: bool) -> Result<()> {
         let mut st = self.lock_state_settled();
-        st.connections += 1;
-        st.writable += usize::from(!read_only);
-        if st.connections > 1 {
+        if !st.connections.opened(read_only) {
             return Ok(());
         }
         self.sweep_leftovers_at_open();
@@ -242,10 +200,10 @@ impl Store {
             Ok(()) => {
                 let r = self
                     .leave_wal_mode(file)
-                    .and_then(|()| self.sync(&mut st, file, LockLevel::Shared));
+                    .and_then(|()| self.refresh_locked(&mut st, file, LockLevel::Shared));
                 let _ = file.unlock(LockLevel::None);
                 if r.is_ok() {
-                    st.succeeded(Activity::Read);
+                    st.report.succeeded(Activity::Read);
                 }
                 r
             }
@@ -260,8 +218,7 @@ impl Store {
             }
             Err(e) if self.serve_offline(&mut st, &e, true) => Ok(()),
             Err(e) => {
-                st.connections -= 1;
-                st.writable -= usize::from(!read_only);
+                st.connections.open_failed(read_only);
                 self.note_error(&mut st, Activity::Read, &e);
                 Err(e)
             }
@@ -278,7 +235,7 @@ impl Store {
             && (!at_open || st.sidecar.base.is_some())
             && !self.holds_lazy_leftover();
         if transient && whole {
-            st.last_check = Some(Instant::now());
+            st.refresh.restart_staleness(Instant::now());
             self.note_error(st, Activity::Read, err);
             // A lazy cache serves the chunks it holds (its chunk list is beside it).
             if let Err(e) = self.lazy_track_base(st, false) {
@@ -293,9 +250,7 @@ impl Store {
     /// drops the lease.
     pub fn detach(&self, file: &mut dyn LocalFile, read_only: bool) {
         let mut st = self.lock_state_settled();
-        st.connections = st.connections.saturating_sub(1);
-        if st.connections > 0 {
-            st.writable = st.writable.saturating_sub(usize::from(!read_only));
+        if !st.connections.closing(read_only) {
             return;
         }
         let depth = st.write.close_batch();
@@ -304,16 +259,16 @@ impl Store {
                 "last connection closed inside a batch: ending it");
         }
         drop(st);
-        if let Err(e) = self.flush_with_lock(file, LockLevel::None) {
+        if let Err(e) = self.flush(file, LockLevel::None) {
             tracing::warn!(cache = %self.cache_path.display(), error = %e,
                 "flush at close failed; the cache stays dirty and uploads at the next open");
         }
         let mut st = self.lock_state_settled();
-        st.writable = st.writable.saturating_sub(usize::from(!read_only));
+        st.connections.last_closed(read_only);
         // The mutex was dropped for the flush: a connection that attached meanwhile
         // may have taken the lease for its write or batch. It is theirs now. A warm
         // lease (lingering after the last write) goes back now.
-        if st.connections == 0 && st.write.lease_unneeded() {
+        if st.connections.none_open() && st.write.lease_unneeded() {
             self.release_lease(&mut st);
         }
     }
@@ -330,11 +285,10 @@ impl Store {
         let result = self.on_shared_locked(&mut st, file);
         // Open the fast path until the staleness bound, unless a check is pending or
         // this process writes (then every SHARED must see the lease state).
-        if result.is_ok() && !st.must_check && st.lease.is_none() {
-            if let Some(checked) = st.last_check {
-                let until = clock()
-                    + (self.config.staleness.saturating_sub(checked.elapsed())).as_nanos() as u64;
-                self.fresh_until.store(until, Ordering::SeqCst);
+        if result.is_ok() && st.lease.slot().is_none() {
+            if let Some(left) = st.refresh.fresh_for(self.config.staleness) {
+                self.fresh_until
+                    .store(clock() + left.as_nanos() as u64, Ordering::SeqCst);
             }
         }
         result
@@ -348,19 +302,16 @@ impl Store {
         // While we are the writer (a lease live or warm), nobody else can move the
         // remote: no freshness check.
         let writing_here = st.lease.observe().is_writing_here();
-        let fresh = st
-            .last_check
-            .is_some_and(|t| t.elapsed() < self.config.staleness);
-        if (writing_here || fresh) && !st.must_check {
+        if !st.refresh.check_due(self.config.staleness, writing_here) {
             return Ok(());
         }
         // A forced check may take a new version: an idle warm lease is of no use.
-        if st.lease.is_warm() && st.write.lease_unneeded() {
+        if st.lease.slot().is_warm() && st.write.lease_unneeded() {
             self.release_lease(st);
         }
-        match self.sync(st, file, LockLevel::Shared) {
+        match self.refresh_locked(st, file, LockLevel::Shared) {
             Ok(()) => {
-                st.succeeded(Activity::Read);
+                st.report.succeeded(Activity::Read);
                 Ok(())
             }
             Err(e) if self.serve_offline(st, &e, false) => Ok(()),
@@ -382,15 +333,15 @@ impl Store {
     pub fn begin_write(&self) -> Result<()> {
         let mut st = self.lock_state_unless_network()?;
         // A long warm turn just ended: other hosts' writers get the lease first
-        // (state::WarmTurn). Waited outside the mutex.
-        if let Some(pause) = st.warm_turn.pause_left(Instant::now()) {
+        // (turn::WarmTurn). Waited outside the mutex.
+        if let Some(pause) = st.lease.pause_left(Instant::now()) {
             drop(st);
             std::thread::sleep(pause);
             st = self.lock_state_unless_network()?;
         }
         let result = self.begin_write_locked(&mut st);
         match &result {
-            Ok(()) => st.succeeded(Activity::Lease),
+            Ok(()) => st.report.succeeded(Activity::Lease),
             Err(e) if e.is_busy() => {}
             Err(e) => self.note_error(&mut st, Activity::Lease, e),
         }
@@ -398,14 +349,7 @@ impl Store {
     }
 
     fn begin_write_locked(&self, st: &mut State) -> Result<()> {
-        if self.lazy.is_some() {
-            return Err(Error::Misuse(format!(
-                "cache {} is lazy (fetch=lazy), which is read-only in this version: open it \
-                 with fetch=full to write",
-                self.cache_path.display()
-            )));
-        }
-        st.published_in_write = false;
+        st.lease.write_began();
         // While this process holds a live lease (a batch, or one lingering after the
         // last write), no other process can change the sidecar: its commits, flushes
         // and recoveries need the lease, and an install needs the remote to move,
@@ -414,7 +358,7 @@ impl Store {
         if !st.lease.observe().is_live() {
             self.reload(st)?;
         }
-        if st.uploading && !st.lease.is_live() {
+        if st.publishing.is_uploading() && !st.lease.slot().is_live() {
             // The lease lapsed under a background upload: taking it again is network
             // work that must wait for that upload's outcome.
             return Err(self.busy_uploading());
@@ -435,31 +379,35 @@ impl Store {
     /// sync after a rollback). Outside a batch the cache is uploaded now, and an
     /// error fails the COMMIT (SQLite rolls the cache back from its journal); inside
     /// a batch the cache is marked dirty.
-    pub fn sync_point(
+    pub fn commit_point(
         &self,
         file: &mut dyn LocalFile,
         counter_moved: bool,
         written: &BTreeSet<u64>,
     ) -> Result<()> {
         let mut st = self.lock_state();
+        if let Err(e) = self.lazy_sync_record() {
+            self.note_error(&mut st, Activity::Write, &e);
+            return Err(e);
+        }
         let deferred = !self.config.flush.is_zero();
-        let result = match Self::sync_action(&st.write, counter_moved, deferred) {
-            SyncAction::Nothing => return Ok(()),
-            SyncAction::MarkDirty => {
-                st.written.extend(written.iter().copied());
-                st.local_commits += 1;
+        let result = match st.write.commit_action(counter_moved, deferred) {
+            CommitAction::Nothing => return Ok(()),
+            CommitAction::MarkDirty => {
+                st.publishing.wrote(written);
+                st.publishing.kept_local();
                 self.mark_dirty(&mut st)
             }
-            SyncAction::Defer => {
-                st.written.extend(written.iter().copied());
-                st.local_commits += 1;
+            CommitAction::Defer => {
+                st.publishing.wrote(written);
+                st.publishing.kept_local();
                 self.mark_dirty(&mut st).map(|()| {
                     st.write.defer(Instant::now() + self.config.flush);
                     self.schedule_flush(&st);
                 })
             }
-            SyncAction::Publish => {
-                st.written.extend(written.iter().copied());
+            CommitAction::Publish => {
+                st.publishing.wrote(written);
                 let create = st.write.creates_blob();
                 let was_dirty = st.sidecar.dirty;
                 self.publish(&mut st, file, create).map(|_| {
@@ -481,17 +429,6 @@ impl Store {
             self.note_error(&mut st, Activity::Write, e);
         }
         result
-    }
-
-    /// The one place that decides whether a sync publishes. `deferred`: `flush_ms`
-    /// is set, so a commit outside a batch starts (or joins) an automatic batch.
-    fn sync_action(write: &WriteState, counter_moved: bool, deferred: bool) -> SyncAction {
-        match write {
-            _ if !counter_moved || !write.in_txn() => SyncAction::Nothing,
-            WriteState::Batch { .. } | WriteState::AutoBatch { .. } => SyncAction::MarkDirty,
-            WriteState::Writing { .. } if deferred => SyncAction::Defer,
-            _ => SyncAction::Publish,
-        }
     }
 
     /// The sidecar on disk said dirty: record at once that the remote took those
@@ -578,7 +515,7 @@ impl Store {
                 return Ok(());
             }
             self.force_check(st);
-            self.sync(st, file, level.max(LockLevel::Shared))?;
+            self.refresh_locked(st, file, level.max(LockLevel::Shared))?;
             let create = self.take_write_lease(st)?;
             st.write.batch_begin(create);
             Ok(())
@@ -591,12 +528,12 @@ impl Store {
         if !self.lock_state_settled().write.batch_end()? {
             return Ok(());
         }
-        self.flush_with_lock(file, level)
+        self.flush(file, level)
     }
 
     /// `PRAGMA managedblob_flush`: upload local commits now (inside a batch too, and
     /// deferred ones before their deadline).
-    pub fn flush_with_lock(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
+    pub fn flush(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
         self.with_lock(file, level, Activity::Write, |st, file| {
             self.reload(st)?;
             let result = self.flush_locked(st, file);
@@ -619,7 +556,7 @@ impl Store {
         }
         self.with_lock(file, level, Activity::Read, |st, file| {
             self.force_check(st);
-            self.sync(st, file, LockLevel::Shared)
+            self.refresh_locked(st, file, LockLevel::Shared)
         })
     }
 
@@ -633,109 +570,5 @@ impl Store {
     /// read, now over, so the call may be tried again.
     pub(crate) fn waited_out_flusher(&self, mark: HoldMark) -> bool {
         self.flusher_hold.wait_out(mark)
-    }
-
-    /// `PRAGMA managedblob_status`: answers at once, also while another connection
-    /// uploads (the state as of the last release of the mutex, and what the
-    /// store is waiting on now).
-    pub fn status(&self) -> Status {
-        let mut p = self.published.lock().clone();
-        if let Some((message, at)) = self.lazy_failure() {
-            (p.last_error, p.last_error_at) = (Some(message), Some(at));
-        }
-        Status {
-            remote: self.identity.clone(),
-            blob: self.config.blob.clone(),
-            etag: p.etag.map(|e| e.0),
-            dirty: p.dirty,
-            flush_due_ms: p
-                .flush_due
-                .map(|due| due.saturating_duration_since(Instant::now()).as_millis() as u64),
-            lease_held: p.lease_held,
-            batch_depth: p.batch_depth,
-            generation: p.generation,
-            in_flight: p.in_flight,
-            waiting_on: self.remote.waiting_on(),
-            requests: self.remote.snapshot(),
-            conflicts: p.conflicts,
-            last_error: p.last_error,
-            last_error_at: p.last_error_at,
-            last_ok_at: p.last_ok_at,
-            fetch: self.config.fetch.name(),
-            residence: self.residence(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_commit_of_our_write_transaction_publishes() {
-        let writing = WriteState::Writing { create: false };
-        let batch = WriteState::Batch {
-            depth: 1,
-            create: false,
-            writing: true,
-        };
-        let batch_idle = WriteState::Batch {
-            depth: 1,
-            create: false,
-            writing: false,
-        };
-        assert_eq!(
-            Store::sync_action(&writing, true, false),
-            SyncAction::Publish
-        );
-        assert_eq!(
-            Store::sync_action(&writing, false, false),
-            SyncAction::Nothing
-        );
-        assert_eq!(
-            Store::sync_action(&batch, true, false),
-            SyncAction::MarkDirty
-        );
-        assert_eq!(
-            Store::sync_action(&batch_idle, true, false),
-            SyncAction::Nothing
-        );
-        assert_eq!(
-            Store::sync_action(&WriteState::Idle, true, false),
-            SyncAction::Nothing
-        );
-    }
-
-    #[test]
-    fn with_flush_ms_a_commit_defers_and_later_ones_join_it() {
-        let writing = WriteState::Writing { create: false };
-        let auto = |writing| WriteState::AutoBatch {
-            deadline: Instant::now(),
-            create: false,
-            writing,
-            failures: 0,
-        };
-        let batch = WriteState::Batch {
-            depth: 1,
-            create: false,
-            writing: true,
-        };
-        assert_eq!(Store::sync_action(&writing, true, true), SyncAction::Defer);
-        assert_eq!(
-            Store::sync_action(&writing, false, true),
-            SyncAction::Nothing
-        );
-        assert_eq!(
-            Store::sync_action(&auto(true), true, true),
-            SyncAction::MarkDirty
-        );
-        assert_eq!(
-            Store::sync_action(&auto(false), true, true),
-            SyncAction::Nothing
-        );
-        assert_eq!(
-            Store::sync_action(&batch, true, true),
-            SyncAction::MarkDirty
-        );
     }
 }

@@ -62,7 +62,7 @@ impl Store {
             (Some(etag), false) => Condition::Match(etag.clone()),
             _ => Condition::Create,
         };
-        let lease = st.lease.live_id().cloned();
+        let lease = st.lease.slot().live_id().cloned();
         let stat = if self.delta_enabled() {
             self.publish_chunks(st, file, &condition, lease.as_ref())
         } else {
@@ -79,7 +79,7 @@ impl Store {
         }
         self.record_version(st, &stat);
         st.sidecar.dirty = false;
-        st.published_in_write = true;
+        st.lease.published();
         self.keep_version(st, lease.as_ref());
         Ok(stat)
     }
@@ -91,13 +91,13 @@ impl Store {
             .counters
             .versions_up
             .fetch_add(1, Ordering::Relaxed);
-        st.last_check = Some(Instant::now());
+        st.refresh.restart_staleness(Instant::now());
         st.write.blob_exists();
         st.sidecar.base = Some(stat.etag.clone());
         // A background upload recorded as in flight is moot once the base moved on.
         st.sidecar.uploading = None;
         st.sidecar.generation += 1;
-        st.succeeded(Activity::Write);
+        st.report.succeeded(Activity::Write);
     }
 
     /// The chunk list of the version `etag` just published, and what it tells
@@ -110,10 +110,7 @@ impl Store {
         first_counter: Option<[u8; COUNTER_BYTES]>,
     ) {
         self.set_manifest(st, Some((etag, manifest)));
-        if first_counter.is_some() {
-            st.remote_counter = first_counter;
-        }
-        st.sizes_taught = true;
+        st.publishing.learned(first_counter);
     }
 
     /// A publish refused because another writer got there first is a conflict, not
@@ -141,7 +138,7 @@ impl Store {
     /// Upload local commits that are not in the remote yet (a batch's end, a flush,
     /// a close, recovery after a crash), taking the lease when none is held.
     pub(super) fn flush_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        if !st.sidecar.dirty || st.writable == 0 {
+        if !st.sidecar.dirty || !st.connections.any_writable() {
             return Ok(());
         }
         let create = self.ensure_lease(st)? || st.write.creates_blob();
@@ -159,13 +156,13 @@ impl Store {
     ) -> std::result::Result<BlobStat, Failure> {
         let (manifest, first_counter) = self.stage_chunks(st, file, lease)?;
         let raw = block_ids(&manifest);
-        if !st.sizes_taught {
+        if !st.publishing.sizes_known() {
             self.teach_sizes(&manifest, &raw);
         }
         let committed = self.remote.commit_blocks(&raw, condition, lease);
         let stat = self.landed_or(committed, file, Attempt::Blocks(&raw))?;
         self.record_chunks(st, stat.etag.clone(), manifest, first_counter);
-        st.written.clear();
+        st.publishing.chunks_published();
         Ok(stat)
     }
 

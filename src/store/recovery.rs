@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::refresh::{read_full, COPY_CHUNK};
-use super::state::{Activity, State};
+use super::state::State;
 use super::Store;
 use crate::backend::BlobStat;
 use crate::error::{Error, Result};
@@ -108,11 +108,7 @@ impl Store {
         tracing::error!(cache = %self.cache_path.display(), copy = %shown,
             "CONFLICT: the remote moved while this cache held unuploaded commits; they were \
              kept in the conflict copy and the cache now follows the remote");
-        st.note(
-            Activity::Report,
-            format!("conflict: local commits that never reached the remote were kept in {shown}"),
-        );
-        st.conflicts.push(shown);
+        st.report.conflict_kept(shown);
         Ok(())
     }
 

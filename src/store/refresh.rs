@@ -30,14 +30,16 @@ pub(super) const COPY_CHUNK: usize = 1 << 20;
 
 impl Store {
     /// The freshness check and recovery, with the connection holding `held`
-    /// (at least SHARED) on the cache.
-    pub(super) fn sync(
+    /// (at least SHARED) on the cache: what the first open, a SHARED lock once the
+    /// staleness bound passed (or a check was forced), `PRAGMA managedblob_refresh`
+    /// and a batch's begin run.
+    pub(super) fn refresh_locked(
         &self,
         st: &mut State,
         file: &mut dyn LocalFile,
         held: LockLevel,
     ) -> Result<()> {
-        if st.uploading {
+        if st.publishing.is_uploading() {
             return Err(self.busy_uploading());
         }
         self.reload(st)?;
@@ -55,11 +57,10 @@ impl Store {
         if st.sidecar.pending_commit.is_some() {
             // Before anything else: the remote may hold a commit we could not confirm.
             let outcome = self.resolve_ambiguous(st, remote.as_ref())?;
-            st.note(Activity::Report, outcome);
-            return self.sync(st, file, held);
+            st.report.note(Activity::Report, outcome);
+            return self.refresh_locked(st, file, held);
         }
-        st.last_check = Some(Instant::now());
-        st.must_check = false;
+        st.refresh.checked(Instant::now());
         if in_flight != InFlight::None {
             tracing::warn!(cache = %self.cache_path.display(), ?in_flight,
                 "a transfer was interrupted; resyncing the cache from the remote");
@@ -85,13 +86,13 @@ impl Store {
             // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
             None => self.lazy_track_base(st, true),
             Some(stat) if st.sidecar.base.as_ref() == Some(&stat.etag) => {
-                if st.sidecar.dirty && st.lease.is_none() && st.writable > 0 {
+                if st.sidecar.dirty && st.lease.slot().is_none() && st.connections.any_writable() {
                     self.recover_upload(st, file, &stat)?;
                 }
                 self.complete_lazy_leftover(st, file)?;
                 self.lazy_track_base(st, true)
             }
-            Some(_) if st.lease.is_writing_here() => Err(Error::Backend(BackendError::new(
+            Some(_) if st.lease.slot().is_writing_here() => Err(Error::Backend(BackendError::new(
                 BackendErrorKind::LeaseLost,
                 format!(
                     "remote blob '{}' changed while this process held its lease",
@@ -101,7 +102,7 @@ impl Store {
             Some(stat) => {
                 // The remote moved: a parked lease is of no use for this version;
                 // give it back (or keep it parked when that fails).
-                if let LeaseSlot::Parked(id) = std::mem::take(&mut st.lease) {
+                if let LeaseSlot::Parked(id) = st.lease.take() {
                     self.give_back(st, id);
                 }
                 self.replace(st, file, held, false, &stat)
@@ -129,8 +130,8 @@ impl Store {
         // A download that could not be installed because the cache was busy is kept
         // for the retry, as long as the remote still has that version.
         let kept = st
-            .pending_download
-            .take()
+            .refresh
+            .take_download()
             .filter(|f| f.stat == *current && self.download_path.exists());
         if kept.is_none()
             && self.cache_is_cold(st, file)?
@@ -146,7 +147,7 @@ impl Store {
         };
         let result = self.install(st, file, held, discard_journal, &fetched);
         if matches!(&result, Err(e) if e.is_busy()) {
-            st.pending_download = Some(fetched);
+            st.refresh.keep_download(fetched);
         } else {
             let _ = std::fs::remove_file(&self.download_path);
         }
@@ -299,11 +300,10 @@ impl Store {
         st.sidecar.dirty = false;
         st.sidecar.in_flight = InFlight::None;
         st.sidecar.generation += 1;
-        st.written.clear();
-        st.remote_counter = None;
+        st.publishing.took_version();
         // The staleness clock starts when the new version is in, not when the
         // (possibly long) transfer began.
-        st.last_check = Some(Instant::now());
+        st.refresh.restart_staleness(Instant::now());
         self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
         self.save(st)?;
         self.remote

@@ -146,11 +146,13 @@ impl Store {
         };
         let old = old.filter(|m| m.chunk_size == chunk);
         let count = Manifest::chunk_count(size, chunk);
+        // A lazy cache's absent chunks are the base's, unchanged: never read (a hole).
+        let absent = self.lazy_prepare_upload(file, size, chunk)?;
         let candidates = old
             .as_ref()
             .filter(|_| self.written_is_complete(st))
-            .map(|m| changed_chunks(m, &st.written, size, chunk));
-        let lagging_counter = st.remote_counter.filter(|_| {
+            .map(|m| changed_chunks(m, st.publishing.written(), size, chunk));
+        let lagging_counter = st.publishing.remote_counter().filter(|_| {
             self.remote
                 .backend()
                 .blocks()
@@ -161,7 +163,8 @@ impl Store {
         let mut buf = vec![0u8; chunk as usize];
         for i in 0..count {
             let known = old.as_ref().and_then(|m| m.ids.get(i as usize)).copied();
-            let maybe_changed = candidates.as_ref().is_none_or(|c| c.contains(&i));
+            let maybe_changed = candidates.as_ref().is_none_or(|c| c.contains(&i))
+                && !absent.get(i as usize).copied().unwrap_or(false);
             if let (Some(id), false) = (known, maybe_changed) {
                 ids.push(id);
                 continue;

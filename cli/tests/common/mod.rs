@@ -71,9 +71,13 @@ impl Remote {
         PathBuf::from(&self.setting)
     }
 
-    /// The `REMOTE/BLOB` shorthand for `blob` (local remotes).
+    /// The `REMOTE/BLOB` shorthand for `blob` (on Azurite: the container URL, the
+    /// blob, then the SAS).
     pub fn shorthand(&self, blob: &str) -> String {
-        format!("{}/{blob}", self.setting)
+        match self.setting.split_once('?') {
+            Some((base, query)) => format!("{base}/{blob}?{query}"),
+            None => format!("{}/{blob}", self.setting),
+        }
     }
 
     /// A connection to `cache` through the VFS on this remote.

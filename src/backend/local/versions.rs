@@ -329,6 +329,52 @@ impl History for LocalBackend {
         Ok(infos(&self.shelf(blob)?.manifests_all("list versions")?))
     }
 
+    fn read_kept_range(
+        &self,
+        blob: &str,
+        etag: &Etag,
+        offset: u64,
+        len: u64,
+    ) -> BackendResult<Option<Vec<u8>>> {
+        const OP: &str = "read a kept version";
+        let shelf = self.shelf(blob)?;
+        let Some(manifest) = shelf
+            .manifests_all(OP)?
+            .into_iter()
+            .find(|m| m.etag == etag.0)
+        else {
+            return Ok(None);
+        };
+        let end = offset.saturating_add(len);
+        if end > manifest.size {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        let mut at = 0u64;
+        for (name, piece_len) in &manifest.chunks {
+            let piece_end = at + piece_len;
+            if piece_end > offset && at < end {
+                let data = fs::read(shelf.chunks().join(name)).map_err(shelf.io(OP))?;
+                let actual = chunk_name(xxhash_rust::xxh3::xxh3_128(&data), data.len() as u64);
+                if &actual != name {
+                    return Err(shelf.p.error(
+                        BackendErrorKind::Permanent,
+                        OP,
+                        &format!("chunk {name} of a kept version is damaged"),
+                    ));
+                }
+                let from = offset.max(at) - at;
+                let to = end.min(piece_end) - at;
+                out.extend_from_slice(&data[from as usize..to as usize]);
+            }
+            at = piece_end;
+            if at >= end {
+                break;
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn download_version(&self, blob: &str, id: &str, sink: &mut dyn Write) -> BackendResult<u64> {
         const OP: &str = "download version";
         let shelf = self.shelf(blob)?;

@@ -88,6 +88,23 @@ impl History for MemoryBackend {
             .unwrap_or_default())
     }
 
+    fn read_kept_range(
+        &self,
+        blob: &str,
+        etag: &Etag,
+        offset: u64,
+        len: u64,
+    ) -> BackendResult<Option<Vec<u8>>> {
+        let shelves = shelves().lock();
+        let kept = shelves
+            .get(&self.shelf_key(blob))
+            .and_then(|s| s.versions.iter().find(|k| k.etag == *etag));
+        Ok(kept.and_then(|k| {
+            let end = offset.checked_add(len)? as usize;
+            k.data.get(offset as usize..end).map(<[u8]>::to_vec)
+        }))
+    }
+
     fn download_version(&self, blob: &str, id: &str, sink: &mut dyn Write) -> BackendResult<u64> {
         const OP: &str = "download version";
         let data = shelves()
