@@ -79,10 +79,10 @@ pub fn create_container(spec: &RemoteSpec) -> Result<(String, Created)> {
                 return Ok((name, Created::AlreadyExisted));
             }
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Config(format!(
-                    "creating the remote directory {}: {e}",
-                    dir.display()
-                ))
+                Error::local(
+                    format!("creating the remote directory {}", dir.display()),
+                    e,
+                )
             })?;
             Ok((name, Created::Created))
         }
@@ -95,6 +95,7 @@ pub fn create_container(spec: &RemoteSpec) -> Result<(String, Created)> {
             };
             Ok((crate::backend::Backend::identity(&backend), created))
         }
+        #[cfg(any(test, feature = "testing"))]
         RemoteSpec::Memory(name) => Err(Error::Config(format!(
             "memory:{name} lives inside one process: there is no container to create"
         ))),
