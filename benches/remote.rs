@@ -50,8 +50,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use managedblob::backend::azure::AzureBackend;
-use managedblob::backend::Backend;
+use managedblob::internal::backend::azure::AzureBackend;
+use managedblob::internal::backend::Backend;
 use rusqlite::{Connection, OpenFlags};
 
 use common::{azurite, http_proxy, uri_escape};

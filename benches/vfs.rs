@@ -265,7 +265,7 @@ fn main() {
             let cache = dir.path().join("reader.db");
             if wipe {
                 let _ = std::fs::remove_file(&cache);
-                let _ = std::fs::remove_file(managedblob::sidecar::path_for(&cache));
+                let _ = std::fs::remove_file(managedblob::internal::sidecar::path_for(&cache));
             }
             let t = Instant::now();
             let c = open_managed(&cache, &remote, "&blob=managed.db");

@@ -13,9 +13,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use managedblob::backend::local::LocalBackend;
-use managedblob::backend::{Backend, BlockId, Condition};
-use managedblob::delta::{chunk_size_for, ChunkId};
+use managedblob::internal::backend::local::LocalBackend;
+use managedblob::internal::backend::{Backend, BlockId, Condition};
+use managedblob::internal::delta::{chunk_size_for, ChunkId};
 use rusqlite::{Connection, OpenFlags};
 
 #[cfg(feature = "azure")]
@@ -176,7 +176,9 @@ fn print_restore(label: &str, restore_mib: u64, (raw, restore): (Duration, Durat
 
 /// A fresh, empty Azurite container: its backend, and its URL with an account SAS.
 #[cfg(feature = "azure")]
-fn azurite_container(az: &azurite::Azurite) -> (managedblob::backend::azure::AzureBackend, String) {
+fn azurite_container(
+    az: &azurite::Azurite,
+) -> (managedblob::internal::backend::azure::AzureBackend, String) {
     let container = azurite::random_container();
     let backend = az.backend_for(&container, Default::default());
     backend.create_container().unwrap();
@@ -200,7 +202,7 @@ fn main() {
         .len();
     let (kept, files) = dir_bytes(&on_dir.path().join(".big.db.mb-versions"));
     let versions = LocalBackend::new(on_dir.path()).unwrap();
-    let listed = managedblob::backend::History::versions(&versions, "big.db").unwrap();
+    let listed = managedblob::internal::backend::History::versions(&versions, "big.db").unwrap();
     println!(
         "local: {n} one-row commits on a {} database, per commit: history off {}; on {}; \
          {} versions kept in {} ({files} files), {} per version beyond the first",

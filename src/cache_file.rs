@@ -15,8 +15,9 @@ pub(crate) struct CacheFileOpen {
     existed: bool,
     /// The directories this open created, outermost first.
     created_dirs: Vec<PathBuf>,
-    /// Why a missing directory could not be created.
-    dir_error: Option<String>,
+    /// Why a missing directory could not be created: the directory, and the
+    /// operating system's error (its kind makes a full disk SQLITE_FULL).
+    dir_error: Option<(PathBuf, std::io::Error)>,
 }
 
 impl CacheFileOpen {
@@ -53,22 +54,25 @@ impl CacheFileOpen {
     pub(crate) fn open_error(&self, os: Option<std::io::Error>) -> Error {
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
         let missing = dir.filter(|d| !d.exists());
-        let err = match missing {
-            Some(d) => std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                match &self.dir_error {
-                    Some(why) => format!(
-                        "its directory {} does not exist and could not be created: {why}",
-                        d.display()
-                    ),
-                    None => format!(
-                        "its directory {} does not exist (it is created only by an open \
-                         that may create the cache)",
-                        d.display()
-                    ),
-                },
+        let err = match (missing, &self.dir_error) {
+            (Some(d), Some((failed, why))) => std::io::Error::new(
+                why.kind(),
+                format!(
+                    "its directory {} does not exist and could not be created: creating {}: \
+                     {why}",
+                    d.display(),
+                    failed.display()
+                ),
             ),
-            None => os.unwrap_or_else(|| std::io::Error::other("the open failed")),
+            (Some(d), None) => std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "its directory {} does not exist (it is created only by an open that may \
+                     create the cache)",
+                    d.display()
+                ),
+            ),
+            (None, _) => os.unwrap_or_else(|| std::io::Error::other("the open failed")),
         };
         Error::local(
             format_args!(
@@ -95,9 +99,10 @@ impl CacheFileOpen {
 }
 
 /// Create the missing ancestors of `path`'s file, mode 0700 (the umask can only
-/// remove bits). Returns those created, outermost first, and why one could not be.
+/// remove bits). Returns those created, outermost first, and the one that could not
+/// be with the operating system's error.
 /// The real xOpen that follows then fails, reported by [`CacheFileOpen::open_error`].
-fn create_missing_dirs(path: &Path) -> (Vec<PathBuf>, Option<String>) {
+fn create_missing_dirs(path: &Path) -> (Vec<PathBuf>, Option<(PathBuf, std::io::Error)>) {
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return (Vec::new(), None);
     };
@@ -115,7 +120,7 @@ fn create_missing_dirs(path: &Path) -> (Vec<PathBuf>, Option<String>) {
             }
             // Another process made it meanwhile: fine, it is not ours to remove.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return (created, Some(format!("creating {}: {e}", d.display()))),
+            Err(e) => return (created, Some((d, e))),
         }
     }
     (created, None)

@@ -9,6 +9,10 @@ use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::pragma::Command;
 use crate::store::Store;
 
+/// What `PRAGMA managedblob_status` answers, re-exported at the crate root (the
+/// store's layer is sealed: the crate root names it through this layer).
+pub use crate::store::{Residence, Status};
+
 pub struct Connection {
     store: Arc<Store>,
     file: Box<dyn LocalFile>,

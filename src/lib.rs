@@ -16,40 +16,54 @@
 //! (`PRAGMA managedblob_batch=begin|end`) uploads once at its end. See the README for
 //! the guarantees, and docs/ARCHITECTURE.md for how SQLite's lock levels map onto
 //! all this.
+//!
+//! The API is [`register`], [`register_with`] with its [`Options`], [`VFS_NAME`],
+//! [`Error`], and [`Status`] (what `PRAGMA managedblob_status` answers, as JSON), with
+//! the types they name. `managedblob::internal`, left out of these pages, serves
+//! managedblob's own command, loadable extension and tests: it is not for
+//! applications and may change in any release.
 
 #![deny(unsafe_code)]
 
-pub mod backend;
+// Every module is private: the public API is what this file declares `pub`, and a
+// type a public item names (`Key` and `TransferMode` for `Options`, `BackendError` and
+// `BackendErrorKind` for `Error`, `InFlight`, `CounterSnapshot` and `Residence` for `Status`) is
+// re-exported below.
+mod backend;
 mod cache_file;
-pub mod config;
+mod config;
 mod connection;
 mod counters;
 mod crash;
-pub mod delta;
-pub mod error;
+mod delta;
+mod error;
 mod ffi;
 mod fsutil;
 mod image;
+#[doc(hidden)]
+pub mod internal;
 mod leftovers;
-pub mod localfile;
+mod localfile;
 #[cfg(feature = "log-subscriber")]
-pub mod logging;
+mod logging;
 mod open;
-pub mod ops;
-pub mod pinned;
+mod ops;
+mod pinned;
 mod pragma;
-pub mod redact;
+mod redact;
 mod remote;
-pub mod remote_spec;
+mod remote_spec;
 mod residency;
-pub mod sidecar;
+mod sidecar;
 mod store;
 mod sys;
 mod utc;
 
-pub use config::Options;
+pub use config::{Key, Options, TransferMode};
+pub use connection::{Residence, Status};
 pub use counters::CounterSnapshot;
-pub use error::{Error, Result};
+pub use error::{BackendError, BackendErrorKind, Error, Result};
+pub use sidecar::InFlight;
 
 /// The name the VFS is registered under.
 pub const VFS_NAME: &str = "managedblob";
@@ -67,11 +81,6 @@ pub fn register() -> Result<()> {
 pub fn register_with(options: Options) -> Result<()> {
     ffi::register(options)
 }
-
-#[cfg(feature = "loadable_extension")]
-pub use ffi::{
-    extension_init, real_sqlite_function, register_before_first_open, register_in_process,
-};
 
 /// The `rust` code blocks of the README and docs/LOADABLE.md, compiled by `cargo test`
 /// as doctests (cli/tests/docs.rs checks that every document with one is listed here).

@@ -28,9 +28,6 @@ pub enum Pin {
     Version(String),
 }
 
-/// The URI parameters that pin a version.
-pub const PIN_PARAMETERS: [&str; 2] = ["as_of", "version"];
-
 /// The pin an open's URI asks for, if any (`uri` looks up a URI parameter).
 pub fn pin_from(uri: &dyn Fn(&str) -> Option<String>) -> Result<Option<Pin>> {
     match (uri("as_of"), uri("version")) {

@@ -178,12 +178,11 @@ pub fn load(path: &Path) -> Result<Option<Sidecar>> {
             ))
         }
     };
-    let sidecar: Sidecar = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Local(format!(
-            "sidecar {} is corrupt ({e}); move it away to resync this cache from the remote",
-            path.display()
-        ))
-    })?;
+    let sidecar: Sidecar =
+        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptSidecar {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if sidecar.format != FORMAT {
         return Err(Error::Local(format!(
             "sidecar {} has format {} but this managedblob understands format {FORMAT}",
@@ -267,7 +266,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x-managedblob.json");
         fs::write(&p, b"{not json").unwrap();
-        let e = load(&p).unwrap_err().to_string();
+        let err = load(&p).unwrap_err();
+        let parser = std::error::Error::source(&err);
+        assert!(
+            parser.is_some_and(|s| s.is::<serde_json::Error>()),
+            "{err:?}"
+        );
+        let e = err.to_string();
         assert!(
             e.contains("corrupt") && e.contains("x-managedblob.json"),
             "{e}"

@@ -28,8 +28,8 @@ use common::azurite::{self as harness, account_sas, random_container, Azurite};
 use common::azurite::{DEV_ACCOUNT, DEV_KEY};
 use common::conformance::blocks::{blocks, chunk, id};
 use common::conformance::*;
-use managedblob::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
-use managedblob::backend::{Backend, BackendErrorKind, Condition, Etag};
+use managedblob::internal::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
+use managedblob::internal::backend::{Backend, BackendErrorKind, Condition, Etag};
 
 // ---- Azurite (tests/common/azurite.rs) ---------------------------------------
 
@@ -467,7 +467,7 @@ fn block_calls_are_one_request_each() {
     let b = busy.backend();
     let bl = blocks(&b);
     let block = id(0, b"data");
-    let transient = |e: managedblob::backend::BackendError| {
+    let transient = |e: managedblob::internal::backend::BackendError| {
         assert_eq!(e.kind, BackendErrorKind::Transient, "{e}");
         assert!(e.message.contains("503"), "{e}");
     };

@@ -15,8 +15,10 @@ use std::thread;
 use common::azurite::{account_sas, shared as azurite};
 use common::conformance::blocks::{blocks, id, ids_of, listed, stage_all};
 use common::conformance::*;
-use managedblob::backend::azure::{AzureBackend, AzureTuning};
-use managedblob::backend::{Backend, BackendErrorKind, BlobStat, Condition, Etag, LeaseId};
+use managedblob::internal::backend::azure::{AzureBackend, AzureTuning};
+use managedblob::internal::backend::{
+    Backend, BackendErrorKind, BlobStat, Condition, Etag, LeaseId,
+};
 
 common::conformance::suite!(azurite);
 
@@ -208,7 +210,7 @@ fn a_blob_replaced_mid_download_is_a_transient_error() {
 /// (8 KiB, numbered in their first bytes) while another downloads in a loop; every
 /// download's etag must be the etag of the version whose number its bytes carry.
 fn check_downloads_racing_commits_are_consistent(b: &AzureBackend, by_blocks: bool) {
-    use managedblob::backend::Blocks;
+    use managedblob::internal::backend::Blocks;
     const COMMITS: u64 = 150;
     let version = |n: u64| {
         let mut data = pattern(8192, n as u8);

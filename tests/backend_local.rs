@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::conformance::blocks::{blocks, chunk, id, ids_of, listed, stage_all};
 use common::conformance::*;
-use managedblob::backend::local::LocalBackend;
-use managedblob::backend::{Backend, BackendErrorKind, Condition};
+use managedblob::internal::backend::local::LocalBackend;
+use managedblob::internal::backend::{Backend, BackendErrorKind, Condition};
 
 common::conformance::suite!(local);
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use common::conformance::blocks::{blocks, id, ids_of, listed, stage_all};
 use common::conformance::*;
-use managedblob::backend::memory::{MemoryBackend, Op};
-use managedblob::backend::{Backend, BackendErrorKind, Condition, Etag};
+use managedblob::internal::backend::memory::{MemoryBackend, Op};
+use managedblob::internal::backend::{Backend, BackendErrorKind, Condition, Etag};
 
 common::conformance::suite!(memory);
 

@@ -8,9 +8,9 @@ use common::*;
 use std::collections::BTreeSet;
 
 use common::memworld::{MemWorld, SYNC_MODES};
-use managedblob::backend::memory::Op;
-use managedblob::backend::BackendErrorKind;
-use managedblob::sidecar;
+use managedblob::internal::backend::memory::Op;
+use managedblob::internal::backend::BackendErrorKind;
+use managedblob::internal::sidecar;
 
 /// Which sidecar saves a commit makes after the remote took it.
 #[derive(Clone, Copy, Debug)]

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use managedblob::backend::VersionInfo;
+use managedblob::internal::backend::VersionInfo;
 use rusqlite::Connection;
 
 /// Versions kept (`history=5`).

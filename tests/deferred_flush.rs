@@ -12,8 +12,8 @@ use common::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use managedblob::backend::memory::Op;
-use managedblob::backend::BackendErrorKind;
+use managedblob::internal::backend::memory::Op;
+use managedblob::internal::backend::BackendErrorKind;
 use rusqlite::Connection;
 
 /// A deferral that never comes due within a test: only a flush or a close uploads.

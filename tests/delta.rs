@@ -119,10 +119,10 @@ fn an_interrupted_chunk_install_is_resynced_by_hashes() {
     let mid = bytes.len() / 2;
     bytes[mid..mid + 70_000].fill(0);
     std::fs::write(&cache, &bytes).unwrap();
-    let p = managedblob::sidecar::path_for(&cache);
-    let mut s = managedblob::sidecar::load(&p).unwrap().unwrap();
-    s.in_flight = managedblob::sidecar::InFlight::Download;
-    managedblob::sidecar::store(&p, &s).unwrap();
+    let p = managedblob::internal::sidecar::path_for(&cache);
+    let mut s = managedblob::internal::sidecar::load(&p).unwrap().unwrap();
+    s.in_flight = managedblob::internal::sidecar::InFlight::Download;
+    managedblob::internal::sidecar::store(&p, &s).unwrap();
 
     let a = m.open("h1", "");
     let ok: String = a

@@ -7,7 +7,7 @@ use common::*;
 use common::delta::*;
 
 /// [`block_manifest`] of `blob` in `w`'s remote.
-fn manifest_of(w: &World, blob: &str) -> Option<managedblob::delta::Manifest> {
+fn manifest_of(w: &World, blob: &str) -> Option<managedblob::internal::delta::Manifest> {
     w.with_backend(|b| block_manifest(b, blob))
 }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use managedblob::backend::memory::Op;
-use managedblob::backend::BackendErrorKind;
+use managedblob::internal::backend::memory::Op;
+use managedblob::internal::backend::BackendErrorKind;
 use rusqlite::Connection;
 
 /// Table `t` with id 1.

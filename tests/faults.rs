@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::memworld::MemWorld;
-use managedblob::backend::memory::Op;
-use managedblob::backend::{Backend, BackendErrorKind};
+use managedblob::internal::backend::memory::Op;
+use managedblob::internal::backend::{Backend, BackendErrorKind};
 
 /// A fresh memory world (quick retries) and host h1's connection with `extra`
 /// settings, on which table `t(id)` was created.

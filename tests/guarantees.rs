@@ -8,8 +8,8 @@ use common::*;
 
 use std::time::{Duration, Instant};
 
-use managedblob::backend::memory::Op;
-use managedblob::backend::BackendErrorKind;
+use managedblob::internal::backend::memory::Op;
+use managedblob::internal::backend::BackendErrorKind;
 use rusqlite::ErrorCode;
 
 /// SQLITE_BUSY_SNAPSHOT (SQLITE_BUSY | 2 << 8).
@@ -237,11 +237,13 @@ fn a_live_lease_is_renewed_past_its_duration_while_another_host_stays_busy() {
 /// write), then exit. The sidecar it tries to write marks the cache dirty.
 fn torn_sidecar_write(_uri: &str) {
     let path = std::path::PathBuf::from(child::env("MB_SIDECAR"));
-    let mut s = managedblob::sidecar::load(&path).unwrap().unwrap();
+    let mut s = managedblob::internal::sidecar::load(&path)
+        .unwrap()
+        .unwrap();
     s.dirty = true;
     s.generation += 1000;
     limit_file_size(40);
-    let result = managedblob::sidecar::store(&path, &s);
+    let result = managedblob::internal::sidecar::store(&path, &s);
     child::say(&format!(
         "STORE {}",
         if result.is_ok() { "ok" } else { "failed" }
@@ -270,7 +272,7 @@ fn a_torn_sidecar_write_leaves_the_previous_sidecar_and_the_cache_recovers() {
     let w = World::local();
     drop(w.one_row("h1", "a.db"));
     let cache = w.cache("h1", "a.db");
-    let path = managedblob::sidecar::path_for(&cache);
+    let path = managedblob::internal::sidecar::path_for(&cache);
     let before = std::fs::read(&path).unwrap();
     assert!(before.len() > 40, "the write would be torn");
     let mut p = Proc::spawn(
@@ -385,9 +387,11 @@ fn an_empty_cache_cannot_open_while_the_remote_is_unreachable() {
         "no empty cache file is left behind"
     );
     assert!(
-        managedblob::sidecar::load(&managedblob::sidecar::path_for(&m.cache("h2")))
-            .unwrap()
-            .is_none(),
+        managedblob::internal::sidecar::load(&managedblob::internal::sidecar::path_for(
+            &m.cache("h2")
+        ))
+        .unwrap()
+        .is_none(),
         "no sidecar either"
     );
 }

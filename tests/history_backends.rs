@@ -8,13 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use common::child::{self, Proc};
 use common::World;
-use managedblob::backend::local::LocalBackend;
-use managedblob::backend::memory::MemoryBackend;
-use managedblob::backend::{
+use managedblob::internal::backend::local::LocalBackend;
+use managedblob::internal::backend::memory::MemoryBackend;
+use managedblob::internal::backend::{
     Backend, BackendErrorKind, BlockId, Condition, History, LeaseId, VersionInfo,
 };
-use managedblob::config::HistoryPolicy;
-use managedblob::delta::ChunkId;
+use managedblob::internal::config::HistoryPolicy;
+use managedblob::internal::delta::ChunkId;
 
 /// The piece size of the test blobs (one managedblob chunk).
 const PIECE: usize = 64 * 1024;
@@ -203,8 +203,8 @@ fn vfs_writer(uri: &str) {
 /// `MB_SNAPSHOTS` snapshots of `n.db`, deletes version `MB_DELETE` when given, says
 /// `done`.
 fn other_host(uri: &str) {
-    let spec = managedblob::config::parse_remote(uri).unwrap();
-    let b = managedblob::backend::connect(&spec).unwrap();
+    let spec = managedblob::internal::config::parse_remote(uri).unwrap();
+    let b = managedblob::internal::backend::connect(&spec).unwrap();
     let h = history(b.as_ref());
     for _ in 0..child::env_num::<u32>("MB_SNAPSHOTS") {
         h.snapshot("n.db", None).unwrap();

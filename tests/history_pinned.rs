@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use common::{backend_tests, World};
-use managedblob::backend::history::format_time;
-use managedblob::backend::VersionInfo;
+use managedblob::internal::backend::history::format_time;
+use managedblob::internal::backend::VersionInfo;
 use rusqlite::{Connection, OpenFlags};
 
 fn rows(c: &Connection) -> i64 {

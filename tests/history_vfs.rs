@@ -6,7 +6,7 @@
 
 use common::memworld::MemWorld;
 use common::{backend_tests, status, World};
-use managedblob::backend::{Backend, VersionInfo};
+use managedblob::internal::backend::{Backend, VersionInfo};
 use rusqlite::Connection;
 
 /// The content of every kept version of `blob`, oldest first.

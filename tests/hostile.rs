@@ -61,7 +61,7 @@ impl Ctx {
         self.remote().join("a.db")
     }
     fn sidecar(&self) -> PathBuf {
-        managedblob::sidecar::path_for(&self.cache())
+        managedblob::internal::sidecar::path_for(&self.cache())
     }
     fn expand(&self, template: &str) -> String {
         template

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::azurite::{self, random_container, Azurite, DEV_ACCOUNT, DEV_KEY};
 use common::http_proxy::{Fate, HttpProxy, Request};
-use managedblob::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
-use managedblob::backend::{Backend, BackendErrorKind, Condition};
+use managedblob::internal::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
+use managedblob::internal::backend::{Backend, BackendErrorKind, Condition};
 
 /// A fresh container, a backend talking to it directly, one talking through a proxy,
 /// and the proxy.

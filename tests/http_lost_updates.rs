@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::azurite;
 use common::child::{self, Proc};
 use common::http_proxy::{random_faults, Rates};
-use managedblob::backend::Backend;
+use managedblob::internal::backend::Backend;
 
 const WRITERS: usize = 4;
 const SETTINGS: &str = "&retry_base_ms=2&retry_attempts=2";

@@ -5,8 +5,8 @@
 use common::memworld::MemWorld;
 use common::*;
 
-use managedblob::backend::memory::Op;
-use managedblob::backend::BackendErrorKind;
+use managedblob::internal::backend::memory::Op;
+use managedblob::internal::backend::BackendErrorKind;
 use std::time::Duration;
 
 #[test]

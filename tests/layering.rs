@@ -55,8 +55,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // The unsafe shim and the crate root that registers it.
     ("shim", &["ffi", "lib"]),
-    // The operator tools' view of a remote: only the `managedblob` CLI uses it.
-    ("operator", &["ops"]),
+    // The operator tools' view of a remote: only the `managedblob` CLI uses it; and
+    // `internal`, what managedblob's own programs reach beyond the public API.
+    ("operator", &["ops", "internal"]),
 ];
 
 /// Layers that only the layer right above may name: the shim hands every open to

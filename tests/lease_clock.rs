@@ -16,7 +16,7 @@ use common::*;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use managedblob::backend::memory::Op;
+use managedblob::internal::backend::memory::Op;
 use rusqlite::Connection;
 
 /// The shortest lease the setting allows: the upload below outlasts it.

@@ -7,7 +7,7 @@ use common::*;
 use std::time::Duration;
 
 use common::memworld::MemWorld;
-use managedblob::backend::{Backend, BackendErrorKind};
+use managedblob::internal::backend::{Backend, BackendErrorKind};
 use rusqlite::{Connection, OpenFlags};
 
 /// The cache file opened with SQLite's own unix VFS, holding an EXCLUSIVE lock: the

@@ -377,6 +377,26 @@ fn shell_reports_a_wrong_remote_by_name() {
     );
 }
 
+/// The memory backend is a test double compiled only with the `testing` feature; the
+/// extension, a release artifact, is built without it and says so.
+#[test]
+fn shell_refuses_a_memory_remote_the_release_build_does_not_have() {
+    let place = prerequisites!(SQLITE3);
+    let out = place.shell(
+        "file:h1/corpus.db?vfs=managedblob&remote=memory:shared",
+        "SELECT 1;\n",
+    );
+    assert!(
+        out.stderr.contains(
+            "managedblob: setting 'remote' (URI parameter 'remote') is invalid: memory: \
+             remotes are managedblob's in-memory test double, built only for its own tests \
+             (the `testing` cargo feature)"
+        ),
+        "{out:#?}"
+    );
+    assert!(!place.path().join("h1/corpus.db").exists(), "{out:#?}");
+}
+
 #[test]
 fn shell_cannot_open_the_database_argument_before_load() {
     // The shell opens its FILENAME argument before it runs -cmd, so the VFS does not
@@ -559,7 +579,7 @@ fn rusqlite_app_with_bundled_sqlite_loads_the_extension() {
 #[cfg(feature = "azure")]
 #[test]
 fn shell_on_azurite_writes_and_a_second_shell_on_another_cache_reads_it() {
-    use managedblob::backend::Backend;
+    use managedblob::internal::backend::Backend;
     let place = prerequisites!(SQLITE3);
     let Some(azurite) = common::azurite::shared() else {
         return;

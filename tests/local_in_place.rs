@@ -14,9 +14,9 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 
-use managedblob::backend::local::LocalBackend;
-use managedblob::backend::{Backend, BackendErrorKind, BlockId, Condition, Etag};
-use managedblob::delta::{chunk_size_for, ChunkId};
+use managedblob::internal::backend::local::LocalBackend;
+use managedblob::internal::backend::{Backend, BackendErrorKind, BlockId, Condition, Etag};
+use managedblob::internal::delta::{chunk_size_for, ChunkId};
 use rusqlite::{Connection, OpenFlags};
 
 const BLOB: &str = "corpus.db";
@@ -127,7 +127,7 @@ impl Setup {
         reader
     }
 
-    fn commit(&self, b: &LocalBackend) -> managedblob::backend::BackendResult<Etag> {
+    fn commit(&self, b: &LocalBackend) -> managedblob::internal::backend::BackendResult<Etag> {
         b.blocks()
             .unwrap()
             .commit_blocks(BLOB, &self.ids, &Condition::Match(self.etag.clone()), None)

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use managedblob::backend::memory::Op;
+use managedblob::internal::backend::memory::Op;
 use rusqlite::{Connection, ErrorCode};
 
 /// A safety net against a test that would hang (the old behaviour: queueing behind

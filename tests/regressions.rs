@@ -84,15 +84,24 @@ fn counter(bytes: &[u8]) -> u32 {
 /// a mix over the remote's version (a lost update).
 #[test]
 fn an_install_never_lowers_the_change_counter_so_no_connection_keeps_stale_pages() {
-    install_never_lowers_the_change_counter("&sync=full", managedblob::backend::memory::Op::Upload);
+    install_never_lowers_the_change_counter(
+        "&sync=full",
+        managedblob::internal::backend::memory::Op::Upload,
+    );
 }
 
 #[test]
 fn a_chunk_install_never_lowers_the_change_counter_either() {
-    install_never_lowers_the_change_counter("", managedblob::backend::memory::Op::CommitBlocks);
+    install_never_lowers_the_change_counter(
+        "",
+        managedblob::internal::backend::memory::Op::CommitBlocks,
+    );
 }
 
-fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::backend::memory::Op) {
+fn install_never_lowers_the_change_counter(
+    extra: &str,
+    publish: managedblob::internal::backend::memory::Op,
+) {
     let (m, y) = world_where_h1_ran(
         "r2",
         &format!("&staleness_ms=0{extra}"),
@@ -109,13 +118,13 @@ fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::ba
     // the lease is released.
     m.backend.fail_next(
         publish,
-        managedblob::backend::BackendErrorKind::Transient,
+        managedblob::internal::backend::BackendErrorKind::Transient,
         100,
     );
     assert!(pragma(&y, "PRAGMA managedblob_batch=end").is_err());
     m.backend.fail_next(
         publish,
-        managedblob::backend::BackendErrorKind::Transient,
+        managedblob::internal::backend::BackendErrorKind::Transient,
         0,
     );
     // Another host commits one version on top of the base.
@@ -146,7 +155,7 @@ fn install_never_lowers_the_change_counter(extra: &str, publish: managedblob::ba
 /// rows) and before SQLite deleted its journal: a spilled transaction's db file and
 /// hot journal in the cache of host h1, and the sidecar commit_locked wrote.
 fn leave_a_commit_crashed_after_its_upload(m: &MemWorld) {
-    use managedblob::backend::Backend;
+    use managedblob::internal::backend::Backend;
     let e1 = m.backend.get("m.db").unwrap();
     let cache = m.cache("h1");
 
@@ -178,12 +187,12 @@ fn leave_a_commit_crashed_after_its_upload(m: &MemWorld) {
     s.execute_batch("COMMIT").unwrap();
     m.backend.put("m.db", &std::fs::read(&scratch).unwrap()); // E2, published
     let e2 = m.backend.stat("m.db").unwrap().unwrap().etag;
-    let sp = managedblob::sidecar::path_for(&cache);
-    let mut sc = managedblob::sidecar::load(&sp).unwrap().unwrap();
+    let sp = managedblob::internal::sidecar::path_for(&cache);
+    let mut sc = managedblob::internal::sidecar::load(&sp).unwrap().unwrap();
     sc.base = Some(e2.clone());
-    sc.in_flight = managedblob::sidecar::InFlight::Commit;
+    sc.in_flight = managedblob::internal::sidecar::InFlight::Commit;
     sc.dirty = false;
-    managedblob::sidecar::store(&sp, &sc).unwrap();
+    managedblob::internal::sidecar::store(&sp, &sc).unwrap();
     assert_eq!(
         m.remote_query::<String>("SELECT count(*) || '' FROM t"),
         "201"
@@ -198,8 +207,8 @@ fn leave_a_commit_crashed_after_its_upload(m: &MemWorld) {
 /// the next write uploads E1+new with If-Match E2, erasing the published E2.
 #[test]
 fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_version() {
-    use managedblob::backend::memory::Op;
-    use managedblob::backend::BackendErrorKind;
+    use managedblob::internal::backend::memory::Op;
+    use managedblob::internal::backend::BackendErrorKind;
     // The surviving process: its store is attached to the cache.
     let (m, y) = world_where_h1_ran(
         "r3",
@@ -238,7 +247,7 @@ fn a_transient_failure_while_a_commit_is_resynced_never_erases_the_published_ver
 /// in_flight=commit, so the next write uploads E1+new with If-Match E2.
 #[test]
 fn a_crash_mid_commit_in_another_process_blocks_writes_until_resynced() {
-    use managedblob::backend::memory::Op;
+    use managedblob::internal::backend::memory::Op;
     // The surviving process: its store is attached to the cache.
     let (m, y) = world_where_h1_ran(
         "r3b",

@@ -120,10 +120,12 @@ fn every_file_managedblob_creates_is_private() {
         p.execute("INSERT INTO t VALUES (100)", []).unwrap();
     }
     drop(a);
-    let side = managedblob::sidecar::path_for(&w.cache("h1", "a.db"));
-    let mut s = managedblob::sidecar::load(&side).unwrap().unwrap();
+    let side = managedblob::internal::sidecar::path_for(&w.cache("h1", "a.db"));
+    let mut s = managedblob::internal::sidecar::load(&side)
+        .unwrap()
+        .unwrap();
     s.dirty = true;
-    managedblob::sidecar::store(&side, &s).unwrap();
+    managedblob::internal::sidecar::store(&side, &s).unwrap();
     w.open("h3", "a.db")
         .execute("INSERT INTO t VALUES (4)", [])
         .unwrap();
@@ -184,8 +186,10 @@ fn every_file_managedblob_creates_is_private() {
 #[test]
 fn the_sidecar_holds_no_secret_fields() {
     let (w, _c) = World::with_one_row();
-    let text =
-        std::fs::read_to_string(managedblob::sidecar::path_for(&w.cache("h1", "a.db"))).unwrap();
+    let text = std::fs::read_to_string(managedblob::internal::sidecar::path_for(
+        &w.cache("h1", "a.db"),
+    ))
+    .unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
     assert_eq!(

@@ -354,14 +354,14 @@ fn read_only_mode_reads_and_refuses_writes(w: &World) {
 }
 
 fn sidecar_path(cache: &std::path::Path) -> std::path::PathBuf {
-    managedblob::sidecar::path_for(cache)
+    managedblob::internal::sidecar::path_for(cache)
 }
 
 fn set_dirty(cache: &std::path::Path) {
     let p = sidecar_path(cache);
-    let mut s = managedblob::sidecar::load(&p).unwrap().unwrap();
+    let mut s = managedblob::internal::sidecar::load(&p).unwrap().unwrap();
     s.dirty = true;
-    managedblob::sidecar::store(&p, &s).unwrap();
+    managedblob::internal::sidecar::store(&p, &s).unwrap();
 }
 
 /// Cache h1 of a.db whose table `t` holds `x` in a commit that never reached the
@@ -432,9 +432,9 @@ fn an_interrupted_download_is_resynced(w: &World) {
     let len = std::fs::metadata(&cache).unwrap().len();
     std::fs::write(&cache, vec![0u8; len as usize / 2]).unwrap();
     let p = sidecar_path(&cache);
-    let mut s = managedblob::sidecar::load(&p).unwrap().unwrap();
-    s.in_flight = managedblob::sidecar::InFlight::Download;
-    managedblob::sidecar::store(&p, &s).unwrap();
+    let mut s = managedblob::internal::sidecar::load(&p).unwrap().unwrap();
+    s.in_flight = managedblob::internal::sidecar::InFlight::Download;
+    managedblob::internal::sidecar::store(&p, &s).unwrap();
     let c = w.open("h1", "a.db");
     assert_eq!(count(&c, "t"), 1);
     assert_eq!(status(&c)["in_flight"], "none");
@@ -517,9 +517,9 @@ fn an_interrupted_commit_is_resynced_from_the_remote(w: &World) {
         p.execute("INSERT INTO t VALUES (99)", []).unwrap();
     }
     let p = sidecar_path(&cache);
-    let mut s = managedblob::sidecar::load(&p).unwrap().unwrap();
-    s.in_flight = managedblob::sidecar::InFlight::Commit;
-    managedblob::sidecar::store(&p, &s).unwrap();
+    let mut s = managedblob::internal::sidecar::load(&p).unwrap().unwrap();
+    s.in_flight = managedblob::internal::sidecar::InFlight::Commit;
+    managedblob::internal::sidecar::store(&p, &s).unwrap();
     let c = w.open("h1", "a.db");
     assert_eq!(count(&c, "t"), 1, "the cache follows the remote");
     let s = status(&c);

@@ -133,7 +133,7 @@ impl Area {
         };
         for p in [
             cache.clone(),
-            managedblob::sidecar::path_for(&cache),
+            managedblob::internal::sidecar::path_for(&cache),
             with("-managedblob.manifest"),
             with("-managedblob.resident"),
             with("-journal"),

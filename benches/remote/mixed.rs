@@ -227,7 +227,7 @@ pub(super) fn mixed(azurite: &azurite::Azurite, plan: &Plan, start: Instant, out
         .collect();
     let mut deferred: Vec<Variant> = Vec::new();
     if let Some(flush) = plan.flush_ms {
-        let known = managedblob::config::Key::ALL
+        let known = managedblob::Key::ALL
             .iter()
             .any(|k| k.uri_name() == "flush_ms");
         if known {

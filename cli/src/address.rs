@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use managedblob::backend::{self, Backend};
-use managedblob::config::{parse_remote, RemoteSpec};
-use managedblob::sidecar::{self, Sidecar};
+use managedblob::internal::backend::{self, Backend};
+use managedblob::internal::config::{parse_remote, RemoteSpec};
+use managedblob::internal::sidecar::{self, Sidecar};
 
 /// Where the database is, by flags.
 #[derive(Args, Debug)]
@@ -150,7 +150,7 @@ impl Target {
     }
 
     /// What every report starts with: the remote, the blob and the version looked at.
-    pub fn heading(&self, stat: &managedblob::backend::BlobStat) -> Heading {
+    pub fn heading(&self, stat: &managedblob::internal::backend::BlobStat) -> Heading {
         Heading {
             remote: self.shown_remote(),
             blob: self.blob.clone(),

@@ -1,11 +1,11 @@
 //! Reading a committed block list as managedblob chunks.
 //!
-//! [`managedblob::delta::Manifest::from_block_list`] also insists on a chunk size
+//! [`managedblob::internal::delta::Manifest::from_block_list`] also insists on a chunk size
 //! that is a multiple of 64 KiB, which a one-chunk database smaller than that is
 //! not; an operator's tool recognizes our chunks by their ids alone.
 
-use managedblob::backend::BlockList;
-use managedblob::delta::ChunkId;
+use managedblob::internal::backend::BlockList;
+use managedblob::internal::delta::ChunkId;
 
 /// How a blob was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

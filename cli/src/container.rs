@@ -2,8 +2,8 @@
 //! (the VFS never creates an Azure container: a mistyped URL fails instead).
 
 use anyhow::{anyhow, Result};
-use managedblob::config::parse_remote;
-use managedblob::ops::{self, Created};
+use managedblob::internal::config::parse_remote;
+use managedblob::internal::ops::{self, Created};
 use serde_json::json;
 
 use crate::output::print_json;

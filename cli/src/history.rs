@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use managedblob::backend::history::{as_of, format_time, parse_time};
-use managedblob::backend::{Backend, History, VersionInfo};
+use managedblob::internal::backend::history::{as_of, format_time, parse_time};
+use managedblob::internal::backend::{Backend, History, VersionInfo};
 use serde_json::json;
 
 use crate::address::Target;

@@ -115,7 +115,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return refuse_arguments(&e),
     };
-    managedblob::logging::init_from_env();
+    managedblob::internal::logging::init_from_env();
     output::set_progress_mode(cli.progress);
     let json = cli.json;
     match run(cli) {

@@ -5,8 +5,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
-use managedblob::config::parse_remote;
-use managedblob::ops::{self, sweep::SweepReport, LeaseState};
+use managedblob::internal::config::parse_remote;
+use managedblob::internal::ops::{self, sweep::SweepReport, LeaseState};
 use serde_json::json;
 
 use crate::address::Target;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use managedblob::ops::{self, LeaseInfo};
-use managedblob::sidecar::Sidecar;
+use managedblob::internal::ops::{self, LeaseInfo};
+use managedblob::internal::sidecar::Sidecar;
 use serde::Serialize;
 
 use crate::address::{Heading, Target};
@@ -31,7 +31,7 @@ pub struct CacheReport {
     size: Option<u64>,
     etag: Option<String>,
     dirty: bool,
-    in_flight: managedblob::sidecar::InFlight,
+    in_flight: managedblob::internal::sidecar::InFlight,
     generation: u64,
     conflicts: Vec<String>,
     /// `current`, `behind` (the remote moved on), `ahead` (local commits not

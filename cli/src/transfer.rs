@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use managedblob::backend::{Backend, BackendErrorKind, BlockId, Condition, Lease};
-use managedblob::delta::{chunk_size_for, ChunkId};
+use managedblob::internal::backend::{Backend, BackendErrorKind, BlockId, Condition, Lease};
+use managedblob::internal::delta::{chunk_size_for, ChunkId};
 use serde_json::json;
 
 use crate::address::Target;
@@ -198,9 +198,9 @@ pub fn push(target: &Target, file: &Path, rule: &Replace, json: bool) -> Result<
 
 /// What [`publish_file`] did.
 pub struct Pushed {
-    pub stat: managedblob::backend::BlobStat,
+    pub stat: managedblob::internal::backend::BlobStat,
     /// The version it replaced (the empty blob it created, for a new one).
-    pub previous: managedblob::backend::Etag,
+    pub previous: managedblob::internal::backend::Etag,
     pub chunks: usize,
     pub chunks_sent: usize,
 }
@@ -297,7 +297,7 @@ fn upload_chunks(
     file: &Path,
     len: u64,
     lease: &Lease,
-) -> Result<(managedblob::backend::BlobStat, usize, usize)> {
+) -> Result<(managedblob::internal::backend::BlobStat, usize, usize)> {
     let condition = Condition::Match(lease.etag.clone());
     let Some(blocks) = backend.blocks() else {
         let mut source = File::open(file)?;

@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use managedblob::delta::ChunkId;
-use managedblob::ops;
+use managedblob::internal::delta::ChunkId;
+use managedblob::internal::ops;
 use serde::Serialize;
 
 use crate::address::{Heading, Target};
@@ -237,7 +237,7 @@ fn check_cache(
         if page == 0 {
             // Each cache keeps its own change counter (the remote's may lag behind
             // the pages it describes on Azure): compare the content SQLite reads.
-            managedblob::delta::ignore_change_counter(&b[..n], &mut a[..n]);
+            managedblob::internal::delta::ignore_change_counter(&b[..n], &mut a[..n]);
         }
         if a[..n] != b[..n] {
             let at = a[..n]

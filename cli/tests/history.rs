@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{cli, json, json_of, stderr, Remote};
-use managedblob::backend::history::{format_time, parse_time};
+use managedblob::internal::backend::history::{format_time, parse_time};
 use serde_json::Value;
 
 /// The `versions --json` listing of `blob`.

@@ -25,15 +25,15 @@ pub unsafe extern "C" fn sqlite3_managedblob_init(
 ) -> c_int {
     // SAFETY: SQLite calls this entry point with the connection loading us, its error
     // message slot and its api routine table, which is what extension_init requires.
-    unsafe { managedblob::extension_init(db, pz_err_msg, p_api) }
+    unsafe { managedblob::internal::extension_init(db, pz_err_msg, p_api) }
 }
 
 /// Register the VFS with the process's shared SQLite library (`libsqlite3`) without
 /// an entry-point call. 0 on success, 1 when there is no shared SQLite in the process
-/// or its registration failed (see `managedblob::register_in_process`).
+/// or its registration failed (see `managedblob::internal::register_in_process`).
 #[no_mangle]
 pub extern "C" fn managedblob_register_in_process() -> c_int {
-    match std::panic::catch_unwind(managedblob::register_in_process) {
+    match std::panic::catch_unwind(managedblob::internal::register_in_process) {
         Ok(Ok(())) => 0,
         Ok(Err(_)) | Err(_) => 1,
     }
@@ -58,10 +58,10 @@ macro_rules! open_stand_in {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
             type Real = unsafe extern "C" fn($($ty),*) -> c_int;
-            managedblob::register_before_first_open();
+            managedblob::internal::register_before_first_open();
             let name = concat!(stringify!($name), "\0");
             let name = std::ffi::CStr::from_bytes_with_nul(name.as_bytes()).unwrap();
-            match managedblob::real_sqlite_function(name) {
+            match managedblob::internal::real_sqlite_function(name) {
                 // SAFETY: SQLite's function of this name, whose C type (sqlite3.h) Real
                 // is, called with the caller's arguments.
                 Some(f) => unsafe { std::mem::transmute::<*mut c_void, Real>(f)($($arg),*) },

@@ -6,7 +6,6 @@
 //! ([`Refusal::at`]), so every backend refuses the same things with the same words.
 
 use std::fmt;
-use std::io::Read;
 
 use super::{BackendError, BackendErrorKind, Condition, Etag, LeaseId, BLOCK_ID_LEN};
 
@@ -162,8 +161,11 @@ pub fn short_source(got: u64, len: u64) -> Refusal {
     )
 }
 
-/// Read exactly `len` bytes of an upload's `source` into memory.
-pub fn read_exactly(source: &mut dyn Read, len: u64) -> Result<Vec<u8>, Refusal> {
+/// Read exactly `len` bytes of an upload's `source` into memory (the stores that hold
+/// an upload in memory: Azure, and the memory test double).
+#[cfg(any(feature = "azure", test, feature = "testing"))]
+pub fn read_exactly(source: &mut dyn std::io::Read, len: u64) -> Result<Vec<u8>, Refusal> {
+    use std::io::Read;
     // Grown as bytes arrive: a source may announce more than it has.
     let mut data = Vec::with_capacity(buffer_len(len)?.min(64 << 20));
     Read::take(source, len)

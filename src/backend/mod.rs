@@ -26,6 +26,9 @@ mod checks;
 pub mod history;
 pub mod inspect;
 pub mod local;
+/// The in-memory reference store with fault injection: a test double, compiled only
+/// for tests (the `testing` feature, which the test harness turns on).
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 /// Defined with the public error type, which lifts them, so that every layer may
@@ -330,17 +333,18 @@ pub fn connect(spec: &crate::config::RemoteSpec) -> crate::error::Result<Arc<dyn
     match spec {
         RemoteSpec::Local(dir) => local::LocalBackend::new(dir.clone())
             .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(|e| {
-                Error::Config(format!("setting 'remote' names an unusable directory: {e}"))
+            .map_err(|source| Error::Setting {
+                what: "setting 'remote' names an unusable directory".into(),
+                source,
             }),
+        #[cfg(any(test, feature = "testing"))]
         RemoteSpec::Memory(name) => Ok(memory::MemoryBackend::named(name) as Arc<dyn Backend>),
         #[cfg(feature = "azure")]
         RemoteSpec::Azure(url) => crate::backend::azure::AzureBackend::connect(url)
             .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            .map_err(|e| {
-                Error::Config(format!(
-                    "setting 'remote' names an unusable Azure container: {e}"
-                ))
+            .map_err(|source| Error::Setting {
+                what: "setting 'remote' names an unusable Azure container".into(),
+                source,
             }),
     }
 }

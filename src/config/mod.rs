@@ -92,7 +92,7 @@ impl Key {
 /// of the README's table. URI parameters and environment variables override them.
 ///
 /// ```
-/// use managedblob::config::{Key, TransferMode};
+/// use managedblob::{Key, TransferMode};
 /// let options = managedblob::Options::new()
 ///     .remote("/srv/remote")
 ///     .blob("corpus.db")
@@ -297,10 +297,6 @@ pub enum TransferMode {
     Full,
 }
 
-/// The former name of [`TransferMode`].
-#[deprecated(note = "renamed TransferMode: it says how versions are transferred")]
-pub type SyncMode = TransferMode;
-
 impl TransferMode {
     /// The setting's value for this mode.
     pub fn name(self) -> &'static str {
@@ -349,8 +345,11 @@ impl Config {
         };
         let blob = match get(Key::Blob) {
             Some((value, origin)) => {
-                crate::remote_spec::validate_blob_name(&value).map_err(|e| {
-                    Error::Config(format!("setting 'blob' ({origin}) is invalid: {e}"))
+                crate::remote_spec::validate_blob_name(&value).map_err(|source| {
+                    Error::Setting {
+                        what: format!("setting 'blob' ({origin}) is invalid"),
+                        source,
+                    }
                 })?;
                 value
             }
@@ -365,10 +364,11 @@ impl Config {
                         ))
                     })?
                     .to_string();
-                crate::remote_spec::validate_blob_name(&base).map_err(|e| {
-                    Error::Config(format!(
-                        "setting 'blob' defaults to the cache file's name, which is not usable: {e}"
-                    ))
+                crate::remote_spec::validate_blob_name(&base).map_err(|source| Error::Setting {
+                    what: "setting 'blob' defaults to the cache file's name, which is not \
+                               usable"
+                        .into(),
+                    source,
                 })?;
                 base
             }

@@ -20,6 +20,7 @@ pub fn blob_details(spec: &RemoteSpec, blob: &str) -> Result<Option<BlobDetails>
         RemoteSpec::Local(dir) => local(dir)?.details(blob).map_err(Error::from),
         #[cfg(feature = "azure")]
         RemoteSpec::Azure(url) => azure(url)?.details(blob).map_err(Error::from),
+        #[cfg(any(test, feature = "testing"))]
         RemoteSpec::Memory(_) => {
             let backend = crate::backend::connect(spec)?;
             Ok(backend.stat(blob)?.map(|stat| BlobDetails {
@@ -39,13 +40,21 @@ pub fn blob_details(spec: &RemoteSpec, blob: &str) -> Result<Option<BlobDetails>
 pub fn recorded_blocks(spec: &RemoteSpec, blob: &str) -> Result<Option<(BlobStat, BlockList)>> {
     match spec {
         RemoteSpec::Local(dir) => local(dir)?.recorded_blocks(blob).map_err(Error::from),
-        _ => {
-            let backend = crate::backend::connect(spec)?;
-            match backend.blocks() {
-                Some(blocks) => Ok(blocks.block_list(blob)?),
-                None => Ok(backend.stat(blob)?.map(|stat| (stat, Vec::new()))),
-            }
-        }
+        #[cfg(feature = "azure")]
+        RemoteSpec::Azure(_) => committed_blocks(spec, blob),
+        #[cfg(any(test, feature = "testing"))]
+        RemoteSpec::Memory(_) => committed_blocks(spec, blob),
+    }
+}
+
+/// The block list the backend's contract reports (`Blocks::block_list`), where the
+/// remote's content and its list cannot part.
+#[cfg(any(feature = "azure", test, feature = "testing"))]
+fn committed_blocks(spec: &RemoteSpec, blob: &str) -> Result<Option<(BlobStat, BlockList)>> {
+    let backend = crate::backend::connect(spec)?;
+    match backend.blocks() {
+        Some(blocks) => Ok(blocks.block_list(blob)?),
+        None => Ok(backend.stat(blob)?.map(|stat| (stat, Vec::new()))),
     }
 }
 
@@ -70,10 +79,10 @@ pub fn create_container(spec: &RemoteSpec) -> Result<(String, Created)> {
                 return Ok((name, Created::AlreadyExisted));
             }
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Config(format!(
-                    "creating the remote directory {}: {e}",
-                    dir.display()
-                ))
+                Error::local(
+                    format!("creating the remote directory {}", dir.display()),
+                    e,
+                )
             })?;
             Ok((name, Created::Created))
         }
@@ -86,6 +95,7 @@ pub fn create_container(spec: &RemoteSpec) -> Result<(String, Created)> {
             };
             Ok((crate::backend::Backend::identity(&backend), created))
         }
+        #[cfg(any(test, feature = "testing"))]
         RemoteSpec::Memory(name) => Err(Error::Config(format!(
             "memory:{name} lives inside one process: there is no container to create"
         ))),
@@ -93,15 +103,16 @@ pub fn create_container(spec: &RemoteSpec) -> Result<(String, Created)> {
 }
 
 pub(crate) fn local(dir: &std::path::Path) -> Result<crate::backend::local::LocalBackend> {
-    crate::backend::local::LocalBackend::new(dir.to_path_buf())
-        .map_err(|e| Error::Config(format!("setting 'remote' names an unusable directory: {e}")))
+    crate::backend::local::LocalBackend::new(dir.to_path_buf()).map_err(|source| Error::Setting {
+        what: "setting 'remote' names an unusable directory".into(),
+        source,
+    })
 }
 
 #[cfg(feature = "azure")]
 fn azure(url: &crate::backend::azure::ContainerUrl) -> Result<crate::backend::azure::AzureBackend> {
-    crate::backend::azure::AzureBackend::connect(url).map_err(|e| {
-        Error::Config(format!(
-            "setting 'remote' names an unusable Azure container: {e}"
-        ))
+    crate::backend::azure::AzureBackend::connect(url).map_err(|source| Error::Setting {
+        what: "setting 'remote' names an unusable Azure container".into(),
+        source,
     })
 }

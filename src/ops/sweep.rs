@@ -30,6 +30,7 @@ pub fn sweep_remote(spec: &RemoteSpec, dry_run: bool) -> Result<SweepReport> {
             ],
             ..SweepReport::default()
         }),
+        #[cfg(any(test, feature = "testing"))]
         RemoteSpec::Memory(_) => Ok(SweepReport::default()),
     }
 }

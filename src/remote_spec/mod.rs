@@ -15,7 +15,9 @@ use crate::error::{BackendError, BackendErrorKind, BackendResult};
 pub enum RemoteSpec {
     /// A directory plays the remote (`file:///dir`, `/dir` or `./dir`).
     Local(PathBuf),
-    /// A process-wide in-memory store (`memory:<name>`), for tests.
+    /// A process-wide in-memory store (`memory:<name>`): the test double, only in
+    /// builds with the `testing` feature (the test harness's).
+    #[cfg(any(test, feature = "testing"))]
     Memory(String),
     /// An Azure Blob Storage container: `https://<account>.blob.core.windows.net/<container>`
     /// with an optional SAS token, or an emulator's `http://127.0.0.1:10000/<account>/<container>`
@@ -40,10 +42,7 @@ pub fn parse_remote(value: &str) -> std::result::Result<RemoteSpec, String> {
         return Ok(RemoteSpec::Local(PathBuf::from(path)));
     }
     if let Some(name) = value.strip_prefix("memory:") {
-        if name.is_empty() {
-            return Err("memory: needs a name, like memory:test".into());
-        }
-        return Ok(RemoteSpec::Memory(name.to_string()));
+        return memory(name);
     }
     if let Some((scheme, _)) = value.split_once("://") {
         let scheme = scheme.to_ascii_lowercase();
@@ -62,6 +61,25 @@ pub fn parse_remote(value: &str) -> std::result::Result<RemoteSpec, String> {
         ));
     }
     Ok(RemoteSpec::Local(PathBuf::from(value)))
+}
+
+/// A `memory:<name>` remote: the in-memory test double, which only test builds have.
+#[cfg(any(test, feature = "testing"))]
+fn memory(name: &str) -> std::result::Result<RemoteSpec, String> {
+    if name.is_empty() {
+        return Err("memory: needs a name, like memory:test".into());
+    }
+    Ok(RemoteSpec::Memory(name.to_string()))
+}
+
+/// Without the `testing` feature there is no memory backend.
+#[cfg(not(any(test, feature = "testing")))]
+fn memory(_name: &str) -> std::result::Result<RemoteSpec, String> {
+    Err(
+        "memory: remotes are managedblob's in-memory test double, built only for its own \
+         tests (the `testing` cargo feature); use a directory or an Azure container"
+            .into(),
+    )
 }
 
 /// Check a blob name the way every backend must: non-empty `/`-separated segments,

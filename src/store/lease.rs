@@ -67,11 +67,9 @@ impl Store {
     /// too. `None` only when the blob vanished again in between.
     fn acquire_lease(&self, st: &mut State) -> Result<Option<Lease>> {
         let mut created_etag = None;
-        let busy = |e: &BackendError| {
-            Error::Busy(format!(
-                "the lease on blob '{}' is held by another writer: {}",
-                self.config.blob, e.message
-            ))
+        let busy = |source: BackendError| Error::LeaseHeld {
+            blob: self.config.blob.clone(),
+            source,
         };
         let mut created = false;
         let mut reclaimed = false;
@@ -100,7 +98,7 @@ impl Store {
                     self.force_check(st);
                     // Why the write waits, for the status report (SQLite says only
                     // "database is locked"); routine contention, so not a warning.
-                    let refused = busy(&e);
+                    let refused = busy(e);
                     tracing::debug!(error = %refused, "write refused: the lease is held");
                     st.report.note(Activity::Lease, refused.to_string());
                     return Err(refused);
@@ -419,7 +417,7 @@ impl Store {
             match self.batch_begin(file, level) {
                 Err(e) if e.is_busy() => {
                     if !busy_wait() {
-                        return Err(self.batch_wait_over(&e, started.elapsed()));
+                        return Err(self.batch_wait_over(e, started.elapsed()));
                     }
                 }
                 other => return other,
@@ -430,7 +428,7 @@ impl Store {
     /// Why a batch could not begin after `waited`: held elsewhere, and what that
     /// says of its holder (a warm lease is given up within about a linger once a
     /// writer waits; one held longer is in a write or a batch).
-    fn batch_wait_over(&self, e: &Error, waited: std::time::Duration) -> Error {
+    fn batch_wait_over(&self, e: Error, waited: std::time::Duration) -> Error {
         let linger = self.config.lease_linger;
         let holder = if waited > linger + linger / 2 {
             format!(
@@ -449,10 +447,13 @@ impl Store {
                 linger.as_millis()
             )
         };
-        Error::Busy(format!(
-            "managedblob_batch=begin waited {:.1} s for the lease on blob '{}': {holder} ({e})",
-            waited.as_secs_f64(),
-            self.config.blob
-        ))
+        Error::BatchWaited {
+            what: format!(
+                "managedblob_batch=begin waited {:.1} s for the lease on blob '{}': {holder}",
+                waited.as_secs_f64(),
+                self.config.blob
+            ),
+            source: Box::new(e),
+        }
     }
 }

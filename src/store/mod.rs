@@ -85,7 +85,11 @@ use state::{Activity, CommitAction, State};
 
 pub(crate) use hold::HoldMark;
 pub use lazy::Readahead;
+// The status report, and its field type defined in this module: public API (the
+// crate root re-exports them through the connection layer).
+pub use lazy::Residence;
 pub use registry::open_store;
+pub use report::Status;
 
 /// One managed database in this process.
 #[derive(Debug)]

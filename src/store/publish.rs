@@ -118,20 +118,21 @@ impl Store {
     /// lapsed (expired, broken, taken). It is SQLITE_BUSY (BUSY_SNAPSHOT at COMMIT,
     /// so SQLite rolls the transaction back), and the next read takes the new version.
     pub(super) fn lost_race(&self, st: &mut State, e: Error) -> Error {
-        let Error::Backend(b) = &e else {
+        let Error::Backend(b) = e else {
             return e;
         };
         let why = match b.kind {
             BackendErrorKind::AlreadyExists => "another writer created it first",
             BackendErrorKind::ConditionFailed => "it moved on since this transaction began",
             BackendErrorKind::LeaseLost => "this writer's lease lapsed and it may have moved on",
-            _ => return e,
+            _ => return Error::Backend(b),
         };
         self.force_check(st);
-        Error::Busy(format!(
-            "blob '{}' was not published: {why} ({b}); retry the transaction",
-            self.config.blob
-        ))
+        Error::NotPublished {
+            blob: self.config.blob.clone(),
+            why,
+            source: b,
+        }
     }
 
     /// Upload local commits that are not in the remote yet (a batch's end, a flush,

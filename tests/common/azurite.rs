@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use managedblob::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
+use managedblob::internal::backend::azure::{AzureBackend, AzureTuning, ContainerUrl};
 
 /// Azurite's well-known development account.
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";

@@ -2,8 +2,8 @@
 //! tests/delta_backends.rs (local and Azurite): a table of 1000-byte rows, one-row
 //! updates whose transfers are counted in chunks, and random changes.
 
-use managedblob::backend::Backend;
-use managedblob::delta::Manifest;
+use managedblob::internal::backend::Backend;
+use managedblob::internal::delta::Manifest;
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -26,7 +26,7 @@ pub fn same_database(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     let mut a = a.to_vec();
-    managedblob::delta::ignore_change_counter(b, &mut a);
+    managedblob::internal::delta::ignore_change_counter(b, &mut a);
     a == b
 }
 

@@ -49,7 +49,7 @@ struct Azure {
     /// The container URL with an account SAS: the `remote` setting as is.
     url: String,
     /// The same container for the test's own look (downloads, foreign writes).
-    backend: managedblob::backend::azure::AzureBackend,
+    backend: managedblob::internal::backend::azure::AzureBackend,
 }
 
 /// The repository's root (the harness lives in tests/common/): where `target/` and
@@ -144,10 +144,14 @@ impl World {
     }
 
     /// Run `f` with a backend on this world's remote (the test's own view of it).
-    pub fn with_backend<T>(&self, f: impl FnOnce(&dyn managedblob::backend::Backend) -> T) -> T {
+    pub fn with_backend<T>(
+        &self,
+        f: impl FnOnce(&dyn managedblob::internal::backend::Backend) -> T,
+    ) -> T {
         match &self.remote {
             Remote::Local => {
-                let b = managedblob::backend::local::LocalBackend::new(self.remote()).unwrap();
+                let b = managedblob::internal::backend::local::LocalBackend::new(self.remote())
+                    .unwrap();
                 f(&b)
             }
             #[cfg(feature = "azure")]
@@ -239,7 +243,7 @@ impl World {
             Remote::Local => self.remote_blob(blob),
             #[cfg(feature = "azure")]
             Remote::Azure(a) => {
-                use managedblob::backend::{Backend, BackendErrorKind};
+                use managedblob::internal::backend::{Backend, BackendErrorKind};
                 let n = self
                     .copies
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -269,7 +273,7 @@ impl World {
             Remote::Local => self.remote_blob(blob).exists(),
             #[cfg(feature = "azure")]
             Remote::Azure(a) => {
-                use managedblob::backend::Backend;
+                use managedblob::internal::backend::Backend;
                 a.backend
                     .stat(blob)
                     .unwrap_or_else(|e| panic!("stat of blob {blob}: {e}"))
@@ -290,7 +294,7 @@ impl World {
             }
             #[cfg(feature = "azure")]
             Remote::Azure(a) => {
-                use managedblob::backend::{Backend, Condition};
+                use managedblob::internal::backend::{Backend, Condition};
                 let condition = match a.backend.stat(blob).unwrap() {
                     Some(stat) => Condition::Match(stat.etag),
                     None => Condition::Create,
@@ -485,7 +489,7 @@ pub fn column<T: rusqlite::types::FromSql, C: FromIterator<T>>(c: &Connection, s
 
 /// The sidecar of a cache, as JSON (None when it is missing or unreadable).
 pub fn sidecar_of(cache: &Path) -> Option<Value> {
-    let text = std::fs::read_to_string(managedblob::sidecar::path_for(cache)).ok()?;
+    let text = std::fs::read_to_string(managedblob::internal::sidecar::path_for(cache)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -494,7 +498,7 @@ pub fn sidecar(cache: &Path) -> Value {
     sidecar_of(cache).unwrap_or_else(|| {
         panic!(
             "no readable sidecar {}",
-            managedblob::sidecar::path_for(cache).display()
+            managedblob::internal::sidecar::path_for(cache).display()
         )
     })
 }

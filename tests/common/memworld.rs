@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use managedblob::backend::memory::{MemoryBackend, Op};
-use managedblob::backend::BackendErrorKind;
+use managedblob::internal::backend::memory::{MemoryBackend, Op};
+use managedblob::internal::backend::BackendErrorKind;
 use rusqlite::Connection;
 
 use super::{column, init_logging, open};

@@ -61,7 +61,7 @@ pub(super) fn replace_remote_with_more_rows(ctx: &Ctx) {
 /// URL without credentials; `None` in `skip` when Azurite is not installed.
 #[cfg(feature = "azure")]
 pub(super) fn azure_seeded(ctx: &Ctx) -> (Setup, Option<String>) {
-    use managedblob::backend::{Backend, Condition};
+    use managedblob::internal::backend::{Backend, Condition};
     let mut setup = Setup::default();
     let Some(azurite) = common::azurite::shared() else {
         setup.skip = Some("Azurite is not installed".into());

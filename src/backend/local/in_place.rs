@@ -43,12 +43,11 @@
 //! (`journaled`, `half-written`, `blob-synced`, `journal-deleted`, `etag-recorded`;
 //! `rollback-recorded` in a rollback, `renamed` and `installed` in a rebuilt commit),
 //! and `MANAGEDBLOB_TEST_IN_PLACE_PAUSE_MS` pauses in the middle of step 3, so a
-//! kill from outside can land there.
+//! kill from outside can land there (both only in builds with the `testing` feature).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use super::blocks::{PlannedBlock, Source};
 use super::download::Base;
@@ -66,15 +65,22 @@ struct Write {
     at_in_block: u64,
 }
 
+/// The test hook `MANAGEDBLOB_TEST_IN_PLACE_PAUSE_MS` (the `testing` feature only).
+#[cfg(feature = "testing")]
 fn test_pause() {
     let ms = std::env::var("MANAGEDBLOB_TEST_IN_PLACE_PAUSE_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if ms > 0 {
-        std::thread::sleep(Duration::from_millis(ms));
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
+
+/// Without the `testing` feature: nothing.
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+fn test_pause() {}
 
 impl BlobPaths {
     /// Commit `plan` over `base` in place (call with the mutex held, after the

@@ -19,7 +19,7 @@
 //! For tests, `MANAGEDBLOB_TEST_HISTORY_PAUSE=<step>:<ms>` pauses inside a snapshot
 //! (`snapshot`: after each new chunk, before the manifest) or a prune (`prune`:
 //! between dropping manifests and collecting their chunks), so a kill from outside
-//! (the history crash soak) can land there.
+//! (the history crash soak) can land there (only in builds with the `testing` feature).
 //!
 //! The blob is read through the backend's own [`Blocks`] calls (its block list and
 //! ranged reads pinned to the version's etag), never by its file layout. When the
@@ -156,7 +156,8 @@ impl Shelf {
     }
 }
 
-/// Pause here when the test hook names this step.
+/// Pause here when the test hook names this step (the `testing` feature only).
+#[cfg(feature = "testing")]
 fn test_pause(step: &str) {
     let Ok(setting) = std::env::var("MANAGEDBLOB_TEST_HISTORY_PAUSE") else {
         return;
@@ -170,6 +171,11 @@ fn test_pause(step: &str) {
         std::thread::sleep(Duration::from_millis(ms));
     }
 }
+
+/// Without the `testing` feature: nothing.
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+fn test_pause(_step: &str) {}
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {

@@ -1,4 +1,4 @@
-//! The promises of `managedblob::backend::Backend` every store keeps: conditional
+//! The promises of `managedblob::internal::backend::Backend` every store keeps: conditional
 //! writes, etags, leases, names. Each check takes a fresh, empty [`Store`]; where
 //! stores differ in shape (etags, lease ids, the shortest lease) the check reads
 //! [`Store::caps`].
@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::thread;
 use std::time::Duration;
 
-use managedblob::backend::{BackendErrorKind, BlobStat, Condition, Etag, LeaseId};
+use managedblob::internal::backend::{BackendErrorKind, BlobStat, Condition, Etag, LeaseId};
 
 use super::*;
 

@@ -1,13 +1,13 @@
-//! The promises of `managedblob::backend::Blocks` (delta sync's staged blocks, block
+//! The promises of `managedblob::internal::backend::Blocks` (delta sync's staged blocks, block
 //! lists and ranged reads), on every store that has the capability ([`Caps::blocks`]);
 //! a store without it must say so.
 
-use managedblob::backend::{
+use managedblob::internal::backend::{
     Backend, BackendErrorKind, BlobStat, BlockId, Blocks, Condition, Etag, LeaseId,
 };
 
 use super::*;
-use managedblob::delta::ChunkId;
+use managedblob::internal::delta::ChunkId;
 
 /// Azure-style lease ids: a wrong one must still look like a lease id.
 const WRONG_LEASE: &str = "00000000-0000-0000-0000-000000000000";

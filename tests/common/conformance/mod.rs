@@ -8,7 +8,7 @@ use std::fmt::Debug;
 use std::ops::Deref;
 use std::time::Duration;
 
-use managedblob::backend::{
+use managedblob::internal::backend::{
     Backend, BackendErrorKind, BackendResult, BlobStat, Condition, Etag, Lease, LeaseId,
 };
 
@@ -139,7 +139,7 @@ pub mod store {
 
     pub fn memory() -> Option<Store> {
         Some(Store {
-            backend: Box::new(managedblob::backend::memory::MemoryBackend::new()),
+            backend: Box::new(managedblob::internal::backend::memory::MemoryBackend::new()),
             caps: Caps {
                 fake_etag: "whatever",
                 wrong_lease: "00000000000000000000000000000000",
@@ -153,7 +153,7 @@ pub mod store {
 
     pub fn local() -> Option<Store> {
         let dir = tempfile::tempdir().unwrap();
-        let backend = managedblob::backend::local::LocalBackend::new(dir.path()).unwrap();
+        let backend = managedblob::internal::backend::local::LocalBackend::new(dir.path()).unwrap();
         Some(Store {
             backend: Box::new(backend),
             caps: memory()?.caps,
