@@ -42,12 +42,8 @@ impl Store {
                 Some(hash_of(LocalFileReader::new(file, len))?)
             }
         };
-        st.sidecar.pending_commit = Some(PendingCommit {
-            base: st.sidecar.base.clone(),
-            blocks: blocks.map(|ids| ids.iter().map(|id| hex(id)).collect()),
-            hash,
-            chunk_size: None,
-        });
+        let blocks = blocks.map(|ids| ids.iter().map(|id| hex(id)).collect());
+        st.sidecar.record_pending(blocks, hash);
         self.force_check(st);
         self.save(st)
     }
@@ -59,7 +55,7 @@ impl Store {
         st: &mut State,
         remote: Option<&BlobStat>,
     ) -> Result<String> {
-        let Some(pending) = st.sidecar.pending_commit.clone() else {
+        let Some(pending) = st.sidecar.pending_commit().cloned() else {
             return Ok(String::new());
         };
         let moved = remote.is_some_and(|stat| pending.base.as_ref() != Some(&stat.etag));
@@ -68,7 +64,7 @@ impl Store {
         } else {
             "was not applied"
         };
-        st.sidecar.pending_commit = None;
+        st.sidecar.clear_pending();
         self.save(st)?;
         self.force_check(st);
         let msg = format!("a commit whose outcome was unknown {outcome}");

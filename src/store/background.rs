@@ -27,7 +27,7 @@ use crate::backend::{BlobStat, BlockId, Condition, Etag, LeaseId};
 use crate::delta::{ChunkId, Manifest};
 use crate::error::{Error, Result};
 use crate::localfile::LocalFile;
-use crate::sidecar::{InFlight, PendingCommit};
+use crate::sidecar::InFlight;
 
 /// The most changed bytes a background upload holds in memory; more are uploaded
 /// under the locks, streamed as they are read.
@@ -65,27 +65,28 @@ impl Store {
         }
         self.reload(st).ok()?;
         let sc = &st.sidecar;
-        if !sc.dirty
-            || sc.in_flight != InFlight::None
-            || sc.pending_commit.is_some()
-            || sc.uploading.is_some()
+        if !sc.is_dirty()
+            || sc.in_flight() != InFlight::None
+            || sc.pending_commit().is_some()
+            || sc.uploading().is_some()
             || !self.written_is_complete(st)
         {
             return None;
         }
         let lease = st.lease.slot().live_id()?.clone();
-        let base = st.sidecar.base.clone()?;
+        let base = st.sidecar.base()?.clone();
         let snapshot = self.snapshot_chunks(st, file, SNAPSHOT_MAX).ok()??;
         let raw = block_ids(&snapshot.manifest);
-        st.sidecar.uploading = Some(PendingCommit {
-            base: Some(base.clone()),
-            blocks: Some(raw.iter().map(|id| hex(id)).collect()),
-            hash: None,
-            chunk_size: Some(snapshot.manifest.chunk_size),
-        });
+        let recorded = raw.iter().map(|id| hex(id)).collect();
+        if !st
+            .sidecar
+            .begin_upload(recorded, snapshot.manifest.chunk_size)
+        {
+            return None;
+        }
         if let Err(e) = self.save(st) {
             tracing::debug!(error = %e, "could not record a background upload; uploading under the locks");
-            st.sidecar.uploading = None;
+            st.sidecar.clear_upload();
             return None;
         }
         if !st.publishing.sizes_known() {
@@ -152,7 +153,7 @@ impl Store {
                 self.record_version(st, &stat);
                 let snapshot = up.snapshot;
                 self.record_chunks(st, stat.etag, snapshot.manifest, snapshot.first_counter);
-                st.sidecar.dirty = more;
+                st.sidecar.set_dirty(more);
                 if let Err(e) = self.save(st) {
                     // On disk: dirty over the old base, with the upload recorded; the
                     // next check finds it landed. Nothing is lost.
@@ -188,11 +189,11 @@ impl Store {
         st: &mut State,
         remote: Option<&BlobStat>,
     ) -> Result<()> {
-        let Some(pending) = st.sidecar.uploading.clone() else {
+        let Some(pending) = st.sidecar.uploading().cloned() else {
             return Ok(());
         };
         let moved = remote.filter(|stat| pending.base.as_ref() != Some(&stat.etag));
-        if let (Some(stat), true) = (moved, st.sidecar.base == pending.base) {
+        if let (Some(stat), true) = (moved, st.sidecar.base() == pending.base.as_ref()) {
             let recorded: Vec<String> = pending.blocks.clone().unwrap_or_default();
             let listed = self
                 .remote
@@ -211,12 +212,12 @@ impl Store {
                 tracing::info!(cache = %self.cache_path.display(),
                     "an interrupted background upload had landed: the cache's later \
                      commits build on it");
-                st.sidecar.base = Some(stat.etag.clone());
+                st.sidecar.rebase(stat.etag.clone());
                 let manifest = listed.and_then(|(_, list)| Manifest::from_block_list(&list));
                 self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
             }
         }
-        st.sidecar.uploading = None;
+        st.sidecar.clear_upload();
         self.save(st)
     }
 

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::manifest::process_token;
+use super::sidecar_state::SidecarState;
 use super::state::{Activity, State};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LockFail, LockLevel};
-use crate::sidecar::{self, InFlight, Sidecar};
+use crate::sidecar::{self, InFlight};
 
 /// How long a pragma waits for a SHARED lock on the cache before giving up.
 const PRAGMA_LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -77,30 +77,33 @@ impl Store {
     /// foreign sidecar means the cache corresponds to nothing we know: it is kept
     /// as local changes when it has content.
     pub(super) fn reload(&self, st: &mut State) -> Result<()> {
-        if st.sidecar.in_flight == InFlight::Commit {
+        if st.sidecar.in_flight() == InFlight::Commit {
             // Between a commit's upload and COMMIT_PHASETWO the state in memory is
             // ahead of the file (saved at phase two), and this connection holds the
             // cache's EXCLUSIVE lock, so no other process can have changed it.
             return Ok(());
         }
         let cache_id = sidecar::file_identity(&self.cache_path);
-        match sidecar::load(&self.sidecar_path)? {
-            Some(s)
-                if s.is_for(&self.identity, &self.config.blob)
-                    && (s.cache_id.is_none() || s.cache_id == cache_id) =>
-            {
-                st.sidecar = s
-            }
-            found => {
+        let found = sidecar::load(&self.sidecar_path)?;
+        match SidecarState::loaded(
+            found,
+            &self.identity,
+            &self.config.blob,
+            cache_id.as_deref(),
+        ) {
+            Ok(loaded) => st.sidecar = loaded,
+            Err(found) => {
                 if let Some(other) = found {
-                    tracing::warn!(cache = %self.cache_path.display(), other = %other.remote,
+                    tracing::warn!(cache = %self.cache_path.display(), %other,
                         "sidecar belongs to another remote or to a cache file that was \
                          replaced; treating the cache as unknown");
                 }
                 let size = std::fs::metadata(&self.cache_path).map_or(0, |m| m.len());
-                let mut fresh = Sidecar::new(self.identity.clone(), self.config.blob.clone());
-                fresh.dirty = size > 0;
-                st.sidecar = fresh;
+                st.sidecar = SidecarState::unknown(
+                    self.identity.clone(),
+                    self.config.blob.clone(),
+                    size > 0,
+                );
             }
         }
         Ok(())
@@ -108,12 +111,9 @@ impl Store {
 
     /// Write the sidecar (atomically), with the cache file's identity.
     pub(super) fn save(&self, st: &mut State) -> Result<()> {
-        if !st.sidecar.dirty {
-            st.sidecar.dirty_owner = None;
-        }
-        st.sidecar.cache_id = sidecar::file_identity(&self.cache_path);
-        sidecar::store(&self.sidecar_path, &st.sidecar)?;
-        if !st.sidecar.dirty {
+        let cache_id = sidecar::file_identity(&self.cache_path);
+        st.sidecar.save(&self.sidecar_path, cache_id)?;
+        if !st.sidecar.is_dirty() {
             self.lazy_clean_dirty();
         }
         Ok(())
@@ -122,11 +122,9 @@ impl Store {
     /// A commit stayed local (inside a batch): the cache is ahead of the remote, and
     /// this process knows which chunks it wrote.
     pub(super) fn mark_dirty(&self, st: &mut State) -> Result<()> {
-        if st.sidecar.dirty {
+        if !st.sidecar.kept_local() {
             return Ok(());
         }
-        st.sidecar.dirty = true;
-        st.sidecar.dirty_owner = Some(process_token().to_string());
         self.save(st)
     }
 }

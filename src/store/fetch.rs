@@ -150,7 +150,7 @@ impl Store {
         file: &mut dyn LocalFile,
         chunk: u64,
     ) -> Result<Manifest> {
-        let trusted = st.sidecar.in_flight == InFlight::None && !st.sidecar.dirty;
+        let trusted = st.sidecar.in_flight() == InFlight::None && !st.sidecar.is_dirty();
         if trusted {
             if let Some(m) = self.manifest_for_base(st).filter(|m| m.chunk_size == chunk) {
                 return Ok(m);
@@ -183,10 +183,10 @@ impl Store {
     /// remains of such a download that a crash interrupted.
     pub(super) fn cache_is_cold(&self, st: &State, file: &mut dyn LocalFile) -> Result<bool> {
         let sc = &st.sidecar;
-        if sc.dirty || sc.base.is_some() || sc.pending_commit.is_some() {
+        if sc.is_dirty() || sc.base().is_some() || sc.pending_commit().is_some() {
             return Ok(false);
         }
-        if sc.in_flight == InFlight::Download {
+        if sc.in_flight() == InFlight::Download {
             return Ok(true);
         }
         let size = file
@@ -237,8 +237,8 @@ impl Store {
             }),
             false => None,
         };
-        let was_in_flight = st.sidecar.in_flight;
-        st.sidecar.in_flight = InFlight::Download;
+        let was_in_flight = st.sidecar.in_flight();
+        st.sidecar.set_in_flight(InFlight::Download);
         self.save(st)?;
         tracing::info!(cache = %self.cache_path.display(), "downloading the remote straight into the empty cache");
         let result = self.stream_into_cache(file, old_counter, listed.as_ref());
@@ -250,7 +250,7 @@ impl Store {
                 let emptied = was_in_flight == InFlight::None
                     && file.truncate(0).and_then(|()| file.sync()).is_ok();
                 if emptied {
-                    st.sidecar.in_flight = InFlight::None;
+                    st.sidecar.set_in_flight(InFlight::None);
                     let _ = self.save(st);
                 }
                 return Err(e);

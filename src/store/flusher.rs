@@ -169,7 +169,7 @@ impl Store {
         }
         let result = self.reload(st).and_then(|()| self.flush_locked(st, file));
         match result {
-            Ok(()) if !st.sidecar.dirty => self.end_deferral(st),
+            Ok(()) if !st.sidecar.is_dirty() => self.end_deferral(st),
             Ok(()) => {
                 // Still dirty: only read-only connections are left, which never
                 // upload; the next writable open does (recovery), as after a batch.
@@ -205,7 +205,7 @@ impl Store {
                 if let Err(e) = self.resolve_background_upload(st, now.as_ref()) {
                     tracing::debug!(error = %e, "could not resolve a background upload yet");
                 }
-                now.map(|s| s.etag) != st.sidecar.base
+                now.map(|s| s.etag).as_ref() != st.sidecar.base()
             }
             Err(_) => false,
         };

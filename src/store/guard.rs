@@ -90,13 +90,13 @@ pub(super) struct Published {
 impl Published {
     pub fn of(st: &State) -> Published {
         Published {
-            etag: st.sidecar.base.clone(),
-            dirty: st.sidecar.dirty,
+            etag: st.sidecar.base().cloned(),
+            dirty: st.sidecar.is_dirty(),
             flush_due: st.write.flush_due(),
             lease_held: !st.lease.slot().is_none(),
             batch_depth: st.write.batch_depth(),
-            generation: st.sidecar.generation,
-            in_flight: st.sidecar.in_flight,
+            generation: st.sidecar.generation(),
+            in_flight: st.sidecar.in_flight(),
             conflicts: st.report.conflicts().to_vec(),
             last_error: st.report.last_error().map(|e| e.message.clone()),
             last_error_at: st.report.last_error().map(|e| e.at.iso8601()),

@@ -23,7 +23,7 @@ impl Store {
         let Some(lazy) = &self.lazy else {
             return Ok(());
         };
-        let Some(etag) = st.sidecar.base.clone() else {
+        let Some(etag) = st.sidecar.base().cloned() else {
             if online {
                 *lazy.base.write() = Known::NoBlob;
             }
@@ -77,7 +77,7 @@ impl Store {
         let Some(lazy) = &self.lazy else {
             return Ok(false);
         };
-        if st.sidecar.dirty || !self.delta_enabled() {
+        if st.sidecar.is_dirty() || !self.delta_enabled() {
             return Ok(false);
         }
         let Some((stat, manifest)) = self.listed_manifest()? else {
@@ -108,10 +108,10 @@ impl Store {
         let old_counter = self.cache_change_counter(file)?;
         // After an interrupted transfer or commit the record may name chunks whose
         // bytes never became durable: trust none (a miss re-checks the cache's bytes).
-        let trusted = st.sidecar.in_flight == InFlight::None && st.sidecar.base.is_some();
+        let trusted = st.sidecar.in_flight() == InFlight::None && st.sidecar.base().is_some();
         let old = self
             .manifest_for_base(st)
-            .zip(st.sidecar.base.clone())
+            .zip(st.sidecar.base().cloned())
             .filter(|_| trusted);
         // The first chunk before anything changes: SQLite reads the header at once,
         // and a remote that moved on meanwhile leaves the cache as it was.
@@ -119,7 +119,7 @@ impl Store {
             true => None,
             false => Some(self.first_chunk(&manifest, stat, old_counter)?),
         };
-        st.sidecar.in_flight = InFlight::Download;
+        st.sidecar.set_in_flight(InFlight::Download);
         self.save(st)?;
         let mut guard = lazy.base.write();
         let mut record = match std::mem::take(&mut *guard) {
@@ -216,7 +216,7 @@ impl Store {
         if self.lazy.is_some() || !path.exists() {
             return Ok(());
         }
-        let Some(etag) = st.sidecar.base.clone() else {
+        let Some(etag) = st.sidecar.base().cloned() else {
             let _ = std::fs::remove_file(&path);
             return Ok(());
         };

@@ -46,7 +46,7 @@ impl Store {
                 self.leave_line(st);
                 Ok(false)
             }
-            None if st.sidecar.base.is_none() => Ok(true),
+            None if st.sidecar.base().is_none() => Ok(true),
             None => {
                 self.force_check(st);
                 Err(Error::Backend(BackendError::new(
@@ -54,7 +54,7 @@ impl Store {
                     format!(
                         "remote blob '{}' was deleted; this cache holds version {}",
                         self.config.blob,
-                        st.sidecar.base.as_ref().map_or("?", |e| e.0.as_str())
+                        st.sidecar.base().map_or("?", |e| e.0.as_str())
                     ),
                 )))
             }
@@ -121,14 +121,13 @@ impl Store {
     /// with its id: renew (proof it is still that lease), then release. `true` when
     /// it was released and an acquire may now succeed.
     fn reclaim_dead_writers_lease(&self, st: &mut State) -> bool {
-        let Some(owner) = st.sidecar.lease.clone() else {
-            return false;
-        };
-        if !owner.is_dead() {
+        if !st.sidecar.lease_owner().is_some_and(LeaseOwner::is_dead) {
             return false;
         }
         // Used up, whatever happens: a stale record is never tried twice.
-        st.sidecar.lease = None;
+        let Some(owner) = st.sidecar.take_lease_owner() else {
+            return false;
+        };
         if let Err(e) = self.remote.renew_lease(&owner.id, self.config.lease) {
             tracing::debug!(blob = %self.config.blob, owner = ?owner, error = %e,
                 "the lease recorded for a dead writer is not the one in force");
@@ -154,8 +153,8 @@ impl Store {
     /// The lease's etag says whether it matches; only a cache with no base asks the
     /// size (a stat, when the acquire did not tell it).
     fn adopt_lease(&self, st: &mut State, lease: Lease) -> Result<()> {
-        let matches = st.sidecar.base.as_ref() == Some(&lease.etag);
-        let adoptable_empty = st.sidecar.base.is_none() && self.leased_size(&lease)? == Some(0);
+        let matches = st.sidecar.is_at(&lease.etag);
+        let adoptable_empty = st.sidecar.base().is_none() && self.leased_size(&lease)? == Some(0);
         if !(matches || adoptable_empty) {
             self.give_back(st, lease.id);
             self.force_check(st);
@@ -164,11 +163,11 @@ impl Store {
         }
         let record = self.remote.records_lease_owner();
         if record {
-            st.sidecar.lease = Some(LeaseOwner::this_process(lease.id.clone()));
+            st.sidecar.own_lease(lease.id.clone());
         }
         st.lease.hold(self.clock.hold(lease.id, self.config.lease));
         if adoptable_empty {
-            st.sidecar.base = Some(lease.etag);
+            st.sidecar.rebase(lease.etag);
         }
         if record || adoptable_empty {
             self.save(st)?;
@@ -354,9 +353,7 @@ impl Store {
     /// The lease `id` was given back: drop its owner record. It goes to disk with
     /// the next save; a stale one is harmless: its renewal fails.
     fn forget_lease_owner(&self, st: &mut State, id: &LeaseId) {
-        if st.sidecar.lease.as_ref().is_some_and(|o| o.id == *id) {
-            st.sidecar.lease = None;
-        }
+        st.sidecar.forget_lease(id);
     }
 
     /// Make a parked lease live again, or drop it when it is gone. When the renewal
@@ -377,7 +374,7 @@ impl Store {
             }
         }
         let current = self.remote.stat()?;
-        let matches = match (&current, &st.sidecar.base) {
+        let matches = match (&current, st.sidecar.base()) {
             (Some(stat), Some(base)) => stat.etag == *base,
             (Some(stat), None) => stat.size == 0,
             (None, _) => false,

@@ -20,12 +20,6 @@ pub(crate) struct Fetched {
     pub manifest: Option<Manifest>,
 }
 
-/// This process's token, recorded as the owner of local commits it makes.
-pub(super) fn process_token() -> &'static str {
-    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TOKEN.get_or_init(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)))
-}
-
 impl Store {
     /// Whether transfers go by chunks.
     pub(super) fn delta_enabled(&self) -> bool {
@@ -34,7 +28,7 @@ impl Store {
 
     /// The manifest of the base version, when one is known for it.
     pub(super) fn manifest_for_base(&self, st: &mut State) -> Option<Manifest> {
-        let base = st.sidecar.base.clone()?;
+        let base = st.sidecar.base()?.clone();
         if let Some(m) = st.publishing.manifest_of(&base) {
             return Some(m.clone());
         }
@@ -65,7 +59,7 @@ impl Store {
     /// Whether the granules written (`Publishing::written`) name every chunk changed
     /// since the base: this process made every local commit since then.
     pub(super) fn written_is_complete(&self, st: &State) -> bool {
-        !st.sidecar.dirty || st.sidecar.dirty_owner.as_deref() == Some(process_token())
+        st.sidecar.changes_are_ours()
     }
 }
 

@@ -61,6 +61,7 @@ mod recovery;
 mod refresh;
 mod registry;
 mod report;
+mod sidecar_state;
 mod stage;
 pub(crate) mod state;
 mod turn;
@@ -79,8 +80,9 @@ use crate::crash::crash_point;
 use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::remote::Remote;
-use crate::sidecar::{self, InFlight, Sidecar};
+use crate::sidecar::{self, InFlight};
 use guard::Published;
+use sidecar_state::SidecarState;
 use state::{Activity, CommitAction, State};
 
 pub(crate) use hold::HoldMark;
@@ -145,7 +147,11 @@ impl Store {
             PathBuf::from(s)
         };
         let identity = remote.identity();
-        let state = State::new(Sidecar::new(identity.clone(), config.blob.clone()));
+        let state = State::new(SidecarState::unknown(
+            identity.clone(),
+            config.blob.clone(),
+            false,
+        ));
         let remote = Arc::new(remote);
         let (flusher, flush_handover) = if config.flush.is_zero() {
             (None, None)
@@ -232,8 +238,8 @@ impl Store {
     /// after the staleness bound. At open, only a cache that holds a known version.
     fn serve_offline(&self, st: &mut State, err: &Error, at_open: bool) -> bool {
         let transient = matches!(err, Error::Backend(b) if b.is_transient());
-        let whole = st.sidecar.in_flight == InFlight::None
-            && (!at_open || st.sidecar.base.is_some())
+        let whole = st.sidecar.in_flight() == InFlight::None
+            && (!at_open || st.sidecar.base().is_some())
             && !self.holds_lazy_leftover();
         if transient && whole {
             st.refresh.restart_staleness(Instant::now());
@@ -364,7 +370,7 @@ impl Store {
             // work that must wait for that upload's outcome.
             return Err(self.busy_uploading());
         }
-        if st.sidecar.in_flight != InFlight::None || st.sidecar.pending_commit.is_some() {
+        if st.sidecar.in_flight() != InFlight::None || st.sidecar.pending_commit().is_some() {
             self.force_check(st);
             return Err(Error::Busy(format!(
                 "cache {} is being resynced from the remote",
@@ -410,11 +416,11 @@ impl Store {
             CommitAction::Publish => {
                 st.publishing.wrote(written);
                 let create = st.write.creates_blob();
-                let was_dirty = st.sidecar.dirty;
+                let was_dirty = st.sidecar.is_dirty();
                 self.publish(&mut st, file, create).map(|_| {
                     // Until COMMIT_PHASETWO: the remote holds a commit the cache has
                     // not finished (in memory; `reload` leaves it alone meanwhile).
-                    st.sidecar.in_flight = InFlight::Commit;
+                    st.sidecar.set_in_flight(InFlight::Commit);
                     if was_dirty {
                         self.save_after_publish(&mut st);
                     }
@@ -451,9 +457,9 @@ impl Store {
     /// from the remote at the next check or open.
     pub fn commit_phase_two(&self) -> Result<()> {
         let mut st = self.lock_state();
-        if st.sidecar.in_flight == InFlight::Commit {
+        if st.sidecar.in_flight() == InFlight::Commit {
             crash_point("commit-phase-two");
-            st.sidecar.in_flight = InFlight::None;
+            st.sidecar.set_in_flight(InFlight::None);
             if let Err(e) = self.save(&mut st) {
                 self.note_committed_but(&mut st, &e);
             }
@@ -479,11 +485,10 @@ impl Store {
     pub fn end_write(&self) {
         let mut st = self.lock_state();
         st.write.end_txn();
-        if st.sidecar.in_flight == InFlight::Commit {
+        if st.sidecar.in_flight() == InFlight::Commit {
             // The upload landed but the local commit did not complete (SQLite rolled
             // back): the cache is behind the remote. Take the remote at the next read.
-            st.sidecar.in_flight = InFlight::None;
-            st.sidecar.base = None;
+            st.sidecar.commit_undone();
             self.force_check(&mut st);
             if let Err(e) = self.save(&mut st) {
                 self.note_error(&mut st, Activity::Report, &e);
@@ -538,7 +543,7 @@ impl Store {
         self.with_lock(file, level, Activity::Write, |st, file| {
             self.reload(st)?;
             let result = self.flush_locked(st, file);
-            if result.is_ok() && !st.sidecar.dirty {
+            if result.is_ok() && !st.sidecar.is_dirty() {
                 st.write.end_deferral();
             }
             if st.write.lease_unneeded() {

@@ -58,7 +58,7 @@ impl Store {
         file: &mut dyn LocalFile,
         create: bool,
     ) -> Result<BlobStat> {
-        let condition = match (&st.sidecar.base, create) {
+        let condition = match (st.sidecar.base(), create) {
             (Some(etag), false) => Condition::Match(etag.clone()),
             _ => Condition::Create,
         };
@@ -78,7 +78,7 @@ impl Store {
             }
         }
         self.record_version(st, &stat);
-        st.sidecar.dirty = false;
+        st.sidecar.set_dirty(false);
         st.lease.published();
         self.keep_version(st, lease.as_ref());
         Ok(stat)
@@ -93,10 +93,7 @@ impl Store {
             .fetch_add(1, Ordering::Relaxed);
         st.refresh.restart_staleness(Instant::now());
         st.write.blob_exists();
-        st.sidecar.base = Some(stat.etag.clone());
-        // A background upload recorded as in flight is moot once the base moved on.
-        st.sidecar.uploading = None;
-        st.sidecar.generation += 1;
+        st.sidecar.published(stat.etag.clone());
         st.report.succeeded(Activity::Write);
     }
 
@@ -138,7 +135,7 @@ impl Store {
     /// Upload local commits that are not in the remote yet (a batch's end, a flush,
     /// a close, recovery after a crash), taking the lease when none is held.
     pub(super) fn flush_locked(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<()> {
-        if !st.sidecar.dirty || !st.connections.any_writable() {
+        if !st.sidecar.is_dirty() || !st.connections.any_writable() {
             return Ok(());
         }
         let create = self.ensure_lease(st)? || st.write.creates_blob();
@@ -272,7 +269,7 @@ impl Store {
     ) -> Result<BlobStat> {
         // Only a COMMIT outside a batch: a flush's local commits stay in the dirty
         // cache, and the next recovery compares them with the remote anyway.
-        let Some(tried) = failure.ambiguous.filter(|_| !st.sidecar.dirty) else {
+        let Some(tried) = failure.ambiguous.filter(|_| !st.sidecar.is_dirty()) else {
             return Err(failure.error);
         };
         if let Err(e) = self.record_ambiguous(st, file, tried.as_deref()) {

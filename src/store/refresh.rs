@@ -44,17 +44,17 @@ impl Store {
         }
         self.reload(st)?;
         let journal_hot = image::journal_is_hot(&self.journal_path);
-        let in_flight = st.sidecar.in_flight;
+        let in_flight = st.sidecar.in_flight();
         if journal_hot && in_flight == InFlight::None {
             // SQLite rolls this journal back once we return; decide after that.
             self.force_check(st);
             return Ok(());
         }
         let remote = self.remote.stat()?;
-        if st.sidecar.uploading.is_some() {
+        if st.sidecar.uploading().is_some() {
             self.resolve_background_upload(st, remote.as_ref())?;
         }
-        if st.sidecar.pending_commit.is_some() {
+        if st.sidecar.pending_commit().is_some() {
             // Before anything else: the remote may hold a commit we could not confirm.
             let outcome = self.resolve_ambiguous(st, remote.as_ref())?;
             st.report.note(Activity::Report, outcome);
@@ -75,7 +75,7 @@ impl Store {
             };
         }
         match remote {
-            None if st.sidecar.base.is_some() => Err(Error::Backend(BackendError::new(
+            None if st.sidecar.base().is_some() => Err(Error::Backend(BackendError::new(
                 BackendErrorKind::NotFound,
                 format!(
                     "remote blob '{}' in {} does not exist any more, but this cache was synced \
@@ -85,8 +85,11 @@ impl Store {
             ))),
             // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
             None => self.lazy_track_base(st, true),
-            Some(stat) if st.sidecar.base.as_ref() == Some(&stat.etag) => {
-                if st.sidecar.dirty && st.lease.slot().is_none() && st.connections.any_writable() {
+            Some(stat) if st.sidecar.is_at(&stat.etag) => {
+                if st.sidecar.is_dirty()
+                    && st.lease.slot().is_none()
+                    && st.connections.any_writable()
+                {
                     self.recover_upload(st, file, &stat)?;
                 }
                 self.complete_lazy_leftover(st, file)?;
@@ -157,7 +160,7 @@ impl Store {
     /// Bring the current remote version beside the cache: by chunks when the blob
     /// is ours and the cache is a known version, else whole.
     fn fetch(&self, st: &mut State, file: &mut dyn LocalFile) -> Result<Fetched> {
-        if self.delta_enabled() && !st.sidecar.dirty {
+        if self.delta_enabled() && !st.sidecar.is_dirty() {
             if let Some(fetched) = self.fetch_delta(st, file)? {
                 return Ok(fetched);
             }
@@ -197,11 +200,10 @@ impl Store {
                 },
             )?;
         }
-        if st.sidecar.dirty {
+        if st.sidecar.is_dirty() {
             // Only whole downloads reach here (delta needs a clean cache).
             if self.same_as_download(file)? {
-                st.sidecar.base = Some(stat.etag.clone());
-                st.sidecar.dirty = false;
+                st.sidecar.found_equal(stat.etag.clone());
                 return self.save(st);
             }
             self.keep_conflict_copy(st, file)?;
@@ -228,7 +230,7 @@ impl Store {
         };
         let old_counter = self.cache_change_counter(file)?;
 
-        st.sidecar.in_flight = InFlight::Download;
+        st.sidecar.set_in_flight(InFlight::Download);
         self.save(st)?;
 
         let src = File::open(&self.download_path)
@@ -284,10 +286,7 @@ impl Store {
         stat: &BlobStat,
         manifest: Option<Manifest>,
     ) -> Result<()> {
-        st.sidecar.base = Some(stat.etag.clone());
-        st.sidecar.dirty = false;
-        st.sidecar.in_flight = InFlight::None;
-        st.sidecar.generation += 1;
+        st.sidecar.took_version(stat.etag.clone());
         st.publishing.took_version();
         // The staleness clock starts when the new version is in, not when the
         // (possibly long) transfer began.

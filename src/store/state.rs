@@ -5,7 +5,7 @@
 //! connections ([`Connections`]) and the status report ([`Report`]). The lock-table
 //! methods in src/store/mod.rs compose them.
 
-use crate::sidecar::Sidecar;
+use super::sidecar_state::SidecarState;
 
 pub(crate) use super::freshness::Refresh;
 pub(crate) use super::lease_slot::{AfterWrite, LeaseSlot, LeaseState, Release};
@@ -16,7 +16,7 @@ pub(crate) use super::write_state::{CommitAction, WriteState};
 /// Everything the store's mutex protects.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub sidecar: Sidecar,
+    pub sidecar: SidecarState,
     pub write: WriteState,
     pub lease: LeaseState,
     pub refresh: Refresh,
@@ -26,7 +26,7 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(sidecar: Sidecar) -> State {
+    pub fn new(sidecar: SidecarState) -> State {
         State {
             sidecar,
             write: WriteState::Idle,
