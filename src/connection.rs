@@ -172,29 +172,21 @@ impl Connection {
     }
 
     /// xWrite of `len` bytes at `offset`, before the real write and
-    /// [`Connection::note_write`]: a lazy cache completes a chunk it lacks before
-    /// SQLite writes into it (a page SQLite never read, such as a reused free page),
-    /// so that a chunk is always whole or absent.
+    /// [`Connection::note_write`]: a lazy cache marks the chunks dirty, and those it
+    /// lacks (a page SQLite never read, such as a reused free page) partial, which
+    /// the commit point completes (src/store/lazy_write.rs). Nothing is fetched here.
     pub fn before_write(&mut self, offset: u64, len: u64) -> std::result::Result<(), i32> {
         if !self.lazy {
             return Ok(());
         }
-        self.store
-            .ensure_present(
-                self.file.as_mut(),
-                offset,
-                len,
-                &mut crate::store::Readahead::default(),
-            )
-            .and_then(|()| self.store.lazy_mark_dirty(offset, len))
-            .map_err(|e| {
-                self.store.note_read_failure(&e);
-                if e.is_busy() {
-                    crate::error::code::BUSY | (2 << 8)
-                } else {
-                    sqlite_code(&e, Phase::Commit)
-                }
-            })
+        self.store.lazy_before_write(offset, len).map_err(|e| {
+            self.store.note_read_failure(&e);
+            if e.is_busy() {
+                crate::error::code::BUSY | (2 << 8)
+            } else {
+                sqlite_code(&e, Phase::Commit)
+            }
+        })
     }
 
     /// xWrite of `len` bytes at `offset` (called before the real write).

@@ -7,7 +7,9 @@
 //!              time: a record beside a replaced cache describes nothing), xxh3-64
 //!              of what precedes it
 //! offset 4096  one state byte per chunk: 0 absent, 1 present, 2 present and
-//!              written by local commits not uploaded yet (never dropped)
+//!              written by local commits not uploaded yet (never dropped), 3 partial:
+//!              written into by an open transaction without having been fetched
+//!              (read as absent by anyone who loads the record)
 //! ```
 //!
 //! Crash rules: a chunk is marked present only after its bytes are durable in the
@@ -36,6 +38,12 @@ const PRESENT: u8 = 1;
 /// Present, and holding local commits the remote lacks: a chunk the bounded cache
 /// must never drop. The next base (the upload of those commits) makes it PRESENT.
 const DIRTY: u8 = 2;
+/// Written into by this process's open transaction without having been fetched (a
+/// reused free page): only the writer knows which of its bytes are written, so the
+/// commit point completes it (then DIRTY) or a rollback forgets it (then ABSENT).
+/// A record loaded from disk reads it as ABSENT: a transaction that crashed left
+/// nothing committed in it (SQLite's journal restores what it wrote).
+const PARTIAL: u8 = 3;
 
 /// The record's path for a cache file.
 pub fn path_for(cache: &Path) -> PathBuf {
@@ -170,7 +178,14 @@ impl Residency {
     pub fn is_present(&self, index: u64) -> bool {
         self.states
             .get(index as usize)
-            .is_some_and(|s| s.load(Ordering::Acquire) != ABSENT)
+            .is_some_and(|s| matches!(s.load(Ordering::Acquire), PRESENT | DIRTY))
+    }
+
+    /// Whether chunk `index` is partial: written into without having been fetched.
+    pub fn is_partial(&self, index: u64) -> bool {
+        self.states
+            .get(index as usize)
+            .is_some_and(|s| s.load(Ordering::Acquire) == PARTIAL)
     }
 
     /// Present and holding nothing the remote lacks: it may be dropped.
@@ -184,12 +199,12 @@ impl Residency {
     pub fn present_count(&self) -> u64 {
         self.states
             .iter()
-            .filter(|s| s.load(Ordering::Relaxed) != ABSENT)
+            .filter(|s| matches!(s.load(Ordering::Relaxed), PRESENT | DIRTY))
             .count() as u64
     }
 
-    /// Local writes go into `chunks` (present already): never drop them until the
-    /// next base. Returns whether any was not marked yet (then the caller syncs the
+    /// Local writes go into `chunks` (present already, or partial and completed
+    /// since): never drop them until the next base. Returns whether any was not marked yet (then the caller syncs the
     /// record with the commit, [`Residency::sync`]).
     pub fn mark_dirty(&self, chunks: std::ops::Range<u64>) -> io::Result<bool> {
         let mut marked = false;
@@ -245,6 +260,31 @@ impl Residency {
         self.file.sync_data()
     }
 
+    /// Absent `index` is written into without being fetched ([`PARTIAL`]). Not
+    /// synced: the commit point completes it, a rollback forgets it, and a crash
+    /// leaves a state every loader reads as absent.
+    pub fn mark_partial(&self, index: u64) -> io::Result<()> {
+        if let Some(s) = self.states.get(index as usize) {
+            self.file.write_all_at(&[PARTIAL], HEADER_LEN + index)?;
+            s.store(PARTIAL, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Partial `chunks` whose transaction rolled back: absent again. No other
+    /// process ever took them for present, so the epoch stays.
+    pub fn forget_partial(&self, chunks: &[u64]) -> io::Result<()> {
+        for &i in chunks {
+            if let Some(s) = self.states.get(i as usize) {
+                if s.load(Ordering::Acquire) == PARTIAL {
+                    self.file.write_all_at(&[ABSENT], HEADER_LEN + i)?;
+                    s.store(ABSENT, Ordering::Release);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Mark `chunks` present. The caller made their bytes durable in the cache first.
     pub fn mark_present(&self, chunks: &[u64]) -> io::Result<()> {
         for &i in chunks {
@@ -268,7 +308,7 @@ impl Residency {
         let n = read_up_to(&self.file, &mut buf, HEADER_LEN + chunks.start)?;
         for (k, byte) in buf[..n].iter().enumerate() {
             let state = &self.states[chunks.start as usize + k];
-            if *byte != ABSENT && state.load(Ordering::Acquire) == ABSENT {
+            if matches!(*byte, PRESENT | DIRTY) && state.load(Ordering::Acquire) == ABSENT {
                 state.store(PRESENT, Ordering::Release);
             }
         }
@@ -411,6 +451,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         (dir, path)
+    }
+
+    #[test]
+    fn a_partial_chunk_is_absent_to_anyone_who_loads_the_record() {
+        let (_dir, db) = cache();
+        let m = manifest(4);
+        let r = Residency::open(&db, "v1", &m).unwrap();
+        r.mark_partial(1).unwrap();
+        r.mark_partial(2).unwrap();
+        assert!(r.is_partial(1) && !r.is_present(1) && !r.is_clean(1));
+        let other = Residency::open(&db, "v1", &m).unwrap();
+        other.look_again(0..4).unwrap();
+        assert!(
+            !other.is_present(1) && !other.is_partial(1),
+            "another process"
+        );
+        r.mark_dirty(1..2).unwrap();
+        r.forget_partial(&[1, 2]).unwrap();
+        assert!(r.is_present(1), "completed: dirty, not forgotten");
+        assert!(!r.is_present(2) && !r.is_partial(2), "forgotten: absent");
+        r.mark_partial(3).unwrap();
+        drop((r, other));
+        let r = Residency::open(&db, "v1", &m).unwrap();
+        assert!(
+            !r.is_present(3) && !r.is_partial(3),
+            "left by a crash: absent"
+        );
+        assert!(r.is_present(1));
+        assert_eq!(r.present_count(), 1);
     }
 
     #[test]

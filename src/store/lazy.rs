@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::RwLock;
 
 use super::evict::{Epochs, Stamps};
+use super::lazy_write::{gaps, Written};
 use super::state::{Activity, LastError, State};
 use super::Store;
 use crate::backend::{BackendErrorKind, Etag};
@@ -67,9 +68,9 @@ pub(crate) struct LazyCache {
     /// Chunks dropped to stay under `cache_max`.
     pub(super) evicted: std::sync::atomic::AtomicU64,
     /// Rounds of fetches that went to the network (each one round trip, in sequence).
-    rounds: std::sync::atomic::AtomicU64,
+    pub(super) rounds: std::sync::atomic::AtomicU64,
     /// Chunks were marked dirty since the record was last synced.
-    unsynced_dirty: AtomicBool,
+    pub(super) unsynced_dirty: AtomicBool,
     /// With `cache_max`: whether the file system punches holes (checked at open).
     pub(super) holes: std::sync::OnceLock<bool>,
     /// The record opened once more, holding this process's "I have it open" lock
@@ -115,6 +116,8 @@ pub(super) struct LazyBase {
     pub(super) record: Residency,
     /// The read transaction that last touched each chunk (eviction's recency).
     pub(super) stamps: Stamps,
+    /// What this process wrote into partial chunks (src/store/lazy_write.rs).
+    pub(super) written: parking_lot::Mutex<Written>,
 }
 
 impl LazyBase {
@@ -124,13 +127,14 @@ impl LazyBase {
             stamps: Stamps::new(manifest.ids.len() as u64, epoch),
             manifest,
             record,
+            written: parking_lot::Mutex::new(Written::default()),
         }
     }
 }
 
 impl LazyBase {
     /// The chunks holding bytes `offset .. offset + len` (clipped to the version).
-    fn chunks_of(&self, offset: u64, len: u64) -> Range<u64> {
+    pub(super) fn chunks_of(&self, offset: u64, len: u64) -> Range<u64> {
         let size = self.manifest.chunk_size.max(1);
         let count = self.manifest.ids.len() as u64;
         let start = (offset / size).min(count);
@@ -219,59 +223,6 @@ impl Store {
         self.evict_if_over(lazy)
     }
 
-    /// Before SQLite writes `len` bytes at `offset` (the chunks under them made
-    /// present first): they hold local commits until the next clean save, and the
-    /// bounded cache must not drop them. The record is synced at the commit point.
-    pub fn lazy_mark_dirty(&self, offset: u64, len: u64) -> Result<()> {
-        let Some(lazy) = &self.lazy else {
-            return Ok(());
-        };
-        let guard = lazy.base.read();
-        let Some(base) = guard.base() else {
-            return Ok(());
-        };
-        let newly = base
-            .record
-            .mark_dirty(base.chunks_of(offset, len))
-            .map_err(|e| Error::local("writing the residency record", e))?;
-        if newly {
-            lazy.unsynced_dirty.store(true, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-
-    /// At the commit point: the dirty marks of the chunks it wrote are durable
-    /// before the commit's bytes are (SQLite syncs the cache after this).
-    pub(super) fn lazy_sync_record(&self) -> Result<()> {
-        let Some(lazy) = &self.lazy else {
-            return Ok(());
-        };
-        if !lazy.unsynced_dirty.swap(false, Ordering::SeqCst) {
-            return Ok(());
-        }
-        let guard = lazy.base.read();
-        match guard.base() {
-            Some(base) => base
-                .record
-                .sync()
-                .map_err(|e| Error::local("syncing the residency record", e)),
-            None => Ok(()),
-        }
-    }
-
-    /// The sidecar was saved clean: the remote has every local commit.
-    pub(super) fn lazy_clean_dirty(&self) {
-        let Some(lazy) = &self.lazy else {
-            return;
-        };
-        if let Some(base) = lazy.base.read().base() {
-            if let Err(e) = base.record.clean_dirty() {
-                tracing::warn!(cache = %self.cache_path.display(), error = %e,
-                    "could not mark uploaded chunks clean; they stay until the next upload");
-            }
-        }
-    }
-
     /// Make `missing` present, at most [`BATCH_BYTES`] of chunks in memory at once.
     pub(super) fn bring_in(
         &self,
@@ -289,7 +240,8 @@ impl Store {
 
     /// Make `missing` present: the cache may hold them already (a whole cache opened
     /// lazily, a record lost in a crash), which its bytes' hash tells; the others
-    /// are fetched in parallel, pinned to the base.
+    /// are fetched in parallel, pinned to the base. A partial chunk takes the
+    /// fetched bytes only around what this process wrote into it, and is dirty.
     fn bring_in_batch(
         &self,
         lazy: &LazyCache,
@@ -302,9 +254,25 @@ impl Store {
         };
         let mut held = Vec::new();
         let mut absent = Vec::new();
+        let mut completed = Vec::new();
+        let partial: Vec<(u64, Vec<Range<u64>>)> = {
+            let written = base.written.lock();
+            missing
+                .iter()
+                .filter_map(|&i| written.of(i).map(|w| (i, w.to_vec())))
+                .collect()
+        };
+        let written_into = |i: u64| partial.iter().find(|(p, _)| *p == i).map(|(_, w)| w);
         let mut buf = vec![0u8; base.manifest.chunk_size as usize];
         for &i in missing {
             let (offset, len) = base.manifest.chunk_range(i);
+            if let Some(w) = written_into(i) {
+                match gaps(offset..offset + len, w).is_empty() {
+                    true => completed.push(i),
+                    false => absent.push(i),
+                }
+                continue;
+            }
             let n = file
                 .read_at(&mut buf[..len as usize], offset)
                 .map_err(|e| cache_err("reading", e))?;
@@ -327,17 +295,34 @@ impl Store {
                 let old = self.cache_change_counter(file)?;
                 image::adapt_header(&mut data, old);
             }
-            file.write_at(&data, offset)
-                .map_err(|e| cache_err("writing", e))?;
-            held.push(i);
+            match written_into(i) {
+                None => {
+                    file.write_at(&data, offset)
+                        .map_err(|e| cache_err("writing", e))?;
+                    held.push(i);
+                }
+                Some(w) => {
+                    for gap in gaps(offset..offset + data.len() as u64, w) {
+                        let part =
+                            &data[(gap.start - offset) as usize..(gap.end - offset) as usize];
+                        file.write_at(part, gap.start)
+                            .map_err(|e| cache_err("writing", e))?;
+                    }
+                    completed.push(i);
+                }
+            }
         }
-        if held.len() > missing.len() - absent.len() {
+        if !absent.is_empty() {
             // Durable before marked present.
             file.sync().map_err(|e| cache_err("syncing", e))?;
         }
-        base.record
-            .mark_present(&held)
-            .map_err(|e| Error::local("writing the residency record", e))
+        let record_err = |e| Error::local("writing the residency record", e);
+        base.record.mark_present(&held).map_err(record_err)?;
+        for &i in &completed {
+            base.record.mark_dirty(i..i + 1).map_err(record_err)?;
+            base.written.lock().remove(i);
+        }
+        Ok(())
     }
 
     /// Fetch chunks of the base in parallel, each checked against its block id. A
@@ -524,49 +509,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-
-    /// Before an upload plans its chunks (`chunk` bytes each, the cache `size`
-    /// bytes): complete the absent chunks the new version cannot take from the base
-    /// as they are (a new chunk size; a chunk the new length cuts), and return which
-    /// chunks are still absent (the base's, unchanged: their block ids stay). Empty
-    /// for a full cache.
-    pub(super) fn lazy_prepare_upload(
-        &self,
-        file: &mut dyn LocalFile,
-        size: u64,
-        chunk: u64,
-    ) -> Result<Vec<bool>> {
-        let Some(lazy) = &self.lazy else {
-            return Ok(Vec::new());
-        };
-        let guard = lazy.base.read();
-        let base = match &*guard {
-            Known::Base(base) => base,
-            Known::NoBlob => return Ok(Vec::new()),
-            Known::Unknown => {
-                return Err(Error::Local(format!(
-                    "lazy cache {}: its chunk list is not known, so an upload cannot tell \
-                     its absent chunks; it is retried after the next check",
-                    self.cache_path.display()
-                )))
-            }
-        };
-        let count = base.record.chunk_count();
-        let relaid = base.manifest.chunk_size != chunk;
-        let must: Vec<u64> = (0..count)
-            .filter(|&i| !base.record.is_present(i))
-            .filter(|&i| {
-                let (offset, len) = base.manifest.chunk_range(i);
-                relaid || offset + len > size || (offset + len < size && len < chunk)
-            })
-            .collect();
-        if !must.is_empty() {
-            tracing::info!(cache = %self.cache_path.display(), chunks = must.len(),
-                "completing chunks of a lazy cache before an upload");
-            self.bring_in(lazy, base, file, &must)?;
-        }
-        Ok((0..count).map(|i| !base.record.is_present(i)).collect())
     }
 
     /// The store recorded `manifest` as the base's chunk list (a publish, or a

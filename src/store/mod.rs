@@ -51,6 +51,7 @@ mod history;
 mod hold;
 mod lazy;
 mod lazy_install;
+mod lazy_write;
 mod lease;
 mod lease_slot;
 mod line;
@@ -393,7 +394,7 @@ impl Store {
         written: &BTreeSet<u64>,
     ) -> Result<()> {
         let mut st = self.lock_state();
-        if let Err(e) = self.lazy_sync_record() {
+        if let Err(e) = self.lazy_commit_point(file, counter_moved) {
             self.note_error(&mut st, Activity::Write, &e);
             return Err(e);
         }

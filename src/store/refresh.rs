@@ -46,8 +46,13 @@ impl Store {
         let journal_hot = image::journal_is_hot(&self.journal_path);
         let in_flight = st.sidecar.in_flight();
         if journal_hot && in_flight == InFlight::None {
-            // SQLite rolls this journal back once we return; decide after that.
+            // SQLite rolls this journal back once we return; decide after that. A
+            // lazy cache needs its base's chunk list for the rollback's reads and
+            // writes (kept beside the sidecar; else the remote's, if still the base).
             self.force_check(st);
+            if let Err(e) = self.lazy_track_base(st, true) {
+                tracing::debug!(error = %e, "no chunk list for a hot journal's rollback yet");
+            }
             return Ok(());
         }
         let remote = self.remote.stat()?;
