@@ -42,6 +42,7 @@ mod fsutil;
 mod image;
 #[doc(hidden)]
 pub mod internal;
+mod layout;
 mod leftovers;
 mod localfile;
 #[cfg(feature = "log-subscriber")]

@@ -37,6 +37,9 @@ const LAYERS: &[(&str, &[&str])] = &[
             "redact",
         ],
     ),
+    // How the file is cut into blocks: ids, the first layout, splits and merges
+    // (pure computation, docs/ARCHITECTURE.md "Units of change").
+    ("layout", &["layout"]),
     // Settings: URI, then MANAGEDBLOB_*, then Options, then defaults.
     ("config", &["config"]),
     // The blob stores behind one trait.
