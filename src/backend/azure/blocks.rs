@@ -60,7 +60,11 @@ pub(super) struct BlockSizes {
 }
 
 impl BlockSizes {
-    pub(super) fn remember<'a>(&mut self, blob: &str, blocks: impl IntoIterator<Item = (&'a [u8], u64)>) {
+    pub(super) fn remember<'a>(
+        &mut self,
+        blob: &str,
+        blocks: impl IntoIterator<Item = (&'a [u8], u64)>,
+    ) {
         if !self.blobs.contains_key(blob) && self.blobs.len() >= MAX_CACHED_CLIENTS {
             self.blobs.clear();
         }
