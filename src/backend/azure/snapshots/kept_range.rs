@@ -7,7 +7,8 @@
 //! record (`record.rs`) maps ETags to ids, filled by this process's own snapshots
 //! (from the Snapshot Blob reply) and by every listing. So the first read of a
 //! version another process kept costs one List Blobs and a ranged Get Blob of the
-//! snapshot; every later one the ranged Get alone. A version deleted since it was
+//! snapshot (plus, once per container and process, the Get Blob Properties that
+//! tells whether it has versioning); every later one the ranged Get alone. A version deleted since it was
 //! recorded answers 404: the record forgets it and lists once more. `None` when no
 //! kept version has that ETag, or the range is not all inside it.
 
