@@ -193,6 +193,24 @@ fn no_secret_reaches_the_trace_log() {
     download(&s, "log.db");
     let _ = s.stat("../bad");
     let _ = upload(&s, "log.db", b"y", &Condition::Create, None);
+    // Put Block From URL, whose source carries a SAS: a service SAS signed with the
+    // key for `b`, the account SAS of `s`. Azurite 3.35 answers the first 501
+    // APINotImplemented, the second 500 with no error code (its account SAS check
+    // has no entry for the operation); both read as "unsupported".
+    for backend in [&b as &dyn Backend, &s] {
+        let v = current(backend, "log.db");
+        let source = managedblob::internal::backend::SourceRange {
+            offset: 0,
+            len: 1,
+            etag: &v.etag,
+        };
+        let id = id(0, b"x");
+        let got = blocks(backend).stage_from_range("log.db", &id, source, None);
+        assert_eq!(
+            got.unwrap(),
+            managedblob::internal::backend::StagedFromRange::Unsupported
+        );
+    }
     let bad = with_sas(&azurite, &b, "sv=2019-12-12&sig=BOGUSSIGNATURE");
     let _ = with_url_only(&bad).stat("log.db");
     // Unreachable endpoint: a transport error, which quotes the request URL.
@@ -220,6 +238,19 @@ fn no_secret_reaches_the_trace_log() {
     );
     for secret in [DEV_KEY, &sig, &decoded_sig, "BOGUSSIGNATURE"] {
         assert!(!log.contains(secret), "a secret reached the log: {secret}");
+    }
+    assert!(
+        log.contains("stage block from range") && log.contains("501 APINotImplemented"),
+        "Azurite 3.35 answers Put Block From URL signed with a key with 501 APINotImplemented"
+    );
+    // The service SAS signed for the copy source (its signature is random to the
+    // test): any `sig=` the log shows must be redacted.
+    for (at, _) in log.match_indices("sig=") {
+        let shown = &log[at + 4..(at + 24).min(log.len())];
+        assert!(
+            shown.starts_with("<redacted>") || shown.starts_with("REDACTED"),
+            "a signature reached the log: sig={shown}"
+        );
     }
     assert!(
         !log.contains("SharedKey devstoreaccount1:"),

@@ -467,3 +467,53 @@ fn blocks_commit_of_blocks_staged_by_another_instance_knows_its_size() {
     assert_eq!(current(&a, "other.db"), v1);
     assert_eq!(listed(&b, "other.db"), (v1, staged));
 }
+
+/// The service SAS a shared-key backend signs for Put Block From URL's source is
+/// accepted by Azurite (which checks service SAS, though it cannot run Put Block
+/// From URL): it reads that blob, and only reads, and only that blob.
+#[test]
+fn the_source_sas_signed_for_a_copy_reads_that_blob_only() {
+    use azure_storage_blob::models::BlobClientGetPropertiesResultHeaders;
+    let Some(b) = fresh(AzureTuning::default()) else {
+        return;
+    };
+    let v1 = create(&*b, "src.db", b"source bytes");
+    create(&*b, "other.db", b"other");
+    let url = b.source_url_for_test("src.db").unwrap();
+    assert!(
+        url.contains("&sr=b&sp=r&") && url.contains("&sig="),
+        "a service SAS"
+    );
+    let other = url.replacen("/src.db?", "/other.db?", 1);
+    let run = |url: String, write: bool| -> Result<Option<String>, u16> {
+        let url = azure_core::http::Url::parse(&url).unwrap();
+        let client = azure_storage_blob::BlobClient::new(url, None, None).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let result = if write {
+                    let body = azure_core::http::RequestContent::from(b"x".to_vec());
+                    client.upload(body, None).await.map(|_| None)
+                } else {
+                    match client.get_properties(None).await {
+                        Ok(props) => Ok(props.etag().unwrap().map(|e| e.to_string())),
+                        Err(e) => Err(e),
+                    }
+                };
+                result.map_err(|e| match e.kind() {
+                    azure_core::error::ErrorKind::HttpResponse { status, .. } => u16::from(*status),
+                    other => panic!("{other:?}"),
+                })
+            })
+    };
+    assert_eq!(
+        run(url.clone(), false),
+        Ok(Some(v1.etag.0.clone())),
+        "it reads"
+    );
+    assert_eq!(run(other, false), Err(403), "another blob");
+    assert_eq!(run(url, true), Err(403), "a write");
+    assert_eq!(current(&*b, "src.db"), v1);
+}

@@ -631,7 +631,8 @@ fn azurite_a_scan_reads_ahead() {
 
 /// With `history` on (writer and reader), a chunk the remote changed while a read
 /// transaction ran comes from the kept version of the reader's base: the read goes
-/// on, on its snapshot, instead of ending with SQLITE_BUSY_SNAPSHOT.
+/// on, on its snapshot, instead of ending with SQLITE_BUSY_SNAPSHOT (on Azure: the
+/// writer's snapshot of that version, found by the ETag it keeps).
 fn moved_during_a_read_with_history(w: &World) {
     let writer = w.open_with("h1", "a.db", "&history=10");
     writer
@@ -664,6 +665,14 @@ fn moved_during_a_read_with_history(w: &World) {
 #[test]
 fn local_a_remote_that_moves_during_a_read_with_history() {
     moved_during_a_read_with_history(&World::local());
+}
+
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_a_remote_that_moves_during_a_read_with_history() {
+    if let Some(w) = World::azurite() {
+        moved_during_a_read_with_history(&w);
+    }
 }
 
 /// Deferred uploads (`flush_ms`) work on a lazy cache as on a full one: the commits

@@ -8,7 +8,8 @@
 //! the URL and an account key in a connection string, through the VFS on Azurite:
 //! nothing on disk, in `managedblob_status`, in the output or the trace log), with
 //! `no_secret_reaches_the_trace_log` and `sas_token_in_the_url_works_and_stays_secret`
-//! in tests/azure.rs (the backend's requests and errors), and the expired-SAS and
+//! in tests/azure.rs (the backend's requests and errors, the source SAS of Put Block
+//! From URL included), and the expired-SAS and
 //! wrong-key rows of tests/hostile.rs (errors). Bearer tokens (Entra ID) are not
 //! covered: Azurite does not issue them.
 

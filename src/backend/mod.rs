@@ -264,6 +264,41 @@ pub fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
+/// Whether a store can stage a block from a range of a blob's committed version
+/// itself ([`Blocks::stage_from_range`]), without the bytes passing through us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeStaging {
+    /// It can (the local and memory stores copy the range).
+    Supported,
+    /// It cannot: every call answers [`StagedFromRange::Unsupported`] at once, and
+    /// the caller fetches the range and stages the bytes.
+    Unsupported,
+    /// Not known before the first call answers (Azure: the service says whether it
+    /// implements Put Block From URL; Azurite does not). Try it; the answer is kept.
+    Unknown,
+}
+
+/// What [`Blocks::stage_from_range`] did.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StagedFromRange {
+    /// The block is staged, as [`Blocks::stage`] with those bytes would have.
+    Staged,
+    /// The store cannot stage from a range (object_store's `NotImplemented`):
+    /// nothing was staged or changed. Fetch the range and stage it.
+    Unsupported,
+}
+
+/// A range of a blob's current version, pinned to it: what
+/// [`Blocks::stage_from_range`] copies.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceRange<'a> {
+    pub offset: u64,
+    pub len: u64,
+    /// The version the range must be read from (the store checks it when it copies).
+    pub etag: &'a Etag,
+}
+
 /// Block-blob operations: stage pieces, commit a list of them atomically, read the
 /// committed list, read ranges. The committed list of a blob, concatenated, is the
 /// blob's content.
@@ -312,6 +347,29 @@ pub trait Blocks: Send + Sync {
     /// `len` bytes at `offset` of the version `etag`; `ConditionFailed` when the blob
     /// is no longer that version.
     fn read_range(&self, blob: &str, offset: u64, len: u64, etag: &Etag) -> BackendResult<Vec<u8>>;
+
+    /// Whether [`Blocks::stage_from_range`] can work here, as far as the store knows
+    /// without a request. Stores that cannot keep the default.
+    fn range_staging(&self) -> RangeStaging {
+        RangeStaging::Unsupported
+    }
+
+    /// Stage block `id` of `blob` from `source`, a range of the blob's current
+    /// version, without the bytes passing through this process (a lazy cache
+    /// completes a chunk it never fetched this way). `ConditionFailed` when the blob
+    /// is no longer version `source.etag`, `NotFound` when it is gone, `Invalid` when
+    /// the range is not inside it; `lease` as for [`Blocks::stage`]. Answers
+    /// [`StagedFromRange::Unsupported`], having changed nothing, where the store
+    /// cannot (the default).
+    fn stage_from_range(
+        &self,
+        _blob: &str,
+        _id: &[u8],
+        _source: SourceRange<'_>,
+        _lease: Option<&LeaseId>,
+    ) -> BackendResult<StagedFromRange> {
+        Ok(StagedFromRange::Unsupported)
+    }
 
     /// Whether a commit may keep the base's first block when the only bytes of it
     /// that changed are SQLite's file change counter and its "version-valid-for" copy

@@ -17,6 +17,8 @@
 //!   backend remembers the size of every block it staged or saw in a committed list;
 //!   only a list naming blocks it never saw costs a stat.
 //! * `read_range` is one ranged Get with `If-Match`.
+//! * `stage_from_range` is one Put Block From URL where the service has it
+//!   (`stage_range.rs`).
 //!
 //! No retries here: the caller's bounded retry (`src/remote.rs`) is the only one.
 
@@ -38,7 +40,7 @@ use crate::backend::checks::{buffer_len, check_range, check_version, Refusal};
 use crate::backend::{
     Backend, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Condition, Etag, LeaseId,
 };
-use crate::backend::{Block, Terms};
+use crate::backend::{Block, RangeStaging, SourceRange, StagedFromRange, Terms};
 
 /// How often `block_list` pins the version again when the blob keeps changing
 /// between the stats around a list that carried no ETag.
@@ -58,7 +60,11 @@ pub(super) struct BlockSizes {
 }
 
 impl BlockSizes {
-    fn remember<'a>(&mut self, blob: &str, blocks: impl IntoIterator<Item = (&'a [u8], u64)>) {
+    pub(super) fn remember<'a>(
+        &mut self,
+        blob: &str,
+        blocks: impl IntoIterator<Item = (&'a [u8], u64)>,
+    ) {
         if !self.blobs.contains_key(blob) && self.blobs.len() >= MAX_CACHED_CLIENTS {
             self.blobs.clear();
         }
@@ -325,5 +331,20 @@ impl Blocks for AzureBackend {
         }
         data.truncate(got);
         Ok(data)
+    }
+
+    /// Unknown until the first Put Block From URL answered (`stage_range.rs`).
+    fn range_staging(&self) -> RangeStaging {
+        self.range_capability.get()
+    }
+
+    fn stage_from_range(
+        &self,
+        blob: &str,
+        id: &[u8],
+        source: SourceRange<'_>,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<StagedFromRange> {
+        self.stage_range_from_url(blob, id, source, lease)
     }
 }

@@ -74,9 +74,11 @@ impl AzureBackend {
             );
         let mut sas = None;
         let mut credential = None;
+        let mut signing_key = None;
         match resolved.credential {
             auth::Credential::Sas(token) => sas = Some(token),
             auth::Credential::SharedKey { account, key } => {
+                signing_key = Some((account.clone(), key.clone()));
                 let policy = shared_key::SharedKeyPolicy::new(account, key).map_err(|why| {
                     BackendError::new(
                         BackendErrorKind::Denied,
@@ -106,6 +108,8 @@ impl AzureBackend {
             lease_lookups: Mutex::new(HashMap::new()),
             http_counts,
             block_sizes: Mutex::new(blocks::BlockSizes::default()),
+            shared_key: signing_key,
+            range_capability: Default::default(),
         })
     }
 

@@ -43,6 +43,8 @@ pub enum Op {
     },
     /// A ranged read pinned to one etag (delta sync).
     ReadRange,
+    /// Put Block From URL: a block staged from a range of the blob itself.
+    StageFromRange,
     AcquireLease,
     RenewLease,
     ReleaseLease,
@@ -69,6 +71,7 @@ impl Op {
             Op::Stage => "stage block",
             Op::CommitBlocks { .. } => "commit block list",
             Op::ReadRange => "read range",
+            Op::StageFromRange => "stage block from range",
             Op::AcquireLease => "acquire lease",
             Op::RenewLease => "renew lease",
             Op::ReleaseLease => "release lease",
@@ -233,6 +236,9 @@ fn explain(op: Op, status: u16, code: &str, at: &Where<'_>) -> String {
             ": the range lies beyond the end of the blob".to_string()
         }
         (412, "ConditionNotMet") => ": the blob moved to another version (etag)".to_string(),
+        (412, _) if op == Op::StageFromRange => {
+            ": the source range's blob moved to another version (etag)".to_string()
+        }
         (409, "BlobAlreadyExists") => ": the blob already exists".to_string(),
         (412, "LeaseIdMissing") | (409, "LeaseAlreadyPresent") => {
             ": the blob is leased by another writer".to_string()

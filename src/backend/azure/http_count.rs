@@ -13,9 +13,10 @@ use azure_core::http::{Context, Method, Request};
 /// the reads and writes of the waiter queue (`<blob>.mb-waiting`, a Get Blob
 /// Properties, Get Blob or Put Blob as Azure bills them),
 /// apart so that they are not taken for the database's own stats and uploads.
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
     "get_blob_properties",
     "get_blob",
+    "list_blobs",
     "get_block_list",
     "put_blob",
     "put_block",
@@ -48,6 +49,7 @@ fn kind_of(method: Method, path: &str, query: &str) -> usize {
         _ if path.ends_with(".mb-waiting") => "waiter_mark",
         Method::Head => "get_blob_properties",
         Method::Get if has("comp=blocklist") => "get_block_list",
+        Method::Get if has("comp=list") => "list_blobs",
         Method::Get => "get_blob",
         Method::Put if has("comp=block") => "put_block",
         Method::Put if has("comp=blocklist") => "put_block_list",
@@ -94,6 +96,10 @@ mod tests {
             "get_block_list"
         );
         assert_eq!(name(Method::Get, ""), "get_blob");
+        assert_eq!(
+            name(Method::Get, "restype=container&comp=list"),
+            "list_blobs"
+        );
         assert_eq!(name(Method::Put, "comp=block&blockid=AA"), "put_block");
         assert_eq!(name(Method::Put, "comp=blocklist"), "put_block_list");
         assert_eq!(name(Method::Put, "comp=lease"), "lease_blob");

@@ -22,7 +22,8 @@
 //!   caller downloads again).
 //! * **Blocks** (delta sync's [`Blocks`]): Get Block List, Put Block, Put Block List
 //!   and ranged reads, one request each, with the same conditions, lease and error
-//!   mapping as uploads (`blocks.rs`).
+//!   mapping as uploads (`blocks.rs`); a block staged from a range of the blob is one
+//!   Put Block From URL, where the service implements it (`stage_range.rs`).
 //! * **Errors** are mapped in `errors.rs` (its header has the table); only
 //!   [`BackendErrorKind::Transient`] ones are worth retrying.
 //!
@@ -55,7 +56,8 @@
 
 //!
 //! The code is split by job: `client.rs` (connecting, SDK calls, error context),
-//! `download.rs`, `upload.rs`, `lease.rs`, `blocks.rs` (delta sync), with
+//! `download.rs`, `upload.rs`, `lease.rs`, `blocks.rs` (delta sync),
+//! `stage_range.rs` (Put Block From URL), `snapshots/` (history), with
 //! `auth.rs`/`entra.rs`/`shared_key.rs` (credentials), `errors.rs` (status mapping),
 //! `runtime.rs`; the container URL it connects to is the remote's address
 //! (src/remote_spec/azure_url.rs), re-exported here as `url`.
@@ -72,6 +74,7 @@ mod properties;
 mod runtime;
 mod shared_key;
 mod snapshots;
+mod stage_range;
 mod upload;
 mod waiter;
 /// The container URL is part of the remote's address (src/remote_spec/), which the
@@ -184,6 +187,11 @@ pub struct AzureBackend {
     /// Sizes of the blocks staged or seen committed, so a block commit can tell the
     /// new blob's size without another request (`blocks.rs`).
     block_sizes: Mutex<blocks::BlockSizes>,
+    /// The account name and key when requests are signed with Shared Key: what signs
+    /// a source SAS for Put Block From URL (`stage_range.rs`). Never formatted.
+    shared_key: Option<(String, azure_core::credentials::Secret)>,
+    /// Whether the service implements Put Block From URL, once a call showed it.
+    range_capability: stage_range::Capability,
 }
 
 impl fmt::Debug for AzureBackend {

@@ -16,6 +16,9 @@
 //!   `listing` (what `as_of` uses) is the List Blobs alone. `download_version` reads
 //!   the version in ranges of [`super::AzureTuning::block_size`]; `delete_version` is
 //!   one Delete Blob with `snapshot=` or `versionid=` (never the base blob).
+//! * `read_kept_range` finds the kept version by the ETag it keeps (a snapshot has
+//!   the base blob's ETag as of when it was taken) through the retention's record,
+//!   then reads the range with one ranged Get Blob (`snapshots/kept_range.rs`).
 //! * **Retention** (`prune`, after each commit) counts instead of listing: a
 //!   per-process record of each blob's kept versions (`snapshots/record.rs`, where
 //!   the rule that keeps a stale record safe is written), seeded by one listing and
@@ -40,9 +43,12 @@ use parking_lot::Mutex;
 use super::errors::{http_status, Op};
 use super::AzureBackend;
 use crate::backend::history::{parse_time, unique_bytes};
-use crate::backend::{BackendErrorKind, BackendResult, BlockId, History, LeaseId, VersionInfo};
+use crate::backend::{
+    BackendErrorKind, BackendResult, BlockId, Etag, History, LeaseId, VersionInfo,
+};
 use crate::config::HistoryPolicy;
 
+mod kept_range;
 mod record;
 use record::Record;
 
@@ -57,6 +63,17 @@ pub(super) struct Listed {
     pub size: u64,
     /// The blob's current version (versioning path): never deleted.
     pub current: bool,
+    /// The ETag the blob had as this version: a snapshot keeps the base blob's ETag
+    /// as of when it was taken (checked on Azurite, `tests/history_backends.rs`), a
+    /// version the ETag of the write that made it. `None` when the reply had none.
+    pub etag: Option<Etag>,
+}
+
+/// Whether two ETags name one version: List Blobs spells them bare (`0x8D..`),
+/// response headers quoted (`"0x8D.."`).
+pub(super) fn same_etag(a: &Etag, b: &Etag) -> bool {
+    let bare = |e: &Etag| e.0.trim_start_matches("W/").trim_matches('"').to_string();
+    bare(a) == bare(b)
 }
 
 /// Where a kept version lives: a snapshot or a version of the blob.
@@ -85,6 +102,11 @@ pub(super) fn kept_versions(blob: &str, items: Vec<BlobItem>, versioning: bool) 
                 .as_ref()
                 .and_then(|p| p.content_length)
                 .unwrap_or(0);
+            let etag = item
+                .properties
+                .as_ref()
+                .and_then(|p| p.etag.as_ref())
+                .map(|e| Etag(e.to_string()));
             let (id, stamp, current) = if versioning {
                 let version = item.version_id?;
                 let current = item.is_current_version.unwrap_or(false);
@@ -98,6 +120,7 @@ pub(super) fn kept_versions(blob: &str, items: Vec<BlobItem>, versioning: bool) 
                 time: parse_time(&stamp)?,
                 size,
                 current,
+                etag,
             })
         })
         .collect();
@@ -128,14 +151,24 @@ impl AzureBackend {
     /// The current version id of `blob` (`None` without versioning), in one Get Blob
     /// Properties; remembers whether the container has versioning.
     fn current_version(&self, blob: &str, op: Op) -> BackendResult<Option<String>> {
+        Ok(self.current_version_and_etag(blob, op)?.0)
+    }
+
+    /// [`Self::current_version`] with the blob's ETag from the same reply.
+    fn current_version_and_etag(
+        &self,
+        blob: &str,
+        op: Op,
+    ) -> BackendResult<(Option<String>, Option<Etag>)> {
         let client = self.client(blob)?;
-        let version = self.call(blob, op, self.tuning.request_timeout, async move {
-            client.get_properties(None).await?.version_id()
+        let (version, etag) = self.call(blob, op, self.tuning.request_timeout, async move {
+            let props = client.get_properties(None).await?;
+            Ok((props.version_id()?, props.etag()?))
         })?;
         versioning_known()
             .lock()
             .insert(self.url.redacted(), version.is_some());
-        Ok(version)
+        Ok((version, etag.map(|e| Etag(e.to_string()))))
     }
 
     /// Whether the container has blob versioning (one request the first time).
@@ -212,11 +245,11 @@ impl History for AzureBackend {
     fn snapshot(&self, blob: &str, lease: Option<&LeaseId>) -> BackendResult<String> {
         let op = Op::Snapshot;
         if self.versioning(blob, op)? {
-            let version = self.current_version(blob, op)?;
+            let (version, etag) = self.current_version_and_etag(blob, op)?;
             let id = version
                 .map(|v| format!("{VERSION_PREFIX}{v}"))
                 .ok_or_else(|| self.local_error(blob, op, "no version id in the reply".into()))?;
-            self.record_taken(blob, &id, true);
+            self.record_taken(blob, &id, true, etag);
             return Ok(id);
         }
         let client = self.client(blob)?;
@@ -224,12 +257,14 @@ impl History for AzureBackend {
             lease_id: lease.map(|l| l.0.clone()),
             ..Default::default()
         };
-        let snapshot = self.call(blob, op, self.tuning.request_timeout, async move {
-            client.create_snapshot(Some(options)).await?.snapshot()
+        let (snapshot, etag) = self.call(blob, op, self.tuning.request_timeout, async move {
+            let reply = client.create_snapshot(Some(options)).await?;
+            Ok((reply.snapshot()?, reply.etag()?))
         })?;
         let id = snapshot
             .ok_or_else(|| self.local_error(blob, op, "no snapshot time in the reply".into()))?;
-        self.record_taken(blob, &id, false);
+        // The reply's ETag is the snapshot's, which is the base blob's as it was.
+        self.record_taken(blob, &id, false, etag.map(|e| Etag(e.to_string())));
         Ok(id)
     }
 
@@ -310,6 +345,18 @@ impl History for AzureBackend {
         Ok(size)
     }
 
+    /// From the snapshot (or version) the record maps `etag` to
+    /// (`snapshots/kept_range.rs`).
+    fn read_kept_range(
+        &self,
+        blob: &str,
+        etag: &Etag,
+        offset: u64,
+        len: u64,
+    ) -> BackendResult<Option<Vec<u8>>> {
+        self.kept_range(blob, etag, offset, len)
+    }
+
     fn delete_version(&self, blob: &str, id: &str) -> BackendResult<()> {
         self.delete_kept(blob, id)?;
         self.record(blob).lock().forget(id);
@@ -355,8 +402,9 @@ impl History for AzureBackend {
 }
 
 impl AzureBackend {
-    /// A version this process just kept, into the retention's record.
-    fn record_taken(&self, blob: &str, id: &str, versioning: bool) {
+    /// A version this process just kept (with the ETag it keeps), into the
+    /// retention's record.
+    fn record_taken(&self, blob: &str, id: &str, versioning: bool, etag: Option<Etag>) {
         let stamp = if versioning {
             id.strip_prefix(VERSION_PREFIX).unwrap_or(id)
         } else {
@@ -370,6 +418,7 @@ impl AzureBackend {
                 time,
                 size: 0,
                 current: versioning,
+                etag,
             }),
             None => record.invalidate(),
         }

@@ -22,7 +22,7 @@ use crate::backend::checks::check_block_id;
 use crate::backend::{
     hex, BackendErrorKind, BackendResult, BlobStat, BlockId, Blocks, Etag, LeaseId,
 };
-use crate::backend::{Block, Terms};
+use crate::backend::{Block, RangeStaging, SourceRange, StagedFromRange, Terms};
 use crate::sys::reflink;
 
 /// The mode of the staging directories.
@@ -58,15 +58,7 @@ impl Blocks for LocalBackend {
         // Write outside the lock, synced: a commit after a crash must not find a
         // block whose name made it to disk but whose data did not.
         let tmp = TempFile::fill(&p, &mut &data[..], data.len() as u64, OP)?;
-        let _lock = p.lock(OP)?.ok_or_else(|| p.missing(OP))?;
-        self.check_write_lease(&p, lease, OP)?;
-        match DirBuilder::new().mode(DIR_MODE).create(p.staged_dir()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(p.io_error(OP, e)),
-        }
-        tmp.rename_to(&p.staged_block(id))
-            .map_err(|e| p.io_error(OP, e))
+        self.put_staged(&p, tmp, id, lease, OP)
     }
 
     fn commit(&self, blob: &str, ids: &[BlockId], terms: Terms<'_>) -> BackendResult<BlobStat> {
@@ -119,6 +111,46 @@ impl Blocks for LocalBackend {
         let _shared = SharedLock::take(&p, &base.file, OP)?;
         drop(lock);
         p.read_at(&base, offset, len, etag, OP)
+    }
+
+    fn range_staging(&self) -> RangeStaging {
+        RangeStaging::Supported
+    }
+
+    /// A copy of the range from the blob file into a staged block
+    /// (`stage_range.rs`).
+    fn stage_from_range(
+        &self,
+        blob: &str,
+        id: &[u8],
+        source: SourceRange<'_>,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<StagedFromRange> {
+        self.stage_range_copy(blob, id, source, lease)?;
+        Ok(StagedFromRange::Staged)
+    }
+}
+
+impl LocalBackend {
+    /// Make the synced temp file `tmp` staged block `id`, under the blob's mutex
+    /// and `lease`.
+    pub(super) fn put_staged(
+        &self,
+        p: &BlobPaths,
+        tmp: TempFile,
+        id: &[u8],
+        lease: Option<&LeaseId>,
+        op: &str,
+    ) -> BackendResult<()> {
+        let _lock = p.lock(op)?.ok_or_else(|| p.missing(op))?;
+        self.check_write_lease(p, lease, op)?;
+        match DirBuilder::new().mode(DIR_MODE).create(p.staged_dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(p.io_error(op, e)),
+        }
+        tmp.rename_to(&p.staged_block(id))
+            .map_err(|e| p.io_error(op, e))
     }
 }
 
@@ -348,7 +380,7 @@ impl BlobPaths {
 }
 
 /// Copy `len` bytes at `from` of `src` to `to` of `dst`.
-fn copy_range(
+pub(super) fn copy_range(
     src: &File,
     from: u64,
     dst: &File,

@@ -62,7 +62,8 @@
 //! The code is split by job: `paths.rs` names every file above and maps io errors,
 //! `etag.rs` the etag record, `lease.rs` the lease record and dead-owner reclaim,
 //! `download.rs` pinned reads, `upload.rs` temp files and the install of a new
-//! version, `blocks.rs` the block capability, `in_place.rs` the commit written in
+//! version, `blocks.rs` the block capability (`stage_range.rs`: a block staged as
+//! a copy of a range of the blob file), `in_place.rs` the commit written in
 //! place and `journal.rs` SQLite's journal format and locks on the blob file.
 
 mod blocks;
@@ -73,6 +74,7 @@ mod inspect;
 mod journal;
 mod lease;
 mod paths;
+mod stage_range;
 mod upload;
 mod versions;
 mod waiter;

@@ -14,6 +14,7 @@ use managedblob::internal::backend::{
 
 pub mod backend;
 pub mod blocks;
+pub mod stage_range;
 
 /// A lease duration every store accepts.
 pub const LONG: Duration = Duration::from_secs(30);
@@ -116,6 +117,9 @@ pub struct Caps {
     /// Whether the store itself rejects a block id of the wrong length as `Invalid`
     /// (the azure backend leaves ids to the service).
     pub checks_block_ids: bool,
+    /// Whether the store stages a block from a range of the blob itself (Azurite
+    /// lacks Put Block From URL).
+    pub stages_from_range: bool,
 }
 
 /// A fresh, empty store and its capabilities; derefs to the backend.
@@ -146,6 +150,7 @@ pub mod store {
                 min_lease: Duration::ZERO,
                 blocks: true,
                 checks_block_ids: true,
+                stages_from_range: true,
             },
             _keep: Box::new(()),
         })
@@ -175,6 +180,7 @@ pub mod store {
                 min_lease: Duration::from_secs(15),
                 blocks: true,
                 checks_block_ids: false,
+                stages_from_range: false,
             },
             _keep: Box::new(azurite),
         })
@@ -189,6 +195,7 @@ macro_rules! suite {
         mod conformance {
             use $crate::conformance::backend::*;
             use $crate::conformance::blocks::*;
+            use $crate::conformance::stage_range::*;
 
             $crate::backend_tests!(store: [$($store),+] => [
                 check_missing_blob,
@@ -208,6 +215,7 @@ macro_rules! suite {
                 check_blocks_staged_wins_over_committed,
                 check_blocks_concurrent_commits_have_one_winner,
                 check_block_names_and_ids_are_checked,
+                check_blocks_stage_from_range,
             ]);
         }
     };

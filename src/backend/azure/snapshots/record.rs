@@ -22,12 +22,17 @@
 //! `snapshot=`/`versionid=`, never the blob itself. A retention that is shorter in
 //! another process (or deletes by hand) can only make versions go sooner than this
 //! process's own setting would, which the periodic listing bounds.
+//!
+//! The record also maps each kept version's ETag to its id ([`Record::id_of`]), so
+//! a lazy reader's second read of a kept version costs one ranged Get Blob. A stale
+//! mapping is safe: a kept version never changes, so an id found reads the right
+//! bytes or, deleted since, answers 404 (then the caller lists again).
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::Listed;
+use super::{same_etag, Listed};
 use crate::backend::history::expired;
-use crate::backend::VersionInfo;
+use crate::backend::{Etag, VersionInfo};
 use crate::config::HistoryPolicy;
 
 /// Snapshots this process may take between two listings of a blob's versions.
@@ -74,7 +79,10 @@ impl Record {
         let Some(kept) = self.kept.as_mut() else {
             return;
         };
-        if kept.iter().any(|v| v.id == version.id) {
+        if let Some(known) = kept.iter_mut().find(|v| v.id == version.id) {
+            if known.etag.is_none() {
+                known.etag = version.etag;
+            }
             return;
         }
         let at = kept.partition_point(|v| (v.time, &v.id) <= (version.time, &version.id));
@@ -99,7 +107,16 @@ impl Record {
         expired(&infos, policy, now)
     }
 
-    /// Version `id` is gone (deleted by this process).
+    /// The id of the kept version whose ETag is `etag`, when the record holds one.
+    pub fn id_of(&self, etag: &Etag) -> Option<String> {
+        let kept = self.kept.as_ref()?;
+        kept.iter()
+            .rev()
+            .find(|v| v.etag.as_ref().is_some_and(|e| same_etag(e, etag)))
+            .map(|v| v.id.clone())
+    }
+
+    /// Version `id` is gone (deleted by this process, or found gone).
     pub fn forget(&mut self, id: &str) {
         if let Some(kept) = self.kept.as_mut() {
             kept.retain(|v| v.id != id);
@@ -130,6 +147,7 @@ mod tests {
             time: UNIX_EPOCH + Duration::from_secs(secs),
             size: 1,
             current: false,
+            etag: Some(Etag(format!("\"e{secs}\""))),
         }
     }
 
@@ -217,6 +235,33 @@ mod tests {
         let (r, now) = seeded(&[1]);
         assert!(!r.needs_listing(now + RELIST_AFTER - Duration::from_secs(1)));
         assert!(r.needs_listing(now + RELIST_AFTER));
+    }
+
+    #[test]
+    fn finds_a_kept_version_by_its_etag_however_it_is_quoted() {
+        let (mut r, _) = seeded(&[10, 20]);
+        assert_eq!(r.id_of(&Etag("\"e20\"".into())).as_deref(), Some("s0020"));
+        assert_eq!(r.id_of(&Etag("e10".into())).as_deref(), Some("s0010"));
+        assert_eq!(r.id_of(&Etag("\"e30\"".into())), None);
+        r.taken(Listed {
+            etag: None,
+            ..at(30)
+        });
+        assert_eq!(
+            r.id_of(&Etag("\"e30\"".into())),
+            None,
+            "taken without its etag"
+        );
+        r.taken(at(30));
+        assert_eq!(r.id_of(&Etag("\"e30\"".into())).as_deref(), Some("s0030"));
+        r.forget("s0030");
+        assert_eq!(r.id_of(&Etag("\"e30\"".into())), None);
+        r.invalidate();
+        assert_eq!(
+            r.id_of(&Etag("\"e10\"".into())),
+            None,
+            "nothing before a listing"
+        );
     }
 
     /// Another host took snapshots the record misses: it under-counts, so the
