@@ -160,8 +160,17 @@ fn steady_one_row_autocommits_are_two_rounds_each() {
     let start = s.mark();
     let began = std::time::Instant::now();
     let mut worst = 0;
+    // A commit that starts a linger (1 s, the default) or more after the one before
+    // started may find the lease given back (a loaded machine can stall this thread
+    // that long): it takes it again, a third request in sequence. Only such commits
+    // may; most commits must be steady.
+    let mut idle_commits = 0;
+    let mut last_start = began;
     for i in 1..=COMMITS {
         let mark = s.mark();
+        let start = std::time::Instant::now();
+        let idle = start - last_start >= Duration::from_millis(1000);
+        last_start = start;
         insert(&c, i);
         let commit = s.since(mark);
         assert_eq!(
@@ -169,8 +178,21 @@ fn steady_one_row_autocommits_are_two_rounds_each() {
             1,
             "commit {i}: {commit:?}"
         );
-        worst = worst.max(rounds(&commit));
+        if idle {
+            idle_commits += 1;
+            assert!(
+                rounds(&commit) <= 3,
+                "commit {i} after an idle gap: {commit:?}"
+            );
+        } else {
+            worst = worst.max(rounds(&commit));
+        }
     }
+    assert!(
+        idle_commits <= COMMITS / 10,
+        "{idle_commits} of {COMMITS} commits came after an idle gap: the machine is too \
+         loaded for this test to see a steady state"
+    );
     let took = began.elapsed();
     let log = s.since(start);
     let http = http_total(&c) - http_before;
@@ -186,15 +208,18 @@ fn steady_one_row_autocommits_are_two_rounds_each() {
         log.len() as u64,
         "the status counts what the proxy saw"
     );
-    for k in [
-        "get_properties",
-        "lease_acquire",
-        "lease_release",
-        "get_blob",
-    ] {
+    for k in ["get_properties", "get_blob"] {
         assert!(
             !log.contains(&k),
             "a {k} between commits: {:?}",
+            counts(&log)
+        );
+    }
+    for k in ["lease_acquire", "lease_release"] {
+        let n = log.iter().filter(|x| **x == k).count() as u64;
+        assert!(
+            n <= idle_commits,
+            "{n} {k} between commits, {idle_commits} after an idle gap: {:?}",
             counts(&log)
         );
     }
@@ -212,7 +237,7 @@ fn steady_one_row_autocommits_are_two_rounds_each() {
     );
     let per_commit_floor = 2 * COMMITS;
     assert!(
-        http - marks <= per_commit_floor + 2,
+        http - marks <= per_commit_floor + 2 + 2 * idle_commits,
         "{http} HTTP requests for {COMMITS} commits: {:?}",
         counts(&log)
     );
