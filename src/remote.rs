@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::backend::{
     Backend, BackendError, BackendResult, BlobStat, BlockId, BlockList, Blocks, Condition, Etag,
-    Lease, LeaseId, WaiterQueue,
+    Lease, LeaseId, RangeStaging, SourceRange, StagedFromRange, WaiterQueue,
 };
 use crate::config::RetryPolicy;
 use crate::counters::{Counters, Request};
@@ -375,6 +375,36 @@ impl Remote {
             .chunks_up
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether [`Remote::stage_from_range`] may save the upload (not when the store
+    /// cannot, or this blob has no blocks).
+    pub fn may_stage_from_range(&self) -> bool {
+        self.blocks()
+            .is_ok_and(|b| b.range_staging() != RangeStaging::Unsupported)
+    }
+
+    /// Stage block `id` from `len` bytes at `offset` of version `etag` of the blob,
+    /// the bytes copied by the store (Put Block From URL; a copy for the local and
+    /// memory stores). `Ok(false)` when the store cannot: nothing changed, stage the
+    /// bytes instead. Counted as a staged block with no bytes up.
+    pub fn stage_from_range(
+        &self,
+        id: &[u8],
+        offset: u64,
+        len: u64,
+        etag: &Etag,
+        lease: Option<&LeaseId>,
+    ) -> BackendResult<bool> {
+        let blocks = self.blocks()?;
+        let source = SourceRange { offset, len, etag };
+        let staged = self.call(Request::StageBlock, |_| {
+            blocks.stage_from_range(&self.blob, id, source, lease)
+        })?;
+        if staged == StagedFromRange::Staged {
+            self.counters.chunks_up.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(staged == StagedFromRange::Staged)
     }
 
     /// Commit a block list; the error says whether an earlier attempt failed

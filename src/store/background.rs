@@ -113,9 +113,9 @@ impl Store {
     ) -> Result<BlobStat> {
         let chunks = std::mem::take(&mut up.snapshot.chunks);
         let workers = transfer_workers(up.snapshot.manifest.chunk_size);
-        self.stage_parallel(Some(&up.lease), workers, |emit| {
+        self.stage_parallel(Some(&up.lease), workers, None, |emit| {
             for (id, data) in chunks {
-                if !emit(id, data) {
+                if !emit(id, data, None) {
                     break;
                 }
             }

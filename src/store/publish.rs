@@ -94,6 +94,7 @@ impl Store {
         st.refresh.restart_staleness(Instant::now());
         st.write.blob_exists();
         st.sidecar.published(stat.etag.clone());
+        st.publishing.knew_base(&stat.etag, stat.size);
         st.report.succeeded(Activity::Write);
     }
 

@@ -25,6 +25,10 @@ pub(crate) struct Publishing {
     /// Only used after the hash check confirms it, so a stale hint costs one staged
     /// chunk, never a wrong version.
     remote_counter: Option<[u8; COUNTER_BYTES]>,
+    /// The size of a version this process saw whole (took in, published, or found
+    /// at its base): the ranges of it a commit left unchanged can be staged by the
+    /// store from the version itself ([`crate::remote::Remote::stage_from_range`]).
+    base_size: Option<(Etag, u64)>,
     background: Background,
 }
 
@@ -82,6 +86,19 @@ impl Publishing {
     pub fn took_version(&mut self) {
         self.written.clear();
         self.remote_counter = None;
+    }
+
+    /// Version `etag` is `size` bytes.
+    pub fn knew_base(&mut self, etag: &Etag, size: u64) {
+        self.base_size = Some((etag.clone(), size));
+    }
+
+    /// The size of version `etag`, when known.
+    pub fn base_size_of(&self, etag: &Etag) -> Option<u64> {
+        match &self.base_size {
+            Some((e, size)) if e == etag => Some(*size),
+            _ => None,
+        }
     }
 
     pub fn sizes_known(&self) -> bool {

@@ -91,6 +91,7 @@ impl Store {
             // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
             None => self.lazy_track_base(st, true),
             Some(stat) if st.sidecar.is_at(&stat.etag) => {
+                st.publishing.knew_base(&stat.etag, stat.size);
                 if st.sidecar.is_dirty()
                     && st.lease.slot().is_none()
                     && st.connections.any_writable()
@@ -293,6 +294,7 @@ impl Store {
     ) -> Result<()> {
         st.sidecar.took_version(stat.etag.clone());
         st.publishing.took_version();
+        st.publishing.knew_base(&stat.etag, stat.size);
         // The staleness clock starts when the new version is in, not when the
         // (possibly long) transfer began.
         st.refresh.restart_staleness(Instant::now());

@@ -4,11 +4,12 @@
 //! version's full chunk list for [`Store::publish`] to commit in one request.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::sync::{mpsc, Mutex};
 
 use super::state::State;
 use super::Store;
-use crate::backend::LeaseId;
+use crate::backend::{Etag, LeaseId};
 use crate::delta::{chunk_size_for, ChunkId, Manifest, GRANULE, MAX_BLOCKS};
 use crate::error::{Error, Result};
 use crate::localfile::LocalFile;
@@ -24,6 +25,13 @@ const IN_FLIGHT_BYTES: u64 = 16 << 20;
 pub(super) fn transfer_workers(chunk: u64) -> usize {
     (IN_FLIGHT_BYTES / chunk.max(1)).clamp(4, 16) as usize
 }
+
+/// A chunk to stage: its id, its bytes, and the range of the base version that holds
+/// the same bytes when the commit left them unchanged (the store may copy it from
+/// there instead of taking the upload: [`crate::remote::Remote::stage_from_range`]).
+type Emit<'a> = dyn FnMut(ChunkId, Vec<u8>, Option<Range<u64>>) -> bool + 'a;
+/// [`Emit`] as the plan walks the cache (the bytes borrowed from its buffer).
+type PlanEmit<'a> = dyn FnMut(ChunkId, &[u8], Option<Range<u64>>) -> bool + 'a;
 
 /// The changed chunks of the cache read into memory, for an upload that runs
 /// without the cache's lock or the store's mutex ([`Store::snapshot_chunks`]).
@@ -53,33 +61,51 @@ impl Store {
             .size()
             .map_err(|e| Error::local("reading the cache", e))?;
         let workers = transfer_workers(chunk_size_for(size));
-        let planned = self.stage_parallel(lease, workers, |emit| {
-            self.plan_chunks(st, file, &mut |id, data| emit(id, data.to_vec()))
+        let base = st.sidecar.base().cloned();
+        let planned = self.stage_parallel(lease, workers, base.as_ref(), |emit| {
+            self.plan_chunks(st, file, &mut |id, data, from| {
+                emit(id, data.to_vec(), from)
+            })
         })?;
         planned.ok_or_else(|| Error::Local("staging stopped early".into()))
     }
 
     /// Stage on up to `workers` threads what `produce` emits (a thread per chunk
     /// emitted until there are `workers`: a one-chunk commit starts one); `emit`
-    /// answers whether to go on (no stage failed yet). A worker that fails records
-    /// the error and keeps draining, so the producer never blocks; the first error
-    /// wins.
+    /// answers whether to go on (no stage failed yet). A chunk emitted with a range
+    /// of version `base` is copied by the store from there where it can, else its
+    /// bytes go up. A worker that fails records the error and keeps draining, so the
+    /// producer never blocks; the first error wins.
     pub(super) fn stage_parallel<T>(
         &self,
         lease: Option<&LeaseId>,
         workers: usize,
-        produce: impl FnOnce(&mut dyn FnMut(ChunkId, Vec<u8>) -> bool) -> Result<T>,
+        base: Option<&Etag>,
+        produce: impl FnOnce(&mut Emit<'_>) -> Result<T>,
     ) -> Result<T> {
-        let (sender, receiver) = mpsc::sync_channel::<(ChunkId, Vec<u8>)>(workers);
+        type Job = (ChunkId, Vec<u8>, Option<Range<u64>>);
+        let (sender, receiver) = mpsc::sync_channel::<Job>(workers);
         let receiver = Mutex::new(receiver);
         let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let stage = |id: ChunkId, data: &[u8], from: Option<Range<u64>>| {
+            if let (Some(etag), Some(r)) = (base, from) {
+                let len = r.end - r.start;
+                if self
+                    .remote
+                    .stage_from_range(id.as_bytes(), r.start, len, etag, lease)?
+                {
+                    return Ok(());
+                }
+            }
+            self.remote.stage_block(id.as_bytes(), data, lease)
+        };
         let worker = || loop {
             let next = receiver.lock().expect("queue lock").recv();
-            let Ok((id, data)) = next else { return };
+            let Ok((id, data, from)) = next else { return };
             if failure.lock().expect("failure lock").is_some() {
                 continue;
             }
-            if let Err(e) = self.remote.stage_block(id.as_bytes(), &data, lease) {
+            if let Err(e) = stage(id, &data, from) {
                 failure
                     .lock()
                     .expect("failure lock")
@@ -88,12 +114,12 @@ impl Store {
         };
         let produced = std::thread::scope(|scope| {
             let mut started = 0;
-            let produced = produce(&mut |id, data| {
+            let produced = produce(&mut |id, data, from| {
                 if started < workers {
                     scope.spawn(worker);
                     started += 1;
                 }
-                let _ = sender.send((id, data));
+                let _ = sender.send((id, data, from));
                 failure.lock().expect("failure lock").is_none()
             });
             drop(sender);
@@ -115,7 +141,7 @@ impl Store {
     ) -> Result<Option<Snapshot>> {
         let mut chunks = Vec::new();
         let mut bytes = 0;
-        let planned = self.plan_chunks(st, file, &mut |id, data| {
+        let planned = self.plan_chunks(st, file, &mut |id, data, _from| {
             bytes += data.len();
             chunks.push((id, data.to_vec()));
             bytes <= max_bytes
@@ -128,13 +154,14 @@ impl Store {
     }
 
     /// Walk the cache's chunks against the base's chunk list: `emit` each chunk to
-    /// stage (it returns whether to go on); the new version's chunk list and first
-    /// counter, or `None` when `emit` stopped the walk.
+    /// stage (it returns whether to go on), with the range of the base that holds
+    /// its bytes unchanged, if any ([`Store::unchanged_since_base`]); the new
+    /// version's chunk list and first counter, or `None` when `emit` stopped the walk.
     fn plan_chunks(
         &self,
         st: &mut State,
         file: &mut dyn LocalFile,
-        emit: &mut dyn FnMut(ChunkId, &[u8]) -> bool,
+        emit: &mut PlanEmit<'_>,
     ) -> Result<Option<(Manifest, Option<[u8; COUNTER_BYTES]>)>> {
         let size = file
             .size()
@@ -158,6 +185,7 @@ impl Store {
                 .blocks()
                 .is_some_and(|b| b.counter_may_lag())
         });
+        let unchanged = self.unchanged_since_base(st);
         let mut first_counter = None;
         let mut ids = Vec::with_capacity(count as usize);
         let mut buf = vec![0u8; chunk as usize];
@@ -186,7 +214,11 @@ impl Store {
                 }
                 first_counter = counter_bytes(&buf[..len]);
             }
-            if known != Some(id) && !emit(id, &buf[..len]) {
+            let range = i * chunk..i * chunk + len as u64;
+            let from = unchanged
+                .as_ref()
+                .and_then(|u| u(range.clone()).then_some(range));
+            if known != Some(id) && !emit(id, &buf[..len], from) {
                 return Ok(None);
             }
             ids.push(id);
@@ -197,6 +229,32 @@ impl Store {
             ids,
         };
         Ok(Some((manifest, first_counter)))
+    }
+}
+
+impl Store {
+    /// Which byte ranges of the cache still hold the base version's bytes: those
+    /// within the base's length that no commit since wrote into (granules tracked
+    /// from xWrite, so only when this process made every local commit). `None` when
+    /// that is not known, or the store cannot stage from a range anyway.
+    fn unchanged_since_base(&self, st: &State) -> Option<impl Fn(Range<u64>) -> bool + '_> {
+        let base = st.sidecar.base()?;
+        let size = st.publishing.base_size_of(base)?;
+        if !self.written_is_complete(st) || !self.remote.may_stage_from_range() {
+            return None;
+        }
+        let written = st.publishing.written().clone();
+        // Never the first chunk: an install moves the cache's change counter past
+        // the remote's (src/store/refresh.rs), so its bytes are the cache's own.
+        Some(move |r: Range<u64>| {
+            r.start > 0
+                && r.end <= size
+                && r.start < r.end
+                && written
+                    .range(r.start / GRANULE..=(r.end - 1) / GRANULE)
+                    .next()
+                    .is_none()
+        })
     }
 }
 
