@@ -302,7 +302,12 @@ impl Store {
                     held.push(i);
                 }
                 Some(w) => {
-                    for gap in gaps(offset..offset + data.len() as u64, w) {
+                    // Never past the file's end: a transaction that wrote into the
+                    // chunk may have cut the file since (SQLite truncates before the
+                    // commit point); what lies past it is not the database.
+                    let eof = file.size().map_err(|e| cache_err("reading", e))?;
+                    let end = (offset + data.len() as u64).min(eof.max(offset));
+                    for gap in gaps(offset..end, w) {
                         let part =
                             &data[(gap.start - offset) as usize..(gap.end - offset) as usize];
                         file.write_at(part, gap.start)
