@@ -1,10 +1,10 @@
 //! One SQLite connection's main database file: its lock level, and the store calls
 //! each lock transition and file control triggers. Safe Rust; the FFI layer calls in.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::error::{sqlite_code, Error, Phase, Result};
+use crate::layout::Ranges;
 use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::pragma::Command;
 use crate::store::Store;
@@ -23,8 +23,8 @@ pub struct Connection {
     writing: bool,
     /// The file change counter when the write transaction started (None: empty file).
     start_version: Option<[u8; 4]>,
-    /// 64 KiB granules this transaction wrote (delta sync uploads only their chunks).
-    written: BTreeSet<u64>,
+    /// The byte ranges of the cache this transaction wrote.
+    written: Ranges,
     /// `fetch=lazy`: a read may first fetch the chunks under it.
     lazy: bool,
     /// `fetch=lazy`: the epoch of the read transaction this connection is in (from
@@ -56,7 +56,7 @@ impl Connection {
             level: LockLevel::None,
             writing: false,
             start_version: None,
-            written: BTreeSet::new(),
+            written: Ranges::default(),
         })
     }
 
@@ -191,9 +191,7 @@ impl Connection {
 
     /// xWrite of `len` bytes at `offset` (called before the real write).
     pub fn note_write(&mut self, offset: u64, len: u64) {
-        let first = offset / crate::delta::GRANULE;
-        let last = (offset + len.max(1) - 1) / crate::delta::GRANULE;
-        self.written.extend(first..=last);
+        self.written.add(offset..offset + len.max(1));
     }
 
     /// The file change counter (bytes 24..28), which every commit in rollback-journal
@@ -211,13 +209,13 @@ impl Connection {
     /// SQLite also syncs after rolling a transaction back (pager_playback); the file
     /// then carries the change counter it had when the transaction started. The
     /// store decides what a sync means ([`Store::commit_point`]); this connection
-    /// only tells it whether the counter moved and which granules were written.
+    /// only tells it whether the counter moved and which byte ranges were written.
     pub fn commit_point(&mut self) -> i32 {
         let counter_moved = self.writing && self.version() != self.start_version;
         let written = if counter_moved {
             std::mem::take(&mut self.written)
         } else {
-            BTreeSet::new()
+            Ranges::default()
         };
         match self
             .store

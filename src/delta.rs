@@ -25,7 +25,7 @@ pub const MAX_BLOCKS: u64 = 50_000;
 pub const MIN_CHUNK: u64 = 64 * 1024;
 /// Largest chunk we choose (Azure allows 4000 MiB blocks; smaller keeps memory bounded).
 pub const MAX_CHUNK: u64 = 256 * 1024 * 1024;
-/// Write tracking granularity: chunk sizes are multiples of it.
+/// Chunk sizes are multiples of it (writes are tracked by byte ranges: layout::Ranges).
 pub const GRANULE: u64 = MIN_CHUNK;
 
 const MAGIC: &[u8; 4] = b"mbk1";

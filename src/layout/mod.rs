@@ -10,11 +10,13 @@
 #![allow(dead_code, unused_imports)]
 
 mod plan;
+mod ranges;
 
 use std::fmt;
 use std::ops::Range;
 
 pub use plan::{first_layout, plan, Piece, Source};
+pub use ranges::Ranges;
 
 /// Bytes of a block id (16 characters of base64).
 pub const ID_LEN: usize = 12;

@@ -13,7 +13,6 @@
 //! uploaded on top of it, not kept as a conflict copy); otherwise the record is
 //! dropped and the cache is dirty over its old base, as before the upload.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +25,7 @@ use crate::backend::hex;
 use crate::backend::{BlobStat, BlockId, Condition, Etag, LeaseId};
 use crate::delta::{ChunkId, Manifest};
 use crate::error::{Error, Result};
+use crate::layout::Ranges;
 use crate::localfile::LocalFile;
 use crate::sidecar::InFlight;
 
@@ -40,8 +40,8 @@ pub(super) struct BackgroundUpload {
     raw: Vec<BlockId>,
     base: Etag,
     lease: LeaseId,
-    /// The granules the snapshot covers: written back if the upload fails.
-    written: BTreeSet<u64>,
+    /// The byte ranges the snapshot covers: written back if the upload fails.
+    written: Ranges,
 }
 
 impl Store {

@@ -56,7 +56,7 @@ impl Store {
         st.publishing.set_manifest(manifest);
     }
 
-    /// Whether the granules written (`Publishing::written`) name every chunk changed
+    /// Whether the ranges written (`Publishing::written`) name every chunk changed
     /// since the base: this process made every local commit since then.
     pub(super) fn written_is_complete(&self, st: &State) -> bool {
         st.sidecar.changes_are_ours()

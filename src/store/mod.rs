@@ -68,7 +68,6 @@ pub(crate) mod state;
 mod turn;
 mod write_state;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -79,6 +78,7 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::crash::crash_point;
 use crate::error::{Error, Result};
+use crate::layout::Ranges;
 use crate::localfile::{LocalFile, LockFail, LockLevel};
 use crate::remote::Remote;
 use crate::sidecar::{self, InFlight};
@@ -391,7 +391,7 @@ impl Store {
         &self,
         file: &mut dyn LocalFile,
         counter_moved: bool,
-        written: &BTreeSet<u64>,
+        written: &Ranges,
     ) -> Result<()> {
         let mut st = self.lock_state();
         if let Err(e) = self.lazy_commit_point(file, counter_moved) {

@@ -1,21 +1,20 @@
 //! The publishing part of the store's state: what this process knows of the chunks
-//! (the base version's chunk list, the granules written since, the first chunk's
+//! (the base version's chunk list, the byte ranges written since, the first chunk's
 //! change counter as last published, whether the backend knows the chunk sizes),
 //! and whether a background upload is in flight ([`Background`]).
-
-use std::collections::BTreeSet;
 
 use super::stage::COUNTER_BYTES;
 use crate::backend::Etag;
 use crate::delta::Manifest;
+use crate::layout::Ranges;
 
 /// What the next publish builds on.
 #[derive(Debug, Default)]
 pub(crate) struct Publishing {
     /// The base version's chunk list, when known.
     manifest: Option<(Etag, Manifest)>,
-    /// 64 KiB granules of the cache written by commits since the base.
-    written: BTreeSet<u64>,
+    /// The byte ranges of the cache written by commits since the base.
+    written: Ranges,
     /// The backend was told the sizes of the base's chunks (it learns them from its
     /// own stages and lists too), so a commit needs no request for the blob's size.
     sizes_known: bool,
@@ -45,9 +44,9 @@ pub(crate) enum Background {
 }
 
 impl Publishing {
-    /// A commit wrote these granules.
-    pub fn wrote(&mut self, granules: &BTreeSet<u64>) {
-        self.written.extend(granules.iter().copied());
+    /// A commit wrote these byte ranges.
+    pub fn wrote(&mut self, ranges: &Ranges) {
+        self.written.extend(ranges);
     }
 
     /// A commit stayed in the cache (a batch, `flush_ms`).
@@ -57,13 +56,13 @@ impl Publishing {
         }
     }
 
-    pub fn written(&self) -> &BTreeSet<u64> {
+    pub fn written(&self) -> &Ranges {
         &self.written
     }
 
-    /// The granules written so far, for an upload that may fail (then they are
+    /// The ranges written so far, for an upload that may fail (then they are
     /// handed back to [`Publishing::wrote`]).
-    pub fn take_written(&mut self) -> BTreeSet<u64> {
+    pub fn take_written(&mut self) -> Ranges {
         std::mem::take(&mut self.written)
     }
 

@@ -1,5 +1,5 @@
 //! The upload half of delta sync: stage the chunks that changed since the base
-//! (tracked from xWrite as 64 KiB granules, or found by hashing when the tracking is
+//! (tracked from xWrite as byte ranges, or found by hashing when the tracking is
 //! incomplete, e.g. after a crash) as blocks, in parallel, and return the new
 //! version's full chunk list for [`Store::publish`] to commit in one request.
 
@@ -10,8 +10,9 @@ use std::sync::{mpsc, Mutex};
 use super::state::State;
 use super::Store;
 use crate::backend::{Etag, LeaseId};
-use crate::delta::{chunk_size_for, ChunkId, Manifest, GRANULE, MAX_BLOCKS};
+use crate::delta::{chunk_size_for, ChunkId, Manifest, MAX_BLOCKS};
 use crate::error::{Error, Result};
+use crate::layout::Ranges;
 use crate::localfile::LocalFile;
 
 /// Chunk bytes a transfer keeps in flight at most, across its workers.
@@ -234,7 +235,7 @@ impl Store {
 
 impl Store {
     /// Which byte ranges of the cache still hold the base version's bytes: those
-    /// within the base's length that no commit since wrote into (granules tracked
+    /// within the base's length that no commit since wrote into (ranges tracked
     /// from xWrite, so only when this process made every local commit). `None` when
     /// that is not known, or the store cannot stage from a range anyway.
     fn unchanged_since_base(&self, st: &State) -> Option<impl Fn(Range<u64>) -> bool + '_> {
@@ -247,13 +248,7 @@ impl Store {
         // Never the first chunk: an install moves the cache's change counter past
         // the remote's (src/store/refresh.rs), so its bytes are the cache's own.
         Some(move |r: Range<u64>| {
-            r.start > 0
-                && r.end <= size
-                && r.start < r.end
-                && written
-                    .range(r.start / GRANULE..=(r.end - 1) / GRANULE)
-                    .next()
-                    .is_none()
+            r.start > 0 && r.end <= size && r.start < r.end && !written.overlaps(r)
         })
     }
 }
@@ -295,14 +290,14 @@ fn kept_first_chunk(
     ChunkId::new(0, &probe) == known
 }
 
-/// The chunks that may differ from the base `old`: those holding a written granule,
+/// The chunks that may differ from the base `old`: those holding a written range,
 /// the last chunk of each length when the size changed, and every new chunk.
-fn changed_chunks(old: &Manifest, written: &BTreeSet<u64>, size: u64, chunk: u64) -> BTreeSet<u64> {
+fn changed_chunks(old: &Manifest, written: &Ranges, size: u64, chunk: u64) -> BTreeSet<u64> {
     let count = Manifest::chunk_count(size, chunk);
     let old_count = old.ids.len() as u64;
     let mut c: BTreeSet<u64> = written
         .iter()
-        .map(|g| g * GRANULE / chunk)
+        .flat_map(|r| r.start / chunk..=(r.end - 1) / chunk)
         .filter(|&i| i < count)
         .collect();
     if old.len != size {
