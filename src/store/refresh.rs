@@ -111,7 +111,9 @@ impl Store {
             Some(stat) => {
                 // The remote moved: a parked lease is of no use for this version;
                 // give it back (or keep it parked when that fails).
-                if let LeaseSlot::Parked(id) = st.lease.take() {
+                if let LeaseSlot::Parked(id) = st.lease.slot() {
+                    let id = id.clone();
+                    st.lease.clear();
                     self.give_back(st, id);
                 }
                 self.replace(st, file, held, false, &stat)
