@@ -145,8 +145,8 @@ impl Connection {
         }
         if was_writing && level < LockLevel::Reserved {
             self.writing = false;
-            self.written.clear();
-            self.store.end_write();
+            let unsynced = std::mem::take(&mut self.written);
+            self.store.end_write(&unsynced);
         }
         rc
     }
@@ -212,11 +212,8 @@ impl Connection {
     /// only tells it whether the counter moved and which byte ranges were written.
     pub fn commit_point(&mut self) -> i32 {
         let counter_moved = self.writing && self.version() != self.start_version;
-        let written = if counter_moved {
-            std::mem::take(&mut self.written)
-        } else {
-            Ranges::default()
-        };
+        // A rollback's ranges too: what it wrote into reused free pages stays.
+        let written = std::mem::take(&mut self.written);
         match self
             .store
             .commit_point(self.file.as_mut(), counter_moved, &written)

@@ -272,15 +272,21 @@ impl Residency {
     }
 
     /// Partial `chunks` whose transaction rolled back: absent again. No other
-    /// process ever took them for present, so the epoch stays.
+    /// process ever took them for present, so the epoch stays. Absent in memory
+    /// first, whatever the write does: a partial byte left on disk reads as absent.
     pub fn forget_partial(&self, chunks: &[u64]) -> io::Result<()> {
+        let mut forgotten = Vec::new();
         for &i in chunks {
             if let Some(s) = self.states.get(i as usize) {
-                if s.load(Ordering::Acquire) == PARTIAL {
-                    self.file.write_all_at(&[ABSENT], HEADER_LEN + i)?;
-                    s.store(ABSENT, Ordering::Release);
+                if s.compare_exchange(PARTIAL, ABSENT, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    forgotten.push(i);
                 }
             }
+        }
+        for i in forgotten {
+            self.file.write_all_at(&[ABSENT], HEADER_LEN + i)?;
         }
         Ok(())
     }

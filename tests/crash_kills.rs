@@ -374,6 +374,18 @@ fn sigkill_mid_commit_loop(w: &World) {
 /// Either way the next open of the same cache has the row exactly once, is
 /// identical to the remote, and its next commit lands on top of the crashed one.
 fn a_crash_between_a_commits_upload_and_its_sidecar_save_loses_nothing(w: &World) {
+    crash_between_upload_and_save(w, "");
+}
+
+/// The same with `fetch=lazy`: the chunk list beside the sidecar already names the
+/// new version when the process dies at `commit-published`, so the hot journal's
+/// rollback has no list for the old base (before, every later open failed with a
+/// disk I/O error); the open takes the remote instead.
+fn a_lazy_cache_crashed_between_a_commits_upload_and_its_end_reopens(w: &World) {
+    crash_between_upload_and_save(w, "&fetch=lazy");
+}
+
+fn crash_between_upload_and_save(w: &World, extra: &str) {
     for (host, step, hot) in [
         ("h1", "commit-published", true),
         ("h2", "commit-phase-two", false),
@@ -382,7 +394,7 @@ fn a_crash_between_a_commits_upload_and_its_sidecar_save_loses_nothing(w: &World
         let uri = w.uri(
             host,
             &format!("{host}.db"),
-            &format!("&lease_secs={lease_secs}"),
+            &format!("&lease_secs={lease_secs}{extra}"),
         );
         {
             let c = open(&uri);
@@ -570,6 +582,7 @@ backend_tests!(
     sigkill_while_deferring_loses_no_acknowledged_commit,
     a_crash_after_a_background_upload_landed_keeps_the_later_commits,
     a_crash_between_a_commits_upload_and_its_sidecar_save_loses_nothing,
+    a_lazy_cache_crashed_between_a_commits_upload_and_its_end_reopens,
     sigkill_inside_batch_commits_reach_remote_on_next_open,
     sigkill_inside_batch_with_another_process_on_the_same_cache,
     sigkill_mid_commit_loop,

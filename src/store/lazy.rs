@@ -88,8 +88,10 @@ pub(super) enum Known {
     /// version since): a read that would need it fails rather than read a hole.
     #[default]
     Unknown,
-    /// The remote has no blob: the cache is all local (nothing to fetch).
-    NoBlob,
+    /// Nothing to fetch: the remote has no blob (the cache is all local), or its
+    /// blob has no chunk list of ours (another tool wrote it) and the cache took it
+    /// whole. The first upload gives it a chunk list.
+    Local,
     Base(Box<LazyBase>),
 }
 
@@ -180,7 +182,7 @@ impl Store {
         let guard = lazy.base.read();
         let base = match &*guard {
             Known::Base(base) => base,
-            Known::NoBlob => return Ok(()),
+            Known::Local => return Ok(()),
             Known::Unknown => {
                 return Err(Error::Local(format!(
                     "lazy cache {}: its chunk list is not known yet (the remote could not be \

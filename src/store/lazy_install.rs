@@ -25,7 +25,7 @@ impl Store {
         };
         let Some(etag) = st.sidecar.base().cloned() else {
             if online {
-                *lazy.base.write() = Known::NoBlob;
+                *lazy.base.write() = Known::Local;
             }
             return Ok(());
         };
@@ -34,9 +34,19 @@ impl Store {
         }
         let manifest = match self.manifest_for_base(st) {
             Some(m) => m,
-            None if online => match self.listed_manifest()? {
-                Some((stat, m)) if stat.etag == etag => m,
-                // The remote moved or is not ours: the next check installs it.
+            None if online => match self.remote.block_list()? {
+                Some((stat, list)) if stat.etag == etag => {
+                    match Manifest::from_block_list(&list).filter(|m| m.len == stat.size) {
+                        Some(m) => m,
+                        None => {
+                            // Another tool's blob at our base: a lazy install takes
+                            // such a blob whole, so the cache holds all of it.
+                            *lazy.base.write() = Known::Local;
+                            return Ok(());
+                        }
+                    }
+                }
+                // The remote moved or is gone: the next check installs it.
                 _ => return Ok(()),
             },
             None => return Ok(()),
@@ -52,6 +62,40 @@ impl Store {
             lazy.epochs.now(),
         )));
         Ok(())
+    }
+
+    /// A lazy cache took its base whole (a blob with no chunk list of ours):
+    /// nothing to fetch until the first upload gives it a list. Under EXCLUSIVE on
+    /// the cache (an install), so no read holds the lazy lock's read side.
+    pub(super) fn lazy_holds_whole(&self) {
+        if let Some(lazy) = &self.lazy {
+            *lazy.base.write() = Known::Local;
+        }
+    }
+
+    /// Whether this is a lazy cache whose base's chunk list is not loaded.
+    pub(super) fn lazy_base_unknown(&self) -> bool {
+        self.lazy
+            .as_ref()
+            .is_some_and(|l| matches!(*l.base.read(), Known::Unknown))
+    }
+
+    /// Empty the residency record (the base is unknown, so no `Residency` of this
+    /// process uses it; emptied, not removed, so the file other processes lock as
+    /// sharers stays the same): the next base describes nothing present, and a miss
+    /// hashes the cache's own bytes before it fetches.
+    pub(super) fn lazy_forget_residency(&self) {
+        let path = residency::path_for(&self.cache_path);
+        let emptied = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()));
+        if let Err(e) = emptied {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(record = %path.display(), error = %e,
+                    "could not empty the residency record");
+            }
+        }
     }
 
     /// The remote's block list as a manifest, when the blob is ours.

@@ -88,7 +88,7 @@ impl Store {
         let guard = lazy.base.read();
         let base = match &*guard {
             Known::Base(base) => base,
-            Known::NoBlob => return Ok(()),
+            Known::Local => return Ok(()),
             Known::Unknown => {
                 return Err(Error::Local(format!(
                     "lazy cache {}: its chunk list is not known yet (the remote could not be \
@@ -111,14 +111,17 @@ impl Store {
                 marked |= base.record.mark_dirty(i..i + 1).map_err(record_err)?;
                 continue;
             }
+            let (start, chunk_len) = base.manifest.chunk_range(i);
+            let range = offset.max(start)..(offset + len).min(start + chunk_len);
+            if range.is_empty() {
+                // Only past the base's end (an append into its short last chunk):
+                // the base's bytes of the chunk stay absent, and untouched.
+                continue;
+            }
             if !base.record.is_partial(i) {
                 base.record.mark_partial(i).map_err(record_err)?;
             }
-            let (start, chunk_len) = base.manifest.chunk_range(i);
-            let range = offset.max(start)..(offset + len).min(start + chunk_len);
-            if !range.is_empty() {
-                written.add(i, range);
-            }
+            written.add(i, range);
             marked = true;
         }
         if marked {
@@ -167,6 +170,31 @@ impl Store {
         synced
     }
 
+    /// The write transaction ended (below RESERVED). Its commit point completed or
+    /// forgot its partial chunks; any left (a transaction abandoned without a sync,
+    /// after an I/O error: another process's hot-journal rollback finishes it) are
+    /// forgotten now, so that no stale ranges outlive the transaction that wrote
+    /// them (another process may write those chunks next).
+    pub(super) fn lazy_end_write(&self) {
+        let Some(lazy) = &self.lazy else {
+            return;
+        };
+        let guard = lazy.base.read();
+        let Some(base) = guard.base() else {
+            return;
+        };
+        let mut written = base.written.lock();
+        let left = written.chunks();
+        if left.is_empty() {
+            return;
+        }
+        if let Err(e) = base.record.forget_partial(&left) {
+            tracing::warn!(cache = %self.cache_path.display(), error = %e,
+                "could not mark abandoned partial chunks absent; a reload reads them as absent");
+        }
+        left.iter().for_each(|&i| written.remove(i));
+    }
+
     /// The sidecar was saved clean: the remote has every local commit.
     pub(super) fn lazy_clean_dirty(&self) {
         let Some(lazy) = &self.lazy else {
@@ -198,7 +226,7 @@ impl Store {
         let guard = lazy.base.read();
         let base = match &*guard {
             Known::Base(base) => base,
-            Known::NoBlob => return Ok(Vec::new()),
+            Known::Local => return Ok(Vec::new()),
             Known::Unknown => {
                 return Err(Error::Local(format!(
                     "lazy cache {}: its chunk list is not known, so an upload cannot tell \

@@ -394,6 +394,10 @@ impl Store {
         written: &Ranges,
     ) -> Result<()> {
         let mut st = self.lock_state();
+        // First, whatever happens next: a rolled-back transaction's writes too (free
+        // pages it reused keep its bytes), so no range of the cache is taken for the
+        // base's unless nothing wrote it ([`Store::unchanged_since_base`]).
+        st.publishing.wrote(written);
         if let Err(e) = self.lazy_commit_point(file, counter_moved) {
             self.note_error(&mut st, Activity::Write, &e);
             return Err(e);
@@ -402,12 +406,10 @@ impl Store {
         let result = match st.write.commit_action(counter_moved, deferred) {
             CommitAction::Nothing => return Ok(()),
             CommitAction::MarkDirty => {
-                st.publishing.wrote(written);
                 st.publishing.kept_local();
                 self.mark_dirty(&mut st)
             }
             CommitAction::Defer => {
-                st.publishing.wrote(written);
                 st.publishing.kept_local();
                 self.mark_dirty(&mut st).map(|()| {
                     st.write.defer(Instant::now() + self.config.flush);
@@ -415,7 +417,6 @@ impl Store {
                 })
             }
             CommitAction::Publish => {
-                st.publishing.wrote(written);
                 let create = st.write.creates_blob();
                 let was_dirty = st.sidecar.is_dirty();
                 self.publish(&mut st, file, create).map(|_| {
@@ -483,8 +484,12 @@ impl Store {
 
     /// Unlock below RESERVED: the write transaction ended. Outside a batch the lease
     /// lingers for the next write (`lease_linger_ms`), or goes back at once.
-    pub fn end_write(&self) {
+    /// `unsynced`: ranges written since the last commit point (a transaction that
+    /// ended without one, e.g. after an I/O error): they may differ from the base.
+    pub fn end_write(&self, unsynced: &Ranges) {
         let mut st = self.lock_state();
+        st.publishing.wrote(unsynced);
+        self.lazy_end_write();
         st.write.end_txn();
         if st.sidecar.in_flight() == InFlight::Commit {
             // The upload landed but the local commit did not complete (SQLite rolled

@@ -24,9 +24,11 @@ pub(crate) struct Publishing {
     /// Only used after the hash check confirms it, so a stale hint costs one staged
     /// chunk, never a wrong version.
     remote_counter: Option<[u8; COUNTER_BYTES]>,
-    /// The size of a version this process saw whole (took in, published, or found
-    /// at its base): the ranges of it a commit left unchanged can be staged by the
-    /// store from the version itself ([`crate::remote::Remote::stage_from_range`]).
+    /// The size of the version this process took in or published, so the cache was
+    /// equal to it then (not one merely found at the base: a crash may have left a
+    /// rolled-back transaction's bytes in reused free pages). The ranges of it no
+    /// write touched since can be staged by the store from the version itself
+    /// ([`crate::remote::Remote::stage_from_range`]).
     base_size: Option<(Etag, u64)>,
     background: Background,
 }

@@ -53,6 +53,21 @@ impl Store {
             if let Err(e) = self.lazy_track_base(st, true) {
                 tracing::debug!(error = %e, "no chunk list for a hot journal's rollback yet");
             }
+            if !self.lazy_base_unknown() || st.sidecar.is_dirty() {
+                return Ok(());
+            }
+            // A lazy cache with no chunk list for its base: a crash right after a
+            // commit's upload (the list beside the sidecar names the new version,
+            // the sidecar still the old one). The rollback could neither read nor
+            // write; the remote holds that commit (or later), the cache nothing else.
+            // Take the remote and discard the journal, trusting no residency: every
+            // chunk is checked by its hash before it is served.
+            if let Some(stat) = self.remote.stat()? {
+                tracing::warn!(cache = %self.cache_path.display(),
+                    "a lazy cache crashed between a commit's upload and its end; taking the remote");
+                self.lazy_forget_residency();
+                return self.replace(st, file, held, true, &stat);
+            }
             return Ok(());
         }
         let remote = self.remote.stat()?;
@@ -91,7 +106,6 @@ impl Store {
             // Nothing remote yet: the first commit (or a flush of a seeded cache) creates it.
             None => self.lazy_track_base(st, true),
             Some(stat) if st.sidecar.is_at(&stat.etag) => {
-                st.publishing.knew_base(&stat.etag, stat.size);
                 if st.sidecar.is_dirty()
                     && st.lease.slot().is_none()
                     && st.connections.any_writable()
@@ -300,7 +314,12 @@ impl Store {
         // The staleness clock starts when the new version is in, not when the
         // (possibly long) transfer began.
         st.refresh.restart_staleness(Instant::now());
+        let listed = manifest.is_some();
         self.set_manifest(st, manifest.map(|m| (stat.etag.clone(), m)));
+        if !listed {
+            // No chunk list of ours (another tool's blob): a lazy cache took it whole.
+            self.lazy_holds_whole();
+        }
         self.save(st)?;
         self.remote
             .counters
