@@ -11,7 +11,9 @@
 //! sections, `--backend=local|azurite` one backend, `--mib=64,512` the sizes of A and
 //! B, `--flush-ms=100` adds F's deferred-upload variant (skipped, saying so, where the
 //! build has no `flush_ms` setting), `--only=S` with `--speedtest1=` and `--extension=`
-//! runs S (`--speedtest1-rounds=N` rounds; 3, or 1 in the quick run).
+//! runs S (`--speedtest1-rounds=N` rounds; 3, or 1 in the quick run). `--only=U`
+//! runs U, with `--units-mib=64,1024,4096` its sizes and `--units-commits=N` its
+//! commits per size (50).
 //!
 //! - A. Delta sync: one-row commit, and the reader's reopen after another host's
 //!   one-row commit, `sync=delta` against `sync=full`, at 4, 64 and 512 MiB.
@@ -38,7 +40,15 @@
 //!           --speedtest1=/tmp/speedtest1/speedtest1 \
 //!           --extension=loadable/target/release/libmanagedblob.so
 //!
-//! The quick form runs E and F at 0 and 5 ms only, on small sizes.
+//! - U. Units of change (issue 26; never by default in the full run, it builds
+//!   gigabytes): per database size (64 MiB, 1 GiB, 4 GiB) and backend, one-row
+//!   autocommits on host A, each followed by host B's refresh: bytes up and down
+//!   (on Azurite the HTTP bodies at a proxy per host, with the Put Block List's share),
+//!   requests, requests in sequence and ms, on Azurite at 0 and 5 ms per request
+//!   (see benches/remote/units.rs).
+//!
+//! The quick form runs E and F at 0 and 5 ms only, on small sizes, and U at 4 MiB
+//! with 3 commits.
 //!
 //! `requests` are managedblob's counted remote calls (`PRAGMA managedblob_status`);
 //! `HTTP` are the HTTP requests the Azure SDK actually sent (counted from its
@@ -74,6 +84,8 @@ mod speedtest1;
 #[path = "remote/tables.rs"]
 mod tables;
 use tables::*;
+#[path = "remote/units.rs"]
+mod units;
 
 const MIB: u64 = 1 << 20;
 /// Bytes of random payload per row (about four rows to a 4 KiB page).
@@ -106,6 +118,9 @@ struct Plan {
     speedtest1: Option<PathBuf>,
     extension: Option<PathBuf>,
     s_rounds: usize,
+    /// Section U: database sizes (MiB) and one-row commits per size.
+    units: Vec<u64>,
+    units_commits: usize,
     sections: String,
     kinds: Vec<Kind>,
 }
@@ -119,7 +134,7 @@ impl Plan {
         let sections = args
             .iter()
             .find_map(|a| a.strip_prefix("--only="))
-            .unwrap_or("ABCDEF")
+            .unwrap_or(if quick { "ABCDEFU" } else { "ABCDEF" })
             .to_uppercase();
         let kinds = match args.iter().find_map(|a| a.strip_prefix("--backend=")) {
             Some("local") => vec![Kind::Local],
@@ -155,6 +170,8 @@ impl Plan {
                 speedtest1,
                 extension,
                 s_rounds: s_rounds.unwrap_or(1),
+                units: vec![4],
+                units_commits: 3,
                 sections,
                 kinds,
             }
@@ -172,6 +189,8 @@ impl Plan {
                 speedtest1,
                 extension,
                 s_rounds: s_rounds.unwrap_or(3),
+                units: vec![64, 1024, 4096],
+                units_commits: 50,
                 sections,
                 kinds,
             }
@@ -180,6 +199,15 @@ impl Plan {
             let keep: Vec<u64> = list.split(',').map(|v| v.parse().unwrap()).collect();
             plan.a.retain(|(s, _)| keep.contains(s));
             plan.b.retain(|(s, _)| keep.contains(s));
+        }
+        if let Some(list) = args.iter().find_map(|a| a.strip_prefix("--units-mib=")) {
+            plan.units = list
+                .split(',')
+                .map(|v| v.parse().expect("--units-mib=64,1024: sizes in MiB"))
+                .collect();
+        }
+        if let Some(n) = args.iter().find_map(|a| a.strip_prefix("--units-commits=")) {
+            plan.units_commits = n.parse().expect("--units-commits=N: a number");
         }
         plan
     }
@@ -283,6 +311,7 @@ struct Results {
     latency: Vec<LatencyRow>,
     mixed: Vec<MixedRow>,
     speedtest1: Option<speedtest1::Report>,
+    units: Option<units::UnitsReport>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -615,6 +644,10 @@ fn main() {
         if speedtest1::not_running(&plan).is_none() {
             speedtest1::speedtest1(a, &plan, start, &mut out);
         }
+    }
+    if plan.runs('U') {
+        let azurite = azurite.as_ref().filter(|_| kinds.contains(&Kind::Azurite));
+        units::units(azurite, &plan, start, &mut out);
     }
     if let Some(why) = speedtest1::not_running(&plan) {
         progress(start, &why);

@@ -44,6 +44,10 @@ struct Run {
     http: u64,
     blocks: u64,
     block_lists: u64,
+    /// Bytes of the request bodies the proxy forwarded (issue 26: against `size`).
+    up: u64,
+    /// The database file's size at the end (plain SQLite's file, managedblob's cache).
+    size: u64,
     /// speedtest1's "Verification Hash" line.
     hash: String,
 }
@@ -149,7 +153,10 @@ pub(super) fn speedtest1(
                 .run(cmd, dir.path(), 0)
                 .unwrap_or_else(|e| panic!("plain speedtest1: {e}"));
             (commits, sqlite) = (change_counter(&db), first_line);
-            plain.push(run);
+            plain.push(Run {
+                size: size_of(&db),
+                ..run
+            });
 
             progress(start, &format!("S {name} at {delay} ms (round {round})"));
             let dir = tempfile::tempdir().unwrap();
@@ -172,7 +179,10 @@ pub(super) fn speedtest1(
                      managedblob (does the system SQLite read file: URIs?)"
                         .to_string(),
                 ),
-                Ok((run, _)) => Ok(run),
+                Ok((run, _)) => Ok(Run {
+                    size: size_of(&cache),
+                    ..run
+                }),
                 Err(e) => Err(e),
             };
             match outcome {
@@ -232,6 +242,7 @@ impl Child<'_> {
                 self.proxy.counts.forwarded.load(Ordering::SeqCst),
                 self.classified.blocks.load(Ordering::SeqCst),
                 self.classified.block_lists.load(Ordering::SeqCst),
+                self.proxy.counts.body_up.load(Ordering::SeqCst),
             )
         };
         let (azurite0, before) = (process_cpu(pid), counts());
@@ -273,6 +284,8 @@ impl Child<'_> {
             http: after.0 - before.0,
             blocks: after.1 - before.1,
             block_lists: after.2 - before.2,
+            up: after.3 - before.3,
+            size: 0,
             hash,
         };
         Ok((run, stdout.lines().next().unwrap_or_default().to_string()))
@@ -328,6 +341,8 @@ fn row(
         http: median(runs.iter().map(|r| r.http).collect()),
         blocks: median(runs.iter().map(|r| r.blocks).collect()),
         block_lists: median(runs.iter().map(|r| r.block_lists).collect()),
+        up: median(runs.iter().map(|r| r.up).collect()),
+        size: median(runs.iter().map(|r| r.size).collect()),
         hash: runs[0].hash.clone(),
     });
     Row {
@@ -355,7 +370,7 @@ pub(super) fn speedtest1_table(w: &mut String, report: &Report) {
         ARGS.join(" "),
         report.commits
     );
-    header(w, "| variant | runs | added delay | wall s | own CPU s (child) | Azurite CPU s | HTTP (proxy) | Put Block | Put Block List | wall / plain | CPU / plain | floor s | wall / floor | wall / (floor + Azurite CPU) | verification hash |");
+    header(w, "| variant | runs | added delay | wall s | own CPU s (child) | Azurite CPU s | HTTP (proxy) | Put Block | Put Block List | KiB up (proxy) | database KiB | up / database | wall / plain | CPU / plain | floor s | wall / floor | wall / (floor + Azurite CPU) | verification hash |");
     let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
     let (plain_wall, plain_cpu) = (plain.wall.as_secs_f64(), plain.cpu.as_secs_f64());
     for row in &report.rows {
@@ -367,24 +382,30 @@ pub(super) fn speedtest1_table(w: &mut String, report: &Report) {
         let Some(m) = &row.median else {
             let _ = writeln!(
                 w,
-                "| {} | {runs} | {delay} | failed | | | | | | | | | | | |",
+                "| {} | {runs} | {delay} | failed | | | | | | | | | | | | | | |",
                 row.variant
             );
             continue;
         };
         let wall = m.wall.as_secs_f64();
         let (remote, floor) = match row.delay_ms {
-            None => ("- | - | - | -".to_string(), " | | ".to_string()),
+            None => (
+                format!("- | - | - | - | - | {:.0} | -", m.size as f64 / 1024.0),
+                " | | ".to_string(),
+            ),
             Some(d) => {
                 let floor = plain_wall + 2.0 * d as f64 / 1e3 * report.commits as f64;
                 let server = m.azurite.map_or(0.0, |a| a.as_secs_f64());
                 (
                     format!(
-                        "{} | {} | {} | {}",
+                        "{} | {} | {} | {} | {:.0} | {:.0} | {:.2}",
                         m.azurite.map_or("?".into(), secs),
                         m.http,
                         m.blocks,
-                        m.block_lists
+                        m.block_lists,
+                        m.up as f64 / 1024.0,
+                        m.size as f64 / 1024.0,
+                        m.up as f64 / m.size.max(1) as f64
                     ),
                     format!(
                         "{floor:.2} | {:.2} | {:.2}",
@@ -418,7 +439,10 @@ pub(super) fn speedtest1_table(w: &mut String, report: &Report) {
          from MANAGEDBLOB_*, the rest at their defaults. own CPU: the child's user + system \
          time (wait4), all its threads; Azurite CPU: its process's (utime + stime, 10 ms \
          ticks). Put Block List: the versions published (one per writing transaction when \
-         uploading at COMMIT). floor = plain wall + 2 round trips (2 x the added delay) per \
+         uploading at COMMIT). KiB up (proxy): the request bodies the proxy forwarded \
+         (heads not included); database KiB: the file at the end (plain SQLite's file, \
+         managedblob's cache); up / database: the goal of issue 26 is at most 2. \
+         floor = plain wall + 2 round trips (2 x the added delay) per \
          writing transaction (the file change counter of plain SQLite's database); the \
          last column adds Azurite's CPU to it, as in F. verification hash: speedtest1 \
          --verify's hash of every result, against plain SQLite's (speedtest1 ignores \

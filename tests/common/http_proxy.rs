@@ -4,7 +4,8 @@
 //! or forwarded and the reply dropped (the server applied it, the client never
 //! hears). A fixed per-request delay on top models a network round trip (the
 //! benchmarks reuse it for that, with [`ProxyCounts::rounds`] for the requests in
-//! sequence and [`ProxyCounts::cpu`] for the proxy's own CPU time).
+//! sequence, [`ProxyCounts::cpu`] for the proxy's own CPU time, and
+//! [`ProxyCounts::body_up`] / [`ProxyCounts::body_down`] for the bytes moved).
 //!
 //! One upstream connection per client connection; requests on it are handled in
 //! order. Only what the Azure SDK sends is supported: bodies framed by
@@ -25,6 +26,8 @@ pub struct Request {
     pub target: String,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
+    /// Bytes of its body (the payload, without chunked framing).
+    pub body_len: u64,
 }
 
 impl Request {
@@ -93,6 +96,10 @@ pub struct ProxyCounts {
     rounds: AtomicU64,
     /// CPU time the proxy's threads spent handling requests, in nanoseconds.
     cpu_ns: AtomicU64,
+    /// Bytes of the request bodies sent upstream (payload, without the heads and
+    /// without chunked framing), and of the response bodies sent back to the client.
+    pub body_up: AtomicU64,
+    pub body_down: AtomicU64,
 }
 
 impl ProxyCounts {
@@ -260,21 +267,43 @@ fn serve(
             }
             Fate::Forward | Fate::LoseReply => {}
         }
+        // Azurite (Node) closes a connection idle for 5 s: reconnect rather than send
+        // into it, which would close the client's connection without a reply (a
+        // client with many pooled connections then spends all its retries on them).
+        if upstream.as_ref().is_some_and(|(s, _)| closed_by_peer(s)) {
+            upstream = None;
+        }
         if upstream.is_none() {
             let s = TcpStream::connect(upstream_addr)?;
             upstream = Some((s.try_clone()?, BufReader::new(s)));
         }
         let (up_write, up_read) = upstream.as_mut().unwrap();
         up_write.write_all(&raw)?;
-        let reply = read_response(up_read, req.method == "HEAD")?;
+        counts.body_up.fetch_add(req.body_len, Ordering::Relaxed);
+        let (reply, reply_body) = read_response(up_read, req.method == "HEAD")?;
         if fate == Fate::LoseReply {
             counts.lost_replies.fetch_add(1, Ordering::Relaxed);
             let _ = client.shutdown(Shutdown::Both);
             return Ok(());
         }
         counts.forwarded.fetch_add(1, Ordering::Relaxed);
+        counts.body_down.fetch_add(reply_body, Ordering::Relaxed);
         client.write_all(&reply)?;
     }
+}
+
+/// Whether the peer closed `s` (it is readable at end of stream, or failed), looked
+/// at without blocking and without consuming anything.
+fn closed_by_peer(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let closed = match s.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    closed || s.set_nonblocking(false).is_err()
 }
 
 /// Adds the thread's CPU time since `.1` to the counter `.0` when dropped.
@@ -297,19 +326,21 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<(Request, Vec
     let method = parts.next().unwrap_or_default().to_string();
     let target = parts.next().unwrap_or_default().to_string();
     let headers = parse_headers(&lines[1..]);
-    read_body(r, &headers, &mut raw)?;
+    let body_len = read_body(r, &headers, &mut raw)?;
     Ok(Some((
         Request {
             method,
             target,
             headers,
+            body_len,
         },
         raw,
     )))
 }
 
-/// Read one response whole, raw. `head_only`: the reply to a HEAD has no body.
-fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> io::Result<Vec<u8>> {
+/// Read one response whole, raw, with the bytes of its body. `head_only`: the reply
+/// to a HEAD has no body.
+fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> io::Result<(Vec<u8>, u64)> {
     let mut raw = Vec::new();
     let lines = read_head(r, &mut raw)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no reply"))?;
@@ -319,10 +350,11 @@ fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> io::Result<Ve
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let headers = parse_headers(&lines[1..]);
+    let mut body = 0;
     if !(head_only || status == 204 || status == 304 || (100..200).contains(&status)) {
-        read_body(r, &headers, &mut raw)?;
+        body = read_body(r, &headers, &mut raw)?;
     }
-    Ok(raw)
+    Ok((raw, body))
 }
 
 /// Read a message head (up to the empty line) into `raw`; its lines without CRLF.
@@ -354,14 +386,16 @@ fn parse_headers(lines: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Copy a body framed by Content-Length or chunked encoding into `raw`.
+/// Copy a body framed by Content-Length or chunked encoding into `raw`; the bytes
+/// of its payload.
 fn read_body(
     r: &mut BufReader<TcpStream>,
     headers: &[(String, String)],
     raw: &mut Vec<u8>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
     if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut payload = 0;
         loop {
             let mut size_line = String::new();
             r.read_line(&mut size_line)?;
@@ -371,8 +405,9 @@ fn read_body(
             if size == 0 {
                 // Trailers, then the empty line.
                 while read_head_line(r, raw)? {}
-                return Ok(());
+                return Ok(payload);
             }
+            payload += size as u64;
             let start = raw.len();
             raw.resize(start + size + 2, 0);
             r.read_exact(&mut raw[start..])?;
@@ -383,7 +418,8 @@ fn read_body(
         .unwrap_or(0);
     let start = raw.len();
     raw.resize(start + len, 0);
-    r.read_exact(&mut raw[start..])
+    r.read_exact(&mut raw[start..])?;
+    Ok(len as u64)
 }
 
 /// Copy one line into `raw`; false when it was the empty line.
