@@ -10,7 +10,26 @@ use std::time::Duration;
 /// Entry point of every child process; returns at once in a normal test run.
 #[test]
 fn child_main() {
-    child::child_main(&[("lazy_reader", lazy_reader)]);
+    child::child_main(&[("lazy_reader", lazy_reader), ("lazy_heads", lazy_heads)]);
+}
+
+/// `lazy_heads`: open the lazy cache, say the head of row `ROW_ID`, then at each go
+/// file `<GO_FILE>1`, `<GO_FILE>2` ... (up to `ROUNDS`) say it again, each in a
+/// read transaction of its own.
+fn lazy_heads(uri: &str) {
+    let c = open(uri);
+    let id: i64 = child::env_num("ROW_ID");
+    let say_head = |c: &Connection| match head(c, id) {
+        Ok(h) => child::say(&format!("HEAD {h}")),
+        Err(e) => child::say(&format!("HEAD error {e}")),
+    };
+    say_head(&c);
+    let rounds: u32 = child::env_num("ROUNDS");
+    for n in 1..=rounds {
+        let go = format!("{}{n}", child::env("GO_FILE"));
+        child::wait_for_file(&go, Duration::from_secs(60));
+        say_head(&c);
+    }
 }
 
 /// `lazy_reader`: open the lazy cache, check it whole, say so, and keep it open
@@ -570,6 +589,50 @@ fn processes_sharing_a_lazy_cache() {
         s["residence"]["chunks_evicted"].as_u64().unwrap() > 0,
         "{s}"
     );
+}
+
+/// Two processes share one lazy cache; one of them takes in another host's commit
+/// (a new base: the changed chunks go absent, their old bytes stay in the cache)
+/// while the other has the cache open between read transactions and never checks
+/// the remote itself (`staleness_ms` long). The other's next read transaction must
+/// see the record's header move (a compare in its mapping of the header page, not
+/// a read) and read the new row, never the stale bytes.
+#[test]
+fn a_base_moved_by_a_process_sharing_the_cache_is_seen_by_the_other() {
+    let w = World::local();
+    let (h1, _) = build(&w);
+    let c = lazy(&w, "h2", "&staleness_ms=0");
+    let go = w.path("go");
+    let mut other = Proc::spawn(
+        "other",
+        "lazy_heads",
+        &w.uri("h2", "a.db", "&fetch=lazy&staleness_ms=600000"),
+        &[
+            ("GO_FILE", go.display().to_string()),
+            ("ROW_ID", "500".to_string()),
+            ("ROUNDS", "1".to_string()),
+        ],
+    );
+    let old = head(&h1, 500).unwrap();
+    assert_eq!(
+        other.expect("HEAD", Duration::from_secs(60)),
+        format!("HEAD {old}")
+    );
+    h1.execute("UPDATE t SET b = zeroblob(?1) WHERE id = 500", [ROW])
+        .unwrap();
+    // This process takes the new version in (reading another row, so that the
+    // changed chunk stays absent here: its old bytes are still in the cache).
+    assert_eq!(head(&c, 1).unwrap(), head(&h1, 1).unwrap());
+    let s = status(&c);
+    assert!(s["etag"].is_string(), "{s}");
+    assert_eq!(s["etag"], status(&h1)["etag"], "{s}");
+    std::fs::write(format!("{}1", go.display()), b"").unwrap();
+    assert_eq!(
+        other.expect("HEAD", Duration::from_secs(60)),
+        "HEAD 0000000000000000",
+        "the other process read stale bytes of the old base"
+    );
+    other.wait_success(Duration::from_secs(30));
 }
 
 /// A lazy cache removed with its record left behind (`rm a.db a.db-managedblob.json`,

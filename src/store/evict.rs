@@ -8,7 +8,6 @@
 //! touched it. A chunk touched at or after the oldest open transaction's epoch may
 //! be under it and stays.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,24 +25,22 @@ pub(super) const LOW_WATER: f64 = 0.9;
 pub(super) struct Epochs {
     /// The epoch the next SHARED lock takes.
     next: AtomicU64,
-    /// Epochs of the read transactions open now, with how many began at each.
-    open: parking_lot::Mutex<BTreeMap<u64, u32>>,
+    /// Epochs of the read transactions open now (one entry each; a few at most, so
+    /// a vector, which keeps its capacity: no allocation per transaction).
+    open: parking_lot::Mutex<Vec<u64>>,
 }
 
 impl Epochs {
     fn begin(&self) -> u64 {
         let epoch = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.open.lock().entry(epoch).or_default() += 1;
+        self.open.lock().push(epoch);
         epoch
     }
 
     fn end(&self, epoch: u64) {
         let mut open = self.open.lock();
-        if let Some(n) = open.get_mut(&epoch) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&epoch);
-            }
+        if let Some(at) = open.iter().position(|&e| e == epoch) {
+            open.swap_remove(at);
         }
     }
 
@@ -54,7 +51,7 @@ impl Epochs {
 
     /// Chunks last touched before this epoch are under no open read transaction.
     fn oldest_open(&self) -> u64 {
-        self.open.lock().keys().next().copied().unwrap_or(u64::MAX)
+        self.open.lock().iter().copied().min().unwrap_or(u64::MAX)
     }
 }
 
