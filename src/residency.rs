@@ -364,10 +364,37 @@ impl Residency {
         Ok(())
     }
 
+    /// Re-read the header and every state byte from disk (an evicting process,
+    /// under its marking lock: what other processes fetched, dirtied or dropped).
+    pub fn reload(&mut self) -> io::Result<()> {
+        match read_header(&self.file)? {
+            Some(h) => {
+                self.header = h;
+                self.note_header();
+                self.load_states()
+            }
+            None => {
+                let (etag, m) = (self.header.etag.clone(), self.header_manifest());
+                self.adopt(&etag, &m, &|_| false)
+            }
+        }
+    }
+
+    /// Which of `chunks` the record on disk says are absent now (read once).
+    pub fn absent_on_disk(&self, chunks: &[u64]) -> io::Result<Vec<u64>> {
+        let mut buf = vec![0u8; self.header.count as usize];
+        let n = read_up_to(&self.file, &mut buf, HEADER_LEN)?;
+        Ok(chunks
+            .iter()
+            .copied()
+            .filter(|&i| (i as usize) < n && buf[i as usize] == ABSENT)
+            .collect())
+    }
+
     /// The header on disk is, word for word, the one this process last read or
     /// wrote: a compare in the mapping (no system call). `false` when it differs,
     /// may be being written, or is not mapped: then the caller reads it.
-    fn header_unchanged(&self) -> bool {
+    pub fn header_unchanged(&self) -> bool {
         let Some(view) = &self.view else {
             return false;
         };
