@@ -180,6 +180,11 @@ impl Store {
         let base = match &*guard {
             Known::Base(base) => base,
             Known::NoBlob => return Ok(()),
+            // A read wholly past the cache file's end needs no chunk: it is a short
+            // read whatever the base. SQLite reads the header so at every open,
+            // before any lock: a cold cache whose first check met a moving remote
+            // (SQLITE_BUSY, checked again at the first SHARED lock) is still empty.
+            Known::Unknown if file.size().is_ok_and(|size| offset >= size) => return Ok(()),
             Known::Unknown => {
                 return Err(Error::Local(format!(
                     "lazy cache {}: its chunk list is not known yet (the remote could not be \
