@@ -380,6 +380,19 @@ impl Residency {
         }
     }
 
+    /// Whether the header on disk still describes the layout this process knows
+    /// (the same base, chunk size, length, count and cache): the state bytes on
+    /// disk are then indexed as its own. Another process's new base may not be.
+    pub fn layout_on_disk_is_mine(&self) -> io::Result<bool> {
+        Ok(read_header(&self.file)?.is_some_and(|h| {
+            h.etag == self.header.etag
+                && h.chunk_size == self.header.chunk_size
+                && h.len == self.header.len
+                && h.count == self.header.count
+                && h.cache == self.header.cache
+        }))
+    }
+
     /// Which of `chunks` the record on disk says are absent now (read once).
     pub fn absent_on_disk(&self, chunks: &[u64]) -> io::Result<Vec<u64>> {
         let mut buf = vec![0u8; self.header.count as usize];

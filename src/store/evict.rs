@@ -234,7 +234,16 @@ impl Store {
             return Ok(());
         }
         let marked = std::mem::take(&mut *lazy.unpunched.lock());
-        let result = base.record.absent_on_disk(&marked);
+        // Another process may have taken a new base since (its chunks laid out
+        // otherwise): then this one's indexes name nothing on disk, and nothing is
+        // punched (the space stays until those bytes are written again).
+        let result = base
+            .record
+            .layout_on_disk_is_mine()
+            .and_then(|mine| match mine {
+                true => base.record.absent_on_disk(&marked),
+                false => Ok(Vec::new()),
+            });
         let mut punched = 0;
         if let Ok(absent) = &result {
             for &i in absent {
