@@ -7,6 +7,15 @@ use std::path::Path;
 
 /// "SQLite format 3\0", the first 16 bytes of every database file.
 pub const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// The byte-range locks of SQLite's unix VFS on a database file (`sqlite3.c`:
+/// `PENDING_BYTE` 0x40000000, `RESERVED_BYTE` = +1, `SHARED_FIRST` = +2,
+/// `SHARED_SIZE` 510): a reader holds a read lock on the shared range, an
+/// EXCLUSIVE holder a write lock on all of it.
+pub const PENDING_BYTE: u64 = 0x4000_0000;
+pub const RESERVED_BYTE: u64 = PENDING_BYTE + 1;
+pub const SHARED_FIRST: u64 = PENDING_BYTE + 2;
+pub const SHARED_SIZE: u64 = 510;
 /// The first 8 bytes of a rollback journal whose header is valid (a hot journal).
 const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 

@@ -19,6 +19,12 @@
 //! sidecar's, describes nothing: every chunk is absent. The epoch moves whenever
 //! presence is taken away, so that another process sharing the cache re-reads the
 //! states before it trusts its own copy.
+//!
+//! The header page is mapped read-only and shared ([`crate::sys::SharedView`]), so
+//! that the look at every SHARED lock ([`Residency::reload_if_moved`]) is a compare
+//! of a few words in memory with the header as this process last knew it, not a
+//! read: only a difference (or no mapping) costs a read. The record is never made
+//! shorter than its header page, which the mapping needs.
 
 use std::fs::File;
 use std::io;
@@ -133,6 +139,10 @@ pub struct Residency {
     cache: String,
     header: Header,
     states: Vec<AtomicU8>,
+    /// The header page, mapped (`None` where mapping failed: then it is read).
+    view: Option<crate::sys::SharedView>,
+    /// `header` encoded, as the words the mapping shows while nobody changed it.
+    seen: Vec<u64>,
 }
 
 impl Residency {
@@ -156,11 +166,18 @@ impl Residency {
                 cache: String::new(),
             }),
             states: Vec::new(),
+            view: None,
+            seen: Vec::new(),
         };
         match header {
             Some(h) if h.describes(etag, manifest, &identity) => record.load_states()?,
             _ => record.adopt(etag, manifest, &|_| false)?,
         }
+        // The header page is whole now (written or read whole above).
+        record.view = crate::sys::SharedView::map(&record.file, HEADER_LEN as usize)
+            .map_err(|e| tracing::debug!(error = %e, "residency header not mapped; read instead"))
+            .ok();
+        record.note_header();
         Ok(record)
     }
 
@@ -257,6 +274,7 @@ impl Residency {
         self.file.sync_data()?;
         self.header.epoch = self.header.epoch.wrapping_add(1);
         self.file.write_all_at(&self.header.encode(), 0)?;
+        self.note_header();
         self.file.sync_data()
     }
 
@@ -324,10 +342,14 @@ impl Residency {
     /// Another process took presence away (its epoch moved) or changed the base:
     /// re-read everything. `Ok(false)` when nothing moved.
     pub fn reload_if_moved(&mut self) -> io::Result<bool> {
+        if self.header_unchanged() {
+            return Ok(false);
+        }
         match read_header(&self.file)? {
             Some(h) if h == self.header => Ok(false),
             Some(h) => {
                 self.header = h;
+                self.note_header();
                 self.load_states()?;
                 Ok(true)
             }
@@ -382,9 +404,80 @@ impl Residency {
             cache: self.cache.clone(),
         };
         self.file.write_all_at(&self.header.encode(), 0)?;
+        self.note_header();
         self.file.sync_data()?;
         self.states = keep.into_iter().map(AtomicU8::new).collect();
         Ok(())
+    }
+
+    /// Re-read the header and every state byte from disk (an evicting process,
+    /// under its marking lock: what other processes fetched, dirtied or dropped).
+    pub fn reload(&mut self) -> io::Result<()> {
+        match read_header(&self.file)? {
+            Some(h) => {
+                self.header = h;
+                self.note_header();
+                self.load_states()
+            }
+            None => {
+                let (etag, m) = (self.header.etag.clone(), self.header_manifest());
+                self.adopt(&etag, &m, &|_| false)
+            }
+        }
+    }
+
+    /// Whether the header on disk still describes the layout this process knows
+    /// (the same base, chunk size, length, count and cache): the state bytes on
+    /// disk are then indexed as its own. Another process's new base may not be.
+    pub fn layout_on_disk_is_mine(&self) -> io::Result<bool> {
+        Ok(read_header(&self.file)?.is_some_and(|h| {
+            h.etag == self.header.etag
+                && h.chunk_size == self.header.chunk_size
+                && h.len == self.header.len
+                && h.count == self.header.count
+                && h.cache == self.header.cache
+        }))
+    }
+
+    /// Which of `chunks` the record on disk says are absent now (read once).
+    pub fn absent_on_disk(&self, chunks: &[u64]) -> io::Result<Vec<u64>> {
+        let mut buf = vec![0u8; self.header.count as usize];
+        let n = read_up_to(&self.file, &mut buf, HEADER_LEN)?;
+        Ok(chunks
+            .iter()
+            .copied()
+            .filter(|&i| (i as usize) < n && buf[i as usize] == ABSENT)
+            .collect())
+    }
+
+    /// The header on disk is, word for word, the one this process last read or
+    /// wrote: a compare in the mapping (no system call). `false` when it differs,
+    /// may be being written, or is not mapped: then the caller reads it.
+    pub fn header_unchanged(&self) -> bool {
+        let Some(view) = &self.view else {
+            return false;
+        };
+        !self.seen.is_empty()
+            && self
+                .seen
+                .iter()
+                .enumerate()
+                .all(|(i, &w)| view.word(i) == Some(w))
+    }
+
+    /// Remember the header's words as the mapping shows them (after it changed here
+    /// or was read): up to the end of its checksum; the rest of the page is zeros.
+    fn note_header(&mut self) {
+        let raw = self.header.encode();
+        // magic, four words, two lengths with their strings, the checksum: every
+        // byte that says what the header is (a header equal up to its checksum is
+        // the same header).
+        let used = 8 + 32 + 2 + self.header.etag.len() + 2 + self.header.cache.len() + 8;
+        let used = (used.div_ceil(8) * 8).min(raw.len());
+        self.seen = raw[..used]
+            .chunks_exact(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().expect("eight bytes")))
+            .collect();
     }
 
     fn load_states(&mut self) -> io::Result<()> {

@@ -1,5 +1,6 @@
 //! The operating-system calls the local backend and the cache need (flock,
-//! byte-range locks, FICLONE, hole punching, kill(0), gethostname, the boot id), as
+//! byte-range locks, FICLONE, hole punching, a read-only shared mapping, kill(0),
+//! gethostname, the boot id), as
 //! safe functions: with the VFS shim (`src/ffi/`), the crate's only
 //! unsafe code.
 
@@ -133,6 +134,93 @@ pub(crate) fn try_lock_range(
             Some(libc::EINTR) => continue,
             Some(libc::EAGAIN | libc::EACCES) => return Ok(false),
             _ => return Err(e),
+        }
+    }
+}
+
+/// The first `len` bytes of a file mapped read-only and shared (`mmap(PROT_READ,
+/// MAP_SHARED)`): what another process writes there (through `pwrite` or its own
+/// mapping) is seen by a memory load, without a system call. Read as 64-bit words,
+/// each an atomic load (the bytes may change under us; a reader compares them,
+/// it never trusts them alone).
+///
+/// The mapping must never extend past the file's end: a load there raises SIGBUS.
+/// [`SharedView::map`] refuses a file shorter than `len`, and its callers never
+/// shorten the file below `len` afterwards.
+#[derive(Debug)]
+pub(crate) struct SharedView {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    words: usize,
+}
+
+// SAFETY: the mapping is only read, through atomic loads, and lives until drop: it
+// may be used and dropped from any thread.
+unsafe impl Send for SharedView {}
+// SAFETY: as above; `&SharedView` only gives atomic loads.
+unsafe impl Sync for SharedView {}
+
+impl SharedView {
+    /// Map the first `len` bytes (a multiple of 8, at most one page is what the
+    /// cache uses) of `file`. `Unsupported` for a file shorter than `len`.
+    pub(crate) fn map(file: &File, len: usize) -> io::Result<SharedView> {
+        if len == 0 || len % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad mapping length",
+            ));
+        }
+        if file.metadata()?.len() < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the file is shorter than the mapping",
+            ));
+        }
+        // SAFETY: a fresh mapping (address chosen by the kernel) of a valid
+        // descriptor, read-only; no memory of this process is touched. The result is
+        // checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<std::sync::atomic::AtomicU64>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedView {
+            ptr,
+            words: len / 8,
+        })
+    }
+
+    /// Word `i` (bytes `8i .. 8i + 8`, native order) as it is now; `None` past the end.
+    pub(crate) fn word(&self, i: usize) -> Option<u64> {
+        if i >= self.words {
+            return None;
+        }
+        // SAFETY: the mapping is page-aligned, `words * 8` bytes long and alive while
+        // `self` is; `i` is in range, so the pointer is aligned and in bounds.
+        // AtomicU64 has u64's layout, and the memory is only ever accessed through
+        // atomic loads here (another process's writes are outside this program's
+        // memory model, which atomics tolerate: a torn or old value is compared,
+        // never trusted).
+        let w = unsafe { &*self.ptr.as_ptr().add(i) };
+        Some(w.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+impl Drop for SharedView {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and the length are exactly what mmap returned and was given;
+        // no reference into the mapping outlives `self` (`word` copies the value).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.words * 8);
         }
     }
 }

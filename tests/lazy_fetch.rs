@@ -1,83 +1,13 @@
 //! `fetch=lazy`: a host opens a remote database without downloading it, and a read
 //! fetches the chunks it needs (docs/ARCHITECTURE.md, "Lazy fetch"). Every scenario
 //! runs on the local remote and on Azurite, counting requests (never timing them).
+//! Several processes sharing one lazy cache: `tests/lazy_sharing.rs`.
 
-use common::child::{self, Proc};
 use common::*;
 use rusqlite::Connection;
-use std::time::Duration;
 
-/// Entry point of every child process; returns at once in a normal test run.
-#[test]
-fn child_main() {
-    child::child_main(&[("lazy_reader", lazy_reader)]);
-}
-
-/// `lazy_reader`: open the lazy cache, check it whole, say so, and keep it open
-/// until told to go (the file `<uri's cache>.go` appears).
-fn lazy_reader(uri: &str) {
-    let c = open(uri);
-    child::say(&format!("CHECKED {}", integrity(&c)));
-    child::wait_for_file(&child::env("GO_FILE"), Duration::from_secs(60));
-    child::say(&format!("CHECKED {}", integrity(&c)));
-}
-
-use serde_json::Value;
-
-/// Rows of [`ROW`] random bytes: about 16.5 MiB, some 260 chunks of 64 KiB.
-const ROWS: i64 = 1000;
-const ROW: i64 = 16384;
-
-/// `a.db`, written by host `h1` (a full cache). Returns its size.
-fn build(w: &World) -> (Connection, u64) {
-    let c = w.open("h1", "a.db");
-    c.execute_batch(&format!(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS})
-         INSERT INTO t SELECT i, randomblob({ROW}) FROM n;"
-    ))
-    .unwrap();
-    let size: i64 = c
-        .query_row(
-            "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    (c, size as u64)
-}
-
-fn lazy(w: &World, host: &str, extra: &str) -> Connection {
-    w.open_with(host, "a.db", &format!("&fetch=lazy{extra}"))
-}
-
-fn reads(c: &Connection) -> u64 {
-    requests(c, "read_range")
-}
-
-fn residence(s: &Value) -> (u64, u64) {
-    let r = &s["residence"];
-    (
-        r["chunks_present"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{s}")),
-        r["chunks_total"].as_u64().unwrap_or_else(|| panic!("{s}")),
-    )
-}
-
-fn head(c: &Connection, id: i64) -> rusqlite::Result<String> {
-    c.query_row(
-        "SELECT hex(substr(b, 1, 8)) FROM t WHERE id = ?1",
-        [id],
-        |r| r.get(0),
-    )
-}
-
-/// Bytes of disk the file takes (a sparse file takes less than its length).
-fn allocated(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().blocks() * 512
-}
+mod lazy;
+use lazy::*;
 
 /// The open costs the block list and one chunk; a point query a few chunks; the
 /// cache stays sparse; a whole scan then brings everything and the copy is exact.
@@ -524,52 +454,6 @@ fn a_bounded_cache_never_drops_local_commits() {
     let full = w.open("h3", "a.db");
     assert_eq!(head(&full, 150).unwrap(), "0000000000000000");
     assert_eq!(rows(&full), rows(&c));
-}
-
-/// Two processes share one lazy cache: chunks one fetched are not fetched again by
-/// the other, and the bounded one drops nothing while the other has the cache open
-/// (it could be reading a chunk being dropped); once alone, it does.
-#[test]
-fn processes_sharing_a_lazy_cache() {
-    let w = World::local();
-    let (h1, _) = build(&w);
-    drop(h1);
-    let c = lazy(&w, "h2", "&cache_max=1MiB");
-    let go = w.path("go");
-    let mut other = Proc::spawn(
-        "other",
-        "lazy_reader",
-        &w.uri("h2", "a.db", "&fetch=lazy"),
-        &[("GO_FILE", go.display().to_string())],
-    );
-    assert_eq!(
-        other.expect("CHECKED", Duration::from_secs(60)),
-        "CHECKED ok"
-    );
-    let before = reads(&c);
-    assert_eq!(integrity(&c), "ok");
-    assert!(
-        reads(&c) - before <= 2,
-        "{} chunks fetched again after the other process fetched them all",
-        reads(&c) - before
-    );
-    for _ in 0..2 {
-        assert_eq!(integrity(&c), "ok");
-    }
-    let s = status(&c);
-    assert_eq!(s["residence"]["chunks_evicted"], 0, "{s}");
-    std::fs::write(&go, b"").unwrap();
-    assert_eq!(
-        other.expect("CHECKED", Duration::from_secs(60)),
-        "CHECKED ok"
-    );
-    other.wait_success(Duration::from_secs(30));
-    assert_eq!(integrity(&c), "ok");
-    let s = status(&c);
-    assert!(
-        s["residence"]["chunks_evicted"].as_u64().unwrap() > 0,
-        "{s}"
-    );
 }
 
 /// A lazy cache removed with its record left behind (`rm a.db a.db-managedblob.json`,

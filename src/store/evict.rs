@@ -1,21 +1,37 @@
 //! The bounded lazy cache (`cache_max`, docs/ARCHITECTURE.md "Eviction"): when the
 //! chunks present pass the bound, the least recently used clean chunks that no open
-//! read transaction of this process touched are dropped (record first, then the
-//! hole), down to [`LOW_WATER`] of the bound.
+//! read transaction of this process touched are dropped, down to [`LOW_WATER`] of
+//! the bound, in two steps that let several processes share the cache:
+//!
+//! 1. **Mark** (while this process may be reading): under a read lock on SQLite's
+//!    shared range of the cache (no writer, no install meanwhile) and the record's
+//!    marking lock (evicting processes take turns), re-read the record, mark the
+//!    chosen chunks absent, fsync, move the header's epoch. A transaction that
+//!    begins after this sees the header moved and reads the states again: it
+//!    fetches those chunks (or finds their bytes intact) instead of trusting them.
+//!    Transactions open now, in any process, may still read them: their bytes stay.
+//! 2. **Punch** (once no read transaction is open in any process): a write lock on
+//!    the shared range, tried only (SQLite's EXCLUSIVE: it conflicts with every
+//!    connection's SHARED, this process's too), proves that no transaction begun
+//!    before the mark is still open and that no fetch is writing; the chunks the
+//!    record still says are absent lose their space; the lock goes at once.
 //!
 //! Recency is counted in read transactions, not time: each SHARED lock of a lazy
 //! connection takes the next epoch, and a chunk remembers the epoch that last
 //! touched it. A chunk touched at or after the oldest open transaction's epoch may
-//! be under it and stays.
+//! be under it and is not marked. Recency is this process's: a chunk only another
+//! process uses may be marked, and that process finds it again (intact until
+//! punched, else fetched).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::lazy::LazyBase;
 use super::lazy::LazyCache;
 use super::Store;
 use crate::error::{Error, Result};
-use crate::sys::RangeLock;
+use crate::image::{SHARED_FIRST, SHARED_SIZE};
+use crate::sys::{try_lock_range, RangeLock};
 
 /// Eviction stops at this share of `cache_max` (so that it does not run at every
 /// fetch once the cache is full).
@@ -26,24 +42,22 @@ pub(super) const LOW_WATER: f64 = 0.9;
 pub(super) struct Epochs {
     /// The epoch the next SHARED lock takes.
     next: AtomicU64,
-    /// Epochs of the read transactions open now, with how many began at each.
-    open: parking_lot::Mutex<BTreeMap<u64, u32>>,
+    /// Epochs of the read transactions open now (one entry each; a few at most, so
+    /// a vector, which keeps its capacity: no allocation per transaction).
+    open: parking_lot::Mutex<Vec<u64>>,
 }
 
 impl Epochs {
     fn begin(&self) -> u64 {
         let epoch = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.open.lock().entry(epoch).or_default() += 1;
+        self.open.lock().push(epoch);
         epoch
     }
 
     fn end(&self, epoch: u64) {
         let mut open = self.open.lock();
-        if let Some(n) = open.get_mut(&epoch) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&epoch);
-            }
+        if let Some(at) = open.iter().position(|&e| e == epoch) {
+            open.swap_remove(at);
         }
     }
 
@@ -54,31 +68,43 @@ impl Epochs {
 
     /// Chunks last touched before this epoch are under no open read transaction.
     fn oldest_open(&self) -> u64 {
-        self.open.lock().keys().next().copied().unwrap_or(u64::MAX)
+        self.open.lock().iter().copied().min().unwrap_or(u64::MAX)
     }
 }
 
-/// Where every process with the lazy cache open holds its read lock (past any byte
-/// the record has).
-const SHARERS_BYTE: u64 = 1 << 40;
+/// Where evicting processes take turns on the record (past any byte it has): an
+/// open-file-description write lock while one picks and marks chunks.
+const MARKING_BYTE: u64 = 1 << 40;
 
-/// This process alone has the cache open: its read lock turned into a write lock,
-/// turned back on drop.
-struct Alone<'a>(&'a File);
+/// Held while this process marks chunks: a read lock on SQLite's shared range of
+/// the cache (no connection anywhere holds EXCLUSIVE: no write, no install) and the
+/// record's marking lock. Both are open-file-description locks, tried only; both go
+/// on drop.
+struct Marking<'a> {
+    cache: &'a File,
+    record: &'a File,
+}
 
-impl<'a> Alone<'a> {
-    fn try_take(lazy: &'a LazyCache) -> Option<Alone<'a>> {
-        let file = lazy.sharers.get()?;
-        crate::sys::try_lock_range(file, SHARERS_BYTE, 1, RangeLock::Write)
-            .ok()
-            .filter(|taken| *taken)
-            .map(|_| Alone(file))
+impl<'a> Marking<'a> {
+    fn try_take(cache: &'a File, record: &'a File) -> Result<Option<Marking<'a>>> {
+        let lock_err = |e| Error::local("locking the lazy cache to drop chunks", e);
+        if !try_lock_range(cache, SHARED_FIRST, SHARED_SIZE, RangeLock::Read).map_err(lock_err)? {
+            return Ok(None);
+        }
+        match try_lock_range(record, MARKING_BYTE, 1, RangeLock::Write) {
+            Ok(true) => Ok(Some(Marking { cache, record })),
+            other => {
+                let _ = try_lock_range(cache, SHARED_FIRST, SHARED_SIZE, RangeLock::Unlock);
+                other.map(|_| None).map_err(lock_err)
+            }
+        }
     }
 }
 
-impl Drop for Alone<'_> {
+impl Drop for Marking<'_> {
     fn drop(&mut self) {
-        let _ = crate::sys::try_lock_range(self.0, SHARERS_BYTE, 1, RangeLock::Read);
+        let _ = try_lock_range(self.record, MARKING_BYTE, 1, RangeLock::Unlock);
+        let _ = try_lock_range(self.cache, SHARED_FIRST, SHARED_SIZE, RangeLock::Unlock);
     }
 }
 
@@ -126,9 +152,12 @@ impl Store {
         }
     }
 
-    /// After a fetch: when the chunks present pass `cache_max`, drop the least
-    /// recently used clean ones no open read transaction touched. Skipped (until the
-    /// next fetch) while another connection of this process is inside a read.
+    /// After a fetch, and when a read transaction ends: when the chunks present
+    /// pass `cache_max`, mark the least recently used clean ones no open read
+    /// transaction of this process touched; then give back the space of the chunks
+    /// marked so far, if no read transaction is open in any process. Skipped (until
+    /// the next time) while another connection of this process is inside a read,
+    /// or another process holds what a step needs.
     pub(super) fn evict_if_over(&self, lazy: &LazyCache) -> Result<()> {
         let Some(max) = self.config.cache_max else {
             return Ok(());
@@ -139,6 +168,31 @@ impl Store {
         let Some(base) = guard.base_mut() else {
             return Ok(());
         };
+        let chunk = base.manifest.chunk_size.max(1);
+        if base.record.present_count() * chunk > max {
+            self.mark_least_recent(lazy, base, max)?;
+        }
+        if !lazy.unpunched.lock().is_empty() {
+            self.punch_marked(lazy, base)?;
+        }
+        Ok(())
+    }
+
+    /// Step 1: mark chunks absent, down to [`LOW_WATER`] of `max`.
+    fn mark_least_recent(&self, lazy: &LazyCache, base: &mut LazyBase, max: u64) -> Result<()> {
+        let (cache, record) = (self.hole_maker(lazy)?, self.marker(lazy)?);
+        let Some(_marking) = Marking::try_take(cache, record)? else {
+            return Ok(());
+        };
+        // Other processes may have fetched, dirtied or dropped chunks since this one
+        // last looked: decide on the record as it is now.
+        base.record
+            .reload()
+            .map_err(|e| Error::local("reading the residency record", e))?;
+        if base.record.etag() != base.etag.0 {
+            // Another process took a version in: the next SHARED lock tracks it.
+            return Ok(());
+        }
         let chunk = base.manifest.chunk_size.max(1);
         let present = base.record.present_count();
         if present * chunk <= max {
@@ -159,56 +213,65 @@ impl Store {
         if drop.is_empty() {
             return Ok(());
         }
-        // Another process sharing the cache may be reading a chunk this would drop:
-        // drop chunks only while no other process has the cache open.
-        let Some(_alone) = Alone::try_take(lazy) else {
-            return Ok(());
-        };
-        let hole_maker = self.hole_maker(lazy)?;
-        // Record first (durably), then the holes: a crash between costs re-fetches.
+        // Durably absent, and the epoch moved, before any hole.
         base.record
             .mark_absent(&drop)
             .map_err(|e| Error::local("writing the residency record", e))?;
-        for &i in &drop {
-            let (offset, len) = base.manifest.chunk_range(i);
-            if let Err(e) = crate::sys::punch_hole(hole_maker, offset, len) {
-                tracing::warn!(cache = %self.cache_path.display(), error = %e,
-                    "could not give a dropped chunk's space back");
-                break;
-            }
-        }
         lazy.evicted.fetch_add(drop.len() as u64, Ordering::Relaxed);
-        tracing::debug!(cache = %self.cache_path.display(), chunks = drop.len(), "dropped least recently used chunks");
+        lazy.unpunched.lock().extend_from_slice(&drop);
+        tracing::debug!(cache = %self.cache_path.display(), chunks = drop.len(), "marked least recently used chunks absent");
         Ok(())
     }
 
-    /// Say that this process has the lazy cache open (an open-file-description read
-    /// lock on the record, held for the store's life): another process drops chunks
-    /// only while it is alone. Waits out another process's eviction (local work).
-    pub(super) fn join_sharers(&self, lazy: &LazyCache) -> Result<()> {
-        if lazy.sharers.get().is_some() {
+    /// Step 2: no read transaction open anywhere (SQLite's EXCLUSIVE on the shared
+    /// range, tried): punch the marked chunks the record still says are absent (one
+    /// fetched again since keeps its bytes).
+    fn punch_marked(&self, lazy: &LazyCache, base: &LazyBase) -> Result<()> {
+        let cache = self.hole_maker(lazy)?;
+        let taken = try_lock_range(cache, SHARED_FIRST, SHARED_SIZE, RangeLock::Write)
+            .map_err(|e| Error::local("locking the lazy cache to drop chunks", e))?;
+        if !taken {
             return Ok(());
         }
-        let path = crate::residency::path_for(&self.cache_path);
-        let file = crate::fsutil::open_private(&path, crate::fsutil::IfExists::Keep)
-            .map_err(|e| Error::local("opening the residency record", e))?;
-        let started = std::time::Instant::now();
-        loop {
-            let taken = crate::sys::try_lock_range(&file, SHARERS_BYTE, 1, RangeLock::Read)
-                .map_err(|e| Error::local("locking the residency record", e))?;
-            if taken {
-                break;
+        let marked = std::mem::take(&mut *lazy.unpunched.lock());
+        // Another process may have taken a new base since (its chunks laid out
+        // otherwise): then this one's indexes name nothing on disk, and nothing is
+        // punched (the space stays until those bytes are written again).
+        let result = base
+            .record
+            .layout_on_disk_is_mine()
+            .and_then(|mine| match mine {
+                true => base.record.absent_on_disk(&marked),
+                false => Ok(Vec::new()),
+            });
+        let mut punched = 0;
+        if let Ok(absent) = &result {
+            for &i in absent {
+                let (offset, len) = base.manifest.chunk_range(i);
+                if let Err(e) = crate::sys::punch_hole(cache, offset, len) {
+                    tracing::warn!(cache = %self.cache_path.display(), error = %e,
+                        "could not give a dropped chunk's space back");
+                    break;
+                }
+                punched += 1;
             }
-            if started.elapsed() > std::time::Duration::from_secs(10) {
-                return Err(Error::Busy(format!(
-                    "lazy cache {}: another process has been dropping chunks for 10 s",
-                    self.cache_path.display()
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let _ = lazy.sharers.set(file);
-        Ok(())
+        let _ = try_lock_range(cache, SHARED_FIRST, SHARED_SIZE, RangeLock::Unlock);
+        tracing::debug!(cache = %self.cache_path.display(), punched, "gave dropped chunks' space back");
+        result
+            .map(|_| ())
+            .map_err(|e| Error::local("reading the residency record", e))
+    }
+
+    /// The record opened once more, for the marking lock, kept until the store goes.
+    fn marker<'a>(&self, lazy: &'a LazyCache) -> Result<&'a File> {
+        if let Some(f) = lazy.marker.get() {
+            return Ok(f);
+        }
+        let path = crate::residency::path_for(&self.cache_path);
+        let f = crate::fsutil::open_private(&path, crate::fsutil::IfExists::Keep)
+            .map_err(|e| Error::local("opening the residency record", e))?;
+        Ok(lazy.marker.get_or_init(|| f))
     }
 
     /// With `cache_max`, once per store: whether the cache's file system can give
@@ -227,15 +290,18 @@ impl Store {
         let _ = lazy.holes.set(supported);
     }
 
-    /// The descriptor holes are punched through: the cache file opened once and
-    /// kept until the store goes (closing a descriptor of the cache would drop this
-    /// process's POSIX locks on it, SQLite's included; the store goes only after its
-    /// last connection closed).
+    /// The descriptor holes are punched through, and eviction's locks on the cache
+    /// taken on (open-file-description locks: they conflict with SQLite's POSIX
+    /// locks, this process's too): the cache file opened once and kept until the
+    /// store goes (closing a descriptor of the cache would drop this process's
+    /// POSIX locks on it, SQLite's included; the store goes only after its last
+    /// connection closed).
     fn hole_maker<'a>(&self, lazy: &'a LazyCache) -> Result<&'a File> {
         if let Some(f) = lazy.hole_maker.get() {
             return Ok(f);
         }
         let f = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&self.cache_path)
             .map_err(|e| Error::local("opening the cache to drop chunks", e))?;

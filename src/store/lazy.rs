@@ -73,9 +73,12 @@ pub(crate) struct LazyCache {
     pub(super) unsynced_dirty: AtomicBool,
     /// With `cache_max`: whether the file system punches holes (checked at open).
     pub(super) holes: std::sync::OnceLock<bool>,
-    /// The record opened once more, holding this process's "I have it open" lock
-    /// (src/store/evict.rs, `join_sharers`).
-    pub(super) sharers: std::sync::OnceLock<std::fs::File>,
+    /// The record opened once more, for the lock evicting processes take turns
+    /// by while they mark chunks absent (src/store/evict.rs).
+    pub(super) marker: std::sync::OnceLock<std::fs::File>,
+    /// Chunks this process marked absent whose space is not given back yet: their
+    /// holes are punched once no read transaction is open in any process.
+    pub(super) unpunched: parking_lot::Mutex<Vec<u64>>,
     /// The last failed read, for the status report until the next SHARED lock takes
     /// it into `last_error` (a read holds no store mutex to note it there).
     failed: parking_lot::Mutex<Option<LastError>>,
@@ -183,6 +186,11 @@ impl Store {
         let base = match &*guard {
             Known::Base(base) => base,
             Known::Local => return Ok(()),
+            // A read wholly past the cache file's end needs no chunk: it is a short
+            // read whatever the base. SQLite reads the header so at every open,
+            // before any lock: a cold cache whose first check met a moving remote
+            // (SQLITE_BUSY, checked again at the first SHARED lock) is still empty.
+            Known::Unknown if file.size().is_ok_and(|size| offset >= size) => return Ok(()),
             Known::Unknown => {
                 return Err(Error::Local(format!(
                     "lazy cache {}: its chunk list is not known yet (the remote could not be \
@@ -495,24 +503,34 @@ impl Store {
     }
 
     /// At a SHARED lock: another process sharing the cache may have taken presence
-    /// away (a new base, dropped chunks). Skipped while another connection of this
-    /// process reads: it looked when it took SHARED, and nothing can change since.
+    /// away (a new base, dropped chunks), which moves the record's header. The look
+    /// is a compare in memory under the read side; only a header that moved takes
+    /// the write side (waiting, if another connection of this process is fetching,
+    /// for its fetch: a stale copy of the states must never be trusted, since an
+    /// evicting process punches the chunks it marked once no read transaction is
+    /// open anywhere, this one's next included).
     pub fn lazy_on_shared(&self) -> Result<()> {
         let Some(lazy) = &self.lazy else {
             return Ok(());
         };
-        if let Some(mut guard) = lazy.base.try_write() {
-            if let Known::Base(base) = &mut *guard {
-                base.record
-                    .reload_if_moved()
-                    .map_err(|e| Error::local("reading the residency record", e))?;
-                if base.record.etag() != base.etag.0 {
-                    // Another process installed a version: the check this SHARED lock
-                    // makes next tracks it.
-                    *guard = Known::Unknown;
-                    lazy.moved.store(true, Ordering::SeqCst);
-                    self.fresh_until.store(0, Ordering::SeqCst);
-                }
+        let moved = match &*lazy.base.read() {
+            Known::Base(base) => !base.record.header_unchanged(),
+            _ => false,
+        };
+        if !moved {
+            return Ok(());
+        }
+        let mut guard = lazy.base.write();
+        if let Known::Base(base) = &mut *guard {
+            base.record
+                .reload_if_moved()
+                .map_err(|e| Error::local("reading the residency record", e))?;
+            if base.record.etag() != base.etag.0 {
+                // Another process installed a version: the check this SHARED lock
+                // makes next tracks it.
+                *guard = Known::Unknown;
+                lazy.moved.store(true, Ordering::SeqCst);
+                self.fresh_until.store(0, Ordering::SeqCst);
             }
         }
         Ok(())

@@ -54,7 +54,6 @@ impl Store {
         let record = Residency::open(&self.cache_path, &etag.0, &manifest)
             .map_err(|e| Error::local("opening the residency record", e))?;
         self.check_holes(lazy, &record);
-        self.join_sharers(lazy)?;
         *lazy.base.write() = Known::Base(Box::new(LazyBase::new(
             etag,
             manifest,
@@ -172,7 +171,6 @@ impl Store {
                 .map_err(|e| Error::local("opening the residency record", e))?,
         };
         self.check_holes(lazy, &record);
-        self.join_sharers(lazy)?;
         let keep_all = trusted && record.etag() == stat.etag.0;
         let old_ids = old
             .filter(|(_, etag)| record.etag() == etag.0)

@@ -26,10 +26,7 @@ use super::paths::{is_missing, BlobPaths};
 use crate::backend::{BackendErrorKind, BackendResult};
 use crate::sys::{try_lock_range, RangeLock};
 
-const PENDING_BYTE: u64 = 0x4000_0000;
-const RESERVED_BYTE: u64 = PENDING_BYTE + 1;
-const SHARED_FIRST: u64 = PENDING_BYTE + 2;
-const SHARED_SIZE: u64 = 510;
+use crate::image::{PENDING_BYTE, RESERVED_BYTE, SHARED_FIRST, SHARED_SIZE};
 
 const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 /// The header's sector: records start here.
