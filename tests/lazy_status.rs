@@ -128,6 +128,59 @@ fn azurite_a_point_query_misses_once_then_hits() {
     }
 }
 
+/// `PRAGMA managedblob_fetch_all` is refused outside a read transaction; inside one
+/// it makes every chunk present (the data the writer's), and on a full cache it does
+/// nothing.
+#[test]
+fn fetch_all_fills_a_lazy_cache_inside_a_read_transaction() {
+    let w = World::local();
+    let h1 = build(&w);
+    let c = w.open_with("h2", "a.db", "&fetch=lazy");
+    let refused = pragma(&c, "PRAGMA managedblob_fetch_all").unwrap_err();
+    assert!(
+        refused.to_string().contains("read transaction"),
+        "{refused}"
+    );
+    c.execute_batch("BEGIN").unwrap();
+    let _: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        pragma(&c, "PRAGMA managedblob_fetch_all")
+            .unwrap()
+            .as_deref(),
+        Some("ok")
+    );
+    c.execute_batch("COMMIT").unwrap();
+    let s = status(&c);
+    assert_eq!(
+        field(&s, "chunks_present"),
+        field(&s, "chunks_total"),
+        "{s}"
+    );
+    assert_eq!(
+        field(&s, "chunks_fetched"),
+        field(&s, "chunks_total"),
+        "{s}"
+    );
+    let reads = requests(&c, "read_range");
+    assert_eq!(head(&c, 77), head(&h1, 77));
+    assert_eq!(integrity(&c), "ok");
+    assert_eq!(requests(&c, "read_range"), reads, "nothing left to fetch");
+    h1.execute_batch("BEGIN").unwrap();
+    let _: i64 = h1
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        pragma(&h1, "PRAGMA managedblob_fetch_all")
+            .unwrap()
+            .as_deref(),
+        Some("ok"),
+        "a full cache has nothing to fetch"
+    );
+    h1.execute_batch("COMMIT").unwrap();
+}
+
 /// The README's list of `residence` fields (Lazy fetch, "Status") is what a lazy
 /// cache reports, without `cache_max` (`holes` is there only with it).
 #[test]

@@ -18,9 +18,6 @@ impl Store {
     /// lazy one holding another tool's blob whole). `level`: the connection's lock,
     /// at least SHARED (a read transaction).
     pub fn fetch_all(&self, file: &mut dyn LocalFile, level: LockLevel) -> Result<()> {
-        let Some(lazy) = &self.lazy else {
-            return Ok(());
-        };
         if level < LockLevel::Shared {
             return Err(Error::Misuse(
                 "managedblob_fetch_all runs inside a read transaction (BEGIN; a SELECT; the \
@@ -28,6 +25,9 @@ impl Store {
                     .into(),
             ));
         }
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
         let guard = lazy.base.read();
         let base = match &*guard {
             Known::Base(base) => base,
