@@ -269,6 +269,7 @@ impl Connection {
             Command::BatchEnd => done(store.batch_end(file, level), "end"),
             Command::Flush => done(store.flush(file, level), "ok"),
             Command::Refresh => done(store.refresh(file, level), "ok"),
+            Command::FetchAll => done(store.fetch_all(file, level), "ok"),
             Command::Status => Ok(Some(
                 serde_json::to_string(&store.status())
                     .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),

@@ -38,6 +38,11 @@ pub mod redact {
     pub use crate::redact::*;
 }
 
+/// A lazy cache's residency record, read only ([`residency::summary`]).
+pub mod residency {
+    pub use crate::residency::{path_for, summary, Summary};
+}
+
 /// The cache's durable state beside it.
 pub mod sidecar {
     pub use crate::sidecar::*;

@@ -8,6 +8,8 @@ pub enum Command {
     Flush,
     Refresh,
     Status,
+    /// A lazy cache fetches every chunk it lacks (`managedblob pull --all`).
+    FetchAll,
 }
 
 /// SQLite's journal modes, in the order its `PRAGMA journal_mode=<value>` tries them
@@ -57,6 +59,7 @@ pub fn parse(name: &str, value: Option<&str>) -> Option<Result<Command, String>>
         "managedblob_flush" => Ok(Command::Flush),
         "managedblob_refresh" => Ok(Command::Refresh),
         "managedblob_status" => Ok(Command::Status),
+        "managedblob_fetch_all" => Ok(Command::FetchAll),
         _ => return None,
     };
     Some(command)

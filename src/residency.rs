@@ -506,6 +506,51 @@ impl Residency {
     }
 }
 
+/// What a residency record says, read without changing it (`managedblob status`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// The base version the record describes.
+    pub etag: String,
+    pub chunk_size: u64,
+    /// The base's length in bytes.
+    pub len: u64,
+    pub chunks_total: u64,
+    /// Chunks present (partial ones, and all of a record beside another cache file,
+    /// count as absent, as for the VFS).
+    pub chunks_present: u64,
+    /// Bytes of the present chunks (the last chunk may be short).
+    pub resident_bytes: u64,
+}
+
+/// The record beside `cache`, read only: `None` when there is none (a full cache)
+/// or its header is torn (it describes nothing).
+pub fn summary(cache: &Path) -> io::Result<Option<Summary>> {
+    let file = match File::open(path_for(cache)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(h) = read_header(&file)? else {
+        return Ok(None);
+    };
+    let ours = crate::sidecar::file_identity(cache).is_some_and(|id| id == h.cache);
+    let mut states = vec![ABSENT; if ours { h.count as usize } else { 0 }];
+    let n = read_up_to(&file, &mut states, HEADER_LEN)?;
+    let mut m = Manifest::empty(h.chunk_size.max(1));
+    m.len = h.len;
+    let present: Vec<u64> = (0..n as u64)
+        .filter(|&i| matches!(states[i as usize], PRESENT | DIRTY))
+        .collect();
+    Ok(Some(Summary {
+        chunks_present: present.len() as u64,
+        resident_bytes: present.iter().map(|&i| m.chunk_range(i).1).sum(),
+        etag: h.etag,
+        chunk_size: h.chunk_size,
+        len: h.len,
+        chunks_total: h.count,
+    }))
+}
+
 /// The header: its first 256 bytes hold it whole in practice (read at every SHARED
 /// lock of a lazy connection, so kept small); longer etags cost a second read.
 fn read_header(file: &File) -> io::Result<Option<Header>> {
@@ -611,6 +656,24 @@ mod tests {
         std::fs::remove_file(&db).unwrap();
         std::fs::write(&db, b"a new, empty cache").unwrap();
         assert_eq!(Residency::open(&db, "v1", &m).unwrap().present_count(), 0);
+    }
+
+    #[test]
+    fn a_summary_reads_the_record_and_changes_nothing() {
+        let (_dir, db) = cache();
+        std::fs::write(&db, b"cache").unwrap();
+        assert_eq!(summary(&db).unwrap(), None, "no record: a full cache");
+        let mut m = manifest(3);
+        m.len = 2 * 65536 + 100;
+        let r = Residency::open(&db, "v1", &m).unwrap();
+        r.mark_present(&[0, 2]).unwrap();
+        r.mark_partial(1).unwrap();
+        let before = std::fs::read(path_for(&db)).unwrap();
+        let s = summary(&db).unwrap().unwrap();
+        assert_eq!((s.chunks_present, s.chunks_total), (2, 3));
+        assert_eq!(s.resident_bytes, 65536 + 100, "the last chunk is short");
+        assert_eq!(s.etag, "v1");
+        assert_eq!(std::fs::read(path_for(&db)).unwrap(), before);
     }
 
     #[test]

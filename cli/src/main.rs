@@ -47,7 +47,15 @@ enum Command {
     /// `PRAGMA integrity_check`, and (with --cache) the cache against the remote.
     Verify(Address),
     /// Bring a cache up to date, through the VFS (the same code path as an open).
-    Pull(Address),
+    Pull {
+        #[command(flatten)]
+        address: Address,
+        /// Also fetch every chunk a lazy cache lacks (it stays lazy, with every chunk
+        /// present); a cold cache is opened lazily and filled. A full cache holds
+        /// every chunk already: the same as without --all.
+        #[arg(long)]
+        all: bool,
+    },
     /// Write a plain SQLite copy of the remote blob (or, with --as-of or --version,
     /// of a kept version) to OUT (no cache, no sidecar).
     Export {
@@ -137,7 +145,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Status(address) => status::run(&address.resolve()?, json),
         Command::Verify(address) => verify::run(&address.resolve()?, json),
-        Command::Pull(address) => transfer::pull(&address.resolve()?, json),
+        Command::Pull { address, all } if all => transfer::pull_all(&address.resolve()?, json),
+        Command::Pull { address, .. } => transfer::pull(&address.resolve()?, json),
         Command::Export {
             address,
             pick,

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use managedblob::internal::ops::{self, LeaseInfo};
+use managedblob::internal::residency;
 use managedblob::internal::sidecar::Sidecar;
 use serde::Serialize;
 
@@ -37,6 +38,34 @@ pub struct CacheReport {
     /// `current`, `behind` (the remote moved on), `ahead` (local commits not
     /// uploaded), `diverged` (both), `unsynced` (never synced).
     staleness: &'static str,
+    /// `lazy` (a residency record beside it: a sparse cache) or `full`.
+    fetch: &'static str,
+    /// A lazy cache's chunks, from its residency record (absent for a full cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    residency: Option<Residency>,
+}
+
+/// What a lazy cache holds, as its residency record says.
+#[derive(Serialize)]
+pub struct Residency {
+    pub chunks_present: u64,
+    pub chunks_total: u64,
+    pub chunk_size: u64,
+    /// Bytes of the present chunks.
+    pub resident_bytes: u64,
+}
+
+/// The residency record beside `cache` (`None`: a full cache). A record of another
+/// base than the sidecar's describes nothing: no chunk present, as the VFS reads it.
+pub fn residency(cache: &Path, sidecar: Option<&Sidecar>) -> Option<Residency> {
+    let found = residency::summary(cache).ok().flatten()?;
+    let current = sidecar.and_then(|s| s.base.as_ref()).map(|e| e.0.as_str()) == Some(&found.etag);
+    Some(Residency {
+        chunks_present: if current { found.chunks_present } else { 0 },
+        chunks_total: found.chunks_total,
+        chunk_size: found.chunk_size,
+        resident_bytes: if current { found.resident_bytes } else { 0 },
+    })
 }
 
 pub fn run(target: &Target, json: bool) -> Result<u8> {
@@ -81,7 +110,10 @@ pub fn cache_report(path: &Path, sidecar: &Sidecar, remote_etag: &str) -> CacheR
         (true, true, true) => "ahead",
         (true, true, false) => "diverged",
     };
+    let residency = residency(path, Some(sidecar));
     CacheReport {
+        fetch: if residency.is_some() { "lazy" } else { "full" },
+        residency,
         path: path.display().to_string(),
         size: std::fs::metadata(path).ok().map(|m| m.len()),
         etag: sidecar.base.as_ref().map(|e| e.0.clone()),
@@ -175,6 +207,19 @@ fn print_table(r: &Report) {
                 .unwrap_or_default(),
         );
         t.row("generation", c.generation);
+        t.row("fetch", c.fetch);
+        if let Some(r) = &c.residency {
+            t.row(
+                "resident",
+                format!(
+                    "{} of {} chunks of {}: {}",
+                    r.chunks_present,
+                    r.chunks_total,
+                    indicatif::BinaryBytes(r.chunk_size),
+                    bytes(r.resident_bytes)
+                ),
+            );
+        }
         t.row(
             "conflicts",
             if c.conflicts.is_empty() {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use managedblob::internal::backend::{Backend, BackendErrorKind, BlockId, Condition, Lease};
 use managedblob::internal::delta::{chunk_size_for, ChunkId};
+use managedblob::internal::residency;
 use serde_json::json;
 
 use crate::address::Target;
@@ -93,6 +94,101 @@ pub fn pull(target: &Target, json: bool) -> Result<u8> {
             "pulled {} into {} (etag {etag}, {} down)",
             target.blob,
             cache.display(),
+            bytes(down)
+        );
+    }
+    Ok(0)
+}
+
+/// `pull --all`: open the cache lazily and fetch every chunk it lacks, in one read
+/// transaction (`PRAGMA managedblob_fetch_all`); the bar follows the residency
+/// record's present bytes. A full cache (no residency record) is pulled as usual.
+pub fn pull_all(target: &Target, json: bool) -> Result<u8> {
+    let cache = target
+        .cache
+        .as_ref()
+        .context("pull --all needs --cache <path> (the cache to fill)")?;
+    let empty = std::fs::metadata(cache).map_or(true, |m| m.len() == 0);
+    if !empty && residency::summary(cache)?.is_none() {
+        return pull(target, json);
+    }
+    let backend = target.backend()?;
+    let Some(stat) = backend.stat(&target.blob)? else {
+        return Err(target.missing_blob());
+    };
+    let before = target.sidecar.as_ref().and_then(|s| s.base.clone());
+    let conn = open_managed_uri(&format!("{}&fetch=lazy", target.vfs_uri(cache)), cache)?;
+    // The read transaction the fetch runs in: the open's check and (lazy) install.
+    conn.execute_batch("BEGIN")?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })?;
+    let start = managed_status(&conn)?;
+    let total = start["residence"]["chunks_total"].as_u64();
+    let size = std::fs::metadata(cache).map_or(stat.size, |m| m.len());
+    let bar = Arc::new(progress(size, "pull"));
+    let watching = Arc::new(AtomicBool::new(bar.is_shown()));
+    let watcher = {
+        let (bar, watching, cache) = (bar.clone(), watching.clone(), cache.clone());
+        std::thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                if let Ok(Some(r)) = residency::summary(&cache) {
+                    bar.set_position(bar.position().max(r.resident_bytes));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let fetched = conn
+        .query_row("PRAGMA managedblob_fetch_all", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .context("fetching every chunk");
+    watching.store(false, Ordering::Relaxed);
+    let _ = watcher.join();
+    let status = fetched.and_then(|_| {
+        conn.execute_batch("COMMIT")?;
+        managed_status(&conn)
+    });
+    if let (Ok(s), Ok(bar)) = (&status, Arc::try_unwrap(bar)) {
+        let resident = s["residence"]["resident_bytes"].as_u64().unwrap_or(size);
+        bar.set_position(bar.position().max(resident));
+        bar.finish();
+    }
+    let s = status?;
+    let r = &s["residence"];
+    if total.is_some() && r["chunks_present"] != r["chunks_total"] {
+        bail!(
+            "{} still lacks chunks after the fetch ({} of {} present)",
+            cache.display(),
+            r["chunks_present"],
+            r["chunks_total"]
+        );
+    }
+    let etag = s["etag"].as_str().unwrap_or_default().to_string();
+    let down = s["requests"]["bytes_down"].as_u64().unwrap_or(0);
+    if json {
+        print_json(&json!({
+            "cache": cache.display().to_string(),
+            "blob": target.blob,
+            "etag": etag,
+            "previous_etag": before.as_ref().map(|e| e.0.clone()),
+            "bytes_down": down,
+            "generation": s["generation"],
+            "chunks_present": r["chunks_present"],
+            "chunks_total": r["chunks_total"],
+            "chunks_fetched": r["chunks_fetched"],
+            "resident_bytes": r["resident_bytes"],
+        }));
+    } else {
+        println!(
+            "pulled every chunk of {} into {} (etag {etag}, {} of {} chunks present, {} \
+             fetched, {} down)",
+            target.blob,
+            cache.display(),
+            r["chunks_present"],
+            r["chunks_total"],
+            r["chunks_fetched"],
             bytes(down)
         );
     }
@@ -375,9 +471,14 @@ fn check_database(file: &Path) -> Result<rusqlite::Connection> {
 
 /// A connection to `cache` through the VFS.
 fn open_managed(target: &Target, cache: &Path) -> Result<rusqlite::Connection> {
+    open_managed_uri(&target.vfs_uri(cache), cache)
+}
+
+/// A connection to `cache` through the VFS, by its URI.
+fn open_managed_uri(uri: &str, cache: &Path) -> Result<rusqlite::Connection> {
     managedblob::register()?;
     let conn = rusqlite::Connection::open_with_flags(
-        target.vfs_uri(cache),
+        uri,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
             | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
             | rusqlite::OpenFlags::SQLITE_OPEN_URI,

@@ -69,6 +69,13 @@ pub(crate) struct LazyCache {
     pub(super) evicted: std::sync::atomic::AtomicU64,
     /// Rounds of fetches that went to the network (each one round trip, in sequence).
     pub(super) rounds: std::sync::atomic::AtomicU64,
+    /// `ensure_present` calls that found every chunk they cover present (the read
+    /// path's one relaxed increment).
+    hits: std::sync::atomic::AtomicU64,
+    /// `ensure_present` calls that found a chunk absent and brought it in.
+    misses: std::sync::atomic::AtomicU64,
+    /// Chunks fetched from the remote by this process (reads, commit points, opens).
+    pub(super) fetched: std::sync::atomic::AtomicU64,
     /// Chunks were marked dirty since the record was last synced.
     pub(super) unsynced_dirty: AtomicBool,
     /// With `cache_max`: whether the file system punches holes (checked at open).
@@ -157,6 +164,15 @@ pub struct Residence {
     pub chunks_total: u64,
     /// Bytes of one chunk.
     pub chunk_size: u64,
+    /// Bytes of the chunks the cache holds (the last chunk may be short).
+    pub resident_bytes: u64,
+    /// Reads (and writes) by this process whose chunks were all present.
+    pub cache_hits: u64,
+    /// Reads (and writes) by this process that found a chunk absent and brought it
+    /// in (from the remote, or from the cache's own bytes when they matched).
+    pub cache_misses: u64,
+    /// Chunks this process fetched from the remote.
+    pub chunks_fetched: u64,
     /// Chunks dropped by this process to stay under `cache_max`.
     pub chunks_evicted: u64,
     /// Rounds of fetches this process made (a round fetches its chunks in parallel:
@@ -205,6 +221,7 @@ impl Store {
             base.stamps.touch(i, epoch);
         }
         if range.clone().all(|i| base.record.is_present(i)) {
+            lazy.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // Another process sharing the cache may have fetched them.
@@ -216,8 +233,10 @@ impl Store {
             .filter(|&i| !base.record.is_present(i))
             .collect();
         let Some(&first) = missing.first() else {
+            lazy.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
+        lazy.misses.fetch_add(1, Ordering::Relaxed);
         let max = (READAHEAD_BYTES / base.manifest.chunk_size.max(1)).clamp(1, READAHEAD_CHUNKS);
         let upto = ahead
             .plan(first, range.end, max)
@@ -398,6 +417,9 @@ impl Store {
             return Ok(None);
         };
         self.check_chunk(&base.manifest, i, &data)?;
+        if let Some(lazy) = &self.lazy {
+            lazy.fetched.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Some(data))
     }
 
@@ -435,6 +457,10 @@ impl Store {
         });
         let mut got = Vec::new();
         let mut moved = Vec::new();
+        if let Some(lazy) = &self.lazy {
+            let read = results.iter().filter(|(_, r)| r.is_ok()).count();
+            lazy.fetched.fetch_add(read as u64, Ordering::Relaxed);
+        }
         for (i, read) in results {
             match read {
                 Ok(data) => {
@@ -584,18 +610,33 @@ impl Store {
         }
     }
 
-    /// The lazy part's figures for the status report (`None` in full mode).
+    /// The lazy part's figures for the status report (`None` in full mode). The
+    /// counters are this process's whatever the base; the chunk figures are zero
+    /// while no chunk list is known (or the cache took another tool's blob whole).
     pub(super) fn residence(&self) -> Option<Residence> {
         let lazy = self.lazy.as_ref()?;
         let guard = lazy.base.try_read()?;
-        let evicted = lazy.evicted.load(Ordering::Relaxed);
-        Some(guard.base().map_or(Residence::default(), |b| Residence {
-            chunks_present: b.record.present_count(),
-            chunks_total: b.record.chunk_count(),
-            chunk_size: b.manifest.chunk_size,
-            chunks_evicted: evicted,
+        let counters = Residence {
+            chunks_evicted: lazy.evicted.load(Ordering::Relaxed),
             fetch_rounds: lazy.rounds.load(Ordering::Relaxed),
+            cache_hits: lazy.hits.load(Ordering::Relaxed),
+            cache_misses: lazy.misses.load(Ordering::Relaxed),
+            chunks_fetched: lazy.fetched.load(Ordering::Relaxed),
             holes: lazy.holes.get().copied(),
+            ..Residence::default()
+        };
+        Some(guard.base().map_or(counters, |b| {
+            let count = b.record.chunk_count().min(b.manifest.ids.len() as u64);
+            Residence {
+                chunks_present: b.record.present_count(),
+                chunks_total: b.record.chunk_count(),
+                chunk_size: b.manifest.chunk_size,
+                resident_bytes: (0..count)
+                    .filter(|&i| b.record.is_present(i))
+                    .map(|i| b.manifest.chunk_range(i).1)
+                    .sum(),
+                ..counters
+            }
         }))
     }
 }

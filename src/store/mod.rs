@@ -50,6 +50,7 @@ mod guard;
 mod history;
 mod hold;
 mod lazy;
+mod lazy_all;
 mod lazy_install;
 mod lazy_write;
 mod lease;

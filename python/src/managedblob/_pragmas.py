@@ -53,7 +53,10 @@ def status(conn: sqlite3.Connection) -> Dict[str, Any]:
     ``flush_due_ms`` (only while deferred commits wait, ``flush_ms``), ``lease_held``,
     ``batch_depth``, ``generation``, ``in_flight``, ``waiting_on`` (the remote requests
     under way, e.g. ``["upload"]``), ``conflicts``, ``last_error`` and ``requests`` (per kind, bytes, and ``versions_up`` /
-    ``versions_down``: versions published and taken in). Secrets never appear in it.
+    ``versions_down``: versions published and taken in), ``fetch`` (``full`` or ``lazy``) and, for a
+    lazy cache, ``residence`` (``chunks_present``, ``chunks_total``, ``chunk_size``,
+    ``resident_bytes``, ``cache_hits``, ``cache_misses``, ``chunks_fetched``,
+    ``chunks_evicted``, ``fetch_rounds``; see the README). Secrets never appear in it.
 
     Raises ``ValueError`` when ``conn``'s main database is not a managed one.
     """
