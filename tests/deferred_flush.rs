@@ -234,7 +234,10 @@ fn a_lone_connection_needs_no_busy_timeout(w: &World) {
              COMMIT;",
         );
         if let Err(e) = write {
-            failures.push(format!("write {i}: {e}"));
+            // The status says which part answered BUSY (a release in flight, an upload
+            // that outlived the lease, ...): SQLite's message alone does not.
+            let cause = status(&c)["last_error"].clone();
+            failures.push(format!("write {i}: {e} (last_error: {cause})"));
             let _ = c.execute_batch("ROLLBACK");
         }
         if let Err(e) = c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0)) {
