@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::localfile::{LocalFile, LockLevel};
 use crate::sidecar::LeaseOwner;
 
+/// How long a write waits for an idle lease's release in flight before SQLITE_BUSY.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Store {
     /// The lease for a write: revive a parked one, wake a warm one, keep a live one,
     /// or take it. `Ok(true)` when the blob does not exist and the first upload
@@ -26,7 +29,20 @@ impl Store {
         match st.lease.slot() {
             LeaseSlot::Live(_) => Ok(false),
             LeaseSlot::Warm { .. } => unreachable!("woken above"),
-            LeaseSlot::Releasing(_) => Err(self.busy_releasing()),
+            // A release in flight takes one request: wait for its answer rather than
+            // answer BUSY to a connection that may have no busy handler (the clock
+            // sets it without the store's mutex), then take the lease anew.
+            LeaseSlot::Releasing(release) => {
+                let release = release.clone();
+                if !release.wait_settled(RELEASE_WAIT) {
+                    return Err(self.busy_releasing());
+                }
+                st.lease.observe();
+                match st.lease.slot() {
+                    LeaseSlot::Releasing(_) => Err(self.busy_releasing()),
+                    _ => self.ensure_lease(st),
+                }
+            }
             LeaseSlot::Lost => Err(Error::Backend(BackendError::new(
                 BackendErrorKind::LeaseLost,
                 format!("the lease on blob '{}' was lost", self.config.blob),

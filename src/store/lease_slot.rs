@@ -169,6 +169,9 @@ pub(crate) struct Release {
     /// `Some(true)`: released (or already gone); `Some(false)`: the release failed
     /// and the lease may still be ours.
     outcome: Mutex<Option<bool>>,
+    /// Signalled when `outcome` is set: a write that found the release in flight
+    /// waits for it ([`Release::wait_settled`]).
+    settled: parking_lot::Condvar,
 }
 
 impl Release {
@@ -176,12 +179,27 @@ impl Release {
         Arc::new(Release {
             id,
             outcome: Mutex::new(None),
+            settled: parking_lot::Condvar::new(),
         })
     }
 
     /// The release's answer came.
     pub fn settle(&self, released: bool) {
         *self.outcome.lock() = Some(released);
+        self.settled.notify_all();
+    }
+
+    /// Wait up to `within` for the answer; whether it came. The clock sets it
+    /// without any lock of the store, so a caller may wait holding the store's mutex.
+    pub fn wait_settled(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut outcome = self.outcome.lock();
+        while outcome.is_none() {
+            if self.settled.wait_until(&mut outcome, deadline).timed_out() {
+                break;
+            }
+        }
+        outcome.is_some()
     }
 }
 
