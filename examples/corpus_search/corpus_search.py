@@ -32,7 +32,7 @@ import re
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import sqlite_vec
 
@@ -70,12 +70,13 @@ def remote_from_env() -> str:
     raise Usage(f"CORPUS_SEARCH_BACKEND must be local or azure, not {backend!r}")
 
 
-def open_corpus(cache_dir: str) -> sqlite3.Connection:
-    """The corpus database on this host's cache, with sqlite-vec loaded and the schema made."""
+def open_corpus(cache_dir: str, fetch: Optional[str] = None) -> sqlite3.Connection:
+    """The corpus database on this host's cache, with sqlite-vec loaded and the schema made.
+    ``fetch="lazy"``: the cache is sparse, and a search fetches only what it reads."""
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     name = os.environ.get("CORPUS_SEARCH_DB", "corpus.db")
-    conn = managedblob.connect(cache / name, remote=remote_from_env())
+    conn = managedblob.connect(cache / name, remote=remote_from_env(), fetch=fetch)
     try:
         conn.enable_load_extension(True)
     except AttributeError:
@@ -179,7 +180,18 @@ def counters(status: Dict[str, Any]) -> Tuple[str, Dict[str, int]]:
         "bytes_up": r["bytes_up"],
         "bytes_down": r["bytes_down"],
     }
-    return "  ".join(f"{k.replace('_', ' ')}: {v}" for k, v in figures.items()), figures
+    line = "  ".join(f"{k.replace('_', ' ')}: {v}" for k, v in figures.items())
+    residence = status.get("residence")
+    if status.get("fetch") == "lazy" and residence:
+        # A lazy cache: what this process fetched, and how much of the database is here.
+        figures["chunks_present"] = residence["chunks_present"]
+        figures["chunks_total"] = residence["chunks_total"]
+        line += (
+            f"\nlazy cache: fetched {r['bytes_down']} bytes ({r.get('read_range', 0)} ranged reads); "
+            f"{residence['chunks_present']} of {residence['chunks_total']} chunks of "
+            f"{residence['chunk_size']} bytes present"
+        )
+    return line, figures
 
 
 def shorten(text: str, width: int = 72) -> str:
@@ -194,6 +206,13 @@ def main(argv: List[str]) -> int:
         help="this host's cache directory",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--fetch",
+        choices=["full", "lazy"],
+        default=os.environ.get("CORPUS_SEARCH_FETCH"),
+        help="full: this host keeps a whole copy (the default); lazy: a sparse cache that "
+        "fetches what a search reads",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("ingest", help="index a folder of .txt files").add_argument("folder", type=Path)
     find = commands.add_parser("search", help="full-text and vector search")
@@ -203,7 +222,7 @@ def main(argv: List[str]) -> int:
     args = parser.parse_args(argv)
 
     try:
-        conn = open_corpus(args.cache)
+        conn = open_corpus(args.cache, args.fetch)
         result: Dict[str, Any] = {}
         if args.command == "ingest":
             result.update(ingest(conn, args.folder))

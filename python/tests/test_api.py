@@ -83,6 +83,23 @@ def test_settings_reach_the_vfs(remote, cache):
     assert (remote / "shared" / "corpus.db").is_file()
 
 
+def test_a_lazy_host_fetches_what_it_reads(remote, cache):
+    h1 = managedblob.connect(cache("h1"), remote=remote, isolation_level=None)
+    h1.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)")
+    h1.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+        "INSERT INTO t SELECT i, randomblob(4000) FROM n"
+    )
+    h1.close()
+    lazy = managedblob.connect(cache("h2"), remote=remote, fetch="lazy", cache_max="256MiB")
+    assert lazy.execute("SELECT length(body) FROM t WHERE id = 1500").fetchone()[0] == 4000
+    status = managedblob.status(lazy)
+    assert status["fetch"] == "lazy", status
+    residence = status["residence"]
+    assert 0 < residence["chunks_present"] < residence["chunks_total"], status
+    lazy.close()
+
+
 def test_lease_linger_zero_gives_the_lease_back_with_each_commit(remote, cache):
     db = managedblob.connect(cache("h1"), remote=remote, lease_linger_ms=0, isolation_level=None)
     db.execute("CREATE TABLE t(x)")
@@ -93,9 +110,9 @@ def test_lease_linger_zero_gives_the_lease_back_with_each_commit(remote, cache):
 
 
 def test_connect_knows_every_setting_of_the_vfs():
-    # The VFS's settings are the URI names in src/config.rs (Key::uri_name) and the
+    # The VFS's settings are the URI names in src/config/mod.rs (Key::uri_name) and the
     # pinned-version parameters (src/pinned.rs); connect() must pass each of them on.
-    config = REPO / "src" / "config.rs"
+    config = REPO / "src" / "config" / "mod.rs"
     require(config.is_file(), f"{config} (the VFS's settings) is not in this checkout")
     text = config.read_text()
     body = text[text.index("pub fn uri_name") : text.index("pub fn env_name")]

@@ -62,6 +62,15 @@ def check_ingest_and_search_on_two_hosts(env: Dict[str, str], tmp_path: Path, co
     found = demo(env, tmp_path / "h1", "search", "Halley")
     assert [(h["path"], h["chunk"]) for h in found["fts"]] == [("comets.txt", 2)], found
 
+    # A third host searches lazily: the same hits, from a sparse cache that fetched
+    # only part of the database, and says how much.
+    lazy = demo(env, tmp_path / "h3", "--fetch", "lazy", "search", "Halley")
+    assert [(h["path"], h["chunk"]) for h in lazy["fts"]] == [("comets.txt", 2)], lazy
+    assert lazy["status"]["fetch"] == "lazy", lazy
+    present, total = lazy["counters"]["chunks_present"], lazy["counters"]["chunks_total"]
+    assert 0 < present <= total, lazy
+    assert lazy["counters"]["downloads"] == 1 and lazy["counters"]["bytes_down"] > 0, lazy
+
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:

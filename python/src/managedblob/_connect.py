@@ -26,6 +26,8 @@ SETTINGS = (
     "sync",
     "history",
     "flush_ms",
+    "fetch",
+    "cache_max",
     "as_of",
     "version",
     "mode",
@@ -105,8 +107,10 @@ def connect(cache_path: PathLike, remote: Optional[PathLike] = None, **options: 
             (README, Azure credentials). ``None``: ``MANAGEDBLOB_REMOTE``.
         **options: managedblob settings (``blob``, ``lease_secs``, ``lease_linger_ms``,
             ``staleness_ms``, ``retry_attempts``, ``retry_base_ms``, ``retry_total_ms``,
-            ``sync``, ``history``, ``flush_ms``; ``as_of`` or ``version`` to open a past
-            version read-only; and SQLite's ``mode="ro"``), which go into the URI; and
+            ``sync``, ``history``, ``flush_ms``; ``fetch="lazy"`` for a sparse cache that
+            fetches what reads need, with ``cache_max`` (``"256MiB"``) bounding it;
+            ``as_of`` or ``version`` to open a past version read-only; and SQLite's
+            ``mode="ro"``), which go into the URI; and
             ``sqlite3.connect``'s own
             keyword arguments (``timeout``, ``isolation_level``, ``check_same_thread``,
             ``factory``, ...), which are passed on. Anything else is a ``TypeError``.
