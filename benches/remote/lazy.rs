@@ -9,7 +9,8 @@
 //! from a vocabulary of 4096 made-up words, and a rare term planted in a few rows. It is
 //! built with plain SQLite in one transaction in a local file (fast), then published
 //! through managedblob: SQLite's backup API into a `fetch=full` connection on host
-//! "w" (one write transaction, the first upload), as an application would.
+//! "w" (one write transaction, the first upload), as an application would; that cache
+//! is removed after it (a 1 GiB run holds at most three copies on disk at once).
 //!
 //! Per backend (local; Azurite through a loopback proxy adding 0, then 5 ms per
 //! request), per mode (lazy, full), each step on a host whose cache was wiped:
@@ -18,7 +19,8 @@
 //! host with `cache_max` (64 MiB), random point queries: the cache file's allocated
 //! bytes (`st_blocks * 512`) sampled every 2 ms and after each query, and the queries
 //! that fetched nothing (a hit rate computed from `requests.chunks_down` per query:
-//! the status counts no reads); and a warm lazy host taking host "w"'s one-row commit.
+//! the status counts no reads); and a warm lazy host taking another host's one-row
+//! commit (host "w", a lazy cache, straight to the remote).
 
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::atomic::AtomicBool;
@@ -285,8 +287,9 @@ fn build_plain(path: &Path, bytes: u64) -> i64 {
 }
 
 /// Publish the plain database `plain` as `blob` through host "w" (a full cache):
-/// SQLite's backup API, one write transaction, the first upload. Returns host "w".
-fn publish(area: &Area, blob: &str, plain: &Path, out: &mut LazyReport) -> Connection {
+/// SQLite's backup API, one write transaction, the first upload. Host "w"'s cache is
+/// removed after it (disk: a 1 GiB run holds at most three copies at once).
+fn publish(area: &Area, blob: &str, plain: &Path, out: &mut LazyReport) {
     let source = Connection::open(plain).unwrap();
     let mut w = open(&area.uri("w", blob, ""));
     let before = Cost::fresh();
@@ -299,7 +302,8 @@ fn publish(area: &Area, blob: &str, plain: &Path, out: &mut LazyReport) -> Conne
     let time = t.elapsed();
     out.publishes
         .push((area.kind, time, Cost::of(&w).since(before)));
-    w
+    drop(w);
+    area.wipe("w", blob);
 }
 
 const POINT: &str = "SELECT length(body) FROM doc WHERE id = ?1";
@@ -427,13 +431,15 @@ fn random(r: &Readers, rows: i64, plan: &LazyPlan, out: &mut LazyReport) {
     r.area.wipe(host, r.blob);
 }
 
-/// A warm lazy host (one point query done) takes host "w"'s one-row commit: its
-/// next read of the same row.
-fn take_commit(r: &Readers, w: &Connection, rows: i64, out: &mut LazyReport) {
+/// A warm lazy host (one point query done) takes another host's one-row commit (host
+/// "w", a lazy cache too, straight to the remote): its next read of the same row.
+fn take_commit(r: &Readers, rows: i64, out: &mut LazyReport) {
     let host = "l-taker";
     let (c, _) = cold_open(r, host, "&fetch=lazy&staleness_ms=0");
     let row = rows / 3 + 1;
     let (len, _) = query(r, &c, POINT, row.into());
+    r.area.wipe("w", r.blob);
+    let w = open(&r.area.uri("w", r.blob, "&fetch=lazy"));
     w.execute(
         "INSERT INTO doc(k, body) VALUES (42, 'one row from another host')",
         [],
@@ -446,8 +452,9 @@ fn take_commit(r: &Readers, w: &Connection, rows: i64, out: &mut LazyReport) {
         delay_ms: r.delay_ms,
         took,
     });
-    drop(c);
+    drop((c, w));
     r.area.wipe(host, r.blob);
+    r.area.wipe("w", r.blob);
 }
 
 fn delay(d: Option<u64>) -> String {
@@ -476,7 +483,7 @@ pub(super) fn lazy(
     if plan.kinds.contains(&Kind::Local) {
         let area = Area::new(Kind::Local, None);
         progress(start, "L local: publish");
-        let w = publish(&area, &blob, &plain, report);
+        publish(&area, &blob, &plain, report);
         let r = Readers {
             area: &area,
             blob: &blob,
@@ -486,15 +493,15 @@ pub(super) fn lazy(
         modes(&r, rows, report, start);
         progress(start, "L local: random reads");
         random(&r, rows, lp, report);
-        take_commit(&r, &w, rows, report);
+        take_commit(&r, rows, report);
     }
     let Some(azurite) = azurite.filter(|_| plan.kinds.contains(&Kind::Azurite)) else {
         return;
     };
     let area = Area::new(Kind::Azurite, Some(azurite));
     progress(start, "L Azurite: publish");
-    let w = publish(&area, &blob, &plain, report);
-    // Not needed any more: the disk holds Azurite's copy, host "w"'s and a reader's.
+    publish(&area, &blob, &plain, report);
+    // Azurite holds its copy: the plain one goes.
     let _ = std::fs::remove_file(&plain);
     // The readers go through a proxy of their own; host "w" goes straight to Azurite.
     let proxy = HttpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], azurite.port)));
@@ -528,7 +535,7 @@ pub(super) fn lazy(
         modes(&r, rows, report, start);
         progress(start, &format!("L Azurite {d} ms: random reads"));
         random(&r, rows, lp, report);
-        take_commit(&r, &w, rows, report);
+        take_commit(&r, rows, report);
     }
 }
 
@@ -620,8 +627,9 @@ pub(super) fn lazy_table(w: &mut String, report: &LazyReport) {
     );
     let _ = writeln!(
         w,
-        "\nA warm lazy host (`staleness_ms=0`) reading a row again after host \"w\"'s \
-         one-row commit:\n"
+        "\nA warm lazy host (`staleness_ms=0`) reading a row again after another \
+         host's one-row commit (host \"w\", a lazy cache, straight to the remote; \
+         `INSERT INTO doc(k, body)`):\n"
     );
     header(
         w,
