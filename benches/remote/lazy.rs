@@ -7,10 +7,9 @@
 //! The database: `doc(id INTEGER PRIMARY KEY, k INTEGER, body TEXT)` with an index on
 //! `k` and an FTS5 index over `body` (external content), rows of about 40 words drawn
 //! from a vocabulary of 4096 made-up words, and a rare term planted in a few rows. It is
-//! built with plain SQLite in one transaction in a local file (fast), then published
-//! through managedblob: SQLite's backup API into a `fetch=full` connection on host
-//! "w" (one write transaction, the first upload), as an application would; that cache
-//! is removed after it (a 1 GiB run holds at most three copies on disk at once).
+//! built with plain SQLite in one transaction, then published through managedblob:
+//! SQLite's backup API into a `fetch=full` connection on host "w" (the first upload),
+//! whose cache goes after it (a 1 GiB run holds at most three copies on disk).
 //!
 //! Per backend (local; Azurite through a loopback proxy adding 0, then 5 ms per
 //! request), per mode (lazy, full), each step on a host whose cache was wiped:
@@ -23,8 +22,7 @@
 //! commit (host "w", a lazy cache, straight to the remote).
 
 use std::os::unix::fs::MetadataExt as _;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{atomic::AtomicBool, Arc};
 
 use super::*;
 use http_proxy::HttpProxy;
@@ -118,6 +116,8 @@ pub(super) struct RandomRow {
     /// The most the cache file held on disk, and the number of samples.
     max_disk: u64,
     samples: u64,
+    /// Samples above `cache_max` + one chunk.
+    over: u64,
     chunk_size: u64,
     evicted: u64,
 }
@@ -383,35 +383,30 @@ fn random(r: &Readers, rows: i64, plan: &LazyPlan, out: &mut LazyReport) {
     let extra = format!("&fetch=lazy&cache_max={}MiB", plan.cache_max_mib);
     r.area.wipe(host, r.blob);
     let path = r.area.cache(host, r.blob);
-    let (stop, max, samples) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let disk = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.blocks() * 512);
+    let (stop, disk) = (Arc::new(AtomicBool::new(false)), Arc::new(Disk::default()));
     let sampler = {
-        let (stop, max, samples, path) = (stop.clone(), max.clone(), samples.clone(), path.clone());
+        let (stop, disk, path) = (stop.clone(), disk.clone(), path.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                max.fetch_max(disk(&path), Ordering::SeqCst);
-                samples.fetch_add(1, Ordering::SeqCst);
+                disk.sample(&path);
                 std::thread::sleep(Duration::from_millis(2));
             }
         })
     };
     let (c, _) = cold_open(r, host, &extra);
+    let chunk_size = status(&c)["residence"]["chunk_size"].as_u64().unwrap_or(0);
+    let bound = plan.cache_max_mib * MIB + chunk_size;
+    disk.bound.store(bound, Ordering::SeqCst);
     let mut took = Took::default();
     let mut rng = fastrand::Rng::with_seed(11);
     let mut hits = 0;
     for _ in 0..plan.queries {
         let (len, q) = query(r, &c, POINT, rng.i64(1..=rows).into());
         assert!(len > 0);
-        max.fetch_max(disk(&path), Ordering::SeqCst);
-        samples.fetch_add(1, Ordering::SeqCst);
+        disk.sample(&path);
         hits += usize::from(q.cost.down == 0);
         took = took.plus(q);
     }
-    let chunks_down = took.chunks;
     stop.store(true, Ordering::SeqCst);
     sampler.join().unwrap();
     let residence = &status(&c)["residence"];
@@ -420,15 +415,38 @@ fn random(r: &Readers, rows: i64, plan: &LazyPlan, out: &mut LazyReport) {
         delay_ms: r.delay_ms,
         queries: plan.queries,
         hits,
-        chunks_down,
+        chunks_down: took.chunks,
         took,
-        max_disk: max.load(Ordering::SeqCst),
-        samples: samples.load(Ordering::SeqCst),
-        chunk_size: residence["chunk_size"].as_u64().unwrap_or(0),
+        max_disk: disk.max.load(Ordering::SeqCst),
+        samples: disk.samples.load(Ordering::SeqCst),
+        over: disk.over.load(Ordering::SeqCst),
+        chunk_size,
         evicted: residence["chunks_evicted"].as_u64().unwrap_or(0),
     });
     drop(c);
     r.area.wipe(host, r.blob);
+}
+
+/// Samples of a cache file's allocated bytes (`st_blocks * 512`).
+#[derive(Default)]
+struct Disk {
+    max: AtomicU64,
+    samples: AtomicU64,
+    /// Samples above `bound` (0: not known yet, nothing counted).
+    over: AtomicU64,
+    bound: AtomicU64,
+}
+
+impl Disk {
+    fn sample(&self, path: &Path) {
+        let used = std::fs::metadata(path).map_or(0, |m| m.blocks() * 512);
+        self.max.fetch_max(used, Ordering::SeqCst);
+        self.samples.fetch_add(1, Ordering::SeqCst);
+        let bound = self.bound.load(Ordering::SeqCst);
+        if bound > 0 && used > bound {
+            self.over.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A warm lazy host (one point query done) takes another host's one-row commit (host
@@ -597,12 +615,12 @@ pub(super) fn lazy_table(w: &mut String, report: &LazyReport) {
     );
     header(
         w,
-        "| backend | added delay | queries | no fetch (hit rate) | chunks fetched | ms per query | requests (HTTP) | down | max disk (st_blocks) | samples | chunk | cache_max + chunk | chunks evicted |",
+        "| backend | added delay | queries | no fetch (hit rate) | chunks fetched | ms per query | requests (HTTP) | down | max disk KiB (st_blocks) | samples | over cache_max + chunk | chunk | cache_max + chunk KiB | chunks evicted |",
     );
     for r in &report.random {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} ({:.0} %) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} ({:.0} %) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.kind.name(),
             delay(r.delay_ms),
             r.queries,
@@ -612,10 +630,11 @@ pub(super) fn lazy_table(w: &mut String, report: &LazyReport) {
             ms(r.took.time.as_secs_f64() * 1e3 / r.queries.max(1) as f64),
             reqs(r.kind, r.took.cost.requests as f64, r.took.http as f64),
             bytes(down(r.kind, &r.took)),
-            bytes(r.max_disk),
+            r.max_disk / 1024,
             r.samples,
+            r.over,
             bytes(r.chunk_size),
-            bytes(report.cache_max + r.chunk_size),
+            (report.cache_max + r.chunk_size) / 1024,
             r.evicted,
         );
     }
