@@ -47,8 +47,14 @@
 //!   requests, requests in sequence and ms, on Azurite at 0 and 5 ms per request
 //!   (see benches/remote/units.rs).
 //!
-//! The quick form runs E and F at 0 and 5 ms only, on small sizes, and U at 4 MiB
-//! with 3 commits.
+//! - L. Lazy against full (issue 24; never by default in the full run, it builds
+//!   1 GiB): open + point query, indexed lookup, FTS5 rare term and full scan on a
+//!   host with an empty cache, `fetch=lazy` against `fetch=full`, random reads under
+//!   `cache_max`, and a lazy host taking another's commit (benches/remote/lazy.rs;
+//!   `--lazy-mib=1024`, `--lazy-queries=N`, `--lazy-cache-max=64` in MiB).
+//!
+//! The quick form runs E and F at 0 and 5 ms only, on small sizes, U at 4 MiB
+//! with 3 commits, and L at 4 MiB (Azurite at 5 ms only).
 //!
 //! `requests` are managedblob's counted remote calls (`PRAGMA managedblob_status`);
 //! `HTTP` are the HTTP requests the Azure SDK actually sent (counted from its
@@ -72,6 +78,8 @@ use area::*;
 mod cpu;
 #[path = "remote/latency.rs"]
 mod latency;
+#[path = "remote/lazy.rs"]
+mod lazy;
 use latency::LatencyRow;
 #[path = "remote/mixed.rs"]
 mod mixed;
@@ -121,6 +129,8 @@ struct Plan {
     /// Section U: database sizes (MiB) and one-row commits per size.
     units: Vec<u64>,
     units_commits: usize,
+    /// Section L.
+    lazy: lazy::LazyPlan,
     sections: String,
     kinds: Vec<Kind>,
 }
@@ -134,7 +144,7 @@ impl Plan {
         let sections = args
             .iter()
             .find_map(|a| a.strip_prefix("--only="))
-            .unwrap_or(if quick { "ABCDEFU" } else { "ABCDEF" })
+            .unwrap_or(if quick { "ABCDEFUL" } else { "ABCDEF" })
             .to_uppercase();
         let kinds = match args.iter().find_map(|a| a.strip_prefix("--backend=")) {
             Some("local") => vec![Kind::Local],
@@ -172,6 +182,7 @@ impl Plan {
                 s_rounds: s_rounds.unwrap_or(1),
                 units: vec![4],
                 units_commits: 3,
+                lazy: lazy::LazyPlan::new(4, 20, 1),
                 sections,
                 kinds,
             }
@@ -191,6 +202,7 @@ impl Plan {
                 s_rounds: s_rounds.unwrap_or(3),
                 units: vec![64, 1024, 4096],
                 units_commits: 50,
+                lazy: lazy::LazyPlan::new(1024, 1000, 64),
                 sections,
                 kinds,
             }
@@ -209,6 +221,7 @@ impl Plan {
         if let Some(n) = args.iter().find_map(|a| a.strip_prefix("--units-commits=")) {
             plan.units_commits = n.parse().expect("--units-commits=N: a number");
         }
+        plan.lazy.apply_args(&args);
         plan
     }
 
@@ -312,6 +325,7 @@ struct Results {
     mixed: Vec<MixedRow>,
     speedtest1: Option<speedtest1::Report>,
     units: Option<units::UnitsReport>,
+    lazy: Option<lazy::LazyReport>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -648,6 +662,10 @@ fn main() {
     if plan.runs('U') {
         let azurite = azurite.as_ref().filter(|_| kinds.contains(&Kind::Azurite));
         units::units(azurite, &plan, start, &mut out);
+    }
+    if plan.runs('L') {
+        let azurite = azurite.as_ref().filter(|_| kinds.contains(&Kind::Azurite));
+        lazy::lazy(azurite, &plan, start, &mut out);
     }
     if let Some(why) = speedtest1::not_running(&plan) {
         progress(start, &why);

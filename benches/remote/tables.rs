@@ -281,6 +281,9 @@ pub(super) fn tables(plan: &Plan, r: &Results, azurite_version: &str) -> String 
     if let Some(report) = &r.units {
         units::units_table(w, report);
     }
+    if let Some(report) = &r.lazy {
+        lazy::lazy_table(w, report);
+    }
     let retries: u64 = r
         .delta
         .iter()
