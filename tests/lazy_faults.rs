@@ -260,7 +260,8 @@ fn kill_soak(w: &World, kills: usize) {
             lost.is_empty(),
             "round {round}: acknowledged commits lost: {lost:?}"
         );
-        let c = open(&reader_uri);
+        // Reopened unbounded, so that no chunk is dropped before the check reads it.
+        let c = open(&w.uri("r", "a.db", "&fetch=lazy&staleness_ms=0"));
         assert_eq!(
             integrity(&c),
             "ok",
