@@ -688,3 +688,48 @@ fn azurite_a_block_that_lies_about_its_bytes_is_never_served() {
         a_block_that_lies_about_its_bytes(&w);
     }
 }
+
+/// A lazy cache whose chunk list beside the sidecar is gone (as a kill between the
+/// sidecar's save and the list's can leave it) learns it from the remote at the next
+/// online open and keeps it: opened again with Azurite unreachable (every connection
+/// reset), it serves the chunks it holds. Before the fix the offline open failed with
+/// a disk I/O error ("its chunk list is not known yet"), as the kill soak's readers
+/// did now and then under load.
+#[cfg(feature = "azure")]
+#[test]
+fn azurite_a_lazy_cache_that_lost_its_chunk_list_opens_offline() {
+    use common::http_proxy::Fate;
+    let Some(az) = common::azurite::shared() else {
+        return;
+    };
+    let (_direct, proxy, remote_value) = common::azurite::container_behind_proxy(&az);
+    managedblob::register().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("h1")).unwrap();
+    build(&uri_with_remote(
+        &dir.path().join("h1/a.db"),
+        &remote_value,
+        "",
+    ));
+    let cache = dir.path().join("a.db");
+    let uri = uri_with_remote(&cache, &remote_value, &format!("&fetch=lazy{RETRY}"));
+    let q = |c: &Connection| {
+        c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    assert_eq!(q(&open(&uri)).unwrap(), 2);
+    let list = format!("{}-managedblob.manifest", cache.display());
+    std::fs::remove_file(&list).unwrap();
+    assert_eq!(q(&open(&uri)).unwrap(), 2);
+    proxy.set_rule(|_| Fate::ResetBeforeForwarding);
+    let c = open(&uri);
+    assert_eq!(q(&c).unwrap(), 2, "served offline from the chunks it holds");
+    let s = status(&c);
+    assert!(
+        s["last_error"]
+            .to_string()
+            .contains("gave up after 3 attempts"),
+        "{s}"
+    );
+}
