@@ -37,7 +37,11 @@ impl Store {
             None if online => match self.remote.block_list()? {
                 Some((stat, list)) if stat.etag == etag => {
                     match Manifest::from_block_list(&list).filter(|m| m.len == stat.size) {
-                        Some(m) => m,
+                        Some(m) => {
+                            // Kept beside the sidecar again: an offline open needs it.
+                            self.keep_base_manifest(st, &etag, &m);
+                            m
+                        }
                         None => {
                             // Another tool's blob at our base: a lazy install takes
                             // such a blob whole, so the cache holds all of it.

@@ -40,6 +40,14 @@ impl Store {
         Some(m)
     }
 
+    /// Keep `manifest`, read from the remote, as the chunk list of the base `etag`
+    /// beside the sidecar (a lazy cache that lost it: an offline open needs it).
+    pub(super) fn keep_base_manifest(&self, st: &mut State, etag: &Etag, manifest: &Manifest) {
+        let _ = replace_unsynced(&self.manifest_path, &manifest_bytes(etag, manifest));
+        st.publishing
+            .set_manifest(Some((etag.clone(), manifest.clone())));
+    }
+
     /// Record `manifest` as the chunk list of version `etag` (or forget it).
     pub(super) fn set_manifest(&self, st: &mut State, manifest: Option<(Etag, Manifest)>) {
         match &manifest {
