@@ -83,16 +83,20 @@ impl Store {
             .is_some_and(|l| matches!(*l.base.read(), Known::Unknown))
     }
 
-    /// Empty the residency record (the base is unknown, so no `Residency` of this
-    /// process uses it; emptied, not removed, so the file other processes lock as
-    /// sharers stays the same): the next base describes nothing present, and a miss
-    /// hashes the cache's own bytes before it fetches.
+    /// Void the residency record's header (the base is unknown, so no `Residency`
+    /// of this process uses it): a header that fails its checksum describes nothing,
+    /// so the next base has nothing present and a miss hashes the cache's own bytes
+    /// before it fetches. Zeroed in place, never shortened or removed: other
+    /// processes lock that file and map its header page (a load past a shortened
+    /// file's end would raise SIGBUS in them).
     pub(super) fn lazy_forget_residency(&self) {
+        use std::os::unix::fs::FileExt;
         let path = residency::path_for(&self.cache_path);
+        let zeros = vec![0u8; residency::HEADER_LEN as usize];
         let emptied = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()));
+            .and_then(|f| f.write_all_at(&zeros, 0).and_then(|()| f.sync_all()));
         if let Err(e) = emptied {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(record = %path.display(), error = %e,
