@@ -208,11 +208,9 @@ impl Store {
             // (SQLITE_BUSY, checked again at the first SHARED lock) is still empty.
             Known::Unknown if file.size().is_ok_and(|size| offset >= size) => return Ok(()),
             Known::Unknown => {
-                return Err(Error::Local(format!(
-                    "lazy cache {}: its chunk list is not known yet (the remote could not be \
-                     reached since it opened); reads of chunks it lacks wait for the next check",
-                    self.cache_path.display()
-                )))
+                return Err(
+                    self.chunk_list_unknown("reads of chunks it lacks wait for the next check")
+                )
             }
         };
         let range = base.chunks_of(offset, len);
@@ -250,6 +248,16 @@ impl Store {
         self.bring_in(lazy, base, file, &missing)?;
         drop(guard);
         self.evict_if_over(lazy)
+    }
+
+    /// A lazy cache needs its base's chunk list for what `then` says and has none
+    /// (the remote could not be reached since it opened).
+    pub(super) fn chunk_list_unknown(&self, then: &str) -> Error {
+        Error::Local(format!(
+            "lazy cache {}: its chunk list is not known yet (the remote could not be \
+             reached since it opened); {then}",
+            self.cache_path.display()
+        ))
     }
 
     /// Make `missing` present, at most [`BATCH_BYTES`] of chunks in memory at once.

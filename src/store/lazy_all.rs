@@ -32,13 +32,7 @@ impl Store {
         let base = match &*guard {
             Known::Base(base) => base,
             Known::Local => return Ok(()),
-            Known::Unknown => {
-                return Err(Error::Local(format!(
-                    "lazy cache {}: its chunk list is not known yet (the remote could not be \
-                     reached since it opened); try again",
-                    self.cache_path.display()
-                )))
-            }
+            Known::Unknown => return Err(self.chunk_list_unknown("try again")),
         };
         let count = base.record.chunk_count();
         base.record

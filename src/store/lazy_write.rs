@@ -89,13 +89,7 @@ impl Store {
         let base = match &*guard {
             Known::Base(base) => base,
             Known::Local => return Ok(()),
-            Known::Unknown => {
-                return Err(Error::Local(format!(
-                    "lazy cache {}: its chunk list is not known yet (the remote could not be \
-                     reached since it opened); writes wait for the next check",
-                    self.cache_path.display()
-                )))
-            }
+            Known::Unknown => return Err(self.chunk_list_unknown("writes wait for the next check")),
         };
         let record_err = |e| Error::local("writing the residency record", e);
         let chunks = base.chunks_of(offset, len);
